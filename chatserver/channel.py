@@ -1,0 +1,601 @@
+"""The secure channel, shared by server and client: handshake and records.
+
+This module is sans-IO: it turns bytes into bytes and raises
+:class:`ChannelError` on anything it does not like.  The Twisted protocols on
+both sides feed it lines and write what it returns, so every rule of the
+protocol lives here once.  ``docs/protocol.rst`` is the specification; the
+names below follow it.
+
+Wire form: every record is one line, ``base64(record) + b"\\n"``.  A record
+starts with a one-byte type.  Handshake records are in the clear; after the
+handshake every record is sealed with AES-256-GCM under a per-direction key,
+with the 64-bit sequence number as the implicit nonce and the type byte as
+associated data.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import struct
+from typing import Any
+
+from chatserver import crypto
+
+PROTOCOL_VERSION = 1
+#: X25519 + RSA-OAEP-SHA256 transport + HKDF-SHA256 + AES-256-GCM.
+SUITE_X25519_RSAOAEP_SHA256_AES256GCM = 0x0001
+SUPPORTED_VERSIONS = (PROTOCOL_VERSION,)
+SUPPORTED_SUITES = (SUITE_X25519_RSAOAEP_SHA256_AES256GCM,)
+
+# Record types.
+CLIENT_HELLO = 0x01
+SERVER_HELLO = 0x02
+KEY_EXCHANGE = 0x03
+FINISHED = 0x04
+ALERT = 0x15
+CLOSE = 0x16
+DATA = 0x17
+KEY_UPDATE = 0x18
+
+SEALED_TYPES = frozenset((CLOSE, DATA, KEY_UPDATE))
+
+# Alert codes (plaintext, handshake phase only).
+ALERT_PROTOCOL_VERSION = 1
+ALERT_HANDSHAKE_FAILURE = 2
+ALERT_DECODE_ERROR = 3
+ALERT_BUSY = 4
+ALERT_TIMEOUT = 5
+ALERT_INTERNAL_ERROR = 6
+
+RANDOM_SIZE = 32
+SHARE_SIZE = 32
+PREMASTER_SIZE = 32
+MAC_SIZE = 32
+TAG_SIZE = crypto.AEAD.TAG_SIZE
+
+LABEL_HANDSHAKE = b"chatserver/1 handshake"
+LABEL_KEY = b"chatserver/1 key"
+LABEL_IV = b"chatserver/1 iv"
+LABEL_UPDATE = b"chatserver/1 update"
+
+#: Records sealed under one key before the sender must send KEY_UPDATE.
+#: RFC 8446 section 5.5 allows 2**24.5 records of 2**14 bytes per AES-GCM key;
+#: our records can be 4x that long, so we stay a factor of 4 below.
+REKEY_AFTER_RECORDS = 1 << 22
+#: A peer that seals more than this under one key is misbehaving.
+RECEIVE_LIMIT_RECORDS = 1 << 23
+#: The sequence number is 64 bits and must never wrap.
+MAX_SEQUENCE = (1 << 64) - 1
+
+
+class ChannelError(Exception):
+    """The peer broke the protocol; the connection must be closed.
+
+    ``reason`` is short, fixed text that is safe to log: it never contains
+    key material or plaintext.
+    """
+
+    def __init__(self, reason: str, alert: int = ALERT_HANDSHAKE_FAILURE) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.alert = alert
+
+
+class PeerClosed(Exception):
+    """The peer sent an authenticated CLOSE record: a clean goodbye."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class AlertReceived(ChannelError):
+    """The peer refused the handshake with a plaintext alert."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"peer alert {code}: {text}", code)
+        self.code = code
+        self.text = text
+
+
+# --- lines ----------------------------------------------------------------
+
+
+def encode_line(record: bytes) -> bytes:
+    """A record as one wire line, delimiter included."""
+    return base64.b64encode(record) + b"\n"
+
+
+def decode_line(line: bytes) -> bytes:
+    """The record carried by one line (delimiter already removed)."""
+    try:
+        record = base64.b64decode(line, validate=True)
+    except (binascii.Error, ValueError):
+        raise ChannelError("line is not valid base64", ALERT_DECODE_ERROR) from None
+    if not record:
+        raise ChannelError("empty record", ALERT_DECODE_ERROR)
+    return record
+
+
+# --- events ---------------------------------------------------------------
+
+
+def encode_events(events: list[dict[str, Any]]) -> bytes:
+    """The plaintext of a DATA record: a JSON array of event objects."""
+    return json.dumps(events, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_events(plaintext: bytes) -> list[dict[str, Any]]:
+    try:
+        events = json.loads(plaintext.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ChannelError("data is not UTF-8", ALERT_DECODE_ERROR) from None
+    except RecursionError:
+        raise ChannelError("data is nested too deeply", ALERT_DECODE_ERROR) from None
+    except ValueError:
+        raise ChannelError("data is not JSON", ALERT_DECODE_ERROR) from None
+    if not isinstance(events, list) or not events:
+        raise ChannelError("data is not a non-empty list", ALERT_DECODE_ERROR)
+    for event in events:
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise ChannelError("event is not an object with a type", ALERT_DECODE_ERROR)
+    return events
+
+
+# --- the record layer -----------------------------------------------------
+
+
+class _Direction:
+    """Key state of one direction: secret, AEAD object, IV and sequence."""
+
+    __slots__ = ("secret", "aead", "iv", "seq")
+
+    def __init__(self, secret: bytes) -> None:
+        self._install(secret)
+
+    def _install(self, secret: bytes) -> None:
+        self.secret = secret
+        self.aead = crypto.AEAD(crypto.hkdf_expand(secret, LABEL_KEY, 32))
+        self.iv = int.from_bytes(crypto.hkdf_expand(secret, LABEL_IV, 12), "big")
+        self.seq = 0
+
+    def update(self) -> None:
+        self._install(crypto.hkdf_expand(self.secret, LABEL_UPDATE, 32))
+
+    def next_nonce(self) -> bytes:
+        seq = self.seq
+        if seq >= MAX_SEQUENCE:
+            raise ChannelError("sequence number exhausted")
+        self.seq = seq + 1
+        return (self.iv ^ seq).to_bytes(12, "big")
+
+
+class SecureChannel:
+    """Seals outgoing and opens incoming records after the handshake."""
+
+    __slots__ = ("_send", "_recv", "rekey_after", "receive_limit", "closed")
+
+    def __init__(
+        self,
+        send_secret: bytes,
+        recv_secret: bytes,
+        rekey_after: int = REKEY_AFTER_RECORDS,
+        receive_limit: int = RECEIVE_LIMIT_RECORDS,
+    ) -> None:
+        self._send = _Direction(send_secret)
+        self._recv = _Direction(recv_secret)
+        self.rekey_after = rekey_after
+        self.receive_limit = receive_limit
+        self.closed = False
+
+    def _seal_record(self, rtype: int, plaintext: bytes) -> bytes:
+        send = self._send
+        header = bytes((rtype,))
+        return encode_line(header + send.aead.seal(send.next_nonce(), plaintext, header))
+
+    def seal(self, rtype: int, plaintext: bytes) -> bytes:
+        """Wire bytes for one sealed record, preceded by a KEY_UPDATE if due."""
+        if self.closed:
+            raise ChannelError("channel is closed")
+        if self._send.seq >= self.rekey_after:
+            update = self._seal_record(KEY_UPDATE, b"")
+            self._send.update()
+            return update + self._seal_record(rtype, plaintext)
+        return self._seal_record(rtype, plaintext)
+
+    def seal_events(self, events: list[dict[str, Any]]) -> bytes:
+        return self.seal(DATA, encode_events(events))
+
+    def seal_plaintext(self, plaintext: bytes) -> bytes:
+        """Seal an already-encoded event list (see :func:`encode_events`)."""
+        return self.seal(DATA, plaintext)
+
+    def seal_close(self, code: str, message: str) -> bytes:
+        wire = self.seal(CLOSE, json.dumps({"code": code, "message": message}).encode())
+        self.closed = True
+        return wire
+
+    def open(self, line: bytes) -> list[dict[str, Any]] | None:
+        """Open one line.  Returns the events of a DATA record, or None for
+        a KEY_UPDATE.  Raises :class:`PeerClosed` for a CLOSE record and
+        :class:`ChannelError` for anything that fails to authenticate or
+        parse; after either the channel is unusable."""
+        if self.closed:
+            raise ChannelError("record after close")
+        record = decode_line(line)
+        rtype = record[0]
+        if rtype not in SEALED_TYPES:
+            raise ChannelError("unexpected record type after handshake", ALERT_DECODE_ERROR)
+        if len(record) < 1 + TAG_SIZE:
+            raise ChannelError("sealed record too short", ALERT_DECODE_ERROR)
+        recv = self._recv
+        if recv.seq >= self.receive_limit:
+            raise ChannelError("peer exceeded the per-key record limit")
+        try:
+            plaintext = recv.aead.open(recv.next_nonce(), record[1:], record[:1])
+        except crypto.CryptoError:
+            self.closed = True
+            raise ChannelError("record failed authentication") from None
+        if rtype == DATA:
+            return decode_events(plaintext)
+        if rtype == KEY_UPDATE:
+            if plaintext:
+                raise ChannelError("KEY_UPDATE with a body", ALERT_DECODE_ERROR)
+            recv.update()
+            return None
+        self.closed = True
+        try:
+            body = json.loads(plaintext.decode("utf-8"))
+            code, message = str(body["code"]), str(body["message"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            code, message = "malformed", "malformed close record"
+        raise PeerClosed(code, message)
+
+
+# --- the handshake --------------------------------------------------------
+
+
+class HandshakeState(enum.Enum):
+    AWAIT_HELLO = "await hello"
+    AWAIT_KEY_EXCHANGE = "await key exchange"
+    DERIVING = "deriving keys"
+    AWAIT_FINISHED = "await finished"
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+def alert_record(code: int, text: str) -> bytes:
+    return bytes((ALERT, code)) + text.encode("utf-8")[:200]
+
+
+def _parse_alert(record: bytes) -> AlertReceived:
+    if len(record) < 2:
+        return AlertReceived(0, "malformed alert")
+    return AlertReceived(record[1], record[2:].decode("utf-8", "replace"))
+
+
+class _Reader:
+    """Bounds-checked reads from one handshake record."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise ChannelError("handshake record truncated", ALERT_DECODE_ERROR)
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return struct.unpack(">H", self.take(2))[0]
+
+    def u16_list(self) -> list[int]:
+        count = self.u8()
+        if count == 0:
+            raise ChannelError("empty list in hello", ALERT_DECODE_ERROR)
+        return list(struct.unpack(f">{count}H", self.take(2 * count)))
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise ChannelError("trailing bytes in handshake record", ALERT_DECODE_ERROR)
+
+
+def _expect(record: bytes, rtype: int) -> _Reader:
+    if record[0] == ALERT:
+        raise _parse_alert(record)
+    if record[0] != rtype:
+        raise ChannelError(f"unexpected record type 0x{record[0]:02x}", ALERT_DECODE_ERROR)
+    reader = _Reader(record)
+    reader.take(1)
+    return reader
+
+
+def _require_state(handshake: Any, state: HandshakeState) -> None:
+    """Any step out of its state fails the handshake for good."""
+    current = handshake.state
+    if current is not state:
+        handshake.state = HandshakeState.FAILED
+        raise ChannelError(f"handshake step out of order (state: {current.value})")
+
+
+class HandshakeSecrets:
+    """What HKDF yields from the handshake (section "Key schedule")."""
+
+    __slots__ = ("client_secret", "server_secret", "client_finished_key", "server_finished_key")
+
+    def __init__(self, shared: bytes, premaster: bytes, transcript_hash: bytes) -> None:
+        okm = crypto.hkdf(shared + premaster, transcript_hash, LABEL_HANDSHAKE, 128)
+        self.client_secret = okm[0:32]
+        self.server_secret = okm[32:64]
+        self.client_finished_key = okm[64:96]
+        self.server_finished_key = okm[96:128]
+
+
+class ClientHandshake:
+    """The client's side.  Call in order: :meth:`hello`,
+    :meth:`receive_server_hello` (then check the returned key against the
+    pin), :meth:`key_exchange`, :meth:`receive_finished`."""
+
+    def __init__(
+        self,
+        *,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+        suites: tuple[int, ...] = SUPPORTED_SUITES,
+        ephemeral: bytes | None = None,
+        random: bytes | None = None,
+        premaster: bytes | None = None,
+        rekey_after: int = REKEY_AFTER_RECORDS,
+        encrypt: Any = None,
+    ) -> None:
+        # Fixed ephemeral, random and premaster, and a deterministic OAEP
+        # ``encrypt(public_der, plaintext)``, exist for the spec's test
+        # vector; real connections always draw fresh ones.
+        self._encrypt = encrypt
+        if ephemeral is None:
+            self._eph, self._share = crypto.x25519_keypair()
+        else:
+            self._eph, self._share = crypto.x25519_private_from_bytes(ephemeral)
+        self._random = random if random is not None else crypto.random_bytes(RANDOM_SIZE)
+        self._premaster = (
+            premaster if premaster is not None else crypto.random_bytes(PREMASTER_SIZE)
+        )
+        self._versions = versions
+        self._suites = suites
+        self._rekey_after = rekey_after
+        self._transcript = b""
+        self._secrets: HandshakeSecrets | None = None
+        self.server_key_der: bytes | None = None
+        self.server_fingerprint: str | None = None
+        self.state = HandshakeState.AWAIT_HELLO
+
+    def _require(self, state: HandshakeState) -> None:
+        _require_state(self, state)
+
+    def hello(self) -> bytes:
+        self._require(HandshakeState.AWAIT_HELLO)
+        record = (
+            bytes((CLIENT_HELLO, len(self._versions)))
+            + struct.pack(f">{len(self._versions)}H", *self._versions)
+            + bytes((len(self._suites),))
+            + struct.pack(f">{len(self._suites)}H", *self._suites)
+            + self._random
+            + self._share
+        )
+        self._transcript = record
+        self.state = HandshakeState.AWAIT_KEY_EXCHANGE
+        return record
+
+    def receive_server_hello(self, record: bytes) -> str:
+        """Parse the server hello; return the server key's fingerprint.
+
+        The caller must check that fingerprint against its pin before it
+        calls :meth:`key_exchange`, which is the first thing that depends on
+        the server's identity.
+        """
+        self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
+        try:
+            reader = _expect(record, SERVER_HELLO)
+            version = reader.u16()
+            suite = reader.u16()
+            reader.take(RANDOM_SIZE)
+            share = reader.take(SHARE_SIZE)
+            der = reader.take(reader.u16())
+            reader.end()
+            if version not in self._versions:
+                raise ChannelError("server chose a version we did not offer", ALERT_PROTOCOL_VERSION)
+            if suite not in self._suites:
+                raise ChannelError("server chose a suite we did not offer")
+            self._server_public = crypto.rsa_public_from_der(der)
+            self._shared = crypto.dh(self._eph, share)
+        except crypto.CryptoError as e:
+            self.state = HandshakeState.FAILED
+            raise ChannelError(str(e)) from None
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+        self._transcript += record
+        self.server_key_der = der
+        self.server_fingerprint = crypto.fingerprint(der)
+        self.state = HandshakeState.DERIVING
+        return self.server_fingerprint
+
+    def key_exchange(self) -> list[bytes]:
+        """The KEY_EXCHANGE and client FINISHED records."""
+        self._require(HandshakeState.DERIVING)
+        if self._encrypt is None:
+            encrypted = crypto.rsa_encrypt(self._server_public, self._premaster)
+        else:
+            encrypted = self._encrypt(self.server_key_der, self._premaster)
+        kex = bytes((KEY_EXCHANGE,)) + struct.pack(">H", len(encrypted)) + encrypted
+        self._transcript += kex
+        self._secrets = HandshakeSecrets(
+            self._shared, self._premaster, crypto.sha256(self._transcript)
+        )
+        finished = bytes((FINISHED,)) + crypto.hmac_sha256(
+            self._secrets.client_finished_key, crypto.sha256(self._transcript)
+        )
+        self._transcript += finished
+        self.state = HandshakeState.AWAIT_FINISHED
+        return [kex, finished]
+
+    def receive_finished(self, record: bytes) -> SecureChannel:
+        self._require(HandshakeState.AWAIT_FINISHED)
+        assert self._secrets is not None
+        try:
+            reader = _expect(record, FINISHED)
+            mac = reader.take(MAC_SIZE)
+            reader.end()
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+        expected = crypto.hmac_sha256(
+            self._secrets.server_finished_key, crypto.sha256(self._transcript)
+        )
+        if not crypto.hmac_equal(mac, expected):
+            self.state = HandshakeState.FAILED
+            raise ChannelError("server finished MAC is wrong")
+        self.state = HandshakeState.ESTABLISHED
+        return SecureChannel(
+            self._secrets.client_secret,
+            self._secrets.server_secret,
+            rekey_after=self._rekey_after,
+        )
+
+
+class ServerHandshake:
+    """The server's side.  :meth:`receive_client_hello` returns the server
+    hello; :meth:`receive_key_exchange` stores the client's key exchange;
+    :meth:`derive` does the RSA decryption and key derivation (pure and
+    thread-safe: the server runs it in a thread pool);
+    :meth:`receive_finished` checks the client's MAC and returns the
+    server's FINISHED record and the channel."""
+
+    def __init__(
+        self,
+        identity: Any,
+        identity_der: bytes,
+        *,
+        ephemeral: bytes | None = None,
+        random: bytes | None = None,
+        rekey_after: int = REKEY_AFTER_RECORDS,
+    ) -> None:
+        self._identity = identity
+        self._identity_der = identity_der
+        self._fixed_ephemeral = ephemeral
+        self._random = random
+        self._rekey_after = rekey_after
+        self._transcript = b""
+        self._secrets: HandshakeSecrets | None = None
+        self.state = HandshakeState.AWAIT_HELLO
+
+    def _require(self, state: HandshakeState) -> None:
+        _require_state(self, state)
+
+    def receive_client_hello(self, record: bytes) -> bytes:
+        self._require(HandshakeState.AWAIT_HELLO)
+        try:
+            reader = _expect(record, CLIENT_HELLO)
+            versions = reader.u16_list()
+            suites = reader.u16_list()
+            reader.take(RANDOM_SIZE)
+            client_share = reader.take(SHARE_SIZE)
+            reader.end()
+            version = next((v for v in SUPPORTED_VERSIONS if v in versions), None)
+            if version is None:
+                raise ChannelError("no protocol version in common", ALERT_PROTOCOL_VERSION)
+            suite = next((s for s in SUPPORTED_SUITES if s in suites), None)
+            if suite is None:
+                raise ChannelError("no cipher suite in common")
+            if self._fixed_ephemeral is None:
+                eph, share = crypto.x25519_keypair()
+            else:
+                eph, share = crypto.x25519_private_from_bytes(self._fixed_ephemeral)
+            self._shared = crypto.dh(eph, client_share)
+        except crypto.CryptoError as e:
+            self.state = HandshakeState.FAILED
+            raise ChannelError(str(e)) from None
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+        random = self._random if self._random is not None else crypto.random_bytes(RANDOM_SIZE)
+        hello = (
+            struct.pack(">BHH", SERVER_HELLO, version, suite)
+            + random
+            + share
+            + struct.pack(">H", len(self._identity_der))
+            + self._identity_der
+        )
+        self._transcript = record + hello
+        self.state = HandshakeState.AWAIT_KEY_EXCHANGE
+        return hello
+
+    def receive_key_exchange(self, record: bytes) -> None:
+        self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
+        try:
+            reader = _expect(record, KEY_EXCHANGE)
+            self._encrypted = reader.take(reader.u16())
+            reader.end()
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+        self._transcript += record
+        self.state = HandshakeState.DERIVING
+
+    def derive(self) -> None:
+        """RSA-decrypt the premaster secret and derive the handshake secrets.
+
+        Touches only this object's own fields, so it may run in a thread
+        while the reactor holds the connection paused.
+        """
+        if self.state is not HandshakeState.DERIVING:
+            raise ChannelError("derive called out of order")
+        try:
+            premaster = crypto.rsa_decrypt(self._identity, self._encrypted)
+        except crypto.CryptoError:
+            self.state = HandshakeState.FAILED
+            raise ChannelError("key exchange did not decrypt") from None
+        if len(premaster) != PREMASTER_SIZE:
+            self.state = HandshakeState.FAILED
+            raise ChannelError("premaster secret has the wrong size")
+        self._secrets = HandshakeSecrets(self._shared, premaster, crypto.sha256(self._transcript))
+        self.state = HandshakeState.AWAIT_FINISHED
+
+    def receive_finished(self, record: bytes) -> tuple[bytes, SecureChannel]:
+        self._require(HandshakeState.AWAIT_FINISHED)
+        assert self._secrets is not None
+        try:
+            reader = _expect(record, FINISHED)
+            mac = reader.take(MAC_SIZE)
+            reader.end()
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+        expected = crypto.hmac_sha256(
+            self._secrets.client_finished_key, crypto.sha256(self._transcript)
+        )
+        if not crypto.hmac_equal(mac, expected):
+            self.state = HandshakeState.FAILED
+            raise ChannelError("client finished MAC is wrong")
+        self._transcript += record
+        finished = bytes((FINISHED,)) + crypto.hmac_sha256(
+            self._secrets.server_finished_key, crypto.sha256(self._transcript)
+        )
+        self.state = HandshakeState.ESTABLISHED
+        channel = SecureChannel(
+            self._secrets.server_secret,
+            self._secrets.client_secret,
+            rekey_after=self._rekey_after,
+        )
+        return finished, channel
