@@ -1,0 +1,1 @@
+"""chatclient: the client library, the terminal client and the desktop GUI."""

@@ -1,0 +1,256 @@
+"""The client library: a secure session with Deferred-based requests.
+
+``connect()`` opens a TCP (or TLS) connection, runs the handshake from
+``chatserver.channel`` and fires with a :class:`ChatSession` once the
+server has proven it holds the pinned key.  Requests carry a ``ref`` and
+their Deferred fires with the server's answer, or fails with
+:class:`ServerError` for an ``error`` event.  Everything else the server
+sends goes to the listeners.  The terminal client and the GUI both sit on
+this module; neither speaks the protocol itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+from twisted.internet import defer, endpoints
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from chatserver import channel
+from chatserver.channel import ChannelError, HandshakeState, PeerClosed
+
+log = Logger(namespace="chatclient.session")
+
+#: verify(fingerprint) -> bool | Deferred[bool]; raising refuses too.
+Verifier = Callable[[str], Any]
+
+
+class ServerError(Exception):
+    """The server answered a request with an ``error`` event."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__(f"{event.get('code')}: {event.get('message')}")
+        self.event = event
+        self.code = event.get("code")
+        self.message = event.get("message")
+
+
+class ConnectionClosed(Exception):
+    """The connection ended; ``clean`` tells a goodbye from a cut."""
+
+    def __init__(self, clean: bool, code: str, message: str) -> None:
+        super().__init__(f"{'closed' if clean else 'lost'}: {code}: {message}")
+        self.clean = clean
+        self.code = code
+        self.message = message
+
+
+class ClientProtocol(LineReceiver):
+    """Runs the client side of the handshake, then hands events up."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 16 * 1024 * 1024
+
+    def __init__(self, verify: Verifier, handshake: channel.ClientHandshake | None = None) -> None:
+        self._verify = verify
+        self.handshake = handshake or channel.ClientHandshake()
+        self.channel: channel.SecureChannel | None = None
+        self.secure: Deferred[ClientProtocol] = Deferred()
+        self.session: ChatSession | None = None
+        self.fingerprint: str | None = None
+        self._close_info: ConnectionClosed | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(channel.encode_line(self.handshake.hello()))
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            if self.channel is None:
+                self._handshake_line(line)
+            else:
+                self._data_line(line)
+        except ChannelError as e:
+            self._fail(ConnectionClosed(False, "protocol_error", e.reason))
+        except PeerClosed as e:
+            self._close_info = ConnectionClosed(True, e.code, e.message)
+            self.transport.loseConnection()
+
+    def _handshake_line(self, line: bytes) -> None:
+        record = channel.decode_line(line)
+        state = self.handshake.state
+        if state is HandshakeState.AWAIT_KEY_EXCHANGE:
+            self.fingerprint = self.handshake.receive_server_hello(record)
+            # Nothing that depends on the server's identity is sent before
+            # the verifier (pin check, or a person in the GUI) agrees.
+            self.pauseProducing()
+            d = defer.maybeDeferred(self._verify, self.fingerprint)
+            d.addCallbacks(self._verified, self._fail)
+        elif state is HandshakeState.AWAIT_FINISHED:
+            self.channel = self.handshake.receive_finished(record)
+            self.secure.callback(self)
+        else:
+            raise ChannelError(f"unexpected record in state {state.value}")
+
+    def _verified(self, accepted: bool) -> None:
+        if not self.connected:
+            return
+        if not accepted:
+            self._fail(ConnectionClosed(False, "untrusted", "server key not accepted"))
+            return
+        self.transport.write(b"".join(channel.encode_line(r) for r in self.handshake.key_exchange()))
+        self.resumeProducing()
+
+    def _data_line(self, line: bytes) -> None:
+        assert self.channel is not None
+        events = self.channel.open(line)
+        if events is not None and self.session is not None:
+            for event in events:
+                self.session._received(event)
+
+    def _fail(self, reason: Any) -> None:
+        error = reason.value if isinstance(reason, Failure) else reason
+        if not isinstance(error, ConnectionClosed):
+            self._close_info = None
+        else:
+            self._close_info = error
+        if not self.secure.called:
+            self.secure.errback(reason if isinstance(reason, Failure) else Failure(error))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def send_events(self, events: list[dict[str, Any]]) -> None:
+        assert self.channel is not None
+        self.transport.write(self.channel.seal_events(events))
+
+    def close(self, code: str = "bye", message: str = "goodbye") -> None:
+        if self.channel is not None and not self.channel.closed:
+            self.transport.write(self.channel.seal_close(code, message))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        info = self._close_info
+        if info is None:
+            if self.channel is not None and self.channel.closed:
+                info = ConnectionClosed(True, "bye", "closed by us")
+            else:
+                info = ConnectionClosed(False, "lost", "connection lost without a goodbye")
+        if not self.secure.called:
+            self.secure.errback(Failure(info))
+        if self.session is not None:
+            self.session._lost(info)
+
+
+class ChatSession:
+    """Requests and events over one secure connection."""
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        self.protocol = protocol
+        protocol.session = self
+        self.fingerprint = protocol.fingerprint
+        self.user: str | None = None
+        self.role: str | None = None
+        self._refs = itertools.count(1)
+        self._pending: dict[int, Deferred[dict[str, Any]]] = {}
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.closed: Deferred[ConnectionClosed] = Deferred()
+
+    # --- events ------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(event)`` for every event that answers no request."""
+        self._listeners.append(listener)
+
+    def _received(self, event: dict[str, Any]) -> None:
+        ref = event.get("ref")
+        d = self._pending.pop(ref, None) if isinstance(ref, int) else None
+        if d is not None:
+            if event["type"] == "error":
+                d.errback(ServerError(event))
+            else:
+                d.callback(event)
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.failure("event listener failed")
+
+    def _lost(self, info: ConnectionClosed) -> None:
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(info)
+        if not self.closed.called:
+            self.closed.callback(info)
+
+    # --- requests ----------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Send ``event`` with a fresh ref; fires with the answer."""
+        if self.closed.called:
+            return defer.fail(ConnectionClosed(False, "closed", "session is closed"))
+        ref = next(self._refs)
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._pending[ref] = d
+        self.protocol.send_events([dict(event, ref=ref)])
+        return d
+
+    def _logged_in(self, welcome: dict[str, Any]) -> dict[str, Any]:
+        self.user = welcome["user"]
+        self.role = welcome["role"]
+        return welcome
+
+    def login(self, user: str, password: str) -> Deferred[dict[str, Any]]:
+        return self.request({"type": "login", "user": user, "password": password}).addCallback(
+            self._logged_in
+        )
+
+    def register(self, user: str, password: str) -> Deferred[dict[str, Any]]:
+        return self.request(
+            {"type": "register", "user": user, "password": password}
+        ).addCallback(self._logged_in)
+
+    def say(self, room: str, body: str) -> Deferred[dict[str, Any]]:
+        """Fires with the ack: ``{"type": "ack", "room", "id", "ts"}``."""
+        return self.request({"type": "say", "room": room, "body": body})
+
+    def who(self, room: str) -> Deferred[list[str]]:
+        return self.request({"type": "who", "room": room}).addCallback(lambda e: e["users"])
+
+    def ping(self) -> Deferred[dict[str, Any]]:
+        return self.request({"type": "ping"})
+
+    def close(self) -> Deferred[ConnectionClosed]:
+        """Say goodbye; fires when the connection has ended."""
+        if not self.closed.called:
+            self.protocol.close()
+        return self.closed
+
+
+def connect(
+    reactor: Any,
+    endpoint_description: str,
+    verify: Verifier,
+    handshake: channel.ClientHandshake | None = None,
+) -> Deferred[ChatSession]:
+    """Connect to a client endpoint string (``tcp:host=H:port=P``,
+    ``tls:H:P`` ...) and fire with a session once the channel is secure."""
+    endpoint = endpoints.clientFromString(reactor, endpoint_description)
+    return connect_endpoint(endpoint, verify, handshake)
+
+
+def connect_endpoint(
+    endpoint: Any, verify: Verifier, handshake: channel.ClientHandshake | None = None
+) -> Deferred[ChatSession]:
+    protocol = ClientProtocol(verify, handshake)
+    d = endpoints.connectProtocol(endpoint, protocol)
+    d.addCallback(lambda _: protocol.secure)
+    d.addCallback(ChatSession)
+    return d

@@ -1,0 +1,173 @@
+"""Accounts: registration and login, with throttling of failed attempts.
+
+Password hashes are checked in the crypto thread pool.  An unknown user and
+a wrong password take the same path, including one scrypt run against a
+dummy hash, and end in the same error, so neither the answer nor its timing
+tells whether a name exists.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from chatserver import crypto
+from chatserver.config import Settings
+from chatserver.store import Store
+from chatserver.workers import CryptoPool
+
+audit = Logger(namespace="chatserver.audit")
+
+ROLES = ("user", "admin")
+
+
+class AuthError(Exception):
+    """Login or registration refused; ``code`` and message go to the client."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def invalid_credentials() -> AuthError:
+    return AuthError("auth_failed", "invalid username or password")
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    name: str
+    role: str
+
+
+class FailureWindow:
+    """Counts failures per key over a sliding window of ``period`` seconds.
+
+    At most ``limit`` timestamps are kept per key and at most ``max_keys``
+    keys (the oldest key goes first), so an attacker cycling through names
+    or addresses cannot grow it without bound.
+    """
+
+    def __init__(self, clock: Any, limit: int, period: float, max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self.limit = limit
+        self.period = period
+        self.max_keys = max_keys
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until ``key`` may try again; 0 if it may now."""
+        times = self._failures.get(key)
+        if not times:
+            return 0.0
+        now = self._clock.seconds()
+        while times and times[0] <= now - self.period:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return 0.0
+        if len(times) < self.limit:
+            return 0.0
+        return times[0] + self.period - now
+
+    def fail(self, key: str) -> None:
+        times = self._failures.get(key)
+        if times is None:
+            times = self._failures[key] = collections.deque(maxlen=self.limit)
+            if len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(key)
+        times.append(self._clock.seconds())
+
+    def clear(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+class Accounts:
+    def __init__(self, settings: Settings, store: Store, pool: CryptoPool, clock: Any) -> None:
+        self._settings = settings
+        self._store = store
+        self._pool = pool
+        self._by_account = FailureWindow(
+            clock, settings.login_failures_per_account, settings.login_lockout
+        )
+        self._by_address = FailureWindow(
+            clock, settings.login_failures_per_address, settings.login_lockout
+        )
+        # Verified against when the user does not exist, so that path costs
+        # one scrypt run too.  Made lazily: start-up should not pay for it.
+        self._dummy_hash: str | None = None
+
+    def _throttle(self, name: str, address: str) -> None:
+        wait = max(self._by_account.retry_after(name), self._by_address.retry_after(address))
+        if wait > 0:
+            raise AuthError(
+                "throttled", "too many failed attempts; try again later", retry_after=wait
+            )
+
+    @inlineCallbacks
+    def login(self, name: str, password: str, address: str) -> Any:
+        """Fires with an :class:`Account` or fails with :class:`AuthError`."""
+        self._throttle(name, address)
+        record = yield self._store.get_user(name)
+        if record is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = yield self._pool.run(
+                    crypto.hash_password, "dummy password", self._settings.password_hash_cost
+                )
+            stored = self._dummy_hash
+        else:
+            stored = record.password_hash
+        ok = yield self._pool.run(crypto.verify_password, password, stored)
+        if record is None or not ok:
+            self._by_account.fail(name)
+            self._by_address.fail(address)
+            audit.warn("login failed for {user} from {address}", user=name, address=address)
+            raise invalid_credentials()
+        if record.disabled:
+            audit.warn("login to disabled account {user} from {address}", user=name, address=address)
+            raise AuthError("account_disabled", "this account is disabled")
+        self._by_account.clear(name)
+        audit.info("login {user} from {address}", user=name, address=address)
+        return Account(record.name, record.role)
+
+    @inlineCallbacks
+    def register(self, name: str, password: str, address: str) -> Any:
+        if not self._settings.allow_registration:
+            raise AuthError("registration_closed", "registration is disabled on this server")
+        # "username taken" necessarily tells that a name exists, so each one
+        # counts as a failure of the address: registration cannot be used
+        # to enumerate names faster than login could.
+        wait = self._by_address.retry_after(address)
+        if wait > 0:
+            raise AuthError("throttled", "too many attempts; try again later", retry_after=wait)
+        password_hash = yield self._pool.run(
+            crypto.hash_password, password, self._settings.password_hash_cost
+        )
+        added = yield self._store.add_user(name, password_hash, "user")
+        if not added:
+            self._by_address.fail(address)
+            raise AuthError("username_taken", "that username is taken")
+        audit.info("registered {user} from {address}", user=name, address=address)
+        return Account(name, "user")
+
+
+def add_user_now(conn: Any, name: str, password: str, role: str, cost: int) -> bool:
+    """The admin tool's synchronous registration (no throttling)."""
+    from chatserver import store
+
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    with conn:
+        return store.add_user(conn.cursor(), name, crypto.hash_password(password, cost), role)
+
+
+__all__ = ["Account", "Accounts", "AuthError", "FailureWindow", "add_user_now"]

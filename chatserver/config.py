@@ -1,0 +1,201 @@
+"""Settings: parsed once from ``etc/chatserver.ini`` into a frozen object.
+
+Every setting has an embedded default, so the server runs with no file at
+all.  Command-line options override the file.  A bad value fails at start-up
+with a message naming the file, section, key and what was wrong.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet import endpoints
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # [server]
+    endpoint: str = "tcp:7070:interface=127.0.0.1"
+    data_dir: str = "var/lib"
+    log_dir: str = "var/log"
+    max_line_length: int = 65536
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    crypto_threads: int = 2
+    max_pending_crypto: int = 256
+    max_connections: int = 10000
+    max_connections_per_address: int = 64
+    slow_client_timeout: float = 30.0
+    max_output_buffer: int = 4 * 1024 * 1024
+    # [accounts]
+    allow_registration: bool = True
+    password_hash_cost: int = 15
+    login_failures_per_account: int = 5
+    login_failures_per_address: int = 20
+    login_lockout: float = 60.0
+    # [chat]
+    default_room: str = "lobby"
+    max_body_length: int = 4000
+    # [log]
+    log_level: str = "info"
+    log_rotate_bytes: int = 10 * 1024 * 1024
+    log_rotate_count: int = 5
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log_dir)
+
+    @property
+    def identity_key_path(self) -> Path:
+        return self.data_path / "server_key.pem"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_path / "chatserver.sqlite3"
+
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    return parse
+
+
+def _ranged(kind: Callable[[str], Any], low: Any, high: Any) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("must be yes or no")
+
+
+def _endpoint(text: str) -> str:
+    from twisted.internet import reactor
+
+    # Parsing builds the endpoint object without listening, so a typo in
+    # the endpoint string fails here rather than at bind time.
+    endpoints.serverFromString(reactor, text)
+    return text
+
+
+def _level(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in LOG_LEVELS:
+        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+    return lowered
+
+
+def _room(text: str) -> str:
+    from chatserver.validation import ROOM_NAME
+
+    if not ROOM_NAME.fullmatch(text):
+        raise ValueError("must be 1-32 of a-z 0-9 _ - starting with a letter or digit")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+# (section, key in the file, field, parser)
+SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ("server", "endpoint", "endpoint", _endpoint),
+    ("server", "data_dir", "data_dir", _nonempty),
+    ("server", "log_dir", "log_dir", _nonempty),
+    ("server", "max_line_length", "max_line_length", _ranged(int, 1024, 16 * 1024 * 1024)),
+    ("server", "handshake_timeout", "handshake_timeout", _positive(float)),
+    ("server", "idle_timeout", "idle_timeout", _positive(float)),
+    ("server", "crypto_threads", "crypto_threads", _ranged(int, 1, 64)),
+    ("server", "max_pending_crypto", "max_pending_crypto", _positive(int)),
+    ("server", "max_connections", "max_connections", _positive(int)),
+    ("server", "max_connections_per_address", "max_connections_per_address", _positive(int)),
+    ("server", "slow_client_timeout", "slow_client_timeout", _positive(float)),
+    ("server", "max_output_buffer", "max_output_buffer", _ranged(int, 65536, 1 << 34)),
+    ("accounts", "allow_registration", "allow_registration", _boolean),
+    ("accounts", "password_hash_cost", "password_hash_cost", _ranged(int, 10, 20)),
+    ("accounts", "login_failures_per_account", "login_failures_per_account", _positive(int)),
+    ("accounts", "login_failures_per_address", "login_failures_per_address", _positive(int)),
+    ("accounts", "login_lockout", "login_lockout", _positive(float)),
+    ("chat", "default_room", "default_room", _room),
+    ("chat", "max_body_length", "max_body_length", _ranged(int, 1, 60000)),
+    ("log", "level", "log_level", _level),
+    ("log", "rotate_bytes", "log_rotate_bytes", _ranged(int, 4096, 1 << 40)),
+    ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),
+)
+
+_BY_FIELD = {field: (section, key, parse) for section, key, field, parse in SCHEMA}
+
+
+def load_settings(path: str | Path | None = None, **overrides: str | None) -> Settings:
+    """Read ``path`` (if given) over the defaults, then apply ``overrides``
+    (field name -> text, as given on the command line; None means unset)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_file(Path(path)))
+    for field, text in overrides.items():
+        if text is None:
+            continue
+        if field not in _BY_FIELD:
+            raise ConfigError(f"unknown setting {field!r}")
+        section, key, parse = _BY_FIELD[field]
+        values[field] = _parse(parse, text, f"command line option for [{section}] {key}")
+    return Settings(**values)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: {e}") from None
+    known = {(section, key): (field, parse) for section, key, field, parse in SCHEMA}
+    values: dict[str, Any] = {}
+    for section in parser.sections():
+        for key, text in parser.items(section):
+            if (section, key) not in known:
+                raise ConfigError(f"{path}: unknown setting [{section}] {key}")
+            field, parse = known[(section, key)]
+            values[field] = _parse(parse, text, f"{path}: [{section}] {key}")
+    return values
+
+
+def _parse(parse: Callable[[str], Any], text: str, where: str) -> Any:
+    try:
+        return parse(text)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where} = {text!r}: {e}") from None

