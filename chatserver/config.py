@@ -144,7 +144,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("server", "slow_client_timeout", "slow_client_timeout", _positive(float)),
     ("server", "max_output_buffer", "max_output_buffer", _ranged(int, 65536, 1 << 34)),
     ("accounts", "allow_registration", "allow_registration", _boolean),
-    ("accounts", "password_hash_cost", "password_hash_cost", _ranged(int, 10, 20)),
+    ("accounts", "password_hash_cost", "password_hash_cost", _ranged(int, 10, 18)),
     ("accounts", "login_failures_per_account", "login_failures_per_account", _positive(int)),
     ("accounts", "login_failures_per_address", "login_failures_per_address", _positive(int)),
     ("accounts", "login_lockout", "login_lockout", _positive(float)),

@@ -259,7 +259,9 @@ def verify_password(password: str, encoded: str) -> bool:
             return False
         expected = base64.b64decode(digest)
         actual = _scrypt(password, base64.b64decode(salt), int(log2_n), int(r), int(p))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, MemoryError):
+        # A damaged or hostile encoding (absurd cost, bad base64) is simply
+        # not a match; it must never take the login path down.
         return False
     return hmac.compare_digest(actual, expected)
 
@@ -272,6 +274,7 @@ def _scrypt(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
         n=n,
         r=r,
         p=p,
-        maxmem=256 * n * r + (1 << 20),
+        # scrypt needs 128*r*n bytes; leave headroom for its other buffers.
+        maxmem=132 * n * r + (1 << 20),
         dklen=32,
     )
