@@ -8,9 +8,9 @@ names below follow it.
 
 Wire form: every record is one line, ``base64(record) + b"\\n"``.  A record
 starts with a one-byte type.  Handshake records are in the clear; after the
-handshake every record is sealed with AES-256-GCM under a per-direction key,
-with the 64-bit sequence number as the implicit nonce and the type byte as
-associated data.
+handshake every record is sealed with AES-256-GCM under a per-direction key;
+the nonce is implicit (the per-direction IV XOR the 64-bit sequence number)
+and the type byte is the associated data.
 """
 
 from __future__ import annotations
@@ -118,21 +118,40 @@ def decode_line(line: bytes) -> bytes:
         raise ChannelError("line is not valid base64", ALERT_DECODE_ERROR) from None
     if not record:
         raise ChannelError("empty record", ALERT_DECODE_ERROR)
+    # Only the canonical encoding is accepted (no stray padding bits), so
+    # every record has exactly one wire form.
+    if base64.b64encode(record) != line:
+        raise ChannelError("line is not canonical base64", ALERT_DECODE_ERROR)
     return record
 
 
 # --- events ---------------------------------------------------------------
 
 
+def _compact_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
 def encode_events(events: list[dict[str, Any]]) -> bytes:
     """The plaintext of a DATA record: a JSON array of event objects."""
-    return json.dumps(events, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _compact_json(events)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def decode_events(plaintext: bytes) -> list[dict[str, Any]]:
     try:
-        events = json.loads(plaintext.decode("utf-8"))
-    except UnicodeDecodeError:
+        text = plaintext.decode("utf-8")
+        events = json.loads(text, parse_constant=_no_constants)
+        if "\\u" in text:
+            # An escape may encode a lone surrogate, which is no Unicode
+            # text at all and could not be sent on to anyone.
+            _compact_json(events)
+    except UnicodeError:
         raise ChannelError("data is not UTF-8", ALERT_DECODE_ERROR) from None
     except RecursionError:
         raise ChannelError("data is nested too deeply", ALERT_DECODE_ERROR) from None
@@ -215,7 +234,7 @@ class SecureChannel:
         return self.seal(DATA, plaintext)
 
     def seal_close(self, code: str, message: str) -> bytes:
-        wire = self.seal(CLOSE, json.dumps({"code": code, "message": message}).encode())
+        wire = self.seal(CLOSE, _compact_json({"code": code, "message": message}))
         self.closed = True
         return wire
 
@@ -226,6 +245,13 @@ class SecureChannel:
         parse; after either the channel is unusable."""
         if self.closed:
             raise ChannelError("record after close")
+        try:
+            return self._open(line)
+        except ChannelError:
+            self.closed = True  # whatever failed, the stream is out of step now
+            raise
+
+    def _open(self, line: bytes) -> list[dict[str, Any]] | None:
         record = decode_line(line)
         rtype = record[0]
         if rtype not in SEALED_TYPES:
@@ -238,7 +264,6 @@ class SecureChannel:
         try:
             plaintext = recv.aead.open(recv.next_nonce(), record[1:], record[:1])
         except crypto.CryptoError:
-            self.closed = True
             raise ChannelError("record failed authentication") from None
         if rtype == DATA:
             return decode_events(plaintext)
@@ -269,7 +294,7 @@ class HandshakeState(enum.Enum):
 
 
 def alert_record(code: int, text: str) -> bytes:
-    return bytes((ALERT, code)) + text.encode("utf-8")[:200]
+    return bytes((ALERT, code)) + text[:200].encode("utf-8")
 
 
 def _parse_alert(record: bytes) -> AlertReceived:

@@ -45,23 +45,30 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(options: Any, reactor: Any = None) -> service.MultiService:
+def makeService(
+    options: Any, reactor: Any = None, clock: Any = None, quiet: bool = False
+) -> service.MultiService:
+    """The service tree.  Tests inject ``reactor`` and a separate ``clock``
+    (for timeouts) and pass ``quiet`` to skip the fingerprint banner."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    if clock is None:
+        clock = reactor
     settings: Settings = options["settings"]
     try:
         identity, created = load_or_create(settings.identity_key_path)
     except IdentityError as e:
         raise SystemExit(f"chatserver: {e}") from None
-    print(
-        f"chatserver: {'created' if created else 'loaded'} server key "
-        f"{settings.identity_key_path}\n"
-        f"chatserver: server key fingerprint {identity.fingerprint}",
-        flush=True,
-        file=sys.stdout,
-    )
+    if not quiet:
+        print(
+            f"chatserver: {'created' if created else 'loaded'} server key "
+            f"{settings.identity_key_path}\n"
+            f"chatserver: server key fingerprint {identity.fingerprint}",
+            flush=True,
+            file=sys.stdout,
+        )
 
     top = service.MultiService()
     LogFiles(
@@ -74,10 +81,10 @@ def makeService(options: Any, reactor: Any = None) -> service.MultiService:
     factory = ChatFactory(
         settings,
         identity,
-        ChatService(clock=reactor.seconds),
-        Accounts(settings, store, pool, reactor),
+        ChatService(clock=clock.seconds),
+        Accounts(settings, store, pool, clock),
         pool,
-        reactor,
+        clock,
     )
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
     listener.setName("listener")

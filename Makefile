@@ -1,0 +1,33 @@
+# One entry point for everything: make run | test | bench | check | clean
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TRIAL_JOBS ?= 2
+TESTS ?= tests
+
+.PHONY: run test bench check clean
+
+# The stamp files make the install step re-run when the metadata changes.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@# Twisted caches the plugin index; rebuild it now, where we can write.
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/twistd --nodaemon --pidfile= chatserver
+
+test: $(VENV)/.installed-test
+	$(PY) tools/run_trial.py -j $(TRIAL_JOBS) $(TESTS)
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) _trial_temp* build *.egg-info

@@ -1,0 +1,173 @@
+"""Test harness: a real server on loopback, real clients, real files.
+
+Nothing here fakes our own code.  ``RunningServer`` builds the same service
+tree as ``twistd chatserver`` (``tap.makeService``) in a temporary
+directory, listening on an ephemeral loopback port.  Only the RSA identity
+key is shared between tests, because generating one per test would
+dominate the suite's run time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, endpoints, reactor
+from twisted.trial import unittest
+
+from chatclient.known_hosts import KnownHosts
+from chatclient.session import ChatSession, connect
+from chatserver import crypto, tap
+from chatserver.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery"
+
+_KEY_PEM: bytes | None = None
+
+
+def identity_pem() -> bytes:
+    global _KEY_PEM
+    if _KEY_PEM is None:
+        _KEY_PEM = crypto.rsa_private_to_pem(crypto.rsa_generate())
+    return _KEY_PEM
+
+
+def install_identity(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / "server_key.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(identity_pem())
+
+
+def make_settings(base: Path, **overrides: Any) -> Settings:
+    """Settings for a test server under ``base``: fast password hashing,
+    an ephemeral loopback port, and whatever the test overrides."""
+    values: dict[str, Any] = {
+        "endpoint": "tcp:0:interface=127.0.0.1",
+        "data_dir": str(base / "data"),
+        "log_dir": str(base / "log"),
+        "password_hash_cost": 10,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class RunningServer:
+    """A started server; ``port`` is its loopback port."""
+
+    def __init__(self, settings: Settings, clock: Any = None) -> None:
+        self.settings = settings
+        install_identity(settings.data_path)
+        self.service = tap.makeService({"settings": settings}, reactor=reactor, clock=clock, quiet=True)
+        self.factory = self.service.factory
+        self.identity = self.service.identity
+        self.port = 0
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        self.service.startService()
+        listener = self.service.getServiceNamed("listener")
+        port = yield listener._waitingForPort
+        self.port = port.getHost().port
+        return self
+
+    def stop(self) -> Any:
+        return self.service.stopService()
+
+
+async def start_server(testcase: unittest.TestCase, clock: Any = None, **overrides: Any) -> RunningServer:
+    base = Path(testcase.mktemp())
+    server = RunningServer(make_settings(base, **overrides), clock=clock)
+    await server.start()
+    testcase.addCleanup(server.stop)
+    return server
+
+
+async def open_session(
+    testcase: unittest.TestCase, server: RunningServer, known_hosts: Path | None = None
+) -> ChatSession:
+    """A secure session to ``server`` (closed at cleanup)."""
+    if known_hosts is None:
+        known_hosts = Path(testcase.mktemp())
+    known = KnownHosts(known_hosts)
+
+    def verify(fingerprint: str) -> bool:
+        known.check(f"127.0.0.1:{server.port}", fingerprint)
+        return True
+
+    session = await connect(reactor, f"tcp:host=127.0.0.1:port={server.port}", verify)
+    testcase.addCleanup(_close, session)
+    return session
+
+
+def _close(session: ChatSession) -> Any:
+    return session.close()
+
+
+async def logged_in(
+    testcase: unittest.TestCase, server: RunningServer, user: str, register: bool = True
+) -> ChatSession:
+    session = await open_session(testcase, server)
+    if register:
+        await session.register(user, PASSWORD)
+    else:
+        await session.login(user, PASSWORD)
+    return session
+
+
+class EventQueue:
+    """Collects a session's unsolicited events; ``next()`` waits for one."""
+
+    def __init__(self, session: ChatSession) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._waiters: list[tuple[Any, defer.Deferred[dict[str, Any]]]] = []
+        session.add_listener(self._received)
+
+    def _received(self, event: dict[str, Any]) -> None:
+        for item in list(self._waiters):
+            match, d = item
+            if match(event):
+                self._waiters.remove(item)
+                d.callback(event)
+                return
+        self.events.append(event)
+
+    def next(self, match: Any = lambda e: True, timeout: float = 5.0) -> defer.Deferred[dict[str, Any]]:
+        """The first (queued or future) event for which ``match`` is true."""
+        for event in self.events:
+            if match(event):
+                self.events.remove(event)
+                return defer.succeed(event)
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._waiters.append((match, d))
+        return d.addTimeout(timeout, reactor)
+
+
+def python_env() -> dict[str, str]:
+    """Environment for child processes that import this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+PYTHON = sys.executable
+
+__all__ = [
+    "EventQueue",
+    "PASSWORD",
+    "PYTHON",
+    "ROOT",
+    "RunningServer",
+    "install_identity",
+    "load_settings",
+    "logged_in",
+    "make_settings",
+    "open_session",
+    "python_env",
+    "start_server",
+]
+_unused = endpoints
