@@ -71,7 +71,14 @@ class RunningServer:
     def start(self) -> Any:
         self.service.startService()
         listener = self.service.getServiceNamed("listener")
-        port = yield listener._waitingForPort
+        ready: defer.Deferred[Any] = defer.Deferred()
+
+        def listening(port: Any) -> Any:
+            ready.callback(port)
+            return port  # the service needs the port again to stop it
+
+        listener._waitingForPort.addCallback(listening)
+        port = yield ready
         self.port = port.getHost().port
         return self
 

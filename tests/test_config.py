@@ -1,0 +1,78 @@
+"""Settings: defaults, the shipped INI file, overrides and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from chatserver import tap
+from chatserver.config import ConfigError, Settings, load_settings
+
+from tests.support import ROOT
+
+
+class SettingsTests(unittest.TestCase):
+    def write(self, text: str) -> Path:
+        path = Path(self.mktemp())
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def test_shipped_file_documents_the_defaults(self) -> None:
+        """etc/chatserver.ini sets every setting to its built-in default."""
+        self.assertEqual(load_settings(ROOT / "etc" / "chatserver.ini"), Settings())
+
+    def test_shipped_file_names_every_setting(self) -> None:
+        from chatserver.config import SCHEMA
+
+        text = (ROOT / "etc" / "chatserver.ini").read_text()
+        for section, key, _, _ in SCHEMA:
+            self.assertIn(f"\n{key} = ", text, f"[{section}] {key} is not in etc/chatserver.ini")
+
+    def test_file_then_overrides(self) -> None:
+        path = self.write("[server]\nendpoint = tcp:9000\nidle_timeout = 12.5\n[log]\nlevel = DEBUG\n")
+        settings = load_settings(path, endpoint="tcp:9001", data_dir=None)
+        self.assertEqual(settings.endpoint, "tcp:9001")
+        self.assertEqual(settings.idle_timeout, 12.5)
+        self.assertEqual(settings.log_level, "debug")
+        self.assertEqual(settings.data_dir, "var/lib")
+
+    def assertConfigError(self, text: str, *fragments: str) -> None:
+        path = self.write(text)
+        error = self.assertRaises(ConfigError, load_settings, path)
+        for fragment in fragments:
+            self.assertIn(fragment, str(error))
+
+    def test_unknown_key(self) -> None:
+        self.assertConfigError("[server]\nendpiont = tcp:1\n", "unknown setting [server] endpiont")
+
+    def test_bad_values_name_the_setting(self) -> None:
+        self.assertConfigError("[server]\nmax_line_length = 10\n", "[server] max_line_length", "between")
+        self.assertConfigError("[server]\nhandshake_timeout = -1\n", "handshake_timeout", "greater than zero")
+        self.assertConfigError("[server]\ncrypto_threads = many\n", "crypto_threads", "'many'")
+        self.assertConfigError("[accounts]\nallow_registration = maybe\n", "yes or no")
+        self.assertConfigError("[log]\nlevel = loud\n", "must be one of")
+        self.assertConfigError("[chat]\ndefault_room = Not A Room\n", "default_room")
+        self.assertConfigError("[server]\nendpoint = nonsense:1\n", "endpoint")
+
+    def test_missing_file(self) -> None:
+        error = self.assertRaises(ConfigError, load_settings, Path(self.mktemp()))
+        self.assertIn("cannot read", str(error))
+
+    def test_settings_are_frozen(self) -> None:
+        settings = Settings()
+        with self.assertRaises(Exception):
+            settings.endpoint = "tcp:1"  # type: ignore[misc]
+
+    def test_twistd_options(self) -> None:
+        options = tap.Options()
+        options.parseOptions(["--endpoint", "tcp:7071", "--data-dir", "/tmp/d", "--log-dir", "/tmp/l"])
+        settings = options["settings"]
+        self.assertEqual((settings.endpoint, settings.data_dir, settings.log_dir), ("tcp:7071", "/tmp/d", "/tmp/l"))
+
+    def test_twistd_options_reject_bad_config(self) -> None:
+        path = self.write("[server]\nidle_timeout = soon\n")
+        options = tap.Options()
+        error = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", str(path)])
+        self.assertIn("idle_timeout", str(error))
