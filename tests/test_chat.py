@@ -1,0 +1,170 @@
+"""The lobby: two and more real clients through a real server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial import unittest
+
+from chatclient.session import ServerError
+from chatserver.channel import decode_events
+from chatserver.chat import ChatService, NotAMember
+
+from tests.support import EventQueue, logged_in, start_server
+
+
+class LobbyTests(unittest.TestCase):
+    async def test_two_clients_exchange_messages(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        alice_events = EventQueue(alice)
+        await alice_events.next(lambda e: e["type"] == "joined" and e["user"] == "alice")
+        bob = await logged_in(self, server, "bob")
+        bob_events = EventQueue(bob)
+        joined = await alice_events.next(lambda e: e["type"] == "joined")
+        self.assertEqual((joined["room"], joined["user"]), ("lobby", "bob"))
+
+        ack = await alice.say("lobby", "hello bob ✓")
+        self.assertEqual(ack["type"], "ack")
+        got = await bob_events.next(lambda e: e["type"] == "msg")
+        self.assertEqual(
+            {k: got[k] for k in ("room", "from", "body", "id")},
+            {"room": "lobby", "from": "alice", "body": "hello bob ✓", "id": ack["id"]},
+        )
+        self.assertEqual(got["ts"], ack["ts"])
+        echo = await alice_events.next(lambda e: e["type"] == "msg")
+        self.assertEqual(echo["id"], ack["id"])
+
+        reply = await bob.say("lobby", "hi alice")
+        self.assertGreater(reply["id"], ack["id"])
+        got = await alice_events.next(lambda e: e["type"] == "msg")
+        self.assertEqual((got["from"], got["body"]), ("bob", "hi alice"))
+
+        self.assertEqual(await bob.who("lobby"), ["alice", "bob"])
+        await bob.close()
+        left = await alice_events.next(lambda e: e["type"] == "left")
+        self.assertEqual(left["user"], "bob")
+        self.assertEqual(await alice.who("lobby"), ["alice"])
+
+    async def test_ids_increase_and_every_member_sees_every_message_in_order(self) -> None:
+        server = await start_server(self)
+        sessions = [await logged_in(self, server, f"user{i}") for i in range(4)]
+        queues = [EventQueue(s) for s in sessions]
+        acks = []
+        for n in range(10):
+            acks.append(await sessions[n % 4].say("lobby", f"message {n}"))
+        ids = [a["id"] for a in acks]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), 10)
+        for queue in queues:
+            seen = [await queue.next(lambda e: e["type"] == "msg") for _ in range(10)]
+            self.assertEqual([e["body"] for e in seen], [f"message {n}" for n in range(10)])
+            self.assertEqual([e["id"] for e in seen], ids)
+
+    async def test_same_user_twice_is_announced_once(self) -> None:
+        server = await start_server(self)
+        watcher = await logged_in(self, server, "watcher")
+        events = EventQueue(watcher)
+        first = await logged_in(self, server, "alice")
+        second = await logged_in(self, server, "alice", register=False)
+        await first.close()
+        await watcher.ping()  # everything the server sent before this has arrived
+        kinds = [(e["type"], e.get("user")) for e in events.events]
+        self.assertEqual(kinds.count(("joined", "alice")), 1)
+        self.assertNotIn(("left", "alice"), kinds)
+        await second.close()
+        left = await events.next(lambda e: e["type"] == "left")
+        self.assertEqual(left["user"], "alice")
+
+
+class RequestValidationTests(unittest.TestCase):
+    async def assertRefused(self, session: Any, event: dict[str, Any], code: str, field: str | None) -> dict[str, Any]:
+        error = await self.assertFailure(session.request(event), ServerError)
+        self.assertEqual(error.code, code)
+        self.assertEqual(error.event.get("field"), field)
+        self.assertEqual(error.event["request"], event["type"])
+        return error.event
+
+    async def test_bad_requests_get_clear_errors_and_the_connection_survives(self) -> None:
+        server = await start_server(self, max_body_length=50)
+        session = await logged_in(self, server, "alice")
+        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": ""}, "bad_body", "body")
+        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "   "}, "bad_body", "body")
+        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "x" * 51}, "bad_body", "body")
+        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "a\x1b[2Jb"}, "bad_body", "body")
+        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": 42}, "bad_field", "body")
+        await self.assertRefused(session, {"type": "say", "room": "lobby"}, "missing_field", "body")
+        await self.assertRefused(session, {"type": "say", "room": "Lobby!", "body": "x"}, "bad_room", "room")
+        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "x", "extra": 1}, "unknown_field", "extra")
+        await self.assertRefused(session, {"type": "say", "room": "elsewhere", "body": "x"}, "not_member", "room")
+        error = await self.assertRefused(session, {"type": "fly"}, "unknown_type", "type")
+        self.assertIn("fly", error["message"])
+        # Multi-line bodies and the maximum length are fine.
+        ack = await session.say("lobby", "line one\nline two\ttab")
+        self.assertEqual(ack["type"], "ack")
+        ack = await session.say("lobby", "y" * 50)
+        self.assertEqual(ack["type"], "ack")
+
+    async def test_bad_ref_is_refused(self) -> None:
+        server = await start_server(self)
+        session = await logged_in(self, server, "alice")
+        queue = EventQueue(session)
+        session.protocol.send_events([{"type": "ping", "ref": [1, 2]}])
+        error = await queue.next(lambda e: e["type"] == "error")
+        self.assertEqual((error["code"], error["field"]), ("bad_field", "ref"))
+        self.assertNotIn("ref", error)
+
+    async def test_one_frame_may_carry_several_requests(self) -> None:
+        """A DATA record is a list of events; all are handled, in order."""
+        server = await start_server(self)
+        session = await logged_in(self, server, "alice")
+        queue = EventQueue(session)
+        session.protocol.send_events([
+            {"type": "say", "room": "lobby", "body": "one", "ref": "a"},
+            {"type": "say", "room": "lobby", "body": "two", "ref": "b"},
+            {"type": "ping", "ref": "c"},
+        ])
+        answers = [await queue.next(lambda e: "ref" in e) for _ in range(3)]
+        self.assertEqual([(a["type"], a["ref"]) for a in answers], [("ack", "a"), ("ack", "b"), ("pong", "c")])
+        self.assertLess(answers[0]["id"], answers[1]["id"])
+
+
+class Member:
+    """A test member: records what the chat core delivers to it."""
+
+    def __init__(self, user: str | None) -> None:
+        self.user = user
+        self.received: list[dict[str, Any]] = []
+
+    def deliver(self, plaintext: bytes) -> None:
+        self.received.extend(decode_events(plaintext))
+
+
+class ChatServiceTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.now = 1000.0
+        self.chat = ChatService(clock=lambda: self.now)
+
+    def test_join_say_leave(self) -> None:
+        alice, bob = Member("alice"), Member("bob")
+        self.chat.join(alice, "lobby")
+        self.chat.join(bob, "lobby")
+        event = self.chat.say(alice, "lobby", "hi")
+        self.assertEqual((event["id"], event["ts"], event["from"]), (3, 1_000_000, "alice"))
+        self.assertEqual([e["type"] for e in alice.received], ["joined", "joined", "msg"])
+        self.assertEqual([e["type"] for e in bob.received], ["joined", "msg"])
+        self.chat.leave_all(bob)
+        self.assertEqual(alice.received[-1]["type"], "left")
+        self.assertEqual(self.chat.who(alice, "lobby"), ["alice"])
+        self.assertRaises(NotAMember, self.chat.say, bob, "lobby", "x")
+        self.assertRaises(NotAMember, self.chat.who, bob, "nowhere")
+
+    def test_rejoin_is_idempotent(self) -> None:
+        alice = Member("alice")
+        self.chat.join(alice, "lobby")
+        self.chat.join(alice, "lobby")
+        self.assertEqual(len(alice.received), 1)
+        self.chat.leave(alice, "lobby")
+        self.chat.leave(alice, "lobby")
+        self.assertEqual(self.chat.rooms["lobby"].users(), [])
+        self.assertEqual([e["type"] for e in alice.received], ["joined"])
