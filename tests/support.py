@@ -83,6 +83,9 @@ class RunningServer:
         return self
 
     def stop(self) -> Any:
+        """Stop the server (again at cleanup is fine)."""
+        if not self.service.running:
+            return defer.succeed(None)
         return self.service.stopService()
 
 
@@ -124,6 +127,18 @@ async def logged_in(
     else:
         await session.login(user, PASSWORD)
     return session
+
+
+async def until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
+    """Wait (bounded) until ``predicate()`` is true: for server-side state
+    that no client-visible event announces."""
+    from twisted.internet import task
+
+    for _ in range(int(timeout / interval)):
+        if predicate():
+            return
+        await task.deferLater(reactor, interval, lambda: None)
+    raise AssertionError(f"condition not reached within {timeout} s")
 
 
 class EventQueue:

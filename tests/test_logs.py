@@ -1,0 +1,76 @@
+"""Log files: which events go where, levels, rotation, and no secrets."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from chatclient.session import ServerError
+
+from tests.support import PASSWORD, EventQueue, logged_in, open_session, start_server, until
+
+
+def read_logs(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(directory.iterdir())}
+
+
+class LogTests(unittest.TestCase):
+    async def test_files_split_by_namespace(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        await alice.close()
+        await until(lambda: not server.factory.connections)
+        await server.stop()
+        logs = read_logs(server.settings.log_path)
+        self.assertIn("logged in as alice", logs["connections.log"])
+        self.assertIn("disconnect 127.0.0.1 user=alice: closed by peer (bye)", logs["connections.log"])
+        self.assertNotIn("logged in as", logs["chatserver.log"])
+        self.assertIn("registered alice from 127.0.0.1", logs["chatserver.log"])
+        for name in logs:
+            mode = stat.S_IMODE((server.settings.log_path / name).stat().st_mode)
+            self.assertEqual(mode & 0o027, 0, f"{name} is writable by group or readable by others")
+
+    async def test_level_filters(self) -> None:
+        server = await start_server(self, log_level="warn")
+        session = await open_session(self, server)
+        await self.assertFailure(session.login("alice", "wrong password"), ServerError)
+        await server.stop()
+        logs = read_logs(server.settings.log_path)
+        self.assertIn("login failed for alice", logs["chatserver.log"])
+        self.assertNotIn("connect 127.0.0.1", logs["connections.log"])
+
+    async def test_rotation_by_size_keeps_count(self) -> None:
+        server = await start_server(self, log_rotate_bytes=4096, log_rotate_count=2)
+        for _ in range(60):
+            session = await open_session(self, server)
+            await session.close()
+        await server.stop()
+        names = set(read_logs(server.settings.log_path))
+        self.assertIn("connections.log.1", names)
+        self.assertIn("connections.log.2", names)
+        self.assertNotIn("connections.log.3", names)
+        for name in names:
+            self.assertLessEqual((server.settings.log_path / name).stat().st_size, 4096 + 512)
+
+    async def test_no_secrets_or_bodies_in_logs(self) -> None:
+        server = await start_server(self, log_level="debug", max_body_length=100)
+        alice = await logged_in(self, server, "alice")
+        queue = EventQueue(alice)
+        intruder = await open_session(self, server)
+        await self.assertFailure(intruder.login("alice", "guessed-secret-pw"), ServerError)
+        await alice.say("lobby", "the launch code is 0000")
+        await self.assertFailure(alice.say("lobby", "overlong secret " + "x" * 100), ServerError)
+        await queue.next(lambda e: e["type"] == "msg")
+        await alice.close()
+        await intruder.close()
+        await until(lambda: not server.factory.connections)
+        await server.stop()
+        text = "\n".join(read_logs(server.settings.log_path).values())
+        self.assertIn("login failed for alice", text)  # the events were logged...
+        for secret in (PASSWORD, "guessed-secret-pw", "launch code", "overlong secret"):
+            self.assertNotIn(secret, text)  # ... without what must stay private
+        key_pem = (server.settings.data_path / "server_key.pem").read_text()
+        for line in key_pem.splitlines()[1:-1]:
+            self.assertNotIn(line, text)
