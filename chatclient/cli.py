@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)")
     p.add_argument("--fingerprint", help="require this server key fingerprint (SHA256:...)")
     p.add_argument("--tls", action="store_true", help="connect with TLS under the channel")
+    p.add_argument("--tls-ca", metavar="DIR", help="with --tls: trust the CA certificates (PEM) in DIR instead of the system's")
     p.add_argument("--room", default="lobby", help="room to talk in (default: lobby)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
     return p.parse_args(argv)
@@ -138,6 +139,18 @@ class InputLines(LineReceiver):
         waiting.addCallback(lambda _: self.done.called or self.done.callback(None))
 
 
+def endpoint_description(host: str, port: int, tls: bool = False, ca_dir: str | None = None) -> str:
+    """A Twisted client endpoint string for the options given."""
+    from twisted.internet.endpoints import quoteStringArgument as quote
+
+    if not tls:
+        return f"tcp:host={quote(host)}:port={port}"
+    description = f"tls:host={quote(host)}:port={port}"
+    if ca_dir is not None:
+        description += f":trustRoots={quote(ca_dir)}"
+    return description
+
+
 async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     known = KnownHosts(args.known_hosts)
     server = server_id(args.host, args.port)
@@ -147,8 +160,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
             sys.stderr.write(f"* new server {server}: pinned key {fingerprint} in {known.path}\n")
         return True
 
-    kind = "tls" if args.tls else "tcp"
-    description = f"{kind}:host={args.host}:port={args.port}"
+    description = endpoint_description(args.host, args.port, args.tls, args.tls_ca)
     try:
         session = await connect(reactor, description, verify)
     except HostKeyMismatch as e:
