@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -147,7 +147,11 @@ class ClientProtocol(LineReceiver):
 class ChatSession:
     """Requests and events over one secure connection."""
 
-    def __init__(self, protocol: ClientProtocol) -> None:
+    def __init__(self, protocol: ClientProtocol, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._keepalive: task.LoopingCall | None = None
         self.protocol = protocol
         protocol.session = self
         self.fingerprint = protocol.fingerprint
@@ -180,6 +184,8 @@ class ChatSession:
                 log.failure("event listener failed")
 
     def _lost(self, info: ConnectionClosed) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(info)
@@ -205,7 +211,17 @@ class ChatSession:
     def _logged_in(self, welcome: dict[str, Any]) -> dict[str, Any]:
         self.user = welcome["user"]
         self.role = welcome["role"]
+        idle = welcome.get("idle_timeout")
+        if isinstance(idle, (int, float)) and idle > 0 and not self.closed.called:
+            # The server closes idle connections; a ping at a third of its
+            # limit keeps a quiet session open with room for a lost one.
+            self._keepalive = task.LoopingCall(self._ping_quietly)
+            self._keepalive.clock = self._clock
+            self._keepalive.start(idle / 3, now=False)
         return welcome
+
+    def _ping_quietly(self) -> None:
+        self.ping().addErrback(lambda _: None)
 
     def login(self, user: str, password: str) -> Deferred[dict[str, Any]]:
         return self.request({"type": "login", "user": user, "password": password}).addCallback(

@@ -331,6 +331,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                     "role": account.role,
                     "server": f"chatserver/{__version__}",
                     "rooms": [self.factory.settings.default_room],
+                    # Clients keep the connection alive within this.
+                    "idle_timeout": self.factory.settings.idle_timeout,
                 },
                 request,
             )

@@ -168,3 +168,19 @@ class ChatServiceTests(unittest.TestCase):
         self.chat.leave(alice, "lobby")
         self.assertEqual(self.chat.rooms["lobby"].users(), [])
         self.assertEqual([e["type"] for e in alice.received], ["joined"])
+
+
+class IdleTests(unittest.TestCase):
+    async def test_idle_connections_close_and_keepalive_prevents_it(self) -> None:
+        from twisted.internet import reactor
+
+        server = await start_server(self, idle_timeout=0.6)
+        kept = await logged_in(self, server, "alice")
+        quiet = await logged_in(self, server, "bob")
+        quiet._keepalive.stop()  # this client stops pinging
+        info = await quiet.closed.addTimeout(5, reactor)
+        self.assertTrue(info.clean)
+        self.assertEqual(info.code, "idle_timeout")
+        self.assertFalse(kept.closed.called)
+        pong = await kept.ping()
+        self.assertEqual(pong["type"], "pong")
