@@ -26,6 +26,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) tools/run_trial.py -j $(TRIAL_JOBS) $(TESTS)
 
+check: $(VENV)/.installed
+	$(PY) -m pip install --quiet ruff
+	$(VENV)/bin/ruff check chatserver chatclient tools twisted tests bench
+	$(VENV)/bin/ruff format --check chatserver chatclient tools twisted
+
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py
 

@@ -37,10 +37,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--user", required=True)
     p.add_argument("--password-file", type=Path, help="read the password from this file (first line)")
     p.add_argument("--register", action="store_true", help="create the account, then log in")
-    p.add_argument("--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)")
+    p.add_argument(
+        "--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)"
+    )
     p.add_argument("--fingerprint", help="require this server key fingerprint (SHA256:...)")
     p.add_argument("--tls", action="store_true", help="connect with TLS under the channel")
-    p.add_argument("--tls-ca", metavar="DIR", help="with --tls: trust the CA certificates (PEM) in DIR instead of the system's")
+    p.add_argument(
+        "--tls-ca",
+        metavar="DIR",
+        help="with --tls: trust the CA certificates (PEM) in DIR instead of the system's",
+    )
     p.add_argument("--room", default="lobby", help="room to talk in (default: lobby)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
     return p.parse_args(argv)
@@ -121,7 +127,9 @@ class InputLines(LineReceiver):
             elif command == "/help":
                 sys.stderr.write(HELP + "\n")
             elif command == "/who":
-                self._track(self.session.request({"type": "who", "room": self.room}).addCallback(self.printer))
+                self._track(
+                    self.session.request({"type": "who", "room": self.room}).addCallback(self.printer)
+                )
             else:
                 sys.stderr.write(f"unknown command {command}; /help lists them\n")
             return
@@ -191,9 +199,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
 
     lines = InputLines(session, args.room, printer)
     stdio.StandardIO(lines, reactor=reactor)
-    ended = await defer.DeferredList(
-        [lines.done, session.closed], fireOnOneCallback=True, consumeErrors=True
-    )
+    ended = await defer.DeferredList([lines.done, session.closed], fireOnOneCallback=True, consumeErrors=True)
     _, index = ended
     if index == 1:
         info = session.closed.result

@@ -229,9 +229,9 @@ class ChatSession:
         )
 
     def register(self, user: str, password: str) -> Deferred[dict[str, Any]]:
-        return self.request(
-            {"type": "register", "user": user, "password": password}
-        ).addCallback(self._logged_in)
+        return self.request({"type": "register", "user": user, "password": password}).addCallback(
+            self._logged_in
+        )
 
     def say(self, room: str, body: str) -> Deferred[dict[str, Any]]:
         """Fires with the ack: ``{"type": "ack", "room", "id", "ts"}``."""

@@ -58,9 +58,7 @@ class FailureWindow:
         self.limit = limit
         self.period = period
         self.max_keys = max_keys
-        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
-            collections.OrderedDict()
-        )
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
 
     def retry_after(self, key: str) -> float:
         """Seconds until ``key`` may try again; 0 if it may now."""
@@ -96,12 +94,8 @@ class Accounts:
         self._settings = settings
         self._store = store
         self._pool = pool
-        self._by_account = FailureWindow(
-            clock, settings.login_failures_per_account, settings.login_lockout
-        )
-        self._by_address = FailureWindow(
-            clock, settings.login_failures_per_address, settings.login_lockout
-        )
+        self._by_account = FailureWindow(clock, settings.login_failures_per_account, settings.login_lockout)
+        self._by_address = FailureWindow(clock, settings.login_failures_per_address, settings.login_lockout)
         # Verified against when the user does not exist, so that path costs
         # one scrypt run too.  Made lazily: start-up should not pay for it.
         self._dummy_hash: str | None = None
@@ -109,9 +103,7 @@ class Accounts:
     def _throttle(self, name: str, address: str) -> None:
         wait = max(self._by_account.retry_after(name), self._by_address.retry_after(address))
         if wait > 0:
-            raise AuthError(
-                "throttled", "too many failed attempts; try again later", retry_after=wait
-            )
+            raise AuthError("throttled", "too many failed attempts; try again later", retry_after=wait)
 
     @inlineCallbacks
     def login(self, name: str, password: str, address: str) -> Any:

@@ -129,9 +129,7 @@ def decode_line(line: bytes) -> bytes:
 
 
 def _compact_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def encode_events(events: list[dict[str, Any]]) -> bytes:
@@ -393,9 +391,7 @@ class ClientHandshake:
         else:
             self._eph, self._share = crypto.x25519_private_from_bytes(ephemeral)
         self._random = random if random is not None else crypto.random_bytes(RANDOM_SIZE)
-        self._premaster = (
-            premaster if premaster is not None else crypto.random_bytes(PREMASTER_SIZE)
-        )
+        self._premaster = premaster if premaster is not None else crypto.random_bytes(PREMASTER_SIZE)
         self._versions = versions
         self._suites = suites
         self._rekey_after = rekey_after
@@ -465,9 +461,7 @@ class ClientHandshake:
             encrypted = self._encrypt(self.server_key_der, self._premaster)
         kex = bytes((KEY_EXCHANGE,)) + struct.pack(">H", len(encrypted)) + encrypted
         self._transcript += kex
-        self._secrets = HandshakeSecrets(
-            self._shared, self._premaster, crypto.sha256(self._transcript)
-        )
+        self._secrets = HandshakeSecrets(self._shared, self._premaster, crypto.sha256(self._transcript))
         finished = bytes((FINISHED,)) + crypto.hmac_sha256(
             self._secrets.client_finished_key, crypto.sha256(self._transcript)
         )
@@ -485,9 +479,7 @@ class ClientHandshake:
         except ChannelError:
             self.state = HandshakeState.FAILED
             raise
-        expected = crypto.hmac_sha256(
-            self._secrets.server_finished_key, crypto.sha256(self._transcript)
-        )
+        expected = crypto.hmac_sha256(self._secrets.server_finished_key, crypto.sha256(self._transcript))
         if not crypto.hmac_equal(mac, expected):
             self.state = HandshakeState.FAILED
             raise ChannelError("server finished MAC is wrong")
@@ -607,9 +599,7 @@ class ServerHandshake:
         except ChannelError:
             self.state = HandshakeState.FAILED
             raise
-        expected = crypto.hmac_sha256(
-            self._secrets.client_finished_key, crypto.sha256(self._transcript)
-        )
+        expected = crypto.hmac_sha256(self._secrets.client_finished_key, crypto.sha256(self._transcript))
         if not crypto.hmac_equal(mac, expected):
             self.state = HandshakeState.FAILED
             raise ChannelError("client finished MAC is wrong")

@@ -97,9 +97,7 @@ class ChatService:
         room = self.rooms.get(name)
         if room is None or member not in room.members:
             raise NotAMember(name)
-        return self._publish(
-            room, {"type": "msg", "room": name, "from": member.user, "body": body}
-        )
+        return self._publish(room, {"type": "msg", "room": name, "from": member.user, "body": body})
 
     def who(self, member: Member, name: str) -> list[str]:
         room = self.rooms.get(name)

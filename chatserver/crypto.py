@@ -133,9 +133,7 @@ def x25519_private_from_bytes(raw: bytes) -> tuple[x25519.X25519PrivateKey, byte
 
 
 def _x25519_public_bytes(key: x25519.X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def dh(private: x25519.X25519PrivateKey, peer_public: bytes) -> bytes:
@@ -193,9 +191,7 @@ def rsa_private_from_pem(data: bytes) -> rsa.RSAPrivateKey:
 def rsa_public_der(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
     """DER SubjectPublicKeyInfo of a key: what goes on the wire and is pinned."""
     public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
-    return public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def rsa_public_from_der(der: bytes) -> rsa.RSAPublicKey:

@@ -129,7 +129,12 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def _drop(self, reason: str, alert: int = channel.ALERT_HANDSHAKE_FAILURE) -> None:
         """End the connection because of ``reason`` (safe to log)."""
         self.close_reason = reason
-        log.warn("{peer} user={user}: {reason}; disconnecting", peer=self.peer, user=self.user or "-", reason=reason)
+        log.warn(
+            "{peer} user={user}: {reason}; disconnecting",
+            peer=self.peer,
+            user=self.user or "-",
+            reason=reason,
+        )
         if self.channel is None and self.handshake is not None:
             self.transport.write(channel.encode_line(channel.alert_record(alert, reason)))
             self.transport.loseConnection()
@@ -152,9 +157,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self._blocked_since is None:
             self._blocked_since = self.factory.clock.seconds()
             self._blocked_bytes = 0
-            self._slow_check = self.callLater(
-                self.factory.settings.slow_client_timeout, self._check_slow
-            )
+            self._slow_check = self.callLater(self.factory.settings.slow_client_timeout, self._check_slow)
 
     def output_drained(self) -> None:
         self._blocked_since = None
@@ -291,24 +294,36 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _authenticate(self, request: dict[str, Any], method: Any) -> None:
         if self.account is not None:
-            self.send_error("already_authenticated", "already logged in", request=request["type"], ref=request.get("ref"))
+            self.send_error(
+                "already_authenticated", "already logged in", request=request["type"], ref=request.get("ref")
+            )
             return
         try:
             d = method(request["user"], request["password"], self.peer)
         except AuthError as e:  # throttled before any work
             self._auth_failed(e, request)
             return
-        d.addCallbacks(self._authenticated, self._auth_errback, callbackArgs=(request,), errbackArgs=(request,))
+        d.addCallbacks(
+            self._authenticated, self._auth_errback, callbackArgs=(request,), errbackArgs=(request,)
+        )
         self._wait_for(d)
 
     def _auth_errback(self, failure: Failure, request: dict[str, Any]) -> None:
         if failure.check(AuthError):
             self._auth_failed(failure.value, request)
         elif failure.check(Busy):
-            self.send_error("busy", "server busy; try again", request=request["type"], ref=request.get("ref"), retry_after=1)
+            self.send_error(
+                "busy",
+                "server busy; try again",
+                request=request["type"],
+                ref=request.get("ref"),
+                retry_after=1,
+            )
         else:
             log.failure("{kind} crashed for {peer}", failure, kind=request["type"], peer=self.peer)
-            self.send_error("internal_error", "internal error", request=request["type"], ref=request.get("ref"))
+            self.send_error(
+                "internal_error", "internal error", request=request["type"], ref=request.get("ref")
+            )
 
     def _auth_failed(self, error: AuthError, request: dict[str, Any]) -> None:
         if not self.connected:
@@ -343,15 +358,21 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         try:
             event = self.factory.chat.say(self, request["room"], request["body"])
         except NotAMember:
-            self.send_error("not_member", "you are not in that room", request="say", field="room", ref=request.get("ref"))
+            self.send_error(
+                "not_member", "you are not in that room", request="say", field="room", ref=request.get("ref")
+            )
             return
-        self.send(self._reply({"type": "ack", "room": event["room"], "id": event["id"], "ts": event["ts"]}, request))
+        self.send(
+            self._reply({"type": "ack", "room": event["room"], "id": event["id"], "ts": event["ts"]}, request)
+        )
 
     def _on_who(self, request: dict[str, Any]) -> None:
         try:
             users = self.factory.chat.who(self, request["room"])
         except NotAMember:
-            self.send_error("not_member", "you are not in that room", request="who", field="room", ref=request.get("ref"))
+            self.send_error(
+                "not_member", "you are not in that room", request="who", field="room", ref=request.get("ref")
+            )
             return
         self.send(self._reply({"type": "who", "room": request["room"], "users": users}, request))
 

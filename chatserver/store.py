@@ -96,9 +96,7 @@ def _configure(conn: sqlite3.Connection) -> None:
 
 
 def get_user(cursor: Any, name: str) -> UserRecord | None:
-    cursor.execute(
-        "SELECT name, password_hash, role, disabled FROM users WHERE name = ?", (name,)
-    )
+    cursor.execute("SELECT name, password_hash, role, disabled FROM users WHERE name = ?", (name,))
     row = cursor.fetchone()
     if row is None:
         return None

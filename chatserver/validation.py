@@ -84,9 +84,7 @@ def _password(minimum: int) -> Check:
 def room(value: Any, limits: Limits | None = None) -> str:
     name = _string(value, "room")
     if not ROOM_NAME.fullmatch(name):
-        raise RequestError(
-            "bad_room", "room names are 1-32 characters of a-z, 0-9, _ and -", "room"
-        )
+        raise RequestError("bad_room", "room names are 1-32 characters of a-z, 0-9, _ and -", "room")
     return name
 
 

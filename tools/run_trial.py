@@ -13,12 +13,10 @@ import sys
 
 def summarize(output: str) -> tuple[int, int, int]:
     """(passed, failed, skipped) from trial's last status line."""
-    match = None
-    for match in re.finditer(r"^(PASSED|FAILED) \(([^)]*)\)\s*$", output, re.M):
-        pass
-    if match is None:
+    matches = re.findall(r"^(?:PASSED|FAILED) \(([^)]*)\)\s*$", output, re.M)
+    if not matches:
         return 0, 0, 0
-    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", matches[-1])}
     passed = counts.get("successes", 0) + counts.get("expectedFailures", 0)
     failed = counts.get("failures", 0) + counts.get("errors", 0) + counts.get("unexpectedSuccesses", 0)
     return passed, failed, counts.get("skips", 0)
