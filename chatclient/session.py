@@ -266,7 +266,26 @@ def connect_endpoint(
     endpoint: Any, verify: Verifier, handshake: channel.ClientHandshake | None = None
 ) -> Deferred[ChatSession]:
     protocol = ClientProtocol(verify, handshake)
-    d = endpoints.connectProtocol(endpoint, protocol)
-    d.addCallback(lambda _: protocol.secure)
-    d.addCallback(ChatSession)
-    return d
+    connecting = endpoints.connectProtocol(endpoint, protocol)
+
+    def cancel(_: Deferred[ChatSession]) -> None:
+        # Cancelling after the TCP connection is up must not leave it open
+        # until the server's handshake deadline.
+        connecting.cancel()
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
+
+    result: Deferred[ChatSession] = Deferred(cancel)
+
+    def forward(session: ChatSession) -> None:
+        if not result.called:
+            result.callback(session)
+
+    def forward_error(failure: Failure) -> None:
+        if not result.called:  # after a cancel the outcome is moot
+            result.errback(failure)
+
+    connecting.addCallback(lambda _: protocol.secure)
+    connecting.addCallback(ChatSession)
+    connecting.addCallbacks(forward, forward_error)
+    return result

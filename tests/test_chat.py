@@ -184,3 +184,21 @@ class IdleTests(unittest.TestCase):
         self.assertFalse(kept.closed.called)
         pong = await kept.ping()
         self.assertEqual(pong["type"], "pong")
+
+
+class ConnectCancelTests(unittest.TestCase):
+    async def test_cancelled_connect_closes_the_connection(self) -> None:
+        """Cancelling connect() while the key is being checked must not
+        leave the TCP connection waiting for the server's deadline."""
+        from twisted.internet import defer, reactor
+
+        from chatclient.session import connect
+        from tests.support import until
+
+        server = await start_server(self)
+        checking: defer.Deferred[bool] = defer.Deferred()
+        d = connect(reactor, f"tcp:host=127.0.0.1:port={server.port}", lambda fp: checking)
+        await until(lambda: len(server.factory.connections) == 1)
+        d.cancel()
+        await self.assertFailure(d, defer.CancelledError)
+        await until(lambda: not server.factory.connections)
