@@ -182,7 +182,7 @@ class Meter:
             "server_cpu_util": server / wall if wall > 0 else 0.0,
             "generator_cpu_util": gen / wall if wall > 0 else 0.0,
         }
-        for role, cpu in zip(("server", "generator"), self.cpus):
+        for role, cpu in zip(("server", "generator"), self.cpus, strict=True):
             if cpu is None or cpu >= len(c1):
                 continue
             before, after = self.c0[cpu], c1[cpu]
@@ -193,7 +193,9 @@ class Meter:
                 figures[f"{role}_cpu_busy"] = 1 - idle / total
                 # Busy time of that CPU not spent by our process: other
                 # programs on the machine (and some kernel work).
-                figures[f"{role}_cpu_other"] = max(0.0, figures[f"{role}_cpu_busy"] - figures[f"{role}_cpu_util"])
+                figures[f"{role}_cpu_other"] = max(
+                    0.0, figures[f"{role}_cpu_busy"] - figures[f"{role}_cpu_util"]
+                )
                 figures[f"{role}_cpu_steal"] = delta.get("steal", 0) / total
         return figures
 
@@ -416,9 +418,7 @@ class Clients:
         return [sessions[i] for i in range(len(names))]
 
     async def close_all(self, sessions: list[ChatSession]) -> None:
-        await defer.gatherResults(
-            [defer.ensureDeferred(self.close(s)) for s in sessions], consumeErrors=True
-        )
+        await defer.gatherResults([defer.ensureDeferred(self.close(s)) for s in sessions], consumeErrors=True)
 
 
 # --- scenario 1: handshakes and logins ---------------------------------------------
@@ -463,7 +463,9 @@ async def connection_burst(
     return figures
 
 
-async def scenario_handshake_login(reactor: Any, args: argparse.Namespace, clients: Clients, meter: Meter) -> dict[str, Any]:
+async def scenario_handshake_login(
+    reactor: Any, args: argparse.Namespace, clients: Clients, meter: Meter
+) -> dict[str, Any]:
     concurrency = args.login_concurrency
     # One account per slot in flight, registered beforehand (not measured).
     users = [f"login-{i:03d}" for i in range(concurrency)]
@@ -479,7 +481,9 @@ async def scenario_handshake_login(reactor: Any, args: argparse.Namespace, clien
 class Fanout:
     """The closed loop of scenario 2; see the module docstring."""
 
-    def __init__(self, reactor: Any, receivers: list[ChatSession], senders: list[ChatSession], window: int) -> None:
+    def __init__(
+        self, reactor: Any, receivers: list[ChatSession], senders: list[ChatSession], window: int
+    ) -> None:
         self.reactor = reactor
         self.receivers = receivers
         self.senders = senders
@@ -613,10 +617,10 @@ class Fanout:
         return figures
 
 
-async def scenario_fanout(reactor: Any, args: argparse.Namespace, clients: Clients, meter: Meter) -> dict[str, Any]:
-    names = [f"recv-{i:04d}" for i in range(args.receivers)] + [
-        f"send-{i:03d}" for i in range(args.senders)
-    ]
+async def scenario_fanout(
+    reactor: Any, args: argparse.Namespace, clients: Clients, meter: Meter
+) -> dict[str, Any]:
+    names = [f"recv-{i:04d}" for i in range(args.receivers)] + [f"send-{i:03d}" for i in range(args.senders)]
     t0 = time.perf_counter()
     sessions = await clients.register_all(names)
     setup_s = time.perf_counter() - t0
@@ -642,7 +646,13 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
 
 
 async def one_run(
-    reactor: Any, args: argparse.Namespace, scenario: str, base: Path, key_pem: bytes, fingerprint: str, cpus: tuple[int | None, int | None]
+    reactor: Any,
+    args: argparse.Namespace,
+    scenario: str,
+    base: Path,
+    key_pem: bytes,
+    fingerprint: str,
+    cpus: tuple[int | None, int | None],
 ) -> dict[str, Any]:
     server = ServerProcess(base, key_pem, args.hash_cost, cpus[0])
     completed = False
@@ -707,7 +717,9 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
 def dig(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
     if path == ("problems",):
         return float(
-            result.get("order_errors", 0) + result.get("lost_sessions", 0) + result.get("stuck_after_drain", 0)
+            result.get("order_errors", 0)
+            + result.get("lost_sessions", 0)
+            + result.get("stuck_after_drain", 0)
         )
     value: Any = result
     for key in path:
@@ -736,7 +748,7 @@ def table(labels: dict[str, str], summaries: dict[str, dict[str, dict[str, float
         fmts = {label: fmt for label, _, fmt in METRICS[scenario]}
         for label, s in summary.items():
             fmt = fmts[label]
-            show = lambda v: "-" if v is None else fmt.format(v)  # noqa: E731
+            show = lambda v, fmt=fmt: "-" if v is None else fmt.format(v)  # noqa: E731
             rows.append((labels[scenario], label, show(s["median"]), f"{show(s['min'])} .. {show(s['max'])}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
@@ -749,12 +761,16 @@ def table(labels: dict[str, str], summaries: dict[str, dict[str, dict[str, float
 
 def machine_info(cpus: tuple[int | None, int | None]) -> dict[str, Any]:
     import cryptography
+
     import twisted
 
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
         dirty = bool(
             subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no"],
@@ -847,7 +863,11 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     print(
         f"chatserver bench: {args.runs} run(s) per scenario, median and range; "
         f"hash cost {args.hash_cost}; {machine['cpu_count']} CPUs"
-        + (f" (server on CPU {cpus[0]}, generator on CPU {cpus[1]})" if cpus[0] is not None else " (not pinned)")
+        + (
+            f" (server on CPU {cpus[0]}, generator on CPU {cpus[1]})"
+            if cpus[0] is not None
+            else " (not pinned)"
+        )
     )
     print(
         f"handshake_login: {args.handshakes} handshakes, then {args.logins} handshakes+logins, "
@@ -933,27 +953,48 @@ def _warnings(labels: dict[str, str], raw: dict[str, list[dict[str, Any]]]) -> l
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench/bench.py", description="Load benchmark for chatserver (real server, real clients, loopback)."
+        prog="bench/bench.py",
+        description="Load benchmark for chatserver (real server, real clients, loopback).",
     )
-    p.add_argument("--runs", type=int, default=3, help="runs per scenario, each with a fresh server (default 3)")
-    p.add_argument("--duration", type=float, default=8.0, help="measured seconds of the fan-out scenario (default 8)")
-    p.add_argument("--warmup", type=float, default=2.0, help="fan-out warm-up seconds before measuring (default 2)")
-    p.add_argument("--logins", type=int, default=200, help="handshake+login connections in handshake_login (default 200)")
     p.add_argument(
-        "--handshakes", type=int, default=1000, help="handshake-only connections in handshake_login (default 1000)"
+        "--runs", type=int, default=3, help="runs per scenario, each with a fresh server (default 3)"
     )
-    p.add_argument("--login-concurrency", type=int, default=8, help="handshake_login connections in flight (default 8)")
+    p.add_argument(
+        "--duration", type=float, default=8.0, help="measured seconds of the fan-out scenario (default 8)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=2.0, help="fan-out warm-up seconds before measuring (default 2)"
+    )
+    p.add_argument(
+        "--logins", type=int, default=200, help="handshake+login connections in handshake_login (default 200)"
+    )
+    p.add_argument(
+        "--handshakes",
+        type=int,
+        default=1000,
+        help="handshake-only connections in handshake_login (default 1000)",
+    )
+    p.add_argument(
+        "--login-concurrency", type=int, default=8, help="handshake_login connections in flight (default 8)"
+    )
     p.add_argument("--receivers", type=int, default=50, help="fan-out receivers (default 50)")
     p.add_argument("--senders", type=int, default=5, help="fan-out senders (default 5)")
     p.add_argument("--window", type=int, default=4, help="outstanding messages per sender (default 4)")
-    p.add_argument("--hash-cost", type=int, default=15, help="password_hash_cost, log2 N of scrypt (default 15, as in production)")
+    p.add_argument(
+        "--hash-cost",
+        type=int,
+        default=15,
+        help="password_hash_cost, log2 N of scrypt (default 15, as in production)",
+    )
     p.add_argument(
         "--scenarios",
         default="handshake_login,fanout",
         help="comma-separated: handshake_login, fanout (default both)",
     )
     p.add_argument("--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes")
-    p.add_argument("--no-pin", action="store_true", help="do not pin the server and the generator to separate CPUs")
+    p.add_argument(
+        "--no-pin", action="store_true", help="do not pin the server and the generator to separate CPUs"
+    )
     p.add_argument("--keep-temp", action="store_true", help="keep the servers' directories and logs")
     args = p.parse_args(argv)
     scenarios = []
