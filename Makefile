@@ -29,7 +29,7 @@ test: $(VENV)/.installed-test
 check: $(VENV)/.installed
 	$(PY) -m pip install --quiet ruff
 	$(VENV)/bin/ruff check chatserver chatclient tools twisted tests bench
-	$(VENV)/bin/ruff format --check chatserver chatclient tools twisted
+	$(VENV)/bin/ruff format --check chatserver chatclient tools twisted tests bench
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py

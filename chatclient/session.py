@@ -18,6 +18,7 @@ from twisted.internet import defer, endpoints, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from chatserver import channel
@@ -49,14 +50,17 @@ class ConnectionClosed(Exception):
         self.message = message
 
 
-class ClientProtocol(LineReceiver):
+class ClientProtocol(LineReceiver, TimeoutMixin):
     """Runs the client side of the handshake, then hands events up."""
 
     delimiter = b"\n"
     MAX_LENGTH = 16 * 1024 * 1024
+    #: Seconds the server has to answer each handshake step.
+    handshake_timeout = 30.0
 
     def __init__(self, verify: Verifier, handshake: channel.ClientHandshake | None = None) -> None:
         self._verify = verify
+        self._ended = False
         self.handshake = handshake or channel.ClientHandshake()
         self.channel: channel.SecureChannel | None = None
         self.secure: Deferred[ClientProtocol] = Deferred()
@@ -65,9 +69,15 @@ class ClientProtocol(LineReceiver):
         self._close_info: ConnectionClosed | None = None
 
     def connectionMade(self) -> None:
+        self.setTimeout(self.handshake_timeout)
         self.transport.write(channel.encode_line(self.handshake.hello()))
 
+    def timeoutConnection(self) -> None:
+        self._fail(ConnectionClosed(False, "timeout", "the server did not finish the handshake in time"))
+
     def lineReceived(self, line: bytes) -> None:
+        if self._ended:
+            return  # the rest of a read that held a fatal or final line
         try:
             if self.channel is None:
                 self._handshake_line(line)
@@ -76,6 +86,7 @@ class ClientProtocol(LineReceiver):
         except ChannelError as e:
             self._fail(ConnectionClosed(False, "protocol_error", e.reason))
         except PeerClosed as e:
+            self._ended = True
             self._close_info = ConnectionClosed(True, e.code, e.message)
             self.transport.loseConnection()
 
@@ -85,23 +96,27 @@ class ClientProtocol(LineReceiver):
         if state is HandshakeState.AWAIT_KEY_EXCHANGE:
             self.fingerprint = self.handshake.receive_server_hello(record)
             # Nothing that depends on the server's identity is sent before
-            # the verifier (pin check, or a person in the GUI) agrees.
+            # the verifier (pin check, or a person in the GUI) agrees, and
+            # a person may take their time.
+            self.setTimeout(None)
             self.pauseProducing()
             d = defer.maybeDeferred(self._verify, self.fingerprint)
             d.addCallbacks(self._verified, self._fail)
         elif state is HandshakeState.AWAIT_FINISHED:
             self.channel = self.handshake.receive_finished(record)
+            self.setTimeout(None)
             self.secure.callback(self)
         else:
             raise ChannelError(f"unexpected record in state {state.value}")
 
     def _verified(self, accepted: bool) -> None:
-        if not self.connected:
+        if not self.connected or self._ended:
             return
         if not accepted:
             self._fail(ConnectionClosed(False, "untrusted", "server key not accepted"))
             return
         self.transport.write(b"".join(channel.encode_line(r) for r in self.handshake.key_exchange()))
+        self.setTimeout(self.handshake_timeout)
         self.resumeProducing()
 
     def _data_line(self, line: bytes) -> None:
@@ -112,6 +127,11 @@ class ClientProtocol(LineReceiver):
                 self.session._received(event)
 
     def _fail(self, reason: Any) -> None:
+        """End the connection; the first reason is the one reported."""
+        if self._ended:
+            return
+        self._ended = True
+        self.setTimeout(None)
         error = reason.value if isinstance(reason, Failure) else reason
         if not isinstance(error, ConnectionClosed):
             self._close_info = None
@@ -123,21 +143,27 @@ class ClientProtocol(LineReceiver):
             self.transport.abortConnection()
 
     def send_events(self, events: list[dict[str, Any]]) -> None:
+        """Seal and send; after the end, requests fail when the loss is
+        reported instead."""
         assert self.channel is not None
+        if self._ended:
+            return
         self.transport.write(self.channel.seal_events(events))
 
     def close(self, code: str = "bye", message: str = "goodbye") -> None:
-        if self.channel is not None and not self.channel.closed:
+        if self._ended:
+            return
+        self._ended = True
+        if self.channel is not None:
             self.transport.write(self.channel.seal_close(code, message))
+            self._close_info = ConnectionClosed(True, code, "closed by us")
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
         info = self._close_info
         if info is None:
-            if self.channel is not None and self.channel.closed:
-                info = ConnectionClosed(True, "bye", "closed by us")
-            else:
-                info = ConnectionClosed(False, "lost", "connection lost without a goodbye")
+            info = ConnectionClosed(False, "lost", "connection lost without a goodbye")
         if not self.secure.called:
             self.secure.errback(Failure(info))
         if self.session is not None:

@@ -74,6 +74,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._blocked_bytes = 0
         self._slow_check: Any = None
         self.admitted = False
+        self.ending = False
         self.close_reason = "connection lost"
 
     # --- connection lifetime --------------------------------------------
@@ -122,13 +123,29 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def lineLengthExceeded(self, line: bytes) -> None:
         # The default waits to flush; an oversized line is hostile or broken,
         # so drop the connection at once.
-        self.close_reason = f"line longer than {self.MAX_LENGTH} bytes"
-        log.warn("{peer}: {reason}; disconnecting", peer=self.peer, reason=self.close_reason)
-        self.transport.abortConnection()
+        self._drop(f"line longer than {self.MAX_LENGTH} bytes", channel.ALERT_DECODE_ERROR)
+
+    def _end(self, reason: str, abort: bool) -> bool:
+        """The one way out.  The first reason wins and is the one logged;
+        nothing more is read or written after it.  False if already ending."""
+        if self.ending:
+            return False
+        self.ending = True
+        self.close_reason = reason
+        self.setTimeout(None)
+        # While the transport has our output producer paused it would, once
+        # drained, resume the producer instead of closing: unregister first.
+        self.transport.unregisterProducer()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+        return True
 
     def _drop(self, reason: str, alert: int = channel.ALERT_HANDSHAKE_FAILURE) -> None:
         """End the connection because of ``reason`` (safe to log)."""
-        self.close_reason = reason
+        if self.ending:
+            return
         log.warn(
             "{peer} user={user}: {reason}; disconnecting",
             peer=self.peer,
@@ -137,19 +154,20 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         )
         if self.channel is None and self.handshake is not None:
             self.transport.write(channel.encode_line(channel.alert_record(alert, reason)))
-            self.transport.loseConnection()
+            self._end(reason, abort=False)
         else:
             # After the handshake nothing from this peer can be trusted any
             # more; don't wait for it to read a goodbye.
-            self.transport.abortConnection()
+            self._end(reason, abort=True)
         self.handshake = None
 
     def close(self, code: str, message: str) -> None:
         """Say a sealed goodbye and close after it is written."""
-        self.close_reason = f"{code}: {message}"
+        if self.ending:
+            return
         if self.channel is not None and not self.channel.closed:
             self.transport.write(self.channel.seal_close(code, message))
-        self.transport.loseConnection()
+        self._end(f"{code}: {message}", abort=False)
 
     # --- output back-pressure -------------------------------------------
 
@@ -171,6 +189,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self._drop("slow consumer: output blocked for too long")
 
     def _write(self, data: bytes) -> None:
+        if self.ending:
+            return
         if self._blocked_since is not None:
             self._blocked_bytes += len(data)
             if self._blocked_bytes > self.factory.settings.max_output_buffer:
@@ -181,6 +201,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     # --- input -----------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        if self.ending:
+            return  # the rest of a read that held a fatal line
         try:
             if self.channel is None:
                 self._handshake_line(line)
@@ -232,8 +254,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         try:
             events = self.channel.open(line)
         except PeerClosed as e:
-            self.close_reason = f"closed by peer ({e.code})"
-            self.transport.loseConnection()
+            self._end(f"closed by peer ({e.code})", abort=False)
             return
         if events is None:
             return  # KEY_UPDATE
@@ -244,7 +265,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _drain(self) -> None:
         """Handle queued events in order, stopping at one that must wait."""
-        while self._inbox and not self._waiting and self.connected:
+        while self._inbox and not self._waiting and not self.ending and self.connected:
             self._dispatch(self._inbox.popleft())
 
     def _wait_for(self, d: Any) -> None:
@@ -385,7 +406,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         return event
 
     def send(self, event: dict[str, Any]) -> None:
-        if self.channel is not None and not self.channel.closed and self.connected:
+        if self.channel is not None and not self.ending and self.connected:
             self._write(self.channel.seal_events([event]))
 
     def send_error(self, code: str, message: str, **fields: Any) -> None:
@@ -395,7 +416,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def deliver(self, plaintext: bytes) -> None:
         """A broadcast event list, already encoded once for all members."""
-        if self.channel is not None and not self.channel.closed and self.connected:
+        if self.channel is not None and not self.ending and self.connected:
             self._write(self.channel.seal_plaintext(plaintext))
 
 

@@ -68,8 +68,12 @@ class LineProcess(protocol.ProcessProtocol):
         value = reason.value
         self.exit_code = value.exitCode if value.exitCode is not None else -(value.signal or 1)
         for _, _, d in self._waiters:
-            d.errback(AssertionError(f"{self.name} ended (exit {self.exit_code}) while a line was awaited;\n"
-                                     f"stdout: {self.output()}\nstderr: {self.errors()}"))
+            d.errback(
+                AssertionError(
+                    f"{self.name} ended (exit {self.exit_code}) while a line was awaited;\n"
+                    f"stdout: {self.output()}\nstderr: {self.errors()}"
+                )
+            )
         self._waiters = []
         self.ended.callback(self.exit_code)
 
@@ -113,9 +117,19 @@ async def start_twistd(testcase: Any, base: Path, *extra: str) -> tuple[LineProc
     server = spawn(
         testcase,
         "twistd",
-        twistd_argv() + ["--nodaemon", "--pidfile=", "chatserver",
-                         "--endpoint", "tcp:0:interface=127.0.0.1",
-                         "--data-dir", str(base / "data"), "--log-dir", str(base / "log"), *extra],
+        twistd_argv()
+        + [
+            "--nodaemon",
+            "--pidfile=",
+            "chatserver",
+            "--endpoint",
+            "tcp:0:interface=127.0.0.1",
+            "--data-dir",
+            str(base / "data"),
+            "--log-dir",
+            str(base / "log"),
+            *extra,
+        ],
         cwd=str(base),
     )
     fingerprint = (await server.wait_for(r"fingerprint (SHA256:\S+)")).group(1)
@@ -135,8 +149,11 @@ async def stop_twistd(server: LineProcess) -> int:
 
 
 def cli(testcase: Any, name: str, port: int, user: str, *extra: str) -> LineProcess:
-    return spawn(testcase, name, [PYTHON, "-m", "chatclient.cli", "--host", "127.0.0.1",
-                                  "--port", str(port), "--user", user, *extra])
+    return spawn(
+        testcase,
+        name,
+        [PYTHON, "-m", "chatclient.cli", "--host", "127.0.0.1", "--port", str(port), "--user", user, *extra],
+    )
 
 
 __all__ = ["LineProcess", "cli", "signal", "spawn", "start_twistd", "stop_twistd", "os"]

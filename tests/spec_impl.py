@@ -519,9 +519,7 @@ def make_vector(inputs: dict[str, str] | None = None, rsa_pem: bytes | None = No
     v["client_iv_next"] = c2s.iv
     frame("client_data_say", c2s, T_DATA, events_plaintext(SAY_EVENTS))
 
-    return {
-        name: value if isinstance(value, str) else value.hex() for name, value in v.items()
-    }
+    return {name: value if isinstance(value, str) else value.hex() for name, value in v.items()}
 
 
 def vector_block(vector: dict[str, str]) -> str:

@@ -12,7 +12,6 @@ from twisted.trial import unittest
 
 from chatclient.session import ServerError
 from chatserver import store
-
 from tests.support import PASSWORD, PYTHON, logged_in, open_session, python_env, start_server
 
 
@@ -42,8 +41,9 @@ class AccountTests(unittest.TestCase):
 
     async def test_unknown_user_costs_a_hash_too(self) -> None:
         """Timing must not tell which names exist: both paths run scrypt."""
-        server = await start_server(self, password_hash_cost=14, login_failures_per_account=100,
-                                    login_failures_per_address=100)
+        server = await start_server(
+            self, password_hash_cost=14, login_failures_per_account=100, login_failures_per_address=100
+        )
         await logged_in(self, server, "alice")
         session = await open_session(self, server)
 
@@ -136,22 +136,28 @@ class AdminToolTests(unittest.TestCase):
     def admin(self, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [PYTHON, "-m", "chatserver.admin", "--data-dir", str(data_dir), *args],
-            env=python_env(), capture_output=True, text=True, timeout=60,
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     async def test_add_admin_then_log_in(self) -> None:
         server = await start_server(self)
         password_file = Path(self.mktemp())
         password_file.write_text(PASSWORD + "\n")
-        result = self.admin(server.settings.data_path, "add-user", "root1", "--admin",
-                            "--password-file", str(password_file))
+        result = self.admin(
+            server.settings.data_path, "add-user", "root1", "--admin", "--password-file", str(password_file)
+        )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("added admin root1", result.stdout)
         session = await open_session(self, server)
         welcome = await session.login("root1", PASSWORD)
         self.assertEqual(welcome["role"], "admin")
 
-        again = self.admin(server.settings.data_path, "add-user", "root1", "--password-file", str(password_file))
+        again = self.admin(
+            server.settings.data_path, "add-user", "root1", "--password-file", str(password_file)
+        )
         self.assertEqual(again.returncode, 1)
         self.assertIn("already exists", again.stderr)
 

@@ -32,12 +32,37 @@ class SlowClientTests(unittest.TestCase):
         self.assertEqual(len(server.factory.connections), 3)
 
         body = "x" * 3000
-        acks = [sender.say("lobby", body) for _ in range(COUNT)]
-        for d in acks:
-            await d
+        # In batches, so that the sender (which gets every message too, and
+        # shares this process with the others) keeps reading and is never
+        # itself the slow consumer.
+        for _ in range(COUNT // 50):
+            for d in [sender.say("lobby", body) for _ in range(50)]:
+                await d
         await until(lambda: len(server.factory.connections) == 2)
         self.assertIn("slow consumer: output buffer limit reached", reasons)
         # The reader that keeps reading got every message.
         for _ in range(COUNT):
             await reader_events.next(lambda e: e["type"] == "msg")
         self.assertEqual(await reader.who("lobby"), ["reader", "sender"])
+
+    async def test_close_completes_after_blocked_output_drains(self) -> None:
+        """A goodbye to a client whose output was blocked must still end the
+        connection once the client reads again (a paused producer must not
+        swallow the close)."""
+        from twisted.internet import reactor
+
+        server = await start_server(self, max_output_buffer=64 * 1024 * 1024)
+        sender = await logged_in(self, server, "sender")
+        stuck = await logged_in(self, server, "stuck")
+        stuck.protocol.transport.pauseProducing()
+        [conn] = [c for c in server.factory.connections if c.user == "stuck"]
+        acks = [sender.say("lobby", "y" * 3000) for _ in range(COUNT)]
+        await until(lambda: conn._blocked_since is not None)
+        conn.close("server_shutdown", "going away")
+        stuck.protocol.transport.resumeProducing()
+        info = await stuck.closed.addTimeout(10, reactor)
+        self.assertTrue(info.clean)
+        self.assertEqual(info.code, "server_shutdown")
+        await until(lambda: conn not in server.factory.connections)
+        for d in acks:  # the sender was never held up
+            self.assertEqual((await d)["type"], "ack")

@@ -9,7 +9,6 @@ from twisted.trial import unittest
 from chatclient.session import ServerError
 from chatserver.channel import decode_events
 from chatserver.chat import ChatService, NotAMember
-
 from tests.support import EventQueue, logged_in, start_server
 
 
@@ -78,7 +77,9 @@ class LobbyTests(unittest.TestCase):
 
 
 class RequestValidationTests(unittest.TestCase):
-    async def assertRefused(self, session: Any, event: dict[str, Any], code: str, field: str | None) -> dict[str, Any]:
+    async def assertRefused(
+        self, session: Any, event: dict[str, Any], code: str, field: str | None
+    ) -> dict[str, Any]:
         error = await self.assertFailure(session.request(event), ServerError)
         self.assertEqual(error.code, code)
         self.assertEqual(error.event.get("field"), field)
@@ -90,13 +91,21 @@ class RequestValidationTests(unittest.TestCase):
         session = await logged_in(self, server, "alice")
         await self.assertRefused(session, {"type": "say", "room": "lobby", "body": ""}, "bad_body", "body")
         await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "   "}, "bad_body", "body")
-        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "x" * 51}, "bad_body", "body")
-        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "a\x1b[2Jb"}, "bad_body", "body")
+        await self.assertRefused(
+            session, {"type": "say", "room": "lobby", "body": "x" * 51}, "bad_body", "body"
+        )
+        await self.assertRefused(
+            session, {"type": "say", "room": "lobby", "body": "a\x1b[2Jb"}, "bad_body", "body"
+        )
         await self.assertRefused(session, {"type": "say", "room": "lobby", "body": 42}, "bad_field", "body")
         await self.assertRefused(session, {"type": "say", "room": "lobby"}, "missing_field", "body")
         await self.assertRefused(session, {"type": "say", "room": "Lobby!", "body": "x"}, "bad_room", "room")
-        await self.assertRefused(session, {"type": "say", "room": "lobby", "body": "x", "extra": 1}, "unknown_field", "extra")
-        await self.assertRefused(session, {"type": "say", "room": "elsewhere", "body": "x"}, "not_member", "room")
+        await self.assertRefused(
+            session, {"type": "say", "room": "lobby", "body": "x", "extra": 1}, "unknown_field", "extra"
+        )
+        await self.assertRefused(
+            session, {"type": "say", "room": "elsewhere", "body": "x"}, "not_member", "room"
+        )
         error = await self.assertRefused(session, {"type": "fly"}, "unknown_type", "type")
         self.assertIn("fly", error["message"])
         # Multi-line bodies and the maximum length are fine.
@@ -119,13 +128,17 @@ class RequestValidationTests(unittest.TestCase):
         server = await start_server(self)
         session = await logged_in(self, server, "alice")
         queue = EventQueue(session)
-        session.protocol.send_events([
-            {"type": "say", "room": "lobby", "body": "one", "ref": "a"},
-            {"type": "say", "room": "lobby", "body": "two", "ref": "b"},
-            {"type": "ping", "ref": "c"},
-        ])
+        session.protocol.send_events(
+            [
+                {"type": "say", "room": "lobby", "body": "one", "ref": "a"},
+                {"type": "say", "room": "lobby", "body": "two", "ref": "b"},
+                {"type": "ping", "ref": "c"},
+            ]
+        )
         answers = [await queue.next(lambda e: "ref" in e) for _ in range(3)]
-        self.assertEqual([(a["type"], a["ref"]) for a in answers], [("ack", "a"), ("ack", "b"), ("pong", "c")])
+        self.assertEqual(
+            [(a["type"], a["ref"]) for a in answers], [("ack", "a"), ("ack", "b"), ("pong", "c")]
+        )
         self.assertLess(answers[0]["id"], answers[1]["id"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from twisted.python import usage
@@ -9,7 +10,6 @@ from twisted.trial import unittest
 
 from chatserver import tap
 from chatserver.config import ConfigError, Settings, load_settings
-
 from tests.support import ROOT
 
 
@@ -62,14 +62,16 @@ class SettingsTests(unittest.TestCase):
 
     def test_settings_are_frozen(self) -> None:
         settings = Settings()
-        with self.assertRaises(Exception):
+        with self.assertRaises(dataclasses.FrozenInstanceError):
             settings.endpoint = "tcp:1"  # type: ignore[misc]
 
     def test_twistd_options(self) -> None:
         options = tap.Options()
         options.parseOptions(["--endpoint", "tcp:7071", "--data-dir", "/tmp/d", "--log-dir", "/tmp/l"])
         settings = options["settings"]
-        self.assertEqual((settings.endpoint, settings.data_dir, settings.log_dir), ("tcp:7071", "/tmp/d", "/tmp/l"))
+        self.assertEqual(
+            (settings.endpoint, settings.data_dir, settings.log_dir), ("tcp:7071", "/tmp/d", "/tmp/l")
+        )
 
     def test_twistd_options_reject_bad_config(self) -> None:
         path = self.write("[server]\nidle_timeout = soon\n")

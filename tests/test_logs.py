@@ -8,7 +8,6 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from chatclient.session import ServerError
-
 from tests.support import PASSWORD, EventQueue, logged_in, open_session, start_server, until
 
 

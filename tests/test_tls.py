@@ -14,7 +14,6 @@ from twisted.trial import unittest
 
 from chatclient.cli import endpoint_description
 from chatclient.session import connect
-
 from tests.support import PASSWORD, start_server
 
 
@@ -25,7 +24,9 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
@@ -37,8 +38,11 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     # the private key lives beside it, not in it.
     directory.mkdir(parents=True)
     key_path, cert_path = directory.parent / (directory.name + "-key.pem"), directory / "cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 
@@ -48,7 +52,8 @@ class TLSTests(unittest.TestCase):
         tls_dir = Path(self.mktemp()).resolve()
         key_path, cert_path = self_signed(tls_dir)
         server = await start_server(
-            self, endpoint=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}")
+            self, endpoint=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+        )
         description = endpoint_description("localhost", server.port, tls=True, ca_dir=str(tls_dir))
         self.assertTrue(description.startswith("tls:"))
         session = await connect(reactor, description, lambda fingerprint: True)
@@ -64,7 +69,8 @@ class TLSTests(unittest.TestCase):
         tls_dir = Path(self.mktemp()).resolve()
         key_path, cert_path = self_signed(tls_dir)
         server = await start_server(
-            self, endpoint=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}")
+            self, endpoint=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}"
+        )
         other = Path(self.mktemp()).resolve()
         self_signed(other)  # a CA that did not sign the server's certificate
         description = endpoint_description("localhost", server.port, tls=True, ca_dir=str(other))

