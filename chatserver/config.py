@@ -100,12 +100,15 @@ def _boolean(text: str) -> bool:
 
 
 def _endpoint(text: str) -> str:
-    from twisted.internet import reactor
-
     # Parsing builds the endpoint object without listening, so a typo in
-    # the endpoint string fails here rather than at bind time.
-    endpoints.serverFromString(reactor, text)
+    # the endpoint string fails here rather than at bind time.  It is given
+    # a stand-in reactor: importing the real one here would install the
+    # default reactor before twistd has chosen one.
+    endpoints.serverFromString(_NO_REACTOR, text)
     return text
+
+
+_NO_REACTOR = object()
 
 
 def _level(text: str) -> str:
