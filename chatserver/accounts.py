@@ -8,6 +8,7 @@ tells whether a name exists.
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from chatserver import crypto
+from chatserver import crypto, store
 from chatserver.config import Settings
 from chatserver.store import Store
 from chatserver.workers import CryptoPool
@@ -91,6 +92,7 @@ class FailureWindow:
 
 class Accounts:
     def __init__(self, settings: Settings, store: Store, pool: CryptoPool, clock: Any) -> None:
+        self._clock = clock
         self._settings = settings
         self._store = store
         self._pool = pool
@@ -131,6 +133,34 @@ class Accounts:
         audit.info("login {user} from {address}", user=name, address=address)
         return Account(record.name, record.role)
 
+    def issue_token(self, name: str) -> Any:
+        """A new session token for ``name``; only its hash is stored."""
+        token = base64.urlsafe_b64encode(crypto.random_bytes(32)).rstrip(b"=").decode("ascii")
+        now = int(self._clock.seconds())
+        d = self._store.run(
+            store.add_token, token_hash(token), name, now, now + int(self._settings.session_token_ttl)
+        )
+        return d.addCallback(lambda _: token)
+
+    @inlineCallbacks
+    def login_token(self, name: str, token: str, address: str) -> Any:
+        """Log in with a session token: no password hash, same throttling."""
+        self._throttle(name, address)
+        user = yield self._store.run(store.token_user, token_hash(token), int(self._clock.seconds()))
+        record = yield self._store.get_user(name) if user == name else None
+        if record is None:
+            self._by_account.fail(name)
+            self._by_address.fail(address)
+            audit.warn("token login failed for {user} from {address}", user=name, address=address)
+            raise AuthError("auth_failed", "invalid or expired session token")
+        if record.disabled:
+            raise AuthError("account_disabled", "this account is disabled")
+        audit.info("token login {user} from {address}", user=name, address=address)
+        return Account(record.name, record.role)
+
+    def revoke_token(self, token: str) -> Any:
+        return self._store.run(store.revoke_tokens, None, token_hash(token))
+
     @inlineCallbacks
     def register(self, name: str, password: str, address: str) -> Any:
         if not self._settings.allow_registration:
@@ -152,10 +182,12 @@ class Accounts:
         return Account(name, "user")
 
 
+def token_hash(token: str) -> str:
+    return crypto.sha256(token.encode("ascii")).hex()
+
+
 def add_user_now(conn: Any, name: str, password: str, role: str, cost: int) -> bool:
     """The admin tool's synchronous registration (no throttling)."""
-    from chatserver import store
-
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     with conn:

@@ -1,110 +1,514 @@
-"""The chat core: rooms, members and fan-out, with no network in sight.
+"""The chat core: rooms, direct messages, history and moderation.
 
-A *member* is anything with a ``user`` name and a ``deliver(plaintext)``
-method that takes an already-encoded event list (see
-``channel.encode_events``).  Each event is serialized once, however many
-members receive it; the protocol seals it per recipient.
+A *member* is one logged-in connection: it has ``user``, ``role`` (the
+account's server role), ``deliver(plaintext)`` for an already-encoded event
+list, and ``close(code, message)``.
+
+State lives in memory and every change is also written to the store.  Checks
+(permissions, bans, limits) run against memory, synchronously, so requests on
+one connection see each other's effects in order.  Every published event gets
+the next id of its stream at once, is committed through the group-commit
+event log, and only then fanned out and acknowledged: nothing a client has
+seen or been acknowledged can be lost.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from typing import Any, Callable, Protocol
 
-from chatserver.channel import encode_events
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from chatserver import store
+from chatserver.journal import EventLog
+from chatserver.store import Store
+
+log = Logger(namespace="chatserver.chat")
+audit = Logger(namespace="chatserver.audit")
+
+ROOM_KINDS = ("public", "private", "readonly")
+RANK = {"member": 1, "moderator": 2, "owner": 3, "admin": 4}
+HISTORY_PAGE_MAX = 200
 
 
 class Member(Protocol):
     user: str | None
+    role: str
 
     def deliver(self, plaintext: bytes) -> None: ...
 
+    def close(self, code: str, message: str) -> None: ...
+
+
+class ChatError(Exception):
+    """A request that cannot be done; goes to the client as an error."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def room_stream(name: str) -> str:
+    return "room:" + name
+
+
+def dm_stream(a: str, b: str) -> str:
+    first, second = sorted((a, b))
+    return f"dm:{first}:{second}"
+
 
 class Room:
-    __slots__ = ("name", "members", "connections_of", "last_id")
+    __slots__ = ("name", "kind", "owner", "topic", "members", "invites", "sanctions", "online", "stream")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.members: dict[Member, None] = {}  # insertion-ordered set
-        # user -> number of that user's connections in the room, so presence
-        # changes are O(1) however many members there are.
-        self.connections_of: dict[str, int] = {}
-        self.last_id = 0
+    def __init__(self, record: store.RoomRecord) -> None:
+        self.name = record.name
+        self.kind = record.kind
+        self.owner = record.owner
+        self.topic = record.topic
+        self.members = record.members  # user -> member | moderator | owner
+        self.invites = record.invites
+        self.sanctions = record.sanctions  # (ban|mute, user) -> until ms or None
+        self.online: dict[Member, None] = {}  # connections now in the room
+        self.stream = room_stream(record.name)
 
-    def users(self) -> list[str]:
-        return sorted(self.connections_of)
+    def listed(self) -> bool:
+        return self.kind != "private"
+
+    def summary(self) -> dict[str, Any]:
+        return {"room": self.name, "kind": self.kind, "topic": self.topic, "members": len(self.members)}
 
 
 class ChatService:
-    """Rooms and their members.  Ids are per room, increasing from 1."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Store,
+        journal: EventLog,
+        clock: Any,
+        default_room: str = "lobby",
+        max_room_members: int = 1000,
+        max_rooms_per_user: int = 50,
+    ) -> None:
+        self._db = db
+        self._journal = journal
         self._clock = clock
+        self.default_room = default_room
+        self.max_room_members = max_room_members
+        self.max_rooms_per_user = max_rooms_per_user
         self.rooms: dict[str, Room] = {}
+        self.last_ids: dict[str, int] = {}
+        self.user_rooms: dict[str, set[str]] = {}
+        self.dms: dict[str, dict[str, tuple[str, int]]] = {}  # user -> peer -> (stream, delivered)
+        self.online: dict[str, dict[Member, None]] = {}
 
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+    # --- start-up -----------------------------------------------------------
 
-    def room(self, name: str) -> Room:
+    @defer.inlineCallbacks
+    def load(self) -> Any:
+        records = yield self._db.run(store.load_rooms)
+        self.last_ids = yield self._db.run(store.load_stream_ids)
+        self.dms = yield self._db.run(store.load_dm_streams)
+        if self.default_room not in records:
+            now = self._now()
+            yield self._db.run(store.create_room, self.default_room, "public", None, "", now)
+            records[self.default_room] = store.RoomRecord(
+                self.default_room, "public", None, "", {}, set(), {}
+            )
+        self.rooms = {name: Room(record) for name, record in records.items()}
+        for room in self.rooms.values():
+            for user in room.members:
+                self.user_rooms.setdefault(user, set()).add(room.name)
+
+    # --- helpers --------------------------------------------------------------
+
+    def _now(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def _write(self, query: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d = self._db.run(query, *args)
+        d.addErrback(lambda f: log.failure("store write failed", f) or f)
+        return d
+
+    def _room(self, name: str, member: Member | None = None) -> Room:
         room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(name)
+        visible = room is not None and (
+            room.listed() or member is None or self._rank(member, room) > 0 or member.user in room.invites
+        )
+        if room is None or not visible:
+            raise ChatError("no_such_room", f"there is no room {name!r}", "room")
         return room
 
-    def _publish(self, room: Room, event: dict[str, Any]) -> dict[str, Any]:
-        room.last_id += 1
-        event["id"] = room.last_id
-        event["ts"] = self._now_ms()
-        plaintext = encode_events([event])
-        for member in list(room.members):
-            member.deliver(plaintext)
-        return event
+    def _rank(self, member: Member, room: Room) -> int:
+        if member.role == "admin":
+            return RANK["admin"]
+        role = room.members.get(member.user or "")
+        return RANK[role] if role else 0
 
-    def join(self, member: Member, name: str) -> Room:
-        """Add ``member``; announce the user if this is their first connection."""
-        room = self.room(name)
-        if member in room.members:
-            return room
-        room.members[member] = None
+    def _require_rank(self, member: Member, room: Room, rank: str, what: str) -> None:
+        if self._rank(member, room) < RANK[rank]:
+            raise ChatError("forbidden", f"only a room {rank} or an admin may {what}", "room")
+
+    def _sanctioned(self, room: Room, kind: str, user: str) -> bool:
+        if (kind, user) not in room.sanctions:
+            return False
+        until = room.sanctions[(kind, user)]
+        if until is not None and until <= self._now():
+            del room.sanctions[(kind, user)]  # expired; the row goes when lifted
+            return False
+        return True
+
+    def publish(self, stream: str, event: dict[str, Any], recipients: Callable[[], Any]) -> Deferred[dict]:
+        """Give ``event`` the next id of ``stream``, commit it, then deliver
+        it to ``recipients()`` (evaluated after the commit) and fire."""
+        event_id = self.last_ids.get(stream, 0) + 1
+        self.last_ids[stream] = event_id
+        event["stream"] = stream
+        event["id"] = event_id
+        event["ts"] = self._now()
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        d = self._journal.append(stream, event_id, event["ts"], text)
+
+        def committed(_: Any) -> dict[str, Any]:
+            plaintext = b"[" + text.encode("utf-8") + b"]"  # one event list, encoded once
+            for member in list(recipients()):
+                member.deliver(plaintext)
+            return event
+
+        return d.addCallback(committed)
+
+    def _publish_room(self, room: Room, event: dict[str, Any]) -> Deferred[dict]:
+        event["room"] = room.name
+        return self.publish(room.stream, event, lambda: room.online)
+
+    def _audit(self, actor: str, action: str, room: str | None, target: str | None, detail: str = "") -> None:
+        audit.info(
+            "{actor} {action} room={room} target={target} {detail}",
+            actor=actor,
+            action=action,
+            room=room or "-",
+            target=target or "-",
+            detail=detail,
+        )
+        self._write(store.add_audit, self._now(), actor, action, room, target, detail)
+
+    # --- sessions -------------------------------------------------------------
+
+    def connect(self, member: Member) -> Deferred[dict[str, Any]]:
+        """A member logged in: put it in its rooms (joining the default room
+        on first login) and fire with the welcome's ``rooms`` and
+        ``streams`` (last id per stream: what a reconnecting client catches
+        up to).  Then call :meth:`push_undelivered`."""
         user = member.user
-        if user is not None:
-            count = room.connections_of.get(user, 0)
-            room.connections_of[user] = count + 1
-            if count == 0:
-                self._publish(room, {"type": "joined", "room": name, "user": user})
-        return room
+        assert user is not None
+        self.online.setdefault(user, {})[member] = None
+        waits = []
+        lobby = self.rooms[self.default_room]
+        if user not in lobby.members and not self._sanctioned(lobby, "ban", user):
+            waits.append(self._add_member(lobby, user, "member"))
+        for name in self.user_rooms.get(user, ()):
+            self.rooms[name].online[member] = None
+        streams = {
+            self.rooms[name].stream: self.last_ids.get(self.rooms[name].stream, 0)
+            for name in self.user_rooms.get(user, ())
+        }
+        for stream, _ in self.dms.get(user, {}).values():
+            streams[stream] = self.last_ids.get(stream, 0)
+        d = defer.gatherResults(waits, consumeErrors=True) if waits else defer.succeed(None)
+        d.addCallback(lambda _: {"rooms": sorted(self.user_rooms.get(user, ())), "streams": streams})
+        return d
 
-    def leave(self, member: Member, name: str) -> None:
-        room = self.rooms.get(name)
-        if room is None or member not in room.members:
+    def disconnect(self, member: Member) -> None:
+        user = member.user
+        if user is None:
             return
-        del room.members[member]
+        conns = self.online.get(user)
+        if conns is not None:
+            conns.pop(member, None)
+            if not conns:
+                del self.online[user]
+        for name in self.user_rooms.get(user, ()):
+            self.rooms[name].online.pop(member, None)
+
+    @defer.inlineCallbacks
+    def push_undelivered(self, member: Member) -> Any:
+        """Offline delivery, after the welcome: direct messages that arrived
+        while the user had no connection, in order."""
         user = member.user
-        if user is not None:
-            count = room.connections_of[user] - 1
-            if count:
-                room.connections_of[user] = count
-            else:
-                del room.connections_of[user]
-                self._publish(room, {"type": "left", "room": name, "user": user})
+        for peer, (stream, delivered) in list(self.dms.get(user, {}).items()):
+            last = self.last_ids.get(stream, 0)
+            while delivered < last:
+                texts = yield self._db.run(store.history, stream, delivered, None, HISTORY_PAGE_MAX)
+                if not texts:
+                    break
+                member.deliver(("[" + ",".join(texts) + "]").encode("utf-8"))
+                delivered = json.loads(texts[-1])["id"]
+            self._mark_delivered(user, peer, stream, delivered)
 
-    def leave_all(self, member: Member) -> None:
-        for name in [n for n, r in self.rooms.items() if member in r.members]:
-            self.leave(member, name)
+    def _mark_delivered(self, user: str, peer: str, stream: str, event_id: int) -> None:
+        known = self.dms.setdefault(user, {}).get(peer)
+        if known is None or known[1] < event_id:
+            self.dms[user][peer] = (stream, event_id)
+            self._write(store.set_dm_stream, user, peer, stream, event_id)
 
-    def say(self, member: Member, name: str, body: str) -> dict[str, Any]:
-        """Broadcast a message; returns the published event (with id, ts)."""
-        room = self.rooms.get(name)
-        if room is None or member not in room.members:
-            raise NotAMember(name)
-        return self._publish(room, {"type": "msg", "room": name, "from": member.user, "body": body})
+    # --- rooms ------------------------------------------------------------------
 
-    def who(self, member: Member, name: str) -> list[str]:
-        room = self.rooms.get(name)
-        if room is None or member not in room.members:
-            raise NotAMember(name)
-        return room.users()
+    def _add_member(self, room: Room, user: str, role: str) -> Deferred[dict]:
+        room.members[user] = role
+        room.invites.discard(user)
+        self.user_rooms.setdefault(user, set()).add(room.name)
+        for conn in self.online.get(user, ()):
+            room.online[conn] = None
+        self._write(store.set_member, room.name, user, role, self._now())
+        return self._publish_room(room, {"type": "joined", "user": user})
 
+    def _remove_member(self, room: Room, user: str, event: dict[str, Any]) -> Deferred[dict]:
+        # Publish first, so the user's own connections still get the event.
+        d = self._publish_room(room, event)
+        room.members.pop(user, None)
+        self.user_rooms.get(user, set()).discard(room.name)
+        self._write(store.set_member, room.name, user, None, self._now())
 
-class NotAMember(Exception):
-    """The member is not in that room."""
+        def drop_connections(result: Any) -> Any:
+            # The event was delivered to them; now they are out.
+            if user not in room.members:
+                for conn in self.online.get(user, ()):
+                    room.online.pop(conn, None)
+            return result
+
+        return d.addCallback(drop_connections)
+
+    def create_room(self, member: Member, name: str, kind: str, topic: str) -> Deferred[dict]:
+        user = member.user
+        assert user is not None
+        if name in self.rooms:
+            raise ChatError("room_exists", f"room {name!r} exists already", "room")
+        if len(self.user_rooms.get(user, ())) >= self.max_rooms_per_user:
+            raise ChatError("too_many_rooms", f"you are in {self.max_rooms_per_user} rooms already")
+        record = store.RoomRecord(name, kind, user, topic, {}, set(), {})
+        room = self.rooms[name] = Room(record)
+        self._write(store.create_room, name, kind, user, topic, self._now())
+        self._audit(user, "create", name, None, kind)
+        return self._add_member(room, user, "owner")
+
+    def join(self, member: Member, name: str) -> Deferred[dict]:
+        user = member.user
+        assert user is not None
+        room = self._room(name, member)
+        if user in room.members:
+            raise ChatError("already_member", f"you are in {name!r} already", "room")
+        if self._sanctioned(room, "ban", user) and member.role != "admin":
+            raise ChatError("banned", f"you are banned from {name!r}", "room")
+        if room.kind == "private" and user not in room.invites and member.role != "admin":
+            raise ChatError("no_such_room", f"there is no room {name!r}", "room")
+        if len(room.members) >= self.max_room_members:
+            raise ChatError("room_full", f"room {name!r} is full", "room")
+        if len(self.user_rooms.get(user, ())) >= self.max_rooms_per_user:
+            raise ChatError("too_many_rooms", f"you are in {self.max_rooms_per_user} rooms already")
+        return self._add_member(room, user, "member")
+
+    def part(self, member: Member, name: str) -> Deferred[dict]:
+        user = member.user
+        room = self._room(name, member)
+        if user not in room.members:
+            raise ChatError("not_member", "you are not in that room", "room")
+        return self._remove_member(room, user, {"type": "left", "user": user})
+
+    def list_rooms(self, member: Member) -> list[dict[str, Any]]:
+        mine = self.user_rooms.get(member.user or "", set())
+        return [
+            dict(room.summary(), member=room.name in mine)
+            for room in sorted(self.rooms.values(), key=lambda r: r.name)
+            if room.listed() or room.name in mine or member.role == "admin" or member.user in room.invites
+        ]
+
+    def set_topic(self, member: Member, name: str, topic: str) -> Deferred[dict]:
+        room = self._room(name, member)
+        self._require_rank(member, room, "moderator", "set the topic")
+        room.topic = topic
+        self._write(store.set_topic, name, topic)
+        return self._publish_room(room, {"type": "topic", "topic": topic, "by": member.user})
+
+    def invite(self, member: Member, name: str, user: str) -> Deferred[dict]:
+        room = self._room(name, member)
+        self._require_rank(member, room, "moderator", "invite")
+        if user in room.members:
+            raise ChatError("already_member", f"{user} is in {name!r} already", "user")
+        d = self._db.run(store.user_exists, user)
+
+        def invited(exists: bool) -> Any:
+            if not exists:
+                raise ChatError("no_such_user", f"there is no user {user!r}", "user")
+            room.invites.add(user)
+            self._write(store.add_invite, name, user, member.user, self._now())
+            self._audit(member.user or "?", "invite", name, user)
+            notice = json.dumps([{"type": "invited", "room": name, "by": member.user}]).encode()
+            for conn in self.online.get(user, ()):
+                conn.deliver(notice)
+            return {"type": "invited", "room": name, "user": user}
+
+        return d.addCallback(invited)
+
+    def who(self, member: Member, name: str) -> list[dict[str, Any]]:
+        room = self._room(name, member)
+        if member.user not in room.members and not room.listed() and member.role != "admin":
+            raise ChatError("not_member", "you are not in that room", "room")
+        return [
+            {"user": user, "role": role, "online": user in self.online}
+            for user, role in sorted(room.members.items())
+        ]
+
+    def say(self, member: Member, name: str, body: str) -> Deferred[dict]:
+        user = member.user
+        assert user is not None
+        room = self._room(name, member)
+        if user not in room.members:
+            raise ChatError("not_member", "you are not in that room", "room")
+        if self._sanctioned(room, "mute", user):
+            raise ChatError("muted", f"you are muted in {name!r}", "room")
+        if room.kind == "readonly" and self._rank(member, room) < RANK["moderator"]:
+            raise ChatError("read_only", f"{name!r} is read-only", "room")
+        return self._publish_room(room, {"type": "msg", "from": user, "body": body})
+
+    # --- direct messages --------------------------------------------------------
+
+    def direct(self, member: Member, to: str, body: str) -> Deferred[dict]:
+        sender = member.user
+        assert sender is not None
+        if to == sender:
+            raise ChatError("bad_field", "you cannot message yourself", "to")
+        stream = dm_stream(sender, to)
+        known = to in self.dms.get(sender, {})
+        d = defer.succeed(True) if known else self._db.run(store.user_exists, to)
+
+        def send(exists: bool) -> Deferred[dict]:
+            if not exists:
+                raise ChatError("no_such_user", f"there is no user {to!r}", "to")
+            if not known:
+                for a, b in ((sender, to), (to, sender)):
+                    self.dms.setdefault(a, {}).setdefault(b, (stream, 0))
+                    self._write(store.set_dm_stream, a, b, stream, 0)
+            event = {"type": "dm", "from": sender, "to": to, "body": body}
+            recipients = lambda: list(self.online.get(sender, ())) + list(self.online.get(to, ()))  # noqa: E731
+            published = self.publish(stream, event, recipients)
+
+            def delivered(event: dict[str, Any]) -> dict[str, Any]:
+                self._mark_delivered(sender, to, stream, event["id"])
+                if to in self.online:
+                    self._mark_delivered(to, sender, stream, event["id"])
+                return event
+
+            return published.addCallback(delivered)
+
+        return d.addCallback(send)
+
+    # --- history ------------------------------------------------------------------
+
+    def history(
+        self, member: Member, stream: str, after: int | None, before: int | None, limit: int
+    ) -> Deferred[dict]:
+        user = member.user
+        if stream.startswith("room:"):
+            room = self._room(stream[5:], member)
+            if user not in room.members and not room.listed() and member.role != "admin":
+                raise ChatError("not_member", "you are not in that room", "stream")
+        elif stream.startswith("dm:") and user in stream[3:].split(":") and len(stream.split(":")) == 3:
+            pass
+        else:
+            raise ChatError("no_such_stream", f"no stream {stream[:80]!r} for you", "stream")
+        limit = max(1, min(limit, HISTORY_PAGE_MAX))
+        d = self._db.run(store.history, stream, after, before, limit + 1)
+
+        def page(texts: list[str]) -> dict[str, Any]:
+            more = len(texts) > limit
+            texts = texts[:limit] if after is not None else texts[-limit:]
+            return {
+                "type": "history",
+                "stream": stream,
+                "events": [json.loads(t) for t in texts],
+                "more": more,
+            }
+
+        return d.addCallback(page)
+
+    # --- moderation -----------------------------------------------------------------
+
+    def _moderate(self, member: Member, name: str, target: str) -> Room:
+        room = self._room(name, member)
+        self._require_rank(member, room, "moderator", "moderate")
+        target_role = room.members.get(target)
+        target_rank = RANK[target_role] if target_role else 0
+        if target_rank >= self._rank(member, room):
+            raise ChatError("forbidden", f"{target} outranks or equals you in {name!r}", "user")
+        return room
+
+    def kick(self, member: Member, name: str, target: str, reason: str) -> Deferred[dict]:
+        room = self._moderate(member, name, target)
+        if target not in room.members:
+            raise ChatError("not_member", f"{target} is not in {name!r}", "user")
+        self._audit(member.user or "?", "kick", name, target, reason)
+        return self._remove_member(
+            room, target, {"type": "kicked", "user": target, "by": member.user, "reason": reason}
+        )
+
+    def sanction(
+        self, member: Member, name: str, target: str, kind: str, duration: float | None, reason: str
+    ) -> Deferred[dict]:
+        room = self._moderate(member, name, target)
+        until = None if duration is None else self._now() + int(duration * 1000)
+        room.sanctions[(kind, target)] = until
+        self._write(store.set_sanction, name, target, kind, until, member.user, self._now())
+        self._audit(member.user or "?", kind, name, target, reason)
+        event = {
+            "type": "banned" if kind == "ban" else "muted",
+            "user": target,
+            "by": member.user,
+            "until": until,
+            "reason": reason,
+        }
+        if kind == "ban" and target in room.members:
+            return self._remove_member(room, target, event)
+        return self._publish_room(room, event)
+
+    def lift(self, member: Member, name: str, target: str, kind: str) -> Deferred[dict]:
+        room = self._moderate(member, name, target)
+        if room.sanctions.pop((kind, target), "absent") == "absent":
+            raise ChatError("not_sanctioned", f"{target} is not {kind}ned in {name!r}", "user")
+        self._write(store.set_sanction, name, target, kind, None, None, self._now())
+        self._audit(member.user or "?", "un" + kind, name, target)
+        return self._publish_room(
+            room, {"type": "unbanned" if kind == "ban" else "unmuted", "user": target, "by": member.user}
+        )
+
+    def set_role(self, member: Member, name: str, target: str, role: str) -> Deferred[dict]:
+        room = self._room(name, member)
+        self._require_rank(member, room, "owner", "appoint moderators")
+        if target not in room.members:
+            raise ChatError("not_member", f"{target} is not in {name!r}", "user")
+        if room.members[target] == "owner":
+            raise ChatError("forbidden", "the owner's role cannot be changed", "user")
+        room.members[target] = role
+        self._write(store.set_member, name, target, role, self._now())
+        self._audit(member.user or "?", "role", name, target, role)
+        return self._publish_room(room, {"type": "role", "user": target, "role": role, "by": member.user})
+
+    def disable_account(self, member: Member, target: str, disabled: bool) -> Deferred[dict]:
+        if member.role != "admin":
+            raise ChatError("forbidden", "only an admin may disable accounts", "user")
+        if target == member.user:
+            raise ChatError("forbidden", "you cannot disable yourself", "user")
+        d = self._db.run(store.set_disabled, target, disabled)
+
+        def done(found: bool) -> Any:
+            if not found:
+                raise ChatError("no_such_user", f"there is no user {target!r}", "user")
+            self._audit(member.user or "?", "disable" if disabled else "enable", None, target)
+            if disabled:
+                self._write(store.revoke_tokens, target)
+                for conn in list(self.online.get(target, ())):
+                    conn.close("account_disabled", "this account was disabled by an admin")
+            return {"type": "account", "user": target, "disabled": disabled}
+
+        return d.addCallback(done)

@@ -42,9 +42,24 @@ class Settings:
     login_failures_per_account: int = 5
     login_failures_per_address: int = 20
     login_lockout: float = 60.0
+    session_token_ttl: float = 30 * 86400.0
     # [chat]
     default_room: str = "lobby"
     max_body_length: int = 4000
+    max_room_members: int = 1000
+    max_rooms_per_user: int = 50
+    # [limits]: rate per second and burst of each token bucket
+    messages_rate: float = 5.0
+    messages_burst: int = 20
+    joins_rate: float = 0.5
+    joins_burst: int = 10
+    rooms_rate: float = 0.05
+    rooms_burst: int = 3
+    logins_rate: float = 0.5
+    logins_burst: int = 5
+    abuse_strikes: int = 20
+    # [store]
+    synchronous: str = "full"
     # [log]
     log_level: str = "info"
     log_rotate_bytes: int = 10 * 1024 * 1024
@@ -126,6 +141,13 @@ def _room(text: str) -> str:
     return text
 
 
+def _synchronous(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("full", "normal"):
+        raise ValueError("must be full or normal")
+    return lowered
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -151,8 +173,21 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("accounts", "login_failures_per_account", "login_failures_per_account", _positive(int)),
     ("accounts", "login_failures_per_address", "login_failures_per_address", _positive(int)),
     ("accounts", "login_lockout", "login_lockout", _positive(float)),
+    ("accounts", "session_token_ttl", "session_token_ttl", _positive(float)),
     ("chat", "default_room", "default_room", _room),
     ("chat", "max_body_length", "max_body_length", _ranged(int, 1, 60000)),
+    ("chat", "max_room_members", "max_room_members", _positive(int)),
+    ("chat", "max_rooms_per_user", "max_rooms_per_user", _positive(int)),
+    ("limits", "messages_rate", "messages_rate", _positive(float)),
+    ("limits", "messages_burst", "messages_burst", _positive(int)),
+    ("limits", "joins_rate", "joins_rate", _positive(float)),
+    ("limits", "joins_burst", "joins_burst", _positive(int)),
+    ("limits", "rooms_rate", "rooms_rate", _positive(float)),
+    ("limits", "rooms_burst", "rooms_burst", _positive(int)),
+    ("limits", "logins_rate", "logins_rate", _positive(float)),
+    ("limits", "logins_burst", "logins_burst", _positive(int)),
+    ("limits", "abuse_strikes", "abuse_strikes", _positive(int)),
+    ("store", "synchronous", "synchronous", _synchronous),
     ("log", "level", "log_level", _level),
     ("log", "rotate_bytes", "log_rotate_bytes", _ranged(int, 4096, 1 << 40)),
     ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),

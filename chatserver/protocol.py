@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -23,14 +24,42 @@ from zope.interface import implementer
 from chatserver import __version__, channel
 from chatserver.accounts import Account, Accounts, AuthError
 from chatserver.channel import ChannelError, HandshakeState, PeerClosed
-from chatserver.chat import ChatService, NotAMember
+from chatserver.chat import ChatError, ChatService
 from chatserver.config import Settings
 from chatserver.identity import Identity
+from chatserver.ratelimit import Limits as RateLimits
 from chatserver.validation import PRE_LOGIN, Limits, RequestError, validate
 from chatserver.workers import Busy, CryptoPool
 
 log = Logger(namespace="chatserver.protocol")
 connections_log = Logger(namespace="chatserver.connections")
+
+
+#: request type -> the rate-limit bucket it draws from
+RATE_LIMITED = {
+    "say": "messages",
+    "dm": "messages",
+    "join": "joins",
+    "create": "rooms",
+    "login": "logins",
+    "register": "logins",
+}
+
+
+class _Slot:
+    """The place of one request's answer in the reply order."""
+
+    __slots__ = ("ref", "answer", "ready")
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+        self.answer: dict[str, Any] | None = None
+        self.ready = False
+
+
+def _ack(event: dict[str, Any]) -> dict[str, Any]:
+    """The acknowledgement of a published event: where it is in history."""
+    return {"type": "ack", "stream": event["stream"], "id": event["id"], "ts": event["ts"]}
 
 
 @implementer(IPushProducer)
@@ -68,6 +97,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.account: Account | None = None
         self.handshake: channel.ServerHandshake | None = None
         self.channel: channel.SecureChannel | None = None
+        self.role = "user"
+        self._held: list[bytes] | None = []
+        self._token: str | None = None
+        self._replies: collections.deque[_Slot] = collections.deque()
+        self._strikes: collections.deque[float] = collections.deque()
         self._inbox: collections.deque[dict[str, Any]] = collections.deque()
         self._waiting = False
         self._blocked_since: float | None = None
@@ -105,7 +139,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self._slow_check.cancel()
         if not self.admitted:
             return
-        self.factory.chat.leave_all(self)
+        self.factory.chat.disconnect(self)
+        self.factory.rate_limits.forget(self)
         self.factory.release(self)
         connections_log.info(
             "disconnect {peer} user={user}: {reason}",
@@ -284,126 +319,232 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         d.addBoth(done)
 
     # --- requests --------------------------------------------------------
+    #
+    # Every request gets a slot in ``_replies`` when it arrives; its answer
+    # (or error) fills the slot, and answers leave strictly in arrival
+    # order, although a later request (an error, a ping) may be done before
+    # an earlier one (a message waiting for its commit).
 
     def _dispatch(self, event: dict[str, Any]) -> None:
+        ref = event.get("ref")
+        slot = _Slot(ref if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None)
+        self._replies.append(slot)
         try:
             request = validate(event, self.factory.limits)
-        except RequestError as e:
-            ref = event.get("ref")
-            self.send_error(
-                e.code,
-                e.message,
-                request=event["type"][:40],
-                field=e.field,
-                ref=ref if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None,
-            )
+            slot.ref = request.get("ref")
+            kind = request["type"]
+            if self.account is None and kind not in PRE_LOGIN:
+                raise ChatError("not_authenticated", "log in first")
+            self._rate_limit(kind)
+            result = getattr(self, "_on_" + kind)(request)
+        except (RequestError, ChatError, AuthError) as e:
+            self._fill(slot, self._error_event(e, event["type"][:40]))
             return
-        kind = request["type"]
-        if self.account is None and kind not in PRE_LOGIN:
-            self.send_error("not_authenticated", "log in first", request=kind, ref=request.get("ref"))
-            return
-        getattr(self, "_on_" + kind)(request)
-
-    def _on_ping(self, request: dict[str, Any]) -> None:
-        self.send(self._reply({"type": "pong"}, request))
-
-    def _on_login(self, request: dict[str, Any]) -> None:
-        self._authenticate(request, self.factory.accounts.login)
-
-    def _on_register(self, request: dict[str, Any]) -> None:
-        self._authenticate(request, self.factory.accounts.register)
-
-    def _authenticate(self, request: dict[str, Any], method: Any) -> None:
-        if self.account is not None:
-            self.send_error(
-                "already_authenticated", "already logged in", request=request["type"], ref=request.get("ref")
-            )
-            return
-        try:
-            d = method(request["user"], request["password"], self.peer)
-        except AuthError as e:  # throttled before any work
-            self._auth_failed(e, request)
-            return
-        d.addCallbacks(
-            self._authenticated, self._auth_errback, callbackArgs=(request,), errbackArgs=(request,)
-        )
-        self._wait_for(d)
-
-    def _auth_errback(self, failure: Failure, request: dict[str, Any]) -> None:
-        if failure.check(AuthError):
-            self._auth_failed(failure.value, request)
-        elif failure.check(Busy):
-            self.send_error(
-                "busy",
-                "server busy; try again",
-                request=request["type"],
-                ref=request.get("ref"),
-                retry_after=1,
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                lambda answer: self._fill(slot, answer),
+                lambda failure: self._fill(slot, self._failure_event(failure, event["type"][:40])),
             )
         else:
-            log.failure("{kind} crashed for {peer}", failure, kind=request["type"], peer=self.peer)
-            self.send_error(
-                "internal_error", "internal error", request=request["type"], ref=request.get("ref")
-            )
+            self._fill(slot, result)
 
-    def _auth_failed(self, error: AuthError, request: dict[str, Any]) -> None:
-        if not self.connected:
-            return
-        extra = {"retry_after": round(error.retry_after, 1)} if error.retry_after else {}
-        self.send_error(error.code, error.message, request=request["type"], ref=request.get("ref"), **extra)
-
-    def _authenticated(self, account: Account, request: dict[str, Any]) -> None:
-        if not self.connected:
-            return
-        self.account = account
-        self.user = account.name
-        self.setTimeout(self.factory.settings.idle_timeout)
-        connections_log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
-        self.send(
-            self._reply(
-                {
-                    "type": "welcome",
-                    "user": account.name,
-                    "role": account.role,
-                    "server": f"chatserver/{__version__}",
-                    "rooms": [self.factory.settings.default_room],
-                    # Clients keep the connection alive within this.
-                    "idle_timeout": self.factory.settings.idle_timeout,
-                },
-                request,
-            )
-        )
-        self.factory.chat.join(self, self.factory.settings.default_room)
-
-    def _on_say(self, request: dict[str, Any]) -> None:
-        try:
-            event = self.factory.chat.say(self, request["room"], request["body"])
-        except NotAMember:
-            self.send_error(
-                "not_member", "you are not in that room", request="say", field="room", ref=request.get("ref")
-            )
-            return
-        self.send(
-            self._reply({"type": "ack", "room": event["room"], "id": event["id"], "ts": event["ts"]}, request)
-        )
-
-    def _on_who(self, request: dict[str, Any]) -> None:
-        try:
-            users = self.factory.chat.who(self, request["room"])
-        except NotAMember:
-            self.send_error(
-                "not_member", "you are not in that room", request="who", field="room", ref=request.get("ref")
-            )
-            return
-        self.send(self._reply({"type": "who", "room": request["room"], "users": users}, request))
-
-    # --- output ----------------------------------------------------------
+    def _fill(self, slot: _Slot, answer: dict[str, Any] | None) -> None:
+        slot.answer = answer
+        slot.ready = True
+        replies = self._replies
+        while replies and replies[0].ready:
+            done = replies.popleft()
+            if done.answer is not None:
+                if done.ref is not None:
+                    done.answer["ref"] = done.ref
+                self.send(done.answer)
+                if done.answer["type"] == "welcome":
+                    self._release_held()
 
     @staticmethod
-    def _reply(event: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
-        if "ref" in request:
-            event["ref"] = request["ref"]
+    def _error_event(error: Any, kind: str) -> dict[str, Any]:
+        event = {"type": "error", "code": error.code, "message": error.message, "request": kind}
+        if getattr(error, "field", None):
+            event["field"] = error.field
+        if getattr(error, "retry_after", None):
+            event["retry_after"] = round(error.retry_after, 1)
         return event
+
+    def _failure_event(self, failure: Failure, kind: str) -> dict[str, Any]:
+        if failure.check(ChatError, AuthError):
+            return self._error_event(failure.value, kind)
+        if failure.check(Busy):
+            return {
+                "type": "error",
+                "code": "busy",
+                "message": "server busy; try again",
+                "request": kind,
+                "retry_after": 1,
+            }
+        log.failure("{kind} failed for {peer}", failure, kind=kind, peer=self.peer)
+        return {"type": "error", "code": "internal_error", "message": "internal error", "request": kind}
+
+    def _rate_limit(self, kind: str) -> None:
+        action = RATE_LIMITED.get(kind)
+        if action is None:
+            return
+        limits = self.factory.rate_limits
+        wait = limits.check(action, self)
+        if not wait and action == "messages" and self.user is not None:
+            wait = limits.check(action, ("user", self.user))  # all of the account's connections
+        if wait:
+            now = self.factory.clock.seconds()
+            strikes = self._strikes
+            strikes.append(now)
+            while strikes and strikes[0] < now - 60:
+                strikes.popleft()
+            if len(strikes) >= self.factory.settings.abuse_strikes:
+                log.warn("{peer} user={user}: flooding; disconnecting", peer=self.peer, user=self.user or "-")
+                self.close("flooding", "too many requests over the rate limit")
+            raise AuthError("rate_limited", f"too many {action}; slow down", retry_after=wait)
+
+    def _on_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "pong"}
+
+    def _on_login(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        accounts = self.factory.accounts
+        if ("password" in request) == ("token" in request):
+            raise RequestError("missing_field", "login needs a password or a token (not both)", "password")
+        if "token" in request:
+            return self._authenticate(
+                accounts.login_token(request["user"], request["token"], self.peer), token=request["token"]
+            )
+        return self._authenticate(accounts.login(request["user"], request["password"], self.peer))
+
+    def _on_register(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self._authenticate(
+            self.factory.accounts.register(request["user"], request["password"], self.peer)
+        )
+
+    def _authenticate(self, d: Deferred[Account], token: str | None = None) -> Deferred[dict[str, Any]]:
+        if self.account is not None:
+            raise ChatError("already_authenticated", "already logged in")
+        d.addCallback(self._authenticated, token)
+        self._wait_for(d)  # nothing else is read until this is settled
+        return d
+
+    @inlineCallbacks
+    def _authenticated(self, account: Account, token: str | None) -> Any:
+        if not self.connected or self.ending:
+            return None
+        if token is None:
+            token = yield self.factory.accounts.issue_token(account.name)
+        self._token = token
+        self.account = account
+        self.user = account.name
+        self.role = account.role
+        self.setTimeout(self.factory.settings.idle_timeout)
+        connections_log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
+        snapshot = yield self.factory.chat.connect(self)
+        # Offline direct messages follow the welcome.
+        self.factory.clock.callLater(0, self._push_undelivered)
+        return {
+            "type": "welcome",
+            "user": account.name,
+            "role": account.role,
+            "server": f"chatserver/{__version__}",
+            "rooms": snapshot["rooms"],
+            "streams": snapshot["streams"],
+            "token": token,
+            # Clients keep the connection alive within this.
+            "idle_timeout": self.factory.settings.idle_timeout,
+        }
+
+    def _push_undelivered(self) -> None:
+        if self.connected and not self.ending:
+            self.factory.chat.push_undelivered(self).addErrback(
+                lambda f: log.failure("offline delivery failed for {user}", f, user=self.user)
+            )
+
+    def _on_logout(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        d = self.factory.accounts.revoke_token(self._token)
+        d.addCallback(lambda _: self.factory.clock.callLater(0, self.close, "logout", "logged out"))
+        return d.addCallback(lambda _: {"type": "logged_out"})
+
+    def _on_say(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        d = self.factory.chat.say(self, request["room"], request["body"])
+        return d.addCallback(_ack)
+
+    def _on_dm(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.direct(self, request["to"], request["body"]).addCallback(_ack)
+
+    def _on_who(self, request: dict[str, Any]) -> dict[str, Any]:
+        members = self.factory.chat.who(self, request["room"])
+        return {
+            "type": "who",
+            "room": request["room"],
+            "members": members,
+            "users": [m["user"] for m in members],
+        }
+
+    def _on_create(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        d = self.factory.chat.create_room(
+            self, request["room"], request.get("kind", "public"), request.get("topic", "")
+        )
+        return d.addCallback(_ack)
+
+    def _on_join(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.join(self, request["room"]).addCallback(_ack)
+
+    def _on_part(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.part(self, request["room"]).addCallback(_ack)
+
+    def _on_rooms(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "rooms", "rooms": self.factory.chat.list_rooms(self)}
+
+    def _on_topic(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.set_topic(self, request["room"], request["topic"]).addCallback(_ack)
+
+    def _on_invite(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.invite(self, request["room"], request["user"])
+
+    def _on_history(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.history(
+            self, request["stream"], request.get("after"), request.get("before"), request.get("limit", 50)
+        )
+
+    def _on_kick(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        chat = self.factory.chat
+        return chat.kick(self, request["room"], request["user"], request.get("reason", "")).addCallback(_ack)
+
+    def _sanction(self, request: dict[str, Any], kind: str) -> Deferred[dict[str, Any]]:
+        d = self.factory.chat.sanction(
+            self, request["room"], request["user"], kind, request.get("duration"), request.get("reason", "")
+        )
+        return d.addCallback(_ack)
+
+    def _on_ban(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self._sanction(request, "ban")
+
+    def _on_mute(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self._sanction(request, "mute")
+
+    def _on_unban(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.lift(self, request["room"], request["user"], "ban").addCallback(_ack)
+
+    def _on_unmute(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.lift(self, request["room"], request["user"], "mute").addCallback(_ack)
+
+    def _on_op(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.set_role(self, request["room"], request["user"], "moderator").addCallback(
+            _ack
+        )
+
+    def _on_deop(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.set_role(self, request["room"], request["user"], "member").addCallback(_ack)
+
+    def _on_disable(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.disable_account(self, request["user"], True)
+
+    def _on_enable(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.factory.chat.disable_account(self, request["user"], False)
+
+    # --- output ----------------------------------------------------------
 
     def send(self, event: dict[str, Any]) -> None:
         if self.channel is not None and not self.ending and self.connected:
@@ -414,8 +555,17 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         event.update((k, v) for k, v in fields.items() if v is not None)
         self.send(event)
 
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        for plaintext in held or ():
+            self.deliver(plaintext)
+
     def deliver(self, plaintext: bytes) -> None:
         """A broadcast event list, already encoded once for all members."""
+        if self._held is not None:
+            # Logged in but not yet welcomed: the welcome comes first.
+            self._held.append(plaintext)
+            return
         if self.channel is not None and not self.ending and self.connected:
             self._write(self.channel.seal_plaintext(plaintext))
 
@@ -441,6 +591,15 @@ class ChatFactory(ServerFactory):
         self.clock = clock
         self.rekey_after = rekey_after
         self.limits = Limits(settings.max_body_length)
+        self.rate_limits = RateLimits(
+            clock,
+            {
+                "messages": (settings.messages_rate, settings.messages_burst),
+                "joins": (settings.joins_rate, settings.joins_burst),
+                "rooms": (settings.rooms_rate, settings.rooms_burst),
+                "logins": (settings.logins_rate, settings.logins_burst),
+            },
+        )
         self.connections: set[ChatProtocol] = set()
         self.per_address: collections.Counter[str] = collections.Counter()
 

@@ -6,16 +6,21 @@ import sys
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python import usage
 
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
 from chatserver.config import ConfigError, Settings, load_settings
 from chatserver.identity import IdentityError, load_or_create
+from chatserver.journal import EventLog
 from chatserver.logs import LogFiles
 from chatserver.protocol import ChatFactory
 from chatserver.store import Store
 from chatserver.workers import CryptoPool
+
+log = Logger(namespace="chatserver.tap")
 
 
 class Options(usage.Options):
@@ -43,6 +48,50 @@ class Options(usage.Options):
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+class ChatCore(service.Service):
+    """Loads rooms and stream ids from the store, then listens: no client
+    is accepted before the state it will be checked against exists."""
+
+    name = "chat-core"
+
+    def __init__(self, chat: ChatService, listener: Any) -> None:
+        self.chat = chat
+        self.listener = listener
+        #: Fires with the listening port once the server accepts clients.
+        self.ready: Deferred[Any] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.chat.load()
+        d.addCallback(lambda _: self._listen())
+        d.addErrback(self._failed)
+
+    def _listen(self) -> None:
+        self.listener.startService()
+
+        def listening(port: Any) -> Any:
+            if not self.ready.called:
+                self.ready.callback(port)
+            return port  # the listener needs it again to stop
+
+        self.listener._waitingForPort.addCallback(listening)
+
+    def _failed(self, failure: Any) -> None:
+        log.failure("start-up failed", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        from twisted.internet import reactor
+
+        if reactor.running:
+            reactor.stop()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.listener.running:
+            return self.listener.stopService()
+        return None
 
 
 def makeService(
@@ -74,21 +123,23 @@ def makeService(
     LogFiles(
         settings.log_path, settings.log_level, settings.log_rotate_bytes, settings.log_rotate_count
     ).setServiceParent(top)
-    store = Store(settings.database_path)
+    store = Store(settings.database_path, settings.synchronous.upper())
     store.setServiceParent(top)
     pool = CryptoPool(reactor, settings.crypto_threads, settings.max_pending_crypto)
     pool.setServiceParent(top)
-    factory = ChatFactory(
-        settings,
-        identity,
-        ChatService(clock=clock.seconds),
-        Accounts(settings, store, pool, clock),
-        pool,
+    chat = ChatService(
+        store,
+        EventLog(store, reactor),
         clock,
+        default_room=settings.default_room,
+        max_room_members=settings.max_room_members,
+        max_rooms_per_user=settings.max_rooms_per_user,
     )
+    factory = ChatFactory(settings, identity, chat, Accounts(settings, store, pool, clock), pool, clock)
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
-    listener.setName("listener")
-    listener.setServiceParent(top)
+    core = ChatCore(chat, listener)
+    core.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
+    top.core = core  # type: ignore[attr-defined]
     top.identity = identity  # type: ignore[attr-defined]
     return top

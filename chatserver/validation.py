@@ -112,13 +112,116 @@ def ref(value: Any, limits: Limits | None = None) -> Any:
     raise RequestError("bad_field", "ref must be a short string or a non-negative integer", "ref")
 
 
+def token(value: Any, limits: Limits | None = None) -> str:
+    text = _string(value, "token")
+    if not 16 <= len(text) <= 128 or not text.isascii():
+        raise RequestError("bad_field", "token is not a session token", "token")
+    return text
+
+
+def stream(value: Any, limits: Limits | None = None) -> str:
+    text = _string(value, "stream")
+    parts = text.split(":")
+    ok = (len(parts) == 2 and parts[0] == "room" and ROOM_NAME.fullmatch(parts[1])) or (
+        len(parts) == 3 and parts[0] == "dm" and all(USERNAME.fullmatch(p) for p in parts[1:])
+    )
+    if not ok:
+        raise RequestError("bad_field", "stream is room:NAME or dm:USER:USER", "stream")
+    return text
+
+
+def event_id(name: str) -> Check:
+    def check(value: Any, limits: Limits) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAFE_INTEGER:
+            raise RequestError("bad_field", f"{name} must be a non-negative integer", name)
+        return value
+
+    return check
+
+
+def count(value: Any, limits: Limits | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise RequestError("bad_field", "limit must be an integer from 1 to 1000", "limit")
+    return value
+
+
+def duration(value: Any, limits: Limits | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10 * 365 * 86400:
+        raise RequestError("bad_field", "duration is a number of seconds, at most ten years", "duration")
+    return float(value)
+
+
+def _short_text(field: str, maximum: int) -> Check:
+    def check(value: Any, limits: Limits) -> str:
+        text = _string(value, field)
+        if len(text) > maximum or _CONTROL.search(text):
+            raise RequestError(
+                "bad_field", f"{field} is at most {maximum} characters, no control characters", field
+            )
+        return text
+
+    return check
+
+
+def _choice(field: str, choices: tuple[str, ...]) -> Check:
+    def check(value: Any, limits: Limits) -> str:
+        if value not in choices:
+            raise RequestError("bad_field", f"{field} is one of " + ", ".join(choices), field)
+        return str(value)
+
+    return check
+
+
+def _target(value: Any, limits: Limits | None = None) -> str:
+    try:
+        return username(value)
+    except RequestError as e:
+        raise RequestError(e.code, e.message, "user") from None
+
+
+def _recipient(value: Any, limits: Limits | None = None) -> str:
+    try:
+        return username(value)
+    except RequestError as e:
+        raise RequestError(e.code, e.message, "to") from None
+
+
+_REASON = (_short_text("reason", 200), False)
+
 # type -> {field: (check, required)}
 REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "register": {"user": (username, True), "password": (_password(MIN_PASSWORD), True)},
-    "login": {"user": (username, True), "password": (_password(1), True)},
+    "login": {"user": (username, True), "password": (_password(1), False), "token": (token, False)},
+    "logout": {},
+    "ping": {},
     "say": {"room": (room, True), "body": (body, True)},
     "who": {"room": (room, True)},
-    "ping": {},
+    "create": {
+        "room": (room, True),
+        "kind": (_choice("kind", ("public", "private", "readonly")), False),
+        "topic": (_short_text("topic", 300), False),
+    },
+    "join": {"room": (room, True)},
+    "part": {"room": (room, True)},
+    "rooms": {},
+    "topic": {"room": (room, True), "topic": (_short_text("topic", 300), True)},
+    "invite": {"room": (room, True), "user": (_target, True)},
+    "dm": {"to": (_recipient, True), "body": (body, True)},
+    "history": {
+        "stream": (stream, True),
+        "after": (event_id("after"), False),
+        "before": (event_id("before"), False),
+        "limit": (count, False),
+    },
+    "kick": {"room": (room, True), "user": (_target, True), "reason": _REASON},
+    "ban": {"room": (room, True), "user": (_target, True), "duration": (duration, False), "reason": _REASON},
+    "unban": {"room": (room, True), "user": (_target, True)},
+    "mute": {"room": (room, True), "user": (_target, True), "duration": (duration, False), "reason": _REASON},
+    "unmute": {"room": (room, True), "user": (_target, True)},
+    "op": {"room": (room, True), "user": (_target, True)},
+    "deop": {"room": (room, True), "user": (_target, True)},
+    "disable": {"user": (_target, True)},
+    "enable": {"user": (_target, True)},
 }
 
 #: Requests accepted before login.

@@ -1,0 +1,63 @@
+"""The durable event log, with group commit.
+
+``append`` returns a Deferred that fires once the event is committed to
+SQLite.  Everything appended during one reactor turn, and everything
+appended while a commit is running, goes into the next transaction, so
+under load many events share one fsync while a lone event still commits at
+once.  Batches commit in order and their Deferreds fire in append order, so
+whoever fans out after the commit does so in id order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatserver import store
+from chatserver.store import Store
+
+log = Logger(namespace="chatserver.journal")
+
+
+class EventLog:
+    def __init__(self, db: Store, reactor: Any) -> None:
+        self._db = db
+        self._reactor = reactor
+        self._queue: list[tuple[tuple[str, int, int, str], Deferred[None]]] = []
+        self._busy = False  # a commit is scheduled or running
+        self.commits = 0
+        self.events_committed = 0
+
+    def append(self, stream: str, event_id: int, ts: int, event_json: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._queue.append(((stream, event_id, ts, event_json), d))
+        if not self._busy:
+            self._busy = True
+            # Let the rest of this reactor turn join the batch.
+            self._reactor.callLater(0, self._commit)
+        return d
+
+    def _commit(self) -> None:
+        batch, self._queue = self._queue, []
+        d = self._db.run(store.append_events, [row for row, _ in batch])
+        d.addBoth(self._committed, batch)
+
+    def _committed(self, result: Any, batch: list[tuple[Any, Deferred[None]]]) -> None:
+        failed = isinstance(result, Failure)
+        if failed:
+            log.failure("event log commit failed ({count} events)", result, count=len(batch))
+        else:
+            self.commits += 1
+            self.events_committed += len(batch)
+        for _, d in batch:
+            if failed:
+                d.errback(result)
+            else:
+                d.callback(None)
+        if self._queue:
+            self._commit()
+        else:
+            self._busy = False

@@ -1,0 +1,65 @@
+"""Token buckets for rate limits.
+
+A bucket holds up to ``burst`` tokens and refills at ``rate`` per second;
+each action takes one.  An action on an empty bucket is refused with the
+time until a token is back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken, else seconds until one is available."""
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.rate
+
+
+class Limits:
+    """Buckets per (action, key): key is a connection or an account.
+
+    ``rules`` maps an action to (rate per second, burst).
+    """
+
+    def __init__(self, clock: Any, rules: dict[str, tuple[float, float]], max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self.rules = rules
+        self.max_keys = max_keys
+        self._buckets: dict[tuple[str, Any], TokenBucket] = {}
+
+    def check(self, action: str, key: Any) -> float:
+        rule = self.rules.get(action)
+        if rule is None:
+            return 0.0
+        now = self._clock.seconds()
+        bucket = self._buckets.get((action, key))
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            bucket = self._buckets[(action, key)] = TokenBucket(rule[0], rule[1], now)
+        return bucket.take(now)
+
+    def _prune(self, now: float) -> None:
+        """Drop buckets that have refilled completely: they carry no state."""
+        full = [k for k, b in self._buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]
+        for key in full:
+            del self._buckets[key]
+
+    def forget(self, key: Any) -> None:
+        for action in self.rules:
+            self._buckets.pop((action, key), None)
