@@ -103,6 +103,7 @@ class ChatService:
         self.user_rooms: dict[str, set[str]] = {}
         self.dms: dict[str, dict[str, tuple[str, int]]] = {}  # user -> peer -> (stream, delivered)
         self.online: dict[str, dict[Member, None]] = {}
+        self._syncing: dict[Member, set[str]] = {}  # DM streams still being pushed to a connection
 
     # --- start-up -----------------------------------------------------------
 
@@ -216,6 +217,7 @@ class ChatService:
         }
         for stream, _ in self.dms.get(user, {}).values():
             streams[stream] = self.last_ids.get(stream, 0)
+        self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
         d = defer.gatherResults(waits, consumeErrors=True) if waits else defer.succeed(None)
         d.addCallback(lambda _: {"rooms": sorted(self.user_rooms.get(user, ())), "streams": streams})
         return d
@@ -224,6 +226,7 @@ class ChatService:
         user = member.user
         if user is None:
             return
+        self._syncing.pop(member, None)
         conns = self.online.get(user)
         if conns is not None:
             conns.pop(member, None)
@@ -238,13 +241,13 @@ class ChatService:
         while the user had no connection, in order."""
         user = member.user
         for peer, (stream, delivered) in list(self.dms.get(user, {}).items()):
-            last = self.last_ids.get(stream, 0)
-            while delivered < last:
+            while True:
                 texts = yield self._db.run(store.history, stream, delivered, None, HISTORY_PAGE_MAX)
-                if not texts:
+                if not texts or member not in self._syncing:
                     break
                 member.deliver(("[" + ",".join(texts) + "]").encode("utf-8"))
                 delivered = json.loads(texts[-1])["id"]
+            self._syncing.get(member, set()).discard(stream)
             self._mark_delivered(user, peer, stream, delivered)
 
     def _mark_delivered(self, user: str, peer: str, stream: str, event_id: int) -> None:
@@ -391,12 +394,16 @@ class ChatService:
                     self.dms.setdefault(a, {}).setdefault(b, (stream, 0))
                     self._write(store.set_dm_stream, a, b, stream, 0)
             event = {"type": "dm", "from": sender, "to": to, "body": body}
-            recipients = lambda: list(self.online.get(sender, ())) + list(self.online.get(to, ()))  # noqa: E731
+            recipients = lambda: [  # noqa: E731
+                c
+                for c in list(self.online.get(sender, ())) + list(self.online.get(to, ()))
+                if stream not in self._syncing.get(c, ())
+            ]
             published = self.publish(stream, event, recipients)
 
             def delivered(event: dict[str, Any]) -> dict[str, Any]:
                 self._mark_delivered(sender, to, stream, event["id"])
-                if to in self.online:
+                if any(stream not in self._syncing.get(c, ()) for c in self.online.get(to, ())):
                     self._mark_delivered(to, sender, stream, event["id"])
                 return event
 

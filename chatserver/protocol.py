@@ -10,6 +10,7 @@ closed connection, always with a log line that says why.
 from __future__ import annotations
 
 import collections
+import math
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -367,7 +368,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if getattr(error, "field", None):
             event["field"] = error.field
         if getattr(error, "retry_after", None):
-            event["retry_after"] = round(error.retry_after, 1)
+            # Rounded up: a client that waits exactly this long must succeed.
+            event["retry_after"] = math.ceil(error.retry_after * 10) / 10
         return event
 
     def _failure_event(self, failure: Failure, kind: str) -> dict[str, Any]:

@@ -63,9 +63,14 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
             continue
         # executescript commits first and runs the script in autocommit
         # mode, so the script carries its own transaction.
-        conn.executescript(
-            f"BEGIN;\n{sql}\nINSERT INTO schema_version (version) VALUES ({version});\nCOMMIT;"
-        )
+        try:
+            conn.executescript(
+                f"BEGIN;\n{sql}\nINSERT INTO schema_version (version) VALUES ({version});\nCOMMIT;"
+            )
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
         log.info("database schema upgraded to version {version}", version=version)
         current = version
     return current
