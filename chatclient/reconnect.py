@@ -1,0 +1,216 @@
+"""A session that survives disconnects: reconnect, log in again, catch up.
+
+``ReconnectingClient`` keeps one logical session over many connections.
+Twisted's ``ClientService`` reconnects with exponential backoff and jitter.
+Each new connection runs the handshake, logs in (with the session token
+from the previous welcome, so the slow password hash runs once), and then
+*catches up*: for every stream the client has seen before, it fetches the
+history after the last id it saw, page by page, up to the id the welcome
+reports.  Live events that arrive meanwhile are held back and released
+after the history.  Every event is handed to the listeners exactly once and
+in id order per stream, whatever the timing of the disconnects.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, ServerError, Verifier
+
+log = Logger(namespace="chatclient.reconnect")
+
+HISTORY_PAGE = 200
+
+
+class ReconnectingClient:
+    """Listeners get events; state listeners get ``(state, detail)`` with
+    state one of ``connecting``, ``online``, ``reconnecting``, ``stopped``,
+    ``failed`` (login refused: no more retries)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: Any,
+        verify: Verifier,
+        user: str,
+        password: str | None = None,
+        register: bool = False,
+        token: str | None = None,
+        initial_delay: float = 0.5,
+        max_delay: float = 30.0,
+    ) -> None:
+        self._reactor = reactor
+        self.user = user
+        self._password = password
+        self._register = register
+        self.token = token
+        self.role: str | None = None
+        self.last_ids: dict[str, int] = {}
+        self.session: ChatSession | None = None
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._state_listeners: list[Callable[[str, Any], None]] = []
+        self._online_waiters: list[Deferred[ChatSession]] = []
+        self.connections = 0
+        self.state = "stopped"
+        self.welcome: dict[str, Any] | None = None
+        factory = Factory.forProtocol(lambda: ClientProtocol(verify))
+        self._service = ClientService(
+            endpoint,
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay, jitter=random.random),
+            clock=reactor,
+            prepareConnection=self._prepare,
+        )
+
+    # --- listeners ------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self._listeners.append(listener)
+
+    def add_state_listener(self, listener: Callable[[str, Any], None]) -> None:
+        self._state_listeners.append(listener)
+
+    def _set_state(self, state: str, detail: Any = None) -> None:
+        self.state = state
+        for listener in list(self._state_listeners):
+            listener(state, detail)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Deliver an event once: stream events only if newer than seen."""
+        stream = event.get("stream")
+        event_id = event.get("id")
+        if isinstance(stream, str) and isinstance(event_id, int) and event.get("type") != "history":
+            if event_id <= self.last_ids.get(stream, 0):
+                return  # seen already (catch-up overlap, offline push)
+            self.last_ids[stream] = event_id
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.failure("event listener failed")
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._set_state("connecting")
+        self._service.startService()
+
+    def stop(self) -> Deferred[None]:
+        session = self.session
+        if session is not None and not session.closed.called:
+            session.close()
+        d = self._service.stopService()
+        self._set_state("stopped")
+        for waiter in self._online_waiters:
+            waiter.errback(ConnectionClosed(True, "stopped", "client stopped"))
+        self._online_waiters = []
+        return d
+
+    def when_online(self) -> Deferred[ChatSession]:
+        if self.state == "online" and self.session is not None:
+            return defer.succeed(self.session)
+        d: Deferred[ChatSession] = Deferred()
+        self._online_waiters.append(d)
+        return d
+
+    @inlineCallbacks
+    def _prepare(self, protocol: ClientProtocol) -> Any:
+        """Runs on every new connection, before ClientService calls it up."""
+        self._set_state("connecting")
+        yield protocol.secure
+        session = ChatSession(protocol, clock=self._reactor)
+        held: dict[str, list[dict[str, Any]]] = {}
+        catching_up: set[str] = set()
+
+        def live(event: dict[str, Any]) -> None:
+            stream = event.get("stream")
+            if stream in catching_up:
+                held.setdefault(stream, []).append(event)
+            else:
+                self._emit(event)
+
+        session.add_listener(live)
+        try:
+            welcome = yield self._login(session)
+        except ServerError as e:
+            if e.code in ("auth_failed", "account_disabled", "bad_username", "bad_password",
+                          "registration_closed"):
+                self._set_state("failed", e)
+                self._service.stopService()
+            raise
+        self.welcome = welcome
+        self.role = welcome.get("role")
+        self.token = welcome.get("token", self.token)
+        streams: dict[str, int] = welcome.get("streams", {})
+        behind = {s: last for s, last in streams.items() if s in self.last_ids and self.last_ids[s] < last}
+        catching_up.update(behind)
+        for stream, last in sorted(behind.items()):
+            while self.last_ids.get(stream, 0) < last:
+                page = yield session.request(
+                    {"type": "history", "stream": stream, "after": self.last_ids[stream], "limit": HISTORY_PAGE}
+                )
+                for event in page["events"]:
+                    self._emit(event)
+                if not page["more"] or not page["events"]:
+                    break
+            catching_up.discard(stream)
+            for event in sorted(held.pop(stream, []), key=lambda e: e["id"]):
+                self._emit(event)
+        self.session = session
+        self.connections += 1
+        session.closed.addCallback(self._lost)
+        self._set_state("online", welcome)
+        waiters, self._online_waiters = self._online_waiters, []
+        for waiter in waiters:
+            waiter.callback(session)
+
+    def _login(self, session: ChatSession) -> Deferred[dict[str, Any]]:
+        if self.token is not None:
+            d = session.request({"type": "login", "user": self.user, "token": self.token})
+
+            def fall_back(failure: Any) -> Any:
+                # An expired or revoked token: the password, if we have it.
+                if failure.check(ServerError) and failure.value.code == "auth_failed" and self._password:
+                    self.token = None
+                    return session.login(self.user, self._password)
+                return failure
+
+            return d.addCallback(session._logged_in).addErrback(fall_back)
+        assert self._password is not None, "no token and no password"
+        if self._register:
+            d = session.register(self.user, self._password)
+
+            def registered_before(failure: Any) -> Any:
+                if failure.check(ServerError) and failure.value.code == "username_taken":
+                    return session.login(self.user, self._password)
+                return failure
+
+            d.addErrback(registered_before)
+            d.addCallback(lambda welcome: setattr(self, "_register", False) or welcome)
+            return d
+        return session.login(self.user, self._password)
+
+    def _lost(self, info: ConnectionClosed) -> ConnectionClosed:
+        self.session = None
+        if self.state != "stopped" and self.state != "failed":
+            self._set_state("reconnecting", info)
+        return info
+
+    # --- requests -------------------------------------------------------------------
+
+    def request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Send when online (waiting for the connection if need be)."""
+        return self.when_online().addCallback(lambda session: session.request(event))
+
+    def say(self, room: str, body: str) -> Deferred[dict[str, Any]]:
+        return self.request({"type": "say", "room": room, "body": body})
+
+    def dm(self, to: str, body: str) -> Deferred[dict[str, Any]]:
+        return self.request({"type": "dm", "to": to, "body": body})
