@@ -552,11 +552,6 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self.channel is not None and not self.ending and self.connected:
             self._write(self.channel.seal_events([event]))
 
-    def send_error(self, code: str, message: str, **fields: Any) -> None:
-        event = {"type": "error", "code": code, "message": message}
-        event.update((k, v) for k, v in fields.items() if v is not None)
-        self.send(event)
-
     def _release_held(self) -> None:
         held, self._held = self._held, None
         for plaintext in held or ():
