@@ -3,8 +3,8 @@
 ``ReconnectingClient`` keeps one logical session over many connections.
 Twisted's ``ClientService`` reconnects with exponential backoff and jitter.
 Each new connection runs the handshake, logs in (with the session token
-from the previous welcome, so the slow password hash runs once), and then
-*catches up*: for every stream the client has seen before, it fetches the
+from the previous welcome, so the slow password hash runs once), rejoins
+the rooms the server has not kept it in, and then *catches up*: for every stream the client has seen before, it fetches the
 history after the last id it saw, page by page, up to the id the welcome
 reports.  Live events that arrive meanwhile are held back and released
 after the history.  Every event is handed to the listeners exactly once and
@@ -14,12 +14,14 @@ in id order per stream, whatever the timing of the disconnects.
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, ServerError, Verifier
@@ -33,6 +35,11 @@ class ReconnectingClient:
     """Listeners get events; state listeners get ``(state, detail)`` with
     state one of ``connecting``, ``online``, ``reconnecting``, ``stopped``,
     ``failed`` (login refused: no more retries)."""
+
+    #: Seconds a new connection has to get from TCP to online.
+    setup_timeout = 60.0
+    #: Server answers to a login that retrying cannot fix.
+    FATAL = frozenset({"auth_failed", "account_disabled", "bad_username", "bad_password", "registration_closed"})
 
     def __init__(
         self,
@@ -53,20 +60,32 @@ class ReconnectingClient:
         self.token = token
         self.role: str | None = None
         self.last_ids: dict[str, int] = {}
+        #: The rooms we are in, as of the last welcome and our own events.
+        self.rooms: set[str] = set()
         self.session: ChatSession | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._state_listeners: list[Callable[[str, Any], None]] = []
         self._online_waiters: list[Deferred[ChatSession]] = []
         self.connections = 0
+        #: Connections in a row that got no further than TCP.
+        self._failed_setups = 0
         self.state = "stopped"
         self.welcome: dict[str, Any] | None = None
-        factory = Factory.forProtocol(lambda: ClientProtocol(verify))
+        backoff = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay, jitter=random.random)
+        # Why no ``prepareConnection``: ClientService counts a connection as
+        # made when TCP is up, and if the connection drops while a prepare
+        # step is still running (the server restarting mid-handshake, the
+        # usual case here) its state machine has no transition for that and
+        # logs an error.  So setup runs after "connected"; a setup that fails
+        # closes the connection (an ordinary disconnect for ClientService),
+        # and the retry policy below keeps backing off across such failures,
+        # since ClientService's own attempt counter restarts at every TCP
+        # connection.
         self._service = ClientService(
             endpoint,
-            factory,
-            retryPolicy=backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay, jitter=random.random),
+            Factory.forProtocol(lambda: self._new_protocol(verify)),
+            retryPolicy=lambda attempt: backoff(max(attempt, self._failed_setups)),
             clock=reactor,
-            prepareConnection=self._prepare,
         )
 
     # --- listeners ------------------------------------------------------------
@@ -78,23 +97,40 @@ class ReconnectingClient:
         self._state_listeners.append(listener)
 
     def _set_state(self, state: str, detail: Any = None) -> None:
+        if state == self.state and detail is None:
+            return
         self.state = state
         for listener in list(self._state_listeners):
-            listener(state, detail)
+            try:
+                listener(state, detail)
+            except Exception:
+                log.failure("state listener failed")
 
     def _emit(self, event: dict[str, Any]) -> None:
         """Deliver an event once: stream events only if newer than seen."""
         stream = event.get("stream")
         event_id = event.get("id")
-        if isinstance(stream, str) and isinstance(event_id, int) and event.get("type") != "history":
+        if isinstance(stream, str) and isinstance(event_id, int):
             if event_id <= self.last_ids.get(stream, 0):
                 return  # seen already (catch-up overlap, offline push)
             self.last_ids[stream] = event_id
+        self._track_rooms(event)
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:
                 log.failure("event listener failed")
+
+    def _track_rooms(self, event: dict[str, Any]) -> None:
+        """Our own joins, parts, kicks and bans change the rooms to rejoin."""
+        kind = event.get("type")
+        room = event.get("room")
+        if not isinstance(room, str):
+            return
+        if kind == "joined" and event.get("user") == self.user:
+            self.rooms.add(room)
+        elif kind in ("left", "kicked", "banned") and event.get("user") == self.user:
+            self.rooms.discard(room)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -116,13 +152,37 @@ class ReconnectingClient:
     def when_online(self) -> Deferred[ChatSession]:
         if self.state == "online" and self.session is not None:
             return defer.succeed(self.session)
+        if self.state in ("stopped", "failed"):
+            return defer.fail(ConnectionClosed(True, self.state, f"client {self.state}"))
         d: Deferred[ChatSession] = Deferred()
         self._online_waiters.append(d)
         return d
 
+    def _new_protocol(self, verify: Verifier) -> ClientProtocol:
+        protocol = ClientProtocol(verify)
+        setup = self._setup(protocol)
+        setup.addTimeout(self.setup_timeout, self._reactor)
+        setup.addErrback(self._setup_failed, protocol)
+        return protocol
+
+    def _setup_failed(self, failure: Failure, protocol: ClientProtocol) -> None:
+        self._failed_setups += 1
+        if failure.check(ServerError) and failure.value.code in self.FATAL:
+            self._set_state("failed", failure.value)
+            self._service.stopService()
+            for waiter in self._online_waiters:
+                waiter.errback(failure)
+            self._online_waiters = []
+        elif not failure.check(ConnectionClosed):
+            log.info("session setup failed: {why}", why=failure.getErrorMessage())
+        if protocol.session is not None:
+            protocol.session.close()
+        elif protocol.transport is not None:
+            protocol.transport.abortConnection()
+
     @inlineCallbacks
-    def _prepare(self, protocol: ClientProtocol) -> Any:
-        """Runs on every new connection, before ClientService calls it up."""
+    def _setup(self, protocol: ClientProtocol) -> Any:
+        """Handshake, login, rejoin, catch up: every new connection."""
         self._set_state("connecting")
         yield protocol.secure
         session = ChatSession(protocol, clock=self._reactor)
@@ -137,25 +197,30 @@ class ReconnectingClient:
                 self._emit(event)
 
         session.add_listener(live)
-        try:
-            welcome = yield self._login(session)
-        except ServerError as e:
-            if e.code in ("auth_failed", "account_disabled", "bad_username", "bad_password",
-                          "registration_closed"):
-                self._set_state("failed", e)
-                self._service.stopService()
-            raise
+        welcome = yield self._login(session)
         self.welcome = welcome
         self.role = welcome.get("role")
         self.token = welcome.get("token", self.token)
-        streams: dict[str, int] = welcome.get("streams", {})
+        streams: dict[str, int] = dict(welcome.get("streams", {}))
+        # The server keeps memberships, so the welcome's rooms are the rooms
+        # we are back in.  A room we knew that it no longer lists (kicked or
+        # banned while away) gets one catch-up attempt below, so the event
+        # that removed us is seen; if the room refuses us that, so be it.
+        gone = {s for s in self.last_ids if s.startswith("room:") and s not in streams}
         behind = {s: last for s, last in streams.items() if s in self.last_ids and self.last_ids[s] < last}
+        behind.update((s, sys.maxsize) for s in gone)
         catching_up.update(behind)
         for stream, last in sorted(behind.items()):
             while self.last_ids.get(stream, 0) < last:
-                page = yield session.request(
-                    {"type": "history", "stream": stream, "after": self.last_ids[stream], "limit": HISTORY_PAGE}
-                )
+                try:
+                    page = yield session.request(
+                        {"type": "history", "stream": stream, "after": self.last_ids[stream], "limit": HISTORY_PAGE}
+                    )
+                except ServerError as e:
+                    if stream not in gone:
+                        raise
+                    log.info("no catch-up for {stream}: {code}", stream=stream, code=e.code)
+                    break
                 for event in page["events"]:
                     self._emit(event)
                 if not page["more"] or not page["events"]:
@@ -163,8 +228,10 @@ class ReconnectingClient:
             catching_up.discard(stream)
             for event in sorted(held.pop(stream, []), key=lambda e: e["id"]):
                 self._emit(event)
+        self.rooms = set(welcome.get("rooms", []))
         self.session = session
         self.connections += 1
+        self._failed_setups = 0
         session.closed.addCallback(self._lost)
         self._set_state("online", welcome)
         waiters, self._online_waiters = self._online_waiters, []

@@ -161,6 +161,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
+        self._ended = True
         info = self._close_info
         if info is None:
             info = ConnectionClosed(False, "lost", "connection lost without a goodbye")
@@ -212,11 +213,15 @@ class ChatSession:
     def _lost(self, info: ConnectionClosed) -> None:
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
+        # ``closed`` fires before the pending requests fail: whoever retries
+        # a failed request from its errback must already see this session
+        # as closed, or the retry would go into the dead connection and
+        # never be answered.
+        if not self.closed.called:
+            self.closed.callback(info)
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(info)
-        if not self.closed.called:
-            self.closed.callback(info)
 
     # --- requests ----------------------------------------------------------
 

@@ -77,7 +77,12 @@ class DurabilityTests(unittest.TestCase):
         install_identity(base / "data")
         port = free_port()
         endpoint = f"tcp:{port}:interface=127.0.0.1"
-        server, _, _ = await start_twistd(self, base, "--endpoint", endpoint)
+        # The bursts are far over the default message rate; rate limits
+        # have their own tests.
+        config = base / "chatserver.ini"
+        config.write_text("[limits]\nmessages_rate = 100000\nmessages_burst = 100000\n")
+        args = ("--config", str(config), "--endpoint", endpoint)
+        server, _, _ = await start_twistd(self, base, *args)
 
         members = [Member(self, port, name) for name in ("alice", "bob", "carol")]
         for member in members:
@@ -93,7 +98,7 @@ class DurabilityTests(unittest.TestCase):
         server.signal("KILL")
         self.assertEqual(await server.ended, -9)
         acked_before_kill = len(acked)
-        server, _, _ = await start_twistd(self, base, "--endpoint", endpoint)
+        server, _, _ = await start_twistd(self, base, *args)
         await defer.gatherResults(bursts)
         self.assertGreater(acked_before_kill, 100)
         self.assertGreater(len(acked), acked_before_kill, "sending went on after the restart")
