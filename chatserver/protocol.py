@@ -29,6 +29,7 @@ from chatserver.chat import ChatError, ChatService
 from chatserver.config import Settings
 from chatserver.identity import Identity
 from chatserver.ratelimit import Limits as RateLimits
+from chatserver.store import StoreClosed
 from chatserver.validation import PRE_LOGIN, Limits, RequestError, validate
 from chatserver.workers import Busy, CryptoPool
 
@@ -88,6 +89,15 @@ class _OutputPressure:
 
 class ChatProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
+    #: Lines handled for one connection before the reactor serves the
+    #: others: one read can hold hundreds of frames, and a flooder's read
+    #: must not keep everyone else waiting for milliseconds.
+    LINES_PER_TURN = 32
+    #: Requests a connection may have unanswered (say: waiting for their
+    #: commit; history: waiting for the database).  Beyond this its input
+    #: is not read, so one client cannot queue thousands of database jobs
+    #: in front of everyone else's messages.  Pipelining clients just wait.
+    MAX_UNANSWERED = 32
 
     def __init__(self, factory: "ChatFactory") -> None:
         self.factory = factory
@@ -105,6 +115,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._strikes: collections.deque[float] = collections.deque()
         self._inbox: collections.deque[dict[str, Any]] = collections.deque()
         self._waiting = False
+        #: Why input is not being read (empty: it is).
+        self._holds: set[str] = set()
+        self._resume_call: Any = None
+        self._turn_call: Any = None
+        self._turn_lines = 0
         self._blocked_since: float | None = None
         self._blocked_bytes = 0
         self._slow_check: Any = None
@@ -136,8 +151,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
-        if self._slow_check is not None and self._slow_check.active():
-            self._slow_check.cancel()
+        for call in (self._slow_check, self._turn_call, self._resume_call):
+            if call is not None and call.active():
+                call.cancel()
         if not self.admitted:
             return
         self.factory.chat.disconnect(self)
@@ -239,6 +255,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def lineReceived(self, line: bytes) -> None:
         if self.ending:
             return  # the rest of a read that held a fatal line
+        self._turn_lines += 1
+        if self._turn_lines >= self.LINES_PER_TURN and "turn" not in self._holds:
+            # This line is handled; the rest of the read waits a turn.
+            self._hold("turn")
+            self._turn_call = self.factory.reactor.callLater(0, self._end_of_turn)
         try:
             if self.channel is None:
                 self._handshake_line(line)
@@ -263,7 +284,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 raise ChannelError("server busy", channel.ALERT_BUSY) from None
             # Hold further lines (the client's FINISHED is likely already
             # here) until the keys exist.
-            self.pauseProducing()
+            self._hold("derive")
             d.addCallbacks(self._derived, self._derive_failed)
         elif state is HandshakeState.AWAIT_FINISHED:
             finished, self.channel = handshake.receive_finished(record)
@@ -275,7 +296,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _derived(self, _: Any) -> None:
         if self.connected and self.handshake is not None:
-            self.resumeProducing()
+            self._release("derive")
 
     def _derive_failed(self, failure: Failure) -> None:
         if failure.check(ChannelError):
@@ -301,23 +322,58 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _drain(self) -> None:
         """Handle queued events in order, stopping at one that must wait."""
-        while self._inbox and not self._waiting and not self.ending and self.connected:
-            self._dispatch(self._inbox.popleft())
+        inbox = self._inbox
+        while inbox and not self._waiting and not self.ending and self.connected:
+            if len(self._replies) >= self.MAX_UNANSWERED:
+                self._hold("unanswered")
+                return
+            self._dispatch(inbox.popleft())
 
     def _wait_for(self, d: Any) -> None:
         """Hold all further input until ``d`` has fired (keeps order)."""
         self._waiting = True
-        self.pauseProducing()
+        self._hold("waiting")
 
         def done(result: Any) -> Any:
             self._waiting = False
             if self.connected:
                 self._drain()
                 if not self._waiting:
-                    self.resumeProducing()
+                    self._release("waiting")
             return result
 
         d.addBoth(done)
+
+    # --- read flow control ----------------------------------------------
+    #
+    # Several things stop reading for a while: key derivation, a login in
+    # progress, too many unanswered requests, the per-turn line budget.
+    # Reading resumes when none of them holds any more, always from a
+    # fresh reactor turn, so a release inside a handler never re-enters
+    # the line loop.
+
+    def dataReceived(self, data: bytes) -> None:
+        self._turn_lines = 0
+        super().dataReceived(data)
+
+    def _hold(self, reason: str) -> None:
+        if not self._holds and not self.paused:
+            self.pauseProducing()
+        self._holds.add(reason)
+
+    def _release(self, reason: str) -> None:
+        self._holds.discard(reason)
+        if not self._holds and self.paused and self._resume_call is None and not self.ending:
+            self._resume_call = self.factory.reactor.callLater(0, self._resume)
+
+    def _resume(self) -> None:
+        self._resume_call = None
+        if not self._holds and self.paused and self.connected and not self.ending:
+            self.resumeProducing()  # reads buffered lines first, via dataReceived
+
+    def _end_of_turn(self) -> None:
+        self._turn_call = None
+        self._release("turn")
 
     # --- requests --------------------------------------------------------
     #
@@ -339,12 +395,17 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self._rate_limit(kind)
             result = getattr(self, "_on_" + kind)(request)
         except (RequestError, ChatError, AuthError) as e:
-            self._fill(slot, self._error_event(e, event["type"][:40]))
+            self._fill(slot, self._error_event(e, str(event.get("type"))[:40]))
+            return
+        except Exception:
+            # A bug must cost this one request, not the connection's order
+            # of answers (an unfilled slot would hold back all later ones).
+            self._fill(slot, self._failure_event(Failure(), str(event.get("type"))[:40]))
             return
         if isinstance(result, Deferred):
             result.addCallbacks(
                 lambda answer: self._fill(slot, answer),
-                lambda failure: self._fill(slot, self._failure_event(failure, event["type"][:40])),
+                lambda failure: self._fill(slot, self._failure_event(failure, str(event.get("type"))[:40])),
             )
         else:
             self._fill(slot, result)
@@ -361,6 +422,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self.send(done.answer)
                 if done.answer["type"] == "welcome":
                     self._release_held()
+        if "unanswered" in self._holds and len(replies) < self.MAX_UNANSWERED:
+            self._holds.discard("unanswered")
+            self._drain()  # events left over from a frame that held several
+            if "unanswered" not in self._holds:
+                self._release("unanswered")
 
     @staticmethod
     def _error_event(error: Any, kind: str) -> dict[str, Any]:
@@ -380,6 +446,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 "type": "error",
                 "code": "busy",
                 "message": "server busy; try again",
+                "request": kind,
+                "retry_after": 1,
+            }
+        if failure.check(StoreClosed):
+            return {
+                "type": "error",
+                "code": "unavailable",
+                "message": "server shutting down; try again",
                 "request": kind,
                 "retry_after": 1,
             }
@@ -444,7 +518,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         connections_log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
         snapshot = yield self.factory.chat.connect(self)
         # Offline direct messages follow the welcome.
-        self.factory.clock.callLater(0, self._push_undelivered)
+        self.factory.reactor.callLater(0, self._push_undelivered)
         return {
             "type": "welcome",
             "user": account.name,
@@ -465,7 +539,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _on_logout(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         d = self.factory.accounts.revoke_token(self._token)
-        d.addCallback(lambda _: self.factory.clock.callLater(0, self.close, "logout", "logged out"))
+        d.addCallback(lambda _: self.factory.reactor.callLater(0, self.close, "logout", "logged out"))
         return d.addCallback(lambda _: {"type": "logged_out"})
 
     def _on_say(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
@@ -578,14 +652,19 @@ class ChatFactory(ServerFactory):
         accounts: Accounts,
         pool: CryptoPool,
         clock: Any,
+        reactor: Any,
         rekey_after: int = channel.REKEY_AFTER_RECORDS,
     ) -> None:
+        """``clock`` tells the time (timeouts, rate limits; tests pass a
+        fake one); ``reactor`` runs "next turn" calls, which must happen
+        whatever the clock says."""
         self.settings = settings
         self.identity = identity
         self.chat = chat
         self.accounts = accounts
         self.pool = pool
         self.clock = clock
+        self.reactor = reactor
         self.rekey_after = rekey_after
         self.limits = Limits(settings.max_body_length)
         self.rate_limits = RateLimits(

@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -121,6 +122,10 @@ def add_user(cursor: Any, name: str, password_hash: str, role: str) -> bool:
     return True
 
 
+class StoreClosed(Exception):
+    """The store was asked for something while it is not running."""
+
+
 class Store(Service):
     """The server's database: migrated at start, one writer thread."""
 
@@ -150,7 +155,10 @@ class Store(Service):
             self.pool = None
 
     def run(self, query: Any, *args: Any) -> Deferred[Any]:
-        assert self.pool is not None, "store is not started"
+        if self.pool is None:
+            # Shutting down: requests still buffered on open connections
+            # get an "unavailable" answer, not a crash.
+            return defer.fail(StoreClosed("the store is not running"))
         return self.pool.runInteraction(query, *args)
 
     def get_user(self, name: str) -> Deferred[UserRecord | None]:

@@ -316,6 +316,35 @@ class AbuseTests(unittest.TestCase):
 
 
 class OrderTests(unittest.TestCase):
+    async def test_deep_pipeline_is_answered_completely_and_in_order(self) -> None:
+        """Far more requests in flight than the server reads at once (one
+        frame of 150, then 200 frames in one write): reading pauses and
+        resumes, and every request is answered, in order."""
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        queue = EventQueue(alice)
+        kinds = [
+            {"type": "history", "stream": "room:lobby", "limit": 1},
+            {"type": "ping"},
+            {"type": "say", "room": "lobby", "body": "pipelined"},
+        ]
+        one_frame = [dict(kinds[n % 3], ref=f"f{n}") for n in range(150)]
+        alice.protocol.send_events(one_frame)
+        channel = alice.protocol.channel
+        assert channel is not None
+        alice.protocol.transport.write(
+            b"".join(channel.seal_events([dict(kinds[n % 3], ref=f"l{n}")]) for n in range(200))
+        )
+        expected = [e["ref"] for e in one_frame] + [f"l{n}" for n in range(200)]
+        answers = [await queue.next(lambda e: "ref" in e) for _ in expected]
+        self.assertEqual([a["ref"] for a in answers], expected)
+        self.assertEqual(
+            [a["type"] for a in answers], [("history", "pong", "ack")[n % 3] for n in range(150)]
+            + [("history", "pong", "ack")[n % 3] for n in range(200)]
+        )
+        # And the connection is still in good order afterwards.
+        self.assertEqual((await alice.ping())["type"], "pong")
+
     async def test_rate_limit_errors_answer_in_order(self) -> None:
         clock = task.Clock()
         server = await start_server(self, clock=clock, messages_rate=1, messages_burst=2, abuse_strikes=NEVER)
