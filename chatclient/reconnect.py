@@ -3,10 +3,10 @@
 ``ReconnectingClient`` keeps one logical session over many connections.
 Twisted's ``ClientService`` reconnects with exponential backoff and jitter.
 Each new connection runs the handshake, logs in (with the session token
-from the previous welcome, so the slow password hash runs once), rejoins
-the rooms the server has not kept it in, and then *catches up*: for every stream the client has seen before, it fetches the
-history after the last id it saw, page by page, up to the id the welcome
-reports.  Live events that arrive meanwhile are held back and released
+from the previous welcome, so the slow password hash runs once), and is
+back in its rooms, because the server keeps memberships.  Then it *catches
+up*: for every stream the client has seen before, it fetches the history
+after the last id it saw, page by page, up to the id the welcome reports.  Live events that arrive meanwhile are held back and released
 after the history.  Every event is handed to the listeners exactly once and
 in id order per stream, whatever the timing of the disconnects.
 """
@@ -21,8 +21,8 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory
-from twisted.python.failure import Failure
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, ServerError, Verifier
 
@@ -39,7 +39,9 @@ class ReconnectingClient:
     #: Seconds a new connection has to get from TCP to online.
     setup_timeout = 60.0
     #: Server answers to a login that retrying cannot fix.
-    FATAL = frozenset({"auth_failed", "account_disabled", "bad_username", "bad_password", "registration_closed"})
+    FATAL = frozenset(
+        {"auth_failed", "account_disabled", "bad_username", "bad_password", "registration_closed"}
+    )
 
     def __init__(
         self,
@@ -214,7 +216,12 @@ class ReconnectingClient:
             while self.last_ids.get(stream, 0) < last:
                 try:
                     page = yield session.request(
-                        {"type": "history", "stream": stream, "after": self.last_ids[stream], "limit": HISTORY_PAGE}
+                        {
+                            "type": "history",
+                            "stream": stream,
+                            "after": self.last_ids[stream],
+                            "limit": HISTORY_PAGE,
+                        }
                     )
                 except ServerError as e:
                     if stream not in gone:

@@ -135,7 +135,9 @@ def makeService(
         max_room_members=settings.max_room_members,
         max_rooms_per_user=settings.max_rooms_per_user,
     )
-    factory = ChatFactory(settings, identity, chat, Accounts(settings, store, pool, clock), pool, clock, reactor)
+    factory = ChatFactory(
+        settings, identity, chat, Accounts(settings, store, pool, clock), pool, clock, reactor
+    )
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
     core = ChatCore(chat, listener)
     core.setServiceParent(top)

@@ -12,7 +12,6 @@ from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
-
 from tests.processes import start_twistd
 from tests.support import PASSWORD, install_identity, until
 
@@ -32,7 +31,14 @@ class Member:
     def __init__(self, testcase: unittest.TestCase, port: int, user: str) -> None:
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         self.client = ReconnectingClient(
-            reactor, endpoint, lambda fp: True, user, PASSWORD, register=True, initial_delay=0.1, max_delay=0.5
+            reactor,
+            endpoint,
+            lambda fp: True,
+            user,
+            PASSWORD,
+            register=True,
+            initial_delay=0.1,
+            max_delay=0.5,
         )
         self.received: list[tuple[int, str]] = []
         self.client.add_listener(self._event)
@@ -47,7 +53,9 @@ class Member:
 class DurabilityTests(unittest.TestCase):
     timeout = 120
 
-    async def send_burst(self, member: Member, name: str, acked: dict[int, str], kill_at: defer.Deferred) -> None:
+    async def send_burst(
+        self, member: Member, name: str, acked: dict[int, str], kill_at: defer.Deferred
+    ) -> None:
         """Send MESSAGES_PER_SENDER messages with a window; record acks.
         A message whose ack is lost with the connection is not retried: it
         may or may not have been committed, and only acks are promises."""
@@ -124,4 +132,6 @@ class DurabilityTests(unittest.TestCase):
         self.assertEqual(ids, sorted(set(ids)))
         for member in members:
             await until(lambda m=member: len(m.received) >= len(messages), timeout=20)
-            self.assertEqual(member.received, sorted(messages.items()), f"{member.client.user} saw a gap or a duplicate")
+            self.assertEqual(
+                member.received, sorted(messages.items()), f"{member.client.user} saw a gap or a duplicate"
+            )

@@ -339,8 +339,9 @@ class OrderTests(unittest.TestCase):
         answers = [await queue.next(lambda e: "ref" in e) for _ in expected]
         self.assertEqual([a["ref"] for a in answers], expected)
         self.assertEqual(
-            [a["type"] for a in answers], [("history", "pong", "ack")[n % 3] for n in range(150)]
-            + [("history", "pong", "ack")[n % 3] for n in range(200)]
+            [a["type"] for a in answers],
+            [("history", "pong", "ack")[n % 3] for n in range(150)]
+            + [("history", "pong", "ack")[n % 3] for n in range(200)],
         )
         # And the connection is still in good order afterwards.
         self.assertEqual((await alice.ping())["type"], "pong")
