@@ -6,8 +6,9 @@ Each new connection runs the handshake, logs in (with the session token
 from the previous welcome, so the slow password hash runs once), and is
 back in its rooms, because the server keeps memberships.  Then it *catches
 up*: for every stream the client has seen before, it fetches the history
-after the last id it saw, page by page, up to the id the welcome reports.  Live events that arrive meanwhile are held back and released
-after the history.  Every event is handed to the listeners exactly once and
+after the last id it saw, page by page, up to the id the welcome reports.
+Live events that arrive meanwhile are held back and released after the
+history.  Every event is handed to the listeners exactly once and
 in id order per stream, whatever the timing of the disconnects.
 """
 
