@@ -1,10 +1,17 @@
 """The terminal client.
 
 Interactive in a terminal and scriptable in a pipe: each line of standard
-input is sent as a message (or run as a ``/command``), each event received
-is printed as one line of standard output (``--json``: one JSON object).
-At end of input it waits until the server has acknowledged everything
-sent, says goodbye and exits 0.
+input is sent as a message to the current room (or run as a ``/command``,
+see ``chatclient.commands``), each event received is printed as one line
+of standard output (``--json``: one JSON object).  Notices about the
+connection go to standard error.  The connection is kept with
+``ReconnectingClient``: after a drop it reconnects, catches up and goes
+on; input typed meanwhile is sent once it is back.  At end of input it
+waits until the server has answered everything sent, says goodbye and
+exits 0.
+
+Exit codes: 0 done, 1 cannot connect, 2 login refused, 3 server key not
+trusted.
 """
 
 from __future__ import annotations
@@ -13,21 +20,19 @@ import argparse
 import getpass
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from twisted.internet import defer, stdio, task
+from twisted.internet import defer, endpoints, stdio, task
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import LineReceiver
 
+from chatclient import commands
+from chatclient.commands import Command, CommandError
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
-from chatclient.session import ChatSession, ConnectionClosed, ServerError, connect
-
-HELP = """commands:
-  /who          list the users in the room
-  /help         show this help
-  /quit         say goodbye and exit
-anything else is sent as a message to the room"""
+from chatclient.reconnect import ReconnectingClient
+from chatclient.session import ConnectionClosed, ServerError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,8 +52,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="with --tls: trust the CA certificates (PEM) in DIR instead of the system's",
     )
-    p.add_argument("--room", default="lobby", help="room to talk in (default: lobby)")
+    p.add_argument("--room", default="lobby", help="room to talk in first (default: lobby)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=commands.DEFAULT_HISTORY,
+        metavar="N",
+        help=f"messages of history to show on joining a room (default: {commands.DEFAULT_HISTORY})",
+    )
+    p.add_argument(
+        "--connect-attempts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="give up after N failed attempts to connect at start (default: 1); "
+        "once connected, it reconnects for as long as it runs",
+    )
     return p.parse_args(argv)
 
 
@@ -61,22 +81,85 @@ def read_password(args: argparse.Namespace) -> str:
     return getpass.getpass(f"password for {args.user}: ")
 
 
+def _time(ts: Any) -> str:
+    if not isinstance(ts, int):
+        return ""
+    return datetime.fromtimestamp(ts / 1000, timezone.utc).astimezone().strftime("%H:%M ")
+
+
+def _until(event: dict[str, Any]) -> str:
+    until = event.get("until")
+    if not isinstance(until, int):
+        return ""
+    return " until " + datetime.fromtimestamp(until / 1000, timezone.utc).astimezone().strftime(
+        "%Y-%m-%d %H:%M"
+    )
+
+
+def _reason(event: dict[str, Any]) -> str:
+    return f" ({event['reason']})" if event.get("reason") else ""
+
+
 def format_event(event: dict[str, Any]) -> str:
+    """One line of text for a person."""
     kind = event.get("type")
     room = event.get("room", "")
+    at = f"[{room}] "
+    when = _time(event.get("ts"))
     if kind == "msg":
-        return f"[{room}] {event['from']}: {event['body']}"
+        return f"{when}{at}{event['from']}: {event['body']}"
+    if kind == "dm":
+        return f"{when}[dm] {event['from']} -> {event['to']}: {event['body']}"
     if kind == "joined":
-        return f"[{room}] * {event['user']} joined"
+        return f"{at}* {event['user']} joined"
     if kind == "left":
-        return f"[{room}] * {event['user']} left"
+        return f"{at}* {event['user']} left"
+    if kind == "topic":
+        return f"{at}* {event.get('by')} set the topic: {event['topic']}"
+    if kind == "kicked":
+        return f"{at}* {event['user']} was kicked by {event.get('by')}{_reason(event)}"
+    if kind in ("banned", "muted"):
+        return f"{at}* {event['user']} was {kind} by {event.get('by')}{_until(event)}{_reason(event)}"
+    if kind in ("unbanned", "unmuted"):
+        return f"{at}* {event['user']} was {kind} by {event.get('by')}"
+    if kind == "role":
+        return f"{at}* {event['user']} is now {event['role']} (by {event.get('by')})"
+    if kind == "invited":
+        if "user" in event:
+            return f"{at}* invited {event['user']}"
+        return f"* {event.get('by')} invited you to {room}; /join {room}"
+    if kind == "account":
+        return f"* account {event['user']} {'disabled' if event['disabled'] else 'enabled'}"
     if kind == "who":
-        return f"[{room}] users: {', '.join(event['users'])}"
+        return f"{at}users: {', '.join(event['users'])}"
+    if kind == "rooms":
+        lines = [f"* {len(event['rooms'])} rooms:"]
+        for r in event["rooms"]:
+            mark = "*" if r.get("member") else " "
+            topic = f" - {r['topic']}" if r.get("topic") else ""
+            lines.append(f"  {mark} {r['room']} ({r['kind']}, {r['members']} members){topic}")
+        return "\n".join(lines)
     if kind == "welcome":
         return f"* logged in as {event['user']} ({event['role']}) on {event.get('server', '?')}"
+    if kind == "logged_out":
+        return "* logged out"
     if kind == "error":
-        return f"! {event.get('code')}: {event.get('message')}"
+        retry = f" (retry in {event['retry_after']} s)" if event.get("retry_after") else ""
+        return f"! {event.get('code')}: {event.get('message')}{retry}"
     return json.dumps(event, ensure_ascii=False)
+
+
+def json_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as received, plus ``sender`` and an ISO 8601 ``time`` for
+    stream events, so a script need not know each type's field names."""
+    out = dict(event)
+    if "stream" in event and "id" in event:
+        sender = event.get("from") or event.get("by") or event.get("user")
+        if sender is not None:
+            out.setdefault("sender", sender)
+        if isinstance(event.get("ts"), int):
+            out.setdefault("time", datetime.fromtimestamp(event["ts"] / 1000, timezone.utc).isoformat())
+    return out
 
 
 class Printer:
@@ -86,54 +169,130 @@ class Printer:
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.as_json:
-            line = json.dumps(event, ensure_ascii=False, sort_keys=True)
+            line = json.dumps(json_event(event), ensure_ascii=False, sort_keys=True)
         else:
             line = format_event(event)
         self.out.write(line + "\n")
         self.out.flush()
 
 
+def notice(text: str) -> None:
+    sys.stderr.write(f"* {text}\n")
+    sys.stderr.flush()
+
+
 class InputLines(LineReceiver):
-    """Standard input, one line at a time, into the session."""
+    """Standard input, one line at a time, into the client."""
 
     delimiter = b"\n"
     MAX_LENGTH = 1024 * 1024
 
-    def __init__(self, session: ChatSession, room: str, printer: Printer) -> None:
-        self.session = session
+    def __init__(self, client: ReconnectingClient, room: str, printer: Printer, history: int) -> None:
+        self.client = client
         self.room = room
         self.printer = printer
+        self.history = history
         self.done: Deferred[None] = Deferred()
         self._outstanding: list[Deferred[Any]] = []
 
-    def _track(self, d: Deferred[Any]) -> None:
+    def _send(self, command: Command) -> Deferred[Any]:
+        assert command.request is not None
+        d = self.client.request(command.request)
         self._outstanding.append(d)
+        d.addBoth(self._answered, d)
+        return d
 
-        def report(failure: Any) -> None:
-            if failure.check(ServerError):
-                self.printer(failure.value.event)
-            # A lost connection is reported once, by the session's closed.
+    def _answered(self, result: Any, d: Deferred[Any]) -> Any:
+        if d in self._outstanding:
+            self._outstanding.remove(d)
+        return result
 
-        d.addErrback(report)
+    def _report(self, failure: Any, command: Command) -> None:
+        if failure.check(ServerError):
+            self.printer(failure.value.event)
+        elif failure.check(ConnectionClosed):
+            what = "message" if command.action == "say" else f"/{command.request['type']}"
+            notice(f"{what} not confirmed: the connection dropped first; not sent again")
+        else:
+            notice(f"{failure.getErrorMessage()}")
 
     def lineReceived(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if not line.strip():
             return
-        if line.startswith("/"):
-            command = line.split()[0]
-            if command == "/quit":
-                self.finish()
-            elif command == "/help":
-                sys.stderr.write(HELP + "\n")
-            elif command == "/who":
-                self._track(
-                    self.session.request({"type": "who", "room": self.room}).addCallback(self.printer)
-                )
-            else:
-                sys.stderr.write(f"unknown command {command}; /help lists them\n")
+        try:
+            command = commands.parse(line, self.room)
+        except CommandError as e:
+            notice(str(e))
             return
-        self._track(self.session.say(self.room, line))
+        action = command.action
+        if action == "quit":
+            self.finish()
+        elif action == "help":
+            sys.stderr.write(commands.HELP + "\n")
+        elif action == "switch":
+            assert command.room is not None
+            if command.room not in self.client.rooms:
+                notice(f"you are not in {command.room}; /join it first")
+            else:
+                self._switch(command.room)
+        elif action == "say":
+            self._send(command).addErrback(self._report, command)
+        elif action == "join":
+            d = self._send(command)
+            d.addCallback(lambda _: self._joined(command.room))
+            d.addErrback(self._report, command)
+        elif action == "part":
+            d = self._send(command)
+            d.addCallback(lambda _: self._parted(command.room))
+            d.addErrback(self._report, command)
+        elif action == "history":
+            self._send(command).addCallback(self._show_history).addErrback(self._report, command)
+        elif action == "topic":
+            self._send(command).addCallback(self._show_topic, command.room).addErrback(self._report, command)
+        else:
+            d = self._send(command)
+            d.addCallback(lambda answer: None if answer.get("type") == "ack" else self.printer(answer))
+            d.addErrback(self._report, command)
+
+    def _switch(self, room: str) -> None:
+        self.room = room
+        notice(f"talking in {room}")
+
+    def _joined(self, room: str | None) -> Deferred[Any] | None:
+        assert room is not None
+        self._switch(room)
+        if self.history <= 0:
+            return None
+        command = Command("history", {"type": "history", "stream": f"room:{room}", "limit": self.history})
+        return self._send(command).addCallback(self._show_history, before_join=True)
+
+    def _parted(self, room: str | None) -> None:
+        if room == self.room:
+            others = sorted(self.client.rooms - {room})
+            if others:
+                self._switch(others[0])
+            else:
+                notice("you are in no room now; /join one")
+
+    def _show_history(self, page: dict[str, Any], before_join: bool = False) -> None:
+        events = page["events"]
+        if before_join:
+            # The join itself is already shown, live.
+            events = [e for e in events if not (e["type"] == "joined" and e.get("user") == self.client.user)]
+        if not self.printer.as_json:
+            notice(
+                f"history of {page['stream']}: {len(events)} events{' (more before)' if page['more'] else ''}"
+            )
+        for event in events:
+            self.printer(dict(event, history=True) if self.printer.as_json else event)
+
+    def _show_topic(self, answer: dict[str, Any], room: str | None) -> None:
+        for summary in answer["rooms"]:
+            if summary["room"] == room:
+                notice(f"topic of {room}: {summary['topic'] or '(none)'}")
+                return
+        notice(f"you cannot see room {room}")
 
     def connectionLost(self, reason: Any = None) -> None:
         self.finish()
@@ -142,8 +301,7 @@ class InputLines(LineReceiver):
         """Wait for every outstanding answer, then fire ``done``."""
         if self.done.called:
             return
-        outstanding, self._outstanding = self._outstanding, []
-        waiting = defer.DeferredList(outstanding, consumeErrors=True)
+        waiting = defer.DeferredList(list(self._outstanding), consumeErrors=True)
         waiting.addCallback(lambda _: self.done.called or self.done.callback(None))
 
 
@@ -165,47 +323,63 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
 
     def verify(fingerprint: str) -> bool:
         if known.check(server, fingerprint, args.fingerprint):
-            sys.stderr.write(f"* new server {server}: pinned key {fingerprint} in {known.path}\n")
+            notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
         return True
 
     description = endpoint_description(args.host, args.port, args.tls, args.tls_ca)
+    client = ReconnectingClient(
+        reactor,
+        endpoints.clientFromString(reactor, description),
+        verify,
+        args.user,
+        password,
+        register=args.register,
+        connect_attempts=max(1, args.connect_attempts),
+    )
+    printer = Printer(sys.stdout, args.json)
+    client.add_listener(printer)
+    lines = InputLines(client, args.room, printer, args.history)
+
+    def state(name: str, detail: Any) -> None:
+        if name == "online":
+            if client.connections == 1:
+                printer(detail)
+            else:
+                notice(f"reconnected to {server}")
+        elif name == "reconnecting":
+            notice(f"connection to {server} lost ({detail.message}); reconnecting")
+
+    client.add_state_listener(state)
+    client.start()
     try:
-        session = await connect(reactor, description, verify)
+        await client.when_online()
     except HostKeyMismatch as e:
         sys.stderr.write(f"error: {e}\n")
         return 3
+    except ServerError as e:
+        sys.stderr.write(f"error: {e.code}: {e.message}\n")
+        return 2
     except ConnectionClosed as e:
-        sys.stderr.write(f"error: handshake failed: {e.message}\n")
-        return 1
+        sys.stderr.write(f"error: cannot connect to {server}: {e.message}\n")
+        return 3 if e.code == "untrusted" else 1
     except Exception as e:  # connection refused, DNS, TLS ...
         sys.stderr.write(f"error: cannot connect to {server}: {e}\n")
         return 1
-
-    printer = Printer(sys.stdout, args.json)
-    try:
-        if args.register:
-            welcome = await session.register(args.user, password)
-        else:
-            welcome = await session.login(args.user, password)
-    except ServerError as e:
-        sys.stderr.write(f"error: {e.code}: {e.message}\n")
-        await session.close()
-        return 2
-    except ConnectionClosed as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 1
-    printer(welcome)
-    session.add_listener(printer)
-
-    lines = InputLines(session, args.room, printer)
+    if args.room not in client.rooms:
+        # The room asked for on the command line: join it (or just talk in
+        # it, if the server put us there already).
+        lines.lineReceived(f"/join {args.room}".encode())
     stdio.StandardIO(lines, reactor=reactor)
-    ended = await defer.DeferredList([lines.done, session.closed], fireOnOneCallback=True, consumeErrors=True)
-    _, index = ended
+    failed: Deferred[Any] = Deferred()
+    client.add_state_listener(
+        lambda name, detail: name == "failed" and not failed.called and failed.callback(detail)
+    )
+    _, index = await defer.DeferredList([lines.done, failed], fireOnOneCallback=True, consumeErrors=True)
     if index == 1:
-        info = session.closed.result
-        sys.stderr.write(f"error: connection {info}\n")
-        return 0 if info.clean else 1
-    await session.close()
+        error = failed.result
+        sys.stderr.write(f"error: {error}\n")
+        return 2 if isinstance(error, ServerError) else 1
+    await client.stop()
     return 0
 
 

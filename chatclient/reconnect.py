@@ -55,8 +55,16 @@ class ReconnectingClient:
         token: str | None = None,
         initial_delay: float = 0.5,
         max_delay: float = 30.0,
+        connect_attempts: int | None = None,
     ) -> None:
+        """``connect_attempts``: give up (state ``failed``) after this many
+        failed attempts if none has succeeded yet; None: never give up.
+        Once online, the client reconnects for as long as it runs."""
         self._reactor = reactor
+        self._connect_attempts = connect_attempts
+        self._failed_attempts = 0
+        #: Why the client can never succeed (a refused server key).
+        self._fatal: Failure | None = None
         self.user = user
         self._password = password
         self._register = register
@@ -85,8 +93,8 @@ class ReconnectingClient:
         # since ClientService's own attempt counter restarts at every TCP
         # connection.
         self._service = ClientService(
-            endpoint,
-            Factory.forProtocol(lambda: self._new_protocol(verify)),
+            _WatchedEndpoint(endpoint, self._attempt_failed),
+            Factory.forProtocol(lambda: self._new_protocol(self._checked(verify))),
             retryPolicy=lambda attempt: backoff(max(attempt, self._failed_setups)),
             clock=reactor,
         )
@@ -161,6 +169,50 @@ class ReconnectingClient:
         self._online_waiters.append(d)
         return d
 
+    def _checked(self, verify: Verifier) -> Verifier:
+        """The verifier, noting a refusal: retrying cannot change the
+        server's key, so a refused key ends the client."""
+
+        def checked(fingerprint: str) -> Deferred[bool]:
+            d = defer.maybeDeferred(verify, fingerprint)
+
+            def accepted(ok: bool) -> bool:
+                if not ok:
+                    self._fatal = Failure(ConnectionClosed(False, "untrusted", "server key not accepted"))
+                return ok
+
+            def refused(failure: Failure) -> Failure:
+                self._fatal = failure
+                return failure
+
+            return d.addCallbacks(accepted, refused)
+
+        return checked
+
+    def _attempt_failed(self, failure: Failure) -> None:
+        """A connection attempt or a session setup failed."""
+        if self.state in ("stopped", "failed"):
+            return
+        self._failed_attempts += 1
+        if self._fatal is not None:
+            self._reactor.callLater(0, self._give_up, self._fatal)
+        elif (
+            self.connections == 0
+            and self._connect_attempts is not None
+            and self._failed_attempts >= self._connect_attempts
+        ):
+            self._reactor.callLater(0, self._give_up, failure)
+
+    def _give_up(self, failure: Failure) -> None:
+        """Stop for good; whoever waits to be online gets ``failure``."""
+        if self.state in ("stopped", "failed"):
+            return
+        self._set_state("failed", failure.value)
+        self._service.stopService()
+        waiters, self._online_waiters = self._online_waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+
     def _new_protocol(self, verify: Verifier) -> ClientProtocol:
         protocol = ClientProtocol(verify)
         setup = self._setup(protocol)
@@ -171,13 +223,11 @@ class ReconnectingClient:
     def _setup_failed(self, failure: Failure, protocol: ClientProtocol) -> None:
         self._failed_setups += 1
         if failure.check(ServerError) and failure.value.code in self.FATAL:
-            self._set_state("failed", failure.value)
-            self._service.stopService()
-            for waiter in self._online_waiters:
-                waiter.errback(failure)
-            self._online_waiters = []
-        elif not failure.check(ConnectionClosed):
-            log.info("session setup failed: {why}", why=failure.getErrorMessage())
+            self._give_up(failure)
+        else:
+            if not failure.check(ConnectionClosed) and self._fatal is None:
+                log.info("session setup failed: {why}", why=failure.getErrorMessage())
+            self._attempt_failed(failure)
         if protocol.session is not None:
             protocol.session.close()
         elif protocol.transport is not None:
@@ -240,6 +290,7 @@ class ReconnectingClient:
         self.session = session
         self.connections += 1
         self._failed_setups = 0
+        self._failed_attempts = 0
         session.closed.addCallback(self._lost)
         self._set_state("online", welcome)
         waiters, self._online_waiters = self._online_waiters, []
@@ -289,3 +340,19 @@ class ReconnectingClient:
 
     def dm(self, to: str, body: str) -> Deferred[dict[str, Any]]:
         return self.request({"type": "dm", "to": to, "body": body})
+
+
+class _WatchedEndpoint:
+    """An endpoint that reports failed connection attempts (ClientService
+    retries them without telling anyone)."""
+
+    def __init__(self, endpoint: Any, on_failure: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._on_failure = on_failure
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            self._on_failure(failure)
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)

@@ -1,0 +1,169 @@
+"""Slash commands: one line of user input into one request.
+
+Shared by the terminal client and the GUI's input line, so both accept the
+same commands with the same syntax.  Parsing is pure: it knows the current
+room but sends nothing.  ``parse`` returns a :class:`Command`; its
+``request`` (if any) goes to the server as it is, and ``action`` tells the
+front end what to do around it (switch rooms after a join, print history,
+quit ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+DEFAULT_HISTORY = 20
+
+HELP = """commands (ROOM defaults to the current room):
+  /join ROOM                     join a room and talk in it (shows recent history)
+  /part [ROOM]                   leave a room
+  /switch ROOM                   talk in another room you are in
+  /rooms                         list the rooms you can see
+  /create [--private|--readonly] ROOM [TOPIC]
+                                 create a room (you own it)
+  /topic [TEXT]                  show or set the current room's topic
+  /invite USER [ROOM]            invite a user to a private room
+  /msg USER TEXT                 send a direct message
+  /history [N]                   the last N messages of the current room (default 20)
+  /who [ROOM]                    list a room's members
+  /kick USER [REASON]            remove a user from the current room
+  /ban USER [DURATION] [REASON]  ban (DURATION like 90s, 10m, 2h, 7d; none: for good)
+  /unban USER                    lift a ban
+  /mute USER [DURATION] [REASON] stop a user from talking in the current room
+  /unmute USER                   lift a mute
+  /op USER, /deop USER           make or unmake a room moderator
+  /disable USER, /enable USER    (server admins) lock or unlock an account
+  /logout                        end this session everywhere it is saved
+  /help                          this help
+  /quit                          say goodbye and exit
+anything else is sent as a message to the current room"""
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class CommandError(ValueError):
+    """The line is not a valid command; the message says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """What one input line asks for.
+
+    ``action``: ``say`` (plain text), ``request`` (send and show the
+    answer), ``join`` (send; on success switch to ``room`` and show its
+    history), ``part``, ``switch``, ``history``, ``topic`` (show it),
+    ``help``, ``quit``.
+    """
+
+    action: str
+    request: dict[str, Any] | None = None
+    room: str | None = None
+
+
+def parse_duration(text: str) -> float:
+    found = _DURATION.match(text)
+    if not found or float(found.group(1)) <= 0:
+        raise CommandError(f"bad duration {text!r}: use a number with s, m, h, d or w, like 10m")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def _is_duration(text: str) -> bool:
+    return bool(_DURATION.match(text))
+
+
+def parse(line: str, room: str) -> Command:
+    """``line`` without its line ending; ``room``: the current room."""
+    if not line.startswith("/") or line.startswith("//"):
+        # "//text" sends "/text": a way to start a message with a slash.
+        return Command(
+            "say", {"type": "say", "room": room, "body": line[1:] if line.startswith("//") else line}
+        )
+    name, _, rest = line[1:].partition(" ")
+    words = rest.split()
+    name = name.lower()
+
+    def need(count: int, usage: str) -> None:
+        if len(words) < count:
+            raise CommandError(f"usage: /{name} {usage}")
+
+    def target_request(kind: str) -> Command:
+        need(1, "USER")
+        return Command("request", {"type": kind, "room": room, "user": words[0]})
+
+    if name in ("quit", "exit"):
+        return Command("quit")
+    if name == "help":
+        return Command("help")
+    if name == "join":
+        need(1, "ROOM")
+        return Command("join", {"type": "join", "room": words[0]}, words[0])
+    if name in ("part", "leave"):
+        target = words[0] if words else room
+        return Command("part", {"type": "part", "room": target}, target)
+    if name == "switch":
+        need(1, "ROOM")
+        return Command("switch", room=words[0])
+    if name in ("rooms", "list"):
+        return Command("request", {"type": "rooms"})
+    if name == "create":
+        kind = "public"
+        while words and words[0].startswith("--"):
+            flag = words.pop(0)
+            if flag not in ("--private", "--readonly", "--public"):
+                raise CommandError(f"unknown option {flag}; /create takes --private or --readonly")
+            kind = flag[2:]
+        if not words:
+            raise CommandError("usage: /create [--private|--readonly] ROOM [TOPIC]")
+        request: dict[str, Any] = {"type": "create", "room": words[0], "kind": kind}
+        if len(words) > 1:
+            request["topic"] = " ".join(words[1:])
+        return Command("join", request, words[0])
+    if name == "topic":
+        if not rest.strip():
+            return Command("topic", {"type": "rooms"}, room)
+        return Command("request", {"type": "topic", "room": room, "topic": rest.strip()})
+    if name == "invite":
+        need(1, "USER [ROOM]")
+        return Command(
+            "request", {"type": "invite", "room": words[1] if len(words) > 1 else room, "user": words[0]}
+        )
+    if name in ("msg", "dm"):
+        user, _, text = rest.strip().partition(" ")
+        if not user or not text.strip():
+            raise CommandError("usage: /msg USER TEXT")
+        return Command("request", {"type": "dm", "to": user, "body": text.strip()})
+    if name == "history":
+        count = DEFAULT_HISTORY
+        if words:
+            if not words[0].isdigit() or not 0 < int(words[0]) <= 1000:
+                raise CommandError("usage: /history [N], N from 1 to 1000")
+            count = int(words[0])
+        return Command("history", {"type": "history", "stream": f"room:{room}", "limit": count}, room)
+    if name == "who":
+        return Command("request", {"type": "who", "room": words[0] if words else room})
+    if name == "kick":
+        need(1, "USER [REASON]")
+        request = {"type": "kick", "room": room, "user": words[0]}
+        if len(words) > 1:
+            request["reason"] = " ".join(words[1:])
+        return Command("request", request)
+    if name in ("ban", "mute"):
+        need(1, "USER [DURATION] [REASON]")
+        request = {"type": name, "room": room, "user": words[0]}
+        reason = words[1:]
+        if reason and _is_duration(reason[0]):
+            request["duration"] = parse_duration(reason.pop(0))
+        if reason:
+            request["reason"] = " ".join(reason)
+        return Command("request", request)
+    if name in ("unban", "unmute", "op", "deop"):
+        return target_request(name)
+    if name in ("disable", "enable"):
+        need(1, "USER")
+        return Command("request", {"type": name, "user": words[0]})
+    if name == "logout":
+        return Command("request", {"type": "logout"})
+    raise CommandError(f"unknown command /{name}; /help lists them")
