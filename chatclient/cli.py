@@ -194,6 +194,7 @@ class InputLines(LineReceiver):
         self.history = history
         self.done: Deferred[None] = Deferred()
         self._outstanding: list[Deferred[Any]] = []
+        self._quitting = False
 
     def _send(self, command: Command) -> Deferred[Any]:
         assert command.request is not None
@@ -218,7 +219,7 @@ class InputLines(LineReceiver):
 
     def lineReceived(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
-        if not line.strip():
+        if not line.strip() or self._quitting:
             return
         try:
             command = commands.parse(line, self.room)
@@ -227,6 +228,7 @@ class InputLines(LineReceiver):
             return
         action = command.action
         if action == "quit":
+            self._quitting = True
             self.finish()
         elif action == "help":
             sys.stderr.write(commands.HELP + "\n")
@@ -238,14 +240,17 @@ class InputLines(LineReceiver):
                 self._switch(command.room)
         elif action == "say":
             self._send(command).addErrback(self._report, command)
-        elif action == "join":
+        elif action in ("join", "part"):
+            # What follows may depend on the room we end up in, so the next
+            # line waits for the answer.
+            self.pauseProducing()
             d = self._send(command)
-            d.addCallback(lambda _: self._joined(command.room))
+            if action == "join":
+                d.addCallback(lambda _: self._joined(command.room))
+            else:
+                d.addCallback(lambda _: self._parted(command.room))
             d.addErrback(self._report, command)
-        elif action == "part":
-            d = self._send(command)
-            d.addCallback(lambda _: self._parted(command.room))
-            d.addErrback(self._report, command)
+            d.addBoth(lambda _: self.resumeProducing())
         elif action == "history":
             self._send(command).addCallback(self._show_history).addErrback(self._report, command)
         elif action == "topic":
@@ -254,6 +259,15 @@ class InputLines(LineReceiver):
             d = self._send(command)
             d.addCallback(lambda answer: None if answer.get("type") == "ack" else self.printer(answer))
             d.addErrback(self._report, command)
+
+    def event(self, event: dict[str, Any]) -> None:
+        """Leave the current room behind when we are put out of it."""
+        if (
+            event.get("type") in ("kicked", "banned")
+            and event.get("user") == self.client.user
+            and event.get("room") == self.room
+        ):
+            self._parted(self.room)
 
     def _switch(self, room: str) -> None:
         self.room = room
@@ -298,11 +312,18 @@ class InputLines(LineReceiver):
         self.finish()
 
     def finish(self) -> None:
-        """Wait for every outstanding answer, then fire ``done``."""
+        """Fire ``done`` once every line read has been handled and every
+        request answered (lines held back behind a join included)."""
         if self.done.called:
             return
-        waiting = defer.DeferredList(list(self._outstanding), consumeErrors=True)
-        waiting.addCallback(lambda _: self.done.called or self.done.callback(None))
+        if self._outstanding:
+            waiting = defer.DeferredList(list(self._outstanding), consumeErrors=True)
+            waiting.addCallback(lambda _: self.finish())
+        elif self.paused and not self._quitting:
+            self.resumeProducing()  # nothing to wait for: go on reading
+            self.finish()
+        else:
+            self.done.callback(None)
 
 
 def endpoint_description(host: str, port: int, tls: bool = False, ca_dir: str | None = None) -> str:
@@ -339,6 +360,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     printer = Printer(sys.stdout, args.json)
     client.add_listener(printer)
     lines = InputLines(client, args.room, printer, args.history)
+    client.add_listener(lines.event)
 
     def state(name: str, detail: Any) -> None:
         if name == "online":

@@ -40,7 +40,9 @@ HELP = """commands (ROOM defaults to the current room):
   /quit                          say goodbye and exit
 anything else is sent as a message to the current room"""
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhdw]?)$")
+#: The server's limit for a ban or mute (validation.duration).
+MAX_DURATION = 10 * 365 * 86400
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -67,7 +69,10 @@ def parse_duration(text: str) -> float:
     found = _DURATION.match(text)
     if not found or float(found.group(1)) <= 0:
         raise CommandError(f"bad duration {text!r}: use a number with s, m, h, d or w, like 10m")
-    return float(found.group(1)) * _UNITS[found.group(2)]
+    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds > MAX_DURATION:
+        raise CommandError(f"bad duration {text!r}: at most ten years (leave it out for a permanent ban)")
+    return seconds
 
 
 def _is_duration(text: str) -> bool:
@@ -138,7 +143,7 @@ def parse(line: str, room: str) -> Command:
     if name == "history":
         count = DEFAULT_HISTORY
         if words:
-            if not words[0].isdigit() or not 0 < int(words[0]) <= 1000:
+            if not re.fullmatch(r"[0-9]{1,4}", words[0]) or not 0 < int(words[0]) <= 1000:
                 raise CommandError("usage: /history [N], N from 1 to 1000")
             count = int(words[0])
         return Command("history", {"type": "history", "stream": f"room:{room}", "limit": count}, room)
