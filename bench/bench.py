@@ -43,9 +43,7 @@ Scenarios (each repeated ``--runs`` times, a fresh server per run):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import math
 import os
 import platform
 import shutil
@@ -56,7 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -64,362 +62,26 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
-from twisted.internet.defer import Deferred  # noqa: E402
 
-from chatclient.session import ChatSession, connect  # noqa: E402
 from chatserver import crypto  # noqa: E402
 
-PASSWORD = "bench password 0123456789"
-ROOM = "lobby"
-BODY_SIZE = 100  # characters per message body, padding included
-OP_TIMEOUT = 60.0  # any single connect/login/close
-SERVER_START_TIMEOUT = 60.0
-DRAIN_TIMEOUT = 15.0
-SETUP_CONCURRENCY = 8  # registrations in flight while setting up
-
-# Servers started and not yet stopped: killed on any way out.
-_LIVE: list["ServerProcess"] = []
-
-
-# --- small helpers ----------------------------------------------------------
-
-
-def within(reactor: Any, d: Deferred, seconds: float, what: str) -> Deferred:
-    """A Deferred that fires like ``d`` or fails with TimeoutError after
-    ``seconds``.  ``d`` itself is not cancelled (the client library does
-    not expect its request Deferreds to be cancelled)."""
-    out: Deferred = Deferred()
-
-    def ok(result: Any) -> None:
-        if not out.called:
-            out.callback(result)
-
-    def bad(failure: Any) -> None:
-        if not out.called:
-            out.errback(failure)
-
-    d.addCallbacks(ok, bad)
-
-    def expire() -> None:
-        if not out.called:
-            out.errback(TimeoutError(f"{what} took longer than {seconds:g} s"))
-
-    call = reactor.callLater(seconds, expire)
-
-    def cleanup(result: Any) -> Any:
-        if call.active():
-            call.cancel()
-        return result
-
-    out.addBoth(cleanup)
-    return out
-
-
-def sleep(reactor: Any, seconds: float) -> Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-async def bounded_pool(n: int, concurrency: int, op: Callable[[int], Awaitable[Any]]) -> None:
-    """Run ``op(0) .. op(n-1)`` with at most ``concurrency`` in flight."""
-    indices = iter(range(n))
-
-    async def worker() -> None:
-        for i in indices:
-            await op(i)
-
-    workers = [defer.ensureDeferred(worker()) for _ in range(max(1, min(concurrency, n)))]
-    await defer.gatherResults(workers, consumeErrors=True)
-
-
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return None
-    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100.0 * len(sorted_values)) - 1))
-    return sorted_values[k]
-
-
-def latency_ms(samples_ns: list[int]) -> dict[str, float | None]:
-    values = sorted(samples_ns)
-    to_ms = lambda v: None if v is None else v / 1e6  # noqa: E731
-    return {
-        "p50_ms": to_ms(percentile(values, 50)),
-        "p99_ms": to_ms(percentile(values, 99)),
-        "max_ms": to_ms(values[-1] if values else None),
-        "samples": len(values),
-    }
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
-class Meter:
-    """Wall time, the CPU time of the server and of this process, and how
-    busy the two pinned CPUs were (from /proc/stat, whoever used them)."""
-
-    def __init__(self, server: psutil.Process, cpus: tuple[int | None, int | None]) -> None:
-        self.server = server
-        self.me = psutil.Process()
-        self.cpus = cpus
-
-    def start(self) -> None:
-        self.t0 = time.perf_counter()
-        self.s0 = cpu_seconds(self.server)
-        self.g0 = cpu_seconds(self.me)
-        self.c0 = psutil.cpu_times(percpu=True)
-
-    def stop(self) -> dict[str, Any]:
-        wall = time.perf_counter() - self.t0
-        server = cpu_seconds(self.server) - self.s0
-        gen = cpu_seconds(self.me) - self.g0
-        c1 = psutil.cpu_times(percpu=True)
-        figures: dict[str, Any] = {
-            "wall_s": wall,
-            "server_cpu_s": server,
-            "generator_cpu_s": gen,
-            "server_cpu_util": server / wall if wall > 0 else 0.0,
-            "generator_cpu_util": gen / wall if wall > 0 else 0.0,
-        }
-        for role, cpu in zip(("server", "generator"), self.cpus, strict=True):
-            if cpu is None or cpu >= len(c1):
-                continue
-            before, after = self.c0[cpu], c1[cpu]
-            delta = {f: getattr(after, f) - getattr(before, f) for f in after._fields}
-            total = sum(delta.values()) - delta.get("guest", 0) - delta.get("guest_nice", 0)
-            if total > 0:
-                idle = delta.get("idle", 0) + delta.get("iowait", 0)
-                figures[f"{role}_cpu_busy"] = 1 - idle / total
-                # Busy time of that CPU not spent by our process: other
-                # programs on the machine (and some kernel work).
-                figures[f"{role}_cpu_other"] = max(
-                    0.0, figures[f"{role}_cpu_busy"] - figures[f"{role}_cpu_util"]
-                )
-                figures[f"{role}_cpu_steal"] = delta.get("steal", 0) / total
-        return figures
-
-
-# --- CPU placement ------------------------------------------------------------
-
-
-def plan_cpus() -> tuple[int | None, int | None]:
-    """(server CPU, generator CPU), or (None, None) with fewer than 2 CPUs."""
-    try:
-        available = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return None, None
-    if len(available) < 2:
-        return None, None
-    return available[0], available[1]
-
-
-def _child_setup(server_cpu: int | None) -> Callable[[], None]:
-    def setup() -> None:
-        if server_cpu is not None:
-            # Before exec, so every thread the server ever starts inherits it.
-            os.sched_setaffinity(0, {server_cpu})
-        try:  # die with the bench even if it is killed with SIGKILL
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
-
-    return setup
-
-
-# --- the server process ---------------------------------------------------------
-
-
-class ServerProcess:
-    """``twistd chatserver`` in a temporary directory; ``port`` once started."""
-
-    def __init__(self, base: Path, key_pem: bytes, hash_cost: int, server_cpu: int | None) -> None:
-        self.base = base
-        self.hash_cost = hash_cost
-        self.server_cpu = server_cpu
-        self.data_dir = base / "data"
-        self.log_dir = base / "log"
-        self.config = base / "chatserver.ini"
-        self.output = base / "server.out"
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.proc: psutil.Process | None = None
-        self.port = 0
-        self.data_dir.mkdir(parents=True, mode=0o700)
-        self.log_dir.mkdir(parents=True, mode=0o700)
-        # A pre-made identity key: RSA generation per run would only slow
-        # the bench down; the server loads it exactly as in production.
-        fd = os.open(self.data_dir / "server_key.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_pem)
-        self.config.write_text(self.ini(), encoding="utf-8")
-
-    def ini(self) -> str:
-        # Production defaults except: an ephemeral loopback port, and limits
-        # that count per address raised, because all bench clients share
-        # 127.0.0.1.  The hash cost is the configured one (default 15, the
-        # production default).
-        return (
-            "; generated by bench/bench.py\n"
-            "[server]\n"
-            "endpoint = tcp:0:interface=127.0.0.1\n"
-            "max_connections = 100000\n"
-            "max_connections_per_address = 100000\n"
-            "\n[accounts]\n"
-            f"password_hash_cost = {self.hash_cost}\n"
-            "login_failures_per_account = 1000000\n"
-            "login_failures_per_address = 1000000\n"
-        )
-
-    def command(self) -> list[str]:
-        twistd = Path(sys.executable).with_name("twistd")
-        return [
-            str(twistd), "-n", "--pidfile=", "chatserver",
-            "--config", str(self.config),
-            "--data-dir", str(self.data_dir),
-            "--log-dir", str(self.log_dir),
-        ]  # fmt: skip
-
-    async def start(self, reactor: Any) -> None:
-        out = self.output.open("wb")
-        try:
-            self.popen = subprocess.Popen(
-                self.command(),
-                cwd=str(ROOT),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup(self.server_cpu),
-            )
-        finally:
-            out.close()
-        _LIVE.append(self)
-        self.proc = psutil.Process(self.popen.pid)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with status {self.popen.returncode} at start-up:\n{self.tail()}"
-                )
-            port = self._listening_port()
-            if port:
-                self.port = port
-                return
-            await sleep(reactor, 0.05)
-        raise RuntimeError(f"server did not listen within {SERVER_START_TIMEOUT:g} s:\n{self.tail()}")
-
-    def _listening_port(self) -> int | None:
-        assert self.proc is not None
-        try:
-            conns = self.proc.net_connections(kind="tcp")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return None
-        for c in conns:
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.ip == "127.0.0.1":
-                return int(c.laddr.port)
-        return None
-
-    @property
-    def endpoint(self) -> str:
-        return f"tcp:host=127.0.0.1:port={self.port}"
-
-    def tail(self, lines: int = 12) -> str:
-        try:
-            text = self.output.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no output)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def problems(self) -> list[str]:
-        """Lines from the server's output and main log that indicate a bug."""
-        found: list[str] = []
-        for path in (self.output, self.log_dir / "chatserver.log"):
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            for line in text.splitlines():
-                if any(tag in line for tag in ("Traceback", "Unhandled", "#critical]", "#error]")):
-                    found.append(f"{path.name}: {line.strip()[:300]}")
-        return found[:20]
-
-    def stop(self) -> int | None:
-        """Terminate (SIGTERM, then SIGKILL after 10 s); returns the status."""
-        if self in _LIVE:
-            _LIVE.remove(self)
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        return self.popen.returncode
-
-
-def kill_live_servers() -> None:
-    for server in list(_LIVE):
-        try:
-            server.stop()
-        except Exception as e:  # keep killing the others
-            print(f"bench: could not stop server: {e}", file=sys.stderr)
-
-
-# --- client helpers ----------------------------------------------------------------
-
-
-class Clients:
-    """Connects with the real client library, pinned to the server's key."""
-
-    def __init__(self, reactor: Any, server: ServerProcess, fingerprint: str) -> None:
-        self.reactor = reactor
-        self.server = server
-        self.fingerprint = fingerprint
-
-    def verify(self, fingerprint: str) -> bool:
-        return fingerprint == self.fingerprint
-
-    def connect(self) -> Deferred:
-        return within(
-            self.reactor, connect(self.reactor, self.server.endpoint, self.verify), OP_TIMEOUT, "connect"
-        )
-
-    def wait(self, d: Deferred, what: str) -> Deferred:
-        return within(self.reactor, d, OP_TIMEOUT, what)
-
-    async def close(self, session: ChatSession) -> None:
-        try:
-            await within(self.reactor, session.close(), 10.0, "close")
-        except Exception:
-            session.protocol.transport.abortConnection()
-
-    async def register_all(self, names: list[str]) -> list[ChatSession]:
-        """Connected, registered (hence logged in and in the lobby) sessions."""
-        sessions: dict[int, ChatSession] = {}
-
-        async def one(i: int) -> None:
-            session = await self.connect()
-            try:
-                await self.wait(session.register(names[i], PASSWORD), "register")
-            except BaseException:
-                await self.close(session)
-                raise
-            sessions[i] = session
-
-        try:
-            await bounded_pool(len(names), SETUP_CONCURRENCY, one)
-        except BaseException:
-            await defer.gatherResults(
-                [defer.ensureDeferred(self.close(s)) for s in sessions.values()], consumeErrors=True
-            )
-            raise
-        return [sessions[i] for i in range(len(names))]
-
-    async def close_all(self, sessions: list[ChatSession]) -> None:
-        await defer.gatherResults([defer.ensureDeferred(self.close(s)) for s in sessions], consumeErrors=True)
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import chat_scenarios  # noqa: E402
+from harness import (  # noqa: E402
+    BODY_SIZE,
+    PASSWORD,
+    ROOM,
+    SETUP_CONCURRENCY,
+    Clients,
+    Fanout,
+    Meter,
+    ServerProcess,
+    bounded_pool,
+    kill_live_servers,
+    latency_ms,
+    plan_cpus,
+    raise_file_limit,
+)
 
 # --- scenario 1: handshakes and logins ---------------------------------------------
 
@@ -475,148 +137,6 @@ async def scenario_handshake_login(
     return {"handshake_only": handshakes, "handshake_login": logins}
 
 
-# --- scenario 2: fan-out --------------------------------------------------------------
-
-
-class Fanout:
-    """The closed loop of scenario 2; see the module docstring."""
-
-    def __init__(
-        self, reactor: Any, receivers: list[ChatSession], senders: list[ChatSession], window: int
-    ) -> None:
-        self.reactor = reactor
-        self.receivers = receivers
-        self.senders = senders
-        self.window = window
-        self.n_receivers = len(receivers)
-        self.outstanding: dict[tuple[int, int], int] = {}
-        self.next_seq = [0] * len(senders)
-        # Per receiver, per sender: the next sequence number expected
-        # (the server must keep each sender's messages in order).
-        self.expected = [[0] * len(senders) for _ in receivers]
-        self.measuring = False
-        self.stopping = False
-        self.drained: Deferred | None = None
-        self.sent_total = 0
-        self.deliveries_total = 0
-        self.deliveries = 0
-        self.messages_completed = 0
-        self.messages_sent = 0
-        self.latencies: list[int] = []
-        self.order_errors = 0
-        self.unexpected = 0
-        self.errors: list[str] = []
-        self.lost_sessions = 0
-        pad = "x" * BODY_SIZE
-        self.pad = pad
-        for r, session in enumerate(receivers):
-            session.add_listener(self._listener(r))
-        for session in receivers + senders:
-            session.closed.addCallback(self._lost)
-
-    def _lost(self, info: Any) -> Any:
-        if not self.stopping:
-            self.lost_sessions += 1
-            self.errors.append(f"session lost during the run: {info}")
-        return info
-
-    def _listener(self, r: int) -> Callable[[dict[str, Any]], None]:
-        expected = self.expected[r]
-
-        def received(event: dict[str, Any]) -> None:
-            if event.get("type") != "msg":
-                return
-            now = time.perf_counter_ns()
-            try:
-                s_text, seq_text, sent_text, _ = event["body"].split(" ", 3)
-                s, seq, sent = int(s_text), int(seq_text), int(sent_text)
-            except (KeyError, ValueError):
-                self.unexpected += 1
-                return
-            key = (s, seq)
-            remaining = self.outstanding.get(key)
-            if remaining is None:
-                self.unexpected += 1
-                return
-            if seq != expected[s]:
-                self.order_errors += 1
-            expected[s] = seq + 1
-            self.deliveries_total += 1
-            if self.measuring:
-                self.deliveries += 1
-                self.latencies.append(now - sent)
-            if remaining > 1:
-                self.outstanding[key] = remaining - 1
-                return
-            del self.outstanding[key]
-            if self.measuring:
-                self.messages_completed += 1
-            if not self.stopping:
-                self.send(s)
-            elif not self.outstanding and self.drained is not None and not self.drained.called:
-                self.drained.callback(None)
-
-        return received
-
-    def send(self, s: int) -> None:
-        seq = self.next_seq[s]
-        self.next_seq[s] = seq + 1
-        self.outstanding[(s, seq)] = self.n_receivers
-        self.sent_total += 1
-        if self.measuring:
-            self.messages_sent += 1
-        body = f"{s} {seq} {time.perf_counter_ns()} "
-        body += self.pad[: max(1, BODY_SIZE - len(body))]
-        self.senders[s].say(ROOM, body).addErrback(self._send_failed)
-
-    def _send_failed(self, failure: Any) -> None:
-        self.errors.append(f"say failed: {failure.getErrorMessage()}")
-
-    async def run(self, meter: Meter, warmup: float, duration: float) -> dict[str, Any]:
-        for s in range(len(self.senders)):
-            for _ in range(self.window):
-                self.send(s)
-        await sleep(self.reactor, warmup)
-        meter.start()
-        self.measuring = True
-        await sleep(self.reactor, duration)
-        self.measuring = False
-        figures = meter.stop()
-        self.stopping = True
-        self.drained = Deferred()
-        if not self.outstanding:
-            self.drained.callback(None)
-        stuck = 0
-        try:
-            await within(self.reactor, self.drained, DRAIN_TIMEOUT, "draining outstanding messages")
-        except TimeoutError:
-            stuck = len(self.outstanding)
-        wall = figures["wall_s"]
-        figures.update(
-            receivers=self.n_receivers,
-            senders=len(self.senders),
-            window_per_sender=self.window,
-            deliveries=self.deliveries,
-            deliveries_per_s=self.deliveries / wall,
-            deliveries_per_server_cpu_s=(
-                self.deliveries / figures["server_cpu_s"] if figures["server_cpu_s"] > 0 else None
-            ),
-            messages_sent=self.messages_sent,
-            messages_completed=self.messages_completed,
-            messages_per_s=self.messages_completed / wall,
-            latency=latency_ms(self.latencies),
-            total_sent=self.sent_total,
-            total_deliveries=self.deliveries_total,
-            stuck_after_drain=stuck,
-            order_errors=self.order_errors,
-            unexpected_events=self.unexpected,
-            lost_sessions=self.lost_sessions,
-            errors=len(self.errors),
-            error_examples=sorted(set(self.errors))[:5],
-        )
-        return figures
-
-
 async def scenario_fanout(
     reactor: Any, args: argparse.Namespace, clients: Clients, meter: Meter
 ) -> dict[str, Any]:
@@ -642,7 +162,17 @@ async def scenario_fanout(
 
 def scenario_names(args: argparse.Namespace) -> dict[str, str]:
     """Scenario key -> label used in the report."""
-    return {"handshake_login": "handshake_login", "fanout": f"fanout_{args.receivers}x{args.senders}"}
+    return {
+        "handshake_login": "handshake_login",
+        "fanout": f"fanout_{args.receivers}x{args.senders}",
+        "dm": f"dm_{args.dm_pairs}pairs",
+        "rooms": f"rooms_{args.rooms}x{args.room_members}",
+        "durable": f"durable_{args.durable_senders}x{args.durable_window}",
+        "catchup": f"catchup_{args.catchup_clients}",
+    }
+
+
+SCENARIOS = ("handshake_login", "fanout", "dm", "rooms", "durable", "catchup")
 
 
 async def one_run(
@@ -654,7 +184,10 @@ async def one_run(
     fingerprint: str,
     cpus: tuple[int | None, int | None],
 ) -> dict[str, Any]:
-    server = ServerProcess(base, key_pem, args.hash_cost, cpus[0])
+    # Only handshake_login measures password hashing; the others register
+    # their accounts at a low cost to keep the set-up short.
+    cost = args.hash_cost if scenario in ("handshake_login", "fanout") else args.setup_hash_cost
+    server = ServerProcess(base, key_pem, cost, cpus[0])
     completed = False
     try:
         t0 = time.perf_counter()
@@ -664,8 +197,16 @@ async def one_run(
         meter = Meter(server.proc, cpus)
         if scenario == "handshake_login":
             result = await scenario_handshake_login(reactor, args, clients, meter)
-        else:
+        elif scenario == "fanout":
             result = await scenario_fanout(reactor, args, clients, meter)
+        elif scenario == "dm":
+            result = await chat_scenarios.scenario_dm(reactor, args, clients, meter)
+        elif scenario == "rooms":
+            result = await chat_scenarios.scenario_rooms(reactor, args, clients, meter)
+        elif scenario == "durable":
+            result = await chat_scenarios.scenario_durable(reactor, args, clients, meter)
+        else:
+            result = await chat_scenarios.scenario_catchup(reactor, args, clients, meter, server)
         result["run_wall_s"] = time.perf_counter() - t0
         result["server_problems"] = server.problems()
         completed = True
@@ -711,10 +252,50 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("order errors / lost / stuck", ("problems",), "{:.0f}"),
         ("setup (register all) s", ("setup_s",), "{:.1f}"),
     ],
+    "dm": [
+        ("deliveries /s (wall)", ("deliveries_per_s",), "{:.0f}"),
+        ("deliveries /server CPU-s", ("deliveries_per_server_cpu_s",), "{:.0f}"),
+        ("messages /s (all receivers got it)", ("messages_per_s",), "{:.1f}"),
+        ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
+        ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
+        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
+        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+        ("order errors / lost / stuck", ("problems",), "{:.0f}"),
+    ],
+    "rooms": [
+        ("deliveries /s (wall)", ("deliveries_per_s",), "{:.0f}"),
+        ("deliveries /server CPU-s", ("deliveries_per_server_cpu_s",), "{:.0f}"),
+        ("messages /s (all receivers got it)", ("messages_per_s",), "{:.1f}"),
+        ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
+        ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
+        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
+        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+        ("order errors / lost / stuck", ("problems",), "{:.0f}"),
+    ],
+    "durable": [
+        ("durable messages (acks) /s", ("acks_per_s",), "{:.0f}"),
+        ("acks /server CPU-s", ("acks_per_server_cpu_s",), "{:.0f}"),
+        ("ack latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
+        ("ack latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
+        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
+        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+        ("id errors", ("id_errors",), "{:.0f}"),
+    ],
+    "catchup": [
+        ("all clients caught up, s", ("all_caught_up_s",), "{:.2f}"),
+        ("clients caught up /s", ("caught_up_per_s",), "{:.0f}"),
+        ("per-client p50 ms", ("client_latency", "p50_ms"), "{:.0f}"),
+        ("per-client p99 ms", ("client_latency", "p99_ms"), "{:.0f}"),
+        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
+        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+        ("duplicates / out of order", ("catchup_problems",), "{:.0f}"),
+    ],
 }
 
 
 def dig(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    if path == ("catchup_problems",):
+        return float(result.get("duplicates", 0) + result.get("order_errors", 0))
     if path == ("problems",):
         return float(
             result.get("order_errors", 0)
@@ -862,7 +443,8 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     print()
     print(
         f"chatserver bench: {args.runs} run(s) per scenario, median and range; "
-        f"hash cost {args.hash_cost}; {machine['cpu_count']} CPUs"
+        f"hash cost {args.hash_cost} (set-up of dm/rooms/durable/catchup: {args.setup_hash_cost}); "
+        f"{machine['cpu_count']} CPUs"
         + (
             f" (server on CPU {cpus[0]}, generator on CPU {cpus[1]})"
             if cpus[0] is not None
@@ -875,6 +457,11 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
         f"{labels['fanout']}: {args.receivers} receivers + {args.senders} senders, window "
         f"{args.window}/sender, {args.warmup:g} s warm-up + {args.duration:g} s measured, "
         "deliveries count receivers only"
+    )
+    print(
+        f"{labels['dm']}: one sender per pair; {labels['rooms']}: one sender per room, window {args.window}; "
+        f"{labels['durable']}: senders alone in their rooms, acks = committed messages; "
+        f"{labels['catchup']}: clients back after SIGKILL+restart, {args.catchup_missed} missed messages each"
     )
     print()
     print(table(labels, summaries) if summaries else "(no run completed)")
@@ -914,6 +501,10 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
 
 
 def _run_note(scenario: str, result: dict[str, Any]) -> str:
+    if scenario == "durable":
+        return f" ({result['acks_per_s']:.0f} acks/s, p99 {result['latency']['p99_ms'] or 0:.1f} ms)"
+    if scenario == "catchup":
+        return f" ({result['clients']} clients caught up in {result['all_caught_up_s']:.2f} s)"
     if scenario == "handshake_login":
         h, lg = result["handshake_only"], result["handshake_login"]
         return f" ({h['per_s']:.0f} handshakes/s, {lg['per_s']:.2f} logins/s)"
@@ -988,8 +579,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default="handshake_login,fanout",
-        help="comma-separated: handshake_login, fanout (default both)",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, from {', '.join(SCENARIOS)} (default all)",
+    )
+    p.add_argument("--dm-pairs", type=int, default=20, help="dm: sender/recipient pairs (default 20)")
+    p.add_argument("--rooms", type=int, default=20, help="rooms: number of rooms (default 20)")
+    p.add_argument("--room-members", type=int, default=10, help="rooms: members per room (default 10)")
+    p.add_argument("--durable-senders", type=int, default=20, help="durable: senders (default 20)")
+    p.add_argument(
+        "--durable-window",
+        type=int,
+        default=16,
+        help="durable: unacknowledged messages per sender (default 16)",
+    )
+    p.add_argument("--catchup-clients", type=int, default=1000, help="catchup: clients (default 1000)")
+    p.add_argument(
+        "--catchup-missed", type=int, default=20, help="catchup: messages each client missed (default 20)"
+    )
+    p.add_argument(
+        "--setup-hash-cost",
+        type=int,
+        default=10,
+        help="password_hash_cost for the scenarios that do not measure logins (default 10)",
     )
     p.add_argument("--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes")
     p.add_argument(
@@ -1002,8 +613,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not name:
             continue
         key = "fanout" if name.startswith("fanout") else name
-        if key not in ("handshake_login", "fanout"):
-            p.error(f"unknown scenario {name!r}; choose from handshake_login, fanout")
+        if key not in SCENARIOS:
+            p.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         if key not in scenarios:
             scenarios.append(key)
     if not scenarios:
@@ -1018,6 +629,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         (args.senders, 1, 1000, "--senders"),
         (args.window, 1, 10_000, "--window"),
         (args.hash_cost, 10, 18, "--hash-cost"),
+        (args.setup_hash_cost, 10, 18, "--setup-hash-cost"),
+        (args.dm_pairs, 1, 1000, "--dm-pairs"),
+        (args.rooms, 1, 1000, "--rooms"),
+        (args.room_members, 2, 1000, "--room-members"),
+        (args.durable_senders, 1, 1000, "--durable-senders"),
+        (args.durable_window, 1, 1000, "--durable-window"),
+        (args.catchup_clients, 1, 20_000, "--catchup-clients"),
+        (args.catchup_missed, 1, 10_000, "--catchup-missed"),
     ]
     for value, low, high, name in checks:
         if not low <= value <= high:
@@ -1029,6 +648,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    raise_file_limit()
     # Other programs running now would skew every figure: look first.
     args.busy_before = psutil.cpu_percent(interval=1.0, percpu=True)
     tmp = Path(tempfile.mkdtemp(prefix="chatbench-"))

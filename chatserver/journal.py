@@ -6,6 +6,11 @@ appended while a commit is running, goes into the next transaction, so
 under load many events share one fsync while a lone event still commits at
 once.  Batches commit in order and their Deferreds fire in append order, so
 whoever fans out after the commit does so in id order.
+
+``note`` adds bookkeeping that may lag behind (how far each user has
+received a direct-message stream) to the next batch instead of a
+transaction and an fsync of its own; a later note with the same key
+replaces an earlier one that is still waiting.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class EventLog:
         self._db = db
         self._reactor = reactor
         self._queue: list[tuple[tuple[str, int, int, str], Deferred[None]]] = []
+        self._notes: dict[Any, tuple[Any, tuple[Any, ...]]] = {}
         self._busy = False  # a commit is scheduled or running
         self.commits = 0
         self.events_committed = 0
@@ -34,15 +40,24 @@ class EventLog:
     def append(self, stream: str, event_id: int, ts: int, event_json: str) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._queue.append(((stream, event_id, ts, event_json), d))
+        self._schedule()
+        return d
+
+    def note(self, key: Any, query: Any, *args: Any) -> None:
+        """Run ``query(cursor, *args)`` in the next batch's transaction."""
+        self._notes[key] = (query, args)
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._busy:
             self._busy = True
             # Let the rest of this reactor turn join the batch.
             self._reactor.callLater(0, self._commit)
-        return d
 
     def _commit(self) -> None:
         batch, self._queue = self._queue, []
-        d = self._db.run(store.append_events, [row for row, _ in batch])
+        notes, self._notes = list(self._notes.values()), {}
+        d = self._db.run(store.commit_batch, [row for row, _ in batch], notes)
         d.addBoth(self._committed, batch)
 
     def _committed(self, result: Any, batch: list[tuple[Any, Deferred[None]]]) -> None:
@@ -57,7 +72,7 @@ class EventLog:
                 d.errback(result)
             else:
                 d.callback(None)
-        if self._queue:
+        if self._queue or self._notes:
             self._commit()
         else:
             self._busy = False

@@ -151,6 +151,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
+        # Whatever is still buffered is not handled (nor scheduled) now.
+        self.ending = True
         for call in (self._slow_check, self._turn_call, self._resume_call):
             if call is not None and call.active():
                 call.cancel()
@@ -256,7 +258,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self.ending:
             return  # the rest of a read that held a fatal line
         self._turn_lines += 1
-        if self._turn_lines >= self.LINES_PER_TURN and "turn" not in self._holds:
+        if self._turn_lines >= self.LINES_PER_TURN and "turn" not in self._holds and self.connected:
             # This line is handled; the rest of the read waits a turn.
             self._hold("turn")
             self._turn_call = self.factory.reactor.callLater(0, self._end_of_turn)

@@ -267,6 +267,16 @@ def set_dm_stream(cursor: Any, user: str, peer: str, stream: str, delivered: int
     )
 
 
+def commit_batch(
+    cursor: Any, rows: list[tuple[str, int, int, str]], notes: list[tuple[Any, tuple[Any, ...]]]
+) -> None:
+    """One group commit (one transaction): events, then bookkeeping."""
+    if rows:
+        append_events(cursor, rows)
+    for query, args in notes:
+        query(cursor, *args)
+
+
 def append_events(cursor: Any, rows: list[tuple[str, int, int, str]]) -> None:
     """One group commit: the events and their streams' last ids."""
     cursor.executemany("INSERT INTO events (stream, id, ts, event) VALUES (?, ?, ?, ?)", rows)
