@@ -100,6 +100,9 @@ class ChatService:
         self.max_rooms_per_user = max_rooms_per_user
         self.rooms: dict[str, Room] = {}
         self.last_ids: dict[str, int] = {}
+        #: Server admins (loaded at start, and seen at login): no room
+        #: moderator may kick, ban or mute them.
+        self.admins: set[str] = set()
         self.user_rooms: dict[str, set[str]] = {}
         self.dms: dict[str, dict[str, tuple[str, int]]] = {}  # user -> peer -> (stream, delivered)
         self.online: dict[str, dict[Member, None]] = {}
@@ -112,6 +115,7 @@ class ChatService:
         records = yield self._db.run(store.load_rooms)
         self.last_ids = yield self._db.run(store.load_stream_ids)
         self.dms = yield self._db.run(store.load_dm_streams)
+        self.admins = yield self._db.run(store.load_admins)
         if self.default_room not in records:
             now = self._now()
             yield self._db.run(store.create_room, self.default_room, "public", None, "", now)
@@ -197,18 +201,31 @@ class ChatService:
 
     # --- sessions -------------------------------------------------------------
 
-    def connect(self, member: Member) -> Deferred[dict[str, Any]]:
-        """A member logged in: put it in its rooms (joining the default room
-        on first login) and fire with the welcome's ``rooms`` and
-        ``streams`` (last id per stream: what a reconnecting client catches
-        up to).  Then call :meth:`push_undelivered`."""
+    @defer.inlineCallbacks
+    def connect(self, member: Member) -> Any:
+        """A member logged in: put it in its rooms (at its first login, the
+        default room too, if there is space) and fire with the welcome's
+        ``rooms`` and ``streams`` (last id per stream: what a reconnecting
+        client catches up to).  Then call :meth:`push_undelivered`."""
         user = member.user
         assert user is not None
         self.online.setdefault(user, {})[member] = None
-        waits = []
+        # From now on its direct messages come by push_undelivered, which
+        # starts from the delivered marks, so they must not move meanwhile.
+        self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
+        if member.role == "admin":
+            self.admins.add(user)
+        first = yield self._db.run(store.first_login, user)
         lobby = self.rooms[self.default_room]
-        if user not in lobby.members and not self._sanctioned(lobby, "ban", user):
-            waits.append(self._add_member(lobby, user, "member"))
+        # Only once: a user who leaves the default room, or is kicked from
+        # it, stays out.
+        if (
+            first
+            and user not in lobby.members
+            and len(lobby.members) < self.max_room_members
+            and not self._sanctioned(lobby, "ban", user)
+        ):
+            yield self._add_member(lobby, user, "member")
         for name in self.user_rooms.get(user, ()):
             self.rooms[name].online[member] = None
         streams = {
@@ -217,10 +234,7 @@ class ChatService:
         }
         for stream, _ in self.dms.get(user, {}).values():
             streams[stream] = self.last_ids.get(stream, 0)
-        self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
-        d = defer.gatherResults(waits, consumeErrors=True) if waits else defer.succeed(None)
-        d.addCallback(lambda _: {"rooms": sorted(self.user_rooms.get(user, ())), "streams": streams})
-        return d
+        return {"rooms": sorted(self.user_rooms.get(user, ())), "streams": streams}
 
     def disconnect(self, member: Member) -> None:
         user = member.user
@@ -358,8 +372,11 @@ class ChatService:
 
     def who(self, member: Member, name: str) -> list[dict[str, Any]]:
         room = self._room(name, member)
-        if member.user not in room.members and not room.listed() and member.role != "admin":
-            raise ChatError("not_member", "you are not in that room", "room")
+        if member.role != "admin":
+            if member.user not in room.members and not room.listed():
+                raise ChatError("not_member", "you are not in that room", "room")
+            if self._sanctioned(room, "ban", member.user or ""):
+                raise ChatError("banned", f"you are banned from {name!r}", "room")
         return [
             {"user": user, "role": role, "online": user in self.online}
             for user, role in sorted(room.members.items())
@@ -420,9 +437,15 @@ class ChatService:
     ) -> Deferred[dict]:
         user = member.user
         if stream.startswith("room:"):
-            room = self._room(stream[5:], member)
-            if user not in room.members and not room.listed() and member.role != "admin":
-                raise ChatError("not_member", "you are not in that room", "stream")
+            try:
+                room = self._room(stream[5:], member)
+            except ChatError as e:
+                raise ChatError(e.code, e.message, "stream") from None
+            if member.role != "admin":
+                if user not in room.members and not room.listed():
+                    raise ChatError("not_member", "you are not in that room", "stream")
+                if self._sanctioned(room, "ban", user or ""):
+                    raise ChatError("banned", f"you are banned from {room.name!r}", "stream")
         elif stream.startswith("dm:") and user in stream[3:].split(":") and len(stream.split(":")) == 3:
             pass
         else:
@@ -447,7 +470,7 @@ class ChatService:
     def _moderate(self, member: Member, name: str, target: str) -> Room:
         room = self._room(name, member)
         self._require_rank(member, room, "moderator", "moderate")
-        target_role = room.members.get(target)
+        target_role = "admin" if target in self.admins else room.members.get(target)
         target_rank = RANK[target_role] if target_role else 0
         if target_rank >= self._rank(member, room):
             raise ChatError("forbidden", f"{target} outranks or equals you in {name!r}", "user")

@@ -485,6 +485,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         return {"type": "pong"}
 
     def _on_login(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        if self.account is not None:
+            # Checked before any account work: a second login must not
+            # count as a failure or cost a password hash.
+            raise ChatError("already_authenticated", "already logged in")
         accounts = self.factory.accounts
         if ("password" in request) == ("token" in request):
             raise RequestError("missing_field", "login needs a password or a token (not both)", "password")
@@ -495,13 +499,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         return self._authenticate(accounts.login(request["user"], request["password"], self.peer))
 
     def _on_register(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        if self.account is not None:
+            raise ChatError("already_authenticated", "already logged in")
         return self._authenticate(
             self.factory.accounts.register(request["user"], request["password"], self.peer)
         )
 
     def _authenticate(self, d: Deferred[Account], token: str | None = None) -> Deferred[dict[str, Any]]:
-        if self.account is not None:
-            raise ChatError("already_authenticated", "already logged in")
         d.addCallback(self._authenticated, token)
         self._wait_for(d)  # nothing else is read until this is settled
         return d

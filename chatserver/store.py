@@ -259,6 +259,17 @@ def set_sanction(
         )
 
 
+def first_login(cursor: Any, name: str) -> bool:
+    """True exactly once per user: at the first login that asks."""
+    cursor.execute("UPDATE users SET welcomed = 1 WHERE name = ? AND welcomed = 0", (name,))
+    return bool(cursor.rowcount)
+
+
+def load_admins(cursor: Any) -> set[str]:
+    cursor.execute("SELECT name FROM users WHERE role = 'admin'")
+    return {name for (name,) in cursor.fetchall()}
+
+
 def set_dm_stream(cursor: Any, user: str, peer: str, stream: str, delivered: int) -> None:
     cursor.execute(
         "INSERT INTO dm_streams (user, peer, stream, delivered) VALUES (?, ?, ?, ?) "

@@ -497,3 +497,53 @@ class DisableTests(unittest.TestCase):
         fresh = await open_session(self, server)
         self.assertEqual((await fresh.login("carol", PASSWORD))["user"], "carol")
         self.assertEqual(audit_rows(server), [])
+
+
+class ReviewFixTests(RoomTestCase):
+    """Holes found in review: who may act on whom, and what a ban hides."""
+
+    async def test_room_moderators_cannot_sanction_a_server_admin(self) -> None:
+        await self.room()
+        admin = await admin_session(self, self.server)
+        await join(admin)
+        for kind in ("kick", "ban", "mute"):
+            error = await refused(self, moderate(self.owner, kind, "root"), "forbidden", kind)
+            self.assertEqual(error["field"], "user")
+        self.assertEqual((await members(self.owner))["root"], "member")
+        # ... also an admin the server has not seen log in since it started.
+        conn = store.open_database(self.server.settings.database_path)
+        try:
+            self.assertTrue(accounts.add_user_now(conn, "root2", PASSWORD, "admin", 10))
+        finally:
+            conn.close()
+        restarted = RunningServer(self.server.settings)
+        await self.server.stop()
+        await restarted.start()
+        self.addCleanup(restarted.stop)
+        owner = await logged_in(self, restarted, "olivia", register=False)
+        await refused(self, moderate(owner, "ban", "root2"), "forbidden", "ban")
+
+    async def test_a_banned_user_cannot_read_the_room(self) -> None:
+        await self.room()
+        await self.owner.say(ROOM, "not for bob")
+        await moderate(self.owner, "ban", "bob")
+        history = self.bob.request({"type": "history", "stream": "room:" + ROOM, "limit": 10})
+        self.assertEqual((await refused(self, history, "banned", "history"))["field"], "stream")
+        await refused(self, self.bob.request({"type": "who", "room": ROOM}), "banned", "who")
+        await moderate(self.owner, "unban", "bob")
+        page = await self.bob.request({"type": "history", "stream": "room:" + ROOM, "limit": 10})
+        self.assertIn("not for bob", [e.get("body") for e in page["events"]])
+
+    async def test_leaving_or_being_kicked_from_the_default_room_lasts(self) -> None:
+        await self.room()
+        await self.bob.request({"type": "part", "room": "lobby"})
+        await moderate(self.owner, "op", "carol", room=ROOM)  # unrelated room: no effect on the lobby
+        admin = await admin_session(self, self.server)
+        await moderate(admin, "kick", "carol", room="lobby")
+        for name in ("bob", "carol"):
+            session = await logged_in(self, self.server, name, register=False)
+            self.assertEqual(session.role, "user")
+            welcome_rooms = (await session.request({"type": "rooms"}))["rooms"]
+            self.assertEqual(
+                {r["room"]: r["member"] for r in welcome_rooms}, {"lobby": False, ROOM: True}, name
+            )

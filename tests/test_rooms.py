@@ -709,3 +709,33 @@ class TokenTests(Helpers):
         await self.refused(answer, "auth_failed")
         welcome = await (await open_session(self, server)).login("alice", PASSWORD)
         self.assertEqual(welcome["user"], "alice")
+
+
+class ReviewFixRoomTests(Helpers):
+    async def test_history_of_an_unknown_room_names_the_stream_field(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        error = await self.assertFailure(
+            alice.request({"type": "history", "stream": "room:nowhere", "limit": 5}), ServerError
+        )
+        self.assertEqual((error.code, error.event["field"]), ("no_such_room", "stream"))
+
+    async def test_a_second_login_or_registration_does_no_account_work(self) -> None:
+        # One failure would lock bob's account: a wrong password tried on
+        # an already logged-in connection must not count as one.
+        server = await start_server(self, login_failures_per_account=1)
+        bob = await logged_in(self, server, "bob")
+        await bob.close()
+        alice = await logged_in(self, server, "alice")
+        for request in (
+            {"type": "register", "user": "mallory", "password": PASSWORD},
+            {"type": "login", "user": "bob", "password": "wrong password!"},
+        ):
+            error = await self.assertFailure(alice.request(request), ServerError)
+            self.assertEqual(error.code, "already_authenticated")
+        self.assertEqual((await alice.ping())["type"], "pong")
+        other = await open_session(self, server)
+        error = await self.assertFailure(other.login("mallory", PASSWORD), ServerError)
+        self.assertEqual(error.code, "auth_failed")  # no account was made
+        welcome = await (await open_session(self, server)).login("bob", PASSWORD)
+        self.assertEqual(welcome["user"], "bob")
