@@ -245,7 +245,10 @@ class ServerProcess:
             "rooms_rate = 1000000\n"
             "rooms_burst = 1000000\n"
             "logins_rate = 1000000\n"
-            "logins_burst = 1000000\n" + self.extra_ini
+            "logins_burst = 1000000\n"
+            # catchup puts 1,000 clients and a poster in the lobby.
+            "\n[chat]\n"
+            "max_room_members = 100000\n" + self.extra_ini
         )
 
     def command(self) -> list[str]:

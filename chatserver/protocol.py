@@ -468,8 +468,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             return
         limits = self.factory.rate_limits
         wait = limits.check(action, self)
-        if not wait and action == "messages" and self.user is not None:
-            wait = limits.check(action, ("user", self.user))  # all of the account's connections
+        if not wait and action != "logins" and self.user is not None:
+            # All of the account's connections together, so reconnecting
+            # does not refill a bucket.  (Logins are per connection, and
+            # failed ones also per account and address: accounts.py.)
+            wait = limits.check(action, ("user", self.user))
         if wait:
             now = self.factory.clock.seconds()
             strikes = self._strikes

@@ -205,6 +205,32 @@ class OtherLimitTests(unittest.TestCase):
         self.assertIn("bob", await owner.who("r3"))
         await limited(self, bob.request({"type": "join", "room": "r4"}), "join")
 
+    async def test_join_and_create_limits_count_per_account_too(self) -> None:
+        """A fresh connection of the same account does not get fresh
+        buckets: reconnecting is no way around a limit."""
+        clock = task.Clock()
+        server = await start_server(
+            self,
+            clock=clock,
+            joins_rate=0.5,
+            joins_burst=1,
+            rooms_rate=0.05,
+            rooms_burst=1,
+            abuse_strikes=NEVER,
+        )
+        for owner, room in (("olivia", "r1"), ("oscar", "r2")):
+            session = await logged_in(self, server, owner)
+            await session.request({"type": "create", "room": room})
+        bob = await logged_in(self, server, "bob")
+        await bob.request({"type": "join", "room": "r1"})
+        await bob.request({"type": "create", "room": "bobs"})
+        await bob.close()
+        again = await logged_in(self, server, "bob", register=False)
+        await limited(self, again.request({"type": "join", "room": "r2"}), "join", retry_after=2.0)
+        await limited(self, again.request({"type": "create", "room": "more"}), "create", retry_after=20.0)
+        clock.advance(2)
+        await again.request({"type": "join", "room": "r2"})
+
     async def test_room_creation_is_limited(self) -> None:
         clock = task.Clock()
         server = await start_server(self, clock=clock, rooms_rate=0.05, rooms_burst=2, abuse_strikes=NEVER)
