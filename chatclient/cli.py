@@ -123,7 +123,8 @@ def format_event(event: dict[str, Any]) -> str:
     if kind in ("unbanned", "unmuted"):
         return f"{at}* {event['user']} was {kind} by {event.get('by')}"
     if kind == "role":
-        return f"{at}* {event['user']} is now {event['role']} (by {event.get('by')})"
+        by = f" (by {event['by']})" if event.get("by") else ""
+        return f"{at}* {event['user']} is now {event['role']}{by}"
     if kind == "invited":
         if "user" in event:
             return f"{at}* invited {event['user']}"

@@ -333,7 +333,26 @@ class ChatService:
         room = self._room(name, member)
         if user not in room.members:
             raise ChatError("not_member", "you are not in that room", "room")
-        return self._remove_member(room, user, {"type": "left", "user": user})
+        was_owner = room.members[user] == "owner"
+        d = self._remove_member(room, user, {"type": "left", "user": user})
+        if was_owner:
+            self._pass_ownership(room)
+        return d
+
+    def _pass_ownership(self, room: Room) -> None:
+        """A room keeps an owner while it has members: the senior
+        moderator, or else the senior member, inherits it."""
+        heirs = [u for u, r in room.members.items() if r == "moderator"] or list(room.members)
+        room.owner = heirs[0] if heirs else None
+        self._write(store.set_owner, room.name, room.owner)
+        if room.owner is None:
+            return
+        room.members[room.owner] = "owner"
+        self._write(store.set_member, room.name, room.owner, "owner", self._now())
+        self._audit("server", "role", room.name, room.owner, "owner")
+        self._publish_room(
+            room, {"type": "role", "user": room.owner, "role": "owner", "by": None}
+        ).addErrback(lambda f: log.failure("announcing the new owner failed", f))
 
     def list_rooms(self, member: Member) -> list[dict[str, Any]]:
         mine = self.user_rooms.get(member.user or "", set())

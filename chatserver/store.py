@@ -187,7 +187,7 @@ def load_rooms(cursor: Any) -> dict[str, RoomRecord]:
     cursor.execute("SELECT name, kind, owner, topic FROM rooms")
     for name, kind, owner, topic in cursor.fetchall():
         rooms[name] = RoomRecord(name, kind, owner, topic, {}, set(), {})
-    cursor.execute("SELECT room, user, role FROM room_members")
+    cursor.execute("SELECT room, user, role FROM room_members ORDER BY joined_at, rowid")
     for room, user, role in cursor.fetchall():
         rooms[room].members[user] = role
     cursor.execute("SELECT room, user FROM invites")
@@ -212,6 +212,10 @@ def load_dm_streams(cursor: Any) -> dict[str, dict[str, tuple[str, int]]]:
     for user, peer, stream, delivered in cursor.fetchall():
         result.setdefault(user, {})[peer] = (stream, delivered)
     return result
+
+
+def set_owner(cursor: Any, room: str, owner: str | None) -> None:
+    cursor.execute("UPDATE rooms SET owner = ? WHERE name = ?", (owner, room))
 
 
 def create_room(cursor: Any, name: str, kind: str, owner: str | None, topic: str, now: int) -> None:

@@ -547,3 +547,23 @@ class ReviewFixTests(RoomTestCase):
             self.assertEqual(
                 {r["room"]: r["member"] for r in welcome_rooms}, {"lobby": False, ROOM: True}, name
             )
+
+    async def test_when_the_owner_leaves_a_moderator_inherits_the_room(self) -> None:
+        await self.room()
+        await moderate(self.owner, "op", "carol")
+        await self.owner.request({"type": "part", "room": ROOM})
+        promoted = await self.bob_events.next(lambda e: in_room("role", "carol")(e) and e["role"] == "owner")
+        self.assertEqual((promoted["role"], promoted["by"]), ("owner", None))
+        self.assertEqual(await members(self.bob), {"bob": "member", "carol": "owner"})
+        # The new owner has the owner's powers, and keeps them after a restart.
+        await moderate(self.carol, "op", "bob")
+        restarted = RunningServer(self.server.settings)
+        await self.server.stop()
+        await restarted.start()
+        self.addCleanup(restarted.stop)
+        carol = await logged_in(self, restarted, "carol", register=False)
+        self.assertEqual(await members(carol), {"bob": "moderator", "carol": "owner"})
+        # Without moderators, the longest-standing member inherits.
+        await moderate(carol, "deop", "bob")
+        await carol.request({"type": "part", "room": ROOM})
+        self.assertEqual(await members(carol), {"bob": "owner"})
