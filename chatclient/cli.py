@@ -310,6 +310,10 @@ class InputLines(LineReceiver):
         notice(f"you cannot see room {room}")
 
     def connectionLost(self, reason: Any = None) -> None:
+        # A last line without a newline is a line too.
+        rest, self._buffer = self._buffer, b""
+        if rest.strip():
+            self.lineReceived(rest)
         self.finish()
 
     def finish(self) -> None:
@@ -388,11 +392,12 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     except Exception as e:  # connection refused, DNS, TLS ...
         sys.stderr.write(f"error: cannot connect to {server}: {e}\n")
         return 1
+    # Reading starts on the next reactor turn, after the /join below.
+    stdio.StandardIO(lines, reactor=reactor)
     if args.room not in client.rooms:
         # The room asked for on the command line: join it (or just talk in
         # it, if the server put us there already).
         lines.lineReceived(f"/join {args.room}".encode())
-    stdio.StandardIO(lines, reactor=reactor)
     failed: Deferred[Any] = Deferred()
     client.add_state_listener(
         lambda name, detail: name == "failed" and not failed.called and failed.callback(detail)

@@ -142,6 +142,8 @@ class ReconnectingClient:
             self.rooms.add(room)
         elif kind in ("left", "kicked", "banned") and event.get("user") == self.user:
             self.rooms.discard(room)
+            # Out of it: no more catch-up of its stream after a reconnect.
+            self.last_ids.pop(event.get("stream"), None)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -264,7 +266,8 @@ class ReconnectingClient:
         behind.update((s, sys.maxsize) for s in gone)
         catching_up.update(behind)
         for stream, last in sorted(behind.items()):
-            while self.last_ids.get(stream, 0) < last:
+            # (A stream we turn out to have left drops out of last_ids.)
+            while stream in self.last_ids and self.last_ids[stream] < last:
                 try:
                     page = yield session.request(
                         {
@@ -280,12 +283,18 @@ class ReconnectingClient:
                     log.info("no catch-up for {stream}: {code}", stream=stream, code=e.code)
                     break
                 for event in page["events"]:
+                    if stream not in self.last_ids:
+                        break  # the event that removed us: the rest is not ours
                     self._emit(event)
                 if not page["more"] or not page["events"]:
                     break
             catching_up.discard(stream)
             for event in sorted(held.pop(stream, []), key=lambda e: e["id"]):
                 self._emit(event)
+            if stream in gone:
+                # Seen how we left it (the event that removed us); from now
+                # on it is not ours to follow.
+                self.last_ids.pop(stream, None)
         self.rooms = set(welcome.get("rooms", []))
         self.session = session
         self.connections += 1

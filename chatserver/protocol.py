@@ -152,6 +152,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
         # Whatever is still buffered is not handled (nor scheduled) now.
+        # ``ending`` is also what tells later callbacks (a login finishing,
+        # a commit) that the connection is gone: Twisted never resets a
+        # protocol's ``connected`` to 0, so that flag cannot.
         self.ending = True
         for call in (self._slow_check, self._turn_call, self._resume_call):
             if call is not None and call.active():
@@ -519,6 +522,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             return None
         if token is None:
             token = yield self.factory.accounts.issue_token(account.name)
+            if not self.connected or self.ending:
+                return None  # gone meanwhile (deadline, peer): no ghost login
         self._token = token
         self.account = account
         self.user = account.name
@@ -526,6 +531,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.setTimeout(self.factory.settings.idle_timeout)
         connections_log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
         snapshot = yield self.factory.chat.connect(self)
+        if not self.connected or self.ending:
+            # Lost while connect() waited: connectionLost's disconnect ran
+            # before connect() finished putting us in our rooms.
+            self.factory.chat.disconnect(self)
+            return None
         # Offline direct messages follow the welcome.
         self.factory.reactor.callLater(0, self._push_undelivered)
         return {

@@ -110,6 +110,21 @@ class RoomCommandTests(CliTestCase):
         await self.quit(alice)
 
 
+class StartTests(CliTestCase):
+    async def test_starting_in_another_room_and_a_last_line_without_newline(self) -> None:
+        server = await start_server(self)
+        bob = await self.client("bob", server.port)
+        bob.write_line("/create ops")
+        await bob.wait_for(r"talking in ops", fd=2)
+        alice = await self.client("alice", server.port, "--room", "ops")
+        await alice.wait_for(r"talking in ops", fd=2)
+        alice.transport.write(b"last words, no newline")
+        alice.close_stdin()
+        self.assertEqual(await alice.ended, 0, alice.errors())
+        await bob.wait_for(r"\[ops\] alice: last words, no newline$")
+        await self.quit(bob)
+
+
 class DirectMessageTests(CliTestCase):
     async def test_dm_to_an_offline_user_arrives_in_order_at_login(self) -> None:
         server = await start_server(self)

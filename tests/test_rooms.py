@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import endpoints, reactor, task
 from twisted.trial import unittest
 
+from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ChatSession, ServerError
 from chatserver import accounts, store
 from tests.support import (
@@ -612,6 +613,47 @@ class CatchUpTests(Helpers):
         third, answer = await self.token_login(server, "alice", token)
         welcome = await answer
         self.assertEqual(welcome["streams"], {"room:lobby": missed[-1]["id"], "dm:alice:bob": 1})
+
+
+class ReconnectingClientTests(Helpers):
+    async def test_a_room_left_or_kicked_from_is_not_followed_after_a_reconnect(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        for room in ("left", "kicked"):
+            await bob.request({"type": "create", "room": room})
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.port)
+        alice = ReconnectingClient(
+            reactor, endpoint, lambda fp: True, "alice", PASSWORD, register=True, initial_delay=0.05
+        )
+        got: list[dict[str, Any]] = []
+        alice.add_listener(got.append)
+        alice.start()
+        self.addCleanup(alice.stop)
+        await alice.when_online()
+        for room in ("left", "kicked"):
+            await alice.request({"type": "join", "room": room})
+            await bob.say(room, f"{room}: while alice is in")
+        await until(lambda: sum(1 for e in got if e.get("type") == "msg") == 2)
+        await alice.request({"type": "part", "room": "left"})
+        # Kicked while away: she learns of it by catch-up, once.
+        await alice.stop()
+        await bob.request({"type": "kick", "room": "kicked", "user": "alice"})
+        for room in ("left", "kicked"):
+            await bob.say(room, f"{room}: after alice")
+        alice.start()
+        await alice.when_online()
+        await alice.session.ping()
+        kicks = [e for e in got if e.get("type") == "kicked"]
+        self.assertEqual([(e["room"], e["user"]) for e in kicks], [("kicked", "alice")])
+        self.assertEqual([e for e in got if str(e.get("body", "")).endswith("after alice")], [])
+        self.assertEqual(alice.rooms, {"lobby"})
+        # And the next reconnect fetches neither room again.
+        count = len(got)
+        alice.session.protocol.transport.abortConnection()
+        await until(lambda: alice.state == "reconnecting")
+        await alice.when_online()
+        await alice.session.ping()
+        self.assertEqual(got[count:], [])
 
 
 class TokenTests(Helpers):
