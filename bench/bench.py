@@ -218,6 +218,18 @@ async def one_run(
 
 
 # (label, path into a run's result, format) for the table and the summary.
+# The closed-loop scenarios (fanout, dm, rooms) share their figures.
+LOOP_METRICS: list[tuple[str, tuple[str, ...], str]] = [
+    ("deliveries /s (wall)", ("deliveries_per_s",), "{:.0f}"),
+    ("deliveries /server CPU-s", ("deliveries_per_server_cpu_s",), "{:.0f}"),
+    ("messages /s (all receivers got it)", ("messages_per_s",), "{:.1f}"),
+    ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
+    ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
+    ("server CPU util", ("server_cpu_util",), "{:.2f}"),
+    ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+    ("order errors / lost / stuck", ("problems",), "{:.0f}"),
+]
+
 METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
     "handshake_login": [
         ("handshakes only /s (wall)", ("handshake_only", "per_s"), "{:.1f}"),
@@ -239,39 +251,14 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("login other load, generator CPU", ("handshake_login", "generator_cpu_other"), "{:.2f}"),
         ("login errors", ("handshake_login", "errors"), "{:.0f}"),
     ],
-    "fanout": [
-        ("deliveries /s (wall)", ("deliveries_per_s",), "{:.0f}"),
-        ("deliveries /server CPU-s", ("deliveries_per_server_cpu_s",), "{:.0f}"),
-        ("messages /s (all receivers got it)", ("messages_per_s",), "{:.1f}"),
-        ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
-        ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
-        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
-        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+    "fanout": LOOP_METRICS
+    + [
         ("other load, server CPU", ("server_cpu_other",), "{:.2f}"),
         ("other load, generator CPU", ("generator_cpu_other",), "{:.2f}"),
-        ("order errors / lost / stuck", ("problems",), "{:.0f}"),
         ("setup (register all) s", ("setup_s",), "{:.1f}"),
     ],
-    "dm": [
-        ("deliveries /s (wall)", ("deliveries_per_s",), "{:.0f}"),
-        ("deliveries /server CPU-s", ("deliveries_per_server_cpu_s",), "{:.0f}"),
-        ("messages /s (all receivers got it)", ("messages_per_s",), "{:.1f}"),
-        ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
-        ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
-        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
-        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
-        ("order errors / lost / stuck", ("problems",), "{:.0f}"),
-    ],
-    "rooms": [
-        ("deliveries /s (wall)", ("deliveries_per_s",), "{:.0f}"),
-        ("deliveries /server CPU-s", ("deliveries_per_server_cpu_s",), "{:.0f}"),
-        ("messages /s (all receivers got it)", ("messages_per_s",), "{:.1f}"),
-        ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
-        ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
-        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
-        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
-        ("order errors / lost / stuck", ("problems",), "{:.0f}"),
-    ],
+    "dm": LOOP_METRICS,
+    "rooms": LOOP_METRICS,
     "durable": [
         ("durable messages (acks) /s", ("acks_per_s",), "{:.0f}"),
         ("acks /server CPU-s", ("acks_per_server_cpu_s",), "{:.0f}"),

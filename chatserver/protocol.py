@@ -48,6 +48,13 @@ RATE_LIMITED = {
 }
 
 
+#: Failures that are no fault of the request: the client may try again.
+_TRY_AGAIN = {
+    Busy: ("busy", "server busy; try again"),
+    StoreClosed: ("unavailable", "server shutting down; try again"),
+}
+
+
 class _Slot:
     """The place of one request's answer in the reply order."""
 
@@ -446,22 +453,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def _failure_event(self, failure: Failure, kind: str) -> dict[str, Any]:
         if failure.check(ChatError, AuthError):
             return self._error_event(failure.value, kind)
-        if failure.check(Busy):
-            return {
-                "type": "error",
-                "code": "busy",
-                "message": "server busy; try again",
-                "request": kind,
-                "retry_after": 1,
-            }
-        if failure.check(StoreClosed):
-            return {
-                "type": "error",
-                "code": "unavailable",
-                "message": "server shutting down; try again",
-                "request": kind,
-                "retry_after": 1,
-            }
+        for error, (code, message) in _TRY_AGAIN.items():
+            if failure.check(error):
+                return {"type": "error", "code": code, "message": message, "request": kind, "retry_after": 1}
         log.failure("{kind} failed for {peer}", failure, kind=kind, peer=self.peer)
         return {"type": "error", "code": "internal_error", "message": "internal error", "request": kind}
 
