@@ -94,6 +94,7 @@ class ChatService:
     ) -> None:
         self._db = db
         self._journal = journal
+        self.journal = journal  # for the shutdown: wait until it is idle
         self._clock = clock
         self.default_room = default_room
         self.max_room_members = max_room_members

@@ -35,6 +35,7 @@ class Settings:
     max_connections: int = 10000
     max_connections_per_address: int = 64
     slow_client_timeout: float = 30.0
+    shutdown_grace: float = 5.0
     max_output_buffer: int = 4 * 1024 * 1024
     # [accounts]
     allow_registration: bool = True
@@ -167,6 +168,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("server", "max_connections", "max_connections", _positive(int)),
     ("server", "max_connections_per_address", "max_connections_per_address", _positive(int)),
     ("server", "slow_client_timeout", "slow_client_timeout", _positive(float)),
+    ("server", "shutdown_grace", "shutdown_grace", _positive(float)),
     ("server", "max_output_buffer", "max_output_buffer", _ranged(int, 65536, 1 << 34)),
     ("accounts", "allow_registration", "allow_registration", _boolean),
     ("accounts", "password_hash_cost", "password_hash_cost", _ranged(int, 10, 18)),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,6 +33,7 @@ class EventLog:
         self._reactor = reactor
         self._queue: list[tuple[tuple[str, int, int, str], Deferred[None]]] = []
         self._notes: dict[Any, tuple[Any, tuple[Any, ...]]] = {}
+        self._idle_waiters: list[Deferred[None]] = []
         self._busy = False  # a commit is scheduled or running
         self.commits = 0
         self.events_committed = 0
@@ -76,3 +77,14 @@ class EventLog:
             self._commit()
         else:
             self._busy = False
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once everything appended so far is committed (or failed)."""
+        if not self._busy:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d

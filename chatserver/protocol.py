@@ -13,7 +13,7 @@ import collections
 import math
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -131,6 +131,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._blocked_bytes = 0
         self._slow_check: Any = None
         self.admitted = False
+        #: Fires when the connection is gone (whatever ended it).
+        self.lost: Deferred[None] = Deferred()
         self.ending = False
         self.close_reason = "connection lost"
 
@@ -166,6 +168,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         for call in (self._slow_check, self._turn_call, self._resume_call):
             if call is not None and call.active():
                 call.cancel()
+        try:
+            self._forget()
+        finally:
+            self.lost.callback(None)
+
+    def _forget(self) -> None:
+        """The bookkeeping of a connection that is gone."""
         if not self.admitted:
             return
         self.factory.chat.disconnect(self)
@@ -694,6 +703,28 @@ class ChatFactory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> ChatProtocol:
         return ChatProtocol(self)
+
+    def close_all(self, code: str, message: str, grace: float) -> Deferred[None]:
+        """Say a sealed goodbye to every connection; fires when all are
+        gone.  Whoever has not gone after ``grace`` seconds (a client that
+        stopped reading) is cut off."""
+        connections = list(self.connections)
+        for conn in connections:
+            conn.close(code, message)
+
+        def cut_off() -> None:
+            for conn in connections:
+                if not conn.lost.called:
+                    conn.transport.abortConnection()
+
+        deadline = self.reactor.callLater(grace, cut_off)
+        d = gatherResults([conn.lost for conn in connections])
+
+        def done(result: Any) -> None:
+            if deadline.active():
+                deadline.cancel()
+
+        return d.addCallback(done)
 
     def admit(self, protocol: ChatProtocol) -> str | None:
         """None if the connection may stay, else the reason it may not."""

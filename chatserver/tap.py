@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 from twisted.application import service, strports
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -94,15 +95,50 @@ class ChatCore(service.Service):
         return None
 
 
+class ChatServer(service.MultiService):
+    """The whole server.  Stopping is ordered, because the services stop in
+    parallel otherwise: no new connections; a CLOSE frame to every client
+    (cut off after ``grace`` seconds); every event log commit finished;
+    only then the store, the thread pool and the logs."""
+
+    def __init__(self, grace: float) -> None:
+        super().__init__()
+        self.grace = grace
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        core: ChatCore = self.core  # type: ignore[attr-defined]
+        factory: ChatFactory = self.factory  # type: ignore[attr-defined]
+        log.info("shutting down: {count} connections", count=len(factory.connections))
+        if core.listener.running:
+            yield core.listener.stopService()
+        yield factory.close_all("shutdown", "the server is shutting down", self.grace)
+        yield core.chat.journal.idle()
+        yield super().stopService()
+
+
+def exit_zero_on_sigterm(reactor: Any) -> None:
+    """Under twistd, SIGTERM stops the reactor and twistd then kills itself
+    with SIGTERM again (exit status 143).  A service stopped on purpose has
+    done nothing wrong, so it exits 0: stop the reactor without that."""
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(reactor.stop))
+
+    reactor.callWhenRunning(install)
+
+
 def makeService(
     options: Any, reactor: Any = None, clock: Any = None, quiet: bool = False
 ) -> service.MultiService:
     """The service tree.  Tests inject ``reactor`` and a separate ``clock``
-    (for timeouts) and pass ``quiet`` to skip the fingerprint banner."""
+    (for timeouts) and pass ``quiet`` to skip the fingerprint banner; the
+    SIGTERM handling is only for the real thing (no reactor injected)."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+        exit_zero_on_sigterm(reactor)
     if clock is None:
         clock = reactor
     settings: Settings = options["settings"]
@@ -119,7 +155,7 @@ def makeService(
             file=sys.stdout,
         )
 
-    top = service.MultiService()
+    top = ChatServer(grace=settings.shutdown_grace)
     LogFiles(
         settings.log_path, settings.log_level, settings.log_rotate_bytes, settings.log_rotate_count
     ).setServiceParent(top)

@@ -173,3 +173,47 @@ class EndToEndTests(unittest.TestCase):
             for shift in range(3):  # base64 of the text at each alignment
                 encoded = base64.b64encode(b"x" * shift + raw)[4:-4]
                 self.assertNotIn(encoded, data)
+
+
+class ShutdownTests(unittest.TestCase):
+    async def test_sigterm_says_goodbye_to_clients_loses_nothing_and_exits_0(self) -> None:
+        from twisted.internet import reactor
+
+        from chatclient.session import connect
+        from tests.support import install_identity
+
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        install_identity(base / "data")
+        server, port, _ = await start_twistd(self, base)
+        sessions = []
+        for name in ("alice", "bob"):
+            session = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
+            await session.register(name, PASSWORD)
+            sessions.append(session)
+        alice, bob = sessions
+        # Messages in flight at the signal: each is either acknowledged
+        # (and then kept) or refused, never silently dropped.
+        acks = [await alice.say("lobby", f"before {n}") for n in range(5)]
+        in_flight = [alice.say("lobby", f"at the signal {n}") for n in range(20)]
+        server.signal("TERM")
+        for session in sessions:
+            info = await session.closed
+            self.assertEqual((info.clean, info.code), (True, "shutdown"))
+        self.assertEqual(await server.ended, 0, server.errors())
+        for d in in_flight:
+            try:
+                acks.append(await d)
+            except Exception:
+                pass  # not acknowledged: no promise was made
+
+        server, port, _ = await start_twistd(self, base)
+        session = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
+        await session.login("bob", PASSWORD)
+        page = await session.request({"type": "history", "stream": "room:lobby", "limit": 200})
+        bodies = {e["id"]: e.get("body") for e in page["events"]}
+        for ack in acks:
+            self.assertIn(ack["id"], bodies)
+        await session.close()
+        server.signal("TERM")
+        self.assertEqual(await server.ended, 0)
