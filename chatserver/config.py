@@ -65,6 +65,9 @@ class Settings:
     log_level: str = "info"
     log_rotate_bytes: int = 10 * 1024 * 1024
     log_rotate_count: int = 5
+    # [monitor]
+    monitor_enabled: bool = True
+    monitor_interval: float = 5.0
 
     @property
     def data_path(self) -> Path:
@@ -193,6 +196,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("log", "level", "log_level", _level),
     ("log", "rotate_bytes", "log_rotate_bytes", _ranged(int, 4096, 1 << 40)),
     ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),
+    ("monitor", "enabled", "monitor_enabled", _boolean),
+    ("monitor", "interval", "monitor_interval", _ranged(float, 0.05, 3600)),
 )
 
 _BY_FIELD = {field: (section, key, parse) for section, key, field, parse in SCHEMA}

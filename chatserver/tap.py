@@ -17,6 +17,7 @@ from chatserver.config import ConfigError, Settings, load_settings
 from chatserver.identity import IdentityError, load_or_create
 from chatserver.journal import EventLog
 from chatserver.logs import LogFiles
+from chatserver.monitoring import Monitoring
 from chatserver.protocol import ChatFactory
 from chatserver.store import Store
 from chatserver.workers import CryptoPool
@@ -177,6 +178,8 @@ def makeService(
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
     core = ChatCore(chat, listener)
     core.setServiceParent(top)
+    if settings.monitor_enabled:
+        Monitoring(reactor, settings.monitor_interval).setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     top.core = core  # type: ignore[attr-defined]
     top.identity = identity  # type: ignore[attr-defined]
