@@ -94,6 +94,7 @@ class ChatService:
     ) -> None:
         self._db = db
         self._journal = journal
+        self.metrics: Any = None  # set by the server (chatserver.metrics.Metrics)
         self.journal = journal  # for the shutdown: wait until it is idle
         self._clock = clock
         self.default_room = default_room
@@ -179,8 +180,13 @@ class ChatService:
 
         def committed(_: Any) -> dict[str, Any]:
             plaintext = b"[" + text.encode("utf-8") + b"]"  # one event list, encoded once
-            for member in list(recipients()):
+            members = list(recipients())
+            for member in members:
                 member.deliver(plaintext)
+            if self.metrics is not None:
+                if event["type"] in ("msg", "dm"):
+                    self.metrics.count("messages_in")
+                self.metrics.count("messages_out", len(members))
             return event
 
         return d.addCallback(committed)

@@ -28,9 +28,10 @@ log = Logger(namespace="chatserver.journal")
 
 
 class EventLog:
-    def __init__(self, db: Store, reactor: Any) -> None:
+    def __init__(self, db: Store, reactor: Any, metrics: Any = None) -> None:
         self._db = db
         self._reactor = reactor
+        self._metrics = metrics
         self._queue: list[tuple[tuple[str, int, int, str], Deferred[None]]] = []
         self._notes: dict[Any, tuple[Any, tuple[Any, ...]]] = {}
         self._idle_waiters: list[Deferred[None]] = []
@@ -59,10 +60,12 @@ class EventLog:
         batch, self._queue = self._queue, []
         notes, self._notes = list(self._notes.values()), {}
         d = self._db.run(store.commit_batch, [row for row, _ in batch], notes)
-        d.addBoth(self._committed, batch)
+        d.addBoth(self._committed, batch, self._reactor.seconds())
 
-    def _committed(self, result: Any, batch: list[tuple[Any, Deferred[None]]]) -> None:
+    def _committed(self, result: Any, batch: list[tuple[Any, Deferred[None]]], started: float) -> None:
         failed = isinstance(result, Failure)
+        if self._metrics is not None and not failed:
+            self._metrics.commit_took(self._reactor.seconds() - started)
         if failed:
             log.failure("event log commit failed ({count} events)", result, count=len(batch))
         else:

@@ -28,6 +28,7 @@ from chatserver.channel import ChannelError, HandshakeState, PeerClosed
 from chatserver.chat import ChatError, ChatService
 from chatserver.config import Settings
 from chatserver.identity import Identity
+from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.store import StoreClosed
 from chatserver.validation import PRE_LOGIN, Limits, RequestError, validate
@@ -147,6 +148,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.admitted = True
+        self.factory.metrics.count("connections")
         connections_log.info("connect {peer}", peer=self.peer)
         self.handshake = channel.ServerHandshake(
             self.factory.identity.key,
@@ -269,6 +271,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             if self._blocked_bytes > self.factory.settings.max_output_buffer:
                 self._drop("slow consumer: output buffer limit reached")
                 return
+        self.factory.metrics.counters["bytes_out"] += len(data)
         self.transport.write(data)
 
     # --- input -----------------------------------------------------------
@@ -310,6 +313,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         elif state is HandshakeState.AWAIT_FINISHED:
             finished, self.channel = handshake.receive_finished(record)
             self.handshake = None
+            self.factory.metrics.count("handshakes")
             self.transport.write(channel.encode_line(finished))
             connections_log.info("secure channel with {peer}", peer=self.peer)
         else:
@@ -375,6 +379,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self._turn_lines = 0
+        self.factory.metrics.counters["bytes_in"] += len(data)
         super().dataReceived(data)
 
     def _hold(self, reason: str) -> None:
@@ -438,6 +443,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         while replies and replies[0].ready:
             done = replies.popleft()
             if done.answer is not None:
+                self._count_answer(done.answer)
                 if done.ref is not None:
                     done.answer["ref"] = done.ref
                 self.send(done.answer)
@@ -448,6 +454,19 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self._drain()  # events left over from a frame that held several
             if "unanswered" not in self._holds:
                 self._release("unanswered")
+
+    def _count_answer(self, answer: dict[str, Any]) -> None:
+        metrics = self.factory.metrics
+        metrics.count("requests")
+        kind = answer["type"]
+        if kind == "welcome":
+            metrics.count("logins")
+        elif kind == "error":
+            code = answer.get("code")
+            if code == "auth_failed":
+                metrics.count("failed_logins")
+            elif code == "rate_limited":
+                metrics.count("rate_limited")
 
     @staticmethod
     def _error_event(error: Any, kind: str) -> dict[str, Any]:
@@ -636,6 +655,30 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def _on_deop(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.factory.chat.set_role(self, request["room"], request["user"], "member").addCallback(_ack)
 
+    def _on_info(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Anyone logged in: what the server is and how busy."""
+        return {
+            "type": "info",
+            "server": f"chatserver/{__version__}",
+            "uptime": self.factory.metrics.snapshot({})["uptime"],
+            "users_online": len(self.factory.chat.online),
+        }
+
+    def _on_stats(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Admins: one stats frame now (with the history), and with
+        ``subscribe`` one every monitor interval until ``subscribe: false``."""
+        if self.role != "admin":
+            raise ChatError("forbidden", "only an admin may see server statistics", "type")
+        factory = self.factory
+        if request.get("subscribe") is True:
+            factory.stats_subscribers[self] = None
+        elif request.get("subscribe") is False:
+            factory.stats_subscribers.pop(self, None)
+        frame = factory.stats_frame()
+        monitoring = factory.monitoring
+        frame["history"] = list(monitoring.history) if monitoring is not None else []
+        return frame
+
     def _on_disable(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.factory.chat.disable_account(self, request["user"], True)
 
@@ -676,6 +719,7 @@ class ChatFactory(ServerFactory):
         clock: Any,
         reactor: Any,
         rekey_after: int = channel.REKEY_AFTER_RECORDS,
+        metrics: Metrics | None = None,
     ) -> None:
         """``clock`` tells the time (timeouts, rate limits; tests pass a
         fake one); ``reactor`` runs "next turn" calls, which must happen
@@ -700,6 +744,39 @@ class ChatFactory(ServerFactory):
         )
         self.connections: set[ChatProtocol] = set()
         self.per_address: collections.Counter[str] = collections.Counter()
+        self.metrics = metrics if metrics is not None else Metrics(reactor)
+        chat.metrics = self.metrics
+        #: Set by the server when the monitor child runs.
+        self.monitoring: Any = None
+        #: Admin connections that get a stats frame every interval.
+        self.stats_subscribers: dict[ChatProtocol, None] = {}
+
+    def stats_frame(self) -> dict[str, Any]:
+        monitoring = self.monitoring
+        gauges = {
+            "connections": len(self.connections),
+            "authenticated": sum(1 for c in self.connections if c.account is not None),
+            "users_online": len(self.chat.online),
+            "rooms": len(self.chat.rooms),
+            "crypto_queue": self.pool.pending,
+        }
+        return {
+            "type": "stats",
+            "app": self.metrics.snapshot(gauges),
+            "sample": monitoring.latest if monitoring is not None else None,
+            "monitor": monitoring.health() if monitoring is not None else {"up": False, "enabled": False},
+        }
+
+    def push_stats(self) -> None:
+        """One stats frame to every subscribed admin."""
+        if not self.stats_subscribers:
+            return
+        frame = self.stats_frame()
+        for conn in list(self.stats_subscribers):
+            if conn.ending:
+                del self.stats_subscribers[conn]
+            else:
+                conn.send(frame)
 
     def buildProtocol(self, addr: Any) -> ChatProtocol:
         return ChatProtocol(self)
@@ -738,6 +815,7 @@ class ChatFactory(ServerFactory):
 
     def release(self, protocol: ChatProtocol) -> None:
         self.connections.discard(protocol)
+        self.stats_subscribers.pop(protocol, None)
         self.per_address[protocol.peer] -= 1
         if self.per_address[protocol.peer] <= 0:
             del self.per_address[protocol.peer]

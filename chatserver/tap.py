@@ -6,7 +6,7 @@ import signal
 import sys
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import internet, service, strports
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
@@ -17,6 +17,7 @@ from chatserver.config import ConfigError, Settings, load_settings
 from chatserver.identity import IdentityError, load_or_create
 from chatserver.journal import EventLog
 from chatserver.logs import LogFiles
+from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
 from chatserver.protocol import ChatFactory
 from chatserver.store import Store
@@ -164,22 +165,34 @@ def makeService(
     store.setServiceParent(top)
     pool = CryptoPool(reactor, settings.crypto_threads, settings.max_pending_crypto)
     pool.setServiceParent(top)
+    metrics = Metrics(reactor)
     chat = ChatService(
         store,
-        EventLog(store, reactor),
+        EventLog(store, reactor, metrics),
         clock,
         default_room=settings.default_room,
         max_room_members=settings.max_room_members,
         max_rooms_per_user=settings.max_rooms_per_user,
     )
     factory = ChatFactory(
-        settings, identity, chat, Accounts(settings, store, pool, clock), pool, clock, reactor
+        settings,
+        identity,
+        chat,
+        Accounts(settings, store, pool, clock),
+        pool,
+        clock,
+        reactor,
+        metrics=metrics,
     )
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
     core = ChatCore(chat, listener)
     core.setServiceParent(top)
     if settings.monitor_enabled:
-        Monitoring(reactor, settings.monitor_interval).setServiceParent(top)
+        monitoring = Monitoring(reactor, settings.monitor_interval)
+        monitoring.setServiceParent(top)
+        factory.monitoring = monitoring
+    # Subscribed admins get a stats frame every interval, monitor or not.
+    internet.TimerService(settings.monitor_interval, factory.push_stats).setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     top.core = core  # type: ignore[attr-defined]
     top.identity = identity  # type: ignore[attr-defined]

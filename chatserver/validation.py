@@ -188,6 +188,16 @@ def _recipient(value: Any, limits: Limits | None = None) -> str:
 
 _REASON = (_short_text("reason", 200), False)
 
+
+def _flag(field: str) -> Check:
+    def check(value: Any, limits: Limits) -> bool:
+        if not isinstance(value, bool):
+            raise RequestError("bad_field", f"{field} is true or false", field)
+        return value
+
+    return check
+
+
 # type -> {field: (check, required)}
 REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "register": {"user": (username, True), "password": (_password(MIN_PASSWORD), True)},
@@ -220,6 +230,8 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "unmute": {"room": (room, True), "user": (_target, True)},
     "op": {"room": (room, True), "user": (_target, True)},
     "deop": {"room": (room, True), "user": (_target, True)},
+    "info": {},
+    "stats": {"subscribe": (_flag("subscribe"), False)},
     "disable": {"user": (_target, True)},
     "enable": {"user": (_target, True)},
 }

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from chatserver.monitoring import HISTORY_SECONDS, Monitoring, valid_sample
@@ -99,3 +99,49 @@ class MonitoringServiceTests(unittest.TestCase):
         for interval in (5.0, 1.0, 0.5):
             monitoring = Monitoring(reactor, interval=interval)
             self.assertGreaterEqual(monitoring.history.maxlen * interval, HISTORY_SECONDS)
+
+
+class StatsTests(unittest.TestCase):
+    async def test_stats_frames_reach_admins_only_and_count_the_traffic(self) -> None:
+        from chatclient.session import ServerError
+        from tests.support import EventQueue, open_session
+        from tests.test_moderation import admin_session
+
+        server = await start_server(self, monitor_enabled=True, monitor_interval=0.2)
+        user = await logged_in(self, server, "alice")
+        user_events = EventQueue(user)
+        admin = await admin_session(self, server)
+        admin_events = EventQueue(admin)
+        for n in range(5):
+            await user.say("lobby", f"counted {n}")
+        stranger = await open_session(self, server)
+        await self.assertFailure(stranger.login("alice", "not her password"), ServerError)
+
+        info = await user.request({"type": "info"})
+        self.assertEqual(info["users_online"], 2)
+        self.assertTrue(info["server"].startswith("chatserver/"))
+        error = await self.assertFailure(user.request({"type": "stats"}), ServerError)
+        self.assertEqual(error.code, "forbidden")
+
+        frame = await admin.request({"type": "stats", "subscribe": True})
+        totals = frame["app"]["totals"]
+        self.assertGreaterEqual(totals["messages_in"], 5)
+        self.assertGreaterEqual(totals["messages_out"], 10)  # each to alice and to root
+        self.assertGreaterEqual(totals["handshakes"], 3)
+        self.assertEqual(totals["failed_logins"], 1)
+        self.assertEqual((frame["app"]["connections"], frame["app"]["authenticated"]), (3, 2))
+        self.assertIsNotNone(frame["app"]["db_commit_ms_avg"])
+        self.assertIsInstance(frame["history"], list)
+        # Pushed frames follow, to the admin only; the monitor's sample
+        # arrives in them once the child has taken one.
+        pushed = await admin_events.next(
+            lambda e: e["type"] == "stats" and e["sample"] is not None, timeout=15
+        )
+        self.assertTrue(pushed["monitor"]["up"])
+        self.assertEqual(pushed["sample"]["server_pid"], os.getpid())
+        await admin.request({"type": "stats", "subscribe": False})
+        await user.ping()
+        self.assertEqual([e for e in user_events.events if e["type"] == "stats"], [])
+        admin_events.events.clear()
+        await task.deferLater(reactor, 0.6, lambda: None)  # three intervals: nothing comes
+        self.assertEqual([e for e in admin_events.events if e["type"] == "stats"], [])
