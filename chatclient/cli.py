@@ -142,12 +142,50 @@ def format_event(event: dict[str, Any]) -> str:
         return "\n".join(lines)
     if kind == "welcome":
         return f"* logged in as {event['user']} ({event['role']}) on {event.get('server', '?')}"
+    if kind == "info":
+        return f"* {event['server']}, up {_span(event['uptime'])}, {event['users_online']} users online"
+    if kind == "stats":
+        return format_stats(event)
     if kind == "logged_out":
         return "* logged out"
     if kind == "error":
         retry = f" (retry in {event['retry_after']} s)" if event.get("retry_after") else ""
         return f"! {event.get('code')}: {event.get('message')}{retry}"
     return json.dumps(event, ensure_ascii=False)
+
+
+def _span(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return (
+        (f"{days}d" if days else "")
+        + (f"{hours}h" if days or hours else "")
+        + f"{minutes:02d}m{seconds:02d}s"
+    )
+
+
+def format_stats(event: dict[str, Any]) -> str:
+    app = event["app"]
+    rates = app["per_second"]
+    line = (
+        f"* stats: up {_span(app['uptime'])}, {app['connections']} connections "
+        f"({app['authenticated']} logged in), {app['users_online']} users online, {app['rooms']} rooms; "
+        f"messages {rates['messages_in']:.1f}/s in, {rates['messages_out']:.1f}/s out; "
+        f"{rates['handshakes']:.1f} handshakes/s"
+    )
+    sample = event.get("sample")
+    if sample:
+        tree, system = sample["tree"], sample["system"]
+        line += (
+            f"; server CPU {tree['cpu_percent']:.1f}%, RSS {tree['rss_bytes'] / 1e6:.1f} MB, "
+            f"{tree['threads']} threads, {tree['fds']} fds; system CPU {system['cpu_percent']:.1f}%, "
+            f"memory {system['memory_percent']:.0f}%"
+        )
+    monitor = event.get("monitor") or {}
+    line += f"; monitor {'up' if monitor.get('up') else 'DOWN'} ({monitor.get('restarts', 0)} restarts)"
+    return line
 
 
 def json_event(event: dict[str, Any]) -> dict[str, Any]:

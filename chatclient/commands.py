@@ -35,6 +35,8 @@ HELP = """commands (ROOM defaults to the current room):
   /unmute USER                   lift a mute
   /op USER, /deop USER           make or unmake a room moderator
   /disable USER, /enable USER    (server admins) lock or unlock an account
+  /info                          the server's version, uptime and users online
+  /stats [--watch|--stop]        (server admins) server statistics, once or every interval
   /logout                        end this session everywhere it is saved
   /help                          this help
   /quit                          say goodbye and exit
@@ -169,6 +171,16 @@ def parse(line: str, room: str) -> Command:
     if name in ("disable", "enable"):
         need(1, "USER")
         return Command("request", {"type": name, "user": words[0]})
+    if name == "info":
+        return Command("request", {"type": "info"})
+    if name == "stats":
+        flags = {"--watch": True, "--stop": False}
+        if words and words[0] not in flags:
+            raise CommandError("usage: /stats [--watch|--stop]")
+        request = {"type": "stats"}
+        if words:
+            request["subscribe"] = flags[words[0]]
+        return Command("request", request)
     if name == "logout":
         return Command("request", {"type": "logout"})
     raise CommandError(f"unknown command /{name}; /help lists them")

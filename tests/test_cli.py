@@ -268,3 +268,23 @@ class LoginFailureTests(CliTestCase):
         self.assertEqual((answer["type"], answer["disabled"]), ("account", True))
         self.assertEqual(await bob.ended, 2)
         self.assertIn("account_disabled", bob.errors())
+
+
+class StatsCommandTests(CliTestCase):
+    async def test_info_for_everyone_and_stats_watch_for_admins(self) -> None:
+        from tests.test_moderation import admin_session
+
+        server = await start_server(self, monitor_enabled=True, monitor_interval=0.2)
+        await admin_session(self, server)  # root exists, with the admin role
+        alice = await self.client("alice", server.port)
+        alice.write_line("/info")
+        await alice.wait_for(r"^\* chatserver/\S+, up \d+m\d\ds, 2 users online$")
+        alice.write_line("/stats")
+        await alice.wait_for(r"^! forbidden: only an admin")
+        root = await self.client("root", server.port, register=False)
+        root.write_line("/stats --watch")
+        await root.wait_for(r"^\* stats: up .* connections .* users online")
+        await root.wait_for(r"server CPU [\d.]+%, RSS [\d.]+ MB, \d+ threads, \d+ fds.*monitor up")
+        root.write_line("/stats --stop")
+        await self.quit(root)
+        await self.quit(alice)

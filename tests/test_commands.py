@@ -139,6 +139,10 @@ CASES: list[tuple[str, Command]] = [
     ("/enable bob", Command("request", req("enable", user="bob"))),
     # session and front end
     ("/logout", Command("request", req("logout"))),
+    ("/info", Command("request", req("info"))),
+    ("/stats", Command("request", req("stats"))),
+    ("/stats --watch", Command("request", req("stats", subscribe=True))),
+    ("/stats --stop", Command("request", req("stats", subscribe=False))),
     ("/help", Command("help")),
     ("/quit", Command("quit")),
     ("/exit", Command("quit")),
