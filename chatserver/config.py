@@ -68,6 +68,9 @@ class Settings:
     # [monitor]
     monitor_enabled: bool = True
     monitor_interval: float = 5.0
+    # [metrics]
+    metrics_enabled: bool = False
+    metrics_endpoint: str = "tcp:9464:interface=127.0.0.1"
 
     @property
     def data_path(self) -> Path:
@@ -198,6 +201,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),
     ("monitor", "enabled", "monitor_enabled", _boolean),
     ("monitor", "interval", "monitor_interval", _ranged(float, 0.05, 3600)),
+    ("metrics", "enabled", "metrics_enabled", _boolean),
+    ("metrics", "endpoint", "metrics_endpoint", _endpoint),
 )
 
 _BY_FIELD = {field: (section, key, parse) for section, key, field, parse in SCHEMA}

@@ -19,6 +19,7 @@ from chatserver.journal import EventLog
 from chatserver.logs import LogFiles
 from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
+from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory
 from chatserver.store import Store
 from chatserver.workers import CryptoPool
@@ -191,6 +192,10 @@ def makeService(
         monitoring = Monitoring(reactor, settings.monitor_interval)
         monitoring.setServiceParent(top)
         factory.monitoring = monitoring
+    if settings.metrics_enabled:
+        scrape = metrics_service(settings.metrics_endpoint, factory, reactor)
+        scrape.setServiceParent(top)
+        top.metrics_listener = scrape  # type: ignore[attr-defined]
     # Subscribed admins get a stats frame every interval, monitor or not.
     internet.TimerService(settings.monitor_interval, factory.push_stats).setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]

@@ -145,3 +145,33 @@ class StatsTests(unittest.TestCase):
         admin_events.events.clear()
         await task.deferLater(reactor, 0.6, lambda: None)  # three intervals: nothing comes
         self.assertEqual([e for e in admin_events.events if e["type"] == "stats"], [])
+
+
+class PrometheusTests(unittest.TestCase):
+    async def test_scrape_parses_and_shows_the_traffic_the_test_made(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+        from twisted.web.client import Agent, readBody
+
+        server = await start_server(
+            self, metrics_enabled=True, metrics_endpoint="tcp:0:interface=127.0.0.1", monitor_enabled=True
+        )
+        port = (await server.service.metrics_listener._waitingForPort).getHost().port
+        alice = await logged_in(self, server, "alice")
+        for n in range(7):
+            await alice.say("lobby", f"scraped {n}")
+
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
+        self.assertEqual(response.code, 200)
+        text = (await readBody(response)).decode("utf-8")
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        self.assertGreaterEqual(samples["chatserver_messages_in_total"], 7)
+        self.assertGreaterEqual(samples["chatserver_handshakes_total"], 1)
+        self.assertEqual(samples["chatserver_users_online"], 1)
+        self.assertEqual(samples["chatserver_connections"], 1)
+        self.assertGreater(samples["chatserver_db_commit_seconds_total"], 0)
+        self.assertIn("chatserver_monitor_up", samples)
+        self.assertIn("# HELP chatserver_messages_in_total Room messages and direct messages", text)

@@ -1,0 +1,75 @@
+"""``/metrics`` for Prometheus, on its own endpoint (off unless enabled).
+
+A custom collector reads the server's own counters and gauges at scrape
+time, so nothing is counted twice and an unscraped server pays nothing.
+Names follow Prometheus conventions: a ``chatserver_`` prefix, ``_total``
+for counters, base units (seconds, bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.twisted import MetricsResource
+from twisted.application import strports
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from chatserver.metrics import COUNTERS
+
+
+class ChatCollector:
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+
+    def collect(self) -> Iterator[Any]:
+        factory = self.factory
+        metrics = factory.metrics
+        for name, help_text in COUNTERS.items():
+            family = CounterMetricFamily(f"chatserver_{name}", help_text)
+            family.add_metric([], metrics.counters[name])
+            yield family
+        commit = CounterMetricFamily("chatserver_db_commit_seconds", "Time spent in event log group commits.")
+        commit.add_metric([], metrics.db_commit_seconds_total)
+        yield commit
+        gauges = {
+            "connections": ("Open connections.", len(factory.connections)),
+            "authenticated_connections": (
+                "Logged-in connections.",
+                sum(1 for c in factory.connections if c.account is not None),
+            ),
+            "users_online": ("Users with at least one logged-in connection.", len(factory.chat.online)),
+            "rooms": ("Rooms.", len(factory.chat.rooms)),
+            "crypto_queue": ("Expensive crypto jobs waiting or running.", factory.pool.pending),
+            "uptime_seconds": ("Seconds since the server started.", metrics.snapshot({})["uptime"]),
+        }
+        for name, (help_text, value) in gauges.items():
+            yield GaugeMetricFamily(f"chatserver_{name}", help_text, value=value)
+        monitoring = factory.monitoring
+        sample = monitoring.latest if monitoring is not None else None
+        if sample is not None:
+            tree = sample["tree"]
+            for name, help_text, value in (
+                ("process_cpu_percent", "CPU % of the server's process tree (monitor).", tree["cpu_percent"]),
+                ("process_resident_memory_bytes", "RSS of the server's process tree.", tree["rss_bytes"]),
+                ("process_threads", "Threads of the server's process tree.", tree["threads"]),
+                ("process_open_fds", "Open file descriptors of the server's process tree.", tree["fds"]),
+            ):
+                yield GaugeMetricFamily(f"chatserver_{name}", help_text, value=value)
+        if monitoring is not None:
+            yield GaugeMetricFamily(
+                "chatserver_monitor_up", "1 if the monitor child runs.", value=int(monitoring.health()["up"])
+            )
+            restarts = CounterMetricFamily("chatserver_monitor_restarts", "Monitor child restarts.")
+            restarts.add_metric([], monitoring.restarts)
+            yield restarts
+
+
+def metrics_service(endpoint: str, factory: Any, reactor: Any) -> Any:
+    """A service serving ``/metrics`` on ``endpoint``."""
+    registry = CollectorRegistry()
+    registry.register(ChatCollector(factory))
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=registry))
+    return strports.service(endpoint, Site(root), reactor=reactor)
