@@ -47,6 +47,7 @@ class LogFiles(Service):
         self.rotate_count = rotate_count
         self._observers: list[Any] = []
         self._files: list[LogFile] = []
+        self._level_filter = LogLevelFilterPredicate(defaultLogLevel=self.level)
 
     def _open(self, name: str) -> LogFile:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -63,7 +64,7 @@ class LogFiles(Service):
 
     def startService(self) -> None:
         super().startService()
-        level = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        level = self._level_filter
         main = FilteringLogObserver(
             textFileLogObserver(self._open("chatserver.log")),
             [_namespace_is(CONNECTIONS_NAMESPACE, False), level],
@@ -75,6 +76,17 @@ class LogFiles(Service):
         self._observers = [main, connections]
         for observer in self._observers:
             globalLogPublisher.addObserver(observer)
+
+    def reopen(self) -> None:
+        """Reopen the files (after logrotate moved them away: SIGHUP)."""
+        for logfile in self._files:
+            logfile.reopen()
+            os.chmod(logfile.path, 0o640)
+
+    def set_level(self, level: str) -> None:
+        self.level = LogLevel.levelWithName(level)
+        self._level_filter.clearLogLevels()
+        self._level_filter.defaultLogLevel = self.level
 
     def stopService(self) -> None:
         for observer in self._observers:

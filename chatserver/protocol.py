@@ -56,6 +56,16 @@ _TRY_AGAIN = {
 }
 
 
+def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
+    """The token-bucket rules (rate per second, burst) from the settings."""
+    return {
+        "messages": (settings.messages_rate, settings.messages_burst),
+        "joins": (settings.joins_rate, settings.joins_burst),
+        "rooms": (settings.rooms_rate, settings.rooms_burst),
+        "logins": (settings.logins_rate, settings.logins_burst),
+    }
+
+
 class _Slot:
     """The place of one request's answer in the reply order."""
 
@@ -733,15 +743,7 @@ class ChatFactory(ServerFactory):
         self.reactor = reactor
         self.rekey_after = rekey_after
         self.limits = Limits(settings.max_body_length)
-        self.rate_limits = RateLimits(
-            clock,
-            {
-                "messages": (settings.messages_rate, settings.messages_burst),
-                "joins": (settings.joins_rate, settings.joins_burst),
-                "rooms": (settings.rooms_rate, settings.rooms_burst),
-                "logins": (settings.logins_rate, settings.logins_burst),
-            },
-        )
+        self.rate_limits = RateLimits(clock, rate_rules(settings))
         self.connections: set[ChatProtocol] = set()
         self.per_address: collections.Counter[str] = collections.Counter()
         self.metrics = metrics if metrics is not None else Metrics(reactor)

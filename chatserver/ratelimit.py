@@ -63,3 +63,8 @@ class Limits:
     def forget(self, key: Any) -> None:
         for action in self.rules:
             self._buckets.pop((action, key), None)
+
+    def replace_rules(self, rules: dict[str, tuple[float, float]]) -> None:
+        """New limits (a reload): buckets start again, full, under them."""
+        self.rules = rules
+        self._buckets.clear()

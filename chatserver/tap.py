@@ -20,7 +20,7 @@ from chatserver.logs import LogFiles
 from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
 from chatserver.prometheus import metrics_service
-from chatserver.protocol import ChatFactory
+from chatserver.protocol import ChatFactory, rate_rules
 from chatserver.store import Store
 from chatserver.workers import CryptoPool
 
@@ -35,6 +35,13 @@ class Options(usage.Options):
         "string, e.g. tcp:7070:interface=127.0.0.1 or "
         "ssl:7443:privateKey=key.pem:certKey=cert.pem."
     )
+
+    def load(self) -> Settings:
+        """The settings: defaults, the file, these options (again at SIGHUP)."""
+        return load_settings(
+            self["config"], endpoint=self["endpoint"], data_dir=self["data-dir"], log_dir=self["log-dir"]
+        )
+
     optParameters = [
         ["config", "c", None, "Configuration file (INI); see etc/chatserver.ini."],
         ["endpoint", "e", None, "Where to listen (Twisted endpoint string)."],
@@ -44,12 +51,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self["settings"] = load_settings(
-                self["config"],
-                endpoint=self["endpoint"],
-                data_dir=self["data-dir"],
-                log_dir=self["log-dir"],
-            )
+            self["settings"] = self.load()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -104,9 +106,30 @@ class ChatServer(service.MultiService):
     (cut off after ``grace`` seconds); every event log commit finished;
     only then the store, the thread pool and the logs."""
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, load: Any = None) -> None:
         super().__init__()
         self.grace = grace
+        self._load = load  # () -> Settings, for a reload
+
+    def reload(self) -> None:
+        """Reopen the log files; apply the log level and the rate limits from
+        the configuration file again.  Anything else needs a restart."""
+        logs: LogFiles = self.getServiceNamed("log-files")  # type: ignore[assignment]
+        logs.reopen()
+        if self._load is None:
+            log.info("SIGHUP: log files reopened")
+            return
+        try:
+            settings: Settings = self._load()
+        except ConfigError as e:
+            log.error("SIGHUP: configuration not reloaded, keeping the old one: {error}", error=str(e))
+            return
+        logs.set_level(settings.log_level)
+        factory: ChatFactory = self.factory  # type: ignore[attr-defined]
+        factory.rate_limits.replace_rules(rate_rules(settings))
+        log.info(
+            "SIGHUP: log files reopened; reloaded log level {name} and rate limits", name=settings.log_level
+        )
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -120,13 +143,15 @@ class ChatServer(service.MultiService):
         yield super().stopService()
 
 
-def exit_zero_on_sigterm(reactor: Any) -> None:
-    """Under twistd, SIGTERM stops the reactor and twistd then kills itself
+def install_signal_handlers(reactor: Any, top: ChatServer) -> None:
+    """SIGTERM: under twistd, the reactor stops and twistd then kills itself
     with SIGTERM again (exit status 143).  A service stopped on purpose has
-    done nothing wrong, so it exits 0: stop the reactor without that."""
+    done nothing wrong, so it exits 0: stop the reactor without that.
+    SIGHUP: reopen the log files and reload what is safe to reload."""
 
     def install() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(reactor.stop))
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(top.reload))
 
     reactor.callWhenRunning(install)
 
@@ -141,7 +166,9 @@ def makeService(
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-        exit_zero_on_sigterm(reactor)
+        real = True
+    else:
+        real = False
     if clock is None:
         clock = reactor
     settings: Settings = options["settings"]
@@ -158,7 +185,9 @@ def makeService(
             file=sys.stdout,
         )
 
-    top = ChatServer(grace=settings.shutdown_grace)
+    top = ChatServer(grace=settings.shutdown_grace, load=getattr(options, "load", None))
+    if real:
+        install_signal_handlers(reactor, top)
     LogFiles(
         settings.log_path, settings.log_level, settings.log_rotate_bytes, settings.log_rotate_count
     ).setServiceParent(top)

@@ -217,3 +217,48 @@ class ShutdownTests(unittest.TestCase):
         await session.close()
         server.signal("TERM")
         self.assertEqual(await server.ended, 0)
+
+
+class ReloadTests(unittest.TestCase):
+    async def test_sighup_reopens_rotated_logs_and_reloads_level_and_limits(self) -> None:
+        from twisted.internet import reactor
+
+        from chatclient.session import ServerError, connect
+        from tests.support import install_identity, until
+
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        install_identity(base / "data")
+        config = base / "chatserver.ini"
+        config.write_text("[log]\nlevel = info\n[limits]\nmessages_rate = 1000\nmessages_burst = 1000\n")
+        server, port, _ = await start_twistd(self, base, "--config", str(config))
+        session = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
+        await session.register("alice", PASSWORD)
+        for n in range(3):
+            await session.say("lobby", f"before {n}")
+        logs = base / "log"
+        await until(lambda: "logged in as alice" in (logs / "connections.log").read_text())
+        # What logrotate does: move the files away, then SIGHUP.
+        for name in ("chatserver.log", "connections.log"):
+            (logs / name).rename(logs / f"{name}.1")
+        config.write_text("[log]\nlevel = info\n[limits]\nmessages_rate = 0.001\nmessages_burst = 1\n")
+        server.signal("HUP")
+        await until(lambda: (logs / "chatserver.log").exists(), timeout=10)
+        await until(lambda: "SIGHUP: log files reopened; reloaded" in (logs / "chatserver.log").read_text())
+        self.assertEqual(stat.S_IMODE((logs / "chatserver.log").stat().st_mode), 0o640)
+        # The new limits hold (fresh buckets: one message, then refused).
+        await session.say("lobby", "after")
+        error = await self.assertFailure(session.say("lobby", "one too many"), ServerError)
+        self.assertEqual(error.code, "rate_limited")
+        # New connections log to the new file; the server is still up.
+        other = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
+        await other.register("bob", PASSWORD)
+        await until(lambda: "logged in as bob" in (logs / "connections.log").read_text())
+        self.assertNotIn("logged in as bob", (logs / "connections.log.1").read_text())
+        # A broken file is reported and changes nothing.
+        config.write_text("[limits]\nmessages_rate = fast\n")
+        server.signal("HUP")
+        await until(lambda: "configuration not reloaded" in (logs / "chatserver.log").read_text())
+        await other.close()
+        await session.close()
+        self.assertEqual(await stop_twistd(server), 0)
