@@ -35,6 +35,7 @@ class UnitTests(unittest.TestCase):
         self.assertEqual(found["CapabilityBoundingSet"], "")
         self.assertEqual(found["Restart"], "on-failure")
         self.assertIn("--nodaemon", found["ExecStart"])
+        self.assertEqual(found["ExecReload"], "/bin/kill -HUP $MAINPID")  # reopen logs, reload
 
     def test_systemd_analyze_verify_accepts_it(self) -> None:
         tool = shutil.which("systemd-analyze")
