@@ -233,7 +233,7 @@ class ReloadTests(unittest.TestCase):
         config.write_text("[log]\nlevel = info\n[limits]\nmessages_rate = 1000\nmessages_burst = 1000\n")
         server, port, _ = await start_twistd(self, base, "--config", str(config))
         session = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
-        await session.register("alice", PASSWORD)
+        token = (await session.register("alice", PASSWORD))["token"]
         for n in range(3):
             await session.say("lobby", f"before {n}")
         logs = base / "log"
@@ -262,3 +262,14 @@ class ReloadTests(unittest.TestCase):
         await other.close()
         await session.close()
         self.assertEqual(await stop_twistd(server), 0)
+        # No secret in any log, rotated or not: password, session token,
+        # message bodies, the server's private key.
+        key_lines = [
+            line
+            for line in (base / "data" / "server_key.pem").read_text().splitlines()
+            if "-----" not in line
+        ]
+        for path in logs.iterdir():
+            text = path.read_text()
+            for secret in [PASSWORD, token, "before 0", "one too many", *key_lines]:
+                self.assertNotIn(secret, text, path.name)
