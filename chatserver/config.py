@@ -65,6 +65,8 @@ class Settings:
     log_level: str = "info"
     log_rotate_bytes: int = 10 * 1024 * 1024
     log_rotate_count: int = 5
+    log_levels: tuple[tuple[str, str], ...] = ()
+    log_format: str = "text"
     # [monitor]
     monitor_enabled: bool = True
     monitor_interval: float = 5.0
@@ -140,6 +142,24 @@ def _level(text: str) -> str:
     return lowered
 
 
+def _namespace_levels(text: str) -> tuple[tuple[str, str], ...]:
+    """``chatserver.store=debug, chatserver.connections=warn``"""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        namespace, sep, level = item.partition("=")
+        if not sep or not namespace.strip():
+            raise ValueError("is a comma-separated list of namespace=level")
+        pairs.append((namespace.strip(), _level(level)))
+    return tuple(pairs)
+
+
+def _format(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return lowered
+
+
 def _room(text: str) -> str:
     from chatserver.validation import ROOM_NAME
 
@@ -199,6 +219,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("log", "level", "log_level", _level),
     ("log", "rotate_bytes", "log_rotate_bytes", _ranged(int, 4096, 1 << 40)),
     ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),
+    ("log", "levels", "log_levels", _namespace_levels),
+    ("log", "format", "log_format", _format),
     ("monitor", "enabled", "monitor_enabled", _boolean),
     ("monitor", "interval", "monitor_interval", _ranged(float, 0.05, 3600)),
     ("metrics", "enabled", "metrics_enabled", _boolean),

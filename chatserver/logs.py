@@ -1,8 +1,11 @@
-"""Log files: ``chatserver.log`` and ``connections.log``, size-rotated.
+"""Log files: ``chatserver.log``, ``connections.log`` and ``audit.log``,
+size-rotated.
 
 Everything goes through ``twisted.logger``.  Events in the
 ``chatserver.connections`` namespace go to ``connections.log``; all others at
-or above the configured level go to ``chatserver.log``.  Log calls in this
+or above the configured level (per namespace if configured) go to
+``chatserver.log``; security events (``chatserver.audit``: logins, failures,
+registrations, moderation, server key creation) also go to ``audit.log``.  Log calls in this
 project never pass secrets or message bodies as fields, and the formatted
 files carry only the format string's fields, so nothing else can leak in.
 """
@@ -20,11 +23,13 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     PredicateResult,
     globalLogPublisher,
+    jsonFileLogObserver,
     textFileLogObserver,
 )
 from twisted.python.logfile import LogFile
 
 CONNECTIONS_NAMESPACE = "chatserver.connections"
+AUDIT_NAMESPACE = "chatserver.audit"
 
 
 def _namespace_is(namespace: str, wanted: bool) -> Any:
@@ -40,14 +45,25 @@ class LogFiles(Service):
 
     name = "log-files"
 
-    def __init__(self, directory: Path, level: str, rotate_bytes: int, rotate_count: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        level: str,
+        rotate_bytes: int,
+        rotate_count: int,
+        levels: tuple[tuple[str, str], ...] = (),
+        json: bool = False,
+    ) -> None:
         self.directory = directory
+        self.levels = levels
+        self.json = json
         self.level = LogLevel.levelWithName(level)
         self.rotate_bytes = rotate_bytes
         self.rotate_count = rotate_count
         self._observers: list[Any] = []
         self._files: list[LogFile] = []
         self._level_filter = LogLevelFilterPredicate(defaultLogLevel=self.level)
+        self._set_namespace_levels(levels)
 
     def _open(self, name: str) -> LogFile:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -65,15 +81,17 @@ class LogFiles(Service):
     def startService(self) -> None:
         super().startService()
         level = self._level_filter
+        writer = jsonFileLogObserver if self.json else textFileLogObserver
         main = FilteringLogObserver(
-            textFileLogObserver(self._open("chatserver.log")),
+            writer(self._open("chatserver.log")),
             [_namespace_is(CONNECTIONS_NAMESPACE, False), level],
         )
         connections = FilteringLogObserver(
-            textFileLogObserver(self._open("connections.log")),
+            writer(self._open("connections.log")),
             [_namespace_is(CONNECTIONS_NAMESPACE, True), level],
         )
-        self._observers = [main, connections]
+        audit = FilteringLogObserver(writer(self._open("audit.log")), [_namespace_is(AUDIT_NAMESPACE, True)])
+        self._observers = [main, connections, audit]
         for observer in self._observers:
             globalLogPublisher.addObserver(observer)
 
@@ -83,10 +101,15 @@ class LogFiles(Service):
             logfile.reopen()
             os.chmod(logfile.path, 0o640)
 
-    def set_level(self, level: str) -> None:
+    def set_level(self, level: str, levels: tuple[tuple[str, str], ...] = ()) -> None:
         self.level = LogLevel.levelWithName(level)
         self._level_filter.clearLogLevels()
         self._level_filter.defaultLogLevel = self.level
+        self._set_namespace_levels(levels)
+
+    def _set_namespace_levels(self, levels: tuple[tuple[str, str], ...]) -> None:
+        for namespace, name in levels:
+            self._level_filter.setLogLevelForNamespace(namespace, LogLevel.levelWithName(name))
 
     def stopService(self) -> None:
         for observer in self._observers:

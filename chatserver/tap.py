@@ -124,7 +124,7 @@ class ChatServer(service.MultiService):
         except ConfigError as e:
             log.error("SIGHUP: configuration not reloaded, keeping the old one: {error}", error=str(e))
             return
-        logs.set_level(settings.log_level)
+        logs.set_level(settings.log_level, settings.log_levels)
         factory: ChatFactory = self.factory  # type: ignore[attr-defined]
         factory.rate_limits.replace_rules(rate_rules(settings))
         log.info(
@@ -189,7 +189,12 @@ def makeService(
     if real:
         install_signal_handlers(reactor, top)
     LogFiles(
-        settings.log_path, settings.log_level, settings.log_rotate_bytes, settings.log_rotate_count
+        settings.log_path,
+        settings.log_level,
+        settings.log_rotate_bytes,
+        settings.log_rotate_count,
+        levels=settings.log_levels,
+        json=settings.log_format == "json",
     ).setServiceParent(top)
     store = Store(settings.database_path, settings.synchronous.upper())
     store.setServiceParent(top)

@@ -28,7 +28,7 @@ class SettingsTests(unittest.TestCase):
 
         text = (ROOT / "etc" / "chatserver.ini").read_text()
         for section, key, _, _ in SCHEMA:
-            self.assertIn(f"\n{key} = ", text, f"[{section}] {key} is not in etc/chatserver.ini")
+            self.assertRegex(text, rf"\n{key} =( |\n)", f"[{section}] {key} is not in etc/chatserver.ini")
 
     def test_file_then_overrides(self) -> None:
         path = self.write("[server]\nendpoint = tcp:9000\nidle_timeout = 12.5\n[log]\nlevel = DEBUG\n")

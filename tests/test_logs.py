@@ -73,3 +73,36 @@ class LogTests(unittest.TestCase):
         key_pem = (server.settings.data_path / "server_key.pem").read_text()
         for line in key_pem.splitlines()[1:-1]:
             self.assertNotIn(line, text)
+
+
+class LogOptionTests(unittest.TestCase):
+    async def test_namespace_levels_json_format_and_the_audit_log(self) -> None:
+        import json
+
+        server = await start_server(
+            self, log_level="info", log_levels=(("chatserver.connections", "warn"),), log_format="json"
+        )
+        alice = await logged_in(self, server, "alice")
+        intruder = await open_session(self, server)
+        await self.assertFailure(intruder.login("alice", "guessed-secret-pw"), ServerError)
+        await alice.close()
+        await intruder.close()
+        await until(lambda: not server.factory.connections)
+        await server.stop()
+        logs = read_logs(server.settings.log_path)
+        # connections.log is at warn: no "connect"/"logged in" lines.
+        self.assertEqual(logs["connections.log"], "")
+        events = {
+            name: [json.loads(line) for line in text.splitlines() if line.strip()]
+            for name, text in logs.items()
+        }
+        audit = [e["log_format"] for e in events["audit.log"]]
+        self.assertIn("registered {user} from {address}", audit)
+        self.assertIn("login failed for {user} from {address}", audit)
+        self.assertTrue(all(e["log_namespace"] == "chatserver.audit" for e in events["audit.log"]))
+        self.assertTrue(any(e["log_namespace"] == "chatserver.audit" for e in events["chatserver.log"]))
+        for text in logs.values():
+            self.assertNotIn("guessed-secret-pw", text)
+            self.assertNotIn(PASSWORD, text)
+        mode = stat.S_IMODE((server.settings.log_path / "audit.log").stat().st_mode)
+        self.assertEqual(mode & 0o027, 0)
