@@ -67,6 +67,7 @@ class Settings:
     log_rotate_count: int = 5
     log_levels: tuple[tuple[str, str], ...] = ()
     log_format: str = "text"
+    log_rotate: str = "size"
     # [monitor]
     monitor_enabled: bool = True
     monitor_interval: float = 5.0
@@ -160,6 +161,13 @@ def _format(text: str) -> str:
     return lowered
 
 
+def _rotate(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in ("size", "daily"):
+        raise ValueError("must be size or daily")
+    return lowered
+
+
 def _room(text: str) -> str:
     from chatserver.validation import ROOM_NAME
 
@@ -221,6 +229,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),
     ("log", "levels", "log_levels", _namespace_levels),
     ("log", "format", "log_format", _format),
+    ("log", "rotate", "log_rotate", _rotate),
     ("monitor", "enabled", "monitor_enabled", _boolean),
     ("monitor", "interval", "monitor_interval", _ranged(float, 0.05, 3600)),
     ("metrics", "enabled", "metrics_enabled", _boolean),

@@ -26,10 +26,29 @@ from twisted.logger import (
     jsonFileLogObserver,
     textFileLogObserver,
 )
-from twisted.python.logfile import LogFile
+from twisted.python.logfile import DailyLogFile, LogFile
 
 CONNECTIONS_NAMESPACE = "chatserver.connections"
 AUDIT_NAMESPACE = "chatserver.audit"
+
+
+class _KeptDailyLogFile(DailyLogFile):
+    """Rotated at the first write after midnight (to NAME.YYYY_M_D), and
+    only the newest ``keep`` old files are kept."""
+
+    def __init__(self, name: str, directory: str, keep: int, defaultMode: int) -> None:
+        self.keep = keep
+        super().__init__(name, directory, defaultMode=defaultMode)
+
+    def rotate(self) -> None:
+        super().rotate()
+        prefix = os.path.basename(self.path) + "."
+        old = sorted(
+            (f for f in os.listdir(self.directory) if f.startswith(prefix)),
+            key=lambda f: os.stat(os.path.join(self.directory, f)).st_mtime,
+        )
+        for name in old[: max(0, len(old) - self.keep)]:
+            os.remove(os.path.join(self.directory, name))
 
 
 def _namespace_is(namespace: str, wanted: bool) -> Any:
@@ -53,27 +72,33 @@ class LogFiles(Service):
         rotate_count: int,
         levels: tuple[tuple[str, str], ...] = (),
         json: bool = False,
+        daily: bool = False,
     ) -> None:
         self.directory = directory
+        self.daily = daily
         self.levels = levels
         self.json = json
         self.level = LogLevel.levelWithName(level)
         self.rotate_bytes = rotate_bytes
         self.rotate_count = rotate_count
         self._observers: list[Any] = []
-        self._files: list[LogFile] = []
+        self._files: list[Any] = []
         self._level_filter = LogLevelFilterPredicate(defaultLogLevel=self.level)
         self._set_namespace_levels(levels)
 
     def _open(self, name: str) -> LogFile:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        logfile = LogFile(
-            name,
-            str(self.directory),
-            rotateLength=self.rotate_bytes,
-            maxRotatedFiles=self.rotate_count,
-            defaultMode=0o640,
-        )
+        logfile: LogFile | DailyLogFile
+        if self.daily:
+            logfile = _KeptDailyLogFile(name, str(self.directory), self.rotate_count, defaultMode=0o640)
+        else:
+            logfile = LogFile(
+                name,
+                str(self.directory),
+                rotateLength=self.rotate_bytes,
+                maxRotatedFiles=self.rotate_count,
+                defaultMode=0o640,
+            )
         os.chmod(logfile.path, 0o640)  # an existing file keeps its mode otherwise
         self._files.append(logfile)
         return logfile

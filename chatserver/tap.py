@@ -195,6 +195,7 @@ def makeService(
         settings.log_rotate_count,
         levels=settings.log_levels,
         json=settings.log_format == "json",
+        daily=settings.log_rotate == "daily",
     ).setServiceParent(top)
     store = Store(settings.database_path, settings.synchronous.upper())
     store.setServiceParent(top)

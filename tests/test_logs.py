@@ -106,3 +106,26 @@ class LogOptionTests(unittest.TestCase):
             self.assertNotIn(PASSWORD, text)
         mode = stat.S_IMODE((server.settings.log_path / "audit.log").stat().st_mode)
         self.assertEqual(mode & 0o027, 0)
+
+    def test_daily_rotation_keeps_count(self) -> None:
+        """The date is the file's own record of its last write: moved back,
+        the next event finds a new day and rotates."""
+        from twisted.logger import Logger
+
+        from chatserver.logs import LogFiles
+
+        directory = Path(self.mktemp())
+        logs = LogFiles(directory, "info", 4096, 2, daily=True)
+        logs.startService()
+        self.addCleanup(lambda: logs.running and logs.stopService())
+        emit = Logger(namespace="chatserver.test")
+        [main] = [f for f in logs._files if f.name == "chatserver.log"]
+        for day in (1, 2, 3, 4):
+            emit.info("day {day}", day=day)
+            main.lastDate = (2000, 1, day)
+        emit.info("today")
+        logs.stopService()
+        rotated = sorted(p.name for p in directory.iterdir() if p.name.startswith("chatserver.log."))
+        self.assertEqual(rotated, ["chatserver.log.2000_1_3", "chatserver.log.2000_1_4"])
+        self.assertIn("today", (directory / "chatserver.log").read_text())
+        self.assertIn("day 4", (directory / "chatserver.log.2000_1_4").read_text())
