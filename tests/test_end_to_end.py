@@ -177,10 +177,11 @@ class EndToEndTests(unittest.TestCase):
 
 class ShutdownTests(unittest.TestCase):
     async def test_sigterm_says_goodbye_to_clients_loses_nothing_and_exits_0(self) -> None:
+        import psutil
         from twisted.internet import reactor
 
         from chatclient.session import connect
-        from tests.support import install_identity
+        from tests.support import install_identity, until
 
         base = Path(self.mktemp()).resolve()
         base.mkdir()
@@ -195,12 +196,17 @@ class ShutdownTests(unittest.TestCase):
         # Messages in flight at the signal: each is either acknowledged
         # (and then kept) or refused, never silently dropped.
         acks = [await alice.say("lobby", f"before {n}") for n in range(5)]
+        twistd = psutil.Process(server.transport.pid)
+        await until(lambda: any("chatserver.monitor" in " ".join(c.cmdline()) for c in twistd.children()))
+        [monitor] = [c for c in twistd.children() if "chatserver.monitor" in " ".join(c.cmdline())]
         in_flight = [alice.say("lobby", f"at the signal {n}") for n in range(20)]
         server.signal("TERM")
         for session in sessions:
             info = await session.closed
             self.assertEqual((info.clean, info.code), (True, "shutdown"))
         self.assertEqual(await server.ended, 0, server.errors())
+        # The monitor child was stopped by the server, not left to notice.
+        self.assertFalse(monitor.is_running() and monitor.status() != psutil.STATUS_ZOMBIE)
         for d in in_flight:
             try:
                 acks.append(await d)
