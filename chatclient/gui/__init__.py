@@ -1,0 +1,1 @@
+"""The PyQt6 desktop client (issue 5; being built)."""
