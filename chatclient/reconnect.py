@@ -62,6 +62,8 @@ class ReconnectingClient:
         Once online, the client reconnects for as long as it runs."""
         self._reactor = reactor
         self._connect_attempts = connect_attempts
+        #: Failed connection attempts and session setups since last online:
+        #: the backoff, and the give-up count at start-up.
         self._failed_attempts = 0
         #: Why the client can never succeed (a refused server key).
         self._fatal: Failure | None = None
@@ -78,8 +80,6 @@ class ReconnectingClient:
         self._state_listeners: list[Callable[[str, Any], None]] = []
         self._online_waiters: list[Deferred[ChatSession]] = []
         self.connections = 0
-        #: Connections in a row that got no further than TCP.
-        self._failed_setups = 0
         self.state = "stopped"
         self.welcome: dict[str, Any] | None = None
         backoff = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay, jitter=random.random)
@@ -95,7 +95,7 @@ class ReconnectingClient:
         self._service = ClientService(
             _WatchedEndpoint(endpoint, self._attempt_failed),
             Factory.forProtocol(lambda: self._new_protocol(self._checked(verify))),
-            retryPolicy=lambda attempt: backoff(max(attempt, self._failed_setups)),
+            retryPolicy=lambda attempt: backoff(max(attempt, self._failed_attempts)),
             clock=reactor,
         )
 
@@ -223,7 +223,6 @@ class ReconnectingClient:
         return protocol
 
     def _setup_failed(self, failure: Failure, protocol: ClientProtocol) -> None:
-        self._failed_setups += 1
         if failure.check(ServerError) and failure.value.code in self.FATAL:
             self._give_up(failure)
         else:
@@ -298,7 +297,6 @@ class ReconnectingClient:
         self.rooms = set(welcome.get("rooms", []))
         self.session = session
         self.connections += 1
-        self._failed_setups = 0
         self._failed_attempts = 0
         session.closed.addCallback(self._lost)
         self._set_state("online", welcome)

@@ -93,9 +93,8 @@ class ChatService:
         max_rooms_per_user: int = 50,
     ) -> None:
         self._db = db
-        self._journal = journal
         self.metrics: Any = None  # set by the server (chatserver.metrics.Metrics)
-        self.journal = journal  # for the shutdown: wait until it is idle
+        self.journal = journal  # the shutdown waits until it is idle
         self._clock = clock
         self.default_room = default_room
         self.max_room_members = max_room_members
@@ -176,7 +175,7 @@ class ChatService:
         event["id"] = event_id
         event["ts"] = self._now()
         text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-        d = self._journal.append(stream, event_id, event["ts"], text)
+        d = self.journal.append(stream, event_id, event["ts"], text)
 
         def committed(_: Any) -> dict[str, Any]:
             plaintext = b"[" + text.encode("utf-8") + b"]"  # one event list, encoded once
@@ -277,7 +276,7 @@ class ChatService:
             self.dms[user][peer] = (stream, event_id)
             # Lags safely: after a crash the user may get a few direct
             # messages again at login, which clients drop by id.
-            self._journal.note(("delivered", user, peer), store.set_dm_stream, user, peer, stream, event_id)
+            self.journal.note(("delivered", user, peer), store.set_dm_stream, user, peer, stream, event_id)
 
     # --- rooms ------------------------------------------------------------------
 
@@ -437,7 +436,7 @@ class ChatService:
             if not known:
                 for a, b in ((sender, to), (to, sender)):
                     self.dms.setdefault(a, {}).setdefault(b, (stream, 0))
-                    self._journal.note(("delivered", a, b), store.set_dm_stream, a, b, stream, 0)
+                    self.journal.note(("delivered", a, b), store.set_dm_stream, a, b, stream, 0)
             event = {"type": "dm", "from": sender, "to": to, "body": body}
             recipients = lambda: [  # noqa: E731
                 c

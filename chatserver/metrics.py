@@ -42,6 +42,9 @@ class Metrics:
         self.db_commit_seconds_total += seconds
         self.db_commit_seconds_max = max(self.db_commit_seconds_max, seconds)
 
+    def uptime(self) -> float:
+        return self._clock.seconds() - self.started
+
     def rates(self) -> dict[str, float]:
         """Per-second rates since the previous call (or since the start)."""
         now = self._clock.seconds()
@@ -54,7 +57,7 @@ class Metrics:
     def snapshot(self, gauges: dict[str, Any]) -> dict[str, Any]:
         commits = self.counters["db_commits"]
         return {
-            "uptime": self._clock.seconds() - self.started,
+            "uptime": self.uptime(),
             "totals": dict(self.counters),
             "per_second": self.rates(),
             "db_commit_ms_avg": 1000 * self.db_commit_seconds_total / commits if commits else None,

@@ -42,7 +42,7 @@ class ChatCollector:
             "users_online": ("Users with at least one logged-in connection.", len(factory.chat.online)),
             "rooms": ("Rooms.", len(factory.chat.rooms)),
             "crypto_queue": ("Expensive crypto jobs waiting or running.", factory.pool.pending),
-            "uptime_seconds": ("Seconds since the server started.", metrics.snapshot({})["uptime"]),
+            "uptime_seconds": ("Seconds since the server started.", metrics.uptime()),
         }
         for name, (help_text, value) in gauges.items():
             yield GaugeMetricFamily(f"chatserver_{name}", help_text, value=value)

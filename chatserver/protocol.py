@@ -670,7 +670,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         return {
             "type": "info",
             "server": f"chatserver/{__version__}",
-            "uptime": self.factory.metrics.snapshot({})["uptime"],
+            "uptime": self.factory.metrics.uptime(),
             "users_online": len(self.factory.chat.online),
         }
 

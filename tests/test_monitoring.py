@@ -175,3 +175,21 @@ class PrometheusTests(unittest.TestCase):
         self.assertGreater(samples["chatserver_db_commit_seconds_total"], 0)
         self.assertIn("chatserver_monitor_up", samples)
         self.assertIn("# HELP chatserver_messages_in_total Room messages and direct messages", text)
+
+    async def test_malformed_info_and_stats_requests_get_clear_errors(self) -> None:
+        from chatclient.session import ServerError
+        from tests.test_moderation import admin_session
+
+        server = await start_server(self)
+        admin = await admin_session(self, server)
+        for request, code, field in (
+            ({"type": "stats", "subscribe": "yes"}, "bad_field", "subscribe"),
+            ({"type": "stats", "subscribe": 1}, "bad_field", "subscribe"),
+            ({"type": "stats", "every": 5}, "unknown_field", "every"),
+            ({"type": "info", "verbose": True}, "unknown_field", "verbose"),
+        ):
+            error = await self.assertFailure(admin.request(request), ServerError)
+            self.assertEqual((error.code, error.event.get("field")), (code, field), request)
+        # Nothing was subscribed, and the connection goes on.
+        self.assertEqual(server.factory.stats_subscribers, {})
+        self.assertEqual((await admin.request({"type": "info"}))["type"], "info")
