@@ -290,7 +290,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self.ending:
             return  # the rest of a read that held a fatal line
         self._turn_lines += 1
-        if self._turn_lines >= self.LINES_PER_TURN and "turn" not in self._holds and self.connected:
+        if self._turn_lines >= self.LINES_PER_TURN and "turn" not in self._holds:
             # This line is handled; the rest of the read waits a turn.
             self._hold("turn")
             self._turn_call = self.factory.reactor.callLater(0, self._end_of_turn)
@@ -330,7 +330,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             raise ChannelError(f"unexpected record in state {state.value}")
 
     def _derived(self, _: Any) -> None:
-        if self.connected and self.handshake is not None:
+        if not self.ending and self.handshake is not None:
             self._release("derive")
 
     def _derive_failed(self, failure: Failure) -> None:
@@ -358,7 +358,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def _drain(self) -> None:
         """Handle queued events in order, stopping at one that must wait."""
         inbox = self._inbox
-        while inbox and not self._waiting and not self.ending and self.connected:
+        while inbox and not self._waiting and not self.ending:
             if len(self._replies) >= self.MAX_UNANSWERED:
                 self._hold("unanswered")
                 return
@@ -371,7 +371,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
         def done(result: Any) -> Any:
             self._waiting = False
-            if self.connected:
+            if not self.ending:
                 self._drain()
                 if not self._waiting:
                     self._release("waiting")
@@ -404,7 +404,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _resume(self) -> None:
         self._resume_call = None
-        if not self._holds and self.paused and self.connected and not self.ending:
+        if not self._holds and self.paused and not self.ending:
             self.resumeProducing()  # reads buffered lines first, via dataReceived
 
     def _end_of_turn(self) -> None:
@@ -550,11 +550,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     @inlineCallbacks
     def _authenticated(self, account: Account, token: str | None) -> Any:
-        if not self.connected or self.ending:
+        if self.ending:
             return None
         if token is None:
             token = yield self.factory.accounts.issue_token(account.name)
-            if not self.connected or self.ending:
+            if self.ending:
                 return None  # gone meanwhile (deadline, peer): no ghost login
         self._token = token
         self.account = account
@@ -563,7 +563,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.setTimeout(self.factory.settings.idle_timeout)
         connections_log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
         snapshot = yield self.factory.chat.connect(self)
-        if not self.connected or self.ending:
+        if self.ending:
             # Lost while connect() waited: connectionLost's disconnect ran
             # before connect() finished putting us in our rooms.
             self.factory.chat.disconnect(self)
@@ -583,7 +583,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         }
 
     def _push_undelivered(self) -> None:
-        if self.connected and not self.ending:
+        if not self.ending:
             self.factory.chat.push_undelivered(self).addErrback(
                 lambda f: log.failure("offline delivery failed for {user}", f, user=self.user)
             )
@@ -698,7 +698,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     # --- output ----------------------------------------------------------
 
     def send(self, event: dict[str, Any]) -> None:
-        if self.channel is not None and not self.ending and self.connected:
+        if self.channel is not None and not self.ending:
             self._write(self.channel.seal_events([event]))
 
     def _release_held(self) -> None:
@@ -712,7 +712,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             # Logged in but not yet welcomed: the welcome comes first.
             self._held.append(plaintext)
             return
-        if self.channel is not None and not self.ending and self.connected:
+        if self.channel is not None and not self.ending:
             self._write(self.channel.seal_plaintext(plaintext))
 
 
