@@ -1,6 +1,6 @@
-"""``python -m chatclient``: the desktop client arrives with the GUI issue;
-until then this runs the terminal client."""
+"""``python -m chatclient``: the desktop client (``chatclient-cli`` is the
+terminal one)."""
 
-from chatclient.cli import main
+from chatclient.gui.app import main
 
 main()

@@ -82,6 +82,9 @@ class ReconnectingClient:
         self.connections = 0
         self.state = "stopped"
         self.welcome: dict[str, Any] | None = None
+        #: When the next connection attempt is due (reactor time), while
+        #: waiting to reconnect: what a countdown shows.
+        self.retry_at: float | None = None
         backoff = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay, jitter=random.random)
         # Why no ``prepareConnection``: ClientService counts a connection as
         # made when TCP is up, and if the connection drops while a prepare
@@ -95,7 +98,7 @@ class ReconnectingClient:
         self._service = ClientService(
             _WatchedEndpoint(endpoint, self._attempt_failed),
             Factory.forProtocol(lambda: self._new_protocol(self._checked(verify))),
-            retryPolicy=lambda attempt: backoff(max(attempt, self._failed_attempts)),
+            retryPolicy=lambda attempt: self._retry_delay(backoff(max(attempt, self._failed_attempts))),
             clock=reactor,
         )
 
@@ -106,6 +109,17 @@ class ReconnectingClient:
 
     def add_state_listener(self, listener: Callable[[str, Any], None]) -> None:
         self._state_listeners.append(listener)
+
+    def _retry_delay(self, delay: float) -> float:
+        self.retry_at = self._reactor.seconds() + delay
+        return delay
+
+    def note_seen(self, stream: str, last_id: int) -> None:
+        """The front end has shown ``stream`` up to ``last_id`` (a history
+        page it loaded itself): catch up from there after a reconnect, and
+        drop live events up to it as duplicates."""
+        if last_id > self.last_ids.get(stream, 0):
+            self.last_ids[stream] = last_id
 
     def _set_state(self, state: str, detail: Any = None) -> None:
         if state == self.state and detail is None:
@@ -298,6 +312,7 @@ class ReconnectingClient:
         self.session = session
         self.connections += 1
         self._failed_attempts = 0
+        self.retry_at = None
         session.closed.addCallback(self._lost)
         self._set_state("online", welcome)
         waiters, self._online_waiters = self._online_waiters, []

@@ -1,0 +1,163 @@
+"""The desktop client's start: the event loop, the connect dialog, then
+the main window; back to the dialog if the first connection fails."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from chatclient.known_hosts import KnownHosts, server_id
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="chatclient", description="The chatserver desktop client.")
+    p.add_argument("--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)")
+    p.add_argument("--servers", type=Path, help="remembered servers file (default: ~/.config/chatserver/gui_servers.json)")
+    p.add_argument(
+        "--theme",
+        choices=("system", "light", "dark"),
+        default="system",
+        help="colours: the system's palette (default), or force light or dark",
+    )
+    return p.parse_args(argv)
+
+
+class App:
+    """Owns the dialogs and the window; one connection at a time."""
+
+    def __init__(self, reactor: Any, known_hosts: KnownHosts, servers: Any) -> None:
+        from chatclient.gui.servers import RememberedServers
+
+        self.reactor = reactor
+        self.known_hosts = known_hosts
+        self.remembered = RememberedServers(servers)
+        self.dialog: Any = None
+        self.window: Any = None
+        self.trust: Any = None
+        self.client: Any = None
+
+    def show_connect(self, error: str | None = None) -> Any:
+        from chatclient.gui.connect_dialog import ConnectDialog
+
+        self.dialog = ConnectDialog(self.remembered)
+        if error:
+            self.dialog.show_error(error)
+        self.dialog.accepted.connect(lambda: self.connect(self.dialog.result_request()))
+        self.dialog.rejected.connect(self._quit_if_alone)
+        self.dialog.show()
+        return self.dialog
+
+    def _quit_if_alone(self) -> None:
+        if self.window is None or not self.window.isVisible():
+            self.reactor.stop()
+
+    def connect(self, login: Any) -> None:
+        from twisted.internet import endpoints
+
+        from chatclient.gui.main_window import MainWindow
+        from chatclient.gui.trust import Trust
+        from chatclient.reconnect import ReconnectingClient
+
+        server = login.server
+        self.trust = Trust(self.known_hosts, server_id(server.host, server.port), None)
+        endpoint = endpoints.HostnameEndpoint(self.reactor, server.host, server.port, timeout=15)
+        self.client = ReconnectingClient(
+            self.reactor,
+            endpoint,
+            self.trust,
+            server.user,
+            login.password,
+            register=login.register,
+            connect_attempts=1,
+        )
+        self.window = MainWindow(self.reactor, self.client, server)
+        self.trust.parent = self.window
+        self.client.add_state_listener(lambda state, detail: self._first_state(login, state, detail))
+        self.window.closed_callback = self.reactor.stop
+        self.window.show()
+        self.client.start()
+
+    def _first_state(self, login: Any, state: str, detail: Any) -> None:
+        if self.client is None or self.client.connections > 1:
+            return
+        if state == "online" and self.client.connections == 1:
+            self.remembered.remember(login.server)
+        elif state == "failed" and self.client.connections == 0:
+            from chatclient.gui.trust import KeyChanged
+
+            window, self.window = self.window, None
+            if isinstance(detail, KeyChanged):
+                message = "The server's key has changed: not connected, nothing was sent."
+                # The warning (parented to the window) stays up on its own.
+                self.trust.parent = None
+                if self.trust.dialog is not None:
+                    self.trust.dialog.setParent(None, self.trust.dialog.windowFlags())
+                    self.trust.dialog.open()
+            else:
+                message = f"Could not connect: {getattr(detail, 'message', None) or detail}"
+            window.hide()
+            window.deleteLater()
+            self.show_connect(message)
+
+
+def apply_theme(app: Any, theme: str) -> None:
+    from PyQt6.QtCore import Qt
+
+    app.setStyle("Fusion")  # the same widgets everywhere; it follows the palette
+    hints = app.styleHints()
+    if theme != "system" and hasattr(hints, "setColorScheme"):
+        hints.setColorScheme(Qt.ColorScheme.Dark if theme == "dark" else Qt.ColorScheme.Light)
+    if theme == "dark" and hints.colorScheme() != Qt.ColorScheme.Dark:
+        app.setPalette(dark_palette())
+
+
+def dark_palette() -> Any:
+    from PyQt6.QtGui import QColor, QPalette
+
+    palette = QPalette()
+    role = QPalette.ColorRole
+    for name, colour in (
+        (role.Window, "#2b2d31"),
+        (role.WindowText, "#e6e6e6"),
+        (role.Base, "#1e1f22"),
+        (role.AlternateBase, "#2b2d31"),
+        (role.Text, "#e6e6e6"),
+        (role.Button, "#35373c"),
+        (role.ButtonText, "#e6e6e6"),
+        (role.Highlight, "#4a7bd0"),
+        (role.HighlightedText, "#ffffff"),
+        (role.ToolTipBase, "#35373c"),
+        (role.ToolTipText, "#e6e6e6"),
+        (role.PlaceholderText, "#8a8d93"),
+        (role.Link, "#7aa7ff"),
+    ):
+        palette.setColor(name, QColor(colour))
+    palette.setColor(QPalette.ColorGroup.Disabled, role.Text, QColor("#6d7075"))
+    palette.setColor(QPalette.ColorGroup.Disabled, role.WindowText, QColor("#6d7075"))
+    palette.setColor(QPalette.ColorGroup.Disabled, role.ButtonText, QColor("#6d7075"))
+    return palette
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        from PyQt6.QtWidgets import QApplication
+    except ImportError:
+        sys.exit("chatclient: the desktop client needs PyQt6 (pip install 'chatserver[gui]'); "
+                 "the terminal client is chatclient-cli")
+    from chatclient.gui import loop as gui_loop
+
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName("chatclient")
+    app.setDesktopFileName("chatclient")
+    apply_theme(app, args.theme)
+    reactor, loop = gui_loop.install(app)
+    controller = App(reactor, KnownHosts(args.known_hosts), args.servers)
+    controller.show_connect()
+    # The reactor's end is the program's end: closing the main window, or
+    # cancelling the connect dialog with no window open, stops it.
+    app.setQuitOnLastWindowClosed(False)
+    with loop:
+        reactor.run()

@@ -1,0 +1,143 @@
+"""The connect dialog: where to connect, as whom, log in or register."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PyQt6.QtCore import Qt
+from PyQt6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from chatclient.gui.servers import RememberedServers, Server
+
+DEFAULT_PORT = 7070
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginRequest:
+    server: Server
+    password: str
+    register: bool
+
+
+class ConnectDialog(QDialog):
+    def __init__(self, remembered: RememberedServers, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("connect-dialog")
+        self.setWindowTitle("Connect to a chat server")
+        self.remembered = remembered
+        self.servers = remembered.load()
+
+        self.recent = QComboBox()
+        self.recent.setObjectName("recent")
+        self.recent.addItem("New server…")
+        for server in self.servers:
+            self.recent.addItem(server.label)
+        self.host = QLineEdit("127.0.0.1")
+        self.host.setObjectName("host")
+        self.port = QSpinBox()
+        self.port.setObjectName("port")
+        self.port.setRange(1, 65535)
+        self.port.setValue(DEFAULT_PORT)
+        self.user = QLineEdit()
+        self.user.setObjectName("user")
+        self.user.setPlaceholderText("2 to 32 of a-z 0-9 _ -")
+        self.password = QLineEdit()
+        self.password.setObjectName("password")
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.login_mode = QRadioButton("Log in")
+        self.register_mode = QRadioButton("Create an account")
+        self.login_mode.setChecked(True)
+        modes = QButtonGroup(self)
+        modes.addButton(self.login_mode)
+        modes.addButton(self.register_mode)
+        self.error = QLabel()
+        self.error.setObjectName("error")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: palette(link-visited); font-weight: bold")
+        self.error.hide()
+
+        form = QFormLayout()
+        form.addRow("&Recent:", self.recent)
+        host_row = QHBoxLayout()
+        host_row.addWidget(self.host, 1)
+        host_row.addWidget(QLabel("Port:"))
+        host_row.addWidget(self.port)
+        form.addRow("&Server:", host_row)
+        form.addRow("&Username:", self.user)
+        form.addRow("&Password:", self.password)
+        mode_row = QHBoxLayout()
+        mode_row.addWidget(self.login_mode)
+        mode_row.addWidget(self.register_mode)
+        mode_row.addStretch(1)
+        form.addRow("", mode_row)
+        note = QLabel("Passwords are never stored. The server's key is checked against the one you trusted.")
+        note.setWordWrap(True)
+        note.setEnabled(False)  # the palette's dimmed text: a hint, not a warning
+
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("&Connect")
+        self.buttons.accepted.connect(self._accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.error)
+        layout.addWidget(note)
+        layout.addWidget(self.buttons)
+
+        self.recent.currentIndexChanged.connect(self._recent_chosen)
+        if self.servers:
+            self.recent.setCurrentIndex(1)
+            self.password.setFocus()
+        else:
+            self.user.setFocus()
+        self.setMinimumWidth(self.fontMetrics().horizontalAdvance("M") * 34)
+
+    def _recent_chosen(self, index: int) -> None:
+        if index <= 0 or index > len(self.servers):
+            return
+        server = self.servers[index - 1]
+        self.host.setText(server.host)
+        self.port.setValue(server.port)
+        self.user.setText(server.user)
+        self.password.clear()
+        self.password.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def show_error(self, text: str) -> None:
+        self.error.setText(text)
+        self.error.show()
+
+    def _accept(self) -> None:
+        host = self.host.text().strip()
+        user = self.user.text().strip()
+        password = self.password.text()
+        if not host:
+            return self.show_error("Enter the server's host name or address.")
+        if not user:
+            return self.show_error("Enter your username.")
+        if len(password) < (8 if self.register_mode.isChecked() else 1):
+            return self.show_error(
+                "A new password needs at least 8 characters."
+                if self.register_mode.isChecked()
+                else "Enter your password."
+            )
+        self.error.hide()
+        self.accept()
+
+    def result_request(self) -> LoginRequest:
+        server = Server(self.host.text().strip(), self.port.value(), self.user.text().strip().lower())
+        return LoginRequest(server, self.password.text(), self.register_mode.isChecked())

@@ -1,0 +1,858 @@
+"""The main window: conversations, messages, members and the status bar.
+
+It draws what :class:`~chatclient.gui.model.ChatModel` holds and sends
+requests through the same :class:`~chatclient.reconnect.ReconnectingClient`
+as the terminal client.  Nothing here waits: every request is a Deferred
+whose answer updates the widgets when it comes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from PyQt6.QtCore import QEvent, QPoint, Qt, QTimer
+from PyQt6.QtGui import QAction, QColor, QFont, QKeySequence, QPalette, QShortcut
+from PyQt6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDockWidget,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMenu,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+from twisted.python.failure import Failure
+
+from chatclient import commands
+from chatclient.gui.model import ChatModel, Conversation, dm_stream, room_stream
+from chatclient.gui.notify import Notifier
+from chatclient.gui.render import Renderer
+from chatclient.gui.servers import Server
+from chatclient.gui.trust import fingerprint_text
+from chatclient.gui.widgets import ChatInput, MessageView, ask_text
+from chatclient.reconnect import ReconnectingClient
+from chatclient.session import ServerError
+
+HISTORY_PAGE = 50
+RANK = {"member": 1, "moderator": 2, "owner": 3}
+#: Room events after which the member list is read again.
+MEMBERSHIP_EVENTS = ("joined", "left", "kicked", "banned", "role")
+STREAM_ROLE = Qt.ItemDataRole.UserRole
+#: Seconds between refreshes of the member list's presence dots.
+PRESENCE_REFRESH = 30.0
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, reactor: Any, client: ReconnectingClient, server: Server) -> None:
+        super().__init__()
+        self.setObjectName("main-window")
+        self.reactor = reactor
+        self.client = client
+        self.server = server
+        self.model = ChatModel(client.user)
+        self.renderer = Renderer(self.palette(), client.user)
+        self.members: list[dict[str, Any]] = []
+        self.my_room_role: str | None = None
+        self.loading_older: set[str] = set()
+        self.stats_panel: Any = None
+        self.stats_dock: QDockWidget | None = None
+        self.fingerprint: str | None = None
+        #: Called when the user closes the window (the app ends).
+        self.closed_callback: Callable[[], Any] | None = None
+        self.setWindowTitle(f"{client.user} on {server.host}:{server.port} — chatclient")
+        self._build()
+        self.notifier = Notifier(self)
+        client.add_listener(self.on_event)
+        client.add_state_listener(self.on_state)
+        self._countdown = QTimer(self)
+        self._countdown.setInterval(250)
+        self._countdown.timeout.connect(self._show_countdown)
+        self._presence = QTimer(self)
+        self._presence.setInterval(int(PRESENCE_REFRESH * 1000))
+        self._presence.timeout.connect(self.refresh_members)
+        self._presence.start()
+        self.on_state(client.state, None)
+
+    # --- layout --------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.search = QLineEdit()
+        self.search.setObjectName("search")
+        self.search.setPlaceholderText("Search rooms and people (Ctrl+K)")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._filter)
+        self.search.returnPressed.connect(self._open_first_match)
+        self.room_list = QListWidget()
+        self.room_list.setObjectName("rooms")
+        self.dm_list = QListWidget()
+        self.dm_list.setObjectName("dms")
+        for listing in (self.room_list, self.dm_list):
+            listing.itemActivated.connect(self._item_chosen)
+            listing.itemClicked.connect(self._item_chosen)
+        new_room = QPushButton("New room")
+        new_room.clicked.connect(self.create_room)
+        join_room = QPushButton("Join…")
+        join_room.clicked.connect(self.browse_rooms)
+        new_dm = QPushButton("Message…")
+        new_dm.clicked.connect(self.start_dm)
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(4, 4, 4, 4)
+        side_layout.addWidget(self.search)
+        side_layout.addWidget(_heading("Rooms"))
+        side_layout.addWidget(self.room_list, 3)
+        buttons = QHBoxLayout()
+        buttons.addWidget(new_room)
+        buttons.addWidget(join_room)
+        side_layout.addLayout(buttons)
+        side_layout.addWidget(_heading("Direct messages"))
+        side_layout.addWidget(self.dm_list, 2)
+        side_layout.addWidget(new_dm)
+
+        self.header = QLabel()
+        self.header.setObjectName("header")
+        self.header.setTextFormat(Qt.TextFormat.RichText)
+        self.header.setWordWrap(True)
+        self.header.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.view = MessageView()
+        self.view.reached_top.connect(self.load_older)
+        self.input = ChatInput()
+        self.input.submitted.connect(self.submit)
+        self.send_button = QPushButton("Send")
+        self.send_button.clicked.connect(lambda: self.submit(self.input.toPlainText()))
+        centre = QWidget()
+        centre_layout = QVBoxLayout(centre)
+        centre_layout.setContentsMargins(4, 4, 4, 4)
+        centre_layout.addWidget(self.header)
+        centre_layout.addWidget(self.view, 1)
+        input_row = QHBoxLayout()
+        input_row.addWidget(self.input, 1)
+        input_row.addWidget(self.send_button, 0, Qt.AlignmentFlag.AlignBottom)
+        centre_layout.addLayout(input_row)
+
+        self.member_list = QListWidget()
+        self.member_list.setObjectName("members")
+        self.member_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.member_list.customContextMenuRequested.connect(self._member_menu_at)
+        self.member_list.itemActivated.connect(lambda item: self.open_dm(item.data(STREAM_ROLE)))
+        self.members_heading = _heading("Members")
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(4, 4, 4, 4)
+        right_layout.addWidget(self.members_heading)
+        right_layout.addWidget(self.member_list)
+
+        splitter = QSplitter()
+        splitter.addWidget(side)
+        splitter.addWidget(centre)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 1)
+        em = self.fontMetrics().horizontalAdvance("M")
+        splitter.setSizes([em * 16, em * 48, em * 14])
+        self.setCentralWidget(splitter)
+        self.resize(em * 80, em * 46)
+
+        self.state_label = QLabel()
+        self.state_label.setObjectName("state")
+        self.fingerprint_label = QLabel()
+        self.fingerprint_label.setObjectName("fingerprint")
+        self.fingerprint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.statusBar().addWidget(self.state_label, 1)
+        self.statusBar().addPermanentWidget(self.fingerprint_label)
+        self._build_menus()
+        self.setTabOrder(self.search, self.room_list)
+        self.setTabOrder(self.room_list, self.dm_list)
+        self.setTabOrder(self.dm_list, self.view)
+        self.setTabOrder(self.view, self.input)
+        self.setTabOrder(self.input, self.member_list)
+
+    def _build_menus(self) -> None:
+        def action(menu: QMenu, text: str, keys: str | None, slot: Callable[[], Any]) -> QAction:
+            item = menu.addAction(text)
+            assert item is not None
+            if keys:
+                item.setShortcut(QKeySequence(keys))
+            item.triggered.connect(lambda _=False: slot())
+            return item
+
+        bar = self.menuBar()
+        chat = bar.addMenu("&Chat")
+        action(chat, "&New room…", "Ctrl+N", self.create_room)
+        action(chat, "&Join a room…", "Ctrl+J", self.browse_rooms)
+        action(chat, "&Direct message…", "Ctrl+D", self.start_dm)
+        chat.addSeparator()
+        action(chat, "&Quit", "Ctrl+Q", self.close)
+        room = bar.addMenu("&Room")
+        self.invite_action = action(room, "&Invite someone…", "Ctrl+I", self.invite)
+        self.topic_action = action(room, "Set the &topic…", "Ctrl+T", self.set_topic)
+        self.leave_action = action(room, "&Leave this room", None, self.leave_room)
+        go = bar.addMenu("&Go")
+        action(go, "&Search rooms and people", "Ctrl+K", self.focus_search)
+        action(go, "&Message input", "Ctrl+L", self.focus_input)
+        action(go, "&Previous conversation", "Alt+Up", lambda: self.step(-1))
+        action(go, "&Next conversation", "Alt+Down", lambda: self.step(1))
+        for number in range(1, 10):
+            QShortcut(QKeySequence(f"Ctrl+{number}"), self, lambda n=number: self.open_nth(n - 1))
+        QShortcut(QKeySequence("Ctrl+PgUp"), self, lambda: self.step(-1))
+        QShortcut(QKeySequence("Ctrl+PgDown"), self, lambda: self.step(1))
+        view = bar.addMenu("&View")
+        self.stats_action = action(view, "Server &statistics", "Ctrl+Shift+S", self.toggle_stats)
+        self.stats_action.setEnabled(False)
+
+    # --- connection state ------------------------------------------------------
+
+    def on_state(self, state: str, detail: Any) -> None:
+        if state == "online":
+            self._countdown.stop()
+            session = self.client.session
+            self.fingerprint = session.fingerprint if session is not None else None
+            self.fingerprint_label.setText(f"Server key {fingerprint_text(self.fingerprint)}")
+            self.fingerprint_label.setToolTip(str(self.fingerprint))
+            self.online(detail or {})
+        elif state == "reconnecting":
+            reason = getattr(detail, "message", "") or str(detail or "")
+            self.notice(f"Disconnected ({reason}). Reconnecting…", error=True)
+            self._countdown.start()
+            self._show_countdown()
+            self.member_list.setEnabled(False)
+        elif state == "connecting":
+            again = self.client.connections > 0
+            self._set_state_text("Reconnecting…" if again else f"Connecting to {self.server.host}…", "busy")
+        elif state == "failed":
+            self._countdown.stop()
+            self._set_state_text(f"Disconnected: {getattr(detail, 'message', detail)}", "bad")
+        elif state == "stopped":
+            self._countdown.stop()
+            self._set_state_text("Disconnected", "bad")
+
+    def _set_state_text(self, text: str, mood: str) -> None:
+        dot = {"good": "#2e9d4f", "busy": "#d08a00", "bad": "#d04040"}[mood]
+        self.state_label.setText(f'<span style="color:{dot}">●</span> {text}')
+
+    def _show_countdown(self) -> None:
+        if self.client.state != "reconnecting":
+            return
+        at = self.client.retry_at
+        left = max(0.0, at - self.reactor.seconds()) if at is not None else 0.0
+        self._set_state_text(f"Connection lost — reconnecting in {left:.0f} s", "busy")
+
+    def online(self, welcome: dict[str, Any]) -> None:
+        role = welcome.get("role", self.client.role)
+        admin = role == "admin"
+        self._set_state_text(
+            f"Secure (AES-256-GCM) — {self.client.user}{' (admin)' if admin else ''}", "good"
+        )
+        self.stats_action.setEnabled(admin)
+        self.member_list.setEnabled(True)
+        again = self.client.connections > 1
+        streams = welcome.get("streams", {})
+        for room in welcome.get("rooms", []):
+            self.model.conversation(room_stream(room)).joined = True
+        for stream, last in streams.items():
+            self.model.conversation(stream)
+            if isinstance(last, int) and stream not in self.client.last_ids:
+                # A stream new to us: the history page the window loads when
+                # it is opened covers what came before; the client catches
+                # up from here after a reconnect.
+                self.client.note_seen(stream, last)
+        self.refresh_lists()
+        if self.model.current is None:
+            rooms = self.model.rooms()
+            first = next((c for c in rooms if c.name == "lobby"), rooms[0] if rooms else None)
+            if first is not None:
+                self.open_conversation(first.stream)
+        elif again:
+            self.notice("Reconnected; caught up with what was missed.")
+            self.refresh_members()
+        if self.stats_dock is not None and self.stats_dock.isVisible():
+            self._subscribe_stats(True)  # a subscription ends with its connection
+
+    # --- events -------------------------------------------------------------------
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "stats":
+            if self.stats_panel is not None:
+                self.stats_panel.add(event)
+            return
+        if kind == "invited" and "by" in event:
+            text = f"{event['by']} invited you to #{event.get('room')} (Chat ▸ Join a room, or /join)"
+            self.notice(text)
+            self.notifier.notify("Invitation", text)
+            return
+        added = self.model.add_event(event)
+        if added is None:
+            return
+        conversation, at = added
+        if conversation.stream == self.model.current:
+            if at == len(conversation.events) - 1:
+                previous = conversation.events[at - 1] if at else None
+                self._append(self.renderer.event_html(event, previous), own=event.get("from") == self.client.user)
+            else:
+                self.render_current()
+            if kind in MEMBERSHIP_EVENTS:
+                self.refresh_members()
+            if kind == "topic":
+                self._update_header()
+        if kind in MEMBERSHIP_EVENTS or conversation.unread or kind == "dm":
+            self.refresh_lists()
+        if event.get("user") == self.client.user and kind in ("kicked", "banned", "left"):
+            if conversation.stream == self.model.current:
+                self._update_header()
+        from_other = event.get("from") not in (None, self.client.user)
+        if from_other and (kind == "dm" or self.model.mentions_me(event)):
+            where = "Direct message" if kind == "dm" else f"#{conversation.name}"
+            self.notifier.notify(f"{event.get('from')} — {where}", str(event.get("body", "")))
+
+    # --- conversations ----------------------------------------------------------------
+
+    def refresh_lists(self) -> None:
+        for listing, conversations in ((self.room_list, self.model.rooms()), (self.dm_list, self.model.dms())):
+            listing.blockSignals(True)
+            listing.clear()
+            for conversation in conversations:
+                label = ("#" if conversation.kind == "room" else "") + conversation.name
+                if conversation.unread:
+                    label += f"  ({conversation.unread})"
+                item = QListWidgetItem(label)
+                item.setData(STREAM_ROLE, conversation.stream)
+                if conversation.unread:
+                    font = QFont(item.font())
+                    font.setBold(True)
+                    item.setFont(font)
+                if conversation.mentioned:
+                    item.setForeground(QColor("#d04040"))
+                listing.addItem(item)
+                if conversation.stream == self.model.current:
+                    item.setSelected(True)
+                    listing.setCurrentItem(item)
+            listing.blockSignals(False)
+        self._filter(self.search.text())
+
+    def conversations_in_order(self) -> list[Conversation]:
+        return self.model.rooms() + self.model.dms()
+
+    def open_conversation(self, stream: str) -> None:
+        conversation = self.model.open(stream)
+        self.members = []
+        self.member_list.clear()
+        self.render_current()
+        self._update_header()
+        self.refresh_lists()
+        if not conversation.loaded and self.client.state == "online":
+            self._load_page(conversation, older=True)
+        self.refresh_members()
+        self.input.setFocus()
+
+    def open_dm(self, user: Any) -> None:
+        if isinstance(user, str) and user and user != self.client.user:
+            self.open_conversation(dm_stream(self.client.user, user))
+
+    def open_nth(self, index: int) -> None:
+        conversations = self.conversations_in_order()
+        if 0 <= index < len(conversations):
+            self.open_conversation(conversations[index].stream)
+
+    def step(self, delta: int) -> None:
+        conversations = self.conversations_in_order()
+        if not conversations:
+            return
+        streams = [c.stream for c in conversations]
+        at = streams.index(self.model.current) if self.model.current in streams else 0
+        self.open_conversation(streams[(at + delta) % len(streams)])
+
+    def _item_chosen(self, item: QListWidgetItem) -> None:
+        stream = item.data(STREAM_ROLE)
+        if stream and stream != self.model.current:
+            self.open_conversation(stream)
+
+    def _filter(self, text: str) -> None:
+        needle = text.strip().lower().lstrip("#@")
+        for listing in (self.room_list, self.dm_list):
+            for row in range(listing.count()):
+                item = listing.item(row)
+                item.setHidden(bool(needle) and needle not in item.text().lower())
+
+    def _open_first_match(self) -> None:
+        for listing in (self.room_list, self.dm_list):
+            for row in range(listing.count()):
+                item = listing.item(row)
+                if not item.isHidden():
+                    self.search.clear()
+                    self.open_conversation(item.data(STREAM_ROLE))
+                    return
+
+    def focus_search(self) -> None:
+        self.search.setFocus()
+        self.search.selectAll()
+
+    def focus_input(self) -> None:
+        self.input.setFocus()
+
+    def keyPressEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        if event.key() == Qt.Key.Key_Escape and not self.input.hasFocus():
+            self.search.clear()
+            self.input.setFocus()
+            return
+        super().keyPressEvent(event)
+
+    # --- the message view ----------------------------------------------------------------
+
+    def current(self) -> Conversation | None:
+        return self.model.conversations.get(self.model.current) if self.model.current else None
+
+    def render_current(self) -> None:
+        conversation = self.current()
+        bar = self.view.verticalScrollBar()
+        from_bottom = bar.maximum() - bar.value()
+        self.view.setHtml(self.renderer.conversation_html(conversation.events if conversation else []))
+        bar.setValue(bar.maximum() - from_bottom)
+
+    def _append(self, html: str, own: bool = False) -> None:
+        stay = self.view.at_bottom() or own
+        cursor = self.view.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        cursor.insertHtml(html)
+        cursor.insertBlock()
+        if stay:
+            self.view.scroll_to_bottom()
+
+    def notice(self, text: str, error: bool = False) -> None:
+        """A line for this window only: not an event, not kept."""
+        self._append(self.renderer.local_notice(text, error))
+
+    def _update_header(self) -> None:
+        conversation = self.current()
+        if conversation is None:
+            self.header.setText("")
+            return
+        import html
+
+        if conversation.kind == "room":
+            title = f"<b>#{html.escape(conversation.name)}</b>"
+            if conversation.topic:
+                title += f" — {html.escape(conversation.topic)}"
+            if not conversation.joined:
+                title += " <i>(you are no longer a member)</i>"
+        else:
+            title = f"<b>{html.escape(conversation.name)}</b> — direct messages"
+        self.header.setText(title)
+        in_room = conversation.kind == "room" and conversation.joined
+        self.leave_action.setEnabled(in_room)
+        self.invite_action.setEnabled(in_room)
+        self.topic_action.setEnabled(in_room)
+
+    def load_older(self) -> None:
+        conversation = self.current()
+        if conversation is None or not conversation.more_before or self.client.state != "online":
+            return
+        self._load_page(conversation, older=True)
+
+    def _load_page(self, conversation: Conversation, older: bool) -> None:
+        if conversation.stream in self.loading_older:
+            return
+        request: dict[str, Any] = {"type": "history", "stream": conversation.stream, "limit": HISTORY_PAGE}
+        if conversation.oldest_id is not None:
+            request["before"] = conversation.oldest_id
+        self.loading_older.add(conversation.stream)
+
+        def loaded(page: dict[str, Any]) -> None:
+            self.loading_older.discard(conversation.stream)
+            first_page = not conversation.loaded
+            self.model.add_history(conversation.stream, page["events"], page["more"], older=True)
+            if first_page and page["events"]:
+                self.client.note_seen(conversation.stream, page["events"][-1]["id"])
+            if conversation.stream == self.model.current:
+                self.render_current()
+                if first_page:
+                    self.view.scroll_to_bottom()
+                self._update_header()
+
+        def failed(failure: Failure) -> None:
+            self.loading_older.discard(conversation.stream)
+            conversation.loaded = True
+            if failure.check(ServerError) and failure.value.code in ("no_such_stream",):
+                conversation.more_before = False
+                return
+            self._report(failure, "history")
+
+        self.client.request(request).addCallbacks(loaded, failed)
+
+    # --- members -----------------------------------------------------------------------
+
+    def refresh_members(self) -> None:
+        conversation = self.current()
+        if conversation is None or self.client.state != "online":
+            return
+        if conversation.kind != "room" or not conversation.joined:
+            self.members_heading.setText("Members")
+            self._show_members(
+                [{"user": self.client.user, "role": "member", "online": True}]
+                + ([{"user": conversation.name, "role": "member", "online": None}] if conversation.kind == "dm" else [])
+            )
+            return
+        stream = conversation.stream
+
+        def got(answer: dict[str, Any]) -> None:
+            if self.model.current == stream:
+                self._show_members(answer.get("members", []))
+
+        self.client.request({"type": "who", "room": conversation.name}).addCallbacks(
+            got, lambda failure: self._report(failure, "who")
+        )
+
+    def _show_members(self, members: list[dict[str, Any]]) -> None:
+        self.members = members
+        me = next((m for m in members if m.get("user") == self.client.user), None)
+        self.my_room_role = me.get("role") if me else None
+        online = sum(1 for m in members if m.get("online"))
+        self.members_heading.setText(f"Members — {online} online of {len(members)}")
+        self.member_list.clear()
+        for member in sorted(members, key=lambda m: (-RANK.get(m.get("role"), 0), m.get("user", ""))):
+            user = member.get("user", "?")
+            role = member.get("role", "member")
+            presence = member.get("online")
+            dot = "●" if presence else "○"
+            badge = {"owner": "  ★ owner", "moderator": "  ◆ moderator"}.get(role, "")
+            item = QListWidgetItem(f"{dot} {user}{badge}")
+            item.setData(STREAM_ROLE, user)
+            item.setToolTip(f"{user}: {role}, {'online' if presence else 'offline'}")
+            if presence:
+                item.setForeground(self.palette().color(QPalette.ColorRole.Text))
+            else:
+                item.setForeground(self.palette().color(QPalette.ColorRole.PlaceholderText))
+            self.member_list.addItem(item)
+
+    def my_rank(self) -> int:
+        if self.client.role == "admin":
+            return 4
+        return RANK.get(self.my_room_role or "", 0)
+
+    def member_actions(self, user: str) -> list[tuple[str, dict[str, Any] | None]]:
+        """What the context menu offers for ``user``: (label, request);
+        only what the server would allow us."""
+        conversation = self.current()
+        actions: list[tuple[str, dict[str, Any] | None]] = []
+        if user != self.client.user:
+            actions.append(("Send a direct message", None))
+        if conversation is None or conversation.kind != "room" or user == self.client.user:
+            return actions
+        room = conversation.name
+        target = next((m for m in self.members if m.get("user") == user), {})
+        target_rank = RANK.get(target.get("role", ""), 0)
+        mine = self.my_rank()
+        if mine >= 2 and target_rank < mine:
+            actions += [
+                ("Remove from room (kick)", {"type": "kick", "room": room, "user": user}),
+                ("Mute for 10 minutes", {"type": "mute", "room": room, "user": user, "duration": 600}),
+                ("Mute until lifted", {"type": "mute", "room": room, "user": user}),
+                ("Lift mute", {"type": "unmute", "room": room, "user": user}),
+                ("Ban for 1 day", {"type": "ban", "room": room, "user": user, "duration": 86400}),
+                ("Ban until lifted", {"type": "ban", "room": room, "user": user}),
+            ]
+        if mine >= 3 and target and target.get("role") != "owner":
+            if target.get("role") == "moderator":
+                actions.append(("Make a plain member", {"type": "deop", "room": room, "user": user}))
+            else:
+                actions.append(("Make moderator", {"type": "op", "room": room, "user": user}))
+        return actions
+
+    def _member_menu_at(self, point: QPoint) -> None:
+        item = self.member_list.itemAt(point)
+        if item is None:
+            return
+        menu = self.member_menu(item.data(STREAM_ROLE))
+        if not menu.isEmpty():
+            menu.popup(self.member_list.viewport().mapToGlobal(point))
+
+    def member_menu(self, user: str) -> QMenu:
+        menu = QMenu(self)
+        menu.setObjectName("member-menu")
+        for label, request in self.member_actions(user):
+            if request is None:
+                menu.addAction(label).triggered.connect(lambda _=False, u=user: self.open_dm(u))
+            else:
+                if not menu.isEmpty() and len(menu.actions()) == 1:
+                    menu.addSeparator()
+                menu.addAction(label).triggered.connect(lambda _=False, r=request: self.moderate(r))
+        return menu
+
+    def moderate(self, request: dict[str, Any]) -> None:
+        self.client.request(request).addErrback(self._report, request["type"])
+
+    # --- sending ---------------------------------------------------------------------
+
+    def submit(self, text: str) -> None:
+        text = text.rstrip("\n")
+        if not text.strip():
+            return
+        conversation = self.current()
+        if self.client.state != "online":
+            # Kept in the box: it goes when the user presses Enter again online.
+            self.notice("Not connected: your message is kept and can be sent once reconnected.", error=True)
+            return
+        if conversation is not None and conversation.kind == "dm" and not text.startswith("/"):
+            self.input.clear()
+            self._send({"type": "dm", "to": conversation.name, "body": text}, text)
+            return
+        room = conversation.name if conversation is not None and conversation.kind == "room" else "lobby"
+        try:
+            command = commands.parse(text, room)
+        except commands.CommandError as e:
+            self.notice(str(e), error=True)
+            return
+        self.input.clear()
+        self.run_command(command, text)
+
+    def _send(self, request: dict[str, Any], text: str) -> None:
+        def failed(failure: Failure) -> None:
+            # The message did not go: give it back, ahead of anything typed since.
+            typed = self.input.toPlainText()
+            self.input.setPlainText(text + ("\n" + typed if typed else ""))
+            self._report(failure, request["type"])
+
+        self.client.request(request).addErrback(failed)
+
+    def run_command(self, command: commands.Command, text: str) -> None:
+        action = command.action
+        if action == "say":
+            assert command.request is not None
+            self._send(command.request, text)
+        elif action == "help":
+            for line in commands.HELP.splitlines():
+                self.notice(line)
+        elif action == "quit":
+            self.close()
+        elif action == "switch":
+            self.open_conversation(room_stream(command.room or ""))
+        elif action == "history":
+            self.load_older()
+        elif action == "topic":
+            conversation = self.current()
+            self.notice(f"Topic: {conversation.topic if conversation else ''}")
+        elif action in ("join", "part", "request"):
+            assert command.request is not None
+            request = command.request
+
+            def answered(answer: dict[str, Any]) -> None:
+                if action == "join" and command.room:
+                    self.model.conversation(room_stream(command.room)).joined = True
+                    self.refresh_lists()
+                    self.open_conversation(room_stream(command.room))
+                elif request["type"] == "dm":
+                    self.open_dm(request["to"])
+                elif answer.get("type") in ("rooms", "who", "info", "invited", "account"):
+                    self.notice(_describe(answer))
+
+            self.client.request(request).addCallbacks(answered, self._report, errbackArgs=(request["type"],))
+
+    def _report(self, failure: Failure, what: str) -> None:
+        if failure.check(ServerError):
+            retry = failure.value.event.get("retry_after")
+            extra = f" (try again in {retry} s)" if retry else ""
+            self.notice(f"{what}: {failure.value.message}{extra}", error=True)
+        else:
+            self.notice(f"{what}: {failure.getErrorMessage()}", error=True)
+
+    # --- rooms and invitations -----------------------------------------------------------
+
+    def create_room(self) -> QDialog:
+        dialog = QDialog(self)
+        dialog.setObjectName("create-room")
+        dialog.setWindowTitle("New room")
+        name = QLineEdit()
+        name.setObjectName("room-name")
+        name.setPlaceholderText("a-z 0-9 _ -")
+        kind = QComboBox()
+        kind.setObjectName("room-kind")
+        for label, value in (
+            ("Public: anyone may join", "public"),
+            ("Private: by invitation only", "private"),
+            ("Read-only: only moderators speak", "readonly"),
+        ):
+            kind.addItem(label, value)
+        topic = QLineEdit()
+        topic.setObjectName("room-topic")
+        form = QFormLayout(dialog)
+        form.addRow("&Name:", name)
+        form.addRow("&Kind:", kind)
+        form.addRow("&Topic:", topic)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(dialog.accept)
+        buttons.rejected.connect(dialog.reject)
+        form.addRow(buttons)
+
+        def accepted() -> None:
+            room = name.text().strip()
+            if room:
+                request = {"type": "create", "room": room, "kind": kind.currentData()}
+                if topic.text().strip():
+                    request["topic"] = topic.text().strip()
+                self.run_command(commands.Command("join", request, room), "")
+
+        dialog.accepted.connect(accepted)
+        dialog.open()
+        return dialog
+
+    def browse_rooms(self) -> QDialog:
+        dialog = QDialog(self)
+        dialog.setObjectName("browse-rooms")
+        dialog.setWindowTitle("Join a room")
+        listing = QListWidget()
+        listing.setObjectName("room-directory")
+        layout = QVBoxLayout(dialog)
+        layout.addWidget(QLabel("Rooms you can join (private ones only if you are invited):"))
+        layout.addWidget(listing)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("&Join")
+        buttons.accepted.connect(dialog.accept)
+        buttons.rejected.connect(dialog.reject)
+        layout.addWidget(buttons)
+        listing.itemActivated.connect(lambda _: dialog.accept())
+
+        def got(answer: dict[str, Any]) -> None:
+            for room in answer.get("rooms", []):
+                label = f"#{room['room']}  [{room['kind']}, {room['members']} members]"
+                if room.get("member"):
+                    label += "  ✓ joined"
+                if room.get("topic"):
+                    label += f" — {room['topic']}"
+                item = QListWidgetItem(label)
+                item.setData(STREAM_ROLE, room["room"])
+                listing.addItem(item)
+
+        def accepted() -> None:
+            item = listing.currentItem()
+            if item is None:
+                return
+            room = item.data(STREAM_ROLE)
+            if self.model.conversations.get(room_stream(room)) and self.model.conversation(room_stream(room)).joined:
+                self.open_conversation(room_stream(room))
+            else:
+                self.run_command(commands.Command("join", {"type": "join", "room": room}, room), "")
+
+        dialog.accepted.connect(accepted)
+        self.client.request({"type": "rooms"}).addCallbacks(got, self._report, errbackArgs=("rooms",))
+        dialog.open()
+        return dialog
+
+    def start_dm(self) -> None:
+        ask_text(self, "Direct message", "Send a direct message to (username):", self.open_dm)
+
+    def invite(self) -> None:
+        conversation = self.current()
+        if conversation is None or conversation.kind != "room":
+            return
+        room = conversation.name
+        ask_text(
+            self,
+            "Invite",
+            f"Invite to #{room} (username):",
+            lambda user: self.run_command(
+                commands.Command("request", {"type": "invite", "room": room, "user": user}), ""
+            ),
+        )
+
+    def set_topic(self) -> None:
+        conversation = self.current()
+        if conversation is None or conversation.kind != "room":
+            return
+        room = conversation.name
+        ask_text(
+            self,
+            "Topic",
+            f"Topic of #{room}:",
+            lambda topic: self.run_command(
+                commands.Command("request", {"type": "topic", "room": room, "topic": topic}), ""
+            ),
+            conversation.topic,
+        )
+
+    def leave_room(self) -> None:
+        conversation = self.current()
+        if conversation is not None and conversation.kind == "room":
+            room = conversation.name
+            self.run_command(commands.Command("part", {"type": "part", "room": room}, room), "")
+
+    # --- statistics -----------------------------------------------------------------------
+
+    def toggle_stats(self) -> None:
+        if self.client.role != "admin":
+            return
+        if self.stats_dock is None:
+            from chatclient.gui.stats_panel import StatsPanel
+
+            self.stats_panel = StatsPanel()
+            self.stats_dock = QDockWidget("Server statistics", self)
+            self.stats_dock.setObjectName("stats-dock")
+            self.stats_dock.setWidget(self.stats_panel)
+            self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.stats_dock)
+            self.stats_dock.visibilityChanged.connect(self._stats_visibility)
+            self._subscribe_stats(True)
+        else:
+            self.stats_dock.setVisible(not self.stats_dock.isVisible())
+
+    def _stats_visibility(self, visible: bool) -> None:
+        if self.client.state == "online":
+            self._subscribe_stats(visible)
+
+    def _subscribe_stats(self, on: bool) -> None:
+        def got(answer: dict[str, Any]) -> None:
+            if on and self.stats_panel is not None:
+                self.stats_panel.load(answer)
+
+        self.client.request({"type": "stats", "subscribe": on}).addCallbacks(
+            got, self._report, errbackArgs=("stats",)
+        )
+
+    # --- look --------------------------------------------------------------------------
+
+    def changeEvent(self, event: QEvent | None) -> None:  # noqa: N802 (Qt's name)
+        super().changeEvent(event)
+        if event is not None and event.type() == QEvent.Type.PaletteChange:
+            # Light or dark: the message colours are made from the palette.
+            self.renderer = Renderer(self.palette(), self.client.user)
+            self.render_current()
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        self._countdown.stop()
+        self._presence.stop()
+        self.client.stop()
+        super().closeEvent(event)
+        if self.closed_callback is not None:
+            self.closed_callback()
+
+
+def _heading(text: str) -> QLabel:
+    label = QLabel(text)
+    font = label.font()
+    font.setBold(True)
+    label.setFont(font)
+    return label
+
+
+def _describe(answer: dict[str, Any]) -> str:
+    kind = answer.get("type")
+    if kind == "rooms":
+        return "Rooms: " + ", ".join(f"#{r['room']} ({r['members']})" for r in answer.get("rooms", []))
+    if kind == "who":
+        return f"#{answer.get('room')}: " + ", ".join(answer.get("users", []))
+    if kind == "info":
+        return (
+            f"{answer.get('server')}, up {answer.get('uptime', 0):.0f} s, "
+            f"{answer.get('users_online')} users online"
+        )
+    if kind == "invited":
+        return f"Invited {answer.get('user')} to #{answer.get('room')}"
+    if kind == "account":
+        return f"{answer.get('user')}: {'disabled' if answer.get('disabled') else 'enabled'}"
+    return str(answer)

@@ -1,0 +1,160 @@
+"""Events as the message view's rich text, in the palette's colours.
+
+Everything that came from the network is escaped before it becomes HTML;
+only the links this module makes are markup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import time
+from typing import Any
+
+from PyQt6.QtGui import QColor, QPalette
+
+_URL = re.compile(r"\bhttps?://[^\s<>\"']+[^\s<>\"'.,;:!?)\]]")
+
+#: Sender name colours, picked by a hash of the name; each has a light and a
+#: dark variant so names stay readable on either palette.
+_HUES = [210, 150, 30, 280, 340, 180, 100, 250, 0, 60]
+
+
+def is_dark(palette: QPalette) -> bool:
+    return palette.color(QPalette.ColorRole.Base).lightness() < 128
+
+
+def sender_colour(name: str, palette: QPalette) -> str:
+    hue = _HUES[hashlib.sha256(name.encode()).digest()[0] % len(_HUES)]
+    colour = QColor.fromHsl(hue, 160, 170 if is_dark(palette) else 80)
+    return colour.name()
+
+
+def _mix(a: QColor, b: QColor, share: float) -> str:
+    return QColor(
+        round(a.red() * (1 - share) + b.red() * share),
+        round(a.green() * (1 - share) + b.green() * share),
+        round(a.blue() * (1 - share) + b.blue() * share),
+    ).name()
+
+
+def body_html(body: str) -> str:
+    """Escape, make links clickable, keep line breaks."""
+    out = []
+    last = 0
+    for found in _URL.finditer(body):
+        out.append(html.escape(body[last : found.start()]))
+        url = found.group(0)
+        out.append(f'<a href="{html.escape(url, quote=True)}">{html.escape(url)}</a>')
+        last = found.end()
+    out.append(html.escape(body[last:]))
+    return "".join(out).replace("\n", "<br>")
+
+
+def clock(ts: Any) -> str:
+    try:
+        return time.strftime("%H:%M", time.localtime(ts / 1000))
+    except (TypeError, ValueError, OverflowError):
+        return "--:--"
+
+
+def day(ts: Any) -> str:
+    try:
+        return time.strftime("%A %d %B %Y", time.localtime(ts / 1000))
+    except (TypeError, ValueError, OverflowError):
+        return ""
+
+
+def _until(event: dict[str, Any]) -> str:
+    until = event.get("until")
+    if not isinstance(until, (int, float)):
+        return ""
+    return " until " + time.strftime("%d %b %H:%M", time.localtime(until / 1000))
+
+
+def notice_text(event: dict[str, Any]) -> str | None:
+    """The words for a room event that is not a message."""
+    kind = event.get("type")
+    user = event.get("user", "?")
+    by = event.get("by")
+    reason = event.get("reason")
+    because = f" ({reason})" if reason else ""
+    if kind == "joined":
+        return f"{user} joined"
+    if kind == "left":
+        return f"{user} left"
+    if kind == "topic":
+        return f"{by} set the topic: {event.get('topic', '')}"
+    if kind == "kicked":
+        return f"{user} was removed by {by}{because}"
+    if kind == "banned":
+        return f"{user} was banned by {by}{_until(event)}{because}"
+    if kind == "muted":
+        return f"{user} was muted by {by}{_until(event)}{because}"
+    if kind == "unbanned":
+        return f"{by} lifted the ban on {user}"
+    if kind == "unmuted":
+        return f"{by} lifted the mute on {user}"
+    if kind == "role":
+        if by is None:
+            return f"{user} is now the {event.get('role')} (the owner left)"
+        return f"{by} made {user} {event.get('role')}"
+    return None
+
+
+class Renderer:
+    def __init__(self, palette: QPalette, me: str) -> None:
+        self.palette = palette
+        self.me = me
+        base = palette.color(QPalette.ColorRole.Base)
+        text = palette.color(QPalette.ColorRole.Text)
+        highlight = palette.color(QPalette.ColorRole.Highlight)
+        self.own_background = _mix(base, highlight, 0.16)
+        self.mention_background = _mix(base, QColor(230, 160, 0), 0.22)
+        self.dim = _mix(base, text, 0.55)
+
+    def event_html(self, event: dict[str, Any], previous: dict[str, Any] | None) -> str:
+        parts = []
+        if previous is None or day(previous.get("ts")) != day(event.get("ts")):
+            parts.append(
+                f'<p align="center" style="color:{self.dim}; margin-top:8px">── {day(event.get("ts"))} ──</p>'
+            )
+        kind = event.get("type")
+        when = f'<span style="color:{self.dim}">{clock(event.get("ts"))}</span>'
+        if kind in ("msg", "dm"):
+            sender = str(event.get("from", "?"))
+            name = html.escape(sender)
+            own = sender == self.me
+            style = f"color:{sender_colour(sender, self.palette)}; font-weight:bold"
+            background = ""
+            if own:
+                background = f' bgcolor="{self.own_background}"'
+                name += " (you)"
+            elif re.search(rf"(?<![\w@-])@?{re.escape(self.me)}(?![\w-])", str(event.get("body", "")), re.I):
+                background = f' bgcolor="{self.mention_background}"'
+            parts.append(
+                f'<table width="100%" cellspacing="0" cellpadding="3"{background}><tr><td>'
+                f'{when} <span style="{style}">{name}</span><br>{body_html(str(event.get("body", "")))}'
+                "</td></tr></table>"
+            )
+        else:
+            text = notice_text(event)
+            if text is not None:
+                parts.append(
+                    f'<p style="color:{self.dim}; font-style:italic; margin:2px 3px">'
+                    f"{when} — {html.escape(text)}</p>"
+                )
+        return "".join(parts)
+
+    def local_notice(self, text: str, error: bool = False) -> str:
+        colour = "#d04040" if error else self.dim
+        return f'<p style="color:{colour}; font-style:italic; margin:2px 3px">• {html.escape(text)}</p>'
+
+    def conversation_html(self, events: list[dict[str, Any]]) -> str:
+        out = []
+        previous = None
+        for event in events:
+            out.append(self.event_html(event, previous))
+            previous = event
+        return "".join(out)

@@ -1,0 +1,108 @@
+"""Server key pinning for the desktop client: the same known_hosts file
+and rules as the terminal client, with people answering instead of flags.
+
+A key seen for the first time is shown with its fingerprint and pinned
+only if the user accepts it (trust on first use).  A key that differs from
+the pinned one is refused before anything depending on it is sent, and a
+modal warning names both fingerprints; nothing the user can click in it
+connects anyway.  Dialogs are opened with ``open()``, never ``exec()``:
+the reactor shares Qt's loop and a nested loop would stall the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PyQt6.QtWidgets import QMessageBox, QWidget
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from chatclient.known_hosts import HostKeyMismatch, KnownHosts
+
+
+class KeyChanged(Exception):
+    """The server presented a key other than the pinned one."""
+
+    def __init__(self, mismatch: HostKeyMismatch) -> None:
+        super().__init__(str(mismatch))
+        self.mismatch = mismatch
+
+
+class Trust:
+    """A verifier for ``chatclient.session``: ``trust(fingerprint)``."""
+
+    def __init__(self, known_hosts: KnownHosts, server: str, parent: QWidget | None) -> None:
+        self.known_hosts = known_hosts
+        self.server = server
+        self.parent = parent
+        #: The dialog on screen (tests and screenshots look at it).
+        self.dialog: QMessageBox | None = None
+        self.mismatch: HostKeyMismatch | None = None
+
+    def __call__(self, fingerprint: str) -> Deferred[bool]:
+        known = self.known_hosts.lookup(self.server)
+        if known == fingerprint:
+            return defer.succeed(True)
+        if known is not None:
+            self.mismatch = HostKeyMismatch(self.server, known, fingerprint, str(self.known_hosts.path))
+            self._warn_changed(self.mismatch)
+            # Refused now, not when the warning is closed: the connection
+            # ends at once and nothing at all is sent under that key.
+            return defer.fail(KeyChanged(self.mismatch))
+        return self._ask_first_use(fingerprint)
+
+    def _ask_first_use(self, fingerprint: str) -> Deferred[bool]:
+        box = QMessageBox(self.parent)
+        box.setObjectName("first-use")
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("New server key")
+        box.setText(f"This is the first connection to <b>{self.server}</b>.")
+        box.setInformativeText(
+            "Its key fingerprint is:<br><br>"
+            f"<tt>{fingerprint}</tt><br><br>"
+            "If you can, compare it with the one the server's operator gives "
+            "(the server prints it when it starts). Trust this key and remember it?"
+        )
+        box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        box.button(QMessageBox.StandardButton.Yes).setText("Trust and connect")
+        box.button(QMessageBox.StandardButton.No).setText("Cancel")
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.setTextInteractionFlags(box.textInteractionFlags())
+        answer: Deferred[bool] = Deferred()
+
+        def finished(result: int) -> None:
+            self.dialog = None
+            trusted = result == QMessageBox.StandardButton.Yes.value
+            if trusted:
+                self.known_hosts.add(self.server, fingerprint)
+            if not answer.called:
+                answer.callback(trusted)
+
+        box.finished.connect(finished)
+        self.dialog = box
+        box.open()
+        return answer
+
+    def _warn_changed(self, mismatch: HostKeyMismatch) -> None:
+        box = QMessageBox(self.parent)
+        box.setObjectName("key-changed")
+        box.setIcon(QMessageBox.Icon.Critical)
+        box.setWindowTitle("Server key has CHANGED")
+        box.setText(f"<b>The key of {mismatch.server} has changed. Nothing was sent.</b>")
+        box.setInformativeText(
+            f"Pinned fingerprint:<br><tt>{mismatch.expected}</tt><br><br>"
+            f"Presented fingerprint:<br><tt>{mismatch.actual}</tt><br><br>"
+            "Someone may be intercepting the connection, or the server's key was "
+            "replaced. If the operator confirms the new key, remove the line for "
+            f"<tt>{mismatch.server}</tt> from <tt>{mismatch.source}</tt> and connect again."
+        )
+        box.setStandardButtons(QMessageBox.StandardButton.Close)
+        box.finished.connect(lambda _: setattr(self, "dialog", None))
+        self.dialog = box
+        box.open()
+
+
+def fingerprint_text(fingerprint: Any) -> str:
+    """A fingerprint for the status bar: short enough to read at a glance."""
+    text = str(fingerprint)
+    return text if len(text) <= 30 else text[:30] + "…"

@@ -1,0 +1,83 @@
+"""The test side of ``tests.gui_remote``: a real desktop client in a
+child process, driven over its stdin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.processes import LineProcess, spawn
+from tests.support import PYTHON
+
+try:
+    import PyQt6  # noqa: F401
+    import pyqtgraph  # noqa: F401
+    import qasync  # noqa: F401
+
+    GUI_MISSING = None
+except ImportError:  # pragma: no cover - the gui extra is part of make test
+    GUI_MISSING = "PyQt6, qasync and pyqtgraph are not installed (pip install -e '.[gui]')"
+
+
+class RemoteError(AssertionError):
+    pass
+
+
+class Gui:
+    def __init__(self, process: LineProcess, home: Path) -> None:
+        self.process = process
+        self.home = home
+        self._ids = 0
+
+    async def _call(self, op: str, code: str, timeout: float = 30.0) -> Any:
+        self._ids += 1
+        request_id = self._ids
+        self.process.write_line(json.dumps({"id": request_id, "op": op, "code": code, "timeout": timeout}))
+        found = await self.process.wait_for(rf'^@@\{{"id": {request_id}, ', timeout=timeout + 15)
+        reply = json.loads(found.string[2:])
+        if not reply["ok"]:
+            raise RemoteError(f"{op} {code!r} failed in the GUI:\n{reply['error']}")
+        return reply["value"]
+
+    async def eval(self, code: str) -> Any:
+        return await self._call("eval", code)
+
+    async def exec(self, code: str) -> None:
+        await self._call("exec", code)
+
+    async def wait(self, code: str, timeout: float = 30.0) -> Any:
+        """Until ``code`` is true in the GUI; its value."""
+        return await self._call("wait", code, timeout)
+
+    async def connect(self, port: int, user: str, password: str, register: bool = True) -> None:
+        await self.exec(
+            "d = controller.dialog\n"
+            "d.host.setText('127.0.0.1')\n"
+            f"d.port.setValue({port})\n"
+            f"type_text(d.user, {user!r})\n"
+            f"type_text(d.password, {password!r})\n"
+            f"d.register_mode.setChecked({register!r})\n"
+            "press(d.password, 'Return')\n"
+        )
+
+
+async def start_gui(testcase: Any, home: Path | None = None, theme: str = "light", scale: str = "1") -> Gui:
+    home = home or Path(testcase.mktemp()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    argv = [
+        PYTHON,
+        "-m",
+        "tests.gui_remote",
+        "--known-hosts",
+        str(home / "known_hosts"),
+        "--servers",
+        str(home / "servers.json"),
+        "--theme",
+        theme,
+    ]
+    if scale != "1":
+        argv = ["/usr/bin/env", f"QT_SCALE_FACTOR={scale}", *argv]
+    process = spawn(testcase, "gui", argv)
+    await process.wait_for(r"^remote ready", timeout=60)
+    return Gui(process, home)
