@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TRIAL_JOBS ?= 2
 TESTS ?= tests
 
-.PHONY: run test bench check clean
+.PHONY: run test bench check clean screenshots
 
 # The stamp files make the install step re-run when the metadata changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -33,6 +33,10 @@ check: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench.py
+
+# Pictures of the desktop client (offscreen) for the README.
+screenshots: $(VENV)/.installed-test
+	QT_QPA_PLATFORM=offscreen $(PY) tools/screenshots.py
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

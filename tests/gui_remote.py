@@ -27,8 +27,16 @@ def namespace(app: Any, controller: Any, reactor: Any) -> dict[str, Any]:
     from PyQt6.QtWidgets import QApplication, QMessageBox
 
     def type_text(widget: Any, text: str) -> None:
+        from PyQt6.QtCore import QEvent
+        from PyQt6.QtGui import QKeyEvent
+
         widget.setFocus()
-        QTest.keyClicks(widget, text)
+        for char in text:
+            if char.isascii():
+                QTest.keyClicks(widget, char)
+            else:  # QTest maps ASCII only; other text arrives as the key event's text
+                for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
+                    QApplication.sendEvent(widget, QKeyEvent(kind, 0, Qt.KeyboardModifier.NoModifier, char))
 
     def press(widget: Any, key: str, modifiers: str = "") -> None:
         flags = Qt.KeyboardModifier.NoModifier

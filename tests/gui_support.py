@@ -54,6 +54,8 @@ class Gui:
         await self.exec(
             "d = controller.dialog\n"
             "d.host.setText('127.0.0.1')\n"
+            "d.user.clear()\n"
+            "d.password.clear()\n"
             f"d.port.setValue({port})\n"
             f"type_text(d.user, {user!r})\n"
             f"type_text(d.password, {password!r})\n"

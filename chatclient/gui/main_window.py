@@ -265,6 +265,7 @@ class MainWindow(QMainWindow):
                 # up from here after a reconnect.
                 self.client.note_seen(stream, last)
         self.refresh_lists()
+        self.refresh_topics()
         if self.model.current is None:
             rooms = self.model.rooms()
             first = next((c for c in rooms if c.name == "lobby"), rooms[0] if rooms else None)
@@ -337,6 +338,18 @@ class MainWindow(QMainWindow):
                     listing.setCurrentItem(item)
             listing.blockSignals(False)
         self._filter(self.search.text())
+
+    def refresh_topics(self) -> None:
+        """Topics set at creation have no ``topic`` event: read them all."""
+
+        def got(answer: dict[str, Any]) -> None:
+            for room in answer.get("rooms", []):
+                conversation = self.model.conversations.get(room_stream(room.get("room", "")))
+                if conversation is not None and not any(e.get("type") == "topic" for e in conversation.events):
+                    conversation.topic = room.get("topic", "")
+            self._update_header()
+
+        self.client.request({"type": "rooms"}).addCallbacks(got, self._report, errbackArgs=("rooms",))
 
     def conversations_in_order(self) -> list[Conversation]:
         return self.model.rooms() + self.model.dms()

@@ -7,7 +7,7 @@ from typing import Callable
 
 from PyQt6.QtCore import QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QKeyEvent
-from PyQt6.QtWidgets import QInputDialog, QPlainTextEdit, QTextBrowser, QWidget
+from PyQt6.QtWidgets import QInputDialog, QPlainTextEdit, QSizePolicy, QTextBrowser, QWidget
 
 
 class ChatInput(QPlainTextEdit):
@@ -20,6 +20,8 @@ class ChatInput(QPlainTextEdit):
         super().__init__(parent)
         self.setObjectName("input")
         self.setTabChangesFocus(True)
+        # The message view takes the height; the input grows no further.
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
         self.setPlaceholderText("Message — Enter sends, Shift+Enter for a new line, /help for commands")
 
     def keyPressEvent(self, event: QKeyEvent | None) -> None:  # noqa: N802 (Qt's name)
