@@ -51,6 +51,11 @@ def namespace(app: Any, controller: Any, reactor: Any) -> dict[str, Any]:
         from PyQt6.QtGui import QKeySequence
 
         combo = QKeySequence(sequence)[0]
+        if QApplication.activeModalWidget() is None and not controller.window.isActiveWindow():
+            # Offscreen, closing a dialog does not hand activation back to
+            # the window as a desktop would; window shortcuts need it.
+            controller.window.activateWindow()
+            QApplication.processEvents()
         target = QApplication.focusWidget() or controller.window
         QTest.keyClick(target, combo.key(), combo.keyboardModifiers())
 
@@ -67,7 +72,10 @@ def namespace(app: Any, controller: Any, reactor: Any) -> dict[str, Any]:
     def texts(listing: Any) -> list[str]:
         return [listing.item(row).text() for row in range(listing.count())]
 
-    return {
+    from PyQt6 import QtWidgets
+
+    widgets = {name: getattr(QtWidgets, name) for name in dir(QtWidgets) if name.startswith("Q")}
+    return widgets | {
         "app": app,
         "controller": controller,
         "reactor": reactor,

@@ -64,6 +64,22 @@ class Gui:
         )
 
 
+    async def log_in(self, port: int, user: str, password: str, register: bool = True) -> None:
+        """Connect, trust the key on first use, and wait to be online."""
+        await self.connect(port, user, password, register)
+        await self.wait("controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await self.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+        await self.wait("window() and window().client.state == 'online'")
+        await self.wait("window().model.current")
+        # As a person would have it: the window in front, with the focus
+        # (window shortcuts need that).
+        await self.exec("window().activateWindow()")
+        await self.wait("window().isActiveWindow()")
+
+    async def view_text(self) -> str:
+        return await self.eval("window().view.toPlainText()")
+
+
 async def start_gui(testcase: Any, home: Path | None = None, theme: str = "light", scale: str = "1") -> Gui:
     home = home or Path(testcase.mktemp()).resolve()
     home.mkdir(parents=True, exist_ok=True)

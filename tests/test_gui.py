@@ -41,3 +41,127 @@ class GuiTests(unittest.TestCase):
         html = await gui.eval("window().view.toHtml()")
         self.assertIn('href="https://example.org/x"', html)
         self.assertIn("alice (you)", await gui.eval("window().view.toPlainText()"))
+
+    async def test_switch_rooms_send_a_dm_and_load_history_on_scroll_up(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        bob_events = EventQueue(bob)
+        await bob.request({"type": "create", "room": "design", "kind": "public", "topic": "Mock-ups"})
+        # More than one page of history, so the oldest must be scrolled for.
+        for n in range(120):
+            await bob.say("design", f"design note {n}")
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await gui.exec("window().resize(900, 600)")
+
+        # Join from the room directory dialog.
+        await gui.exec("window().browse_rooms()")
+        await gui.wait("modal() and modal().objectName() == 'browse-rooms'")
+        await gui.wait("modal().findChild(QListWidget, 'room-directory').count() == 2")
+        await gui.exec(
+            "listing = modal().findChild(QListWidget, 'room-directory')\n"
+            "listing.setCurrentRow([i for i in range(listing.count()) if '#design' in listing.item(i).text()][0])\n"
+            "modal().accept()"
+        )
+        await gui.wait("window().model.current == 'room:design'")
+        self.assertIn("Mock-ups", await gui.wait("'Mock-ups' in window().header.text() and window().header.text()"))
+        await gui.wait("'design note 119' in window().view.toPlainText()")
+        shown = await gui.view_text()
+        self.assertNotIn("design note 10\n", shown + "\n")  # only the latest page so far
+        await gui.exec("window().view.verticalScrollBar().setValue(0)")
+        await gui.wait("'design note 69' in window().view.toPlainText()")
+        await gui.exec("window().view.verticalScrollBar().setValue(0)")
+        await gui.wait("'design note 0\\n' in window().view.toPlainText()")
+        self.assertFalse(await gui.eval("window().current().more_before"))
+        text = await gui.view_text()
+        for n in (0, 1, 60, 119):
+            self.assertEqual(text.count(f"design note {n}\n"), 1, f"note {n} once")
+
+        # Switch rooms with the keyboard: Alt+Up goes back to the lobby.
+        await gui.exec("window().input.setFocus()\nshortcut('Alt+Up')")
+        await gui.wait("window().model.current == 'room:lobby'")
+        await bob.say("design", "while you were away")
+        await gui.wait("any('#design  (1)' == t for t in texts(window().room_list))")
+
+        # A DM: Ctrl+D asks for the name, then the conversation opens.
+        await gui.exec("shortcut('Ctrl+D')")
+        await gui.wait("modal() and modal().labelText().startswith('Send a direct message')")
+        await gui.exec("modal().setTextValue('bob')\nmodal().accept()")
+        await gui.wait("window().model.current == 'dm:alice:bob'")
+        await gui.exec("type_text(window().input, 'line one')\npress(window().input, 'Return', 'shift')")
+        await gui.exec("type_text(window().input, 'line two')\npress(window().input, 'Return')")
+        dm = await bob_events.next(lambda e: e.get("type") == "dm", timeout=30)
+        self.assertEqual((dm["from"], dm["to"], dm["body"]), ("alice", "bob", "line one\nline two"))
+        await bob.request({"type": "dm", "to": "alice", "body": "got it"})
+        await gui.wait("'got it' in window().view.toPlainText()")
+        self.assertEqual(await gui.eval("texts(window().dm_list)"), ["bob"])
+
+    async def test_room_creation_invitation_and_moderation_from_the_member_menu(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        bob_events = EventQueue(bob)
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await gui.exec("shortcut('Ctrl+N')")
+        await gui.wait("modal() and modal().objectName() == 'create-room'")
+        await gui.exec(
+            "d = modal()\n"
+            "type_text(d.findChild(QLineEdit, 'room-name'), 'secret')\n"
+            "kind = d.findChild(QComboBox, 'room-kind')\n"
+            "kind.setCurrentIndex(kind.findData('private'))\n"
+            "d.accept()"
+        )
+        await gui.wait("window().model.current == 'room:secret'")
+        await gui.wait("window().my_room_role == 'owner'")
+        await gui.exec("shortcut('Ctrl+I')")
+        await gui.wait("modal() and 'Invite to #secret' in modal().labelText()")
+        await gui.exec("modal().setTextValue('bob')\nmodal().accept()")
+        invited = await bob_events.next(lambda e: e.get("type") == "invited", timeout=30)
+        self.assertEqual((invited["room"], invited["by"]), ("secret", "alice"))
+        await bob.request({"type": "join", "room": "secret"})
+        await gui.wait("'bob' in [m['user'] for m in window().members]")
+
+        # The owner's menu on bob offers moderation; it works through the server.
+        labels = await gui.eval("[a.text() for a in window().member_menu('bob').actions() if a.text()]")
+        self.assertIn("Remove from room (kick)", labels)
+        self.assertIn("Make moderator", labels)
+        self.assertEqual(
+            await gui.eval("[a.text() for a in window().member_menu('alice').actions()]"), [], "nothing on oneself"
+        )
+        await gui.exec(
+            "[a for a in window().member_menu('bob').actions() if a.text() == 'Make moderator'][0].trigger()"
+        )
+        await gui.wait("[m['role'] for m in window().members if m['user'] == 'bob'] == ['moderator']")
+        await gui.exec(
+            "[a for a in window().member_menu('bob').actions() if a.text().startswith('Remove')][0].trigger()"
+        )
+        kicked = await bob_events.next(lambda e: e.get("type") == "kicked", timeout=30)
+        self.assertEqual((kicked["room"], kicked["user"], kicked["by"]), ("secret", "bob", "alice"))
+        await gui.wait("'bob was removed by alice' in window().view.toPlainText()")
+
+        # A plain member sees no moderation in the lobby (no owner there).
+        await gui.exec("window().open_conversation('room:lobby')")
+        await gui.wait("window().my_room_role == 'member'")
+        self.assertEqual(
+            await gui.eval("[a.text() for a in window().member_menu('bob').actions() if a.text()]"),
+            ["Send a direct message"],
+        )
+
+    async def test_a_dm_or_mention_notifies_only_when_the_window_is_not_focused(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await gui.exec("window().activateWindow()")
+        await gui.wait("window().isActiveWindow()")
+        await bob.request({"type": "dm", "to": "alice", "body": "are you there?"})
+        await gui.wait("any('bob  (1)' == t for t in texts(window().dm_list))")
+        self.assertEqual(await gui.eval("window().notifier.shown"), [])
+        # Another window takes the focus: now a mention pops up.
+        await gui.exec("from PyQt6.QtWidgets import QWidget\nother = QWidget()\nother.show()\nother.activateWindow()")
+        await gui.wait("not window().isActiveWindow()")
+        await bob.say("lobby", "not for anyone")
+        await bob.say("lobby", "@alice please look")
+        await bob.request({"type": "dm", "to": "alice", "body": "ping"})
+        shown = await gui.wait("len(window().notifier.shown) == 2 and window().notifier.shown")
+        self.assertEqual(shown, [["bob — #lobby", "@alice please look"], ["bob — Direct message", "ping"]])

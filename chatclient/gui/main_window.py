@@ -661,6 +661,7 @@ class MainWindow(QMainWindow):
                     self.model.conversation(room_stream(command.room)).joined = True
                     self.refresh_lists()
                     self.open_conversation(room_stream(command.room))
+                    self.refresh_topics()
                 elif request["type"] == "dm":
                     self.open_dm(request["to"])
                 elif answer.get("type") in ("rooms", "who", "info", "invited", "account"):
