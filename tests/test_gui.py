@@ -8,10 +8,13 @@ server, and the second user, are real too.
 
 from __future__ import annotations
 
+import json
+
 from twisted.trial import unittest
 
+from chatclient.session import ServerError
 from tests.gui_support import GUI_MISSING, start_gui
-from tests.support import PASSWORD, EventQueue, logged_in, start_server
+from tests.support import PASSWORD, EventQueue, logged_in, open_session, start_server
 
 
 class GuiTests(unittest.TestCase):
@@ -165,3 +168,95 @@ class GuiTests(unittest.TestCase):
         await bob.request({"type": "dm", "to": "alice", "body": "ping"})
         shown = await gui.wait("len(window().notifier.shown) == 2 and window().notifier.shown")
         self.assertEqual(shown, [["bob — #lobby", "@alice please look"], ["bob — Direct message", "ping"]])
+
+    async def test_a_changed_server_key_blocks_with_both_fingerprints_and_sends_nothing(self) -> None:
+        server = await start_server(self)
+        gui = await start_gui(self)
+        pinned = "SHA256:" + "A" * 43
+        (gui.home / "known_hosts").write_text(f"127.0.0.1:{server.port} {pinned}\n")
+        await gui.connect(server.port, "victim", PASSWORD, register=True)
+        warning = await gui.wait(
+            "controller.trust.dialog and controller.trust.dialog.objectName() == 'key-changed'"
+            " and controller.trust.dialog.isVisible() and controller.trust.dialog.informativeText()"
+        )
+        self.assertIn(pinned, warning)
+        self.assertIn(server.identity.fingerprint, warning)
+        self.assertIn("Nothing was sent", await gui.eval("controller.trust.dialog.text()"))
+        self.assertTrue(await gui.eval("controller.trust.dialog.isModal()"))
+        # Back at the connect dialog with the reason, and never logged in.
+        await gui.wait("controller.dialog.isVisible() and 'key has changed' in controller.dialog.error.text()")
+        self.assertIsNone(await gui.eval("controller.window"))
+        probe = await open_session(self, server)
+        with self.assertRaises(ServerError) as refused:
+            await probe.login("victim", PASSWORD)
+        self.assertEqual(refused.exception.code, "auth_failed")  # the register never reached the server
+        self.assertEqual(
+            (gui.home / "known_hosts").read_text(), f"127.0.0.1:{server.port} {pinned}\n", "pin unchanged"
+        )
+
+    async def test_keyboard_search_switching_and_focus(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        for room in ("design", "devops"):
+            await bob.request({"type": "create", "room": room})
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        for room in ("design", "devops"):
+            await gui.exec(f"type_text(window().input, '/join {room}')\npress(window().input, 'Return')")
+            await gui.wait(f"window().model.current == 'room:{room}'")
+        self.assertEqual(await gui.eval("texts(window().room_list)"), ["#design", "#devops", "#lobby"])
+        await gui.exec("shortcut('Ctrl+K')")
+        self.assertTrue(await gui.eval("window().search.hasFocus()"))
+        await gui.exec("type_text(window().search, 'lob')")
+        hidden = await gui.eval(
+            "[window().room_list.item(i).isHidden() for i in range(window().room_list.count())]"
+        )
+        self.assertEqual(hidden, [True, True, False])
+        await gui.exec("press(window().search, 'Return')")
+        await gui.wait("window().model.current == 'room:lobby' and window().input.hasFocus()")
+        self.assertEqual(await gui.eval("window().search.text()"), "")
+        await gui.exec("shortcut('Ctrl+1')")
+        await gui.wait("window().model.current == 'room:design'")
+        await gui.exec("shortcut('Alt+Down')")
+        await gui.wait("window().model.current == 'room:devops'")
+        await gui.exec("shortcut('Ctrl+K')\npress(window().search, 'Escape')")
+        await gui.wait("window().input.hasFocus()")
+
+    async def test_remembered_servers_keep_no_password(self) -> None:
+        server = await start_server(self)
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        saved = (gui.home / "servers.json").read_text()
+        self.assertEqual(
+            json.loads(saved), {"servers": [{"host": "127.0.0.1", "port": server.port, "user": "alice"}]}
+        )
+        self.assertNotIn(PASSWORD, saved)
+        token = await gui.eval("window().client.token")
+        self.assertNotIn(token, saved)
+        self.assertEqual(oct((gui.home / "servers.json").stat().st_mode & 0o777), "0o600")
+        again = await start_gui(self, gui.home)
+        self.assertEqual(
+            await again.eval("(controller.dialog.user.text(), controller.dialog.port.value(), "
+                             "controller.dialog.password.text())"),
+            ["alice", server.port, ""],
+        )
+        self.assertTrue(await again.eval("controller.dialog.password.hasFocus()"))
+
+    async def test_dark_palette_and_double_scale_render_readably(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        await bob.say("lobby", "hello in the dark")
+        gui = await start_gui(self, theme="dark", scale="2")
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await gui.wait("'hello in the dark' in window().view.toPlainText()")
+        self.assertEqual(await gui.eval("window().devicePixelRatioF()"), 2.0)
+        base, text = await gui.eval(
+            "(window().palette().color(window().palette().ColorRole.Base).lightness(),"
+            " window().palette().color(window().palette().ColorRole.Text).lightness())"
+        )
+        self.assertLess(base, 100)
+        self.assertGreater(text, 180)
+        png = str(gui.home / "dark.png")
+        await gui.exec(f"window().resize(700, 450)\nshot(window(), {png!r})")
+        width, height = await gui.eval(f"(lambda i: (i.width(), i.height()))(__import__('PyQt6.QtGui').QtGui.QImage({png!r}))")
+        self.assertEqual((width, height), (1400, 900))  # drawn at twice the pixels, not blown up

@@ -90,11 +90,6 @@ class App:
             window, self.window = self.window, None
             if isinstance(detail, KeyChanged):
                 message = "The server's key has changed: not connected, nothing was sent."
-                # The warning (parented to the window) stays up on its own.
-                self.trust.parent = None
-                if self.trust.dialog is not None:
-                    self.trust.dialog.setParent(None, self.trust.dialog.windowFlags())
-                    self.trust.dialog.open()
             else:
                 message = f"Could not connect: {getattr(detail, 'message', None) or detail}"
             window.hide()

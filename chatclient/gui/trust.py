@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import QMessageBox, QWidget
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -84,7 +85,11 @@ class Trust:
         return answer
 
     def _warn_changed(self, mismatch: HostKeyMismatch) -> None:
-        box = QMessageBox(self.parent)
+        # No parent: the window that asked goes away with the refused
+        # connection, and the warning must outlive it, blocking the whole
+        # application until it is read.
+        box = QMessageBox()
+        box.setWindowModality(Qt.WindowModality.ApplicationModal)
         box.setObjectName("key-changed")
         box.setIcon(QMessageBox.Icon.Critical)
         box.setWindowTitle("Server key has CHANGED")
@@ -94,7 +99,7 @@ class Trust:
             f"Presented fingerprint:<br><tt>{mismatch.actual}</tt><br><br>"
             "Someone may be intercepting the connection, or the server's key was "
             "replaced. If the operator confirms the new key, remove the line for "
-            f"<tt>{mismatch.server}</tt> from <tt>{mismatch.source}</tt> and connect again."
+            f"<tt>{mismatch.server}</tt> from <tt>{self.known_hosts.path}</tt> and connect again."
         )
         box.setStandardButtons(QMessageBox.StandardButton.Close)
         box.finished.connect(lambda _: setattr(self, "dialog", None))
