@@ -63,11 +63,12 @@ class Gui:
             "press(d.password, 'Return')\n"
         )
 
-
     async def log_in(self, port: int, user: str, password: str, register: bool = True) -> None:
         """Connect, trust the key on first use, and wait to be online."""
         await self.connect(port, user, password, register)
-        await self.wait("controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await self.wait(
+            "controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()"
+        )
         await self.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
         await self.wait("window() and window().client.state == 'online'")
         await self.wait("window().model.current")

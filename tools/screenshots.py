@@ -116,8 +116,17 @@ async def shoot(scope: Scope) -> None:
     # The admin account, made with the admin tool as an operator would.
     admin = await utils.getProcessOutputAndValue(
         PYTHON,
-        ["-m", "chatserver.admin", "--data-dir", str(base / "data"), "add-user", "alice", "--admin",
-         "--password-file", str(base / "password")],
+        [
+            "-m",
+            "chatserver.admin",
+            "--data-dir",
+            str(base / "data"),
+            "add-user",
+            "alice",
+            "--admin",
+            "--password-file",
+            str(base / "password"),
+        ],
         env=python_env(),
     )
     assert admin[2] == 0, admin
@@ -143,12 +152,16 @@ async def shoot(scope: Scope) -> None:
     await gui.wait("window().client.state == 'online'")
     await gui.wait("'release notes' in window().view.toPlainText().lower()")
     await gui.exec("window().resize(1180, 720)")
-    await gui.exec("type_text(window().input, 'Thanks @bob, the catch-up after my laptop slept was seamless.')")
+    await gui.exec(
+        "type_text(window().input, 'Thanks @bob, the catch-up after my laptop slept was seamless.')"
+    )
     await gui.exec("press(window().input, 'Return')")
     await bob.request({"type": "op", "room": "design", "user": "carol"})
     await carol.say("design", "Here is the new room list mock-up, @alice what do you think?")
     await bob.say("design", "Unread counts look good.")
-    await bob.request({"type": "dm", "to": "alice", "body": "Can you look at the ops alerts when you have a minute?"})
+    await bob.request(
+        {"type": "dm", "to": "alice", "body": "Can you look at the ops alerts when you have a minute?"}
+    )
     await erin.say("lobby", "Welcome back, alice!")
     await gui.wait("'Welcome back' in window().view.toPlainText()")
     await gui.wait("window().members and len(window().members) >= 4")
@@ -161,10 +174,7 @@ async def shoot(scope: Scope) -> None:
         await bob.say("lobby", f"load {i}")
         await pause(0.5)
     await gui.wait("window().stats_panel.points_added >= 5")
-    await gui.exec(
-        "window().stats_dock.setFloating(True)\n"
-        "window().stats_dock.resize(1000, 760)\n"
-    )
+    await gui.exec("window().stats_dock.setFloating(True)\nwindow().stats_dock.resize(1000, 760)\n")
     await pause(0.5)
     print("stats panel:", await gui.eval(f"shot(window().stats_dock, {str(OUT / 'stats-panel.png')!r})"))
 

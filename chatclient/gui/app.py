@@ -13,8 +13,14 @@ from chatclient.known_hosts import KnownHosts, server_id
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="chatclient", description="The chatserver desktop client.")
-    p.add_argument("--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)")
-    p.add_argument("--servers", type=Path, help="remembered servers file (default: ~/.config/chatserver/gui_servers.json)")
+    p.add_argument(
+        "--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)"
+    )
+    p.add_argument(
+        "--servers",
+        type=Path,
+        help="remembered servers file (default: ~/.config/chatserver/gui_servers.json)",
+    )
     p.add_argument(
         "--theme",
         choices=("system", "light", "dark"),
@@ -140,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from PyQt6.QtWidgets import QApplication
     except ImportError:
-        sys.exit("chatclient: the desktop client needs PyQt6 (pip install 'chatserver[gui]'); "
-                 "the terminal client is chatclient-cli")
+        sys.exit(
+            "chatclient: the desktop client needs PyQt6 (pip install 'chatserver[gui]'); "
+            "the terminal client is chatclient-cli"
+        )
     from chatclient.gui import loop as gui_loop
 
     app = QApplication(sys.argv[:1])

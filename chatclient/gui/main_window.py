@@ -297,7 +297,9 @@ class MainWindow(QMainWindow):
         if conversation.stream == self.model.current:
             if at == len(conversation.events) - 1:
                 previous = conversation.events[at - 1] if at else None
-                self._append(self.renderer.event_html(event, previous), own=event.get("from") == self.client.user)
+                self._append(
+                    self.renderer.event_html(event, previous), own=event.get("from") == self.client.user
+                )
             else:
                 self.render_current()
             if kind in MEMBERSHIP_EVENTS:
@@ -317,7 +319,10 @@ class MainWindow(QMainWindow):
     # --- conversations ----------------------------------------------------------------
 
     def refresh_lists(self) -> None:
-        for listing, conversations in ((self.room_list, self.model.rooms()), (self.dm_list, self.model.dms())):
+        for listing, conversations in (
+            (self.room_list, self.model.rooms()),
+            (self.dm_list, self.model.dms()),
+        ):
             listing.blockSignals(True)
             listing.clear()
             for conversation in conversations:
@@ -345,7 +350,9 @@ class MainWindow(QMainWindow):
         def got(answer: dict[str, Any]) -> None:
             for room in answer.get("rooms", []):
                 conversation = self.model.conversations.get(room_stream(room.get("room", "")))
-                if conversation is not None and not any(e.get("type") == "topic" for e in conversation.events):
+                if conversation is not None and not any(
+                    e.get("type") == "topic" for e in conversation.events
+                ):
                     conversation.topic = room.get("topic", "")
             self._update_header()
 
@@ -510,7 +517,11 @@ class MainWindow(QMainWindow):
             self.members_heading.setText("Members")
             self._show_members(
                 [{"user": self.client.user, "role": "member", "online": True}]
-                + ([{"user": conversation.name, "role": "member", "online": None}] if conversation.kind == "dm" else [])
+                + (
+                    [{"user": conversation.name, "role": "member", "online": None}]
+                    if conversation.kind == "dm"
+                    else []
+                )
             )
             return
         stream = conversation.stream
@@ -700,7 +711,9 @@ class MainWindow(QMainWindow):
         form.addRow("&Name:", name)
         form.addRow("&Kind:", kind)
         form.addRow("&Topic:", topic)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.accepted.connect(dialog.accept)
         buttons.rejected.connect(dialog.reject)
         form.addRow(buttons)
@@ -726,7 +739,9 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(dialog)
         layout.addWidget(QLabel("Rooms you can join (private ones only if you are invited):"))
         layout.addWidget(listing)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.button(QDialogButtonBox.StandardButton.Ok).setText("&Join")
         buttons.accepted.connect(dialog.accept)
         buttons.rejected.connect(dialog.reject)
@@ -749,7 +764,10 @@ class MainWindow(QMainWindow):
             if item is None:
                 return
             room = item.data(STREAM_ROLE)
-            if self.model.conversations.get(room_stream(room)) and self.model.conversation(room_stream(room)).joined:
+            if (
+                self.model.conversations.get(room_stream(room))
+                and self.model.conversation(room_stream(room)).joined
+            ):
                 self.open_conversation(room_stream(room))
             else:
                 self.run_command(commands.Command("join", {"type": "join", "room": room}, room), "")

@@ -75,7 +75,9 @@ class MessageView(QTextBrowser):
         bar.setValue(bar.maximum())
 
 
-def ask_text(parent: QWidget, title: str, label: str, done: Callable[[str], None], text: str = "") -> QInputDialog:
+def ask_text(
+    parent: QWidget, title: str, label: str, done: Callable[[str], None], text: str = ""
+) -> QInputDialog:
     """``QInputDialog.getText`` without its nested loop: ``done(text)`` is
     called if the user accepts a non-empty answer."""
     dialog = QInputDialog(parent)
