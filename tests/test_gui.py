@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from twisted.internet import endpoints, reactor
+from twisted.internet import endpoints, reactor, task
 from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
@@ -315,6 +315,15 @@ class GuiTests(unittest.TestCase):
             "(lambda t: [t.item(r, 0).text() for r in range(t.rowCount())])(window().stats_panel.table)"
         )
         self.assertIn(str(os.getpid()), pids)  # the server runs in this test's process
+        # Floating the panel out of the window keeps its live points.
+        # (Re-subscribing would start the charts again from history.)
+        kept = await gui.wait("window().stats_panel.points_added >= 8 and window().stats_panel.points_added")
+        await gui.exec("window().stats_dock.setFloating(True)")
+        await task.deferLater(reactor, 0.5, lambda: None)
+        self.assertGreaterEqual(await gui.eval("window().stats_panel.points_added"), kept)
+        self.assertTrue(
+            await gui.eval("window().stats_dock.isFloating() and window().stats_dock.isVisible()")
+        )
         # Hiding the panel ends the subscription: no more points arrive.
         await gui.exec("shortcut('Ctrl+Shift+S')")
         await gui.wait("not window().stats_dock.isVisible()")

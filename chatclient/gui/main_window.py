@@ -65,6 +65,8 @@ class MainWindow(QMainWindow):
         self.loading_older: set[str] = set()
         self.stats_panel: Any = None
         self.stats_dock: QDockWidget | None = None
+        #: The server pushes us stats frames (ends with each connection).
+        self.stats_subscribed = False
         self.fingerprint: str | None = None
         #: Called when the user closes the window (the app ends).
         self.closed_callback: Callable[[], Any] | None = None
@@ -219,6 +221,7 @@ class MainWindow(QMainWindow):
             self.fingerprint_label.setToolTip(str(self.fingerprint))
             self.online(detail or {})
         elif state == "reconnecting":
+            self.stats_subscribed = False
             reason = getattr(detail, "message", "") or str(detail or "")
             self.notice(f"Disconnected ({reason}). Reconnecting…", error=True)
             self._countdown.start()
@@ -834,10 +837,18 @@ class MainWindow(QMainWindow):
             self.stats_dock.setVisible(not self.stats_dock.isVisible())
 
     def _stats_visibility(self, visible: bool) -> None:
-        if self.client.state == "online":
-            self._subscribe_stats(visible)
+        # Floating or docking the panel hides and shows it at once: decide
+        # when that is over, or the charts would start again from history.
+        self.reactor.callLater(0, self._stats_settled)
+
+    def _stats_settled(self) -> None:
+        wanted = self.stats_dock is not None and self.stats_dock.isVisible()
+        if wanted != self.stats_subscribed and self.client.state == "online":
+            self._subscribe_stats(wanted)
 
     def _subscribe_stats(self, on: bool) -> None:
+        self.stats_subscribed = on
+
         def got(answer: dict[str, Any]) -> None:
             if on and self.stats_panel is not None:
                 self.stats_panel.load(answer)
