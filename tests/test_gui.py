@@ -20,9 +20,10 @@ from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ServerError
 from chatserver import accounts, store
 from tests.gui_support import GUI_MISSING, start_gui
-from tests.processes import start_twistd
+from tests.processes import spawn, start_twistd
 from tests.support import (
     PASSWORD,
+    PYTHON,
     EventQueue,
     install_identity,
     logged_in,
@@ -336,6 +337,28 @@ class GuiTests(unittest.TestCase):
         self.assertFalse(await gui.eval("window().stats_action.isEnabled()"))
         await gui.exec("window().toggle_stats()")
         self.assertIsNone(await gui.eval("window().stats_dock"))
+
+
+class StartTests(unittest.TestCase):
+    if GUI_MISSING:
+        skip = GUI_MISSING
+
+    async def test_python_m_chatclient_opens_the_connect_dialog_and_stops_on_sigterm(self) -> None:
+        home = Path(self.mktemp()).resolve()
+        home.mkdir()
+        argv = [PYTHON, "-m", "chatclient", "--verbose", "--known-hosts", str(home / "kh")]
+        argv += ["--servers", str(home / "servers.json"), "--host", "chat.example", "--user", "alice"]
+        process = spawn(self, "chatclient", ["/usr/bin/env", "QT_QPA_PLATFORM=offscreen", *argv])
+        await process.wait_for(r"\[chatclient\.gui#info\] connect dialog open", fd=2, timeout=60)
+        process.signal("TERM")
+        self.assertEqual(await process.ended, 0, process.errors())
+
+    async def test_the_chatclient_console_script_is_the_desktop_client(self) -> None:
+        script = Path(PYTHON).parent / "chatclient"
+        self.assertTrue(script.exists(), f"{script} is installed by pip install -e .")
+        process = spawn(self, "chatclient", [str(script), "--help"])
+        self.assertEqual(await process.ended, 0)
+        self.assertIn("The chatserver desktop client.", process.output())
 
 
 class GuiReconnectTests(unittest.TestCase):

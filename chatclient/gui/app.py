@@ -8,7 +8,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
 from chatclient.known_hosts import KnownHosts, server_id
+
+log = Logger(namespace="chatclient.gui")
+
+
+def start_logging(verbose: bool) -> None:
+    """Warnings (info with --verbose) to stderr; never message bodies."""
+    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info if verbose else LogLevel.warn)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [levels])], redirectStandardIO=False
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="remembered servers file (default: ~/.config/chatserver/gui_servers.json)",
     )
+    p.add_argument("--host", help="fill in the connect dialog with this server")
+    p.add_argument("--port", type=int, help="... and port")
+    p.add_argument("--user", help="... and username")
+    p.add_argument("-v", "--verbose", action="store_true", help="log connection events to stderr")
     p.add_argument(
         "--theme",
         choices=("system", "light", "dark"),
@@ -44,10 +67,11 @@ class App:
         self.trust: Any = None
         self.client: Any = None
 
-    def show_connect(self, error: str | None = None) -> Any:
+    def show_connect(self, error: str | None = None, prefill: dict[str, Any] | None = None) -> Any:
         from chatclient.gui.connect_dialog import ConnectDialog
 
         self.dialog = ConnectDialog(self.remembered)
+        self.dialog.prefill(**(prefill or {}))
         if error:
             self.dialog.show_error(error)
         self.dialog.accepted.connect(lambda: self.connect(self.dialog.result_request()))
@@ -67,6 +91,9 @@ class App:
         from chatclient.reconnect import ReconnectingClient
 
         server = login.server
+        log.info(
+            "connecting to {host}:{port} as {user}", host=server.host, port=server.port, user=server.user
+        )
         self.trust = Trust(self.known_hosts, server_id(server.host, server.port), None)
         endpoint = endpoints.HostnameEndpoint(self.reactor, server.host, server.port, timeout=15)
         self.client = ReconnectingClient(
@@ -80,10 +107,19 @@ class App:
         )
         self.window = MainWindow(self.reactor, self.client, server)
         self.trust.parent = self.window
+        self.client.add_state_listener(self._state)
         self.client.add_state_listener(lambda state, detail: self._first_state(login, state, detail))
         self.window.closed_callback = self.reactor.stop
         self.window.show()
         self.client.start()
+
+    def _state(self, state: str, detail: Any) -> None:
+        if state == "reconnecting":
+            log.info("connection lost ({why}); reconnecting", why=getattr(detail, "message", detail))
+        elif state == "online":
+            log.info("online, secure; server key {fingerprint}", fingerprint=self.client.session.fingerprint)
+        elif state == "failed":
+            log.warn("not connected: {why}", why=getattr(detail, "message", None) or detail)
 
     def _first_state(self, login: Any, state: str, detail: Any) -> None:
         if self.client is None or self.client.connections > 1:
@@ -100,7 +136,11 @@ class App:
                 message = f"Could not connect: {getattr(detail, 'message', None) or detail}"
             window.hide()
             window.deleteLater()
-            self.show_connect(message)
+            # Try again with everything but the password as typed.
+            server = login.server
+            self.show_connect(
+                message, prefill={"host": server.host, "port": server.port, "user": server.user}
+            )
 
 
 def apply_theme(app: Any, theme: str) -> None:
@@ -152,15 +192,18 @@ def main(argv: list[str] | None = None) -> None:
         )
     from chatclient.gui import loop as gui_loop
 
+    start_logging(args.verbose)
     app = QApplication(sys.argv[:1])
     app.setApplicationName("chatclient")
     app.setDesktopFileName("chatclient")
     apply_theme(app, args.theme)
     reactor, loop = gui_loop.install(app)
     controller = App(reactor, KnownHosts(args.known_hosts), args.servers)
-    controller.show_connect()
+    prefill = {"host": args.host, "port": args.port, "user": args.user}
+    controller.show_connect(prefill={k: v for k, v in prefill.items() if v is not None})
     # The reactor's end is the program's end: closing the main window, or
     # cancelling the connect dialog with no window open, stops it.
     app.setQuitOnLastWindowClosed(False)
+    reactor.callWhenRunning(log.info, "connect dialog open")
     with loop:
         reactor.run()

@@ -109,6 +109,19 @@ class ConnectDialog(QDialog):
             self.user.setFocus()
         self.setMinimumWidth(self.fontMetrics().horizontalAdvance("M") * 34)
 
+    def prefill(self, host: str | None = None, port: int | None = None, user: str | None = None) -> None:
+        """Values from the command line win over the remembered ones."""
+        if host is None and port is None and user is None:
+            return
+        self.recent.setCurrentIndex(0)
+        if host is not None:
+            self.host.setText(host)
+        if port is not None:
+            self.port.setValue(port)
+        if user is not None:
+            self.user.setText(user)
+            self.password.setFocus()
+
     def _recent_chosen(self, index: int) -> None:
         if index <= 0 or index > len(self.servers):
             return
