@@ -10,9 +10,9 @@ from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogBeginner,
     textFileLogObserver,
 )
