@@ -145,6 +145,19 @@ class GuiTests(unittest.TestCase):
         await bob.request({"type": "join", "room": "secret"})
         await gui.wait("'bob' in [m['user'] for m in window().members]")
 
+        # The other way round: bob invites alice to his private room, and
+        # the link in the notice joins it.
+        await bob.request({"type": "create", "room": "bobs", "kind": "private"})
+        await bob.request({"type": "invite", "room": "bobs", "user": "alice"})
+        await gui.wait("'bob invited you to #bobs' in window().view.toPlainText()")
+        self.assertIn('href="chatclient:join/bobs"', await gui.eval("window().view.toHtml()"))
+        await gui.exec(
+            "window().view.anchorClicked.emit(__import__('PyQt6.QtCore').QtCore.QUrl('chatclient:join/bobs'))"
+        )
+        await gui.wait("window().model.current == 'room:bobs'")
+        await gui.exec("window().open_conversation('room:secret')")
+        await gui.wait("'bob' in [m['user'] for m in window().members]")
+
         # The owner's menu on bob offers moderation; it works through the server.
         labels = await gui.eval("[a.text() for a in window().member_menu('bob').actions() if a.text()]")
         self.assertIn("Remove from room (kick)", labels)

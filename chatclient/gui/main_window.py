@@ -127,6 +127,7 @@ class MainWindow(QMainWindow):
         self.header.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.view = MessageView()
         self.view.reached_top.connect(self.load_older)
+        self.view.join_requested.connect(self.join)
         self.input = ChatInput()
         self.input.submitted.connect(self.submit)
         self.send_button = QPushButton("Send")
@@ -289,9 +290,9 @@ class MainWindow(QMainWindow):
                 self.stats_panel.add(event)
             return
         if kind == "invited" and "by" in event:
-            text = f"{event['by']} invited you to #{event.get('room')} (Chat ▸ Join a room, or /join)"
-            self.notice(text)
-            self.notifier.notify("Invitation", text)
+            by, room = str(event["by"]), str(event.get("room"))
+            self._append(self.renderer.invitation(by, room))
+            self.notifier.notify("Invitation", f"{by} invited you to #{room}")
             return
         added = self.model.add_event(event)
         if added is None:
@@ -779,6 +780,9 @@ class MainWindow(QMainWindow):
         self.client.request({"type": "rooms"}).addCallbacks(got, self._report, errbackArgs=("rooms",))
         dialog.open()
         return dialog
+
+    def join(self, room: str) -> None:
+        self.run_command(commands.Command("join", {"type": "join", "room": room}, room), "")
 
     def start_dm(self) -> None:
         ask_text(self, "Direct message", "Send a direct message to (username):", self.open_dm)

@@ -10,10 +10,13 @@ import hashlib
 import html
 import re
 import time
+import urllib.parse
 from typing import Any
 
 from PyQt6.QtGui import QColor, QPalette
 
+#: The scheme of links that act inside the client instead of opening a browser.
+JOIN_LINK = "chatclient:join/"
 _URL = re.compile(r"\bhttps?://[^\s<>\"']+[^\s<>\"'.,;:!?)\]]")
 
 #: Sender name colours, picked by a hash of the name; each has a light and a
@@ -150,6 +153,14 @@ class Renderer:
     def local_notice(self, text: str, error: bool = False) -> str:
         colour = "#d04040" if error else self.dim
         return f'<p style="color:{colour}; font-style:italic; margin:2px 3px">• {html.escape(text)}</p>'
+
+    def invitation(self, by: str, room: str) -> str:
+        """A notice with a link that joins the room (see ``JOIN_LINK``)."""
+        link = html.escape(JOIN_LINK + urllib.parse.quote(room, safe=""), quote=True)
+        return (
+            f'<p style="margin:2px 3px">• {html.escape(by)} invited you to '
+            f'<b>#{html.escape(room)}</b> — <a href="{link}">join #{html.escape(room)}</a></p>'
+        )
 
     def conversation_html(self, events: list[dict[str, Any]]) -> str:
         out = []

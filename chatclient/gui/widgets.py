@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from PyQt6.QtCore import QSize, Qt, pyqtSignal
-from PyQt6.QtGui import QKeyEvent
+from urllib.parse import unquote
+
+from PyQt6.QtCore import QSize, Qt, QUrl, pyqtSignal
+from PyQt6.QtGui import QDesktopServices, QKeyEvent
 from PyQt6.QtWidgets import QInputDialog, QPlainTextEdit, QSizePolicy, QTextBrowser, QWidget
+
+from chatclient.gui.render import JOIN_LINK
 
 
 class ChatInput(QPlainTextEdit):
@@ -44,16 +48,28 @@ class MessageView(QTextBrowser):
     asks for older history."""
 
     reached_top = pyqtSignal()
+    #: A room to join, from an invitation's link.
+    join_requested = pyqtSignal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("messages")
-        self.setOpenExternalLinks(True)
+        # Links are opened here, not by Qt: only http(s) goes to the
+        # browser, so no message can make the desktop open a file: or
+        # other link.
+        self.setOpenLinks(False)
+        self.anchorClicked.connect(self._link)
         self.setTextInteractionFlags(
             Qt.TextInteractionFlag.TextBrowserInteraction | Qt.TextInteractionFlag.TextSelectableByKeyboard
         )
         self.verticalScrollBar().valueChanged.connect(self._scrolled)
         self.verticalScrollBar().rangeChanged.connect(self._range_changed)
+
+    def _link(self, url: QUrl) -> None:
+        if url.scheme() in ("http", "https"):
+            QDesktopServices.openUrl(url)
+        elif url.toString().startswith(JOIN_LINK):
+            self.join_requested.emit(unquote(url.toString()[len(JOIN_LINK) :]))
 
     def _scrolled(self, value: int) -> None:
         bar = self.verticalScrollBar()
