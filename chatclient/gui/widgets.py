@@ -4,7 +4,6 @@ dialogs that never start a nested event loop."""
 from __future__ import annotations
 
 from typing import Callable
-
 from urllib.parse import unquote
 
 from PyQt6.QtCore import QSize, Qt, QUrl, pyqtSignal
