@@ -100,6 +100,9 @@ class GuiTests(unittest.TestCase):
         text = await gui.view_text()
         for n in (0, 1, 60, 119):
             self.assertEqual(text.count(f"design note {n}\n"), 1, f"note {n} once")
+        self.assertEqual(text.count("──"), 2, "one day separator, however many pages were loaded")
+        notes = [int(line.split()[-1]) for line in text.splitlines() if line.startswith("design note")]
+        self.assertEqual(notes, list(range(120)), "in id order")
 
         # Switch rooms with the keyboard: Alt+Up goes back to the lobby.
         await gui.exec("window().input.setFocus()\nshortcut('Alt+Up')")
