@@ -189,6 +189,23 @@ class GuiTests(unittest.TestCase):
             ["Send a direct message"],
         )
 
+    async def test_logout_revokes_the_session_and_returns_to_the_connect_dialog(self) -> None:
+        server = await start_server(self)
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        token = await gui.eval("window().client.token")
+        await gui.exec("type_text(window().input, '/logout')\npress(window().input, 'Return')")
+        await gui.wait("controller.window is None and controller.dialog.isVisible()")
+        self.assertEqual(await gui.eval("controller.dialog.user.text()"), "alice")
+        self.assertEqual(await gui.eval("controller.client.state"), "stopped")
+        probe = await open_session(self, server)
+        with self.assertRaises(ServerError) as refused:
+            await probe.request({"type": "login", "user": "alice", "token": token})
+        self.assertEqual(refused.exception.code, "auth_failed")
+        # And in again, with the password.
+        await gui.connect(server.port, "alice", PASSWORD, register=False)
+        await gui.wait("window() and window().client.state == 'online'")
+
     async def test_a_dm_or_mention_notifies_only_when_the_window_is_not_focused(self) -> None:
         server = await start_server(self)
         bob = await logged_in(self, server, "bob")

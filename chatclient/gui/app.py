@@ -110,8 +110,17 @@ class App:
         self.client.add_state_listener(self._state)
         self.client.add_state_listener(lambda state, detail: self._first_state(login, state, detail))
         self.window.closed_callback = self.reactor.stop
+        self.window.logged_out_callback = lambda: self._logged_out(login)
         self.window.show()
         self.client.start()
+
+    def _logged_out(self, login: Any) -> None:
+        window, self.window = self.window, None
+        window.closed_callback = None
+        window.close()
+        window.deleteLater()
+        server = login.server
+        self.show_connect(prefill={"host": server.host, "port": server.port, "user": server.user})
 
     def _state(self, state: str, detail: Any) -> None:
         if state == "reconnecting":

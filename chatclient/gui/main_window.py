@@ -70,6 +70,8 @@ class MainWindow(QMainWindow):
         self.fingerprint: str | None = None
         #: Called when the user closes the window (the app ends).
         self.closed_callback: Callable[[], Any] | None = None
+        #: Called after a logout (the app offers to connect again).
+        self.logged_out_callback: Callable[[], Any] | None = None
         self.setWindowTitle(f"{client.user} on {server.host}:{server.port} — chatclient")
         self._build()
         self.notifier = Notifier(self)
@@ -193,6 +195,7 @@ class MainWindow(QMainWindow):
         action(chat, "&Join a room…", "Ctrl+J", self.browse_rooms)
         action(chat, "&Direct message…", "Ctrl+D", self.start_dm)
         chat.addSeparator()
+        action(chat, "Log &out", None, self.log_out)
         action(chat, "&Quit", "Ctrl+Q", self.close)
         room = bar.addMenu("&Room")
         self.invite_action = action(room, "&Invite someone…", "Ctrl+I", self.invite)
@@ -701,10 +704,23 @@ class MainWindow(QMainWindow):
                     self.refresh_topics()
                 elif request["type"] == "dm":
                     self.open_dm(request["to"])
+                elif request["type"] == "logout":
+                    self.log_out_done()
                 elif answer.get("type") in ("rooms", "who", "info", "invited", "account"):
                     self.notice(_describe(answer))
 
             self.client.request(request).addCallbacks(answered, self._report, errbackArgs=(request["type"],))
+
+    def log_out(self) -> None:
+        self.run_command(commands.Command("request", {"type": "logout"}), "")
+
+    def log_out_done(self) -> None:
+        """The token is revoked: no reconnecting with it; back to the
+        connect dialog."""
+        self.client.stop()
+        self._set_state_text("Logged out", "bad")
+        if self.logged_out_callback is not None:
+            self.logged_out_callback()
 
     def _report(self, failure: Failure, what: str) -> None:
         if failure.check(ServerError):
