@@ -62,6 +62,15 @@ class GuiTests(unittest.TestCase):
         html = await gui.eval("window().view.toHtml()")
         self.assertIn('href="https://example.org/x"', html)
         self.assertIn("alice (you)", await gui.eval("window().view.toPlainText()"))
+        # Markup from the network is text, and only http(s) becomes a link.
+        await bob.say(
+            "lobby", "<b>bold?</b> <img src=x> <a href='javascript:alert(1)'>x</a> file:///etc/passwd"
+        )
+        await gui.wait("'<b>bold?</b> <img src=x>' in window().view.toPlainText()")
+        html = await gui.eval("window().view.toHtml()")
+        self.assertNotIn('href="javascript', html)
+        self.assertNotIn('href="file', html)
+        self.assertNotIn("<img", html)
 
     async def test_switch_rooms_send_a_dm_and_load_history_on_scroll_up(self) -> None:
         server = await start_server(self)

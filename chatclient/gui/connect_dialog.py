@@ -66,6 +66,7 @@ class ConnectDialog(QDialog):
         self.error = QLabel()
         self.error.setObjectName("error")
         self.error.setWordWrap(True)
+        self.error.setTextFormat(Qt.TextFormat.PlainText)  # it may quote the server
         self.error.setStyleSheet("color: palette(link-visited); font-weight: bold")
         self.error.hide()
 

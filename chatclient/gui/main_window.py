@@ -8,6 +8,7 @@ whose answer updates the widgets when it comes.
 
 from __future__ import annotations
 
+import html
 from typing import Any, Callable
 
 from PyQt6.QtCore import QEvent, QPoint, Qt, QTimer
@@ -168,8 +169,10 @@ class MainWindow(QMainWindow):
 
         self.state_label = QLabel()
         self.state_label.setObjectName("state")
+        self.state_label.setTextFormat(Qt.TextFormat.RichText)
         self.fingerprint_label = QLabel()
         self.fingerprint_label.setObjectName("fingerprint")
+        self.fingerprint_label.setTextFormat(Qt.TextFormat.PlainText)
         self.fingerprint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.statusBar().addWidget(self.state_label, 1)
         self.statusBar().addPermanentWidget(self.fingerprint_label)
@@ -243,7 +246,8 @@ class MainWindow(QMainWindow):
 
     def _set_state_text(self, text: str, mood: str) -> None:
         dot = {"good": "#2e9d4f", "busy": "#d08a00", "bad": "#d04040"}[mood]
-        self.state_label.setText(f'<span style="color:{dot}">●</span> {text}')
+        # The text may quote the server (a close reason): never markup.
+        self.state_label.setText(f'<span style="color:{dot}">●</span> {html.escape(text)}')
 
     def _show_countdown(self) -> None:
         if self.client.state != "reconnecting":
@@ -476,8 +480,6 @@ class MainWindow(QMainWindow):
         if conversation is None:
             self.header.setText("")
             return
-        import html
-
         if conversation.kind == "room":
             title = f"<b>#{html.escape(conversation.name)}</b>"
             if conversation.topic:

@@ -11,6 +11,7 @@ the reactor shares Qt's loop and a nested loop would stall the network.
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from PyQt6.QtCore import Qt
@@ -57,10 +58,10 @@ class Trust:
         box.setObjectName("first-use")
         box.setIcon(QMessageBox.Icon.Question)
         box.setWindowTitle("New server key")
-        box.setText(f"This is the first connection to <b>{self.server}</b>.")
+        box.setText(f"This is the first connection to <b>{html.escape(self.server)}</b>.")
         box.setInformativeText(
             "Its key fingerprint is:<br><br>"
-            f"<tt>{fingerprint}</tt><br><br>"
+            f"<tt>{html.escape(fingerprint)}</tt><br><br>"
             "If you can, compare it with the one the server's operator gives "
             "(the server prints it when it starts). Trust this key and remember it?"
         )
@@ -93,13 +94,16 @@ class Trust:
         box.setObjectName("key-changed")
         box.setIcon(QMessageBox.Icon.Critical)
         box.setWindowTitle("Server key has CHANGED")
-        box.setText(f"<b>The key of {mismatch.server} has changed. Nothing was sent.</b>")
+        server, expected, actual = (
+            html.escape(x) for x in (mismatch.server, mismatch.expected, mismatch.actual)
+        )
+        box.setText(f"<b>The key of {server} has changed. Nothing was sent.</b>")
         box.setInformativeText(
-            f"Pinned fingerprint:<br><tt>{mismatch.expected}</tt><br><br>"
-            f"Presented fingerprint:<br><tt>{mismatch.actual}</tt><br><br>"
+            f"Pinned fingerprint:<br><tt>{expected}</tt><br><br>"
+            f"Presented fingerprint:<br><tt>{actual}</tt><br><br>"
             "Someone may be intercepting the connection, or the server's key was "
             "replaced. If the operator confirms the new key, remove the line for "
-            f"<tt>{mismatch.server}</tt> from <tt>{self.known_hosts.path}</tt> and connect again."
+            f"<tt>{server}</tt> from <tt>{html.escape(str(self.known_hosts.path))}</tt> and connect again."
         )
         box.setStandardButtons(QMessageBox.StandardButton.Close)
         box.finished.connect(lambda _: setattr(self, "dialog", None))
