@@ -215,6 +215,65 @@ class GuiTests(unittest.TestCase):
         await gui.connect(server.port, "alice", PASSWORD, register=False)
         await gui.wait("window() and window().client.state == 'online'")
 
+    async def test_dms_sent_while_offline_arrive_at_login(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        await alice.close()
+        bob = await logged_in(self, server, "bob")
+        await bob.request({"type": "dm", "to": "alice", "body": "while you were out"})
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD, register=False)
+        await gui.wait("texts(window().dm_list) == ['bob  (1)']")
+        await gui.exec("window().open_dm('Bob')")  # as typed: the name is the server's lowercase one
+        await gui.wait("'while you were out' in window().view.toPlainText()")
+        self.assertEqual(await gui.eval("window().model.current"), "dm:alice:bob")
+        self.assertEqual(await gui.eval("texts(window().dm_list)"), ["bob"])
+
+    async def test_room_commands_need_a_room_and_rejoining_fills_the_gap(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        await bob.request({"type": "create", "room": "design"})
+        await bob.say("design", "first")
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await gui.exec("window().open_dm('bob')")
+        await gui.exec("type_text(window().input, '/part')\npress(window().input, 'Return')")
+        await gui.wait("'open the room first' in window().view.toPlainText()")
+        self.assertEqual(await gui.eval("window().input.toPlainText()"), "/part", "kept to fix")
+        await gui.exec("window().input.clear()")
+        self.assertEqual(await gui.eval("sorted(window().client.rooms)"), ["lobby"])
+        await gui.exec("type_text(window().input, '/switch nosuch')\npress(window().input, 'Return')")
+        await gui.wait("'You are not in #nosuch' in window().view.toPlainText()")
+        self.assertEqual(await gui.eval("texts(window().room_list)"), ["#lobby"])
+
+        await gui.exec("type_text(window().input, '/join design')\npress(window().input, 'Return')")
+        await gui.wait("window().model.current == 'room:design' and 'first' in window().view.toPlainText()")
+        await gui.exec("type_text(window().input, '/part')\npress(window().input, 'Return')")
+        await gui.wait("window().model.conversation('room:design').joined is False")
+        for n in range(3):
+            await bob.say("design", f"said while alice was out {n}")
+        await gui.exec("type_text(window().input, '/join design')\npress(window().input, 'Return')")
+        await gui.wait("window().model.current == 'room:design'")
+        await gui.wait("'said while alice was out 2' in window().view.toPlainText()")
+        text = await gui.view_text()
+        self.assertEqual([text.count(f"said while alice was out {n}") for n in range(3)], [1, 1, 1])
+        self.assertLess(text.index("alice left"), text.index("said while alice was out 0"))
+
+    async def test_a_disabled_account_returns_to_the_connect_dialog_with_the_reason(self) -> None:
+        server = await start_server(self)
+        conn = store.open_database(server.settings.database_path)
+        try:
+            accounts.add_user_now(conn, "root", PASSWORD, "admin", server.settings.password_hash_cost)
+        finally:
+            conn.close()
+        root = await logged_in(self, server, "root", register=False)
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await root.request({"type": "disable", "user": "alice"})
+        await gui.wait("controller.window is None and controller.dialog.isVisible()")
+        self.assertIn("disabled", (await gui.eval("controller.dialog.error.text()")).lower())
+        self.assertEqual(await gui.eval("controller.client.state"), "stopped")
+
     async def test_a_dm_or_mention_notifies_only_when_the_window_is_not_focused(self) -> None:
         server = await start_server(self)
         bob = await logged_in(self, server, "bob")
@@ -439,7 +498,7 @@ class GuiReconnectTests(unittest.TestCase):
             "'reconnecting in' in window().state_label.text() and window().state_label.text()"
         )
         self.assertRegex(status, r"reconnecting in \d+ s")
-        self.assertIn("Disconnected", await gui.view_text())
+        self.assertRegex(await gui.view_text(), r"(?m)^• Disconnected \(")
         # Enter while offline keeps the text in the box.
         await gui.exec("press(window().input, 'Return')")
         self.assertEqual(await gui.eval("window().input.toPlainText()"), "a draft, not sent yet")

@@ -110,17 +110,21 @@ class App:
         self.client.add_state_listener(self._state)
         self.client.add_state_listener(lambda state, detail: self._first_state(login, state, detail))
         self.window.closed_callback = self.reactor.stop
-        self.window.logged_out_callback = lambda: self._logged_out(login)
+        self.window.logged_out_callback = lambda: self._back_to_connect(login)
+        self.window.failed_callback = lambda reason: self._back_to_connect(login, f"Disconnected: {reason}")
         self.window.show()
         self.client.start()
 
-    def _logged_out(self, login: Any) -> None:
+    def _back_to_connect(self, login: Any, error: str | None = None) -> None:
+        """After a logout, or when the session can never come back."""
         window, self.window = self.window, None
+        if window is None:
+            return
         window.closed_callback = None
         window.close()
         window.deleteLater()
         server = login.server
-        self.show_connect(prefill={"host": server.host, "port": server.port, "user": server.user})
+        self.show_connect(error, prefill={"host": server.host, "port": server.port, "user": server.user})
 
     def _state(self, state: str, detail: Any) -> None:
         if state == "reconnecting":
@@ -139,6 +143,7 @@ class App:
             from chatclient.gui.trust import KeyChanged
 
             window, self.window = self.window, None
+            window.shut_down()
             if isinstance(detail, KeyChanged):
                 message = "The server's key has changed: not connected, nothing was sent."
             else:

@@ -9,6 +9,7 @@ whose answer updates the widgets when it comes.
 from __future__ import annotations
 
 import html
+import re
 from typing import Any, Callable
 
 from PyQt6.QtCore import QEvent, QPoint, Qt, QTimer
@@ -31,6 +32,7 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from chatclient import commands
@@ -41,9 +43,12 @@ from chatclient.gui.servers import Server
 from chatclient.gui.trust import fingerprint_text
 from chatclient.gui.widgets import ChatInput, MessageView, ask_text
 from chatclient.reconnect import ReconnectingClient
-from chatclient.session import ServerError
+from chatclient.session import ConnectionClosed, ServerError
 
 HISTORY_PAGE = 50
+#: Notices kept per conversation (errors, reconnects ...).
+MAX_NOTES = 100
+USERNAME = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
 RANK = {"member": 1, "moderator": 2, "owner": 3}
 #: Room events after which the member list is read again.
 MEMBERSHIP_EVENTS = ("joined", "left", "kicked", "banned", "role")
@@ -66,6 +71,12 @@ class MainWindow(QMainWindow):
         self.loading_older: set[str] = set()
         self.stats_panel: Any = None
         self.stats_dock: QDockWidget | None = None
+        self.closing = False
+        #: This window's notices per conversation: (newest id then, HTML).
+        self.notes: dict[str, list[tuple[int, str]]] = {}
+        #: Messages whose send was cut off by a dropped connection:
+        #: (stream, text, newest id then); checked once back online.
+        self.unconfirmed: list[tuple[str, str, int]] = []
         #: The server pushes us stats frames (ends with each connection).
         self.stats_subscribed = False
         self.fingerprint: str | None = None
@@ -73,6 +84,8 @@ class MainWindow(QMainWindow):
         self.closed_callback: Callable[[], Any] | None = None
         #: Called after a logout (the app offers to connect again).
         self.logged_out_callback: Callable[[], Any] | None = None
+        #: Called with the reason when reconnecting can never succeed.
+        self.failed_callback: Callable[[str], Any] | None = None
         self.setWindowTitle(f"{client.user} on {server.host}:{server.port} — chatclient")
         self._build()
         self.notifier = Notifier(self)
@@ -217,9 +230,29 @@ class MainWindow(QMainWindow):
         self.stats_action = action(view, "Server &statistics", "Ctrl+Shift+S", self.toggle_stats)
         self.stats_action.setEnabled(False)
 
+    def request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """A request whose answer is dropped if it comes after the window
+        closed (its widgets are gone by then)."""
+        answer: Deferred[dict[str, Any]] = Deferred()
+
+        def forward(result: Any) -> None:
+            if not self.closing:
+                answer.callback(result) if not isinstance(result, Failure) else answer.errback(result)
+
+        self.client.request(event).addBoth(forward)
+        return answer
+
+    def shut_down(self) -> None:
+        """No more drawing: the window is going away."""
+        self.closing = True
+        self._countdown.stop()
+        self._presence.stop()
+
     # --- connection state ------------------------------------------------------
 
     def on_state(self, state: str, detail: Any) -> None:
+        if self.closing:
+            return
         if state == "online":
             self._countdown.stop()
             session = self.client.session
@@ -237,9 +270,17 @@ class MainWindow(QMainWindow):
         elif state == "connecting":
             again = self.client.connections > 0
             self._set_state_text("Reconnecting…" if again else f"Connecting to {self.server.host}…", "busy")
+            if again:
+                self._countdown.start()  # a setup that fails waits for the next attempt
         elif state == "failed":
             self._countdown.stop()
-            self._set_state_text(f"Disconnected: {getattr(detail, 'message', detail)}", "bad")
+            reason = getattr(detail, "message", None) or str(detail)
+            self._set_state_text(f"Disconnected: {reason}", "bad")
+            if self.client.connections > 0:
+                self.notice(f"Disconnected for good: {reason}", error=True)
+                self.input.setReadOnly(True)
+                if self.failed_callback is not None:
+                    self.failed_callback(reason)
         elif state == "stopped":
             self._countdown.stop()
             self._set_state_text("Disconnected", "bad")
@@ -250,11 +291,14 @@ class MainWindow(QMainWindow):
         self.state_label.setText(f'<span style="color:{dot}">●</span> {html.escape(text)}')
 
     def _show_countdown(self) -> None:
-        if self.client.state != "reconnecting":
+        if self.client.state not in ("reconnecting", "connecting"):
             return
         at = self.client.retry_at
-        left = max(0.0, at - self.reactor.seconds()) if at is not None else 0.0
-        self._set_state_text(f"Connection lost — reconnecting in {left:.0f} s", "busy")
+        left = at - self.reactor.seconds() if at is not None else 0.0
+        if left > 0:
+            self._set_state_text(f"Connection lost — reconnecting in {left:.0f} s", "busy")
+        else:
+            self._set_state_text("Connection lost — reconnecting…", "busy")
 
     def online(self, welcome: dict[str, Any]) -> None:
         role = welcome.get("role", self.client.role)
@@ -265,16 +309,15 @@ class MainWindow(QMainWindow):
         self.stats_action.setEnabled(admin)
         self.member_list.setEnabled(True)
         again = self.client.connections > 1
-        streams = welcome.get("streams", {})
-        for room in welcome.get("rooms", []):
-            self.model.conversation(room_stream(room)).joined = True
-        for stream, last in streams.items():
+        rooms = set(welcome.get("rooms", []))
+        for stream in welcome.get("streams", {}):
             self.model.conversation(stream)
-            if isinstance(last, int) and stream not in self.client.last_ids:
-                # A stream new to us: the history page the window loads when
-                # it is opened covers what came before; the client catches
-                # up from here after a reconnect.
-                self.client.note_seen(stream, last)
+        for conversation in self.model.conversations.values():
+            if conversation.kind == "room":
+                # Removed while away (and refused the catch-up that would
+                # have said so): the welcome is the truth.
+                conversation.joined = conversation.name in rooms
+        self._seed_catch_up()
         self.refresh_lists()
         self.refresh_topics()
         if self.model.current is None:
@@ -284,13 +327,19 @@ class MainWindow(QMainWindow):
                 self.open_conversation(first.stream)
         elif again:
             self.notice("Reconnected; caught up with what was missed.")
+            current = self.current()
+            if current is not None and not current.loaded:
+                self._load_page(current, older=True)  # opened while offline
             self.refresh_members()
+            self._check_unconfirmed()
         if self.stats_dock is not None and self.stats_dock.isVisible():
             self._subscribe_stats(True)  # a subscription ends with its connection
 
     # --- events -------------------------------------------------------------------
 
     def on_event(self, event: dict[str, Any]) -> None:
+        if self.closing:
+            return
         kind = event.get("type")
         if kind == "stats":
             if self.stats_panel is not None:
@@ -298,13 +347,16 @@ class MainWindow(QMainWindow):
             return
         if kind == "invited" and "by" in event:
             by, room = str(event["by"]), str(event.get("room"))
-            self._append(self.renderer.invitation(by, room))
+            self._note(self.renderer.invitation(by, room))
             self.notifier.notify("Invitation", f"{by} invited you to #{room}")
             return
         added = self.model.add_event(event)
         if added is None:
             return
         conversation, at = added
+        if kind == "joined" and event.get("user") == self.client.user and at > 0 and conversation.loaded:
+            # Back in a room we had left: what was said meanwhile.
+            self._fill_gap(conversation, conversation.events[at - 1]["id"], event["id"])
         if conversation.stream == self.model.current:
             if at == len(conversation.events) - 1:
                 previous = conversation.events[at - 1] if at else None
@@ -355,6 +407,24 @@ class MainWindow(QMainWindow):
             listing.blockSignals(False)
         self._filter(self.search.text())
 
+    def _seed_catch_up(self) -> None:
+        """Give the client a place to catch up from for rooms it has seen
+        no event of yet, so what they miss while disconnected counts as
+        unread.  From a history page, not from the welcome: an event being
+        committed at the welcome is counted there but arrives live later,
+        and must not be taken as seen.  (Direct messages need none of
+        this: the server sends the ones a user missed after each login.)"""
+        for conversation in self.model.rooms():
+            stream = conversation.stream
+            if stream in self.client.last_ids or stream == self.model.current:
+                continue
+
+            def got(page: dict[str, Any], stream: str = stream) -> None:
+                if page["events"]:
+                    self.client.note_seen(stream, page["events"][-1]["id"])
+
+            self.request({"type": "history", "stream": stream, "limit": 1}).addCallbacks(got, lambda _: None)
+
     def refresh_topics(self) -> None:
         """Topics set at creation have no ``topic`` event: read them all."""
 
@@ -367,7 +437,7 @@ class MainWindow(QMainWindow):
                     conversation.topic = room.get("topic", "")
             self._update_header()
 
-        self.client.request({"type": "rooms"}).addCallbacks(got, self._report, errbackArgs=("rooms",))
+        self.request({"type": "rooms"}).addCallbacks(got, self._report, errbackArgs=("rooms",))
 
     def conversations_in_order(self) -> list[Conversation]:
         return self.model.rooms() + self.model.dms()
@@ -385,8 +455,14 @@ class MainWindow(QMainWindow):
         self.input.setFocus()
 
     def open_dm(self, user: Any) -> None:
-        if isinstance(user, str) and user and user != self.client.user:
-            self.open_conversation(dm_stream(self.client.user, user))
+        if not isinstance(user, str):
+            return
+        name = user.strip().lstrip("@")
+        name = name.lower() if name.isascii() else name  # as the server does
+        if not USERNAME.fullmatch(name):
+            self.notice(f"{user!r} is not a username (2 to 32 of a-z 0-9 _ -)", error=True)
+        elif name != self.client.user:
+            self.open_conversation(dm_stream(self.client.user, name))
 
     def open_nth(self, index: int) -> None:
         conversations = self.conversations_in_order()
@@ -445,8 +521,26 @@ class MainWindow(QMainWindow):
         conversation = self.current()
         bar = self.view.verticalScrollBar()
         from_bottom = bar.maximum() - bar.value()
-        self.view.setHtml(self.renderer.conversation_html(conversation.events if conversation else []))
+        if conversation is None:
+            self.view.setHtml("")
+        else:
+            notes = self.notes.get(conversation.stream, [])
+            self.view.setHtml(self.renderer.conversation_html(conversation.events, notes))
         bar.setValue(bar.maximum() - from_bottom)
+
+    def _fill_gap(self, conversation: Conversation, after: int, before: int) -> None:
+        if before - after <= 1:
+            return
+
+        def got(page: dict[str, Any]) -> None:
+            if self.model.add_history(conversation.stream, page["events"], page["more"], older=False):
+                if conversation.stream == self.model.current:
+                    self.render_current()
+            if page["more"] and page["events"]:
+                self._fill_gap(conversation, page["events"][-1]["id"], before)
+
+        request = {"type": "history", "stream": conversation.stream, "after": after, "before": before}
+        self.request(dict(request, limit=200)).addCallbacks(got, self._report, errbackArgs=("history",))
 
     def _prepend(self, events: list[dict[str, Any]], first_shown: dict[str, Any]) -> None:
         bar = self.view.verticalScrollBar()
@@ -466,6 +560,8 @@ class MainWindow(QMainWindow):
         stay = self.view.at_bottom() or own
         cursor = self.view.textCursor()
         cursor.movePosition(cursor.MoveOperation.End)
+        if cursor.block().length() > 1:
+            cursor.insertBlock()  # after setHtml the last paragraph is not empty
         cursor.insertHtml(html)
         cursor.insertBlock()
         if stay:
@@ -473,7 +569,18 @@ class MainWindow(QMainWindow):
 
     def notice(self, text: str, error: bool = False) -> None:
         """A line for this window only: not an event, not kept."""
-        self._append(self.renderer.local_notice(text, error))
+        if self.closing:
+            return
+        self._note(self.renderer.local_notice(text, error))
+
+    def _note(self, note: str) -> None:
+        conversation = self.current()
+        if conversation is not None:
+            # Kept with the conversation, so a re-render does not drop it.
+            kept = self.notes.setdefault(conversation.stream, [])
+            kept.append((conversation.newest_id, note))
+            del kept[:-MAX_NOTES]
+        self._append(note)
 
     def _update_header(self) -> None:
         conversation = self.current()
@@ -518,7 +625,7 @@ class MainWindow(QMainWindow):
             if conversation.stream != self.model.current:
                 return
             older_events = [e for e in conversation.events if oldest is not None and e["id"] < oldest]
-            if not first_page and oldest is not None and len(older_events) == len(page["events"]):
+            if older_events and not first_page and len(older_events) == len(page["events"]):
                 # Scrolling back: lay out only the new page, not everything
                 # loaded so far (a full re-render costs ~0.1 ms per event).
                 self._prepend(older_events, conversation.events[len(older_events)])
@@ -530,13 +637,13 @@ class MainWindow(QMainWindow):
 
         def failed(failure: Failure) -> None:
             self.loading_older.discard(conversation.stream)
+            if failure.check(ConnectionClosed):
+                return  # loaded when back online
             conversation.loaded = True
-            if failure.check(ServerError) and failure.value.code in ("no_such_stream",):
-                conversation.more_before = False
-                return
+            conversation.more_before = False  # refused: asking again will not help
             self._report(failure, "history")
 
-        self.client.request(request).addCallbacks(loaded, failed)
+        self.request(request).addCallbacks(loaded, failed)
 
     # --- members -----------------------------------------------------------------------
 
@@ -561,7 +668,7 @@ class MainWindow(QMainWindow):
             if self.model.current == stream:
                 self._show_members(answer.get("members", []))
 
-        self.client.request({"type": "who", "room": conversation.name}).addCallbacks(
+        self.request({"type": "who", "room": conversation.name}).addCallbacks(
             got, lambda failure: self._report(failure, "who")
         )
 
@@ -642,7 +749,7 @@ class MainWindow(QMainWindow):
         return menu
 
     def moderate(self, request: dict[str, Any]) -> None:
-        self.client.request(request).addErrback(self._report, request["type"])
+        self.request(request).addErrback(self._report, request["type"])
 
     # --- sending ---------------------------------------------------------------------
 
@@ -659,23 +766,66 @@ class MainWindow(QMainWindow):
             self.input.clear()
             self._send({"type": "dm", "to": conversation.name, "body": text}, text)
             return
-        room = conversation.name if conversation is not None and conversation.kind == "room" else "lobby"
+        room = conversation.name if conversation is not None and conversation.kind == "room" else ""
         try:
             command = commands.parse(text, room)
         except commands.CommandError as e:
             self.notice(str(e), error=True)
             return
+        request = command.request or {}
+        if (
+            request.get("room") == ""
+            or request.get("stream") == "room:"
+            or command.action in ("topic",)
+            and not room
+        ):
+            self.notice("That command acts on a room: open the room first, or name it.", error=True)
+            return
         self.input.clear()
+        if request.get("type") == "dm":
+            self._send(request, text)
+            return
         self.run_command(command, text)
 
     def _send(self, request: dict[str, Any], text: str) -> None:
+        if request["type"] == "dm":
+            stream = dm_stream(self.client.user, str(request["to"]).lower())
+        else:
+            stream = room_stream(request["room"])
+        newest = self.model.conversation(stream).newest_id if stream in self.model.conversations else 0
+
         def failed(failure: Failure) -> None:
-            # The message did not go: give it back, ahead of anything typed since.
-            typed = self.input.toPlainText()
-            self.input.setPlainText(text + ("\n" + typed if typed else ""))
+            if failure.check(ConnectionClosed):
+                # It may have been stored before the connection dropped
+                # (there is no idempotency key): decide once caught up.
+                self.unconfirmed.append((stream, request["body"], newest))
+                self.notice("The connection dropped while sending; checking once reconnected.", error=True)
+                return
+            self._give_back(text)
             self._report(failure, request["type"])
 
-        self.client.request(request).addErrback(failed)
+        self.request(request).addErrback(failed)
+
+    def _give_back(self, text: str) -> None:
+        """A message that did not go returns to the input, ahead of
+        anything typed since."""
+        typed = self.input.toPlainText()
+        self.input.setPlainText(text + ("\n" + typed if typed else ""))
+
+    def _check_unconfirmed(self) -> None:
+        pending, self.unconfirmed = self.unconfirmed, []
+        for stream, body, newest in pending:
+            events = self.model.conversations[stream].events if stream in self.model.conversations else []
+            if any(
+                e["id"] > newest and e.get("from") == self.client.user and e.get("body") == body
+                for e in events
+            ):
+                self.notice("A message sent as the connection dropped did arrive.")
+            else:
+                self._give_back(body)
+                self.notice(
+                    "A message sent as the connection dropped did not arrive: it is back in the input."
+                )
 
     def run_command(self, command: commands.Command, text: str) -> None:
         action = command.action
@@ -688,7 +838,11 @@ class MainWindow(QMainWindow):
         elif action == "quit":
             self.close()
         elif action == "switch":
-            self.open_conversation(room_stream(command.room or ""))
+            target = self.model.conversations.get(room_stream(command.room or ""))
+            if target is None or not target.joined:
+                self.notice(f"You are not in #{command.room}: /join {command.room}", error=True)
+            else:
+                self.open_conversation(target.stream)
         elif action == "history":
             self.load_older()
         elif action == "topic":
@@ -711,7 +865,7 @@ class MainWindow(QMainWindow):
                 elif answer.get("type") in ("rooms", "who", "info", "invited", "account"):
                     self.notice(_describe(answer))
 
-            self.client.request(request).addCallbacks(answered, self._report, errbackArgs=(request["type"],))
+            self.request(request).addCallbacks(answered, self._report, errbackArgs=(request["type"],))
 
     def log_out(self) -> None:
         self.run_command(commands.Command("request", {"type": "logout"}), "")
@@ -725,6 +879,8 @@ class MainWindow(QMainWindow):
             self.logged_out_callback()
 
     def _report(self, failure: Failure, what: str) -> None:
+        if failure.check(ConnectionClosed) and what in ("who", "rooms", "history", "stats"):
+            return  # asked again once reconnected
         if failure.check(ServerError):
             retry = failure.value.event.get("retry_after")
             extra = f" (try again in {retry} s)" if retry else ""
@@ -817,7 +973,7 @@ class MainWindow(QMainWindow):
                 self.run_command(commands.Command("join", {"type": "join", "room": room}, room), "")
 
         dialog.accepted.connect(accepted)
-        self.client.request({"type": "rooms"}).addCallbacks(got, self._report, errbackArgs=("rooms",))
+        self.request({"type": "rooms"}).addCallbacks(got, self._report, errbackArgs=("rooms",))
         dialog.open()
         return dialog
 
@@ -897,7 +1053,7 @@ class MainWindow(QMainWindow):
             if on and self.stats_panel is not None:
                 self.stats_panel.load(answer)
 
-        self.client.request({"type": "stats", "subscribe": on}).addCallbacks(
+        self.request({"type": "stats", "subscribe": on}).addCallbacks(
             got, self._report, errbackArgs=("stats",)
         )
 
@@ -911,8 +1067,7 @@ class MainWindow(QMainWindow):
             self.render_current()
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
-        self._countdown.stop()
-        self._presence.stop()
+        self.shut_down()
         self.client.stop()
         super().closeEvent(event)
         if self.closed_callback is not None:

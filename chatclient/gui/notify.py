@@ -8,6 +8,8 @@ chat needs no pop-up.
 
 from __future__ import annotations
 
+import html
+
 from PyQt6.QtWidgets import QApplication, QStyle, QSystemTrayIcon, QWidget
 
 
@@ -33,7 +35,11 @@ class Notifier:
         preview = text if len(text) <= 120 else text[:119] + "…"
         self.shown.append((title, preview))
         if self.tray is not None:
-            self.tray.showMessage(title, preview, QSystemTrayIcon.MessageIcon.Information, 8000)
+            # Desktop notification services render a subset of HTML: what
+            # someone else wrote must show as text, not as links or images.
+            self.tray.showMessage(
+                html.escape(title), html.escape(preview), QSystemTrayIcon.MessageIcon.Information, 8000
+            )
         else:
             QApplication.alert(self.window, 0)
 

@@ -162,10 +162,18 @@ class Renderer:
             f'<b>#{html.escape(room)}</b> — <a href="{link}">join #{html.escape(room)}</a></p>'
         )
 
-    def conversation_html(self, events: list[dict[str, Any]]) -> str:
+    def conversation_html(
+        self, events: list[dict[str, Any]], notes: list[tuple[int, str]] | None = None
+    ) -> str:
+        """``notes``: (id of the newest event when it was made, HTML) of
+        this window's own notices, shown after that event."""
         out = []
         previous = None
+        pending = list(notes or [])
         for event in events:
+            while pending and pending[0][0] < event["id"]:
+                out.append(pending.pop(0)[1])
             out.append(self.event_html(event, previous))
             previous = event
+        out.extend(note for _, note in pending)
         return "".join(out)
