@@ -137,6 +137,17 @@ def encode_events(events: list[dict[str, Any]]) -> bytes:
     return _compact_json(events)
 
 
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One event, to be joined with others into a DATA record's array."""
+    return _compact_json(event)
+
+
+def max_plaintext(max_line_length: int) -> int:
+    """The largest DATA plaintext whose line fits in ``max_line_length``
+    bytes: base64 of type + ciphertext + tag (49135 for 65536)."""
+    return (max_line_length // 4) * 3 - 1 - TAG_SIZE
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

@@ -1836,3 +1836,101 @@ class RekeyTests(ChannelTestCase):
                 updates = [r for r in conn.records(direction) if r[0] == channel.KEY_UPDATE]
                 self.assertGreaterEqual(len(updates), 10, f"{direction}: too few KEY_UPDATEs")
         self.assertEqual(self.logs.find(any_drop), [])
+
+
+class CoalescedRecordTests(ChannelTestCase):
+    """What the server produces for a connection in one reactor turn
+    leaves as one DATA record (answers and notifications in order), split
+    only where a record would exceed the line limit; such records are
+    authenticated exactly like single-event ones."""
+
+    async def _through_proxy(self, tamper: Tamper | None = None) -> tuple[RunningServer, Any, ChatSession]:
+        server = await self.start()
+        proxy = await self.proxy(server.port, tamper)
+        session = await self.client(proxy.port)
+        seen: list[str] = []
+        session.add_listener(lambda e: seen.append(e["type"]))
+        await with_timeout(session.register("alice", PASSWORD))
+        await until(lambda: "joined" in seen, "alice's own joined, after the welcome")
+        return server, proxy.connections[0], session
+
+    @staticmethod
+    def data_lines(conn: Any) -> int:
+        return sum(1 for line in conn.seen["s2c"] if record_of(line)[0] == channel.DATA)
+
+    async def test_answers_of_one_turn_share_a_record_in_request_order(self) -> None:
+        _, conn, session = await self._through_proxy()
+        queue = EventQueue(session)
+        before = self.data_lines(conn)
+        # Twenty requests in one record: handled in one turn.
+        session.protocol.send_events([{"type": "ping", "ref": f"p{n}"} for n in range(20)])
+        pongs = [await queue.next(lambda e: e["type"] == "pong") for _ in range(20)]
+        self.assertEqual([p["ref"] for p in pongs], [f"p{n}" for n in range(20)])
+        self.assertEqual(self.data_lines(conn) - before, 1, "twenty answers, one sealed record")
+
+    async def test_notifications_come_before_their_answer(self) -> None:
+        _, conn, session = await self._through_proxy()
+        seen: list[str] = []
+        session.add_listener(lambda e: seen.append(e["type"]))
+        before = self.data_lines(conn)
+        ack = await with_timeout(session.say("lobby", "hello").addCallback(lambda a: seen.append("ack") or a))
+        self.assertEqual(seen[-2:], ["msg", "ack"])
+        self.assertEqual(ack["type"], "ack")
+        self.assertEqual(self.data_lines(conn) - before, 1)
+
+    async def test_a_turn_larger_than_a_record_is_split_under_the_line_limit(self) -> None:
+        server, conn, session = await self._through_proxy()
+        queue = EventQueue(session)
+        bob = await logged_in(self, server, "bob")
+        await EventQueue(session).next(lambda e: e["type"] == "joined" and e["user"] == "bob")
+        before = len(conn.seen["s2c"])
+        body = "b" * 3000
+        for n in range(40):  # one record each (a record has the line limit too), in one write
+            bob.protocol.send_events([{"type": "say", "room": "lobby", "body": f"{n:02d}{body}", "ref": n}])
+        got = [await queue.next(lambda e: e["type"] == "msg") for _ in range(40)]
+        self.assertEqual([int(e["body"][:2]) for e in got], list(range(40)))
+        lines = conn.seen["s2c"][before:]
+        self.assertGreaterEqual(len(lines), 3, "120 kB of events do not fit one record")
+        self.assertLessEqual(max(len(line) for line in lines), server.settings.max_line_length)
+
+    async def test_a_replayed_coalesced_record_is_rejected(self) -> None:
+        replay = {"armed": False, "done": False}
+
+        def tamper(conn: ProxyConnection, d: str, i: int, line: bytes) -> list[bytes] | None:
+            # The first record after the ping burst is sent twice.
+            if d == "s2c" and record_of(line)[0] == channel.DATA and replay["armed"] and not replay["done"]:
+                replay["done"] = True
+                return [line, line]
+            return None
+
+        _, conn, session = await self._through_proxy(tamper)
+        queue = EventQueue(session)
+        closed = watch(session.closed)
+        replay["armed"] = True
+        session.protocol.send_events([{"type": "ping", "ref": f"p{n}"} for n in range(5)])
+        pongs = [await queue.next(lambda e: e["type"] == "pong") for _ in range(5)]
+        self.assertEqual(len(pongs), 5)  # the first copy is fine, all five answers in it
+        info = await closed
+        self.assertEqual((info.clean, info.code, info.message), (False, "protocol_error", AUTH_FAILED))
+
+    async def test_reordered_coalesced_records_are_rejected(self) -> None:
+        held: list[bytes] = []
+        swap = {"armed": False}
+
+        def tamper(conn: ProxyConnection, d: str, i: int, line: bytes) -> list[bytes] | None:
+            if d == "s2c" and record_of(line)[0] == channel.DATA and swap["armed"]:
+                if not held:
+                    held.append(line)
+                    return []
+                swap["armed"] = False
+                return [line, held[0]]
+            return None
+
+        _, conn, session = await self._through_proxy(tamper)
+        closed = watch(session.closed)
+        swap["armed"] = True
+        session.protocol.send_events([{"type": "ping", "ref": f"a{n}"} for n in range(5)])
+        await task.deferLater(reactor, 0.05, lambda: None)  # a second turn, a second record
+        session.protocol.send_events([{"type": "ping", "ref": f"b{n}"} for n in range(5)])
+        info = await closed
+        self.assertEqual((info.clean, info.code, info.message), (False, "protocol_error", AUTH_FAILED))
