@@ -67,6 +67,7 @@ from chatserver import crypto  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chat_scenarios  # noqa: E402
+import lean  # noqa: E402
 from harness import (  # noqa: E402
     BODY_SIZE,
     PASSWORD,
@@ -165,6 +166,9 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
     return {
         "handshake_login": "handshake_login",
         "fanout": f"fanout_{args.receivers}x{args.senders}",
+        "fanout_r10": "fanout_r10",
+        "fanout_r100": "fanout_r100",
+        "latency_r100_1k": "latency_r100_1k",
         "dm": f"dm_{args.dm_pairs}pairs",
         "rooms": f"rooms_{args.rooms}x{args.room_members}",
         "durable": f"durable_{args.durable_senders}x{args.durable_window}",
@@ -172,7 +176,19 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-SCENARIOS = ("handshake_login", "fanout", "dm", "rooms", "durable", "catchup")
+SCENARIOS = (
+    "handshake_login",
+    "fanout",
+    "fanout_r10",
+    "fanout_r100",
+    "latency_r100_1k",
+    "dm",
+    "rooms",
+    "durable",
+    "catchup",
+)
+#: The lean generator's cases (names and parameters of ../shared/bench-peers).
+LEAN_FANOUT = {"fanout_r10": 10, "fanout_r100": 100}
 
 
 async def one_run(
@@ -199,6 +215,10 @@ async def one_run(
             result = await scenario_handshake_login(reactor, args, clients, meter)
         elif scenario == "fanout":
             result = await scenario_fanout(reactor, args, clients, meter)
+        elif scenario in LEAN_FANOUT:
+            result = await lean.scenario_fanout(reactor, args, clients, meter, scenario, LEAN_FANOUT[scenario])
+        elif scenario == "latency_r100_1k":
+            result = await lean.scenario_latency(reactor, args, clients, meter, 100, 1000.0)
         elif scenario == "dm":
             result = await chat_scenarios.scenario_dm(reactor, args, clients, meter)
         elif scenario == "rooms":
@@ -256,6 +276,16 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("other load, server CPU", ("server_cpu_other",), "{:.2f}"),
         ("other load, generator CPU", ("generator_cpu_other",), "{:.2f}"),
         ("setup (register all) s", ("setup_s",), "{:.1f}"),
+    ],
+    "fanout_r10": LOOP_METRICS + [("calibrated window", ("window",), "{:.0f}")],
+    "fanout_r100": LOOP_METRICS + [("calibrated window", ("window",), "{:.0f}")],
+    "latency_r100_1k": [
+        ("messages /s (offered 1000)", ("messages_per_s",), "{:.0f}"),
+        ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
+        ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
+        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
+        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+        ("order errors / lost / stuck", ("problems",), "{:.0f}"),
     ],
     "dm": LOOP_METRICS,
     "rooms": LOOP_METRICS,
@@ -492,6 +522,9 @@ def _run_note(scenario: str, result: dict[str, Any]) -> str:
         return f" ({result['acks_per_s']:.0f} acks/s, p99 {result['latency']['p99_ms'] or 0:.1f} ms)"
     if scenario == "catchup":
         return f" ({result['clients']} clients caught up in {result['all_caught_up_s']:.2f} s)"
+    if scenario == "latency_r100_1k":
+        lat = result["latency"]
+        return f" (p50 {lat['p50_ms'] or 0:.2f} ms, p99 {lat['p99_ms'] or 0:.2f} ms)"
     if scenario == "handshake_login":
         h, lg = result["handshake_only"], result["handshake_login"]
         return f" ({h['per_s']:.0f} handshakes/s, {lg['per_s']:.2f} logins/s)"
@@ -559,6 +592,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=5, help="fan-out senders (default 5)")
     p.add_argument("--window", type=int, default=4, help="outstanding messages per sender (default 4)")
     p.add_argument(
+        "--window-total",
+        type=int,
+        default=0,
+        help="fanout_rN: messages outstanding in all (default 0: calibrate once per case)",
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=5,
+        help="fanout_rN: receivers that parse and check every message (default 5; all decrypt)",
+    )
+    p.add_argument(
         "--hash-cost",
         type=int,
         default=15,
@@ -599,7 +644,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in (s.strip() for s in args.scenarios.split(",")):
         if not name:
             continue
-        key = "fanout" if name.startswith("fanout") else name
+        # "fanout_50x5" (any label of the classic case) is "fanout".
+        key = "fanout" if name.startswith("fanout") and name not in SCENARIOS else name
         if key not in SCENARIOS:
             p.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         if key not in scenarios:

@@ -1,0 +1,335 @@
+"""The lean fan-out load generator: enough receivers and messages to
+saturate the server's core from one generator core.
+
+Accounts log in through the client library (the real handshake, the real
+login).  Then each connection's reading is taken over:
+
+* every receiver still decrypts and authenticates every record it gets
+  (``SecureChannel.open_data``), and counts the ``msg`` events in it
+  without parsing the JSON (the server's compact encoding writes
+  ``"type":"msg"`` once per message event, and a body's quotes are
+  escaped, so the pattern cannot come from inside a message);
+* *sampled* receivers (``--sample`` of them) parse every event and check
+  that each sender's messages arrive complete and in order, and time them
+  (the body carries the send time), so the latency figures come from them;
+* senders write ``say`` requests without refs, several per record, and
+  only count what comes back (errors are counted too).
+
+Every message goes to every receiver in the room's one stream order, so
+the number of messages all receivers have is the smallest receiver count;
+the closed loop keeps ``window`` messages outstanding above it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from harness import BODY_SIZE, ROOM, Meter, latency_ms, sleep, within
+from chatclient.session import ChatSession
+
+MSG = b'"type":"msg"'
+ERROR = b'"type":"error"'
+
+
+class _Reader:
+    """Takes over a session's connection: lines in, records opened."""
+
+    def __init__(self, loop: "LeanFanout", session: ChatSession, index: int, sampled: bool) -> None:
+        self.loop = loop
+        self.channel = session.protocol.channel
+        self.index = index
+        self.sampled = sampled
+        self.partial = b""
+        self.count = 0
+        self.errors = 0
+        session.protocol.dataReceived = self.data  # type: ignore[method-assign]
+
+    def data(self, data: bytes) -> None:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        loop = self.loop
+        opened = self.channel.open_data
+        got = 0
+        for line in lines:
+            plaintext = opened(line)
+            if plaintext is None:
+                continue  # KEY_UPDATE
+            if self.sampled:
+                got += loop.check(self, plaintext)
+            else:
+                got += plaintext.count(MSG)
+            if ERROR in plaintext:
+                self.errors += plaintext.count(ERROR)
+                loop.error_examples.append(plaintext[:300].decode("utf-8", "replace"))
+        if got:
+            self.count += got
+            if loop.measuring:
+                loop.deliveries += got
+            loop.changed()
+
+
+class LeanFanout:
+    def __init__(
+        self,
+        reactor: Any,
+        receivers: list[ChatSession],
+        senders: list[ChatSession],
+        window: int,
+        sample: int,
+        room: str = ROOM,
+    ) -> None:
+        self.reactor = reactor
+        self.room = room
+        self.window = window
+        self.n_receivers = len(receivers)
+        step = max(1, len(receivers) // max(1, sample))
+        self.readers = [
+            _Reader(self, session, i, sampled=i % step == 0 and i // step < sample)
+            for i, session in enumerate(receivers)
+        ]
+        self.sender_readers = [_Reader(self, session, -1, sampled=False) for session in senders]
+        self.senders = senders
+        self.expected = {r.index: [0] * len(senders) for r in self.readers if r.sampled}
+        self.next_seq = [0] * len(senders)
+        self.sent_total = 0
+        self.completed = 0
+        self.measuring = False
+        self.stopping = False
+        self.deliveries = 0
+        self.messages_completed = 0
+        self.latencies: list[int] = []
+        self.order_errors = 0
+        self.unexpected = 0
+        self.error_examples: list[str] = []
+        self._pending_check = False
+        self._next_sender = 0
+        self.drained: Deferred | None = None
+        self.pad = "x" * BODY_SIZE
+        for session in receivers + senders:
+            session.closed.addCallback(self._lost)
+        self.lost_sessions = 0
+
+    def _lost(self, info: Any) -> Any:
+        if not self.stopping:
+            self.lost_sessions += 1
+            self.error_examples.append(f"session lost during the run: {info}")
+        return info
+
+    def check(self, reader: _Reader, plaintext: bytes) -> int:
+        """A sampled receiver: every message parsed, in order per sender."""
+        now = time.perf_counter_ns()
+        expected = self.expected[reader.index]
+        got = 0
+        for event in json.loads(plaintext):
+            if event.get("type") != "msg":
+                continue
+            got += 1
+            try:
+                s_text, seq_text, sent_text, _ = event["body"].split(" ", 3)
+                s, seq, sent = int(s_text), int(seq_text), int(sent_text)
+            except (KeyError, ValueError):
+                self.unexpected += 1
+                continue
+            if seq != expected[s]:
+                self.order_errors += 1
+            expected[s] = seq + 1
+            if self.measuring:
+                self.latencies.append(now - sent)
+        return got
+
+    def changed(self) -> None:
+        # Once per reactor turn: the smallest count, then refill the window.
+        if not self._pending_check:
+            self._pending_check = True
+            self.reactor.callLater(0, self._refill)
+
+    def _refill(self) -> None:
+        self._pending_check = False
+        done = min(r.count for r in self.readers)
+        if self.measuring:
+            self.messages_completed += done - self.completed
+        self.completed = done
+        if self.stopping:
+            if done >= self.sent_total and self.drained is not None and not self.drained.called:
+                self.drained.callback(None)
+            return
+        self.send(self.window - (self.sent_total - done))
+
+    def send(self, count: int) -> None:
+        """``count`` more messages, round robin over the senders, each
+        sender's share in one record."""
+        if count <= 0:
+            return
+        batches: list[list[dict[str, Any]]] = [[] for _ in self.senders]
+        for _ in range(count):
+            s = self._next_sender
+            self._next_sender = (s + 1) % len(self.senders)
+            seq = self.next_seq[s]
+            self.next_seq[s] = seq + 1
+            body = f"{s} {seq} {time.perf_counter_ns()} "
+            batches[s].append({"type": "say", "room": self.room, "body": body + self.pad[: BODY_SIZE - len(body)]})
+        self.sent_total += count
+        for session, batch in zip(self.senders, batches):
+            if batch:
+                protocol = session.protocol
+                protocol.transport.write(protocol.channel.seal_events(batch))
+
+    def drain(self) -> Deferred:
+        self.stopping = True
+        self.drained = Deferred()
+        if self.completed >= self.sent_total:
+            self.drained.callback(None)
+        return self.drained
+
+    async def run(self, meter: Meter, warmup: float, duration: float) -> dict[str, Any]:
+        reactor = self.reactor
+        self.send(self.window)
+        await sleep(reactor, warmup)
+        meter.start()
+        self.measuring = True
+        await sleep(reactor, duration)
+        self.measuring = False
+        figures = meter.stop()
+        stuck = 0
+        try:
+            await within(reactor, self.drain(), 15.0, "draining outstanding messages")
+        except TimeoutError:
+            stuck = self.sent_total - self.completed
+        wall = figures["wall_s"]
+        errors = sum(r.errors for r in self.readers + self.sender_readers)
+        figures.update(
+            receivers=self.n_receivers,
+            sampled_receivers=len(self.expected),
+            senders=len(self.senders),
+            window=self.window,
+            deliveries=self.deliveries,
+            deliveries_per_s=self.deliveries / wall,
+            deliveries_per_server_cpu_s=self.deliveries / figures["server_cpu_s"]
+            if figures["server_cpu_s"] > 0
+            else None,
+            messages_completed=self.messages_completed,
+            messages_per_s=self.messages_completed / wall,
+            latency=latency_ms(self.latencies),
+            total_sent=self.sent_total,
+            stuck_after_drain=stuck,
+            order_errors=self.order_errors,
+            unexpected_events=self.unexpected,
+            lost_sessions=self.lost_sessions,
+            errors=errors,
+            error_examples=sorted(set(self.error_examples))[:5],
+        )
+        return figures
+
+
+async def calibrate(
+    reactor: Any, make: Any, meter: Meter, windows: list[int], seconds: float = 2.0
+) -> tuple[int, list[dict[str, Any]]]:
+    """Try each window for ``seconds`` on the same connections; the one
+    with the most deliveries per second (as the peers' harness does)."""
+    tried = []
+    for window in windows:
+        loop = make(window)
+        figures = await loop.run(meter, 0.5, seconds)
+        tried.append({"window": window, "deliveries_per_s": figures["deliveries_per_s"]})
+    best = max(tried, key=lambda t: t["deliveries_per_s"])
+    return best["window"], tried
+
+
+#: Windows tried by the calibration, in messages outstanding in all.
+CALIBRATION_WINDOWS = [25, 50, 100, 200, 400, 800, 1600]
+#: case -> calibrated window, kept across the runs of one bench.
+CALIBRATED: dict[str, int] = {}
+
+
+async def _sessions(clients: Any, receivers: int, senders: int) -> tuple[list, list, float]:
+    names = [f"recv-{i:04d}" for i in range(receivers)] + [f"send-{i:03d}" for i in range(senders)]
+    t0 = time.perf_counter()
+    sessions = await clients.register_all(names)
+    setup_s = time.perf_counter() - t0
+    members = await clients.wait(sessions[-1].who(ROOM), "who")
+    if len(members) != len(names):
+        await clients.close_all(sessions)
+        raise RuntimeError(f"expected {len(names)} lobby members, the server lists {len(members)}")
+    return sessions[:receivers], sessions[receivers:], setup_s
+
+
+async def scenario_fanout(
+    reactor: Any, args: Any, clients: Any, meter: Meter, case: str, receivers: int
+) -> dict[str, Any]:
+    """``fanout_rN``: N receivers, ``args.senders`` senders, closed loop
+    with a window calibrated once per case (first run)."""
+    recv, send, setup_s = await _sessions(clients, receivers, args.senders)
+    try:
+        calibration: list[dict[str, Any]] = []
+        if case not in CALIBRATED:
+            if args.window_total:
+                CALIBRATED[case] = args.window_total
+            else:
+                CALIBRATED[case], calibration = await calibrate(
+                    reactor,
+                    lambda w: LeanFanout(reactor, recv, send, w, args.sample),
+                    meter,
+                    CALIBRATION_WINDOWS,
+                )
+        loop = LeanFanout(reactor, recv, send, CALIBRATED[case], args.sample)
+        figures = await loop.run(meter, args.warmup, args.duration)
+        figures.update(setup_s=setup_s, calibration=calibration)
+        return figures
+    finally:
+        await clients.close_all(recv + send)
+
+
+async def scenario_latency(
+    reactor: Any, args: Any, clients: Any, meter: Meter, receivers: int, rate: float
+) -> dict[str, Any]:
+    """``latency_r100_1k``: an open loop of ``rate`` messages a second
+    (one every 1/rate s, round robin over the senders) into a room of
+    ``receivers``; latency measured on the sampled receivers."""
+    recv, send, setup_s = await _sessions(clients, receivers, args.senders)
+    try:
+        loop = LeanFanout(reactor, recv, send, 0, max(args.sample, 10))
+        start = time.perf_counter()
+        sent = 0
+
+        def tick() -> None:
+            nonlocal sent
+            due = int((time.perf_counter() - start) * rate)
+            loop.send(due - sent)
+            sent = max(sent, due)
+
+        from twisted.internet import task
+
+        pacer = task.LoopingCall(tick)
+        pacer.clock = reactor
+        pacer.start(1 / rate)
+        await sleep(reactor, args.warmup)
+        meter.start()
+        loop.measuring = True
+        await sleep(reactor, args.duration)
+        loop.measuring = False
+        figures = meter.stop()
+        pacer.stop()
+        stuck = 0
+        try:
+            await within(reactor, loop.drain(), 15.0, "draining")
+        except TimeoutError:
+            stuck = loop.sent_total - loop.completed
+        figures.update(
+            setup_s=setup_s,
+            offered_per_s=rate,
+            messages_per_s=loop.messages_completed / figures["wall_s"],
+            deliveries_per_s=loop.deliveries / figures["wall_s"],
+            latency=latency_ms(loop.latencies),
+            samples=len(loop.latencies),
+            order_errors=loop.order_errors,
+            stuck_after_drain=stuck,
+            lost_sessions=loop.lost_sessions,
+            errors=sum(r.errors for r in loop.readers + loop.sender_readers),
+            error_examples=sorted(set(loop.error_examples))[:5],
+        )
+        return figures
+    finally:
+        await clients.close_all(recv + send)
