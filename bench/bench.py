@@ -216,7 +216,9 @@ async def one_run(
         elif scenario == "fanout":
             result = await scenario_fanout(reactor, args, clients, meter)
         elif scenario in LEAN_FANOUT:
-            result = await lean.scenario_fanout(reactor, args, clients, meter, scenario, LEAN_FANOUT[scenario])
+            result = await lean.scenario_fanout(
+                reactor, args, clients, meter, scenario, LEAN_FANOUT[scenario]
+            )
         elif scenario == "latency_r100_1k":
             result = await lean.scenario_latency(reactor, args, clients, meter, 100, 1000.0)
         elif scenario == "dm":

@@ -26,9 +26,9 @@ import json
 import time
 from typing import Any
 
+from harness import BODY_SIZE, ROOM, Meter, latency_ms, sleep, within
 from twisted.internet.defer import Deferred
 
-from harness import BODY_SIZE, ROOM, Meter, latency_ms, sleep, within
 from chatclient.session import ChatSession
 
 MSG = b'"type":"msg"'
@@ -170,9 +170,11 @@ class LeanFanout:
             seq = self.next_seq[s]
             self.next_seq[s] = seq + 1
             body = f"{s} {seq} {time.perf_counter_ns()} "
-            batches[s].append({"type": "say", "room": self.room, "body": body + self.pad[: BODY_SIZE - len(body)]})
+            batches[s].append(
+                {"type": "say", "room": self.room, "body": body + self.pad[: BODY_SIZE - len(body)]}
+            )
         self.sent_total += count
-        for session, batch in zip(self.senders, batches):
+        for session, batch in zip(self.senders, batches, strict=True):
             if batch:
                 protocol = session.protocol
                 protocol.transport.write(protocol.channel.seal_events(batch))

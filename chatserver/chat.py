@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from chatserver import store
+from chatserver import channel, store
 from chatserver.journal import EventLog
 from chatserver.store import Store
 
@@ -37,7 +37,9 @@ class Member(Protocol):
     user: str | None
     role: str
 
-    def deliver(self, plaintext: bytes) -> None: ...
+    def deliver(self, encoded: bytes) -> None:
+        """One event as compact JSON, encoded once for all recipients."""
+        ...
 
     def close(self, code: str, message: str) -> None: ...
 
@@ -178,10 +180,10 @@ class ChatService:
         d = self.journal.append(stream, event_id, event["ts"], text)
 
         def committed(_: Any) -> dict[str, Any]:
-            plaintext = b"[" + text.encode("utf-8") + b"]"  # one event list, encoded once
+            encoded = text.encode("utf-8")  # once, whoever the recipients
             members = list(recipients())
             for member in members:
-                member.deliver(plaintext)
+                member.deliver(encoded)
             if self.metrics is not None:
                 if event["type"] in ("msg", "dm"):
                     self.metrics.count("messages_in")
@@ -265,7 +267,8 @@ class ChatService:
                 texts = yield self._db.run(store.history, stream, delivered, None, HISTORY_PAGE_MAX)
                 if not texts or member not in self._syncing:
                     break
-                member.deliver(("[" + ",".join(texts) + "]").encode("utf-8"))
+                for text in texts:  # each on its own: records stay under the line limit
+                    member.deliver(text.encode("utf-8"))
                 delivered = json.loads(texts[-1])["id"]
             self._syncing.get(member, set()).discard(stream)
             self._mark_delivered(user, peer, stream, delivered)
@@ -388,7 +391,7 @@ class ChatService:
             room.invites.add(user)
             self._write(store.add_invite, name, user, member.user, self._now())
             self._audit(member.user or "?", "invite", name, user)
-            notice = json.dumps([{"type": "invited", "room": name, "by": member.user}]).encode()
+            notice = channel.encode_event({"type": "invited", "room": name, "by": member.user})
             for conn in self.online.get(user, ()):
                 conn.deliver(notice)
             return {"type": "invited", "room": name, "user": user}

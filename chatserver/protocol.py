@@ -709,36 +709,40 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _release_held(self) -> None:
         held, self._held = self._held, None
-        for plaintext in held or ():
-            self.deliver(plaintext)
+        for encoded in held or ():
+            self.deliver(encoded)
 
-    def deliver(self, plaintext: bytes) -> None:
-        """A broadcast event list, already encoded once for all members."""
+    def deliver(self, encoded: bytes) -> None:
+        """A broadcast event, encoded once for all its recipients."""
         if self._held is not None:
             # Logged in but not yet welcomed: the welcome comes first.
-            self._held.append(plaintext)
+            self._held.append(encoded)
             return
-        self._queue(plaintext[1:-1])
+        self._queue(encoded)
 
     def _queue(self, encoded: bytes) -> None:
         """Coalesced sealing: everything sent to a connection in one
         reactor turn leaves as one DATA record (see ChatFactory.flush), so
         under load the per-record cost (seal, base64, write) is paid once
         per turn instead of once per event.  Order is kept: answers and
-        notifications share the queue."""
+        notifications share the queue.  (This runs once per delivery:
+        keep it lean.)"""
+        outbox = self._outbox
+        if outbox:
+            size = self._outbox_bytes + len(encoded) + 1
+            if size <= self._max_plaintext:
+                outbox.append(encoded)
+                self._outbox_bytes = size
+                return
+            self.flush()  # a record is full: seal it now, start the next
         if self.channel is None or self.ending:
             return
-        outbox = self._outbox
-        size = self._outbox_bytes + len(encoded) + 1
-        if outbox and size > self._max_plaintext:
-            self.flush()  # a record is full: seal it now, start the next
-            size = len(encoded) + 2
-        if not outbox:
-            self.factory.to_flush.append(self)
-            if not self.factory.flush_scheduled:
-                self.factory.schedule_flush()
+        factory = self.factory
+        factory.to_flush.append(self)
+        if not factory.flush_scheduled:
+            factory.schedule_flush()
         outbox.append(encoded)
-        self._outbox_bytes = size
+        self._outbox_bytes = len(encoded) + 2
 
     def flush(self) -> None:
         """Seal and write what is queued as one DATA record."""
