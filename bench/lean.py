@@ -43,10 +43,17 @@ class _Reader:
         self.channel = session.protocol.channel
         self.index = index
         self.sampled = sampled
-        self.partial = b""
+        protocol = session.protocol
+        # Take over mid-stream: what the previous reader (the line receiver,
+        # or an earlier _Reader) holds of a line not yet complete.
+        previous = getattr(protocol.dataReceived, "__self__", None)
+        if isinstance(previous, _Reader):
+            self.partial = previous.partial
+        else:
+            self.partial, protocol._buffer = protocol._buffer, b""
         self.count = 0
         self.errors = 0
-        session.protocol.dataReceived = self.data  # type: ignore[method-assign]
+        protocol.dataReceived = self.data  # type: ignore[method-assign]
 
     def data(self, data: bytes) -> None:
         *lines, self.partial = (self.partial + data).split(b"\n")
@@ -64,7 +71,7 @@ class _Reader:
             if ERROR in plaintext:
                 self.errors += plaintext.count(ERROR)
                 loop.error_examples.append(plaintext[:300].decode("utf-8", "replace"))
-        if got:
+        if got and self.index >= 0:  # senders get the room's messages too: not deliveries
             self.count += got
             if loop.measuring:
                 loop.deliveries += got
