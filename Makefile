@@ -32,6 +32,7 @@ check: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check chatserver chatclient tools twisted tests bench
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[fast]'
 	$(PY) bench/bench.py
 
 # Pictures of the desktop client (offscreen) for the README.

@@ -19,7 +19,7 @@ import binascii
 import enum
 import json
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from chatserver import crypto
 
@@ -104,9 +104,18 @@ class AlertReceived(ChannelError):
 # --- lines ----------------------------------------------------------------
 
 
-def encode_line(record: bytes) -> bytes:
-    """A record as one wire line, delimiter included."""
+try:  # SIMD base64, 20 to 30 times faster than binascii (pip install 'chatserver[fast]')
+    import pybase64
+except ImportError:  # pragma: no cover - exercised by the tests through both backends
+    pybase64 = None
+
+
+def _encode_line_binascii(record: bytes) -> bytes:
     return binascii.b2a_base64(record)  # newline=True: the LF comes in the same copy
+
+
+def _encode_line_pybase64(record: bytes) -> bytes:
+    return pybase64.b64encode(record) + b"\n"
 
 
 #: The value of each base64 alphabet byte (others are refused before use).
@@ -116,24 +125,50 @@ for _value, _char in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 _B64_VALUE = bytes(_B64_VALUE)
 
 
-def decode_line(line: bytes) -> bytes:
-    """The record carried by one line (delimiter already removed)."""
-    try:
-        # strict_mode refuses characters outside the alphabet, bad or
-        # excess padding and data after it, all in C: this runs for every
-        # line either side receives.
-        record = binascii.a2b_base64(line, strict_mode=True)
-    except (binascii.Error, ValueError):
-        raise ChannelError("line is not valid base64", ALERT_DECODE_ERROR) from None
-    if not record:
-        raise ChannelError("empty record", ALERT_DECODE_ERROR)
-    # Only the canonical encoding is accepted (the unused bits before the
-    # padding are zero), so every record has exactly one wire form.
-    if line[-1] == 0x3D and (
-        _B64_VALUE[line[-3]] & 0x0F if line[-2] == 0x3D else _B64_VALUE[line[-2]] & 0x03
-    ):
-        raise ChannelError("line is not canonical base64", ALERT_DECODE_ERROR)
-    return record
+def _line_decoder(strict_decode: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """decode_line over a base64 decoder that refuses characters outside
+    the alphabet; the rest of the rules are checked here, the same for
+    every decoder."""
+
+    def decode_line(line: bytes) -> bytes:
+        """The record carried by one line (delimiter already removed)."""
+        if len(line) % 4:
+            raise ChannelError("line is not valid base64", ALERT_DECODE_ERROR)
+        try:
+            record = strict_decode(line)
+        except (binascii.Error, ValueError):
+            raise ChannelError("line is not valid base64", ALERT_DECODE_ERROR) from None
+        if not record:
+            raise ChannelError("empty record", ALERT_DECODE_ERROR)
+        # Only the canonical encoding is accepted (the unused bits before
+        # the padding are zero), so every record has exactly one wire form.
+        if line[-1] == 0x3D and (
+            _B64_VALUE[line[-3]] & 0x0F if line[-2] == 0x3D else _B64_VALUE[line[-2]] & 0x03
+        ):
+            raise ChannelError("line is not canonical base64", ALERT_DECODE_ERROR)
+        return record
+
+    return decode_line
+
+
+#: Every base64 backend available here: name -> (encode_line, decode_line).
+#: Both sides encode and decode every line they exchange, so this is on
+#: the hot path; the first one is used.
+BASE64_BACKENDS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {}
+if pybase64 is not None:
+    BASE64_BACKENDS["pybase64"] = (
+        _encode_line_pybase64,
+        _line_decoder(lambda line: pybase64.b64decode(line, validate=True)),
+    )
+BASE64_BACKENDS["binascii"] = (
+    _encode_line_binascii,
+    _line_decoder(lambda line: binascii.a2b_base64(line, strict_mode=True)),
+)
+BASE64_BACKEND = next(iter(BASE64_BACKENDS))
+#: A record as one wire line, delimiter included.
+encode_line = BASE64_BACKENDS[BASE64_BACKEND][0]
+#: The record carried by one line (delimiter already removed).
+decode_line = BASE64_BACKENDS[BASE64_BACKEND][1]
 
 
 # --- events ---------------------------------------------------------------

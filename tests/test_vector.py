@@ -389,3 +389,82 @@ class KeyUpdateInteropTests(unittest.TestCase):
             real.open(spec_impl.to_line(record).encode("ascii"))
         (record,) = spec.seal_events(self.events(4))
         self.assertRaises(channel.ChannelError, real.open, spec_impl.to_line(record).encode())
+
+
+class LineEncodingTests(unittest.TestCase):
+    """Every base64 backend the channel can use (pybase64 when installed,
+    binascii always) follows the spec's line rules exactly: the standard
+    alphabet with padding, canonical encoding only, nothing else.  The
+    reference is the plain reading of the spec with the standard library."""
+
+    @staticmethod
+    def reference(line: bytes) -> bytes | None:
+        if not re.fullmatch(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?", line):
+            return None
+        record = base64.b64decode(line)
+        if not record or base64.b64encode(record) != line:
+            return None  # empty, or not the canonical form
+        return record
+
+    def corpus(self) -> list[bytes]:
+        import random
+
+        rng = random.Random(20261128)
+        alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n -_.\x00\xff"
+        lines = [
+            b"",
+            b"=",
+            b"==",
+            b"====",
+            b"QQ",
+            b"QQ=",
+            b"QQ==",
+            b"QR==",
+            b"QUI=",
+            b"QUJ=",
+            b"QUJD",
+            b"QUJD=",
+        ]
+        lines += [b"QUJA=", b"QUJD==", b"QQ==QQ==", b"QUJD\n", b" QUJD", b"QU JD", b"-_-_", b"QUJD" * 1000]
+        for _ in range(20_000):
+            line = base64.b64encode(rng.randbytes(rng.randint(0, 10)))
+            roll = rng.random()
+            if line and roll < 0.5:  # one byte changed
+                i = rng.randrange(len(line))
+                line = line[:i] + bytes([rng.choice(alphabet)]) + line[i + 1 :]
+            elif roll < 0.7:  # anything at all
+                line = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+            lines.append(line)
+        return lines
+
+    def test_every_backend_decodes_exactly_what_the_spec_allows(self) -> None:
+        corpus = self.corpus()
+        expected = [self.reference(line) for line in corpus]
+        self.assertGreater(sum(e is not None for e in expected), 5_000)
+        self.assertGreater(sum(e is None for e in expected), 5_000)
+        self.assertIn("binascii", channel.BASE64_BACKENDS)
+        for name, (_, decode_line) in channel.BASE64_BACKENDS.items():
+            for line, want in zip(corpus, expected, strict=True):
+                try:
+                    got: bytes | None = decode_line(line)
+                except channel.ChannelError:
+                    got = None
+                self.assertEqual(got, want, f"{name} on {line[:40]!r}")
+
+    def test_every_backend_encodes_the_canonical_line(self) -> None:
+        import os
+
+        for name, (encode_line, decode_line) in channel.BASE64_BACKENDS.items():
+            for size in (1, 2, 3, 4, 5, 47, 48, 49, 49135):
+                record = os.urandom(size)
+                line = encode_line(record)
+                self.assertEqual(line, base64.b64encode(record) + b"\n", name)
+                self.assertEqual(decode_line(line[:-1]), record, name)
+
+    def test_the_fast_backend_is_in_use_where_installed(self) -> None:
+        try:
+            import pybase64  # noqa: F401
+        except ImportError:
+            self.assertEqual(channel.BASE64_BACKEND, "binascii")
+        else:
+            self.assertEqual(channel.BASE64_BACKEND, "pybase64")
