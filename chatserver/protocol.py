@@ -13,6 +13,7 @@ import collections
 import math
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ServerFactory
@@ -130,6 +131,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._held: list[bytes] | None = []
         #: Encoded events waiting for the end of the reactor turn, and the
         #: size of the array they will make ("[" plus each event and comma).
+        self._direct = False
         self._outbox: list[bytes] = []
         self._outbox_bytes = 1
         self._max_plaintext = channel.max_plaintext(self.MAX_LENGTH)
@@ -163,6 +165,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.admitted = True
+        # A plain TCP transport can be written to directly (see _write); a
+        # TLS one, or a test's, goes through its own write.
+        self._direct = isinstance(self.transport, tcp.Connection)
         self.factory.metrics.count("connections")
         connections_log.info("connect {peer}", peer=self.peer)
         self.handshake = channel.ServerHandshake(
@@ -288,7 +293,20 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self._drop("slow consumer: output buffer limit reached")
                 return
         self.factory.metrics.counters["bytes_out"] += len(data)
-        self.transport.write(data)
+        transport = self.transport
+        if self._direct and not transport.dataBuffer and not transport._tempDataBuffer:
+            # Nothing is waiting to go: send now.  transport.write would
+            # register the socket for writability, wait a reactor turn and
+            # unregister it again, two epoll_ctl calls per record that cost
+            # a fifth of the server's time at moderate load (profiled).
+            # Whatever the socket does not take goes the usual way.
+            sent = transport.writeSomeData(data)
+            if not isinstance(sent, int):
+                return  # lost: the reactor reports it as usual
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     # --- input -----------------------------------------------------------
 
