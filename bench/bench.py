@@ -169,6 +169,8 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
         "fanout_r10": "fanout_r10",
         "fanout_r100": "fanout_r100",
         "latency_r100_1k": "latency_r100_1k",
+        "idle_5k": "idle_5k",
+        "idle_10k": "idle_10k",
         "dm": f"dm_{args.dm_pairs}pairs",
         "rooms": f"rooms_{args.rooms}x{args.room_members}",
         "durable": f"durable_{args.durable_senders}x{args.durable_window}",
@@ -182,6 +184,8 @@ SCENARIOS = (
     "fanout_r10",
     "fanout_r100",
     "latency_r100_1k",
+    "idle_5k",
+    "idle_10k",
     "dm",
     "rooms",
     "durable",
@@ -219,6 +223,8 @@ async def one_run(
             result = await lean.scenario_fanout(
                 reactor, args, clients, meter, scenario, LEAN_FANOUT[scenario]
             )
+        elif scenario in ("idle_5k", "idle_10k"):
+            result = await lean.scenario_idle(reactor, args, clients, server, 1000 * int(scenario[5:-1]))
         elif scenario == "latency_r100_1k":
             result = await lean.scenario_latency(reactor, args, clients, meter, 100, 1000.0)
         elif scenario == "dm":
@@ -250,6 +256,13 @@ LOOP_METRICS: list[tuple[str, tuple[str, ...], str]] = [
     ("server CPU util", ("server_cpu_util",), "{:.2f}"),
     ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
     ("order errors / lost / stuck", ("problems",), "{:.0f}"),
+]
+
+IDLE_METRICS: list[tuple[str, tuple[str, ...], str]] = [
+    ("KiB per idle connection", ("kib_per_connection",), "{:.1f}"),
+    ("KiB per connection + account", ("kib_per_connection_with_account",), "{:.1f}"),
+    ("token logins /s", ("token_logins_per_s",), "{:.0f}"),
+    ("still connected", ("still_connected",), "{:.0f}"),
 ]
 
 METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
@@ -289,6 +302,8 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
         ("order errors / lost / stuck", ("problems",), "{:.0f}"),
     ],
+    "idle_5k": IDLE_METRICS,
+    "idle_10k": IDLE_METRICS,
     "dm": LOOP_METRICS,
     "rooms": LOOP_METRICS,
     "durable": [
@@ -524,6 +539,8 @@ def _run_note(scenario: str, result: dict[str, Any]) -> str:
         return f" ({result['acks_per_s']:.0f} acks/s, p99 {result['latency']['p99_ms'] or 0:.1f} ms)"
     if scenario == "catchup":
         return f" ({result['clients']} clients caught up in {result['all_caught_up_s']:.2f} s)"
+    if scenario.startswith("idle_"):
+        return f" ({result['kib_per_connection']:.1f} KiB per connection)"
     if scenario == "latency_r100_1k":
         lat = result["latency"]
         return f" (p50 {lat['p50_ms'] or 0:.2f} ms, p99 {lat['p99_ms'] or 0:.2f} ms)"

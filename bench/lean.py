@@ -342,3 +342,60 @@ async def scenario_latency(
         return figures
     finally:
         await clients.close_all(recv + send)
+
+
+async def scenario_idle(reactor: Any, args: Any, clients: Any, server: Any, count: int) -> dict[str, Any]:
+    """``idle_N``: N authenticated, idle connections; the server's RSS per
+    connection.  The accounts are registered first and their connections
+    closed, so the figure is the connections' own cost: RSS with all N
+    logged in (token logins) and 5 s of settling, minus RSS with the same
+    accounts and no connection, over N.  The cost including the accounts'
+    in-memory state is reported too."""
+    import psutil
+    from harness import PASSWORD, SETUP_CONCURRENCY, bounded_pool
+
+    proc = psutil.Process(server.proc.pid)
+    rss_start = proc.memory_info().rss
+    names = [f"idle-{i:05d}" for i in range(count)]
+    tokens: dict[int, str] = {}
+
+    async def register(i: int) -> None:
+        session = await clients.connect()
+        try:
+            welcome = await clients.wait(session.register(names[i], PASSWORD), "register")
+            tokens[i] = welcome["token"]
+        finally:
+            await clients.close(session)
+
+    t0 = time.perf_counter()
+    await bounded_pool(count, SETUP_CONCURRENCY, register)
+    register_s = time.perf_counter() - t0
+    await sleep(reactor, 5.0)
+    rss_accounts = proc.memory_info().rss
+    sessions: dict[int, ChatSession] = {}
+
+    async def log_in(i: int) -> None:
+        session = await clients.connect()
+        await clients.wait(session.request({"type": "login", "user": names[i], "token": tokens[i]}), "login")
+        sessions[i] = session
+
+    t0 = time.perf_counter()
+    try:
+        await bounded_pool(count, SETUP_CONCURRENCY * 4, log_in)
+        login_s = time.perf_counter() - t0
+        await sleep(reactor, 5.0)
+        rss_connected = proc.memory_info().rss
+        still = sum(1 for s in sessions.values() if not s.closed.called)
+        return {
+            "connections": count,
+            "still_connected": still,
+            "rss_start_kib": rss_start / 1024,
+            "rss_accounts_kib": rss_accounts / 1024,
+            "rss_connected_kib": rss_connected / 1024,
+            "kib_per_connection": (rss_connected - rss_accounts) / 1024 / count,
+            "kib_per_connection_with_account": (rss_connected - rss_start) / 1024 / count,
+            "register_s": register_s,
+            "token_logins_per_s": count / login_s,
+        }
+    finally:
+        await clients.close_all(list(sessions.values()))
