@@ -101,6 +101,18 @@ async def start_server(testcase: unittest.TestCase, clock: Any = None, **overrid
     return server
 
 
+def add_admin(server: RunningServer, name: str = "root") -> bool:
+    """An account with the server role ``admin``, made as the admin tool
+    does, beside the running server."""
+    from chatserver import accounts, store
+
+    conn = store.open_database(server.settings.database_path)
+    try:
+        return accounts.add_user_now(conn, name, PASSWORD, "admin", server.settings.password_hash_cost)
+    finally:
+        conn.close()
+
+
 async def open_session(
     testcase: unittest.TestCase, server: RunningServer, known_hosts: Path | None = None
 ) -> ChatSession:

@@ -18,13 +18,13 @@ from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ServerError
-from chatserver import accounts, store
 from tests.gui_support import GUI_MISSING, start_gui
 from tests.processes import spawn, start_twistd
 from tests.support import (
     PASSWORD,
     PYTHON,
     EventQueue,
+    add_admin,
     install_identity,
     logged_in,
     open_session,
@@ -261,11 +261,7 @@ class GuiTests(unittest.TestCase):
 
     async def test_a_disabled_account_returns_to_the_connect_dialog_with_the_reason(self) -> None:
         server = await start_server(self)
-        conn = store.open_database(server.settings.database_path)
-        try:
-            accounts.add_user_now(conn, "root", PASSWORD, "admin", server.settings.password_hash_cost)
-        finally:
-            conn.close()
+        add_admin(server)
         root = await logged_in(self, server, "root", register=False)
         gui = await start_gui(self)
         await gui.log_in(server.port, "alice", PASSWORD)
@@ -395,11 +391,7 @@ class GuiTests(unittest.TestCase):
 
     async def test_admin_stats_charts_update_from_pushed_frames(self) -> None:
         server = await start_server(self, monitor_enabled=True, monitor_interval=0.2)
-        conn = store.open_database(server.settings.database_path)
-        try:
-            accounts.add_user_now(conn, "root", PASSWORD, "admin", server.settings.password_hash_cost)
-        finally:
-            conn.close()
+        add_admin(server)
         bob = await logged_in(self, server, "bob")
         gui = await start_gui(self)
         await gui.log_in(server.port, "root", PASSWORD, register=False)

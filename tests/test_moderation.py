@@ -19,7 +19,16 @@ from twisted.trial import unittest
 
 from chatclient.session import ChatSession, ServerError
 from chatserver import accounts, store
-from tests.support import PASSWORD, EventQueue, RunningServer, logged_in, open_session, start_server, until
+from tests.support import (
+    PASSWORD,
+    EventQueue,
+    RunningServer,
+    add_admin,
+    logged_in,
+    open_session,
+    start_server,
+    until,
+)
 
 ROOM = "den"
 
@@ -32,12 +41,7 @@ async def admin_session(
 ) -> ChatSession:
     """An account with the server role ``admin`` (made as the admin tool
     does, beside the running server), logged in."""
-    conn = store.open_database(server.settings.database_path)
-    try:
-        added = accounts.add_user_now(conn, name, PASSWORD, "admin", server.settings.password_hash_cost)
-    finally:
-        conn.close()
-    testcase.assertTrue(added)
+    testcase.assertTrue(add_admin(server, name))
     session = await logged_in(testcase, server, name, register=False)
     testcase.assertEqual(session.role, "admin")
     return session
