@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from tests.processes import LineProcess, cli, start_twistd
-from tests.support import PASSWORD, install_identity, start_server
+from tests.support import PASSWORD, install_identity, start_server, until
 from tests.test_moderation import admin_session
 
 
@@ -194,18 +194,22 @@ class ModerationCommandTests(CliTestCase):
         await bob.wait_for(r"\[ops\] \* bob was kicked by alice \(enough\)")
         await bob.wait_for(r"talking in lobby", fd=2)
         bob.write_line("/join ops")
-        await bob.wait_for(r"talking in ops", fd=2)  # a kick is not a ban
+        # A kick is not a ban.  (wait_for would match the first "talking in
+        # ops" of this run: the second one is the rejoin.)
+        await until(lambda: self.count(bob, r"talking in ops", fd=2) == 2, timeout=30)
 
         alice.write_line("/ban bob")
         await bob.wait_for(r"\[ops\] \* bob was banned by alice$")
         bob.write_line("/join ops")
         await bob.wait_for(r"^! banned: you are banned from 'ops'")
+        refusals = self.count(bob, r"^! ")
         bob.write_line("/kick alice")
-        await bob.wait_for(r"^! ")  # not a moderator of the lobby either
+        await until(lambda: self.count(bob, r"^! ") > refusals, timeout=30)  # not a lobby moderator either
         alice.write_line("/unban bob")
         await alice.wait_for(r"\[ops\] \* bob was unbanned by alice")
+        joins = self.count(bob, r"\[ops\] \* bob joined")
         bob.write_line("/join ops")
-        await bob.wait_for(r"\[ops\] \* bob joined")
+        await until(lambda: self.count(bob, r"\[ops\] \* bob joined") > joins, timeout=30)
         await self.quit(alice)
         await self.quit(bob)
 
