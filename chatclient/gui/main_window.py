@@ -983,39 +983,38 @@ class MainWindow(QMainWindow):
     def start_dm(self) -> None:
         ask_text(self, "Direct message", "Send a direct message to (username):", self.open_dm)
 
-    def invite(self) -> None:
+    def current_room(self) -> str | None:
+        """The name of the room on screen, or None (a DM, or nothing)."""
         conversation = self.current()
-        if conversation is None or conversation.kind != "room":
-            return
-        room = conversation.name
-        ask_text(
-            self,
-            "Invite",
-            f"Invite to #{room} (username):",
-            lambda user: self.run_command(
-                commands.Command("request", {"type": "invite", "room": room, "user": user}), ""
-            ),
-        )
+        return conversation.name if conversation is not None and conversation.kind == "room" else None
+
+    def _room_request(self, request: dict[str, Any]) -> None:
+        self.run_command(commands.Command("request", request), "")
+
+    def invite(self) -> None:
+        room = self.current_room()
+        if room is not None:
+            ask_text(
+                self,
+                "Invite",
+                f"Invite to #{room} (username):",
+                lambda user: self._room_request({"type": "invite", "room": room, "user": user}),
+            )
 
     def set_topic(self) -> None:
-        conversation = self.current()
-        if conversation is None or conversation.kind != "room":
-            return
-        room = conversation.name
-        ask_text(
-            self,
-            "Topic",
-            f"Topic of #{room}:",
-            lambda topic: self.run_command(
-                commands.Command("request", {"type": "topic", "room": room, "topic": topic}), ""
-            ),
-            conversation.topic,
-        )
+        room = self.current_room()
+        if room is not None:
+            ask_text(
+                self,
+                "Topic",
+                f"Topic of #{room}:",
+                lambda topic: self._room_request({"type": "topic", "room": room, "topic": topic}),
+                self.model.conversation(room_stream(room)).topic,
+            )
 
     def leave_room(self) -> None:
-        conversation = self.current()
-        if conversation is not None and conversation.kind == "room":
-            room = conversation.name
+        room = self.current_room()
+        if room is not None:
             self.run_command(commands.Command("part", {"type": "part", "room": room}, room), "")
 
     # --- statistics -----------------------------------------------------------------------
