@@ -38,6 +38,14 @@ Scenarios (each repeated ``--runs`` times, a fresh server per run):
     at sending, so delivery latency is receive time minus send time, taken
     after the client library has decrypted and parsed the frame.  After
     ``--warmup`` seconds, ``--duration`` seconds are measured.
+
+The cases named as in ``../shared/bench-peers`` (same parameters, so the
+figures stand next to the peers') are in ``lean.py``: ``fanout_r10``,
+``fanout_r100``, ``latency_r100_1k``, ``idle_5k``, ``idle_10k`` and
+``connrate_c10`` (up to 2,000 handshakes plus token logins, 10 in flight,
+20 s at most, all staying connected; per server CPU-second).
+``reconnect_1k`` is ``catchup`` (``chat_scenarios.py``) with 1,000
+clients; the other chat scenarios are there too.
 """
 
 from __future__ import annotations
@@ -174,6 +182,8 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
         "dm": f"dm_{args.dm_pairs}pairs",
         "rooms": f"rooms_{args.rooms}x{args.room_members}",
         "durable": f"durable_{args.durable_senders}x{args.durable_window}",
+        "connrate_c10": "connrate_c10",
+        "reconnect_1k": "reconnect_1k",
         "catchup": f"catchup_{args.catchup_clients}",
     }
 
@@ -189,6 +199,8 @@ SCENARIOS = (
     "dm",
     "rooms",
     "durable",
+    "connrate_c10",
+    "reconnect_1k",
     "catchup",
 )
 #: The lean generator's cases (names and parameters of ../shared/bench-peers).
@@ -233,8 +245,16 @@ async def one_run(
             result = await chat_scenarios.scenario_rooms(reactor, args, clients, meter)
         elif scenario == "durable":
             result = await chat_scenarios.scenario_durable(reactor, args, clients, meter)
+        elif scenario == "connrate_c10":
+            result = await lean.scenario_connrate(reactor, args, clients, meter, concurrency=10)
+        elif scenario == "reconnect_1k":
+            result = await chat_scenarios.scenario_catchup(
+                reactor, args, clients, meter, server, 1000, args.catchup_missed
+            )
         else:
-            result = await chat_scenarios.scenario_catchup(reactor, args, clients, meter, server)
+            result = await chat_scenarios.scenario_catchup(
+                reactor, args, clients, meter, server, args.catchup_clients, args.catchup_missed
+            )
         result["run_wall_s"] = time.perf_counter() - t0
         result["server_problems"] = server.problems()
         completed = True
@@ -315,6 +335,17 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
         ("id errors", ("id_errors",), "{:.0f}"),
     ],
+    "connrate_c10": [
+        ("handshakes+token logins /server CPU-s", ("per_server_cpu_s",), "{:.0f}"),
+        ("handshakes+token logins /s (wall)", ("per_s",), "{:.0f}"),
+        ("connect->welcome p50 ms", ("latency", "p50_ms"), "{:.2f}"),
+        ("connect->welcome p99 ms", ("latency", "p99_ms"), "{:.2f}"),
+        ("completed (of up to 2000)", ("completed",), "{:.0f}"),
+        ("still connected", ("still_connected",), "{:.0f}"),
+        ("server CPU util", ("server_cpu_util",), "{:.2f}"),
+        ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+        ("errors", ("errors",), "{:.0f}"),
+    ],
     "catchup": [
         ("all clients caught up, s", ("all_caught_up_s",), "{:.2f}"),
         ("clients caught up /s", ("caught_up_per_s",), "{:.0f}"),
@@ -325,6 +356,7 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("duplicates / out of order", ("catchup_problems",), "{:.0f}"),
     ],
 }
+METRICS["reconnect_1k"] = METRICS["catchup"]
 
 
 def dig(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -495,7 +527,9 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     print(
         f"{labels['dm']}: one sender per pair; {labels['rooms']}: one sender per room, window {args.window}; "
         f"{labels['durable']}: senders alone in their rooms, acks = committed messages; "
-        f"{labels['catchup']}: clients back after SIGKILL+restart, {args.catchup_missed} missed messages each"
+        f"{labels['catchup']}, reconnect_1k: clients back after SIGKILL+restart, "
+        f"{args.catchup_missed} missed messages each; "
+        "connrate_c10: up to 2000 handshakes+token logins, 10 in flight, 20 s at most"
     )
     print()
     print(table(labels, summaries) if summaries else "(no run completed)")
@@ -537,13 +571,15 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
 def _run_note(scenario: str, result: dict[str, Any]) -> str:
     if scenario == "durable":
         return f" ({result['acks_per_s']:.0f} acks/s, p99 {result['latency']['p99_ms'] or 0:.1f} ms)"
-    if scenario == "catchup":
+    if scenario in ("catchup", "reconnect_1k"):
         return f" ({result['clients']} clients caught up in {result['all_caught_up_s']:.2f} s)"
     if scenario.startswith("idle_"):
         return f" ({result['kib_per_connection']:.1f} KiB per connection)"
     if scenario == "latency_r100_1k":
         lat = result["latency"]
         return f" (p50 {lat['p50_ms'] or 0:.2f} ms, p99 {lat['p99_ms'] or 0:.2f} ms)"
+    if scenario == "connrate_c10":
+        return f" ({result['per_server_cpu_s']:.0f} per server CPU-s, {result['per_s']:.0f}/s)"
     if scenario == "handshake_login":
         h, lg = result["handshake_only"], result["handshake_login"]
         return f" ({h['per_s']:.0f} handshakes/s, {lg['per_s']:.2f} logins/s)"

@@ -231,9 +231,14 @@ async def scenario_durable(
 
 
 async def scenario_catchup(
-    reactor: Any, args: argparse.Namespace, clients: Clients, meter: Meter, server: ServerProcess
+    reactor: Any,
+    args: argparse.Namespace,
+    clients: Clients,
+    meter: Meter,
+    server: ServerProcess,
+    n: int,
+    missed: int,
 ) -> dict[str, Any]:
-    n, missed = args.catchup_clients, args.catchup_missed
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.port)
     members = [
         ReconnectingClient(

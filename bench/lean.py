@@ -26,7 +26,17 @@ import json
 import time
 from typing import Any
 
-from harness import BODY_SIZE, ROOM, Meter, latency_ms, sleep, within
+from harness import (
+    BODY_SIZE,
+    PASSWORD,
+    ROOM,
+    SETUP_CONCURRENCY,
+    Meter,
+    bounded_pool,
+    latency_ms,
+    sleep,
+    within,
+)
 from twisted.internet.defer import Deferred
 
 from chatclient.session import ChatSession
@@ -344,19 +354,9 @@ async def scenario_latency(
         await clients.close_all(recv + send)
 
 
-async def scenario_idle(reactor: Any, args: Any, clients: Any, server: Any, count: int) -> dict[str, Any]:
-    """``idle_N``: N authenticated, idle connections; the server's RSS per
-    connection.  The accounts are registered first and their connections
-    closed, so the figure is the connections' own cost: RSS with all N
-    logged in (token logins) and 5 s of settling, minus RSS with the same
-    accounts and no connection, over N.  The cost including the accounts'
-    in-memory state is reported too."""
-    import psutil
-    from harness import PASSWORD, SETUP_CONCURRENCY, bounded_pool
-
-    proc = psutil.Process(server.proc.pid)
-    rss_start = proc.memory_info().rss
-    names = [f"idle-{i:05d}" for i in range(count)]
+async def register_with_tokens(clients: Any, names: list[str]) -> dict[int, str]:
+    """Register ``names`` (set-up, not measured); their session tokens by index.
+    The connections are closed again, so only the accounts remain."""
     tokens: dict[int, str] = {}
 
     async def register(i: int) -> None:
@@ -367,17 +367,42 @@ async def scenario_idle(reactor: Any, args: Any, clients: Any, server: Any, coun
         finally:
             await clients.close(session)
 
+    await bounded_pool(len(names), SETUP_CONCURRENCY, register)
+    return tokens
+
+
+async def token_login(clients: Any, name: str, token: str) -> ChatSession:
+    """A new connection: the handshake, then a login with a session token."""
+    session = await clients.connect()
+    try:
+        await clients.wait(session.request({"type": "login", "user": name, "token": token}), "login")
+    except BaseException:
+        await clients.close(session)
+        raise
+    return session
+
+
+async def scenario_idle(reactor: Any, args: Any, clients: Any, server: Any, count: int) -> dict[str, Any]:
+    """``idle_N``: N authenticated, idle connections; the server's RSS per
+    connection.  The accounts are registered first and their connections
+    closed, so the figure is the connections' own cost: RSS with all N
+    logged in (token logins) and 5 s of settling, minus RSS with the same
+    accounts and no connection, over N.  The cost including the accounts'
+    in-memory state is reported too."""
+    import psutil
+
+    proc = psutil.Process(server.proc.pid)
+    rss_start = proc.memory_info().rss
+    names = [f"idle-{i:05d}" for i in range(count)]
     t0 = time.perf_counter()
-    await bounded_pool(count, SETUP_CONCURRENCY, register)
+    tokens = await register_with_tokens(clients, names)
     register_s = time.perf_counter() - t0
     await sleep(reactor, 5.0)
     rss_accounts = proc.memory_info().rss
     sessions: dict[int, ChatSession] = {}
 
     async def log_in(i: int) -> None:
-        session = await clients.connect()
-        await clients.wait(session.request({"type": "login", "user": names[i], "token": tokens[i]}), "login")
-        sessions[i] = session
+        sessions[i] = await token_login(clients, names[i], tokens[i])
 
     t0 = time.perf_counter()
     try:
@@ -399,3 +424,58 @@ async def scenario_idle(reactor: Any, args: Any, clients: Any, server: Any, coun
         }
     finally:
         await clients.close_all(list(sessions.values()))
+
+
+async def scenario_connrate(
+    reactor: Any,
+    args: Any,
+    clients: Any,
+    meter: Meter,
+    concurrency: int,
+    count: int = 2000,
+    max_seconds: float = 20.0,
+) -> dict[str, Any]:
+    """``connrate_cN`` (the harness's parameters): up to ``count`` new
+    connections, ``concurrency`` in flight, each doing the whole handshake
+    (RSA-OAEP, X25519, key schedule, FINISHED) and then a login with a
+    session token, the way a client comes back; none starts after
+    ``max_seconds``, and all stay connected.  The accounts and their tokens
+    are made beforehand (not measured).  The figure that matters is
+    completed logins per server CPU-second."""
+    names = [f"conn-{i:04d}" for i in range(count)]
+    tokens = await register_with_tokens(clients, names)
+    sessions: list[ChatSession] = []
+    latencies: list[int] = []
+    errors: list[str] = []
+    deadline = [0.0]
+
+    async def one(i: int) -> None:
+        if time.perf_counter() >= deadline[0]:
+            return
+        t0 = time.perf_counter_ns()
+        try:
+            sessions.append(await token_login(clients, names[i], tokens[i]))
+            latencies.append(time.perf_counter_ns() - t0)
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+    try:
+        meter.start()
+        deadline[0] = time.perf_counter() + max_seconds
+        await bounded_pool(count, concurrency, one)
+        figures = meter.stop()
+        ok = len(latencies)
+        still = sum(1 for s in sessions if not s.closed.called)
+        figures.update(
+            attempts=ok + len(errors),
+            completed=ok,
+            still_connected=still,
+            errors=len(errors),
+            error_examples=sorted(set(errors))[:5],
+            per_s=ok / figures["wall_s"] if figures["wall_s"] > 0 else 0.0,
+            per_server_cpu_s=ok / figures["server_cpu_s"] if figures["server_cpu_s"] > 0 else None,
+            latency=latency_ms(latencies),
+        )
+        return figures
+    finally:
+        await clients.close_all(sessions)

@@ -7,6 +7,7 @@ for a snapshot: a stats frame or a scrape.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 #: name -> help text.  Counters only go up; rates are derived from them.
@@ -25,6 +26,12 @@ COUNTERS = {
 }
 
 
+#: Upper bounds (seconds) of the commit-duration histogram's buckets.  A
+#: commit is an fsync: fractions of a millisecond on a fast disk, tens of
+#: milliseconds on a slow one, and the tail is what delivery latency feels.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
 class Metrics:
     def __init__(self, clock: Any) -> None:
         self._clock = clock
@@ -32,6 +39,8 @@ class Metrics:
         self.started = clock.seconds()
         self.db_commit_seconds_total = 0.0
         self.db_commit_seconds_max = 0.0
+        # Commits per bucket of COMMIT_BUCKETS, plus one for slower ones.
+        self.db_commit_buckets = [0] * (len(COMMIT_BUCKETS) + 1)
         self._previous: tuple[float, dict[str, int]] = (self.started, dict(self.counters))
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -41,6 +50,7 @@ class Metrics:
         self.counters["db_commits"] += 1
         self.db_commit_seconds_total += seconds
         self.db_commit_seconds_max = max(self.db_commit_seconds_max, seconds)
+        self.db_commit_buckets[bisect_left(COMMIT_BUCKETS, seconds)] += 1
 
     def uptime(self) -> float:
         return self._clock.seconds() - self.started

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.twisted import MetricsResource
 from twisted.application import strports
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from chatserver.metrics import COUNTERS
+from chatserver.metrics import COMMIT_BUCKETS, COUNTERS
 
 
 class ChatCollector:
@@ -30,9 +35,7 @@ class ChatCollector:
             family = CounterMetricFamily(f"chatserver_{name}", help_text)
             family.add_metric([], metrics.counters[name])
             yield family
-        commit = CounterMetricFamily("chatserver_db_commit_seconds", "Time spent in event log group commits.")
-        commit.add_metric([], metrics.db_commit_seconds_total)
-        yield commit
+        yield commit_histogram(metrics)
         gauges = {
             "connections": ("Open connections.", len(factory.connections)),
             "authenticated_connections": (
@@ -73,3 +76,18 @@ def metrics_service(endpoint: str, factory: Any, reactor: Any) -> Any:
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))
     return strports.service(endpoint, Site(root), reactor=reactor)
+
+
+def commit_histogram(metrics: Any) -> HistogramMetricFamily:
+    """How long event log group commits took (each one an fsync); the
+    delivery of every message waits for one."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*COMMIT_BUCKETS, float("inf")), metrics.db_commit_buckets, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    family = HistogramMetricFamily(
+        "chatserver_db_commit_seconds", "Duration of event log group commits (each one an fsync)."
+    )
+    family.add_metric([], buckets, sum_value=metrics.db_commit_seconds_total)
+    return family
+

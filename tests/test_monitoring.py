@@ -172,7 +172,22 @@ class PrometheusTests(unittest.TestCase):
         self.assertGreaterEqual(samples["chatserver_handshakes_total"], 1)
         self.assertEqual(samples["chatserver_users_online"], 1)
         self.assertEqual(samples["chatserver_connections"], 1)
-        self.assertGreater(samples["chatserver_db_commit_seconds_total"], 0)
+        # The commit histogram: every commit in a bucket, cumulative, the
+        # +Inf bucket equal to the count (at least one commit per message
+        # acknowledged above, as each say waited for its ack).
+        self.assertGreater(samples["chatserver_db_commit_seconds_sum"], 0)
+        commits = samples["chatserver_db_commit_seconds_count"]
+        self.assertGreaterEqual(commits, 7)
+        buckets = sorted(
+            (float(sample.labels["le"]), sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "chatserver_db_commit_seconds_bucket"
+        )
+        self.assertEqual(buckets[-1], (float("inf"), commits))
+        counts = [count for _, count in buckets]
+        self.assertEqual(counts, sorted(counts))
+        self.assertEqual(len(buckets), 12)
         self.assertIn("chatserver_monitor_up", samples)
         self.assertIn("# HELP chatserver_messages_in_total Room messages and direct messages", text)
 
