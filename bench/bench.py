@@ -226,7 +226,7 @@ async def one_run(
         await server.start(reactor)
         assert server.proc is not None
         clients = Clients(reactor, server, fingerprint)
-        meter = Meter(server.proc, cpus)
+        meter = Meter(server.proc, cpus, server)
         if scenario == "handshake_login":
             result = await scenario_handshake_login(reactor, args, clients, meter)
         elif scenario == "fanout":
@@ -277,6 +277,11 @@ LOOP_METRICS: list[tuple[str, tuple[str, ...], str]] = [
     ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
     ("order errors / lost / stuck", ("problems",), "{:.0f}"),
 ]
+COMMIT_METRICS: list[tuple[str, tuple[str, ...], str]] = [
+    ("group commits /s", ("commits", "per_s"), "{:.0f}"),
+    ("commit mean ms", ("commits", "mean_ms"), "{:.2f}"),
+    ("commit p99 ms (at most)", ("commits", "p99_at_most_ms"), "{:g}"),
+]
 
 IDLE_METRICS: list[tuple[str, tuple[str, ...], str]] = [
     ("KiB per idle connection", ("kib_per_connection",), "{:.1f}"),
@@ -312,8 +317,8 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("other load, generator CPU", ("generator_cpu_other",), "{:.2f}"),
         ("setup (register all) s", ("setup_s",), "{:.1f}"),
     ],
-    "fanout_r10": LOOP_METRICS + [("calibrated window", ("window",), "{:.0f}")],
-    "fanout_r100": LOOP_METRICS + [("calibrated window", ("window",), "{:.0f}")],
+    "fanout_r10": LOOP_METRICS + COMMIT_METRICS + [("calibrated window", ("window",), "{:.0f}")],
+    "fanout_r100": LOOP_METRICS + COMMIT_METRICS + [("calibrated window", ("window",), "{:.0f}")],
     "latency_r100_1k": [
         ("messages /s (offered 1000)", ("messages_per_s",), "{:.0f}"),
         ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
@@ -321,7 +326,8 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("server CPU util", ("server_cpu_util",), "{:.2f}"),
         ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
         ("order errors / lost / stuck", ("problems",), "{:.0f}"),
-    ],
+    ]
+    + COMMIT_METRICS,
     "idle_5k": IDLE_METRICS,
     "idle_10k": IDLE_METRICS,
     "dm": LOOP_METRICS,
@@ -334,7 +340,8 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("server CPU util", ("server_cpu_util",), "{:.2f}"),
         ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
         ("id errors", ("id_errors",), "{:.0f}"),
-    ],
+    ]
+    + COMMIT_METRICS,
     "connrate_c10": [
         ("handshakes+token logins /server CPU-s", ("per_server_cpu_s",), "{:.0f}"),
         ("handshakes+token logins /s (wall)", ("per_s",), "{:.0f}"),

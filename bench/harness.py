@@ -8,9 +8,11 @@ import math
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -114,12 +116,21 @@ class Meter:
     """Wall time, the CPU time of the server and of this process, and how
     busy the two pinned CPUs were (from /proc/stat, whoever used them)."""
 
-    def __init__(self, server: psutil.Process, cpus: tuple[int | None, int | None]) -> None:
+    def __init__(
+        self,
+        server: psutil.Process,
+        cpus: tuple[int | None, int | None],
+        process: "ServerProcess | None" = None,
+    ) -> None:
         self.server = server
         self.me = psutil.Process()
         self.cpus = cpus
+        self.process = process  # scraped for its group commits, if given
+        self.commits0: dict[Any, float] = {}
 
     def start(self) -> None:
+        if self.process is not None:
+            self.commits0 = self.process.commit_buckets()
         self.t0 = time.perf_counter()
         self.s0 = cpu_seconds(self.server)
         self.g0 = cpu_seconds(self.me)
@@ -152,6 +163,10 @@ class Meter:
                     0.0, figures[f"{role}_cpu_busy"] - figures[f"{role}_cpu_util"]
                 )
                 figures[f"{role}_cpu_steal"] = delta.get("steal", 0) / total
+        if self.process is not None:
+            commits = commit_figures(self.commits0, self.process.commit_buckets())
+            commits["per_s"] = commits["commits"] / wall if wall > 0 else 0.0
+            figures["commits"] = commits
         return figures
 
 
@@ -167,6 +182,34 @@ def plan_cpus() -> tuple[int | None, int | None]:
     if len(available) < 2:
         return None, None
     return available[0], available[1]
+
+
+def _free_port() -> int:
+    """A loopback port free just now (the server binds it moments later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def commit_figures(before: dict[Any, float], after: dict[Any, float]) -> dict[str, Any]:
+    """The group commits between two :meth:`ServerProcess.commit_buckets`
+    scrapes: how many, their mean, and the bucket bounds that hold the
+    median and the 99th percentile (a histogram: "at most" figures)."""
+    bounds = sorted(b for b in after if b != "sum")
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    figures: dict[str, Any] = {"commits": total}
+    if total <= 0:
+        return figures
+    figures["mean_ms"] = 1000 * (after["sum"] - before.get("sum", 0.0)) / total
+    for name, p in (("p50_at_most_ms", 0.50), ("p99_at_most_ms", 0.99)):
+        bound = next(b for b, c in zip(bounds, counts, strict=True) if c >= p * total)
+        figures[name] = 1000 * bound
+    over = {
+        f"over_{1000 * b:g}_ms": total - c for b, c in zip(bounds, counts, strict=True) if b in (0.003, 0.01)
+    }
+    figures.update(over)
+    return figures
 
 
 def raise_file_limit() -> None:
@@ -211,6 +254,9 @@ class ServerProcess:
         self.popen: subprocess.Popen[bytes] | None = None
         self.proc: psutil.Process | None = None
         self.port = 0
+        # Prometheus /metrics, scraped around a measured window for the
+        # commit-duration histogram (the server pays nothing unscraped).
+        self.metrics_port = _free_port()
         self.data_dir.mkdir(parents=True, mode=0o700)
         self.log_dir.mkdir(parents=True, mode=0o700)
         # A pre-made identity key: RSA generation per run would only slow
@@ -248,7 +294,10 @@ class ServerProcess:
             "logins_burst = 1000000\n"
             # catchup puts 1,000 clients and a poster in the lobby.
             "\n[chat]\n"
-            "max_room_members = 100000\n" + self.extra_ini
+            "max_room_members = 100000\n"
+            "\n[metrics]\n"
+            "enabled = true\n"
+            f"endpoint = tcp:{self.metrics_port}:interface=127.0.0.1\n" + self.extra_ini
         )
 
     def command(self) -> list[str]:
@@ -295,6 +344,8 @@ class ServerProcess:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
         for c in conns:
+            if c.laddr and c.laddr.port == self.metrics_port:
+                continue
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.ip == "127.0.0.1":
                 return int(c.laddr.port)
         return None
@@ -337,6 +388,27 @@ class ServerProcess:
             _LIVE.remove(self)
         await self.start(reactor)
         return time.perf_counter()
+
+    def commit_buckets(self) -> dict[float, float]:
+        """The server's commit-duration histogram now: upper bound in
+        seconds -> commits so far that took at most that long (cumulative,
+        ``inf`` = all), plus ``"sum"``: their total seconds.  A blocking
+        scrape, for before and after a measured window only."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode("utf-8")
+        out: dict[Any, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "chatserver_db_commit_seconds":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    out[float(sample.labels["le"])] = sample.value
+                elif sample.name.endswith("_sum"):
+                    out["sum"] = sample.value
+        return out
 
     def stop(self) -> int | None:
         """Terminate (SIGTERM, then SIGKILL after 10 s); returns the status."""
