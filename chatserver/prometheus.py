@@ -90,4 +90,3 @@ def commit_histogram(metrics: Any) -> HistogramMetricFamily:
     )
     family.add_metric([], buckets, sum_value=metrics.db_commit_seconds_total)
     return family
-

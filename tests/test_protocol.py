@@ -1934,3 +1934,39 @@ class CoalescedRecordTests(ChannelTestCase):
         session.protocol.send_events([{"type": "ping", "ref": f"b{n}"} for n in range(5)])
         info = await closed
         self.assertEqual((info.clean, info.code, info.message), (False, "protocol_error", AUTH_FAILED))
+
+
+class IdleContextSweepTests(ChannelTestCase):
+    """The server drops the AES-GCM contexts of channel directions that
+    carried nothing for a whole sweep period; traffic afterwards works."""
+
+    async def test_idle_connections_give_back_their_contexts_and_work_after(self) -> None:
+        clock = task.Clock()
+        server = await self.start(clock=clock)
+        factory = server.factory
+        period = factory.CONTEXT_SWEEP_SECONDS
+        alice = await self.client(server.port)
+        bob = await self.client(server.port)
+        await with_timeout(alice.register("alice", PASSWORD))
+        await with_timeout(bob.register("bob", PASSWORD))
+        bob_events = EventQueue(bob)
+        clock.advance(period)  # the first sweep only notes the sequence numbers
+        self.assertEqual(factory.contexts_dropped, 0)
+        clock.advance(period)  # both connections idle: two directions each
+        self.assertEqual(factory.contexts_dropped, 4)
+        for conn in factory.connections:
+            self.assertIsNone(conn.channel._send.aead)
+            self.assertIsNone(conn.channel._recv.aead)
+
+        for i in range(3):
+            await with_timeout(alice.say("lobby", f"after the sweep {i}"))
+        for i in range(3):
+            msg = await bob_events.next(lambda e: e.get("type") == "msg")
+            self.assertEqual(msg["body"], f"after the sweep {i}")
+        self.assertEqual((await with_timeout(bob.ping()))["type"], "pong")
+        # Used since: nothing dropped; idle for a period again: all four.
+        clock.advance(period)
+        self.assertEqual(factory.contexts_dropped, 4)
+        clock.advance(period)
+        self.assertEqual(factory.contexts_dropped, 8)
+        self.assertEqual((await with_timeout(alice.ping()))["type"], "pong")

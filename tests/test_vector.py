@@ -391,6 +391,66 @@ class KeyUpdateInteropTests(unittest.TestCase):
         self.assertRaises(channel.ChannelError, real.open, spec_impl.to_line(record).encode())
 
 
+class IdleContextTests(unittest.TestCase):
+    """A channel direction that carried nothing since the previous sweep
+    drops its AES-GCM context; records on either side of a drop (and of
+    key updates) still match the spec's independent implementation."""
+
+    CLIENT_SECRET = bytes(range(32))
+    SERVER_SECRET = bytes(range(32, 64))
+
+    def test_only_idle_directions_drop_and_the_records_stay_the_same(self) -> None:
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET, rekey_after=3)
+        spec_in = spec_impl.Direction(self.CLIENT_SECRET)  # opens what real seals
+        spec_out = spec_impl.Direction(self.SERVER_SECRET, update_after=4)  # seals what real opens
+        self.assertEqual(real.drop_idle_contexts(), 0)  # first sweep: nothing known yet
+
+        def send(i: int) -> None:
+            for line in real.seal_events([{"type": "say", "room": "r", "body": f"out {i}"}]).splitlines():
+                rtype, plaintext = spec_in.open(spec_impl.from_line(line))
+                if rtype == spec_impl.T_DATA:
+                    self.assertEqual(spec_impl.parse_events(plaintext)[0]["body"], f"out {i}")
+
+        def receive(i: int) -> None:
+            events = [{"type": "msg", "body": f"in {i}"}]
+            results = [real.open(spec_impl.to_line(r).encode("ascii")) for r in spec_out.seal_events(events)]
+            self.assertEqual(results[-1], events)
+
+        dropped = []
+        for i in range(12):
+            # Sending only on even steps, receiving only on steps divisible
+            # by three: each direction is idle for some sweeps, not others.
+            if i % 2 == 0:
+                send(i)
+            if i % 3 == 0:
+                receive(i)
+            dropped.append(real.drop_idle_contexts())
+        # A sweep drops a context that exists but carried nothing during the
+        # step before it: the send context after every odd step (it was
+        # made at the even one before), the receive context one step after
+        # each receiving step (then it is gone until the next one).
+        self.assertEqual(dropped, [0, 2, 0, 1, 1, 1, 0, 2, 0, 1, 1, 1])
+        # Both used: kept; both idle: both dropped; nothing left to drop.
+        send(12)
+        receive(12)
+        self.assertEqual(real.drop_idle_contexts(), 0)
+        self.assertEqual(real.drop_idle_contexts(), 2)
+        self.assertEqual(real.drop_idle_contexts(), 0)
+        send(13)
+        receive(13)
+        # Key updates happened in both directions, across the drops.
+        self.assertEqual((spec_in.generation, spec_out.generation), (2, 1))
+
+    def test_a_tampered_record_after_a_drop_is_still_refused(self) -> None:
+        real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET)
+        spec_out = spec_impl.Direction(self.SERVER_SECRET)
+        real.drop_idle_contexts()
+        self.assertEqual(real.drop_idle_contexts(), 0)  # none was ever made
+        (record,) = spec_out.seal_events([{"type": "msg", "body": "x"}])
+        tampered = record[:-1] + bytes([record[-1] ^ 1])
+        self.assertRaises(channel.ChannelError, real.open, spec_impl.to_line(tampered).encode("ascii"))
+
+
 class LineEncodingTests(unittest.TestCase):
     """Every base64 backend the channel can use (pybase64 when installed,
     binascii always) follows the spec's line rules exactly: the standard
