@@ -69,6 +69,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._close_info: ConnectionClosed | None = None
 
     def connectionMade(self) -> None:
+        channel.send_without_delay(self.transport)
         self.setTimeout(self.handshake_timeout)
         self.transport.write(channel.encode_line(self.handshake.hello()))
 

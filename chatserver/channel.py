@@ -101,6 +101,28 @@ class AlertReceived(ChannelError):
         self.text = text
 
 
+# --- the transport --------------------------------------------------------
+
+
+def send_without_delay(transport: Any) -> bool:
+    """Turn off Nagle's algorithm on a TCP transport (TLS passes it on).
+
+    Both ends already coalesce what they write per reactor turn, so a
+    write is a whole batch that should leave now.  With Nagle on, a small
+    record waits for the ACK of the previous one, and the peer may delay
+    that ACK by up to 40 ms: measured, it put 35-40 ms into the 99th
+    percentile of delivery latency at 1,000 messages a second.  Returns
+    whether the transport took the option."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return False
+    try:
+        set_no_delay(True)
+    except OSError:  # not a TCP socket after all (e.g. a UNIX one)
+        return False
+    return True
+
+
 # --- lines ----------------------------------------------------------------
 
 

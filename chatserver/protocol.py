@@ -203,6 +203,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         # A plain TCP transport can be written to directly (see _write); a
         # TLS one, or a test's, goes through its own write.
         self._direct = isinstance(self.transport, tcp.Connection)
+        channel.send_without_delay(self.transport)
         self.factory.metrics.count("connections")
         connections_log.info("connect {peer}", peer=self.peer)
         self.handshake = channel.ServerHandshake(

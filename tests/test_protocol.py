@@ -1970,3 +1970,22 @@ class IdleContextSweepTests(ChannelTestCase):
         clock.advance(period)
         self.assertEqual(factory.contexts_dropped, 8)
         self.assertEqual((await with_timeout(alice.ping()))["type"], "pong")
+
+
+class NoDelayTests(ChannelTestCase):
+    """Both ends turn Nagle's algorithm off: they coalesce per reactor turn
+    themselves, and Nagle plus a delayed ACK held small records back by up
+    to 40 ms (measured at 1,000 messages a second)."""
+
+    async def test_server_and_client_sockets_have_tcp_nodelay(self) -> None:
+        import socket
+
+        server = await self.start()
+        alice = await self.client(server.port)
+        await with_timeout(alice.register("alice", PASSWORD))
+        (conn,) = server.factory.connections
+        for sock in (conn.transport.getHandle(), alice.protocol.transport.getHandle()):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+    def test_a_transport_without_the_option_is_left_alone(self) -> None:
+        self.assertFalse(channel.send_without_delay(StringTransport()))
