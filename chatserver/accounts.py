@@ -146,9 +146,8 @@ class Accounts:
     def login_token(self, name: str, token: str, address: str) -> Any:
         """Log in with a session token: no password hash, same throttling."""
         self._throttle(name, address)
-        user = yield self._store.run(store.token_user, token_hash(token), int(self._clock.seconds()))
-        record = yield self._store.get_user(name) if user == name else None
-        if record is None:
+        record = yield self._store.run(store.token_account, token_hash(token), int(self._clock.seconds()))
+        if record is None or record.name != name:
             self._by_account.fail(name)
             self._by_address.fail(address)
             audit.warn("token login failed for {user} from {address}", user=name, address=address)

@@ -107,6 +107,8 @@ class ChatService:
         #: moderator may kick, ban or mute them.
         self.admins: set[str] = set()
         self.user_rooms: dict[str, set[str]] = {}
+        #: Users past their first login: theirs needs no database trip.
+        self.welcomed: set[str] = set()
         self.dms: dict[str, dict[str, tuple[str, int]]] = {}  # user -> peer -> (stream, delivered)
         self.online: dict[str, dict[Member, None]] = {}
         self._syncing: dict[Member, set[str]] = {}  # DM streams still being pushed to a connection
@@ -119,6 +121,7 @@ class ChatService:
         self.last_ids = yield self._db.run(store.load_stream_ids)
         self.dms = yield self._db.run(store.load_dm_streams)
         self.admins = yield self._db.run(store.load_admins)
+        self.welcomed = yield self._db.run(store.load_welcomed)
         if self.default_room not in records:
             now = self._now()
             yield self._db.run(store.create_room, self.default_room, "public", None, "", now)
@@ -223,7 +226,11 @@ class ChatService:
         self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
         if member.role == "admin":
             self.admins.add(user)
-        first = yield self._db.run(store.first_login, user)
+        if user in self.welcomed:
+            first = False
+        else:
+            first = yield self._db.run(store.first_login, user)
+            self.welcomed.add(user)
         lobby = self.rooms[self.default_room]
         # Only once: a user who leaves the default room, or is kicked from
         # it, stays out.
@@ -270,8 +277,12 @@ class ChatService:
                 for text in texts:  # each on its own: records stay under the line limit
                     member.deliver(text.encode("utf-8"))
                 delivered = json.loads(texts[-1])["id"]
+                # Noted with the page, not after the last query: a shutdown
+                # that comes between the two waits for this note's commit
+                # (the journal is busy with it), so the user does not get
+                # the page again at the next login.
+                self._mark_delivered(user, peer, stream, delivered)
             self._syncing.get(member, set()).discard(stream)
-            self._mark_delivered(user, peer, stream, delivered)
 
     def _mark_delivered(self, user: str, peer: str, stream: str, event_id: int) -> None:
         known = self.dms.setdefault(user, {}).get(peer)

@@ -385,7 +385,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.handshake = None
             self.factory.metrics.count("handshakes")
             self.transport.write(channel.encode_line(finished))
-            connections_log.info("secure channel with {peer}", peer=self.peer)
+            connections_log.debug("secure channel with {peer}", peer=self.peer)
         else:
             raise ChannelError(f"unexpected record in state {state.value}")
 
@@ -644,9 +644,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _push_undelivered(self) -> None:
         if not self.ending:
-            self.factory.chat.push_undelivered(self).addErrback(
-                lambda f: log.failure("offline delivery failed for {user}", f, user=self.user)
-            )
+            self.factory.chat.push_undelivered(self).addErrback(self._push_failed)
+
+    def _push_failed(self, failure: Failure) -> None:
+        if failure.check(StoreClosed):
+            # Shutting down: what was not pushed stays undelivered (the
+            # marks only follow deliveries) and comes at the next login.
+            return
+        log.failure("offline delivery failed for {user}", failure, user=self.user)
 
     def _on_logout(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         d = self.factory.accounts.revoke_token(self._token)

@@ -269,6 +269,12 @@ def first_login(cursor: Any, name: str) -> bool:
     return bool(cursor.rowcount)
 
 
+def load_welcomed(cursor: Any) -> set[str]:
+    """Users whose first login has happened (see :func:`first_login`)."""
+    cursor.execute("SELECT name FROM users WHERE welcomed = 1")
+    return {name for (name,) in cursor.fetchall()}
+
+
 def load_admins(cursor: Any) -> set[str]:
     cursor.execute("SELECT name FROM users WHERE role = 'admin'")
     return {name for (name,) in cursor.fetchall()}
@@ -329,12 +335,18 @@ def add_token(cursor: Any, token_hash: str, user: str, now: int, expires_at: int
     )
 
 
-def token_user(cursor: Any, token_hash: str, now: int) -> str | None:
+def token_account(cursor: Any, token_hash: str, now: int) -> UserRecord | None:
+    """The account of a live session token, in one query: a token login
+    is one trip to the database thread."""
     cursor.execute(
-        "SELECT user FROM session_tokens WHERE token_hash = ? AND expires_at > ?", (token_hash, now)
+        "SELECT u.name, u.password_hash, u.role, u.disabled FROM session_tokens AS t "
+        "JOIN users AS u ON u.name = t.user WHERE t.token_hash = ? AND t.expires_at > ?",
+        (token_hash, now),
     )
     row = cursor.fetchone()
-    return row[0] if row else None
+    if row is None:
+        return None
+    return UserRecord(row[0], row[1], row[2], bool(row[3]))
 
 
 def revoke_tokens(cursor: Any, user: str | None = None, token_hash: str | None = None) -> None:

@@ -115,8 +115,8 @@ def exercise_newest(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
         run(conn, store.load_dm_streams),
         {"alice": {"root": ("dm:alice:root", 1)}, "root": {"alice": ("dm:alice:root", 0)}},
     )
-    test.assertEqual(run(conn, store.token_user, "ab" * 32, 4999), "alice")
-    test.assertIsNone(run(conn, store.token_user, "ab" * 32, 5000))
+    test.assertEqual(run(conn, store.token_account, "ab" * 32, 4999).name, "alice")
+    test.assertIsNone(run(conn, store.token_account, "ab" * 32, 5000))
     # The same (stream, id) cannot be written twice.
     with test.assertRaises(sqlite3.IntegrityError):
         run(conn, store.append_events, [("room:fresh", 3, 2010, "{}")])
