@@ -179,7 +179,7 @@ class ChatService:
         event["stream"] = stream
         event["id"] = event_id
         event["ts"] = self._now()
-        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        text = channel.json_text(event)
         d = self.journal.append(stream, event_id, event["ts"], text)
 
         def committed(_: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -528,3 +529,26 @@ class LineEncodingTests(unittest.TestCase):
             self.assertEqual(channel.BASE64_BACKEND, "binascii")
         else:
             self.assertEqual(channel.BASE64_BACKEND, "pybase64")
+
+
+class CompactJsonTests(unittest.TestCase):
+    """channel.json_text (a C encoder made once) writes exactly what
+    json.dumps with the compact options writes, and refuses the same."""
+
+    def test_same_text_as_json_dumps(self) -> None:
+        values: list[Any] = [
+            {"type": "msg", "body": 'é \u2028 " \\ \n \x00 \U0001f600', "id": 2**53, "ts": -1, "x": 2.5},
+            [{"a": [None, True, False, []]}, {}],
+            "plain",
+            {1: "int key"},
+        ]
+        for value in values:
+            self.assertEqual(
+                channel.json_text(value),
+                json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False),
+            )
+
+    def test_refuses_what_json_dumps_refuses(self) -> None:
+        self.assertRaises(ValueError, channel.json_text, {"x": float("nan")})
+        self.assertRaises(TypeError, channel.json_text, {"x": object()})
+        self.assertRaises(TypeError, channel.json_text, {"x": b"bytes"})
