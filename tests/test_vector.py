@@ -344,6 +344,24 @@ class KeyUpdateInteropTests(unittest.TestCase):
         self.assertEqual(updates, 3)
         self.assertEqual(spec.generation, 3)
 
+    def test_seal_plaintext_fast_path_matches_the_spec(self) -> None:
+        # The server's path (seal_plaintext) and the general one (seal)
+        # must give the same records, KEY_UPDATEs included.
+        fast = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET, rekey_after=3)
+        general = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET, rekey_after=3)
+        spec = spec_impl.Direction(self.CLIENT_SECRET)
+        received = []
+        for i in range(10):
+            plaintext = channel.encode_events(self.events(i))
+            wire = fast.seal_plaintext(plaintext)
+            self.assertEqual(wire, general.seal(channel.DATA, plaintext))
+            for line in wire.splitlines():
+                rtype, opened = spec.open(spec_impl.from_line(line))
+                if rtype == spec_impl.T_DATA:
+                    received.append(spec_impl.parse_events(opened))
+        self.assertEqual(received, [self.events(i) for i in range(10)])
+        self.assertEqual(spec.generation, 3)
+
     def test_spec_sender_real_receiver(self) -> None:
         real = channel.SecureChannel(self.CLIENT_SECRET, self.SERVER_SECRET)
         spec = spec_impl.Direction(self.SERVER_SECRET, update_after=2)
