@@ -87,9 +87,9 @@ from harness import (  # noqa: E402
     ServerProcess,
     bounded_pool,
     kill_live_servers,
-    latency_ms,
     plan_cpus,
     raise_file_limit,
+    rate_figures,
 )
 
 # --- scenario 1: handshakes and logins ---------------------------------------------
@@ -120,17 +120,8 @@ async def connection_burst(
 
     meter.start()
     await bounded_pool(n, concurrency, one)
-    figures = meter.stop()
-    ok = len(latencies)
-    figures.update(
-        attempts=n,
-        completed=ok,
-        errors=len(errors),
-        error_examples=sorted(set(errors))[:5],
-        per_s=ok / figures["wall_s"] if figures["wall_s"] > 0 else 0.0,
-        per_server_cpu_s=ok / figures["server_cpu_s"] if figures["server_cpu_s"] > 0 else None,
-        latency=latency_ms(latencies),
-    )
+    figures = rate_figures(meter.stop(), latencies, errors)
+    figures["attempts"] = n
     return figures
 
 

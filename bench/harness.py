@@ -88,6 +88,22 @@ async def bounded_pool(n: int, concurrency: int, op: Callable[[int], Awaitable[A
     await defer.gatherResults(workers, consumeErrors=True)
 
 
+def rate_figures(figures: dict[str, Any], latencies: list[int], errors: list[str]) -> dict[str, Any]:
+    """Add to a :class:`Meter`'s figures the operations that completed
+    (one latency each) per wall second and per server CPU-second, their
+    latency, and the errors."""
+    ok = len(latencies)
+    figures.update(
+        completed=ok,
+        errors=len(errors),
+        error_examples=sorted(set(errors))[:5],
+        per_s=ok / figures["wall_s"] if figures["wall_s"] > 0 else 0.0,
+        per_server_cpu_s=ok / figures["server_cpu_s"] if figures["server_cpu_s"] > 0 else None,
+        latency=latency_ms(latencies),
+    )
+    return figures
+
+
 def percentile(sorted_values: list[float], p: float) -> float | None:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:

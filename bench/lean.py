@@ -42,6 +42,7 @@ from harness import (
     Meter,
     bounded_pool,
     latency_ms,
+    rate_figures,
     sleep,
     within,
 )
@@ -525,19 +526,9 @@ async def scenario_connrate(
         meter.start()
         deadline[0] = time.perf_counter() + max_seconds
         await bounded_pool(count, concurrency, one)
-        figures = meter.stop()
-        ok = len(latencies)
-        still = sum(1 for s in sessions if not s.closed.called)
-        figures.update(
-            attempts=ok + len(errors),
-            completed=ok,
-            still_connected=still,
-            errors=len(errors),
-            error_examples=sorted(set(errors))[:5],
-            per_s=ok / figures["wall_s"] if figures["wall_s"] > 0 else 0.0,
-            per_server_cpu_s=ok / figures["server_cpu_s"] if figures["server_cpu_s"] > 0 else None,
-            latency=latency_ms(latencies),
-        )
+        figures = rate_figures(meter.stop(), latencies, errors)
+        figures["attempts"] = len(latencies) + len(errors)
+        figures["still_connected"] = sum(1 for s in sessions if not s.closed.called)
         return figures
     finally:
         await clients.close_all(sessions)
