@@ -866,7 +866,9 @@ class ChatFactory(ServerFactory):
         self.contexts_dropped = 0
 
     def startFactory(self) -> None:
-        self._sweep.start(self.CONTEXT_SWEEP_SECONDS, now=False)
+        # Twisted calls this when the first port starts listening.
+        if not self._sweep.running:
+            self._sweep.start(self.CONTEXT_SWEEP_SECONDS, now=False)
 
     def stopFactory(self) -> None:
         if self._sweep.running:
