@@ -1,0 +1,63 @@
+"""``make bench`` must not rot between the sessions that run it.
+
+The lean scenarios (the peer harness's case names) run end to end, as
+``make bench`` runs them, against a real ``twistd`` with tiny durations;
+their JSON report must hold real figures and no failure.  Speed is not
+asserted here: figures live in benchmarks, never in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from tests.processes import spawn
+from tests.support import PYTHON, ROOT
+
+
+class BenchSmokeTests(unittest.TestCase):
+    timeout = 240
+
+    async def test_lean_scenarios_run_and_report_checked_figures(self) -> None:
+        results = Path(self.mktemp()).resolve()  # the bench runs in ROOT
+        bench = spawn(
+            self,
+            "bench",
+            [
+                PYTHON, str(ROOT / "bench" / "bench.py"),
+                "--runs", "1",
+                "--scenarios", "fanout_r10,latency_r100_1k",
+                "--duration", "0.5", "--warmup", "0.2",
+                "--window-total", "50",  # no calibration
+                "--no-pin",  # other tests run beside this one
+                "--results-dir", str(results),
+            ],
+            cwd=str(ROOT),
+        )  # fmt: skip
+        code = await bench.ended.addTimeout(200, reactor)
+        self.assertEqual(code, 0, f"{bench.output()}\n{bench.errors()}")
+        (path,) = results.glob("*.json")
+        report = json.loads(path.read_text(encoding="utf-8"))
+        self.assertEqual(report["failures"], [])
+
+        (fanout,) = report["runs"]["fanout_r10"]
+        self.assertEqual(fanout["receivers"], 10)
+        self.assertEqual(fanout["window"], 50)
+        self.assertGreater(fanout["deliveries"], 0)
+        # Every receiver got every message, each sender's in order.
+        self.assertEqual(
+            (fanout["order_errors"], fanout["lost_sessions"], fanout["stuck_after_drain"], fanout["errors"]),
+            (0, 0, 0, 0),
+        )
+        self.assertGreater(fanout["commits"]["commits"], 0)
+        self.assertGreater(fanout["server_cpu_s"], 0)
+
+        (latency,) = report["runs"]["latency_r100_1k"]
+        # 10 sampled receivers time every message of the measured half second.
+        self.assertGreater(latency["samples"], 1000)
+        self.assertGreater(latency["latency"]["p99_ms"], 0)
+        self.assertEqual((latency["order_errors"], latency["stuck_after_drain"]), (0, 0))
+        self.assertIn("latency_r100_1k", bench.output())
