@@ -10,6 +10,13 @@ one connection see each other's effects in order.  Every published event gets
 the next id of its stream at once, is committed through the group-commit
 event log, and only then fanned out and acknowledged: nothing a client has
 seen or been acknowledged can be lost.
+
+A state change (a membership, a topic, a ban) is committed in the same
+transaction as the event that announces it, never on its own: acknowledged
+means stored, for every request.  Memory changes at once, so that the next
+request sees it, and is put back by the change's *undo* if the commit fails
+(a full disk): the client gets an error and nothing of the change remains,
+in memory or on disk.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from typing import Any, Callable, Protocol
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from chatserver import channel, store
-from chatserver.journal import EventLog
-from chatserver.store import Store
+from chatserver import channel, safetext, store
+from chatserver.journal import Changes, EventLog
+from chatserver.store import Store, StoreClosed
 
 log = Logger(namespace="chatserver.chat")
 audit = Logger(namespace="chatserver.audit")
@@ -52,6 +60,38 @@ class ChatError(Exception):
         self.code = code
         self.message = message
         self.field = field
+
+
+class Audit:
+    """One audited action: a row committed with the action, and a line in
+    the audit log once that commit is done (never for what did not happen)."""
+
+    __slots__ = ("ts", "actor", "action", "room", "target", "detail")
+
+    def __init__(
+        self, ts: int, actor: str, action: str, room: str | None, target: str | None, detail: str
+    ) -> None:
+        self.ts = ts
+        self.actor = actor
+        self.action = action
+        self.room = room
+        self.target = target
+        self.detail = detail
+
+    def row(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return (store.add_audit, (self.ts, self.actor, self.action, self.room, self.target, self.detail))
+
+    def logged(self, result: Any) -> Any:
+        audit.info(
+            "{actor} {action} room={room} target={target} {detail}",
+            actor=self.actor,
+            action=self.action,
+            room=self.room or "-",
+            target=self.target or "-",
+            # Reasons may hold anything a client could type.
+            detail=safetext.log_text(self.detail),
+        )
+        return result
 
 
 def room_stream(name: str) -> str:
@@ -138,11 +178,6 @@ class ChatService:
     def _now(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def _write(self, query: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d = self._db.run(query, *args)
-        d.addErrback(lambda f: log.failure("store write failed", f) or f)
-        return d
-
     def _room(self, name: str, member: Member | None = None) -> Room:
         room = self.rooms.get(name)
         visible = room is not None and (
@@ -171,16 +206,25 @@ class ChatService:
             return False
         return True
 
-    def publish(self, stream: str, event: dict[str, Any], recipients: Callable[[], Any]) -> Deferred[dict]:
-        """Give ``event`` the next id of ``stream``, commit it, then deliver
-        it to ``recipients()`` (evaluated after the commit) and fire."""
+    def publish(
+        self,
+        stream: str,
+        event: dict[str, Any],
+        recipients: Callable[[], Any],
+        changes: Changes = (),
+        undo: Callable[[], None] | None = None,
+    ) -> Deferred[dict]:
+        """Give ``event`` the next id of ``stream``, commit it with the
+        state ``changes`` it stands for, then deliver it to ``recipients()``
+        (evaluated after the commit) and fire.  If the commit fails,
+        ``undo()`` puts memory back as it was and the Deferred fails."""
         event_id = self.last_ids.get(stream, 0) + 1
         self.last_ids[stream] = event_id
         event["stream"] = stream
         event["id"] = event_id
         event["ts"] = self._now()
         text = channel.json_text(event)
-        d = self.journal.append(stream, event_id, event["ts"], text)
+        d = self.journal.append(stream, event_id, event["ts"], text, changes)
 
         def committed(_: Any) -> dict[str, Any]:
             encoded = text.encode("utf-8")  # once, whoever the recipients
@@ -193,22 +237,29 @@ class ChatService:
                 self.metrics.count("messages_out", len(members))
             return event
 
-        return d.addCallback(committed)
+        def failed(failure: Failure) -> Failure:
+            if undo is not None:
+                undo()
+            return failure
 
-    def _publish_room(self, room: Room, event: dict[str, Any]) -> Deferred[dict]:
+        return d.addCallbacks(committed, failed)
+
+    def _publish_room(
+        self,
+        room: Room,
+        event: dict[str, Any],
+        changes: Changes = (),
+        undo: Callable[[], None] | None = None,
+    ) -> Deferred[dict]:
         event["room"] = room.name
-        return self.publish(room.stream, event, lambda: room.online)
+        return self.publish(room.stream, event, lambda: room.online, changes, undo)
 
-    def _audit(self, actor: str, action: str, room: str | None, target: str | None, detail: str = "") -> None:
-        audit.info(
-            "{actor} {action} room={room} target={target} {detail}",
-            actor=actor,
-            action=action,
-            room=room or "-",
-            target=target or "-",
-            detail=detail,
-        )
-        self._write(store.add_audit, self._now(), actor, action, room, target, detail)
+    def _audit(
+        self, actor: str, action: str, room: str | None, target: str | None, detail: str = ""
+    ) -> Audit:
+        """The audit record of an action: its row goes into the action's
+        transaction, its log line is written once that has committed."""
+        return Audit(self._now(), actor, action, room, target, detail)
 
     # --- sessions -------------------------------------------------------------
 
@@ -226,21 +277,22 @@ class ChatService:
         self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
         if member.role == "admin":
             self.admins.add(user)
-        if user in self.welcomed:
-            first = False
-        else:
-            first = yield self._db.run(store.first_login, user)
-            self.welcomed.add(user)
+        first = user not in self.welcomed and not (yield self._db.run(store.is_welcomed, user))
         lobby = self.rooms[self.default_room]
         # Only once: a user who leaves the default room, or is kicked from
-        # it, stays out.
+        # it, stays out.  The mark commits with the join (or alone), so a
+        # failed commit leaves the first login to come again.
+        welcome = [(store.mark_welcomed, (user,))]
         if (
             first
             and user not in lobby.members
             and len(lobby.members) < self.max_room_members
             and not self._sanctioned(lobby, "ban", user)
         ):
-            yield self._add_member(lobby, user, "member")
+            yield self._add_member(lobby, user, "member", welcome)
+        elif first:
+            yield self.journal.write(welcome)
+        self.welcomed.add(user)
         for name in self.user_rooms.get(user, ()):
             self.rooms[name].online[member] = None
         streams = {
@@ -294,21 +346,56 @@ class ChatService:
 
     # --- rooms ------------------------------------------------------------------
 
-    def _add_member(self, room: Room, user: str, role: str) -> Deferred[dict]:
+    def _add_member(
+        self, room: Room, user: str, role: str, changes: Changes = (), undo: Callable[[], None] | None = None
+    ) -> Deferred[dict]:
+        invited = user in room.invites
         room.members[user] = role
         room.invites.discard(user)
         self.user_rooms.setdefault(user, set()).add(room.name)
         for conn in self.online.get(user, ()):
             room.online[conn] = None
-        self._write(store.set_member, room.name, user, role, self._now())
-        return self._publish_room(room, {"type": "joined", "user": user})
 
-    def _remove_member(self, room: Room, user: str, event: dict[str, Any]) -> Deferred[dict]:
-        # Publish first, so the user's own connections still get the event.
-        d = self._publish_room(room, event)
-        room.members.pop(user, None)
+        def put_back() -> None:
+            room.members.pop(user, None)
+            if invited:
+                room.invites.add(user)
+            self.user_rooms.get(user, set()).discard(room.name)
+            for conn in self.online.get(user, ()):
+                room.online.pop(conn, None)
+            if undo is not None:
+                undo()
+
+        return self._publish_room(
+            room,
+            {"type": "joined", "user": user},
+            [*changes, (store.set_member, (room.name, user, role, self._now()))],
+            put_back,
+        )
+
+    def _remove_member(
+        self, room: Room, user: str, event: dict[str, Any], changes: Changes = (), audit: Audit | None = None
+    ) -> Deferred[dict]:
+        """Publish ``event`` (which removes ``user``) and take them out.  An
+        owner's room passes to an heir in the same transaction, whoever
+        removed them (``part``, or an admin's ``kick`` or ``ban``)."""
+        role = room.members.pop(user)
         self.user_rooms.get(user, set()).discard(room.name)
-        self._write(store.set_member, room.name, user, None, self._now())
+
+        def put_back() -> None:
+            room.members[user] = role
+            self.user_rooms.setdefault(user, set()).add(room.name)
+
+        # Published first, and the user's connections leave the room only
+        # after the commit, so they still get the event.
+        changes = [(store.set_member, (room.name, user, None, self._now())), *changes]
+        if audit is not None:
+            changes.append(audit.row())
+        d = self._publish_room(room, event, changes, put_back)
+        if audit is not None:
+            d.addCallback(audit.logged)
+        if role == "owner":
+            self._pass_ownership(room)
 
         def drop_connections(result: Any) -> Any:
             # The event was delivered to them; now they are out.
@@ -328,9 +415,21 @@ class ChatService:
             raise ChatError("too_many_rooms", f"you are in {self.max_rooms_per_user} rooms already")
         record = store.RoomRecord(name, kind, user, topic, {}, set(), {})
         room = self.rooms[name] = Room(record)
-        self._write(store.create_room, name, kind, user, topic, self._now())
-        self._audit(user, "create", name, None, kind)
-        return self._add_member(room, user, "owner")
+        audit = self._audit(user, "create", name, None, kind)
+
+        def put_back() -> None:
+            if self.rooms.get(name) is room:
+                del self.rooms[name]
+
+        # The room's row goes first: the membership refers to it.
+        d = self._add_member(
+            room,
+            user,
+            "owner",
+            [(store.create_room, (name, kind, user, topic, self._now())), audit.row()],
+            put_back,
+        )
+        return d.addCallback(audit.logged)
 
     def join(self, member: Member, name: str) -> Deferred[dict]:
         user = member.user
@@ -350,29 +449,50 @@ class ChatService:
 
     def part(self, member: Member, name: str) -> Deferred[dict]:
         user = member.user
+        assert user is not None
         room = self._room(name, member)
         if user not in room.members:
             raise ChatError("not_member", "you are not in that room", "room")
-        was_owner = room.members[user] == "owner"
-        d = self._remove_member(room, user, {"type": "left", "user": user})
-        if was_owner:
-            self._pass_ownership(room)
-        return d
+        return self._remove_member(room, user, {"type": "left", "user": user})
 
     def _pass_ownership(self, room: Room) -> None:
         """A room keeps an owner while it has members: the senior
-        moderator, or else the senior member, inherits it."""
+        moderator, or else the senior member, inherits it.  Called when the
+        owner has just been taken out of ``room.members``; the ``role``
+        event commits in the same batch as the removal's."""
         heirs = [u for u, r in room.members.items() if r == "moderator"] or list(room.members)
-        room.owner = heirs[0] if heirs else None
-        self._write(store.set_owner, room.name, room.owner)
-        if room.owner is None:
+        old_owner = room.owner
+        if not heirs:
+            room.owner = None
+            self.journal.write([(store.set_owner, (room.name, None))]).addErrback(
+                lambda f: (
+                    None if f.check(StoreClosed) else log.failure("recording an ownerless room failed", f)
+                )
+            )
             return
-        room.members[room.owner] = "owner"
-        self._write(store.set_member, room.name, room.owner, "owner", self._now())
-        self._audit("server", "role", room.name, room.owner, "owner")
-        self._publish_room(
-            room, {"type": "role", "user": room.owner, "role": "owner", "by": None}
-        ).addErrback(lambda f: log.failure("announcing the new owner failed", f))
+        heir = heirs[0]
+        heir_role = room.members[heir]
+        room.owner = heir
+        room.members[heir] = "owner"
+
+        def put_back() -> None:
+            room.owner = old_owner
+            if heir in room.members:
+                room.members[heir] = heir_role
+
+        audit = self._audit("server", "role", room.name, heir, "owner")
+        changes = [
+            (store.set_owner, (room.name, heir)),
+            (store.set_member, (room.name, heir, "owner", self._now())),
+            audit.row(),
+        ]
+        d = self._publish_room(
+            room, {"type": "role", "user": heir, "role": "owner", "by": None}, changes, put_back
+        )
+        d.addCallback(audit.logged)
+        # Whoever asked for the removal learns of a failure from its own
+        # event, which shares this one's transaction.
+        d.addErrback(lambda f: None)
 
     def list_rooms(self, member: Member) -> list[dict[str, Any]]:
         mine = self.user_rooms.get(member.user or "", set())
@@ -385,9 +505,18 @@ class ChatService:
     def set_topic(self, member: Member, name: str, topic: str) -> Deferred[dict]:
         room = self._room(name, member)
         self._require_rank(member, room, "moderator", "set the topic")
+        old = room.topic
         room.topic = topic
-        self._write(store.set_topic, name, topic)
-        return self._publish_room(room, {"type": "topic", "topic": topic, "by": member.user})
+
+        def put_back() -> None:
+            room.topic = old
+
+        return self._publish_room(
+            room,
+            {"type": "topic", "topic": topic, "by": member.user},
+            [(store.set_topic, (name, topic))],
+            put_back,
+        )
 
     def invite(self, member: Member, name: str, user: str) -> Deferred[dict]:
         room = self._room(name, member)
@@ -399,13 +528,28 @@ class ChatService:
         def invited(exists: bool) -> Any:
             if not exists:
                 raise ChatError("no_such_user", f"there is no user {user!r}", "user")
+            if user in room.members:
+                raise ChatError("already_member", f"{user} is in {name!r} already", "user")
+            already = user in room.invites
             room.invites.add(user)
-            self._write(store.add_invite, name, user, member.user, self._now())
-            self._audit(member.user or "?", "invite", name, user)
-            notice = channel.encode_event({"type": "invited", "room": name, "by": member.user})
-            for conn in self.online.get(user, ()):
-                conn.deliver(notice)
-            return {"type": "invited", "room": name, "user": user}
+            audit = self._audit(member.user or "?", "invite", name, user)
+            written = self.journal.write(
+                [(store.add_invite, (name, user, member.user, self._now())), audit.row()]
+            )
+
+            def stored(_: Any) -> dict[str, Any]:
+                audit.logged(None)
+                notice = channel.encode_event({"type": "invited", "room": name, "by": member.user})
+                for conn in self.online.get(user, ()):
+                    conn.deliver(notice)
+                return {"type": "invited", "room": name, "user": user}
+
+            def failed(failure: Failure) -> Failure:
+                if not already:
+                    room.invites.discard(user)
+                return failure
+
+            return written.addCallbacks(stored, failed)
 
         return d.addCallback(invited)
 
@@ -447,17 +591,30 @@ class ChatService:
         def send(exists: bool) -> Deferred[dict]:
             if not exists:
                 raise ChatError("no_such_user", f"there is no user {to!r}", "to")
-            if not known:
-                for a, b in ((sender, to), (to, sender)):
-                    self.dms.setdefault(a, {}).setdefault(b, (stream, 0))
-                    self.journal.note(("delivered", a, b), store.set_dm_stream, a, b, stream, 0)
+            changes: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+            added: list[tuple[str, str]] = []
+            for a, b in ((sender, to), (to, sender)):
+                if b not in self.dms.setdefault(a, {}):
+                    # The stream becomes known to both users with its
+                    # first event, in the same transaction: a direct
+                    # message is never stored without the marks that
+                    # deliver it.
+                    self.dms[a][b] = (stream, 0)
+                    changes.append((store.set_dm_stream, (a, b, stream, 0)))
+                    added.append((a, b))
+
+            def put_back() -> None:
+                for a, b in added:
+                    if self.dms.get(a, {}).get(b) == (stream, 0):
+                        del self.dms[a][b]
+
             event = {"type": "dm", "from": sender, "to": to, "body": body}
             recipients = lambda: [  # noqa: E731
                 c
                 for c in list(self.online.get(sender, ())) + list(self.online.get(to, ()))
                 if stream not in self._syncing.get(c, ())
             ]
-            published = self.publish(stream, event, recipients)
+            published = self.publish(stream, event, recipients, changes, put_back)
 
             def delivered(event: dict[str, Any]) -> dict[str, Any]:
                 self._mark_delivered(sender, to, stream, event["id"])
@@ -506,52 +663,90 @@ class ChatService:
 
     # --- moderation -----------------------------------------------------------------
 
-    def _moderate(self, member: Member, name: str, target: str) -> Room:
+    def _moderate(self, member: Member, name: str, target: str) -> Deferred[Room]:
+        """The room, once ``member`` may moderate ``target`` in it.  The
+        target's server role is read from the database, not from what was
+        loaded at start: an admin made with the admin tool while the server
+        runs must be protected before their first login."""
         room = self._room(name, member)
         self._require_rank(member, room, "moderator", "moderate")
-        target_role = "admin" if target in self.admins else room.members.get(target)
-        target_rank = RANK[target_role] if target_role else 0
-        if target_rank >= self._rank(member, room):
-            raise ChatError("forbidden", f"{target} outranks or equals you in {name!r}", "user")
-        return room
+        d = self._db.run(store.get_user, target)
+
+        def check(record: store.UserRecord | None) -> Room:
+            if record is not None and record.role == "admin":
+                self.admins.add(target)
+            else:
+                self.admins.discard(target)
+            target_role = "admin" if target in self.admins else room.members.get(target)
+            target_rank = RANK[target_role] if target_role else 0
+            if target_rank >= self._rank(member, room):
+                raise ChatError("forbidden", f"{target} outranks or equals you in {name!r}", "user")
+            return room
+
+        return d.addCallback(check)
 
     def kick(self, member: Member, name: str, target: str, reason: str) -> Deferred[dict]:
-        room = self._moderate(member, name, target)
-        if target not in room.members:
-            raise ChatError("not_member", f"{target} is not in {name!r}", "user")
-        self._audit(member.user or "?", "kick", name, target, reason)
-        return self._remove_member(
-            room, target, {"type": "kicked", "user": target, "by": member.user, "reason": reason}
-        )
+        def kick(room: Room) -> Deferred[dict]:
+            if target not in room.members:
+                raise ChatError("not_member", f"{target} is not in {name!r}", "user")
+            return self._remove_member(
+                room,
+                target,
+                {"type": "kicked", "user": target, "by": member.user, "reason": reason},
+                audit=self._audit(member.user or "?", "kick", name, target, reason),
+            )
+
+        return self._moderate(member, name, target).addCallback(kick)
 
     def sanction(
         self, member: Member, name: str, target: str, kind: str, duration: float | None, reason: str
     ) -> Deferred[dict]:
-        room = self._moderate(member, name, target)
-        until = None if duration is None else self._now() + int(duration * 1000)
-        room.sanctions[(kind, target)] = until
-        self._write(store.set_sanction, name, target, kind, until, member.user, self._now())
-        self._audit(member.user or "?", kind, name, target, reason)
-        event = {
-            "type": "banned" if kind == "ban" else "muted",
-            "user": target,
-            "by": member.user,
-            "until": until,
-            "reason": reason,
-        }
-        if kind == "ban" and target in room.members:
-            return self._remove_member(room, target, event)
-        return self._publish_room(room, event)
+        def impose(room: Room) -> Deferred[dict]:
+            until = None if duration is None else self._now() + int(duration * 1000)
+            key = (kind, target)
+            had, before = key in room.sanctions, room.sanctions.get(key)
+            room.sanctions[key] = until
+
+            def put_back() -> None:
+                if had:
+                    room.sanctions[key] = before
+                else:
+                    room.sanctions.pop(key, None)
+
+            audit = self._audit(member.user or "?", kind, name, target, reason)
+            row = (store.set_sanction, (name, target, kind, until, member.user, self._now()))
+            event = {
+                "type": "banned" if kind == "ban" else "muted",
+                "user": target,
+                "by": member.user,
+                "until": until,
+                "reason": reason,
+            }
+            if kind == "ban" and target in room.members:
+                d = self._remove_member(room, target, event, [row], audit)
+                d.addErrback(lambda f: (put_back(), f)[1])
+                return d
+            d = self._publish_room(room, event, [row, audit.row()], put_back)
+            return d.addCallback(audit.logged)
+
+        return self._moderate(member, name, target).addCallback(impose)
 
     def lift(self, member: Member, name: str, target: str, kind: str) -> Deferred[dict]:
-        room = self._moderate(member, name, target)
-        if room.sanctions.pop((kind, target), "absent") == "absent":
-            raise ChatError("not_sanctioned", f"{target} is not {kind}ned in {name!r}", "user")
-        self._write(store.set_sanction, name, target, kind, None, None, self._now())
-        self._audit(member.user or "?", "un" + kind, name, target)
-        return self._publish_room(
-            room, {"type": "unbanned" if kind == "ban" else "unmuted", "user": target, "by": member.user}
-        )
+        def lift(room: Room) -> Deferred[dict]:
+            key = (kind, target)
+            if key not in room.sanctions:
+                raise ChatError("not_sanctioned", f"{target} is not {kind}ned in {name!r}", "user")
+            before = room.sanctions.pop(key)
+
+            def put_back() -> None:
+                room.sanctions[key] = before
+
+            audit = self._audit(member.user or "?", "un" + kind, name, target)
+            event = {"type": "unbanned" if kind == "ban" else "unmuted", "user": target, "by": member.user}
+            changes = [(store.set_sanction, (name, target, kind, None, None, self._now())), audit.row()]
+            return self._publish_room(room, event, changes, put_back).addCallback(audit.logged)
+
+        return self._moderate(member, name, target).addCallback(lift)
 
     def set_role(self, member: Member, name: str, target: str, role: str) -> Deferred[dict]:
         room = self._room(name, member)
@@ -560,24 +755,34 @@ class ChatService:
             raise ChatError("not_member", f"{target} is not in {name!r}", "user")
         if room.members[target] == "owner":
             raise ChatError("forbidden", "the owner's role cannot be changed", "user")
+        before = room.members[target]
         room.members[target] = role
-        self._write(store.set_member, name, target, role, self._now())
-        self._audit(member.user or "?", "role", name, target, role)
-        return self._publish_room(room, {"type": "role", "user": target, "role": role, "by": member.user})
+
+        def put_back() -> None:
+            if room.members.get(target) == role:
+                room.members[target] = before
+
+        audit = self._audit(member.user or "?", "role", name, target, role)
+        changes = [(store.set_member, (name, target, role, self._now())), audit.row()]
+        d = self._publish_room(
+            room, {"type": "role", "user": target, "role": role, "by": member.user}, changes, put_back
+        )
+        return d.addCallback(audit.logged)
 
     def disable_account(self, member: Member, target: str, disabled: bool) -> Deferred[dict]:
         if member.role != "admin":
             raise ChatError("forbidden", "only an admin may disable accounts", "user")
         if target == member.user:
             raise ChatError("forbidden", "you cannot disable yourself", "user")
-        d = self._db.run(store.set_disabled, target, disabled)
+        audit = self._audit(member.user or "?", "disable" if disabled else "enable", None, target)
+        # One transaction: the flag, the revoked tokens and the audit row.
+        d = self._db.run(store.set_disabled, target, disabled, audit.row())
 
         def done(found: bool) -> Any:
             if not found:
                 raise ChatError("no_such_user", f"there is no user {target!r}", "user")
-            self._audit(member.user or "?", "disable" if disabled else "enable", None, target)
+            audit.logged(None)
             if disabled:
-                self._write(store.revoke_tokens, target)
                 for conn in list(self.online.get(target, ())):
                     conn.close("account_disabled", "this account was disabled by an admin")
             return {"type": "account", "user": target, "disabled": disabled}

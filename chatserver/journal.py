@@ -7,6 +7,12 @@ under load many events share one fsync while a lone event still commits at
 once.  Batches commit in order and their Deferreds fire in append order, so
 whoever fans out after the commit does so in id order.
 
+An event may carry the state changes it stands for (a ``joined`` event the
+new membership row, a ``topic`` event the new topic): they run in the same
+transaction as the event, so an acknowledged change is stored exactly when
+its event is, and a failed commit stores neither.  ``write`` commits state
+changes that have no event (an invitation) the same way.
+
 ``note`` adds bookkeeping that may lag behind (how far each user has
 received a direct-message stream) to the next batch instead of a
 transaction and an fsync of its own; a later note with the same key
@@ -15,7 +21,7 @@ replaces an earlier one that is still waiting.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -26,22 +32,37 @@ from chatserver.store import Store
 
 log = Logger(namespace="chatserver.journal")
 
+#: State changes that belong to an event: ``(query, args)`` pairs.
+Changes = Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]
+
 
 class EventLog:
     def __init__(self, db: Store, reactor: Any, metrics: Any = None) -> None:
         self._db = db
         self._reactor = reactor
         self._metrics = metrics
-        self._queue: list[tuple[tuple[str, int, int, str], Deferred[None]]] = []
+        #: (event row or None, its state changes, fired after the commit)
+        self._queue: list[tuple[tuple[str, int, int, str] | None, Changes, Deferred[None]]] = []
         self._notes: dict[Any, tuple[Any, tuple[Any, ...]]] = {}
         self._idle_waiters: list[Deferred[None]] = []
         self._busy = False  # a commit is scheduled or running
         self.commits = 0
         self.events_committed = 0
 
-    def append(self, stream: str, event_id: int, ts: int, event_json: str) -> Deferred[None]:
+    def append(
+        self, stream: str, event_id: int, ts: int, event_json: str, changes: Changes = ()
+    ) -> Deferred[None]:
+        """Commit the event and ``changes`` (``(query, args)`` pairs, each
+        run as ``query(cursor, *args)``) in the next transaction."""
         d: Deferred[None] = Deferred()
-        self._queue.append(((stream, event_id, ts, event_json), d))
+        self._queue.append(((stream, event_id, ts, event_json), changes, d))
+        self._schedule()
+        return d
+
+    def write(self, changes: Changes) -> Deferred[None]:
+        """Commit state changes that publish no event, in the next batch."""
+        d: Deferred[None] = Deferred()
+        self._queue.append((None, changes, d))
         self._schedule()
         return d
 
@@ -59,10 +80,14 @@ class EventLog:
     def _commit(self) -> None:
         batch, self._queue = self._queue, []
         notes, self._notes = list(self._notes.values()), {}
-        d = self._db.run(store.commit_batch, [row for row, _ in batch], notes)
+        rows = [row for row, _, _ in batch if row is not None]
+        changes = [change for _, entry_changes, _ in batch for change in entry_changes]
+        d = self._db.run(store.commit_batch, rows, changes, notes)
         d.addBoth(self._committed, batch, self._reactor.seconds())
 
-    def _committed(self, result: Any, batch: list[tuple[Any, Deferred[None]]], started: float) -> None:
+    def _committed(
+        self, result: Any, batch: list[tuple[Any, Changes, Deferred[None]]], started: float
+    ) -> None:
         failed = isinstance(result, Failure)
         if self._metrics is not None and not failed:
             self._metrics.commit_took(self._reactor.seconds() - started)
@@ -71,7 +96,7 @@ class EventLog:
         else:
             self.commits += 1
             self.events_committed += len(batch)
-        for _, d in batch:
+        for _, _, d in batch:
             if failed:
                 d.errback(result)
             else:

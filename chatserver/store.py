@@ -263,14 +263,19 @@ def set_sanction(
         )
 
 
-def first_login(cursor: Any, name: str) -> bool:
-    """True exactly once per user: at the first login that asks."""
-    cursor.execute("UPDATE users SET welcomed = 1 WHERE name = ? AND welcomed = 0", (name,))
-    return bool(cursor.rowcount)
+def is_welcomed(cursor: Any, name: str) -> bool:
+    """Whether the user's first login has happened (:func:`mark_welcomed`)."""
+    cursor.execute("SELECT welcomed FROM users WHERE name = ?", (name,))
+    row = cursor.fetchone()
+    return row is None or bool(row[0])
+
+
+def mark_welcomed(cursor: Any, name: str) -> None:
+    cursor.execute("UPDATE users SET welcomed = 1 WHERE name = ?", (name,))
 
 
 def load_welcomed(cursor: Any) -> set[str]:
-    """Users whose first login has happened (see :func:`first_login`)."""
+    """Users whose first login has happened (see :func:`mark_welcomed`)."""
     cursor.execute("SELECT name FROM users WHERE welcomed = 1")
     return {name for (name,) in cursor.fetchall()}
 
@@ -289,11 +294,17 @@ def set_dm_stream(cursor: Any, user: str, peer: str, stream: str, delivered: int
 
 
 def commit_batch(
-    cursor: Any, rows: list[tuple[str, int, int, str]], notes: list[tuple[Any, tuple[Any, ...]]]
+    cursor: Any,
+    rows: list[tuple[str, int, int, str]],
+    changes: list[tuple[Any, tuple[Any, ...]]],
+    notes: list[tuple[Any, tuple[Any, ...]]],
 ) -> None:
-    """One group commit (one transaction): events, then bookkeeping."""
+    """One group commit (one transaction): events, the state changes they
+    stand for, then bookkeeping.  adbapi rolls it all back if any fails."""
     if rows:
         append_events(cursor, rows)
+    for query, args in changes:
+        query(cursor, *args)
     for query, args in notes:
         query(cursor, *args)
 
@@ -356,9 +367,20 @@ def revoke_tokens(cursor: Any, user: str | None = None, token_hash: str | None =
         cursor.execute("DELETE FROM session_tokens WHERE user = ?", (user,))
 
 
-def set_disabled(cursor: Any, user: str, disabled: bool) -> bool:
+def set_disabled(
+    cursor: Any, user: str, disabled: bool, audit: tuple[Any, tuple[Any, ...]] | None = None
+) -> bool:
+    """Disable (and revoke every token of) or enable an account, with its
+    audit row, in one transaction; False if there is no such user."""
     cursor.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), user))
-    return cursor.rowcount > 0
+    if cursor.rowcount == 0:
+        return False
+    if disabled:
+        revoke_tokens(cursor, user)
+    if audit is not None:
+        query, args = audit
+        query(cursor, *args)
+    return True
 
 
 def add_audit(
