@@ -571,3 +571,65 @@ class ReviewFixTests(RoomTestCase):
         await moderate(carol, "deop", "bob")
         await carol.request({"type": "part", "room": ROOM})
         self.assertEqual(await members(carol), {"bob": "owner"})
+
+
+# --- authorization slips (hardening) -------------------------------------------
+
+
+class AuthorizationTests(RoomTestCase):
+    async def test_admin_added_while_running_is_protected_before_first_login(self) -> None:
+        """An admin made with the admin tool while the server runs cannot
+        be banned, kicked or muted by a room owner, even before that admin
+        has ever logged in (the server's start-up list does not know them)."""
+        await self.room()
+        # bob is a plain member of den; the admin tool now makes him admin.
+        conn = store.open_database(self.server.settings.database_path)
+        try:
+            with conn:
+                conn.execute("UPDATE users SET role = 'admin' WHERE name = 'bob'")
+        finally:
+            conn.close()
+        for kind in ("ban", "kick", "mute"):
+            await refused(self, moderate(self.owner, kind, "bob"), "forbidden", kind)
+        self.assertIn("bob", await members(self.owner))
+
+    async def test_admin_demoted_while_running_can_be_moderated(self) -> None:
+        await self.room()
+        self.assertTrue(add_admin(self.server, "root"))
+        await refused(self, moderate(self.owner, "ban", "root"), "forbidden", "ban")
+        conn = store.open_database(self.server.settings.database_path)
+        try:
+            with conn:
+                conn.execute("UPDATE users SET role = 'user' WHERE name = 'root'")
+        finally:
+            conn.close()
+        await moderate(self.owner, "ban", "root")
+
+    async def assert_heir_after(self, kind: str) -> None:
+        await self.room()
+        root = await admin_session(self, self.server)
+        await moderate(self.owner, "op", "carol")
+        await self.bob_events.next(in_room("role", "carol"))
+        await moderate(root, kind, "olivia")
+        role = await self.bob_events.next(in_room("role", "carol"))
+        self.assertEqual((role["role"], role["by"]), ("owner", None))
+        self.assertEqual(await members(self.bob), {"bob": "member", "carol": "owner"})
+        # The new owner owns it: she may appoint a moderator.
+        await moderate(self.carol, "op", "bob")
+        rooms = (await self.bob.request({"type": "rooms"}))["rooms"]
+        self.assertEqual([r["members"] for r in rooms if r["room"] == ROOM], [2])
+
+    async def test_admin_kicking_the_owner_hands_the_room_on(self) -> None:
+        await self.assert_heir_after("kick")
+
+    async def test_admin_banning_the_owner_hands_the_room_on(self) -> None:
+        await self.assert_heir_after("ban")
+
+    async def test_heir_survives_a_restart(self) -> None:
+        await self.assert_heir_after("kick")
+        await self.server.stop()
+        again = RunningServer(self.server.settings)
+        await again.start()
+        self.addCleanup(again.stop)
+        bob = await logged_in(self, again, "bob", register=False)
+        self.assertEqual(await members(bob), {"bob": "moderator", "carol": "owner"})
