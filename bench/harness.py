@@ -308,6 +308,8 @@ class ServerProcess:
             "rooms_burst = 1000000\n"
             "logins_rate = 1000000\n"
             "logins_burst = 1000000\n"
+            "lookups_rate = 1000000\n"
+            "lookups_burst = 1000000\n"
             # catchup puts 1,000 clients and a poster in the lobby.
             "\n[chat]\n"
             "max_room_members = 100000\n"

@@ -98,6 +98,7 @@ class AlertReceived(ChannelError):
     """The peer refused the handshake with a plaintext alert."""
 
     def __init__(self, code: int, text: str) -> None:
+        # Raw: whoever logs or shows the reason makes it safe (safetext).
         super().__init__(f"peer alert {code}: {text}", code)
         self.code = code
         self.text = text
@@ -446,14 +447,25 @@ class HandshakeState(enum.Enum):
     FAILED = "failed"
 
 
+#: The most bytes of text an ALERT carries (and a receiver reads).
+MAX_ALERT_TEXT = 200
+
+
 def alert_record(code: int, text: str) -> bytes:
-    return bytes((ALERT, code)) + text[:200].encode("utf-8")
+    """An ALERT whose text is at most MAX_ALERT_TEXT bytes of UTF-8, cut
+    at a character boundary."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_ALERT_TEXT:
+        data = data[:MAX_ALERT_TEXT].decode("utf-8", "ignore").encode("utf-8")
+    return bytes((ALERT, code)) + data
 
 
 def _parse_alert(record: bytes) -> AlertReceived:
     if len(record) < 2:
         return AlertReceived(0, "malformed alert")
-    return AlertReceived(record[1], record[2:].decode("utf-8", "replace"))
+    # A receiver reads no more than a sender may write: a longer text is
+    # cut, whoever sent it, before it goes anywhere (a log, a screen).
+    return AlertReceived(record[1], record[2 : 2 + MAX_ALERT_TEXT].decode("utf-8", "replace"))
 
 
 class _Reader:

@@ -579,6 +579,11 @@ class ChatService:
 
     # --- direct messages --------------------------------------------------------
 
+    def knows_peer(self, user: str, peer: str) -> bool:
+        """Whether the two have a direct-message stream already (a dm to
+        that peer needs no lookup of the name)."""
+        return peer in self.dms.get(user, {})
+
     def direct(self, member: Member, to: str, body: str) -> Deferred[dict]:
         sender = member.user
         assert sender is not None

@@ -58,6 +58,10 @@ class Settings:
     rooms_burst: int = 3
     logins_rate: float = 0.5
     logins_burst: int = 5
+    #: Requests that look up another user by name (invite, a first dm):
+    #: per account and per address, so names cannot be enumerated fast.
+    lookups_rate: float = 0.2
+    lookups_burst: int = 20
     abuse_strikes: int = 20
     # [store]
     synchronous: str = "full"
@@ -222,6 +226,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("limits", "rooms_burst", "rooms_burst", _positive(int)),
     ("limits", "logins_rate", "logins_rate", _positive(float)),
     ("limits", "logins_burst", "logins_burst", _positive(int)),
+    ("limits", "lookups_rate", "lookups_rate", _positive(float)),
+    ("limits", "lookups_burst", "lookups_burst", _positive(int)),
     ("limits", "abuse_strikes", "abuse_strikes", _positive(int)),
     ("store", "synchronous", "synchronous", _synchronous),
     ("log", "level", "log_level", _level),

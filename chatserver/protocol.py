@@ -23,9 +23,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatserver import __version__, channel
+from chatserver import __version__, channel, safetext
 from chatserver.accounts import Account, Accounts, AuthError
-from chatserver.channel import ChannelError, HandshakeState, PeerClosed
+from chatserver.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
 from chatserver.chat import ChatError, ChatService
 from chatserver.config import Settings
 from chatserver.identity import Identity
@@ -38,6 +38,10 @@ from chatserver.workers import Busy, CryptoPool
 log = Logger(namespace="chatserver.protocol")
 connections_log = Logger(namespace="chatserver.connections")
 
+
+#: Characters of a disconnect reason a log line keeps: room for an
+#: ALERT's 200 bytes of text after its prefix.
+REASON_LOG_LIMIT = 300
 
 #: request type -> the rate-limit bucket it draws from
 RATE_LIMITED = {
@@ -64,6 +68,7 @@ def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
         "joins": (settings.joins_rate, settings.joins_burst),
         "rooms": (settings.rooms_rate, settings.rooms_burst),
         "logins": (settings.logins_rate, settings.logins_burst),
+        "lookups": (settings.lookups_rate, settings.lookups_burst),
     }
 
 
@@ -195,7 +200,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.peer = getattr(self.transport.getPeer(), "host", "?")
         refusal = self.factory.admit(self)
         if refusal is not None:
-            connections_log.warn("refused {peer}: {reason}", peer=self.peer, reason=refusal)
+            if self.factory.may_log(self.peer):
+                connections_log.warn("refused {peer}: {reason}", peer=self.peer, reason=refusal)
             self.transport.write(channel.encode_line(channel.alert_record(channel.ALERT_BUSY, refusal)))
             self.transport.loseConnection()
             return
@@ -205,7 +211,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._direct = isinstance(self.transport, tcp.Connection)
         channel.send_without_delay(self.transport)
         self.factory.metrics.count("connections")
-        connections_log.info("connect {peer}", peer=self.peer)
+        if self.factory.may_log(self.peer):
+            connections_log.info("connect {peer}", peer=self.peer)
         self.handshake = channel.ServerHandshake(
             self.factory.identity.key,
             self.factory.identity.public_der,
@@ -238,12 +245,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.factory.chat.disconnect(self)
         self.factory.rate_limits.forget(self)
         self.factory.release(self)
-        connections_log.info(
-            "disconnect {peer} user={user}: {reason}",
-            peer=self.peer,
-            user=self.user or "-",
-            reason=self.close_reason,
-        )
+        if self.account is not None or self.factory.may_log(self.peer):
+            connections_log.info(
+                "disconnect {peer} user={user}: {reason}",
+                peer=self.peer,
+                user=self.user or "-",
+                reason=safetext.log_text(self.close_reason, REASON_LOG_LIMIT),
+            )
 
     def timeoutConnection(self) -> None:
         if self.account is None:
@@ -273,18 +281,21 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
         return True
 
-    def _drop(self, reason: str, alert: int = channel.ALERT_HANDSHAKE_FAILURE) -> None:
-        """End the connection because of ``reason`` (safe to log)."""
+    def _drop(self, reason: str, alert: int | None = channel.ALERT_HANDSHAKE_FAILURE) -> None:
+        """End the connection because of ``reason``: with an ALERT of code
+        ``alert`` during the handshake (None: without one)."""
         if self.ending:
             return
-        log.warn(
-            "{peer} user={user}: {reason}; disconnecting",
-            peer=self.peer,
-            user=self.user or "-",
-            reason=reason,
-        )
+        if self.account is not None or self.factory.may_log(self.peer):
+            log.warn(
+                "{peer} user={user}: {reason}; disconnecting",
+                peer=self.peer,
+                user=self.user or "-",
+                reason=safetext.log_text(reason, REASON_LOG_LIMIT),
+            )
         if self.channel is None and self.handshake is not None:
-            self.transport.write(channel.encode_line(channel.alert_record(alert, reason)))
+            if alert is not None:
+                self.transport.write(channel.encode_line(channel.alert_record(alert, reason)))
             self._end(reason, abort=False)
         else:
             # After the handshake nothing from this peer can be trusted any
@@ -359,6 +370,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self._handshake_line(line)
             else:
                 self._data_line(line)
+        except AlertReceived as e:
+            # The peer gave up and closes; an ALERT is never answered.
+            self._drop(e.reason, None)
         except ChannelError as e:
             self._drop(e.reason, e.alert)
 
@@ -406,7 +420,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         try:
             events = self.channel.open(line)
         except PeerClosed as e:
-            self._end(f"closed by peer ({e.code})", abort=False)
+            self._end(f"closed by peer ({e.code[:40]})", abort=False)
             return
         if events is None:
             return  # KEY_UPDATE
@@ -488,7 +502,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             kind = request["type"]
             if self.account is None and kind not in PRE_LOGIN:
                 raise ChatError("not_authenticated", "log in first")
-            self._rate_limit(kind)
+            self._rate_limit(kind, request)
             result = getattr(self, "_on_" + kind)(request)
         except (RequestError, ChatError, AuthError) as e:
             self._fill(slot, self._error_event(e, str(event.get("type"))[:40]))
@@ -554,20 +568,25 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         for error, (code, message) in _TRY_AGAIN.items():
             if failure.check(error):
                 return {"type": "error", "code": code, "message": message, "request": kind, "retry_after": 1}
-        log.failure("{kind} failed for {peer}", failure, kind=kind, peer=self.peer)
+        log.failure("{kind} failed for {peer}", failure, kind=safetext.log_text(kind), peer=self.peer)
         return {"type": "error", "code": "internal_error", "message": "internal error", "request": kind}
 
-    def _rate_limit(self, kind: str) -> None:
+    def _rate_limit(self, kind: str, request: dict[str, Any]) -> None:
         action = RATE_LIMITED.get(kind)
-        if action is None:
-            return
         limits = self.factory.rate_limits
-        wait = limits.check(action, self)
-        if not wait and action != "logins" and self.user is not None:
-            # All of the account's connections together, so reconnecting
-            # does not refill a bucket.  (Logins are per connection, and
-            # failed ones also per account and address: accounts.py.)
-            wait = limits.check(action, ("user", self.user))
+        wait = 0.0
+        if action is not None:
+            wait = limits.check(action, self)
+            if not wait and action != "logins" and self.user is not None:
+                # All of the account's connections together, so reconnecting
+                # does not refill a bucket.  (Logins are per connection, and
+                # failed ones also per account and address: accounts.py.)
+                wait = limits.check(action, ("user", self.user))
+        if not wait and self.user is not None and self._looks_up_a_user(kind, request):
+            # Whether a name exists is what an enumeration wants to learn:
+            # per account and per address, whatever the connection.
+            action = "lookups"
+            wait = limits.check(action, ("user", self.user)) or limits.check(action, ("address", self.peer))
         if wait:
             now = self.factory.clock.seconds()
             strikes = self._strikes
@@ -578,6 +597,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 log.warn("{peer} user={user}: flooding; disconnecting", peer=self.peer, user=self.user or "-")
                 self.close("flooding", "too many requests over the rate limit")
             raise AuthError("rate_limited", f"too many {action}; slow down", retry_after=wait)
+
+    def _looks_up_a_user(self, kind: str, request: dict[str, Any]) -> bool:
+        """Whether the request asks the database whether someone exists."""
+        if kind == "invite":
+            return True
+        if kind == "dm":
+            return not self.factory.chat.knows_peer(self.user or "", request["to"])
+        return False
 
     def _on_ping(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"type": "pong"}
@@ -824,6 +851,10 @@ class ChatFactory(ServerFactory):
     #: an idle connection costs); its next record makes a new one in under
     #: a microsecond.  Most chat connections are idle most of the time.
     CONTEXT_SWEEP_SECONDS = 2.0
+    #: Per address: log lines about connections that have not logged in
+    #: (connects, refusals, failed handshakes, their disconnects).
+    LOG_LINES_RATE = 1.0
+    LOG_LINES_BURST = 30
 
     def __init__(
         self,
@@ -861,6 +892,11 @@ class ChatFactory(ServerFactory):
         #: Connections with queued output, flushed once per reactor turn.
         self.to_flush: list[ChatProtocol] = []
         self.flush_scheduled = False
+        #: Log lines about connections that are not logged in, per
+        #: address: a peer that fails handshakes in a loop must not be
+        #: able to fill the disk or rotate the logs away.
+        self._log_budget = RateLimits(clock, {"log": (self.LOG_LINES_RATE, self.LOG_LINES_BURST)})
+        self._suppressed: collections.Counter[str] = collections.Counter()
         self._sweep = task.LoopingCall(self.drop_idle_contexts)
         self._sweep.clock = clock
         self.contexts_dropped = 0
@@ -873,6 +909,24 @@ class ChatFactory(ServerFactory):
     def stopFactory(self) -> None:
         if self._sweep.running:
             self._sweep.stop()
+
+    def may_log(self, peer: str) -> bool:
+        """Whether a line about an unauthenticated connection from ``peer``
+        may be logged now; the first allowed after some were not says how
+        many were left out."""
+        if self._log_budget.check("log", peer):
+            if len(self._suppressed) >= 100_000:
+                self._suppressed.clear()  # bounded; the counts are a courtesy
+            self._suppressed[peer] += 1
+            return False
+        left_out = self._suppressed.pop(peer, 0)
+        if left_out:
+            log.warn(
+                "{peer}: {count} log lines about its unauthenticated connections left out",
+                peer=peer,
+                count=left_out,
+            )
+        return True
 
     def drop_idle_contexts(self) -> None:
         dropped = 0

@@ -60,6 +60,8 @@ def make_settings(base: Path, **overrides: Any) -> Settings:
         "rooms_burst": 1_000_000,
         "logins_rate": 1e6,
         "logins_burst": 1_000_000,
+        "lookups_rate": 1e6,
+        "lookups_burst": 1_000_000,
         # A monitor child per test server would only slow the suite; the
         # monitoring tests turn it on.
         "monitor_enabled": False,

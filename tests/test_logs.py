@@ -42,8 +42,10 @@ class LogTests(unittest.TestCase):
 
     async def test_rotation_by_size_keeps_count(self) -> None:
         server = await start_server(self, log_rotate_bytes=4096, log_rotate_count=2)
+        # Logged in: lines about unauthenticated connections are rate-limited.
+        await (await logged_in(self, server, "alice")).close()
         for _ in range(60):
-            session = await open_session(self, server)
+            session = await logged_in(self, server, "alice", register=False)
             await session.close()
         await server.stop()
         names = set(read_logs(server.settings.log_path))

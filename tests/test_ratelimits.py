@@ -594,3 +594,39 @@ class FloodLatencyTests(unittest.TestCase):
             {"type": "history", "stream": "room:lobby", "limit": 1}, total=20_000, probe="say", probes=20
         )
         self.assertLess(flooded, 5 * baseline + 0.020, report)
+
+
+# --- lookups of other users (enumeration) ---------------------------------------
+
+
+class LookupLimitTests(unittest.TestCase):
+    """``invite`` and a first ``dm`` tell whether a name exists: they draw
+    from a bucket per account and one per address."""
+
+    async def test_invite_and_dm_lookups_are_limited_per_account_and_address(self) -> None:
+        clock = task.Clock()
+        server = await start_server(self, clock=clock, lookups_rate=0.5, lookups_burst=6, abuse_strikes=NEVER)
+        alice = await logged_in(self, server, "alice")
+        bob = await logged_in(self, server, "bob")
+        await alice.request({"type": "create", "room": "den", "kind": "private"})
+        for n in range(3):
+            error = await self.assertFailure(
+                alice.request({"type": "invite", "room": "den", "user": f"guess{n}"}), ServerError
+            )
+            self.assertEqual(error.code, "no_such_user")
+        for n in range(3):
+            error = await self.assertFailure(
+                alice.request({"type": "dm", "to": f"guess{n}", "body": "hi"}), ServerError
+            )
+            self.assertEqual(error.code, "no_such_user")
+        await limited(self, alice.request({"type": "invite", "room": "den", "user": "guess9"}), "invite", 2.0)
+        await limited(self, alice.request({"type": "dm", "to": "guess9", "body": "hi"}), "dm", 2.0)
+        # bob has his own account bucket, but shares the address's.
+        await limited(self, bob.request({"type": "dm", "to": "guess10", "body": "hi"}), "dm", 2.0)
+        clock.advance(2)
+        ack = await alice.request({"type": "dm", "to": "bob", "body": "a real one"})
+        self.assertEqual(ack["type"], "ack")
+        # A peer already known needs no lookup: not limited.
+        for n in range(10):
+            await alice.request({"type": "dm", "to": "bob", "body": f"again {n}"})
+        await limited(self, alice.request({"type": "invite", "room": "den", "user": "bob"}), "invite")
