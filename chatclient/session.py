@@ -269,8 +269,26 @@ class ChatSession:
         """Fires with the ack: ``{"type": "ack", "room", "id", "ts"}``."""
         return self.request({"type": "say", "room": room, "body": body})
 
+    def all_pages(self, request: dict[str, Any], items: str, cursor: str) -> Deferred[dict[str, Any]]:
+        """Send a paged request (``who``, ``rooms``) again with ``after``
+        while the answer says ``more``; fires with the last answer, its
+        ``items`` list holding those of every page in order.  ``cursor``
+        names the member of an item that the next page starts after."""
+        collected: list[Any] = []
+
+        def page(answer: dict[str, Any]) -> Any:
+            collected.extend(answer[items])
+            if answer.get("more") and answer[items]:
+                after = answer[items][-1][cursor]
+                return self.request(dict(request, after=after)).addCallback(page)
+            return dict(answer, **{items: collected})
+
+        return self.request(dict(request)).addCallback(page)
+
     def who(self, room: str) -> Deferred[list[str]]:
-        return self.request({"type": "who", "room": room}).addCallback(lambda e: e["users"])
+        """The names of every member of ``room``, all pages."""
+        d = self.all_pages({"type": "who", "room": room}, "members", "user")
+        return d.addCallback(lambda answer: [m["user"] for m in answer["members"]])
 
     def ping(self) -> Deferred[dict[str, Any]]:
         return self.request({"type": "ping"})

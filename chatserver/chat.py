@@ -39,6 +39,25 @@ audit = Logger(namespace="chatserver.audit")
 ROOM_KINDS = ("public", "private", "readonly")
 RANK = {"member": 1, "moderator": 2, "owner": 3, "admin": 4}
 HISTORY_PAGE_MAX = 200
+#: The most entries of a ``who`` or ``rooms`` page.
+LIST_PAGE_MAX = 200
+#: Bytes of an answer's JSON kept for its other members (type, room, ref,
+#: more ...) when a page is filled up to the size budget.
+ANSWER_OVERHEAD = 512
+
+
+def fit(items: list[str], budget: int, newest_last: bool = False) -> int:
+    """How many of the JSON texts ``items`` fit in ``budget`` bytes as
+    members of one JSON array: from the front, or with ``newest_last``
+    from the back.  At least one, which the caller's limits guarantee to
+    fit on its own."""
+    used = 0
+    order = reversed(items) if newest_last else iter(items)
+    for count, item in enumerate(order):
+        used += len(item.encode("utf-8")) + 1
+        if used > budget and count > 0:
+            return count
+    return len(items)
 
 
 class Member(Protocol):
@@ -92,6 +111,12 @@ class Audit:
             detail=safetext.log_text(self.detail),
         )
         return result
+
+
+def _page(entries: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[dict[str, Any]], bool]:
+    texts = [channel.json_text(entry) for entry in entries[:limit]]
+    count = fit(texts, budget)
+    return entries[:count], len(entries) > count
 
 
 def room_stream(name: str) -> str:
@@ -494,13 +519,20 @@ class ChatService:
         # event, which shares this one's transaction.
         d.addErrback(lambda f: None)
 
-    def list_rooms(self, member: Member) -> list[dict[str, Any]]:
+    def list_rooms(
+        self, member: Member, after: str | None = None, limit: int = LIST_PAGE_MAX, budget: int = 1 << 62
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the rooms ``member`` may see, by name after ``after``:
+        at most ``limit`` and at most ``budget`` bytes of JSON; and whether
+        there are more."""
         mine = self.user_rooms.get(member.user or "", set())
-        return [
+        visible = [
             dict(room.summary(), member=room.name in mine)
             for room in sorted(self.rooms.values(), key=lambda r: r.name)
-            if room.listed() or room.name in mine or member.role == "admin" or member.user in room.invites
+            if (after is None or room.name > after)
+            and (room.listed() or room.name in mine or member.role == "admin" or member.user in room.invites)
         ]
+        return _page(visible, limit, budget)
 
     def set_topic(self, member: Member, name: str, topic: str) -> Deferred[dict]:
         room = self._room(name, member)
@@ -553,17 +585,29 @@ class ChatService:
 
         return d.addCallback(invited)
 
-    def who(self, member: Member, name: str) -> list[dict[str, Any]]:
+    def who(
+        self,
+        member: Member,
+        name: str,
+        after: str | None = None,
+        limit: int = LIST_PAGE_MAX,
+        budget: int = 1 << 62,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the room's members by name after ``after`` (at most
+        ``limit`` and ``budget`` bytes of JSON), and whether there are more."""
         room = self._room(name, member)
         if member.role != "admin":
             if member.user not in room.members and not room.listed():
                 raise ChatError("not_member", "you are not in that room", "room")
             if self._sanctioned(room, "ban", member.user or ""):
                 raise ChatError("banned", f"you are banned from {name!r}", "room")
-        return [
+        members = [
             {"user": user, "role": role, "online": user in self.online}
             for user, role in sorted(room.members.items())
+            if after is None or user > after
         ]
+        # Each member is counted twice: in ``members`` and in ``users``.
+        return _page(members, limit, budget // 2)
 
     def say(self, member: Member, name: str, body: str) -> Deferred[dict]:
         user = member.user
@@ -634,8 +678,16 @@ class ChatService:
     # --- history ------------------------------------------------------------------
 
     def history(
-        self, member: Member, stream: str, after: int | None, before: int | None, limit: int
+        self,
+        member: Member,
+        stream: str,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        budget: int = 1 << 62,
     ) -> Deferred[dict]:
+        """A page of ``stream``: at most ``limit`` events and at most
+        ``budget`` bytes of their JSON, so that the answer fits in a line."""
         user = member.user
         if stream.startswith("room:"):
             try:
@@ -657,6 +709,12 @@ class ChatService:
         def page(texts: list[str]) -> dict[str, Any]:
             more = len(texts) > limit
             texts = texts[:limit] if after is not None else texts[-limit:]
+            # Pages run forward from ``after``, or back from ``before``:
+            # what does not fit is what the next page starts with.
+            count = fit(texts, budget, newest_last=after is None)
+            if count < len(texts):
+                more = True
+                texts = texts[:count] if after is not None else texts[len(texts) - count :]
             return {
                 "type": "history",
                 "stream": stream,

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from chatserver import __version__, channel, safetext
 from chatserver.accounts import Account, Accounts, AuthError
 from chatserver.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
-from chatserver.chat import ChatError, ChatService
+from chatserver.chat import ANSWER_OVERHEAD, LIST_PAGE_MAX, ChatError, ChatService
 from chatserver.config import Settings
 from chatserver.identity import Identity
 from chatserver.metrics import Metrics
@@ -692,13 +692,25 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def _on_dm(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.factory.chat.direct(self, request["to"], request["body"]).addCallback(_ack)
 
+    def _answer_budget(self) -> int:
+        """Bytes of JSON a page may fill: the answer, alone in a record,
+        must fit in one line (the limit every client is written to)."""
+        return self._max_plaintext - ANSWER_OVERHEAD
+
     def _on_who(self, request: dict[str, Any]) -> dict[str, Any]:
-        members = self.factory.chat.who(self, request["room"])
+        members, more = self.factory.chat.who(
+            self,
+            request["room"],
+            request.get("after"),
+            request.get("limit", LIST_PAGE_MAX),
+            self._answer_budget(),
+        )
         return {
             "type": "who",
             "room": request["room"],
             "members": members,
             "users": [m["user"] for m in members],
+            "more": more,
         }
 
     def _on_create(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
@@ -714,7 +726,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         return self.factory.chat.part(self, request["room"]).addCallback(_ack)
 
     def _on_rooms(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "rooms", "rooms": self.factory.chat.list_rooms(self)}
+        rooms, more = self.factory.chat.list_rooms(
+            self, request.get("after"), request.get("limit", LIST_PAGE_MAX), self._answer_budget()
+        )
+        return {"type": "rooms", "rooms": rooms, "more": more}
 
     def _on_topic(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.factory.chat.set_topic(self, request["room"], request["topic"]).addCallback(_ack)
@@ -724,7 +739,12 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _on_history(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.factory.chat.history(
-            self, request["stream"], request.get("after"), request.get("before"), request.get("limit", 50)
+            self,
+            request["stream"],
+            request.get("after"),
+            request.get("before"),
+            request.get("limit", 50),
+            self._answer_budget(),
         )
 
     def _on_kick(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:

@@ -139,6 +139,26 @@ def event_id(name: str) -> Check:
     return check
 
 
+def _list_limit(value: Any, limits: Limits | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 200:
+        raise RequestError("bad_field", "limit must be an integer from 1 to 200", "limit")
+    return value
+
+
+def _after_room(value: Any, limits: Limits | None = None) -> str:
+    try:
+        return room(value)
+    except RequestError as e:
+        raise RequestError(e.code, e.message, "after") from None
+
+
+def _after_user(value: Any, limits: Limits | None = None) -> str:
+    try:
+        return username(value)
+    except RequestError as e:
+        raise RequestError(e.code, e.message, "after") from None
+
+
 def count(value: Any, limits: Limits | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
         raise RequestError("bad_field", "limit must be an integer from 1 to 1000", "limit")
@@ -205,7 +225,7 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "logout": {},
     "ping": {},
     "say": {"room": (room, True), "body": (body, True)},
-    "who": {"room": (room, True)},
+    "who": {"room": (room, True), "after": (_after_user, False), "limit": (_list_limit, False)},
     "create": {
         "room": (room, True),
         "kind": (_choice("kind", ("public", "private", "readonly")), False),
@@ -213,7 +233,7 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     },
     "join": {"room": (room, True)},
     "part": {"room": (room, True)},
-    "rooms": {},
+    "rooms": {"after": (_after_room, False), "limit": (_list_limit, False)},
     "topic": {"room": (room, True), "topic": (_short_text("topic", 300), True)},
     "invite": {"room": (room, True), "user": (_target, True)},
     "dm": {"to": (_recipient, True), "body": (body, True)},
