@@ -263,12 +263,14 @@ PRE_LOGIN = frozenset(("register", "login", "ping"))
 def validate(event: dict[str, Any], limits: Limits) -> dict[str, Any]:
     """Return a cleaned copy of ``event`` or raise :class:`RequestError`."""
     kind = event["type"]
+    clean: dict[str, Any] = {"type": kind}
+    # The spec's order: ``ref`` first (so that every later error can
+    # carry it), then the type, then the members.
+    if "ref" in event:
+        clean["ref"] = ref(event["ref"])
     schema = REQUESTS.get(kind)
     if schema is None:
         raise RequestError("unknown_type", f"unknown request type {kind[:40]!r}", "type")
-    clean: dict[str, Any] = {"type": kind}
-    if "ref" in event:
-        clean["ref"] = ref(event["ref"])
     for field, (check, required) in schema.items():
         if field in event:
             clean[field] = check(event[field], limits)
