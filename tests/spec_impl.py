@@ -448,6 +448,8 @@ FIXED_INPUTS = {
 LOGIN_EVENTS = [{"type": "login", "user": "alice", "password": "correct horse"}]
 WELCOME_EVENTS = [{"type": "welcome", "user": "alice", "role": "user"}]
 SAY_EVENTS = [{"type": "say", "room": "lobby", "body": "hi"}]
+#: The server's goodbye: a CLOSE, under its key after a KEY_UPDATE.
+CLOSE_PLAINTEXT = b'{"code":"logout","message":"logged out"}'
 
 
 def make_vector(inputs: dict[str, str] | None = None, rsa_pem: bytes | None = None) -> dict[str, str]:
@@ -518,6 +520,11 @@ def make_vector(inputs: dict[str, str] | None = None, rsa_pem: bytes | None = No
     v["client_key_next"] = c2s.key
     v["client_iv_next"] = c2s.iv
     frame("client_data_say", c2s, T_DATA, events_plaintext(SAY_EVENTS))
+    frame("server_key_update", s2c, T_KEY_UPDATE, b"")
+    v["server_secret_next"] = s2c.secret
+    v["server_key_next"] = s2c.key
+    v["server_iv_next"] = s2c.iv
+    frame("server_close", s2c, T_CLOSE, CLOSE_PLAINTEXT)
 
     return {name: value if isinstance(value, str) else value.hex() for name, value in v.items()}
 

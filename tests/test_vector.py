@@ -115,6 +115,8 @@ class SpecDocumentTests(_VectorTestCase):
             plaintext = self.b(name + "_plaintext")
             self.assertEqual(json.loads(plaintext.decode("utf-8")), events)
             self.assertEqual(plaintext, channel.encode_events(events))
+        self.assertEqual(self.b("server_close_plaintext"), spec_impl.CLOSE_PLAINTEXT)
+        self.assertEqual(json.loads(spec_impl.CLOSE_PLAINTEXT), {"code": "logout", "message": "logged out"})
 
 
 class SpecImplTests(_VectorTestCase):
@@ -213,10 +215,11 @@ class RealChannelTests(_VectorTestCase):
             secret = self.b(side + "_secret")
             self.assertEqual(crypto.hkdf_expand(secret, channel.LABEL_KEY, 32), self.b(side + "_key"))
             self.assertEqual(crypto.hkdf_expand(secret, channel.LABEL_IV, 12), self.b(side + "_iv"))
-        self.assertEqual(
-            crypto.hkdf_expand(self.b("client_secret"), channel.LABEL_UPDATE, 32),
-            self.b("client_secret_next"),
-        )
+        for side in ("client", "server"):
+            following = crypto.hkdf_expand(self.b(side + "_secret"), channel.LABEL_UPDATE, 32)
+            self.assertEqual(following, self.b(side + "_secret_next"))
+            self.assertEqual(crypto.hkdf_expand(following, channel.LABEL_KEY, 32), self.b(side + "_key_next"))
+            self.assertEqual(crypto.hkdf_expand(following, channel.LABEL_IV, 12), self.b(side + "_iv_next"))
 
     def _handshake(self) -> tuple[channel.SecureChannel, channel.SecureChannel]:
         identity = crypto.rsa_private_from_pem(self.pem)
@@ -235,6 +238,8 @@ class RealChannelTests(_VectorTestCase):
             identity_der,
             ephemeral=self.b("server_x25519_private"),
             random=self.b("server_random"),
+            # ... and the server after one record too.
+            rekey_after=1,
         )
 
         hello = client.hello()
@@ -277,6 +282,15 @@ class RealChannelTests(_VectorTestCase):
         update, say = wire.splitlines()
         self.assertIsNone(server.open(update))
         self.assertEqual(server.open(say), spec_impl.SAY_EVENTS)
+
+        # The server's second record, its CLOSE, follows its KEY_UPDATE.
+        wire = server.seal_close("logout", "logged out")
+        self.assertEqual(wire, self.wire("server_key_update", "server_close"))
+        update, close = wire.splitlines()
+        self.assertIsNone(client.open(update))
+        with self.assertRaises(channel.PeerClosed) as closed:
+            client.open(close)
+        self.assertEqual((closed.exception.code, closed.exception.message), ("logout", "logged out"))
 
     def test_tampered_frame_is_refused(self) -> None:
         client, server = self._handshake()
