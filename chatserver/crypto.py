@@ -15,7 +15,7 @@ import hmac
 import os
 import secrets
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -198,7 +198,9 @@ def rsa_public_from_der(der: bytes) -> rsa.RSAPublicKey:
     """Parse a SubjectPublicKeyInfo; only RSA keys of a sane size pass."""
     try:
         key = serialization.load_der_public_key(der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # UnsupportedAlgorithm: a well-formed SPKI of an algorithm OpenSSL
+        # does not know (found by fuzzing the SERVER_HELLO).
         raise CryptoError("not a DER public key") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise CryptoError("not an RSA public key")

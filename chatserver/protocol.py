@@ -533,6 +533,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self.send(done.answer)
                 if done.answer["type"] == "welcome":
                     self._release_held()
+                elif done.answer["type"] == "logged_out":
+                    self.factory.reactor.callLater(0, self.close, "logout", "logged out")
         if "unanswered" in self._holds and len(replies) < self.MAX_UNANSWERED:
             self._holds.discard("unanswered")
             self._drain()  # events left over from a frame that held several
@@ -555,7 +557,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     @staticmethod
     def _error_event(error: Any, kind: str) -> dict[str, Any]:
         event = {"type": "error", "code": error.code, "message": error.message, "request": kind}
-        if getattr(error, "field", None):
+        if getattr(error, "field", None) is not None:  # "" too: a member may be named so
             event["field"] = error.field
         if getattr(error, "retry_after", None):
             # Rounded up: a client that waits exactly this long must succeed.
@@ -681,9 +683,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         log.failure("offline delivery failed for {user}", failure, user=self.user)
 
     def _on_logout(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        d = self.factory.accounts.revoke_token(self._token)
-        d.addCallback(lambda _: self.factory.reactor.callLater(0, self.close, "logout", "logged out"))
-        return d.addCallback(lambda _: {"type": "logged_out"})
+        # The CLOSE follows the answer, which follows every earlier answer
+        # (see _fill): nothing asked before the logout goes unanswered.
+        return self.factory.accounts.revoke_token(self._token).addCallback(lambda _: {"type": "logged_out"})
 
     def _on_say(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         d = self.factory.chat.say(self, request["room"], request["body"])
