@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,7 +130,23 @@ def _endpoint(text: str) -> str:
     # the endpoint string fails here rather than at bind time.  It is given
     # a stand-in reactor: importing the real one here would install the
     # default reactor before twistd has chosen one.
-    endpoints.serverFromString(_NO_REACTOR, text)
+    try:
+        endpoint = endpoints.serverFromString(_NO_REACTOR, text)
+    except TypeError as e:
+        # The parsers are plain functions, so a misspelt parameter surfaces
+        # as "_parseTCP() got an unexpected keyword argument 'interfce'":
+        # name the parameter, not our dependency's internals.
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(e))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown.group(1)!r} in the endpoint") from None
+        missing = re.search(r"missing \d+ required positional argument", str(e))
+        if missing:
+            raise ValueError("the endpoint lacks a required part (a port?)") from None
+        raise ValueError(f"not a valid endpoint ({e})") from None
+    # A port out of range parses, and would only fail at bind time.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 0 and 65535")
     return text
 
 

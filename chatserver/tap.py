@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import errno
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application import internet, service, strports
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from chatserver.accounts import Accounts
@@ -53,20 +57,42 @@ class Options(usage.Options):
         try:
             self["settings"] = self.load()
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # A bad value is not a misuse of the command line: one line
+            # naming it, without twistd's whole usage text (UsageError).
+            raise SystemExit(f"chatserver: {e}") from None
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is the one line to show."""
+
+
+def _reason(error: BaseException) -> str:
+    """Why a listen failed, as the end of a sentence."""
+    cause: Any = getattr(error, "socketError", None) or error
+    text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+    return text[:1].lower() + text[1:].rstrip(".")
 
 
 class ChatCore(service.Service):
     """Loads rooms and stream ids from the store, then listens: no client
-    is accepted before the state it will be checked against exists."""
+    is accepted before the state it will be checked against exists.
+
+    Every listener (the chat endpoint first, then e.g. the metrics one)
+    starts here, so that a failure to listen anywhere takes the one path
+    in ``_failed``: one line and, under twistd, a non-zero exit."""
 
     name = "chat-core"
 
-    def __init__(self, chat: ChatService, listener: Any) -> None:
+    def __init__(self, chat: ChatService, listener: Any, description: str = "", on_fatal: Any = None) -> None:
         self.chat = chat
         self.listener = listener
+        self.listeners: list[tuple[str, Any]] = [(description, listener)]
+        self._on_fatal = on_fatal  # () -> None, after a start-up failure
         #: Fires with the listening port once the server accepts clients.
         self.ready: Deferred[Any] = Deferred()
+
+    def add_listener(self, description: str, listener: Any) -> None:
+        self.listeners.append((description, listener))
 
     def startService(self) -> None:
         super().startService()
@@ -75,7 +101,13 @@ class ChatCore(service.Service):
         d.addErrback(self._failed)
 
     def _listen(self) -> None:
-        self.listener.startService()
+        for description, listener in self.listeners:
+            try:
+                # strports services raise here, synchronously, when the
+                # endpoint cannot listen (busy port, foreign address).
+                listener.startService()
+            except Exception as e:
+                raise StartupError(f"cannot listen on {description}: {_reason(e)}") from e
 
         def listening(port: Any) -> Any:
             if not self.ready.called:
@@ -85,19 +117,63 @@ class ChatCore(service.Service):
         self.listener._waitingForPort.addCallback(listening)
 
     def _failed(self, failure: Any) -> None:
-        log.failure("start-up failed", failure)
+        if failure.check(StartupError):
+            message = str(failure.value)
+        else:
+            # Not an operator's mistake we know of: the line says what,
+            # the traceback is there for whoever turns on debug.
+            message = f"start-up failed: {failure.type.__name__}: {failure.getErrorMessage()}"
+            log.failure("start-up failed", failure, level=LogLevel.debug)
+        log.critical("{message}", message=message)
         if not self.ready.called:
             self.ready.errback(failure)
-        from twisted.internet import reactor
-
-        if reactor.running:
-            reactor.stop()
+        if self._on_fatal is not None:
+            self._on_fatal()
 
     def stopService(self) -> Any:
         super().stopService()
-        if self.listener.running:
-            return self.listener.stopService()
-        return None
+        stopping = [listener.stopService() for _, listener in self.listeners if listener.running]
+        return DeferredList(stopping) if stopping else None
+
+
+def _exit_failed() -> None:
+    """End the process with status 1.  twistd's ``run()`` returns normally
+    once the reactor has stopped, whatever stopped it, so the process would
+    exit 0 and systemd's Restart=on-failure would never fire.  Registered
+    with atexit, this runs after twistd has finished (pid file removed,
+    logs written); what is buffered is flushed first."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    os._exit(1)
+
+
+def _stop_failed(reactor: Any) -> None:
+    atexit.register(_exit_failed)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+def _usable_directory(path: Path, what: str, mode: int, probe: str | None = None) -> None:
+    """Make ``path`` if need be and check that it is a directory we can
+    write (``probe``: a file in it to open for appending, as the server
+    will); else one line and exit status 1 (an operator's mistake)."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        if probe is not None:
+            os.close(os.open(path / probe, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+        elif not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as e:
+        text = e.strerror or str(e)
+        raise SystemExit(f"chatserver: cannot use {what} {path}: {text[:1].lower() + text[1:]}") from None
 
 
 class ChatServer(service.MultiService):
@@ -172,6 +248,10 @@ def makeService(
     if clock is None:
         clock = reactor
     settings: Settings = options["settings"]
+    # Before anything else writes there: a clear line for a directory that
+    # cannot be used, rather than a traceback from deep inside.
+    _usable_directory(settings.data_path, "data directory", 0o700)
+    _usable_directory(settings.log_path, "log directory", 0o750, probe="chatserver.log")
     try:
         identity, created = load_or_create(settings.identity_key_path)
     except IdentityError as e:
@@ -221,7 +301,9 @@ def makeService(
         metrics=metrics,
     )
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
-    core = ChatCore(chat, listener)
+    core = ChatCore(
+        chat, listener, settings.endpoint, on_fatal=(lambda: _stop_failed(reactor)) if real else None
+    )
     core.setServiceParent(top)
     if settings.monitor_enabled:
         monitoring = Monitoring(reactor, settings.monitor_interval)
@@ -229,7 +311,7 @@ def makeService(
         factory.monitoring = monitoring
     if settings.metrics_enabled:
         scrape = metrics_service(settings.metrics_endpoint, factory, reactor)
-        scrape.setServiceParent(top)
+        core.add_listener(settings.metrics_endpoint, scrape)
         top.metrics_listener = scrape  # type: ignore[attr-defined]
     # Subscribed admins get a stats frame every interval, monitor or not.
     internet.TimerService(settings.monitor_interval, factory.push_stats).setServiceParent(top)

@@ -74,7 +74,22 @@ class SettingsTests(unittest.TestCase):
         )
 
     def test_twistd_options_reject_bad_config(self) -> None:
+        """One line naming the setting (SystemExit, which twistd lets
+        through to a plain message and status 1), not UsageError, after
+        which twistd prints its whole usage text."""
         path = self.write("[server]\nidle_timeout = soon\n")
         options = tap.Options()
-        error = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", str(path)])
+        error = self.assertRaises(SystemExit, options.parseOptions, ["--config", str(path)])
         self.assertIn("idle_timeout", str(error))
+        self.assertTrue(str(error).startswith("chatserver: "), str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_twistd_options_still_reject_unknown_options(self) -> None:
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--endpiont", "tcp:1"])
+
+    def test_endpoint_mistakes_are_named(self) -> None:
+        self.assertConfigError(
+            "[server]\nendpoint = tcp:7070:interfce=127.0.0.1\n", "unknown parameter 'interfce'"
+        )
+        self.assertConfigError("[server]\nendpoint = tcp:70000\n", "port 70000 is not between 0 and 65535")
+        self.assertConfigError("[metrics]\nendpoint = tcp:1:backlg=5\n", "[metrics] endpoint", "'backlg'")
