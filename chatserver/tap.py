@@ -25,7 +25,7 @@ from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
 from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
-from chatserver.store import Store
+from chatserver.store import Store, UnusableDatabase, had_database
 from chatserver.workers import CryptoPool
 
 log = Logger(namespace="chatserver.tap")
@@ -277,7 +277,14 @@ def makeService(
         json=settings.log_format == "json",
         daily=settings.log_rotate == "daily",
     ).setServiceParent(top)
-    store = Store(settings.database_path, settings.synchronous.upper())
+    # A missing database is created only in a directory that never held
+    # one; checked now, so that a bad one stops the start with one line.
+    db = settings.database_path
+    store = Store(db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor)
+    try:
+        store.check()
+    except UnusableDatabase as e:
+        raise SystemExit(f"chatserver: {e}") from None
     store.setServiceParent(top)
     pool = CryptoPool(reactor, settings.crypto_threads, settings.max_pending_crypto)
     pool.setServiceParent(top)
