@@ -1,7 +1,9 @@
 """Settings: parsed once from ``etc/chatserver.ini`` into a frozen object.
 
 Every setting has an embedded default, so the server runs with no file at
-all.  Command-line options override the file.  A bad value fails at start-up
+all.  Command-line options override the file.  Relative directories in the
+file are relative to the file's directory; on the command line, and the
+defaults, to the working directory.  A bad value fails at start-up
 with a message naming the file, section, key and what was wrong.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -289,7 +292,19 @@ def _read_file(path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{path}: unknown setting [{section}] {key}")
             field, parse = known[(section, key)]
             values[field] = _parse(parse, text, f"{path}: [{section}] {key}")
+    # A relative directory in the file means relative to the file, not to
+    # whichever directory the server or the admin tool was started in:
+    # both must find the same database from the same file.
+    here = os.path.dirname(os.path.abspath(path))
+    for field in _FILE_RELATIVE:
+        if field in values and not os.path.isabs(values[field]):
+            values[field] = os.path.normpath(os.path.join(here, values[field]))
     return values
+
+
+#: Settings that are paths, resolved against the configuration file's
+#: directory when given there (on the command line: the working directory).
+_FILE_RELATIVE = ("data_dir", "log_dir")
 
 
 def _parse(parse: Callable[[str], Any], text: str, where: str) -> Any:
