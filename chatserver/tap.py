@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import errno
 import os
 import signal
@@ -17,7 +18,7 @@ from twisted.python import usage
 
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
-from chatserver.config import ConfigError, Settings, load_settings
+from chatserver.config import SCHEMA, ConfigError, Settings, load_settings
 from chatserver.identity import IdentityError, load_or_create
 from chatserver.journal import EventLog
 from chatserver.logs import LogFiles
@@ -182,10 +183,13 @@ class ChatServer(service.MultiService):
     (cut off after ``grace`` seconds); every event log commit finished;
     only then the store, the thread pool and the logs."""
 
-    def __init__(self, grace: float, load: Any = None) -> None:
+    def __init__(self, grace: float, load: Any = None, settings: Settings | None = None) -> None:
         super().__init__()
         self.grace = grace
         self._load = load  # () -> Settings, for a reload
+        #: The settings in force: those of the start, with what SIGHUP
+        #: reloaded since.
+        self.settings = settings
 
     def reload(self) -> None:
         """Reopen the log files; apply the log level and the rate limits from
@@ -206,6 +210,19 @@ class ChatServer(service.MultiService):
         log.info(
             "SIGHUP: log files reopened; reloaded log level {name} and rate limits", name=settings.log_level
         )
+        if self.settings is None:
+            return
+        self.settings = dataclasses.replace(
+            self.settings, **{field: getattr(settings, field) for field in RELOADABLE}
+        )
+        # Anything else that differs from what runs is not applied: say so,
+        # or the operator believes the new value is in force.
+        pending = needs_restart(self.settings, settings)
+        if pending:
+            log.warn(
+                "SIGHUP: changed in the configuration but applied only at a restart: {settings}",
+                settings=", ".join(pending),
+            )
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -217,6 +234,32 @@ class ChatServer(service.MultiService):
         yield factory.close_all("shutdown", "the server is shutting down", self.grace)
         yield core.chat.journal.idle()
         yield super().stopService()
+
+
+#: Settings that a SIGHUP applies (see ChatServer.reload); the others are
+#: read once, at start-up.
+RELOADABLE = (
+    "log_level",
+    "log_levels",
+    "messages_rate",
+    "messages_burst",
+    "joins_rate",
+    "joins_burst",
+    "rooms_rate",
+    "rooms_burst",
+    "logins_rate",
+    "logins_burst",
+)
+
+
+def needs_restart(running: Settings, loaded: Settings) -> list[str]:
+    """``[section] key`` of every setting that differs and that a reload
+    does not apply, in the order of the configuration file."""
+    return [
+        f"[{section}] {key}"
+        for section, key, field, _ in SCHEMA
+        if field not in RELOADABLE and getattr(running, field) != getattr(loaded, field)
+    ]
 
 
 def install_signal_handlers(reactor: Any, top: ChatServer) -> None:
@@ -265,7 +308,7 @@ def makeService(
             file=sys.stdout,
         )
 
-    top = ChatServer(grace=settings.shutdown_grace, load=getattr(options, "load", None))
+    top = ChatServer(grace=settings.shutdown_grace, load=getattr(options, "load", None), settings=settings)
     if real:
         install_signal_handlers(reactor, top)
     LogFiles(
