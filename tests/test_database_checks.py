@@ -21,7 +21,7 @@ from twisted.trial import unittest
 from chatclient.session import ServerError
 from chatserver import accounts, store
 from tests.processes import TIMEOUT, LineProcess, spawn, start_twistd, stop_twistd, twistd_argv
-from tests.support import PASSWORD, PYTHON, logged_in, python_env, start_server, until
+from tests.support import PASSWORD, PYTHON, RunningServer, logged_in, python_env, start_server, until
 
 NEWEST = store.migrations()[-1][0]
 
@@ -207,8 +207,13 @@ class WatchTests(unittest.TestCase):
         # The event log (chatserver.journal) logs each failed commit with
         # its traceback, which trial counts as an error of the test.
         self.flushLoggedErrors(store.DatabaseLost)
-        # No new database file appeared in its place.
+        # No new database file appeared in its place, and none will at the
+        # next start either.
         if damage == "deleted":
+            self.assertFalse(path.exists())
+            await server.stop()
+            refused = self.assertRaises(SystemExit, RunningServer, server.settings)
+            self.assertIn(f"database {path} is missing", str(refused))
             self.assertFalse(path.exists())
 
     async def test_deleted_database_gets_no_more_writes(self) -> None:
