@@ -1,9 +1,12 @@
 """Administration from the shell: ``python -m chatserver.admin``.
 
-    python -m chatserver.admin --data-dir DIR add-user NAME [--admin] [--password-file F]
+    chatserver-admin [--config FILE | --data-dir DIR] [--create] add-user NAME [--admin] [--password-file F]
 
 It opens the same SQLite database as the server (WAL mode lets it do so
-while the server runs) and applies pending schema migrations first.
+while the server runs), checks it as the server does at start-up and
+applies pending schema migrations first.  Give it the server's --config
+(relative paths in it are relative to the file) or --data-dir; it refuses
+to create a database that does not exist unless told to (--create).
 """
 
 from __future__ import annotations
@@ -21,12 +24,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m chatserver.admin", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="server configuration file (for data_dir and hash cost)")
     p.add_argument("--data-dir", help="the server's data directory (default: from the config, var/lib)")
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="create the database if it does not exist (a new installation, or starting over on purpose)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add-user", help="create an account")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="give the account the admin role")
     add.add_argument("--password-file", type=Path, help="read the password from this file")
     return p.parse_args(argv)
+
+
+# A missing database usually means the wrong directory: the tool would
+# otherwise have made a new database there that the server never reads.
+_HINT = (
+    ": is this the server's data directory? Give the server's --config FILE (or --data-dir DIR), "
+    "or --create to make a new database"
+)
 
 
 def read_new_password(path: Path | None) -> str:
@@ -57,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: cannot read the password file: {e.strerror}", file=sys.stderr)
             return 2
-        conn = store.open_database(settings.database_path)
+        try:
+            conn = store.open_database(settings.database_path, create=args.create)
+        except store.UnusableDatabase as e:
+            print(f"error: {e}{_HINT if not settings.database_path.exists() else ''}", file=sys.stderr)
+            return 1
         try:
             role = "admin" if args.admin else "user"
             if not accounts.add_user_now(conn, name, password, role, settings.password_hash_cost):

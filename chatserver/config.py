@@ -1,7 +1,9 @@
 """Settings: parsed once from ``etc/chatserver.ini`` into a frozen object.
 
 Every setting has an embedded default, so the server runs with no file at
-all.  Command-line options override the file.  A bad value fails at start-up
+all.  Command-line options override the file.  Relative directories in the
+file are relative to the file's directory; on the command line, and the
+defaults, to the working directory.  A bad value fails at start-up
 with a message naming the file, section, key and what was wrong.
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -133,7 +137,23 @@ def _endpoint(text: str) -> str:
     # the endpoint string fails here rather than at bind time.  It is given
     # a stand-in reactor: importing the real one here would install the
     # default reactor before twistd has chosen one.
-    endpoints.serverFromString(_NO_REACTOR, text)
+    try:
+        endpoint = endpoints.serverFromString(_NO_REACTOR, text)
+    except TypeError as e:
+        # The parsers are plain functions, so a misspelt parameter surfaces
+        # as "_parseTCP() got an unexpected keyword argument 'interfce'":
+        # name the parameter, not our dependency's internals.
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(e))
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown.group(1)!r} in the endpoint") from None
+        missing = re.search(r"missing \d+ required positional argument", str(e))
+        if missing:
+            raise ValueError("the endpoint lacks a required part (a port?)") from None
+        raise ValueError(f"not a valid endpoint ({e})") from None
+    # A port out of range parses, and would only fail at bind time.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 0 and 65535")
     return text
 
 
@@ -278,7 +298,19 @@ def _read_file(path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{path}: unknown setting [{section}] {key}")
             field, parse = known[(section, key)]
             values[field] = _parse(parse, text, f"{path}: [{section}] {key}")
+    # A relative directory in the file means relative to the file, not to
+    # whichever directory the server or the admin tool was started in:
+    # both must find the same database from the same file.
+    here = os.path.dirname(os.path.abspath(path))
+    for field in _FILE_RELATIVE:
+        if field in values and not os.path.isabs(values[field]):
+            values[field] = os.path.normpath(os.path.join(here, values[field]))
     return values
+
+
+#: Settings that are paths, resolved against the configuration file's
+#: directory when given there (on the command line: the working directory).
+_FILE_RELATIVE = ("data_dir", "log_dir")
 
 
 def _parse(parse: Callable[[str], Any], text: str, where: str) -> Any:

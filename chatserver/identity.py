@@ -37,18 +37,12 @@ def load_or_create(path: Path) -> tuple[Identity, bool]:
     """
     created = False
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pem = crypto.rsa_private_to_pem(crypto.rsa_generate())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first; load theirs
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            created = True
+            created = _create(path)
+        except OSError as e:
+            # An operator's mistake (a data directory under a file, a
+            # read-only file system): one line, not a traceback.
+            raise IdentityError(f"cannot create {path}: {e.strerror or e}") from None
     try:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -68,3 +62,18 @@ def load_or_create(path: Path) -> tuple[Identity, bool]:
             fingerprint=identity.fingerprint,
         )
     return identity, created
+
+
+def _create(path: Path) -> bool:
+    """Write a new key to ``path``; False if another process made it first."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = crypto.rsa_private_to_pem(crypto.rsa_generate())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False  # another process made it first; load theirs
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -122,6 +123,13 @@ def run(pid: int, interval: float, count: int | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Ctrl-C in a terminal (``make run``) signals the whole foreground
+    # process group, this child too; the server shuts down and the monitor
+    # has nothing to save.  Without this, Python turns the signal into a
+    # KeyboardInterrupt and prints its traceback (through the server's log)
+    # from wherever the loop was.  Here, not at import: the server imports
+    # this module too, and its own Ctrl-C must stay a clean shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     p = argparse.ArgumentParser(prog="python -m chatserver.monitor", description=__doc__.split("\n")[0])
     p.add_argument("--pid", type=int, required=True, help="the server's process id")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")

@@ -16,12 +16,13 @@ import os
 import re
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -77,16 +78,102 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
     return current
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """A plain connection with the schema up to date (start-up, admin tool)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Password hashes live here: create the file private.  SQLite gives the
-    # -wal and -shm files the same mode as the database.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    conn = sqlite3.connect(str(path))
-    _configure(conn)
-    migrate(conn)
+class UnusableDatabase(Exception):
+    """The database file cannot be served: missing where there was one,
+    corrupt, truncated, or of a schema newer than this code.  The message
+    is one line for the operator, naming the file and what to do."""
+
+
+#: Next to the database: written once a database has been opened there.
+#: If it exists and the database does not, the database was lost (deleted,
+#: moved, a volume not mounted), and making an empty one in its place would
+#: silently drop every account and all history and free every name,
+#: admins' included, for anyone to register.  (The server key is not that
+#: sign: it may be provisioned before the first start.)
+MARKER_NAME = "database_created"
+
+_MARKER_TEXT = """\
+chatserver keeps its database (chatserver.sqlite3) in this directory.
+While this file exists, the server refuses to start without that database
+instead of creating an empty one.  To start over with an empty database
+on purpose, run:  chatserver-admin --create ...
+"""
+
+
+def marker_path(path: Path) -> Path:
+    return path.with_name(MARKER_NAME)
+
+
+def had_database(path: Path) -> bool:
+    """Whether a database has been opened at ``path`` before."""
+    return marker_path(path).exists()
+
+
+def newest_version() -> int:
+    return migrations()[-1][0]
+
+
+def open_database(path: Path, create: bool = True) -> sqlite3.Connection:
+    """A plain connection, checked, with the schema up to date (start-up,
+    admin tool).  Without ``create``, a missing (or empty) file is refused
+    instead of becoming a new database.  Raises UnusableDatabase."""
+    missing = not path.exists() or path.stat().st_size == 0
+    if missing and not create:
+        state = "is empty" if path.exists() else "is missing"
+        if had_database(path):
+            raise UnusableDatabase(
+                f"database {path} {state}, but this directory held one ({marker_path(path)} exists): "
+                "restore it from a backup; to start over with no accounts on purpose, "
+                "run chatserver-admin --create"
+            )
+        raise UnusableDatabase(f"database {path} {state}")
+    try:
+        if missing:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Password hashes live here: create the file private.  SQLite
+            # gives the -wal and -shm files the same mode as the database.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(str(path))
+    except OSError as e:
+        raise UnusableDatabase(f"cannot open database {path}: {e.strerror or e}") from None
+    except sqlite3.Error as e:
+        raise UnusableDatabase(f"cannot open database {path}: {e}") from None
+    try:
+        check_database(conn, path)
+        _configure(conn)
+        migrate(conn)
+    except sqlite3.Error as e:
+        conn.close()
+        raise UnusableDatabase(f"cannot upgrade the schema of database {path}: {e}") from None
+    except BaseException:
+        conn.close()
+        raise
+    if not had_database(path):
+        try:
+            marker_path(path).write_text(_MARKER_TEXT, encoding="utf-8")
+        except OSError as e:
+            conn.close()
+            raise UnusableDatabase(f"cannot write {marker_path(path)}: {e.strerror or e}") from None
     return conn
+
+
+def check_database(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged database, or one of a schema newer than this code,
+    before anything is served from it: a corrupt file would otherwise fail
+    request by request, and a newer schema be misread."""
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(problems[0] if problems else "quick_check found nothing to check")
+        version = schema_version(conn)
+    except sqlite3.Error as e:
+        raise UnusableDatabase(f"database {path} is damaged ({e}): restore it from a backup") from None
+    newest = newest_version()
+    if version > newest:
+        raise UnusableDatabase(
+            f"database {path} has schema version {version}, newer than this chatserver knows "
+            f"(up to {newest}): run the chatserver release that upgraded it"
+        )
 
 
 def _configure(conn: sqlite3.Connection, synchronous: str = "FULL") -> None:
@@ -126,40 +213,149 @@ class StoreClosed(Exception):
     """The store was asked for something while it is not running."""
 
 
+class DatabaseLost(StoreClosed):
+    """The database file was deleted or replaced under the running server:
+    nothing more may be acknowledged into it."""
+
+
+#: Seconds between checks of the database file while the server is idle
+#: (each transaction checks it too, before it commits).
+WATCH_INTERVAL = 1.0
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
 class Store(Service):
-    """The server's database: migrated at start, one writer thread."""
+    """The server's database: checked and migrated at start, one writer
+    thread, and watched: if the file is deleted or replaced while the
+    server runs (the open connection would go on writing into a file that
+    is gone, and the next start would find an empty one or another one),
+    every further request fails with DatabaseLost and nothing more is
+    acknowledged."""
 
     name = "store"
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path, synchronous: str = "FULL", create: bool = True, reactor: Any = None
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.create = create  # whether a missing database may be created
+        self.reactor = reactor
         self.pool: adbapi.ConnectionPool | None = None
+        #: Why the database cannot be used any more (None: it can).
+        self.lost: str | None = None
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) opened
+        self._watch: task.LoopingCall | None = None
+        self._logged = False
+
+    def check(self) -> None:
+        """Check (and migrate) the database; raises UnusableDatabase.  Done
+        at start-up, before anything listens or writes (see tap)."""
+        conn = open_database(self.path, create=self.create)
+        try:
+            self._file = _file_id(self.path)
+        finally:
+            conn.close()
 
     def startService(self) -> None:
-        open_database(self.path).close()
+        if self._file is None:
+            self.check()
+        # mode=rw: a connection (re)opened by the pool must never create
+        # an empty database where the checked one was.
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
         self.pool = adbapi.ConnectionPool(
             "sqlite3",
-            str(self.path),
+            uri,
+            uri=True,
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=lambda conn: _configure(conn, self.synchronous),
+            cp_openfun=self._opened,
         )
+        self._watch = task.LoopingCall(self._poll)
+        self._watch.clock = self._reactor()
+        self._watch.start(WATCH_INTERVAL, now=False)
         super().startService()
 
     def stopService(self) -> None:
         super().stopService()
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+
+    def _opened(self, conn: Any) -> None:
+        # In the database thread, on the (new) connection.
+        problem = self._file_problem()
+        if problem is not None:
+            raise DatabaseLost(f"database {self.path} {problem}")
+        _configure(conn, self.synchronous)
+
+    def _file_problem(self) -> str | None:
+        """What happened to the file since it was checked, if anything."""
+        try:
+            current = _file_id(self.path)
+        except FileNotFoundError:
+            return "was deleted"
+        except OSError as e:
+            return f"cannot be checked ({e.strerror})"
+        if current != self._file:
+            return "was replaced by another file"
+        return None
+
+    def _poll(self) -> None:
+        if not self._logged:
+            problem = self._file_problem()
+            if problem is not None:
+                self._lose(problem)
+
+    def _lose(self, problem: str) -> None:
+        """From now on refuse every request; say why, once."""
+        self.lost = self.lost or problem
+        if self._logged:
+            return
+        self._logged = True
+        log.critical(
+            "database {path} {problem} while the server was running: refusing every request "
+            "to it from now on, so that nothing more is acknowledged that would be lost; "
+            "restore the database from a backup and restart",
+            path=str(self.path),
+            problem=self.lost,
+        )
+
+    def _interaction(self, cursor: Any, query: Any, *args: Any) -> Any:
+        # In the database thread, inside the transaction: the file is
+        # checked after the query and before the commit, so a write to a
+        # file that is gone is rolled back, and its request gets an error
+        # instead of an acknowledgement.
+        result = query(cursor, *args)
+        problem = self._file_problem()
+        if problem is not None:
+            self.lost = self.lost or problem  # the next requests fail at once
+            self._reactor().callFromThread(self._lose, problem)
+            raise DatabaseLost(f"database {self.path} {problem}")
+        return result
+
+    def _reactor(self) -> Any:
+        if self.reactor is not None:
+            return self.reactor
+        from twisted.internet import reactor
+
+        return reactor
 
     def run(self, query: Any, *args: Any) -> Deferred[Any]:
         if self.pool is None:
             # Shutting down: requests still buffered on open connections
             # get an "unavailable" answer, not a crash.
             return defer.fail(StoreClosed("the store is not running"))
-        return self.pool.runInteraction(query, *args)
+        if self.lost is not None:
+            return defer.fail(DatabaseLost(f"database {self.path} {self.lost}"))
+        return self.pool.runInteraction(self._interaction, query, *args)
 
     def get_user(self, name: str) -> Deferred[UserRecord | None]:
         return self.run(get_user, name)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import errno
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application import internet, service, strports
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
-from chatserver.config import ConfigError, Settings, load_settings
+from chatserver.config import SCHEMA, ConfigError, Settings, load_settings
 from chatserver.identity import IdentityError, load_or_create
 from chatserver.journal import EventLog
 from chatserver.logs import LogFiles
@@ -21,7 +26,7 @@ from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
 from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
-from chatserver.store import Store
+from chatserver.store import Store, UnusableDatabase, had_database
 from chatserver.workers import CryptoPool
 
 log = Logger(namespace="chatserver.tap")
@@ -53,20 +58,42 @@ class Options(usage.Options):
         try:
             self["settings"] = self.load()
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # A bad value is not a misuse of the command line: one line
+            # naming it, without twistd's whole usage text (UsageError).
+            raise SystemExit(f"chatserver: {e}") from None
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is the one line to show."""
+
+
+def _reason(error: BaseException) -> str:
+    """Why a listen failed, as the end of a sentence."""
+    cause: Any = getattr(error, "socketError", None) or error
+    text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+    return text[:1].lower() + text[1:].rstrip(".")
 
 
 class ChatCore(service.Service):
     """Loads rooms and stream ids from the store, then listens: no client
-    is accepted before the state it will be checked against exists."""
+    is accepted before the state it will be checked against exists.
+
+    Every listener (the chat endpoint first, then e.g. the metrics one)
+    starts here, so that a failure to listen anywhere takes the one path
+    in ``_failed``: one line and, under twistd, a non-zero exit."""
 
     name = "chat-core"
 
-    def __init__(self, chat: ChatService, listener: Any) -> None:
+    def __init__(self, chat: ChatService, listener: Any, description: str = "", on_fatal: Any = None) -> None:
         self.chat = chat
         self.listener = listener
+        self.listeners: list[tuple[str, Any]] = [(description, listener)]
+        self._on_fatal = on_fatal  # () -> None, after a start-up failure
         #: Fires with the listening port once the server accepts clients.
         self.ready: Deferred[Any] = Deferred()
+
+    def add_listener(self, description: str, listener: Any) -> None:
+        self.listeners.append((description, listener))
 
     def startService(self) -> None:
         super().startService()
@@ -75,7 +102,13 @@ class ChatCore(service.Service):
         d.addErrback(self._failed)
 
     def _listen(self) -> None:
-        self.listener.startService()
+        for description, listener in self.listeners:
+            try:
+                # strports services raise here, synchronously, when the
+                # endpoint cannot listen (busy port, foreign address).
+                listener.startService()
+            except Exception as e:
+                raise StartupError(f"cannot listen on {description}: {_reason(e)}") from e
 
         def listening(port: Any) -> Any:
             if not self.ready.called:
@@ -85,19 +118,63 @@ class ChatCore(service.Service):
         self.listener._waitingForPort.addCallback(listening)
 
     def _failed(self, failure: Any) -> None:
-        log.failure("start-up failed", failure)
+        if failure.check(StartupError):
+            message = str(failure.value)
+        else:
+            # Not an operator's mistake we know of: the line says what,
+            # the traceback is there for whoever turns on debug.
+            message = f"start-up failed: {failure.type.__name__}: {failure.getErrorMessage()}"
+            log.failure("start-up failed", failure, level=LogLevel.debug)
+        log.critical("{message}", message=message)
         if not self.ready.called:
             self.ready.errback(failure)
-        from twisted.internet import reactor
-
-        if reactor.running:
-            reactor.stop()
+        if self._on_fatal is not None:
+            self._on_fatal()
 
     def stopService(self) -> Any:
         super().stopService()
-        if self.listener.running:
-            return self.listener.stopService()
-        return None
+        stopping = [listener.stopService() for _, listener in self.listeners if listener.running]
+        return DeferredList(stopping) if stopping else None
+
+
+def _exit_failed() -> None:
+    """End the process with status 1.  twistd's ``run()`` returns normally
+    once the reactor has stopped, whatever stopped it, so the process would
+    exit 0 and systemd's Restart=on-failure would never fire.  Registered
+    with atexit, this runs after twistd has finished (pid file removed,
+    logs written); what is buffered is flushed first."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    os._exit(1)
+
+
+def _stop_failed(reactor: Any) -> None:
+    atexit.register(_exit_failed)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)
+
+
+def _usable_directory(path: Path, what: str, mode: int, probe: str | None = None) -> None:
+    """Make ``path`` if need be and check that it is a directory we can
+    write (``probe``: a file in it to open for appending, as the server
+    will); else one line and exit status 1 (an operator's mistake)."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        if probe is not None:
+            os.close(os.open(path / probe, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+        elif not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as e:
+        text = e.strerror or str(e)
+        raise SystemExit(f"chatserver: cannot use {what} {path}: {text[:1].lower() + text[1:]}") from None
 
 
 class ChatServer(service.MultiService):
@@ -106,10 +183,13 @@ class ChatServer(service.MultiService):
     (cut off after ``grace`` seconds); every event log commit finished;
     only then the store, the thread pool and the logs."""
 
-    def __init__(self, grace: float, load: Any = None) -> None:
+    def __init__(self, grace: float, load: Any = None, settings: Settings | None = None) -> None:
         super().__init__()
         self.grace = grace
         self._load = load  # () -> Settings, for a reload
+        #: The settings in force: those of the start, with what SIGHUP
+        #: reloaded since.
+        self.settings = settings
 
     def reload(self) -> None:
         """Reopen the log files; apply the log level and the rate limits from
@@ -130,6 +210,19 @@ class ChatServer(service.MultiService):
         log.info(
             "SIGHUP: log files reopened; reloaded log level {name} and rate limits", name=settings.log_level
         )
+        if self.settings is None:
+            return
+        self.settings = dataclasses.replace(
+            self.settings, **{field: getattr(settings, field) for field in RELOADABLE}
+        )
+        # Anything else that differs from what runs is not applied: say so,
+        # or the operator believes the new value is in force.
+        pending = needs_restart(self.settings, settings)
+        if pending:
+            log.warn(
+                "SIGHUP: changed in the configuration but applied only at a restart: {settings}",
+                settings=", ".join(pending),
+            )
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -141,6 +234,32 @@ class ChatServer(service.MultiService):
         yield factory.close_all("shutdown", "the server is shutting down", self.grace)
         yield core.chat.journal.idle()
         yield super().stopService()
+
+
+#: Settings that a SIGHUP applies (see ChatServer.reload); the others are
+#: read once, at start-up.
+RELOADABLE = (
+    "log_level",
+    "log_levels",
+    "messages_rate",
+    "messages_burst",
+    "joins_rate",
+    "joins_burst",
+    "rooms_rate",
+    "rooms_burst",
+    "logins_rate",
+    "logins_burst",
+)
+
+
+def needs_restart(running: Settings, loaded: Settings) -> list[str]:
+    """``[section] key`` of every setting that differs and that a reload
+    does not apply, in the order of the configuration file."""
+    return [
+        f"[{section}] {key}"
+        for section, key, field, _ in SCHEMA
+        if field not in RELOADABLE and getattr(running, field) != getattr(loaded, field)
+    ]
 
 
 def install_signal_handlers(reactor: Any, top: ChatServer) -> None:
@@ -172,6 +291,10 @@ def makeService(
     if clock is None:
         clock = reactor
     settings: Settings = options["settings"]
+    # Before anything else writes there: a clear line for a directory that
+    # cannot be used, rather than a traceback from deep inside.
+    _usable_directory(settings.data_path, "data directory", 0o700)
+    _usable_directory(settings.log_path, "log directory", 0o750, probe="chatserver.log")
     try:
         identity, created = load_or_create(settings.identity_key_path)
     except IdentityError as e:
@@ -185,7 +308,7 @@ def makeService(
             file=sys.stdout,
         )
 
-    top = ChatServer(grace=settings.shutdown_grace, load=getattr(options, "load", None))
+    top = ChatServer(grace=settings.shutdown_grace, load=getattr(options, "load", None), settings=settings)
     if real:
         install_signal_handlers(reactor, top)
     LogFiles(
@@ -197,7 +320,14 @@ def makeService(
         json=settings.log_format == "json",
         daily=settings.log_rotate == "daily",
     ).setServiceParent(top)
-    store = Store(settings.database_path, settings.synchronous.upper())
+    # A missing database is created only in a directory that never held
+    # one; checked now, so that a bad one stops the start with one line.
+    db = settings.database_path
+    store = Store(db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor)
+    try:
+        store.check()
+    except UnusableDatabase as e:
+        raise SystemExit(f"chatserver: {e}") from None
     store.setServiceParent(top)
     pool = CryptoPool(reactor, settings.crypto_threads, settings.max_pending_crypto)
     pool.setServiceParent(top)
@@ -221,7 +351,9 @@ def makeService(
         metrics=metrics,
     )
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
-    core = ChatCore(chat, listener)
+    core = ChatCore(
+        chat, listener, settings.endpoint, on_fatal=(lambda: _stop_failed(reactor)) if real else None
+    )
     core.setServiceParent(top)
     if settings.monitor_enabled:
         monitoring = Monitoring(reactor, settings.monitor_interval)
@@ -229,7 +361,7 @@ def makeService(
         factory.monitoring = monitoring
     if settings.metrics_enabled:
         scrape = metrics_service(settings.metrics_endpoint, factory, reactor)
-        scrape.setServiceParent(top)
+        core.add_listener(settings.metrics_endpoint, scrape)
         top.metrics_listener = scrape  # type: ignore[attr-defined]
     # Subscribed admins get a stats frame every interval, monitor or not.
     internet.TimerService(settings.monitor_interval, factory.push_stats).setServiceParent(top)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from twisted.python import usage
@@ -20,8 +21,37 @@ class SettingsTests(unittest.TestCase):
         return path
 
     def test_shipped_file_documents_the_defaults(self) -> None:
-        """etc/chatserver.ini sets every setting to its built-in default."""
-        self.assertEqual(load_settings(ROOT / "etc" / "chatserver.ini"), Settings())
+        """etc/chatserver.ini sets every setting to its built-in default;
+        its directories, relative to the file, are the default ones of a
+        server started at the top of the checkout (``make run``)."""
+        settings = load_settings(ROOT / "etc" / "chatserver.ini")
+        self.assertEqual(
+            settings,
+            dataclasses.replace(
+                Settings(), data_dir=str(ROOT / "var" / "lib"), log_dir=str(ROOT / "var" / "log")
+            ),
+        )
+        self.assertEqual(
+            (ROOT / Settings().data_dir, ROOT / Settings().log_dir), (settings.data_path, settings.log_path)
+        )
+
+    def test_relative_directories_in_the_file_are_relative_to_the_file(self) -> None:
+        """Not to the working directory, where chatserver-admin may run."""
+        folder = Path(self.mktemp()).resolve()
+        folder.mkdir()
+        path = folder / "chatserver.ini"
+        path.write_text("[server]\ndata_dir = data\nlog_dir = ../logs\n")
+        settings = load_settings(path)
+        self.assertEqual(settings.data_dir, str(folder / "data"))
+        self.assertEqual(settings.log_dir, str(folder.parent / "logs"))
+        # Given with a relative name, from elsewhere: the same.
+        relative = Path(os.path.relpath(path))
+        self.assertEqual(load_settings(relative).data_dir, str(folder / "data"))
+        # Absolute ones stay; the command line stays relative to the
+        # working directory, as for any command.
+        path.write_text("[server]\ndata_dir = /srv/chat\n")
+        self.assertEqual(load_settings(path).data_dir, "/srv/chat")
+        self.assertEqual(load_settings(path, data_dir="here").data_dir, "here")
 
     def test_shipped_file_names_every_setting(self) -> None:
         from chatserver.config import SCHEMA
@@ -74,7 +104,22 @@ class SettingsTests(unittest.TestCase):
         )
 
     def test_twistd_options_reject_bad_config(self) -> None:
+        """One line naming the setting (SystemExit, which twistd lets
+        through to a plain message and status 1), not UsageError, after
+        which twistd prints its whole usage text."""
         path = self.write("[server]\nidle_timeout = soon\n")
         options = tap.Options()
-        error = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", str(path)])
+        error = self.assertRaises(SystemExit, options.parseOptions, ["--config", str(path)])
         self.assertIn("idle_timeout", str(error))
+        self.assertTrue(str(error).startswith("chatserver: "), str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_twistd_options_still_reject_unknown_options(self) -> None:
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--endpiont", "tcp:1"])
+
+    def test_endpoint_mistakes_are_named(self) -> None:
+        self.assertConfigError(
+            "[server]\nendpoint = tcp:7070:interfce=127.0.0.1\n", "unknown parameter 'interfce'"
+        )
+        self.assertConfigError("[server]\nendpoint = tcp:70000\n", "port 70000 is not between 0 and 65535")
+        self.assertConfigError("[metrics]\nendpoint = tcp:1:backlg=5\n", "[metrics] endpoint", "'backlg'")

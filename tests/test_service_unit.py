@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 from twisted.trial import unittest
 
+from chatserver.config import load_settings
 from tests.support import PYTHON, ROOT
 
 UNIT = ROOT / "etc" / "systemd" / "chatserver.service"
@@ -36,6 +38,33 @@ class UnitTests(unittest.TestCase):
         self.assertEqual(found["Restart"], "on-failure")
         self.assertIn("--nodaemon", found["ExecStart"])
         self.assertEqual(found["ExecReload"], "/bin/kill -HUP $MAINPID")  # reopen logs, reload
+
+    def test_directories_come_from_the_config_file(self) -> None:
+        """The unit gives --config only, so that chatserver-admin --config
+        finds the server's database; the config file as README.rst installs
+        it names the directories the unit may write."""
+        found = directives(UNIT.read_text())
+        argv = found["ExecStart"].split()
+        self.assertNotIn("--data-dir", argv)
+        self.assertNotIn("--log-dir", argv)
+        config = argv[argv.index("--config") + 1]
+        self.assertEqual(config, "/etc/chatserver/chatserver.ini")
+        installed = Path(self.mktemp())
+        installed.write_text(install_config((ROOT / "etc" / "chatserver.ini").read_text()))
+        settings = load_settings(installed)
+        self.assertEqual([settings.data_dir, settings.log_dir], found["ReadWritePaths"].split())
+        self.assertEqual(found["WorkingDirectory"], settings.data_dir)
+
+
+def install_config(text: str) -> str:
+    """etc/chatserver.ini after the README's install step (its sed line)."""
+    readme = (ROOT / "README.rst").read_text()
+    commands = [line.strip() for line in readme.splitlines() if "/etc/chatserver/chatserver.ini" in line]
+    seds = [c for c in commands if c.startswith("sed ")]
+    assert len(seds) == 1, commands
+    argv = shlex.split(seds[0].split(">")[0])
+    result = subprocess.run(argv[:-1], input=text, capture_output=True, text=True, check=True)
+    return result.stdout
 
     def test_systemd_analyze_verify_accepts_it(self) -> None:
         tool = shutil.which("systemd-analyze")

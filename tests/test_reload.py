@@ -1,0 +1,72 @@
+"""SIGHUP to a real ``twistd chatserver`` with a changed configuration file:
+what reloads is applied, and what needs a restart is named in one warning
+line instead of being ignored without a word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from tests.processes import spawn, stop_twistd, twistd_argv
+from tests.support import until
+
+CONFIG = """\
+[server]
+endpoint = tcp:0:interface=127.0.0.1
+data_dir = data
+log_dir = log
+max_connections = {max_connections}
+idle_timeout = {idle_timeout}
+[log]
+level = {level}
+[limits]
+messages_rate = {messages_rate}
+[monitor]
+enabled = no
+"""
+
+
+class ReloadTests(unittest.TestCase):
+    def write(self, **values: object) -> None:
+        settings = {"max_connections": 100, "idle_timeout": 300, "level": "info", "messages_rate": 5}
+        settings.update(values)
+        self.config.write_text(CONFIG.format(**settings))
+
+    async def test_sighup_names_the_settings_that_need_a_restart(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        self.config = base / "chatserver.ini"
+        self.write()
+        server = spawn(
+            self,
+            "twistd",
+            twistd_argv() + ["--nodaemon", "--pidfile=", "chatserver", "--config", str(self.config)],
+            cwd=str(base),
+        )
+        await server.wait_for(r"ChatFactory starting on (\d+)")
+
+        def restart_lines() -> list[str]:
+            return [line for line in server.lines[1] if "restart" in line and "SIGHUP" in line]
+
+        # Nothing changed: nothing to warn about.
+        server.signal("HUP")
+        await server.wait_for(r"SIGHUP: log files reopened")
+        self.assertEqual(restart_lines(), [])
+
+        self.write(max_connections=200, idle_timeout=60, level="debug", messages_rate=9)
+        server.signal("HUP")
+        line = (await server.wait_for(r"SIGHUP.*restart")).string
+        self.assertIn("#warn]", line)
+        self.assertIn("[server] max_connections", line)
+        self.assertIn("[server] idle_timeout", line)
+        # Those two are applied: not named.
+        self.assertNotIn("level", line)
+        self.assertNotIn("messages_rate", line)
+        self.assertEqual(len(restart_lines()), 1)
+        await server.wait_for(r"reloaded log level debug")
+
+        # Still not applied at the next SIGHUP: still named.
+        server.signal("HUP")
+        await until(lambda: len(restart_lines()) == 2, timeout=10)
+        self.assertEqual(await stop_twistd(server), 0)
