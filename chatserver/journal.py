@@ -91,7 +91,11 @@ class EventLog:
         failed = isinstance(result, Failure)
         if self._metrics is not None and not failed:
             self._metrics.commit_took(self._reactor.seconds() - started)
-        if failed:
+        if failed and result.check(store.StoreClosed):
+            # Stopping, or the database is gone (logged once, by the store):
+            # one line per batch, not a traceback each.
+            log.warn("event log commit refused ({count} entries): {why}", count=len(batch), why=result.value)
+        elif failed:
             log.failure("event log commit failed ({count} events)", result, count=len(batch))
         else:
             self.commits += 1

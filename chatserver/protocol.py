@@ -31,7 +31,7 @@ from chatserver.config import Settings
 from chatserver.identity import Identity
 from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
-from chatserver.store import StoreClosed
+from chatserver.store import DatabaseLost, StoreClosed
 from chatserver.validation import PRE_LOGIN, Limits, RequestError, validate
 from chatserver.workers import Busy, CryptoPool
 
@@ -57,6 +57,8 @@ RATE_LIMITED = {
 #: Failures that are no fault of the request: the client may try again.
 _TRY_AGAIN = {
     Busy: ("busy", "server busy; try again"),
+    # Before StoreClosed, which it is a kind of: the first match wins.
+    DatabaseLost: ("unavailable", "database unavailable; try again later"),
     StoreClosed: ("unavailable", "server shutting down; try again"),
 }
 
