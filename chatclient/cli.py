@@ -432,10 +432,17 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     known = KnownHosts(args.known_hosts)
     server = server_id(args.host, args.port)
 
+    unpinned: set[str] = set()
+
     def verify(fingerprint: str) -> bool:
-        if known.check(server, fingerprint, args.fingerprint):
-            notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
+        if known.verify(server, fingerprint, args.fingerprint):
+            unpinned.add(fingerprint)  # pinned once the server proves it holds it
         return True
+
+    def proven(fingerprint: str) -> None:
+        if fingerprint in unpinned and known.pin(server, fingerprint) and args.fingerprint is None:
+            notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
+        unpinned.discard(fingerprint)
 
     description = endpoint_description(args.host, args.port, args.tls, args.tls_ca)
     client = ReconnectingClient(
@@ -446,6 +453,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
         password,
         register=args.register,
         connect_attempts=max(1, args.connect_attempts),
+        proven=proven,
     )
     printer = Printer(sys.stdout, args.json)
     client.add_listener(printer)

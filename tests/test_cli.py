@@ -417,6 +417,37 @@ class ForgedLineTests(CliTestCase):
         self.assertFalse([line for line in process.lines[2] if line.startswith("* 12:00")])
 
 
+class FirstUseTests(CliTestCase):
+    async def test_a_first_contact_whose_finished_fails_pins_nothing(self) -> None:
+        """The key is pinned only once the server has proven it holds it:
+        a FINISHED that fails to verify (one bit flipped on the way) leaves
+        known_hosts as it was, and the next, sound, connection pins."""
+        server = await start_server(self)
+        proxy = await BitFlipProxy(server.port, flips=1).start(self)
+        first = cli(
+            self,
+            "alice",
+            proxy.port,
+            "alice",
+            *("--password-file", str(self.password_file), "--known-hosts", str(self.known_hosts)),
+        )
+        self.assertEqual(await first.ended, 1, first.errors())
+        self.assertIn("server finished MAC is wrong", first.errors())
+        self.assertNotIn("pinned key", first.errors())
+        self.assertFalse(self.known_hosts.exists(), "a key was pinned before FINISHED verified")
+        self.assertEqual(proxy.connections, 1)
+
+        second = await self.client("alice", proxy.port)
+        await second.wait_for(r"pinned key", fd=2)
+        self.assertEqual(
+            self.known_hosts.read_text(), f"127.0.0.1:{proxy.port} {server.identity.fingerprint}\n"
+        )
+        await self.quit(second)
+        third = await self.client("alice", proxy.port, register=False)
+        self.assertNotIn("pinned key", third.errors())
+        await self.quit(third)
+
+
 # --- hostile peers ---------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from tests.support import (
     start_server,
     until,
 )
+from tests.test_cli import BitFlipProxy
 
 
 class GuiTests(unittest.TestCase):
@@ -316,6 +317,29 @@ class GuiTests(unittest.TestCase):
         self.assertEqual(refused.exception.code, "auth_failed")  # the register never reached the server
         self.assertEqual(
             (gui.home / "known_hosts").read_text(), f"127.0.0.1:{server.port} {pinned}\n", "pin unchanged"
+        )
+
+    async def test_a_first_contact_whose_finished_fails_pins_nothing(self) -> None:
+        """The accepted key is pinned only once the server proves it holds
+        it: a FINISHED with one bit flipped leaves known_hosts as it was,
+        and the next, sound, connection pins the key."""
+        server = await start_server(self)
+        proxy = await BitFlipProxy(server.port, flips=1).start(self)
+        known_hosts = Path(self.mktemp()).resolve() / "home"
+        gui = await start_gui(self, home=known_hosts)
+        await gui.connect(proxy.port, "alice", PASSWORD)
+        await gui.wait("controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+        error = await gui.wait(
+            "controller.dialog.isVisible() and controller.window is None and controller.dialog.error.text()"
+        )
+        self.assertIn("Could not connect", error)
+        self.assertFalse((gui.home / "known_hosts").exists(), "a key was pinned before FINISHED verified")
+        self.assertEqual(proxy.connections, 1)
+
+        await gui.log_in(proxy.port, "alice", PASSWORD)  # asked again, accepted again
+        self.assertEqual(
+            (gui.home / "known_hosts").read_text(), f"127.0.0.1:{proxy.port} {server.identity.fingerprint}\n"
         )
 
     async def test_keyboard_search_switching_and_focus(self) -> None:

@@ -104,6 +104,7 @@ class App:
             login.password,
             register=login.register,
             connect_attempts=1,
+            proven=self.trust.proven,
         )
         self.window = MainWindow(self.reactor, self.client, server)
         self.trust.parent = self.window
