@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, Proven, ServerError, Verifier
+from chatserver.safetext import log_text
 
 log = Logger(namespace="chatclient.reconnect")
 
@@ -244,7 +245,7 @@ class ReconnectingClient:
             self._give_up(failure)
         else:
             if not failure.check(ConnectionClosed) and self._fatal is None:
-                log.info("session setup failed: {why}", why=failure.getErrorMessage())
+                log.info("session setup failed: {why}", why=log_text(failure.getErrorMessage()))
             self._attempt_failed(failure)
         if protocol.session is not None:
             protocol.session.close()
@@ -296,7 +297,9 @@ class ReconnectingClient:
                 except ServerError as e:
                     if stream not in gone:
                         raise
-                    log.info("no catch-up for {stream}: {code}", stream=stream, code=e.code)
+                    log.info(
+                        "no catch-up for {stream}: {code}", stream=log_text(stream), code=log_text(e.code)
+                    )
                     break
                 for event in page["events"]:
                     if stream not in self.last_ids:

@@ -465,7 +465,12 @@ class _HostileProtocol(LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         if self.channel is not None:
-            for event in self.channel.open(line) or []:
+            try:
+                events = self.channel.open(line) or []
+            except (channel.PeerClosed, channel.ChannelError):
+                self.transport.loseConnection()
+                return
+            for event in events:
                 self.server.answer(self, event)
             return
         record = channel.decode_line(line)
@@ -496,7 +501,8 @@ class HostileServer:
     """A server that speaks the protocol but sends whatever it likes: after
     the welcome, the events in ``pushed``, then a CLOSE with
     ``close_message`` if that is set.  ``alert``: refuse the handshake at
-    once with that alert text instead."""
+    once with that alert text instead; ``login_error``: answer the login
+    with this error event instead of a welcome."""
 
     def __init__(
         self,
@@ -504,6 +510,7 @@ class HostileServer:
         pushed: list[dict[str, Any]] | None = None,
         close_message: str | None = None,
         alert: str | None = None,
+        login_error: dict[str, Any] | None = None,
     ) -> None:
         self.key = crypto.rsa_private_from_pem(identity_pem())
         self.key_der = crypto.rsa_public_der(self.key)
@@ -512,6 +519,7 @@ class HostileServer:
         self.pushed = pushed or []
         self.close_message = close_message
         self.alert = alert
+        self.login_error = login_error
         self.port = 0
 
     async def start(self, testcase: unittest.TestCase) -> HostileServer:
@@ -523,7 +531,9 @@ class HostileServer:
 
     def answer(self, connection: _HostileProtocol, event: dict[str, Any]) -> None:
         kind, ref = event.get("type"), event.get("ref")
-        if kind in ("login", "register"):
+        if kind in ("login", "register") and self.login_error is not None:
+            connection.send(dict(self.login_error, type="error", ref=ref))
+        elif kind in ("login", "register"):
             welcome = {"type": "welcome", "user": event["user"], "role": "user", "rooms": ["lobby"]}
             connection.send(dict(welcome, **self.welcome, ref=ref))
             if self.pushed:

@@ -31,7 +31,7 @@ from tests.support import (
     start_server,
     until,
 )
-from tests.test_cli import BitFlipProxy
+from tests.test_cli import BitFlipProxy, HostileServer
 
 
 class GuiTests(unittest.TestCase):
@@ -341,6 +341,37 @@ class GuiTests(unittest.TestCase):
         self.assertEqual(
             (gui.home / "known_hosts").read_text(), f"127.0.0.1:{proxy.port} {server.identity.fingerprint}\n"
         )
+
+    async def test_peer_text_in_the_log_is_escaped(self) -> None:
+        """A CLOSE, an ALERT or an error from a hostile server reaches the
+        GUI's log (stderr, --verbose) as one escaped line: no CR to forge
+        a line, no ESC or BEL for the terminal."""
+        forged = "\r\n12:00 connected to bank.example as root\x1b[2J\x07\u202e"
+        servers = [
+            await HostileServer(close_message="bye" + forged).start(self),
+            await HostileServer(alert="no" + forged).start(self),
+            await HostileServer(login_error={"code": "odd" + forged, "message": "m" + forged}).start(self),
+        ]
+        gui = await start_gui(self, verbose=True)
+        for n, hostile in enumerate(servers):
+            await gui.connect(hostile.port, "alice", PASSWORD)
+            if hostile.alert is None:  # (an alert comes before the key)
+                await gui.wait("controller.trust.dialog and controller.trust.dialog.isVisible()")
+                await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+            if n == 0:
+                await gui.process.wait_for(r"connection lost \(bye", fd=2)
+                await gui.exec("controller.client.stop()\nwindow().logged_out_callback()")
+            await gui.wait("controller.dialog.isVisible() and controller.window is None")
+        await gui.process.wait_for(r"not connected: .*no", fd=2)
+        await gui.process.wait_for(r"session setup failed: odd", fd=2)
+        errors = gui.process.errors()
+        escaped = "\\r\\n12:00 connected to bank.example as root\\x1b[2J\\x07\\u202e"
+        self.assertIn("bye" + escaped, errors)
+        self.assertIn("no" + escaped, errors)
+        self.assertIn("odd" + escaped, errors)
+        for raw in ("\r", "\x1b", "\x07", "\u202e"):
+            self.assertNotIn(raw, errors)
+        self.assertFalse([line for line in gui.process.lines[2] if line.startswith("12:00")])
 
     async def test_keyboard_search_switching_and_focus(self) -> None:
         server = await start_server(self)
