@@ -373,6 +373,65 @@ class GuiTests(unittest.TestCase):
             self.assertNotIn(raw, errors)
         self.assertFalse([line for line in gui.process.lines[2] if line.startswith("12:00")])
 
+    async def test_the_new_room_dialog_stays_open_on_a_refused_name(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        await bob.request({"type": "create", "room": "taken"})
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        before = await gui.view_text()
+        await gui.exec("shortcut('Ctrl+N')")
+        await gui.wait("modal() and modal().objectName() == 'create-room'")
+        await gui.exec(
+            "d = modal()\n"
+            "type_text(d.findChild(QLineEdit, 'room-name'), 'taken')\n"
+            "type_text(d.findChild(QLineEdit, 'room-topic'), 'ours')\n"
+            "click(d.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok))"
+        )
+        error = await gui.wait(
+            "d.findChild(QLabel, 'create-error').isVisible() and d.findChild(QLabel, 'create-error').text()"
+        )
+        self.assertIn("taken", error)
+        self.assertTrue(await gui.eval("d.isVisible() and modal() is d"), "the dialog closed")
+        self.assertEqual(await gui.eval("d.findChild(QLineEdit, 'room-name').text()"), "taken")
+        self.assertEqual(await gui.eval("d.findChild(QLineEdit, 'room-topic').text()"), "ours")
+        self.assertEqual(await gui.view_text(), before, "the error went to the conversation")
+        self.assertEqual(await gui.eval("window().model.current"), "room:lobby")
+
+        # Another name: created, joined, and the dialog is gone.
+        await gui.exec(
+            "name = d.findChild(QLineEdit, 'room-name')\n"
+            "name.selectAll()\n"
+            "type_text(name, 'fresh')\n"
+            "press(name, 'Return')"
+        )
+        await gui.wait("window().model.current == 'room:fresh'")
+        await gui.wait("not d.isVisible() and modal() is None")
+        await gui.wait("window().header.text() and 'ours' in window().header.text()")
+
+    async def test_the_member_pane_of_a_dm_shows_the_peers_presence(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        carol = await logged_in(self, server, "carol")
+        await carol.close()  # carol exists, and is offline
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await gui.exec("window().open_dm('bob')")
+        await gui.wait("window().model.current == 'dm:alice:bob'")
+        shown = await gui.wait("'● bob' in texts(window().member_list) and texts(window().member_list)")
+        self.assertEqual(shown, ["● alice", "● bob"])
+        self.assertIn(
+            "online",
+            await gui.eval("window().member_list.item(1).toolTip()"),
+        )
+        await gui.exec("window().open_dm('carol')")
+        await gui.wait("window().model.current == 'dm:alice:carol'")
+        await gui.wait("'○ carol' in texts(window().member_list)")
+        # bob leaves: the next refresh shows it.
+        await bob.close()
+        await gui.exec("window().open_dm('bob')")
+        await gui.wait("'○ bob' in texts(window().member_list)")
+
     async def test_keyboard_search_switching_and_focus(self) -> None:
         server = await start_server(self)
         bob = await logged_in(self, server, "bob")

@@ -651,16 +651,12 @@ class MainWindow(QMainWindow):
         conversation = self.current()
         if conversation is None or self.client.state != "online":
             return
-        if conversation.kind != "room" or not conversation.joined:
+        if conversation.kind == "dm":
+            self._dm_members(conversation)
+            return
+        if not conversation.joined:
             self.members_heading.setText("Members")
-            self._show_members(
-                [{"user": self.client.user, "role": "member", "online": True}]
-                + (
-                    [{"user": conversation.name, "role": "member", "online": None}]
-                    if conversation.kind == "dm"
-                    else []
-                )
-            )
+            self._show_members([{"user": self.client.user, "role": "member", "online": True}])
             return
         stream = conversation.stream
 
@@ -671,6 +667,39 @@ class MainWindow(QMainWindow):
         self.request({"type": "who", "room": conversation.name}).addCallbacks(
             got, lambda failure: self._report(failure, "who")
         )
+
+    def _dm_members(self, conversation: Conversation) -> None:
+        """Us and the peer, with the peer's presence as the server reports
+        it in the member list of a room we share (the lobby, as a rule);
+        with no room in common it is unknown, and shown so."""
+        stream, peer = conversation.stream, conversation.name
+        me = {"user": self.client.user, "role": "member", "online": True}
+        rooms = sorted((c.name for c in self.model.rooms()), key=lambda r: (r != "lobby", r))
+
+        def show(presence: bool | None) -> None:
+            if self.model.current == stream:
+                self._show_members([me, {"user": peer, "role": "member", "online": presence}])
+
+        def ask(remaining: list[str]) -> None:
+            if not remaining:
+                return show(None)
+
+            def got(answer: dict[str, Any]) -> None:
+                found = [m for m in answer.get("members", []) if m.get("user") == peer]
+                if found:
+                    show(bool(found[0].get("online")))
+                else:
+                    ask(remaining[1:])
+
+            def failed(failure: Failure) -> None:
+                if not failure.check(ConnectionClosed):
+                    ask(remaining[1:])
+
+            self.request({"type": "who", "room": remaining[0]}).addCallbacks(got, failed)
+
+        if self.model.current == stream and [m.get("user") for m in self.members] != [me["user"], peer]:
+            show(None)  # until the server answers
+        ask(rooms)
 
     def _show_members(self, members: list[dict[str, Any]]) -> None:
         self.members = members
@@ -683,11 +712,12 @@ class MainWindow(QMainWindow):
             user = member.get("user", "?")
             role = member.get("role", "member")
             presence = member.get("online")
-            dot = "●" if presence else "○"
+            dot = "◌" if presence is None else "●" if presence else "○"
             badge = {"owner": "  ★ owner", "moderator": "  ◆ moderator"}.get(role, "")
             item = QListWidgetItem(f"{dot} {user}{badge}")
             item.setData(STREAM_ROLE, user)
-            item.setToolTip(f"{user}: {role}, {'online' if presence else 'offline'}")
+            state = "presence unknown" if presence is None else "online" if presence else "offline"
+            item.setToolTip(f"{user}: {role}, {state}")
             if presence:
                 item.setForeground(self.palette().color(QPalette.ColorRole.Text))
             else:
@@ -891,7 +921,7 @@ class MainWindow(QMainWindow):
     # --- rooms and invitations -----------------------------------------------------------
 
     def create_room(self) -> QDialog:
-        dialog = QDialog(self)
+        dialog = _CreateRoomDialog(self)
         dialog.setObjectName("create-room")
         dialog.setWindowTitle("New room")
         name = QLineEdit()
@@ -907,26 +937,63 @@ class MainWindow(QMainWindow):
             kind.addItem(label, value)
         topic = QLineEdit()
         topic.setObjectName("room-topic")
+        error = QLabel()
+        error.setObjectName("create-error")
+        error.setTextFormat(Qt.TextFormat.PlainText)  # it quotes the server
+        error.setWordWrap(True)
+        error.setStyleSheet("color: #d04040")
+        error.hide()
         form = QFormLayout(dialog)
         form.addRow("&Name:", name)
         form.addRow("&Kind:", kind)
         form.addRow("&Topic:", topic)
+        form.addRow(error)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
         buttons.accepted.connect(dialog.accept)
         buttons.rejected.connect(dialog.reject)
         form.addRow(buttons)
+        ok = buttons.button(QDialogButtonBox.StandardButton.Ok)
 
-        def accepted() -> None:
+        def refused(text: str) -> None:
+            """Stay open with everything as typed, the reason shown here."""
+            error.setText(text)
+            error.show()
+            ok.setEnabled(True)
+            name.setFocus(Qt.FocusReason.OtherFocusReason)
+            name.selectAll()
+
+        def create() -> None:
             room = name.text().strip()
-            if room:
-                request = {"type": "create", "room": room, "kind": kind.currentData()}
-                if topic.text().strip():
-                    request["topic"] = topic.text().strip()
-                self.run_command(commands.Command("join", request, room), "")
+            if not room:
+                return refused("Enter a name for the room.")
+            request = {"type": "create", "room": room, "kind": kind.currentData()}
+            if topic.text().strip():
+                request["topic"] = topic.text().strip()
+            ok.setEnabled(False)
+            error.hide()
 
-        dialog.accepted.connect(accepted)
+            def created(_: Any) -> None:
+                dialog.close_accepted()
+                self.model.conversation(room_stream(room)).joined = True
+                self.refresh_lists()
+                self.open_conversation(room_stream(room))
+                self.refresh_topics()
+
+            def failed(failure: Failure) -> None:
+                if failure.check(ServerError):
+                    retry = failure.value.event.get("retry_after")
+                    extra = f" (try again in {retry} s)" if retry else ""
+                    refused(f"{failure.value.message}{extra}")
+                elif failure.check(ConnectionClosed):
+                    refused("The connection dropped before the server answered; try again.")
+                else:
+                    refused(failure.getErrorMessage())
+
+            self.request(request).addCallbacks(created, failed)
+
+        dialog.submit = create
         dialog.open()
         return dialog
 
@@ -1097,3 +1164,18 @@ def _describe(answer: dict[str, Any]) -> str:
     if kind == "account":
         return f"{answer.get('user')}: {'disabled' if answer.get('disabled') else 'enabled'}"
     return str(answer)
+
+
+class _CreateRoomDialog(QDialog):
+    """The New room dialog: OK (or Return) asks the server, and the dialog
+    closes only once the room exists; a refusal leaves it open, as typed,
+    with the reason in it."""
+
+    submit: Callable[[], None] | None = None
+
+    def accept(self) -> None:
+        if self.submit is not None:
+            self.submit()
+
+    def close_accepted(self) -> None:
+        super().accept()
