@@ -540,6 +540,10 @@ class HostileServer:
                 connection.send(*self.pushed)
             if self.close_message is not None:
                 connection.close("bye", self.close_message)
+        elif kind == "rooms":
+            connection.send({"type": "rooms", "ref": ref, "rooms": []})
+        elif kind == "who":
+            connection.send({"type": "who", "ref": ref, "room": event["room"], "members": [], "users": []})
         elif kind == "history":
             connection.send(
                 {"type": "history", "ref": ref, "stream": event["stream"], "events": [], "more": False}

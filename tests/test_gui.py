@@ -432,6 +432,55 @@ class GuiTests(unittest.TestCase):
         await gui.exec("window().open_dm('bob')")
         await gui.wait("'○ bob' in texts(window().member_list)")
 
+    async def test_bidi_text_orders_only_itself(self) -> None:
+        """An RLO (or right-to-left text) in a peer's name, body or topic is
+        a bidi isolate in the view: it cannot reorder the time, the sender
+        or the words around it, as laid out in the rendered document."""
+        rlo = "\u202e"
+        now = 1_700_000_000_000
+        pushed = [
+            {"type": "msg", "room": "lobby", "stream": "room:lobby", "id": 1, "ts": now,
+             "from": "eve" + rlo, "body": "hello world"},
+            {"type": "msg", "room": "lobby", "stream": "room:lobby", "id": 2, "ts": now,
+             "from": "bob", "body": "abc" + rlo + "\u2069 after"},
+            {"type": "topic", "room": "lobby", "stream": "room:lobby", "id": 3, "ts": now,
+             "by": "mallory" + rlo, "topic": "plain words"},
+        ]  # fmt: skip
+        hostile = await HostileServer(welcome={"streams": {"room:lobby": 3}}, pushed=pushed).start(self)
+        gui = await start_gui(self)
+        await gui.log_in(hostile.port, "alice", PASSWORD)
+        await gui.wait("'plain words' in window().view.toPlainText()")
+        await gui.exec(
+            "def x_of(text, marker):\n"
+            "    block = window().view.document().begin()\n"
+            "    while block.isValid():\n"
+            "        if marker in block.text():\n"
+            "            at = block.text().index(text)\n"
+            "            line = block.layout().lineForTextPosition(at)\n"
+            "            return line.cursorToX(at)[0], line.lineNumber()\n"
+            "        block = block.next()\n"
+            "    raise LookupError(marker)\n"
+        )
+
+        async def order(marker: str, *texts: str) -> list[tuple[float, int]]:
+            return [tuple(await gui.eval(f"x_of({t!r}, {marker!r})")) for t in texts]
+
+        # eve's message: time, then her name; her body in reading order.
+        (clock_x, clock_line), (name_x, name_line) = await order("hello", ":", "eve")
+        self.assertEqual(clock_line, name_line)
+        self.assertLess(clock_x, name_x)
+        (hello_x, hello_line), (world_x, world_line) = await order("hello", "hello", "world")
+        self.assertEqual(hello_line, world_line)
+        self.assertLess(hello_x, world_x, "the RLO in the name reversed the body")
+        # A stray PDI in a body does not end the isolate early.
+        (abc_x, _), (after_x, _) = await order("abc", "abc", "after")
+        self.assertLess(abc_x, after_x)
+        # The topic notice reads "mallory set the topic: plain words".
+        (set_x, _), (topic_x, _), (plain_x, _) = await order("plain", "set", "topic:", "plain")
+        self.assertLess(set_x, topic_x, "the RLO in the name reversed the notice")
+        self.assertLess(topic_x, plain_x)
+        await gui.eval(f"shot(window(), {str(Path(self.mktemp()).resolve()) + '.png'!r})")
+
     async def test_keyboard_search_switching_and_focus(self) -> None:
         server = await start_server(self)
         bob = await logged_in(self, server, "bob")

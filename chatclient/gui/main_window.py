@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from chatclient import commands
 from chatclient.gui.model import ChatModel, Conversation, dm_stream, room_stream
 from chatclient.gui.notify import Notifier
-from chatclient.gui.render import Renderer, day
+from chatclient.gui.render import Renderer, day, peer
 from chatclient.gui.servers import Server
 from chatclient.gui.trust import fingerprint_text
 from chatclient.gui.widgets import ChatInput, MessageView, ask_text
@@ -348,7 +348,7 @@ class MainWindow(QMainWindow):
         if kind == "invited" and "by" in event:
             by, room = str(event["by"]), str(event.get("room"))
             self._note(self.renderer.invitation(by, room))
-            self.notifier.notify("Invitation", f"{by} invited you to #{room}")
+            self.notifier.notify("Invitation", f"{peer(by)} invited you to #{peer(room)}")
             return
         added = self.model.add_event(event)
         if added is None:
@@ -376,8 +376,8 @@ class MainWindow(QMainWindow):
                 self._update_header()
         from_other = event.get("from") not in (None, self.client.user)
         if from_other and (kind == "dm" or self.model.mentions_me(event)):
-            where = "Direct message" if kind == "dm" else f"#{conversation.name}"
-            self.notifier.notify(f"{event.get('from')} — {where}", str(event.get("body", "")))
+            where = "Direct message" if kind == "dm" else f"#{peer(conversation.name)}"
+            self.notifier.notify(f"{peer(event.get('from'))} — {where}", peer(event.get("body", "")))
 
     # --- conversations ----------------------------------------------------------------
 
@@ -389,7 +389,7 @@ class MainWindow(QMainWindow):
             listing.blockSignals(True)
             listing.clear()
             for conversation in conversations:
-                label = ("#" if conversation.kind == "room" else "") + conversation.name
+                label = ("#" if conversation.kind == "room" else "") + peer(conversation.name)
                 if conversation.unread:
                     label += f"  ({conversation.unread})"
                 item = QListWidgetItem(label)
@@ -588,13 +588,13 @@ class MainWindow(QMainWindow):
             self.header.setText("")
             return
         if conversation.kind == "room":
-            title = f"<b>#{html.escape(conversation.name)}</b>"
+            title = f"<b>#{html.escape(peer(conversation.name))}</b>"
             if conversation.topic:
-                title += f" — {html.escape(conversation.topic)}"
+                title += f" — {html.escape(peer(conversation.topic))}"
             if not conversation.joined:
                 title += " <i>(you are no longer a member)</i>"
         else:
-            title = f"<b>{html.escape(conversation.name)}</b> — direct messages"
+            title = f"<b>{html.escape(peer(conversation.name))}</b> — direct messages"
         self.header.setText(title)
         in_room = conversation.kind == "room" and conversation.joined
         self.leave_action.setEnabled(in_room)
@@ -714,10 +714,10 @@ class MainWindow(QMainWindow):
             presence = member.get("online")
             dot = "◌" if presence is None else "●" if presence else "○"
             badge = {"owner": "  ★ owner", "moderator": "  ◆ moderator"}.get(role, "")
-            item = QListWidgetItem(f"{dot} {user}{badge}")
+            item = QListWidgetItem(f"{dot} {peer(user)}{badge}")
             item.setData(STREAM_ROLE, user)
             state = "presence unknown" if presence is None else "online" if presence else "offline"
-            item.setToolTip(f"{user}: {role}, {state}")
+            item.setToolTip(f"{peer(user)}: {peer(role)}, {state}")
             if presence:
                 item.setForeground(self.palette().color(QPalette.ColorRole.Text))
             else:
@@ -914,9 +914,9 @@ class MainWindow(QMainWindow):
         if failure.check(ServerError):
             retry = failure.value.event.get("retry_after")
             extra = f" (try again in {retry} s)" if retry else ""
-            self.notice(f"{what}: {failure.value.message}{extra}", error=True)
+            self.notice(f"{what}: {peer(failure.value.message)}{extra}", error=True)
         else:
-            self.notice(f"{what}: {failure.getErrorMessage()}", error=True)
+            self.notice(f"{what}: {peer(failure.getErrorMessage())}", error=True)
 
     # --- rooms and invitations -----------------------------------------------------------
 
