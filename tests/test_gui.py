@@ -397,6 +397,7 @@ class GuiTests(unittest.TestCase):
         self.assertEqual(await gui.eval("d.findChild(QLineEdit, 'room-topic').text()"), "ours")
         self.assertEqual(await gui.view_text(), before, "the error went to the conversation")
         self.assertEqual(await gui.eval("window().model.current"), "room:lobby")
+        await gui.eval(f"shot(d, {str(Path(self.mktemp()).resolve()) + '.png'!r})")
 
         # Another name: created, joined, and the dialog is gone.
         await gui.exec(
@@ -420,6 +421,7 @@ class GuiTests(unittest.TestCase):
         await gui.wait("window().model.current == 'dm:alice:bob'")
         shown = await gui.wait("'● bob' in texts(window().member_list) and texts(window().member_list)")
         self.assertEqual(shown, ["● alice", "● bob"])
+        await gui.eval(f"shot(window(), {str(Path(self.mktemp()).resolve()) + '.png'!r})")
         self.assertIn(
             "online",
             await gui.eval("window().member_list.item(1).toolTip()"),
