@@ -262,7 +262,7 @@ class MainWindow(QMainWindow):
             self.online(detail or {})
         elif state == "reconnecting":
             self.stats_subscribed = False
-            reason = getattr(detail, "message", "") or str(detail or "")
+            reason = peer(getattr(detail, "message", "") or str(detail or ""))
             self.notice(f"Disconnected ({reason}). Reconnecting…", error=True)
             self._countdown.start()
             self._show_countdown()
@@ -274,7 +274,7 @@ class MainWindow(QMainWindow):
                 self._countdown.start()  # a setup that fails waits for the next attempt
         elif state == "failed":
             self._countdown.stop()
-            reason = getattr(detail, "message", None) or str(detail)
+            reason = peer(getattr(detail, "message", None) or str(detail))
             self._set_state_text(f"Disconnected: {reason}", "bad")
             if self.client.connections > 0:
                 self.notice(f"Disconnected for good: {reason}", error=True)
@@ -877,7 +877,7 @@ class MainWindow(QMainWindow):
             self.load_older()
         elif action == "topic":
             conversation = self.current()
-            self.notice(f"Topic: {conversation.topic if conversation else ''}")
+            self.notice(f"Topic: {peer(conversation.topic) if conversation else ''}")
         elif action in ("join", "part", "request"):
             assert command.request is not None
             request = command.request
@@ -1151,19 +1151,21 @@ def _heading(text: str) -> QLabel:
 def _describe(answer: dict[str, Any]) -> str:
     kind = answer.get("type")
     if kind == "rooms":
-        return "Rooms: " + ", ".join(f"#{r['room']} ({r['members']})" for r in answer.get("rooms", []))
+        return "Rooms: " + ", ".join(
+            f"#{peer(r['room'])} ({peer(r['members'])})" for r in answer.get("rooms", [])
+        )
     if kind == "who":
-        return f"#{answer.get('room')}: " + ", ".join(answer.get("users", []))
+        return f"#{peer(answer.get('room'))}: " + ", ".join(map(peer, answer.get("users", [])))
     if kind == "info":
         return (
-            f"{answer.get('server')}, up {answer.get('uptime', 0):.0f} s, "
-            f"{answer.get('users_online')} users online"
+            f"{peer(answer.get('server'))}, up {answer.get('uptime', 0):.0f} s, "
+            f"{peer(answer.get('users_online'))} users online"
         )
     if kind == "invited":
-        return f"Invited {answer.get('user')} to #{answer.get('room')}"
+        return f"Invited {peer(answer.get('user'))} to #{peer(answer.get('room'))}"
     if kind == "account":
-        return f"{answer.get('user')}: {'disabled' if answer.get('disabled') else 'enabled'}"
-    return str(answer)
+        return f"{peer(answer.get('user'))}: {'disabled' if answer.get('disabled') else 'enabled'}"
+    return peer(str(answer))
 
 
 class _CreateRoomDialog(QDialog):
