@@ -196,8 +196,9 @@ def format_stats(event: dict[str, Any]) -> str:
     app = event["app"]
     rates = app["per_second"]
     line = (
-        f"* stats: up {_span(app['uptime'])}, {app['connections']} connections "
-        f"({app['authenticated']} logged in), {app['users_online']} users online, {app['rooms']} rooms; "
+        f"* stats: up {_span(app['uptime'])}, {_name(app['connections'])} connections "
+        f"({_name(app['authenticated'])} logged in), {_name(app['users_online'])} users online, "
+        f"{_name(app['rooms'])} rooms; "
         f"messages {rates['messages_in']:.1f}/s in, {rates['messages_out']:.1f}/s out; "
         f"{rates['handshakes']:.1f} handshakes/s"
     )
@@ -206,11 +207,14 @@ def format_stats(event: dict[str, Any]) -> str:
         tree, system = sample["tree"], sample["system"]
         line += (
             f"; server CPU {tree['cpu_percent']:.1f}%, RSS {tree['rss_bytes'] / 1e6:.1f} MB, "
-            f"{tree['threads']} threads, {tree['fds']} fds; system CPU {system['cpu_percent']:.1f}%, "
+            f"{_name(tree['threads'])} threads, {_name(tree['fds'])} fds; "
+            f"system CPU {system['cpu_percent']:.1f}%, "
             f"memory {system['memory_percent']:.0f}%"
         )
     monitor = event.get("monitor") or {}
-    line += f"; monitor {'up' if monitor.get('up') else 'DOWN'} ({monitor.get('restarts', 0)} restarts)"
+    line += (
+        f"; monitor {'up' if monitor.get('up') else 'DOWN'} ({_name(monitor.get('restarts', 0))} restarts)"
+    )
     return line
 
 

@@ -377,6 +377,22 @@ class ForgedLineTests(CliTestCase):
                     {"room": "ops\n" + FORGED, "kind": "public", "members": 1, "topic": "t\n" + FORGED}
                 ],
             },
+            {
+                "type": "stats",
+                "app": {
+                    "uptime": 5,
+                    "connections": "1\r" + FORGED,
+                    "authenticated": "\x1b[2J",
+                    "users_online": 1,
+                    "rooms": "\u202e",
+                    "per_second": {"messages_in": 1.0, "messages_out": 1.0, "handshakes": 0.0},
+                },
+                "sample": {
+                    "tree": {"cpu_percent": 1.0, "rss_bytes": 1e6, "threads": "\x07", "fds": "\n" + FORGED},
+                    "system": {"cpu_percent": 1.0, "memory_percent": 1.0},
+                },
+                "monitor": {"up": True, "restarts": "\x1b]0;owned\x07"},
+            },
             {"type": "surprise", "text": "\u202e\n" + FORGED},
         ]
         hostile = await HostileServer(
