@@ -33,6 +33,7 @@ from chatclient.commands import Command, CommandError
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
+from chatserver.safetext import log_text, terminal_lines, terminal_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,62 +97,87 @@ def _until(event: dict[str, Any]) -> str:
     )
 
 
-def _reason(event: dict[str, Any]) -> str:
-    return f" ({event['reason']})" if event.get("reason") else ""
+def _name(value: Any) -> str:
+    """A name, a room, a code from the network, for one line of output:
+    every control and invisible character shown, never obeyed."""
+    return terminal_text(str(value))
+
+
+def _text(head: str, value: Any, tail: str = "") -> str:
+    """``head`` then a peer's free text (a body, a topic, a reason) that
+    may hold line breaks: its first line follows ``head``, each further
+    line is indented to where the text began, so that no line of it can
+    pass for a line of its own (those never start with a space)."""
+    first, *rest = terminal_lines(str(value))
+    indent = " " * max(4, len(head))
+    return "\n".join([head + first] + [indent + line for line in rest]) + tail
+
+
+def _reason(head: str, event: dict[str, Any]) -> str:
+    if not event.get("reason"):
+        return head
+    return _text(head + " (", event["reason"], ")")
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One line of text for a person."""
+    """The text for a person: one line, or more if a peer's text holds
+    line breaks (those lines indented).  Every string in the event came
+    from the network, and may be hostile."""
     kind = event.get("type")
-    room = event.get("room", "")
+    room = _name(event.get("room", ""))
     at = f"[{room}] "
     when = _time(event.get("ts"))
+    user = _name(event.get("user"))
+    by = _name(event.get("by"))
     if kind == "msg":
-        return f"{when}{at}{event['from']}: {event['body']}"
+        return _text(f"{when}{at}{_name(event['from'])}: ", event["body"])
     if kind == "dm":
-        return f"{when}[dm] {event['from']} -> {event['to']}: {event['body']}"
+        return _text(f"{when}[dm] {_name(event['from'])} -> {_name(event['to'])}: ", event["body"])
     if kind == "joined":
-        return f"{at}* {event['user']} joined"
+        return f"{at}* {user} joined"
     if kind == "left":
-        return f"{at}* {event['user']} left"
+        return f"{at}* {user} left"
     if kind == "topic":
-        return f"{at}* {event.get('by')} set the topic: {event['topic']}"
+        return _text(f"{at}* {by} set the topic: ", event["topic"])
     if kind == "kicked":
-        return f"{at}* {event['user']} was kicked by {event.get('by')}{_reason(event)}"
+        return _reason(f"{at}* {user} was kicked by {by}", event)
     if kind in ("banned", "muted"):
-        return f"{at}* {event['user']} was {kind} by {event.get('by')}{_until(event)}{_reason(event)}"
+        return _reason(f"{at}* {user} was {kind} by {by}{_until(event)}", event)
     if kind in ("unbanned", "unmuted"):
-        return f"{at}* {event['user']} was {kind} by {event.get('by')}"
+        return f"{at}* {user} was {kind} by {by}"
     if kind == "role":
-        by = f" (by {event['by']})" if event.get("by") else ""
-        return f"{at}* {event['user']} is now {event['role']}{by}"
+        by_whom = f" (by {by})" if event.get("by") else ""
+        return f"{at}* {user} is now {_name(event['role'])}{by_whom}"
     if kind == "invited":
         if "user" in event:
-            return f"{at}* invited {event['user']}"
-        return f"* {event.get('by')} invited you to {room}; /join {room}"
+            return f"{at}* invited {user}"
+        return f"* {by} invited you to {room}; /join {room}"
     if kind == "account":
-        return f"* account {event['user']} {'disabled' if event['disabled'] else 'enabled'}"
+        return f"* account {user} {'disabled' if event['disabled'] else 'enabled'}"
     if kind == "who":
-        return f"{at}users: {', '.join(event['users'])}"
+        return f"{at}users: {', '.join(map(_name, event['users']))}"
     if kind == "rooms":
         lines = [f"* {len(event['rooms'])} rooms:"]
         for r in event["rooms"]:
             mark = "*" if r.get("member") else " "
-            topic = f" - {r['topic']}" if r.get("topic") else ""
-            lines.append(f"  {mark} {r['room']} ({r['kind']}, {r['members']} members){topic}")
+            head = f"  {mark} {_name(r['room'])} ({_name(r['kind'])}, {_name(r['members'])} members)"
+            lines.append(_text(head + " - ", r["topic"]) if r.get("topic") else head)
         return "\n".join(lines)
     if kind == "welcome":
-        return f"* logged in as {event['user']} ({event['role']}) on {event.get('server', '?')}"
+        return f"* logged in as {user} ({_name(event['role'])}) on {_name(event.get('server', '?'))}"
     if kind == "info":
-        return f"* {event['server']}, up {_span(event['uptime'])}, {event['users_online']} users online"
+        return (
+            f"* {_name(event['server'])}, up {_span(event['uptime'])}, "
+            f"{_name(event['users_online'])} users online"
+        )
     if kind == "stats":
         return format_stats(event)
     if kind == "logged_out":
         return "* logged out"
     if kind == "error":
-        retry = f" (retry in {event['retry_after']} s)" if event.get("retry_after") else ""
-        return f"! {event.get('code')}: {event.get('message')}{retry}"
-    return json.dumps(event, ensure_ascii=False)
+        retry = f" (retry in {_name(event['retry_after'])} s)" if event.get("retry_after") else ""
+        return _text(f"! {_name(event.get('code'))}: ", event.get("message"), retry)
+    return _name(json.dumps(event, ensure_ascii=False))
 
 
 def _span(seconds: float) -> str:
@@ -170,8 +196,9 @@ def format_stats(event: dict[str, Any]) -> str:
     app = event["app"]
     rates = app["per_second"]
     line = (
-        f"* stats: up {_span(app['uptime'])}, {app['connections']} connections "
-        f"({app['authenticated']} logged in), {app['users_online']} users online, {app['rooms']} rooms; "
+        f"* stats: up {_span(app['uptime'])}, {_name(app['connections'])} connections "
+        f"({_name(app['authenticated'])} logged in), {_name(app['users_online'])} users online, "
+        f"{_name(app['rooms'])} rooms; "
         f"messages {rates['messages_in']:.1f}/s in, {rates['messages_out']:.1f}/s out; "
         f"{rates['handshakes']:.1f} handshakes/s"
     )
@@ -180,11 +207,14 @@ def format_stats(event: dict[str, Any]) -> str:
         tree, system = sample["tree"], sample["system"]
         line += (
             f"; server CPU {tree['cpu_percent']:.1f}%, RSS {tree['rss_bytes'] / 1e6:.1f} MB, "
-            f"{tree['threads']} threads, {tree['fds']} fds; system CPU {system['cpu_percent']:.1f}%, "
+            f"{_name(tree['threads'])} threads, {_name(tree['fds'])} fds; "
+            f"system CPU {system['cpu_percent']:.1f}%, "
             f"memory {system['memory_percent']:.0f}%"
         )
     monitor = event.get("monitor") or {}
-    line += f"; monitor {'up' if monitor.get('up') else 'DOWN'} ({monitor.get('restarts', 0)} restarts)"
+    line += (
+        f"; monitor {'up' if monitor.get('up') else 'DOWN'} ({_name(monitor.get('restarts', 0))} restarts)"
+    )
     return line
 
 
@@ -201,6 +231,24 @@ def json_event(event: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def json_line(value: Any) -> str:
+    """``value`` as one line of JSON that is safe on a terminal: what
+    ``json.dumps`` leaves as it is but a terminal would obey or hide (DEL,
+    C1 controls, bidi and zero-width characters, U+2028 ...) is written as
+    a ``\\uXXXX`` escape, which a JSON reader decodes to the same text."""
+    line = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if terminal_text(line) == line:
+        return line
+    out = []
+    for char in line:
+        if terminal_text(char) == char:
+            out.append(char)
+        else:
+            units = char.encode("utf-16-be", "surrogatepass")
+            out.extend(f"\\u{int.from_bytes(units[i : i + 2], 'big'):04x}" for i in range(0, len(units), 2))
+    return "".join(out)
+
+
 class Printer:
     def __init__(self, out: TextIO, as_json: bool) -> None:
         self.out = out
@@ -208,7 +256,7 @@ class Printer:
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.as_json:
-            line = json.dumps(json_event(event), ensure_ascii=False, sort_keys=True)
+            line = json_line(json_event(event))
         else:
             line = format_event(event)
         self.out.write(line + "\n")
@@ -216,6 +264,8 @@ class Printer:
 
 
 def notice(text: str) -> None:
+    """A line on standard error; whatever came from the network in
+    ``text`` must have been through ``log_text`` already."""
     sys.stderr.write(f"* {text}\n")
     sys.stderr.flush()
 
@@ -254,7 +304,7 @@ class InputLines(LineReceiver):
             what = "message" if command.action == "say" else f"/{command.request['type']}"
             notice(f"{what} not confirmed: the connection dropped first; not sent again")
         else:
-            notice(f"{failure.getErrorMessage()}")
+            notice(log_text(failure.getErrorMessage()))
 
     def lineReceived(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
@@ -274,7 +324,7 @@ class InputLines(LineReceiver):
         elif action == "switch":
             assert command.room is not None
             if command.room not in self.client.rooms:
-                notice(f"you are not in {command.room}; /join it first")
+                notice(f"you are not in {log_text(command.room)}; /join it first")
             else:
                 self._switch(command.room)
         elif action == "say":
@@ -310,7 +360,7 @@ class InputLines(LineReceiver):
 
     def _switch(self, room: str) -> None:
         self.room = room
-        notice(f"talking in {room}")
+        notice(f"talking in {log_text(room)}")
 
     def _joined(self, room: str | None) -> Deferred[Any] | None:
         assert room is not None
@@ -335,7 +385,8 @@ class InputLines(LineReceiver):
             events = [e for e in events if not (e["type"] == "joined" and e.get("user") == self.client.user)]
         if not self.printer.as_json:
             notice(
-                f"history of {page['stream']}: {len(events)} events{' (more before)' if page['more'] else ''}"
+                f"history of {log_text(page['stream'])}: {len(events)} events"
+                f"{' (more before)' if page['more'] else ''}"
             )
         for event in events:
             self.printer(dict(event, history=True) if self.printer.as_json else event)
@@ -343,9 +394,9 @@ class InputLines(LineReceiver):
     def _show_topic(self, answer: dict[str, Any], room: str | None) -> None:
         for summary in answer["rooms"]:
             if summary["room"] == room:
-                notice(f"topic of {room}: {summary['topic'] or '(none)'}")
+                notice(f"topic of {log_text(room)}: {log_text(summary['topic'] or '(none)')}")
                 return
-        notice(f"you cannot see room {room}")
+        notice(f"you cannot see room {log_text(room)}")
 
     def connectionLost(self, reason: Any = None) -> None:
         # A last line without a newline is a line too.
@@ -385,10 +436,17 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     known = KnownHosts(args.known_hosts)
     server = server_id(args.host, args.port)
 
+    unpinned: set[str] = set()
+
     def verify(fingerprint: str) -> bool:
-        if known.check(server, fingerprint, args.fingerprint):
-            notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
+        if known.verify(server, fingerprint, args.fingerprint):
+            unpinned.add(fingerprint)  # pinned once the server proves it holds it
         return True
+
+    def proven(fingerprint: str) -> None:
+        if fingerprint in unpinned and known.pin(server, fingerprint) and args.fingerprint is None:
+            notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
+        unpinned.discard(fingerprint)
 
     description = endpoint_description(args.host, args.port, args.tls, args.tls_ca)
     client = ReconnectingClient(
@@ -399,6 +457,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
         password,
         register=args.register,
         connect_attempts=max(1, args.connect_attempts),
+        proven=proven,
     )
     printer = Printer(sys.stdout, args.json)
     client.add_listener(printer)
@@ -412,7 +471,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
             else:
                 notice(f"reconnected to {server}")
         elif name == "reconnecting":
-            notice(f"connection to {server} lost ({detail.message}); reconnecting")
+            notice(f"connection to {server} lost ({log_text(detail.message)}); reconnecting")
 
     client.add_state_listener(state)
     client.start()
@@ -422,13 +481,13 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
         sys.stderr.write(f"error: {e}\n")
         return 3
     except ServerError as e:
-        sys.stderr.write(f"error: {e.code}: {e.message}\n")
+        sys.stderr.write(f"error: {log_text(e.code)}: {log_text(e.message)}\n")
         return 2
     except ConnectionClosed as e:
-        sys.stderr.write(f"error: cannot connect to {server}: {e.message}\n")
+        sys.stderr.write(f"error: cannot connect to {server}: {log_text(e.message)}\n")
         return 3 if e.code == "untrusted" else 1
     except Exception as e:  # connection refused, DNS, TLS ...
-        sys.stderr.write(f"error: cannot connect to {server}: {e}\n")
+        sys.stderr.write(f"error: cannot connect to {server}: {log_text(str(e))}\n")
         return 1
     # Reading starts on the next reactor turn, after the /join below.
     stdio.StandardIO(lines, reactor=reactor)
@@ -443,7 +502,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     _, index = await defer.DeferredList([lines.done, failed], fireOnOneCallback=True, consumeErrors=True)
     if index == 1:
         error = failed.result
-        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.write(f"error: {log_text(str(error))}\n")
         return 2 if isinstance(error, ServerError) else 1
     await client.stop()
     return 0

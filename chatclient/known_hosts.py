@@ -4,6 +4,11 @@ The file holds one line per server, ``host:port SHA256:...``, like
 OpenSSH's ``known_hosts``.  A server seen for the first time is added
 (accept-new); a server whose key differs from the pinned one is refused
 with both fingerprints named; ``--fingerprint`` pins a key up front.
+
+A new key is written only once the server has proven that it holds it
+(its FINISHED verified): :meth:`KnownHosts.verify` when the key arrives,
+:meth:`KnownHosts.pin` after the proof.  A key pinned any earlier could be
+one bit off, and every later, genuine, connection would be refused.
 """
 
 from __future__ import annotations
@@ -61,16 +66,23 @@ class KnownHosts:
         with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(f"{server} {fingerprint}\n")
 
-    def check(self, server: str, fingerprint: str, pinned: str | None = None) -> bool:
-        """True if the key is new (and now added), False if already known;
-        raises :class:`HostKeyMismatch` if it differs from the pin."""
+    def verify(self, server: str, fingerprint: str, pinned: str | None = None) -> bool:
+        """Whether the key must still be pinned (with :meth:`pin`, once the
+        server has proven it holds it); raises :class:`HostKeyMismatch` if
+        it differs from the pin.  Writes nothing."""
         if pinned is not None:
             if fingerprint != pinned:
                 raise HostKeyMismatch(server, pinned, fingerprint, "--fingerprint")
-            known = self.lookup(server)
-            if known is None:
-                self.add(server, fingerprint)
-            return False
+            return self.lookup(server) is None
+        known = self.lookup(server)
+        if known is not None and known != fingerprint:
+            raise HostKeyMismatch(server, known, fingerprint, str(self.path))
+        return known is None
+
+    def pin(self, server: str, fingerprint: str) -> bool:
+        """Add the key unless it is there already (another connection may
+        have pinned it meanwhile); True if it was added.  Raises
+        :class:`HostKeyMismatch` if another key was pinned meanwhile."""
         known = self.lookup(server)
         if known is None:
             self.add(server, fingerprint)
@@ -78,3 +90,12 @@ class KnownHosts:
         if known != fingerprint:
             raise HostKeyMismatch(server, known, fingerprint, str(self.path))
         return False
+
+    def check(self, server: str, fingerprint: str, pinned: str | None = None) -> bool:
+        """:meth:`verify` and :meth:`pin` at once, for a caller that has
+        the proof already: True if the key was new (and is now added),
+        False if already known."""
+        new = self.verify(server, fingerprint, pinned)
+        if new:
+            self.pin(server, fingerprint)
+        return new and pinned is None

@@ -25,7 +25,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, ServerError, Verifier
+from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, Proven, ServerError, Verifier
+from chatserver.safetext import log_text
 
 log = Logger(namespace="chatclient.reconnect")
 
@@ -56,10 +57,13 @@ class ReconnectingClient:
         initial_delay: float = 0.5,
         max_delay: float = 30.0,
         connect_attempts: int | None = None,
+        proven: Proven | None = None,
     ) -> None:
         """``connect_attempts``: give up (state ``failed``) after this many
         failed attempts if none has succeeded yet; None: never give up.
-        Once online, the client reconnects for as long as it runs."""
+        Once online, the client reconnects for as long as it runs.
+        ``verify`` and ``proven``: see ``chatclient.session``."""
+        self._proven = proven
         self._reactor = reactor
         self._connect_attempts = connect_attempts
         #: Failed connection attempts and session setups since last online:
@@ -230,7 +234,7 @@ class ReconnectingClient:
             waiter.errback(failure)
 
     def _new_protocol(self, verify: Verifier) -> ClientProtocol:
-        protocol = ClientProtocol(verify)
+        protocol = ClientProtocol(verify, proven=self._proven)
         setup = self._setup(protocol)
         setup.addTimeout(self.setup_timeout, self._reactor)
         setup.addErrback(self._setup_failed, protocol)
@@ -241,7 +245,7 @@ class ReconnectingClient:
             self._give_up(failure)
         else:
             if not failure.check(ConnectionClosed) and self._fatal is None:
-                log.info("session setup failed: {why}", why=failure.getErrorMessage())
+                log.info("session setup failed: {why}", why=log_text(failure.getErrorMessage()))
             self._attempt_failed(failure)
         if protocol.session is not None:
             protocol.session.close()
@@ -293,7 +297,9 @@ class ReconnectingClient:
                 except ServerError as e:
                     if stream not in gone:
                         raise
-                    log.info("no catch-up for {stream}: {code}", stream=stream, code=e.code)
+                    log.info(
+                        "no catch-up for {stream}: {code}", stream=log_text(stream), code=log_text(e.code)
+                    )
                     break
                 for event in page["events"]:
                     if stream not in self.last_ids:

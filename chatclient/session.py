@@ -27,7 +27,12 @@ from chatserver.channel import ChannelError, HandshakeState, PeerClosed
 log = Logger(namespace="chatclient.session")
 
 #: verify(fingerprint) -> bool | Deferred[bool]; raising refuses too.
+#: Called when the key arrives, before the server has proven it holds it:
+#: check a pin here, but do not write one.
 Verifier = Callable[[str], Any]
+#: proven(fingerprint): the server's FINISHED verified, so it holds the
+#: key: the moment to pin a new one.  Raising ends the connection.
+Proven = Callable[[str], None]
 
 
 class ServerError(Exception):
@@ -58,8 +63,14 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     #: Seconds the server has to answer each handshake step.
     handshake_timeout = 30.0
 
-    def __init__(self, verify: Verifier, handshake: channel.ClientHandshake | None = None) -> None:
+    def __init__(
+        self,
+        verify: Verifier,
+        handshake: channel.ClientHandshake | None = None,
+        proven: Proven | None = None,
+    ) -> None:
         self._verify = verify
+        self._proven = proven
         self._ended = False
         self.handshake = handshake or channel.ClientHandshake()
         self.channel: channel.SecureChannel | None = None
@@ -104,8 +115,16 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             d = defer.maybeDeferred(self._verify, self.fingerprint)
             d.addCallbacks(self._verified, self._fail)
         elif state is HandshakeState.AWAIT_FINISHED:
-            self.channel = self.handshake.receive_finished(record)
+            secure_channel = self.handshake.receive_finished(record)
             self.setTimeout(None)
+            if self._proven is not None:
+                assert self.fingerprint is not None
+                try:
+                    self._proven(self.fingerprint)
+                except Exception:
+                    self._fail(Failure())
+                    return
+            self.channel = secure_channel
             self.secure.callback(self)
         else:
             raise ChannelError(f"unexpected record in state {state.value}")
@@ -305,17 +324,21 @@ def connect(
     endpoint_description: str,
     verify: Verifier,
     handshake: channel.ClientHandshake | None = None,
+    proven: Proven | None = None,
 ) -> Deferred[ChatSession]:
     """Connect to a client endpoint string (``tcp:host=H:port=P``,
     ``tls:H:P`` ...) and fire with a session once the channel is secure."""
     endpoint = endpoints.clientFromString(reactor, endpoint_description)
-    return connect_endpoint(endpoint, verify, handshake)
+    return connect_endpoint(endpoint, verify, handshake, proven)
 
 
 def connect_endpoint(
-    endpoint: Any, verify: Verifier, handshake: channel.ClientHandshake | None = None
+    endpoint: Any,
+    verify: Verifier,
+    handshake: channel.ClientHandshake | None = None,
+    proven: Proven | None = None,
 ) -> Deferred[ChatSession]:
-    protocol = ClientProtocol(verify, handshake)
+    protocol = ClientProtocol(verify, handshake, proven)
     connecting = endpoints.connectProtocol(endpoint, protocol)
 
     def cancel(_: Deferred[ChatSession]) -> None:

@@ -100,3 +100,35 @@ def terminal_lines(text: str) -> list[str]:
     the cursor to forge a line; the caller shows the lines indented under
     their sender."""
     return [terminal_text(line) for line in text.replace("\r\n", "\n").translate(_LINE_BREAKS).split("\n")]
+
+
+# Bidirectional classes that can change how text around them is ordered:
+# strong right-to-left letters, Arabic numbers, and the explicit controls.
+_BIDI_ACTIVE = frozenset({"R", "AL", "AN", "LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+_ISOLATE_OPENERS = frozenset("\u2066\u2067\u2068")  # LRI, RLI, FSI
+_PDI = "\u2069"
+FSI = "\u2068"
+
+
+def bidi_isolate(text: str) -> str:
+    """``text`` made a bidi isolate (FSI ... PDI, Unicode's ``<bdi>``), so
+    that whatever it holds (right-to-left words, an RLO) orders only
+    itself, never the text around it: the sender name or the time beside a
+    body.  A PDI without its opener inside ``text`` is dropped (it would
+    close our isolate early) and openers left open are closed.  Text with
+    nothing that could reorder anything (plain ASCII, as a rule) is
+    returned as it is."""
+    if text.isascii() or not any(unicodedata.bidirectional(c) in _BIDI_ACTIVE for c in text):
+        return text
+    out = [FSI]
+    depth = 0
+    for char in text:
+        if char in _ISOLATE_OPENERS:
+            depth += 1
+        elif char == _PDI:
+            if depth == 0:
+                continue
+            depth -= 1
+        out.append(char)
+    out.append(_PDI * (depth + 1))
+    return "".join(out)

@@ -102,6 +102,8 @@ def main() -> None:
     from chatclient.known_hosts import KnownHosts
 
     args = gui_app.parse_args(sys.argv[1:])
+    if args.verbose:
+        gui_app.start_logging(True)  # to stderr, as the real application logs
     qt_app = QApplication(sys.argv[:1])
     gui_app.apply_theme(qt_app, args.theme)
     reactor, loop = gui_loop.install(qt_app)

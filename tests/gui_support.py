@@ -81,7 +81,10 @@ class Gui:
         return await self.eval("window().view.toPlainText()")
 
 
-async def start_gui(testcase: Any, home: Path | None = None, theme: str = "light", scale: str = "1") -> Gui:
+async def start_gui(
+    testcase: Any, home: Path | None = None, theme: str = "light", scale: str = "1", verbose: bool = False
+) -> Gui:
+    """``verbose``: the application logs to its stderr (``--verbose``)."""
     home = home or Path(testcase.mktemp()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -95,6 +98,8 @@ async def start_gui(testcase: Any, home: Path | None = None, theme: str = "light
         "--theme",
         theme,
     ]
+    if verbose:
+        argv.append("--verbose")
     if scale != "1":
         argv = ["/usr/bin/env", f"QT_SCALE_FACTOR={scale}", *argv]
     process = spawn(testcase, "gui", argv)

@@ -12,13 +12,17 @@ import json
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import endpoints, reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
+from chatserver import channel, crypto
 from tests.processes import LineProcess, cli, start_twistd
-from tests.support import PASSWORD, install_identity, start_server, until
+from tests.support import PASSWORD, identity_pem, install_identity, logged_in, start_server, until
 from tests.test_moderation import admin_session
 
 
@@ -292,3 +296,361 @@ class StatsCommandTests(CliTestCase):
         root.write_line("/stats --stop")
         await self.quit(root)
         await self.quit(alice)
+
+
+FORGED = "12:00 [lobby] root: URGENT: re-enter your password"
+
+
+class ForgedLineTests(CliTestCase):
+    """Whatever a server sends, each line the CLI prints is one it made:
+    a line break in a peer's string continues the line it belongs to,
+    indented, and invisible formatting characters are shown."""
+
+    async def test_a_body_with_line_breaks_cannot_forge_a_message_line(self) -> None:
+        server = await start_server(self)
+        mallory = await logged_in(self, server, "mallory")
+        await mallory.request({"type": "create", "room": "ops", "kind": "public"})
+        alice = await self.client("alice", server.port, "--room", "ops")
+        await alice.wait_for(r"talking in ops", fd=2)
+        script = await self.client("bob", server.port, "--room", "ops", "--json")
+        await script.wait_for(r"talking in ops", fd=2)
+        # A real server keeps line breaks in bodies and topics.
+        await mallory.request({"type": "topic", "room": "ops", "topic": "first\u2028" + FORGED})
+        await mallory.say("ops", "hello\n" + FORGED + "\u2028" + FORGED + "\u2029" + FORGED)
+        await mallory.say("ops", "abc\u202edlrow\u200b!")
+        await alice.wait_for(r"mallory: abc")
+        lines = alice.lines[1]
+        for line in lines:
+            self.assertFalse(line.startswith("12:00 [lobby] root"), f"forged line: {line!r}")
+        start = next(i for i, line in enumerate(lines) if line.endswith("mallory: hello"))
+        indent = " " * lines[start].index("hello")
+        self.assertEqual(lines[start + 1 : start + 4], [indent + FORGED] * 3)
+        topic = next(i for i, line in enumerate(lines) if line.endswith("mallory set the topic: first"))
+        self.assertRegex(lines[topic + 1], r"^ +" + re.escape(FORGED) + "$")
+        shown = next(line for line in lines if "mallory: abc" in line)
+        self.assertTrue(shown.endswith("mallory: abc<U+202E>dlrow<U+200B>!"), shown)
+        self.assertNotIn("\u202e", alice.output())
+        self.assertNotIn("\u2028", alice.output())
+        # --json: the same text for a script, escaped for a terminal.
+        found = await script.wait_for(r"dlrow")
+        self.assertNotIn("\u202e", found.string)
+        self.assertEqual(json.loads(found.string)["body"], "abc\u202edlrow\u200b!")
+        self.assertNotIn("\u2028", script.output())
+        await self.quit(alice)
+        await self.quit(script)
+
+    async def test_every_string_from_a_hostile_server_is_shown_safely(self) -> None:
+        pushed = [
+            {
+                "type": "msg",
+                "room": "lobby",
+                "stream": "room:lobby",
+                "id": 1,
+                "ts": 1,
+                "from": "root\r" + FORGED,
+                "body": "x",
+            },
+            {
+                "type": "msg",
+                "room": "lo\nbby",
+                "stream": "room:lo",
+                "id": 2,
+                "ts": 1,
+                "from": "eve\u202e",
+                "body": "y",
+            },
+            {
+                "type": "kicked",
+                "room": "lobby",
+                "stream": "room:lobby",
+                "id": 3,
+                "ts": 1,
+                "user": "carol\x1b[2J",
+                "by": "op\x07",
+                "reason": "spam\n" + FORGED,
+            },
+            {"type": "joined", "room": "lobby\x1b]0;owned\x07", "user": "dave\n" + FORGED},
+            {"type": "error", "code": "bad\n" + FORGED, "message": "no\u2028" + FORGED},
+            {
+                "type": "rooms",
+                "rooms": [
+                    {"room": "ops\n" + FORGED, "kind": "public", "members": 1, "topic": "t\n" + FORGED}
+                ],
+            },
+            {
+                "type": "stats",
+                "app": {
+                    "uptime": 5,
+                    "connections": "1\r" + FORGED,
+                    "authenticated": "\x1b[2J",
+                    "users_online": 1,
+                    "rooms": "\u202e",
+                    "per_second": {"messages_in": 1.0, "messages_out": 1.0, "handshakes": 0.0},
+                },
+                "sample": {
+                    "tree": {"cpu_percent": 1.0, "rss_bytes": 1e6, "threads": "\x07", "fds": "\n" + FORGED},
+                    "system": {"cpu_percent": 1.0, "memory_percent": 1.0},
+                },
+                "monitor": {"up": True, "restarts": "\x1b]0;owned\x07"},
+            },
+            {"type": "surprise", "text": "\u202e\n" + FORGED},
+        ]
+        hostile = await HostileServer(
+            welcome={"server": "evil\n" + FORGED, "role": "user\x1b[31m"},
+            pushed=pushed,
+            close_message="bye\r* " + FORGED + "\x1b[31m\x07",
+        ).start(self)
+        alice = await self.client("alice", hostile.port)
+        await alice.wait_for(r"connection to .* lost", fd=2)
+        await alice.wait_for(r"surprise")
+        alice.signal("KILL")
+        await alice.ended
+        for fd in (1, 2):
+            for line in alice.lines[fd]:
+                self.assertNotRegex(line, r"^(\* )?12:00 \[lobby\] root", f"forged line on fd {fd}")
+                for raw in ("\r", "\x1b", "\x07", "\u202e", "\u2028"):
+                    self.assertNotIn(raw, line, f"fd {fd}: {line!r}")
+        out = alice.output()
+        self.assertIn("root\\r" + FORGED, out)
+        self.assertIn("eve<U+202E>", out)
+        self.assertIn("carol\\x1b[2J was kicked by op\\x07 (spam", out)
+        self.assertIn("dave\\n" + FORGED, out)
+        self.assertIn("evil\\n" + FORGED, out)
+        # Continuation lines of a reason, an error and a topic are indented.
+        for line in alice.lines[1]:
+            if line.endswith(FORGED) and "\\n" not in line and "\\r" not in line:
+                self.assertRegex(line, r"^ {4,}" + re.escape(FORGED))
+        self.assertIn("bye\\r* " + FORGED + "\\x1b[31m\\x07", alice.errors())
+
+    async def test_an_alert_cannot_forge_a_line_or_reach_the_terminal(self) -> None:
+        hostile = await HostileServer(alert="no\r\n* " + FORGED + "\x1b[2J\x07").start(self)
+        process = cli(self, "alice", hostile.port, "alice", "--password-file", str(self.password_file))
+        self.assertEqual(await process.ended, 1)
+        errors = process.errors()
+        self.assertIn("no\\r\\n* " + FORGED + "\\x1b[2J\\x07", errors)
+        for raw in ("\r", "\x1b", "\x07"):
+            self.assertNotIn(raw, errors)
+        self.assertFalse([line for line in process.lines[2] if line.startswith("* 12:00")])
+
+
+class FirstUseTests(CliTestCase):
+    async def test_a_first_contact_whose_finished_fails_pins_nothing(self) -> None:
+        """The key is pinned only once the server has proven it holds it:
+        a FINISHED that fails to verify (one bit flipped on the way) leaves
+        known_hosts as it was, and the next, sound, connection pins."""
+        server = await start_server(self)
+        proxy = await BitFlipProxy(server.port, flips=1).start(self)
+        first = cli(
+            self,
+            "alice",
+            proxy.port,
+            "alice",
+            *("--password-file", str(self.password_file), "--known-hosts", str(self.known_hosts)),
+        )
+        self.assertEqual(await first.ended, 1, first.errors())
+        self.assertIn("server finished MAC is wrong", first.errors())
+        self.assertNotIn("pinned key", first.errors())
+        self.assertFalse(self.known_hosts.exists(), "a key was pinned before FINISHED verified")
+        self.assertEqual(proxy.connections, 1)
+
+        second = await self.client("alice", proxy.port)
+        await second.wait_for(r"pinned key", fd=2)
+        self.assertEqual(
+            self.known_hosts.read_text(), f"127.0.0.1:{proxy.port} {server.identity.fingerprint}\n"
+        )
+        await self.quit(second)
+        third = await self.client("alice", proxy.port, register=False)
+        self.assertNotIn("pinned key", third.errors())
+        await self.quit(third)
+
+
+# --- hostile peers ---------------------------------------------------------------
+
+
+class _HostileProtocol(LineReceiver):
+    """The server side of the real handshake (``chatserver.channel``),
+    then whatever the test's script says: a hostile server."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 16 * 1024 * 1024
+
+    def __init__(self, server: HostileServer) -> None:
+        self.server = server
+        self.handshake = channel.ServerHandshake(server.key, server.key_der)
+        self.channel: channel.SecureChannel | None = None
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.channel is not None:
+            try:
+                events = self.channel.open(line) or []
+            except (channel.PeerClosed, channel.ChannelError):
+                self.transport.loseConnection()
+                return
+            for event in events:
+                self.server.answer(self, event)
+            return
+        record = channel.decode_line(line)
+        if self.handshake.state is channel.HandshakeState.AWAIT_HELLO:
+            if self.server.alert is not None:
+                self.transport.write(channel.encode_line(channel.alert_record(40, self.server.alert)))
+                self.transport.loseConnection()
+                return
+            self.transport.write(channel.encode_line(self.handshake.receive_client_hello(record)))
+        elif self.handshake.state is channel.HandshakeState.AWAIT_KEY_EXCHANGE:
+            self.handshake.receive_key_exchange(record)
+            self.handshake.derive()
+        else:
+            finished, self.channel = self.handshake.receive_finished(record)
+            self.transport.write(channel.encode_line(finished))
+
+    def send(self, *events: dict[str, Any]) -> None:
+        assert self.channel is not None
+        self.transport.write(self.channel.seal_events(list(events)))
+
+    def close(self, code: str, message: str) -> None:
+        assert self.channel is not None
+        self.transport.write(self.channel.seal_close(code, message))
+        self.transport.loseConnection()
+
+
+class HostileServer:
+    """A server that speaks the protocol but sends whatever it likes: after
+    the welcome, the events in ``pushed``, then a CLOSE with
+    ``close_message`` if that is set.  ``alert``: refuse the handshake at
+    once with that alert text instead; ``login_error``: answer the login
+    with this error event instead of a welcome."""
+
+    def __init__(
+        self,
+        welcome: dict[str, Any] | None = None,
+        pushed: list[dict[str, Any]] | None = None,
+        close_message: str | None = None,
+        alert: str | None = None,
+        login_error: dict[str, Any] | None = None,
+    ) -> None:
+        self.key = crypto.rsa_private_from_pem(identity_pem())
+        self.key_der = crypto.rsa_public_der(self.key)
+        self.fingerprint = crypto.fingerprint(self.key_der)
+        self.welcome = welcome or {}
+        self.pushed = pushed or []
+        self.close_message = close_message
+        self.alert = alert
+        self.login_error = login_error
+        self.port = 0
+
+    async def start(self, testcase: unittest.TestCase) -> HostileServer:
+        factory = Factory.forProtocol(lambda: _HostileProtocol(self))
+        listening = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        testcase.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+        return self
+
+    def answer(self, connection: _HostileProtocol, event: dict[str, Any]) -> None:
+        kind, ref = event.get("type"), event.get("ref")
+        if kind in ("login", "register") and self.login_error is not None:
+            connection.send(dict(self.login_error, type="error", ref=ref))
+        elif kind in ("login", "register"):
+            welcome = {"type": "welcome", "user": event["user"], "role": "user", "rooms": ["lobby"]}
+            connection.send(dict(welcome, **self.welcome, ref=ref))
+            if self.pushed:
+                connection.send(*self.pushed)
+            if self.close_message is not None:
+                connection.close("bye", self.close_message)
+        elif kind == "rooms":
+            connection.send({"type": "rooms", "ref": ref, "rooms": []})
+        elif kind == "who":
+            connection.send({"type": "who", "ref": ref, "room": event["room"], "members": [], "users": []})
+        elif kind == "history":
+            connection.send(
+                {"type": "history", "ref": ref, "stream": event["stream"], "events": [], "more": False}
+            )
+        else:
+            connection.send({"type": "ack", "ref": ref})
+
+
+class _Relay(Protocol):
+    def __init__(self, peer: Protocol | None = None) -> None:
+        self.peer = peer
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.peer is not None and self.peer.transport is not None
+        self.peer.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class _ProxiedClient(_Relay):
+    """The client's side of a :class:`BitFlipProxy` connection: bytes from
+    the client go to the server once that connection is up."""
+
+    def __init__(self, proxy: BitFlipProxy) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.early = b""
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        upstream = _ServerSide(self, self.proxy.take_flip())
+        d = endpoints.connectProtocol(self.proxy.target, upstream)
+        d.addCallback(self._up)
+        d.addErrback(lambda _: self.transport.loseConnection())
+
+    def _up(self, upstream: Protocol) -> None:
+        self.peer = upstream
+        self.transport.resumeProducing()
+
+
+class _ServerSide(_Relay):
+    """Bytes from the server, line by line; with ``flip``, one bit of the
+    MAC in the server's FINISHED (its second line) is flipped."""
+
+    def __init__(self, client: _ProxiedClient, flip: bool) -> None:
+        super().__init__(client)
+        self.flip = flip
+        self.lines = 0
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.lines >= 2:
+            return super().dataReceived(data)
+        self.buffer += data
+        while self.lines < 2 and b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            self.lines += 1
+            if self.lines == 2 and self.flip:
+                record = bytearray(channel.decode_line(line))
+                assert record[0] == 0x04, "the server's second line is its FINISHED"
+                record[-1] ^= 0x01
+                line = channel.encode_line(bytes(record)).rstrip(b"\n")
+            super().dataReceived(line + b"\n")
+        if self.lines >= 2 and self.buffer:
+            rest, self.buffer = self.buffer, b""
+            super().dataReceived(rest)
+
+
+class BitFlipProxy:
+    """A loopback TCP proxy in front of a real server that flips one bit of
+    the server's FINISHED on the first ``flips`` connections, and relays
+    every other byte unchanged."""
+
+    def __init__(self, target_port: int, flips: int = 1) -> None:
+        self.target = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", target_port)
+        self.flips = flips
+        self.connections = 0
+        self.port = 0
+
+    def take_flip(self) -> bool:
+        self.connections += 1
+        if self.flips > 0:
+            self.flips -= 1
+            return True
+        return False
+
+    async def start(self, testcase: unittest.TestCase) -> BitFlipProxy:
+        factory = Factory.forProtocol(lambda: _ProxiedClient(self))
+        listening = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        testcase.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+        return self

@@ -31,6 +31,7 @@ from tests.support import (
     start_server,
     until,
 )
+from tests.test_cli import BitFlipProxy, HostileServer
 
 
 class GuiTests(unittest.TestCase):
@@ -317,6 +318,174 @@ class GuiTests(unittest.TestCase):
         self.assertEqual(
             (gui.home / "known_hosts").read_text(), f"127.0.0.1:{server.port} {pinned}\n", "pin unchanged"
         )
+
+    async def test_a_first_contact_whose_finished_fails_pins_nothing(self) -> None:
+        """The accepted key is pinned only once the server proves it holds
+        it: a FINISHED with one bit flipped leaves known_hosts as it was,
+        and the next, sound, connection pins the key."""
+        server = await start_server(self)
+        proxy = await BitFlipProxy(server.port, flips=1).start(self)
+        known_hosts = Path(self.mktemp()).resolve() / "home"
+        gui = await start_gui(self, home=known_hosts)
+        await gui.connect(proxy.port, "alice", PASSWORD)
+        await gui.wait("controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+        error = await gui.wait(
+            "controller.dialog.isVisible() and controller.window is None and controller.dialog.error.text()"
+        )
+        self.assertIn("Could not connect", error)
+        self.assertFalse((gui.home / "known_hosts").exists(), "a key was pinned before FINISHED verified")
+        self.assertEqual(proxy.connections, 1)
+
+        await gui.log_in(proxy.port, "alice", PASSWORD)  # asked again, accepted again
+        self.assertEqual(
+            (gui.home / "known_hosts").read_text(), f"127.0.0.1:{proxy.port} {server.identity.fingerprint}\n"
+        )
+
+    async def test_peer_text_in_the_log_is_escaped(self) -> None:
+        """A CLOSE, an ALERT or an error from a hostile server reaches the
+        GUI's log (stderr, --verbose) as one escaped line: no CR to forge
+        a line, no ESC or BEL for the terminal."""
+        forged = "\r\n12:00 connected to bank.example as root\x1b[2J\x07\u202e"
+        servers = [
+            await HostileServer(close_message="bye" + forged).start(self),
+            await HostileServer(alert="no" + forged).start(self),
+            await HostileServer(login_error={"code": "odd" + forged, "message": "m" + forged}).start(self),
+        ]
+        gui = await start_gui(self, verbose=True)
+        for n, hostile in enumerate(servers):
+            await gui.connect(hostile.port, "alice", PASSWORD)
+            if hostile.alert is None:  # (an alert comes before the key)
+                await gui.wait("controller.trust.dialog and controller.trust.dialog.isVisible()")
+                await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+            if n == 0:
+                await gui.process.wait_for(r"connection lost \(bye", fd=2)
+                await gui.exec("controller.client.stop()\nwindow().logged_out_callback()")
+            await gui.wait("controller.dialog.isVisible() and controller.window is None")
+        await gui.process.wait_for(r"not connected: .*no", fd=2)
+        await gui.process.wait_for(r"session setup failed: odd", fd=2)
+        errors = gui.process.errors()
+        escaped = "\\r\\n12:00 connected to bank.example as root\\x1b[2J\\x07\\u202e"
+        self.assertIn("bye" + escaped, errors)
+        self.assertIn("no" + escaped, errors)
+        self.assertIn("odd" + escaped, errors)
+        for raw in ("\r", "\x1b", "\x07", "\u202e"):
+            self.assertNotIn(raw, errors)
+        self.assertFalse([line for line in gui.process.lines[2] if line.startswith("12:00")])
+
+    async def test_the_new_room_dialog_stays_open_on_a_refused_name(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        await bob.request({"type": "create", "room": "taken"})
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        before = await gui.view_text()
+        await gui.exec("shortcut('Ctrl+N')")
+        await gui.wait("modal() and modal().objectName() == 'create-room'")
+        await gui.exec(
+            "d = modal()\n"
+            "type_text(d.findChild(QLineEdit, 'room-name'), 'taken')\n"
+            "type_text(d.findChild(QLineEdit, 'room-topic'), 'ours')\n"
+            "click(d.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok))"
+        )
+        error = await gui.wait(
+            "d.findChild(QLabel, 'create-error').isVisible() and d.findChild(QLabel, 'create-error').text()"
+        )
+        self.assertIn("taken", error)
+        self.assertTrue(await gui.eval("d.isVisible() and modal() is d"), "the dialog closed")
+        self.assertEqual(await gui.eval("d.findChild(QLineEdit, 'room-name').text()"), "taken")
+        self.assertEqual(await gui.eval("d.findChild(QLineEdit, 'room-topic').text()"), "ours")
+        self.assertEqual(await gui.view_text(), before, "the error went to the conversation")
+        self.assertEqual(await gui.eval("window().model.current"), "room:lobby")
+        await gui.eval(f"shot(d, {str(Path(self.mktemp()).resolve()) + '.png'!r})")
+
+        # Another name: created, joined, and the dialog is gone.
+        await gui.exec(
+            "name = d.findChild(QLineEdit, 'room-name')\n"
+            "name.selectAll()\n"
+            "type_text(name, 'fresh')\n"
+            "press(name, 'Return')"
+        )
+        await gui.wait("window().model.current == 'room:fresh'")
+        await gui.wait("not d.isVisible() and modal() is None")
+        await gui.wait("window().header.text() and 'ours' in window().header.text()")
+
+    async def test_the_member_pane_of_a_dm_shows_the_peers_presence(self) -> None:
+        server = await start_server(self)
+        bob = await logged_in(self, server, "bob")
+        carol = await logged_in(self, server, "carol")
+        await carol.close()  # carol exists, and is offline
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await gui.exec("window().open_dm('bob')")
+        await gui.wait("window().model.current == 'dm:alice:bob'")
+        shown = await gui.wait("'● bob' in texts(window().member_list) and texts(window().member_list)")
+        self.assertEqual(shown, ["● alice", "● bob"])
+        await gui.eval(f"shot(window(), {str(Path(self.mktemp()).resolve()) + '.png'!r})")
+        self.assertIn(
+            "online",
+            await gui.eval("window().member_list.item(1).toolTip()"),
+        )
+        await gui.exec("window().open_dm('carol')")
+        await gui.wait("window().model.current == 'dm:alice:carol'")
+        await gui.wait("'○ carol' in texts(window().member_list)")
+        # bob leaves: the next refresh shows it.
+        await bob.close()
+        await gui.exec("window().open_dm('bob')")
+        await gui.wait("'○ bob' in texts(window().member_list)")
+
+    async def test_bidi_text_orders_only_itself(self) -> None:
+        """An RLO (or right-to-left text) in a peer's name, body or topic is
+        a bidi isolate in the view: it cannot reorder the time, the sender
+        or the words around it, as laid out in the rendered document."""
+        rlo = "\u202e"
+        now = 1_700_000_000_000
+        pushed = [
+            {"type": "msg", "room": "lobby", "stream": "room:lobby", "id": 1, "ts": now,
+             "from": "eve" + rlo, "body": "hello world"},
+            {"type": "msg", "room": "lobby", "stream": "room:lobby", "id": 2, "ts": now,
+             "from": "bob", "body": "abc" + rlo + " after"},
+            {"type": "topic", "room": "lobby", "stream": "room:lobby", "id": 3, "ts": now,
+             "by": "mallory\u2069" + rlo, "topic": "plain words"},
+        ]  # fmt: skip
+        hostile = await HostileServer(
+            welcome={"streams": {"room:lobby": 3}}, pushed=pushed, close_message="bye" + rlo
+        ).start(self)
+        gui = await start_gui(self)
+        await gui.log_in(hostile.port, "alice", PASSWORD)
+        await gui.wait("'Reconnecting' in window().view.toPlainText()")
+        # Where a character is drawn: its glyph's position in the laid out
+        # block (cursorToX would give the logical order inside an override).
+        await gui.exec(
+            "def drawn_at(text, marker):\n"
+            "    block = window().view.document().begin()\n"
+            "    while block.isValid():\n"
+            "        if marker in block.text():\n"
+            "            at = block.text().index(text)\n"
+            "            point = block.layout().glyphRuns(at, 1)[0].positions()[0]\n"
+            "            return point.x(), point.y()\n"
+            "        block = block.next()\n"
+            "    raise LookupError(marker)\n"
+        )
+        wrong = []
+
+        async def reads_in_order(marker: str, *texts: str) -> None:
+            """``texts`` are drawn left to right on one line of the block
+            that holds ``marker``."""
+            drawn = [await gui.eval(f"drawn_at({t!r}, {marker!r})") for t in texts]
+            if len({y for _, y in drawn}) != 1 or [x for x, _ in drawn] != sorted(x for x, _ in drawn):
+                wrong.append((marker, texts, drawn))
+
+        await reads_in_order("hello", ":", "eve")  # eve's message: time, then her name
+        await reads_in_order("hello", "hello", "world")  # her body, as written
+        await reads_in_order("abc", ":", "bob")  # an RLO in a body leaves time and sender be
+        # The topic notice reads "mallory set the topic: plain words"
+        # (mallory's stray PDI cannot close the isolate early).
+        await reads_in_order("plain", "set", "topic:", "plain")
+        # The server's goodbye, in a notice of our own.
+        await reads_in_order("Reconnecting", ").", "Reconnecting")
+        self.assertEqual(wrong, [], "reordered by an RLO from the network")
+        await gui.eval(f"shot(window(), {str(Path(self.mktemp()).resolve()) + '.png'!r})")
 
     async def test_keyboard_search_switching_and_focus(self) -> None:
         server = await start_server(self)

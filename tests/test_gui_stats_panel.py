@@ -30,7 +30,16 @@ else:
     APP = QApplication.instance() or QApplication([])
 
 INTERVAL = 0.2
-IDLE = "import time; print('up', flush=True); time.sleep(60)"
+#: An idle child that holds exactly argv[1] open file descriptors (the
+#: listing counts its own descriptor too).
+IDLE_WITH_FDS = (
+    "import os, sys, time\n"
+    "want, held = int(sys.argv[1]), []\n"
+    "while len(os.listdir('/proc/self/fd')) - 1 < want:\n"
+    "    held.append(open(os.devnull))\n"
+    "print('up', flush=True)\n"
+    "time.sleep(60)\n"
+)
 SERIES = ("cpu", "system_cpu", "memory", "connections", "authenticated", "messages_in", "messages_out")
 
 
@@ -160,9 +169,9 @@ class StatsPanelTests(unittest.TestCase):
     async def test_the_process_table_sorts_numbers_as_numbers_and_is_read_only(self) -> None:
         server = await monitored_server(self)
         monitoring = server.service.getServiceNamed("monitoring")
-        # Two more processes in the server's tree, with far fewer open
-        # files than the server: as text "3" would sort after "27".
-        children = [spawn(self, "idle", [PYTHON, "-c", IDLE]) for _ in range(2)]
+        # Two more processes in the server's tree, with 9 and 10 open
+        # files: as text "10" sorts before "9", whatever the server holds.
+        children = [spawn(self, "idle", [PYTHON, "-c", IDLE_WITH_FDS, str(n)]) for n in (9, 10)]
         for child in children:
             await child.wait_for("^up$")
         pids = {child.transport.pid for child in children}

@@ -18,6 +18,7 @@ from twisted.logger import (
 )
 
 from chatclient.known_hosts import KnownHosts, server_id
+from chatserver.safetext import log_text
 
 log = Logger(namespace="chatclient.gui")
 
@@ -104,6 +105,7 @@ class App:
             login.password,
             register=login.register,
             connect_attempts=1,
+            proven=self.trust.proven,
         )
         self.window = MainWindow(self.reactor, self.client, server)
         self.trust.parent = self.window
@@ -128,11 +130,12 @@ class App:
 
     def _state(self, state: str, detail: Any) -> None:
         if state == "reconnecting":
-            log.info("connection lost ({why}); reconnecting", why=getattr(detail, "message", detail))
+            why = log_text(str(getattr(detail, "message", detail)))
+            log.info("connection lost ({why}); reconnecting", why=why)
         elif state == "online":
             log.info("online, secure; server key {fingerprint}", fingerprint=self.client.session.fingerprint)
         elif state == "failed":
-            log.warn("not connected: {why}", why=getattr(detail, "message", None) or detail)
+            log.warn("not connected: {why}", why=log_text(str(getattr(detail, "message", None) or detail)))
 
     def _first_state(self, login: Any, state: str, detail: Any) -> None:
         if self.client is None or self.client.connections > 1:

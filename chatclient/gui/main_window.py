@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from chatclient import commands
 from chatclient.gui.model import ChatModel, Conversation, dm_stream, room_stream
 from chatclient.gui.notify import Notifier
-from chatclient.gui.render import Renderer, day
+from chatclient.gui.render import Renderer, day, peer
 from chatclient.gui.servers import Server
 from chatclient.gui.trust import fingerprint_text
 from chatclient.gui.widgets import ChatInput, MessageView, ask_text
@@ -262,7 +262,7 @@ class MainWindow(QMainWindow):
             self.online(detail or {})
         elif state == "reconnecting":
             self.stats_subscribed = False
-            reason = getattr(detail, "message", "") or str(detail or "")
+            reason = peer(getattr(detail, "message", "") or str(detail or ""))
             self.notice(f"Disconnected ({reason}). Reconnecting…", error=True)
             self._countdown.start()
             self._show_countdown()
@@ -274,7 +274,7 @@ class MainWindow(QMainWindow):
                 self._countdown.start()  # a setup that fails waits for the next attempt
         elif state == "failed":
             self._countdown.stop()
-            reason = getattr(detail, "message", None) or str(detail)
+            reason = peer(getattr(detail, "message", None) or str(detail))
             self._set_state_text(f"Disconnected: {reason}", "bad")
             if self.client.connections > 0:
                 self.notice(f"Disconnected for good: {reason}", error=True)
@@ -348,7 +348,7 @@ class MainWindow(QMainWindow):
         if kind == "invited" and "by" in event:
             by, room = str(event["by"]), str(event.get("room"))
             self._note(self.renderer.invitation(by, room))
-            self.notifier.notify("Invitation", f"{by} invited you to #{room}")
+            self.notifier.notify("Invitation", f"{peer(by)} invited you to #{peer(room)}")
             return
         added = self.model.add_event(event)
         if added is None:
@@ -376,8 +376,8 @@ class MainWindow(QMainWindow):
                 self._update_header()
         from_other = event.get("from") not in (None, self.client.user)
         if from_other and (kind == "dm" or self.model.mentions_me(event)):
-            where = "Direct message" if kind == "dm" else f"#{conversation.name}"
-            self.notifier.notify(f"{event.get('from')} — {where}", str(event.get("body", "")))
+            where = "Direct message" if kind == "dm" else f"#{peer(conversation.name)}"
+            self.notifier.notify(f"{peer(event.get('from'))} — {where}", peer(event.get("body", "")))
 
     # --- conversations ----------------------------------------------------------------
 
@@ -389,7 +389,7 @@ class MainWindow(QMainWindow):
             listing.blockSignals(True)
             listing.clear()
             for conversation in conversations:
-                label = ("#" if conversation.kind == "room" else "") + conversation.name
+                label = ("#" if conversation.kind == "room" else "") + peer(conversation.name)
                 if conversation.unread:
                     label += f"  ({conversation.unread})"
                 item = QListWidgetItem(label)
@@ -588,13 +588,13 @@ class MainWindow(QMainWindow):
             self.header.setText("")
             return
         if conversation.kind == "room":
-            title = f"<b>#{html.escape(conversation.name)}</b>"
+            title = f"<b>#{html.escape(peer(conversation.name))}</b>"
             if conversation.topic:
-                title += f" — {html.escape(conversation.topic)}"
+                title += f" — {html.escape(peer(conversation.topic))}"
             if not conversation.joined:
                 title += " <i>(you are no longer a member)</i>"
         else:
-            title = f"<b>{html.escape(conversation.name)}</b> — direct messages"
+            title = f"<b>{html.escape(peer(conversation.name))}</b> — direct messages"
         self.header.setText(title)
         in_room = conversation.kind == "room" and conversation.joined
         self.leave_action.setEnabled(in_room)
@@ -651,16 +651,12 @@ class MainWindow(QMainWindow):
         conversation = self.current()
         if conversation is None or self.client.state != "online":
             return
-        if conversation.kind != "room" or not conversation.joined:
+        if conversation.kind == "dm":
+            self._dm_members(conversation)
+            return
+        if not conversation.joined:
             self.members_heading.setText("Members")
-            self._show_members(
-                [{"user": self.client.user, "role": "member", "online": True}]
-                + (
-                    [{"user": conversation.name, "role": "member", "online": None}]
-                    if conversation.kind == "dm"
-                    else []
-                )
-            )
+            self._show_members([{"user": self.client.user, "role": "member", "online": True}])
             return
         stream = conversation.stream
 
@@ -671,6 +667,39 @@ class MainWindow(QMainWindow):
         self.request({"type": "who", "room": conversation.name}).addCallbacks(
             got, lambda failure: self._report(failure, "who")
         )
+
+    def _dm_members(self, conversation: Conversation) -> None:
+        """Us and the peer, with the peer's presence as the server reports
+        it in the member list of a room we share (the lobby, as a rule);
+        with no room in common it is unknown, and shown so."""
+        stream, peer = conversation.stream, conversation.name
+        me = {"user": self.client.user, "role": "member", "online": True}
+        rooms = sorted((c.name for c in self.model.rooms()), key=lambda r: (r != "lobby", r))
+
+        def show(presence: bool | None) -> None:
+            if self.model.current == stream:
+                self._show_members([me, {"user": peer, "role": "member", "online": presence}])
+
+        def ask(remaining: list[str]) -> None:
+            if not remaining:
+                return show(None)
+
+            def got(answer: dict[str, Any]) -> None:
+                found = [m for m in answer.get("members", []) if m.get("user") == peer]
+                if found:
+                    show(bool(found[0].get("online")))
+                else:
+                    ask(remaining[1:])
+
+            def failed(failure: Failure) -> None:
+                if not failure.check(ConnectionClosed):
+                    ask(remaining[1:])
+
+            self.request({"type": "who", "room": remaining[0]}).addCallbacks(got, failed)
+
+        if self.model.current == stream and [m.get("user") for m in self.members] != [me["user"], peer]:
+            show(None)  # until the server answers
+        ask(rooms)
 
     def _show_members(self, members: list[dict[str, Any]]) -> None:
         self.members = members
@@ -683,11 +712,12 @@ class MainWindow(QMainWindow):
             user = member.get("user", "?")
             role = member.get("role", "member")
             presence = member.get("online")
-            dot = "●" if presence else "○"
+            dot = "◌" if presence is None else "●" if presence else "○"
             badge = {"owner": "  ★ owner", "moderator": "  ◆ moderator"}.get(role, "")
-            item = QListWidgetItem(f"{dot} {user}{badge}")
+            item = QListWidgetItem(f"{dot} {peer(user)}{badge}")
             item.setData(STREAM_ROLE, user)
-            item.setToolTip(f"{user}: {role}, {'online' if presence else 'offline'}")
+            state = "presence unknown" if presence is None else "online" if presence else "offline"
+            item.setToolTip(f"{peer(user)}: {peer(role)}, {state}")
             if presence:
                 item.setForeground(self.palette().color(QPalette.ColorRole.Text))
             else:
@@ -847,7 +877,7 @@ class MainWindow(QMainWindow):
             self.load_older()
         elif action == "topic":
             conversation = self.current()
-            self.notice(f"Topic: {conversation.topic if conversation else ''}")
+            self.notice(f"Topic: {peer(conversation.topic) if conversation else ''}")
         elif action in ("join", "part", "request"):
             assert command.request is not None
             request = command.request
@@ -884,14 +914,14 @@ class MainWindow(QMainWindow):
         if failure.check(ServerError):
             retry = failure.value.event.get("retry_after")
             extra = f" (try again in {retry} s)" if retry else ""
-            self.notice(f"{what}: {failure.value.message}{extra}", error=True)
+            self.notice(f"{what}: {peer(failure.value.message)}{extra}", error=True)
         else:
-            self.notice(f"{what}: {failure.getErrorMessage()}", error=True)
+            self.notice(f"{what}: {peer(failure.getErrorMessage())}", error=True)
 
     # --- rooms and invitations -----------------------------------------------------------
 
     def create_room(self) -> QDialog:
-        dialog = QDialog(self)
+        dialog = _CreateRoomDialog(self)
         dialog.setObjectName("create-room")
         dialog.setWindowTitle("New room")
         name = QLineEdit()
@@ -907,26 +937,63 @@ class MainWindow(QMainWindow):
             kind.addItem(label, value)
         topic = QLineEdit()
         topic.setObjectName("room-topic")
+        error = QLabel()
+        error.setObjectName("create-error")
+        error.setTextFormat(Qt.TextFormat.PlainText)  # it quotes the server
+        error.setWordWrap(True)
+        error.setStyleSheet("color: #d04040")
+        error.hide()
         form = QFormLayout(dialog)
         form.addRow("&Name:", name)
         form.addRow("&Kind:", kind)
         form.addRow("&Topic:", topic)
+        form.addRow(error)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
         buttons.accepted.connect(dialog.accept)
         buttons.rejected.connect(dialog.reject)
         form.addRow(buttons)
+        ok = buttons.button(QDialogButtonBox.StandardButton.Ok)
 
-        def accepted() -> None:
+        def refused(text: str) -> None:
+            """Stay open with everything as typed, the reason shown here."""
+            error.setText(text)
+            error.show()
+            ok.setEnabled(True)
+            name.setFocus(Qt.FocusReason.OtherFocusReason)
+            name.selectAll()
+
+        def create() -> None:
             room = name.text().strip()
-            if room:
-                request = {"type": "create", "room": room, "kind": kind.currentData()}
-                if topic.text().strip():
-                    request["topic"] = topic.text().strip()
-                self.run_command(commands.Command("join", request, room), "")
+            if not room:
+                return refused("Enter a name for the room.")
+            request = {"type": "create", "room": room, "kind": kind.currentData()}
+            if topic.text().strip():
+                request["topic"] = topic.text().strip()
+            ok.setEnabled(False)
+            error.hide()
 
-        dialog.accepted.connect(accepted)
+            def created(_: Any) -> None:
+                dialog.close_accepted()
+                self.model.conversation(room_stream(room)).joined = True
+                self.refresh_lists()
+                self.open_conversation(room_stream(room))
+                self.refresh_topics()
+
+            def failed(failure: Failure) -> None:
+                if failure.check(ServerError):
+                    retry = failure.value.event.get("retry_after")
+                    extra = f" (try again in {retry} s)" if retry else ""
+                    refused(f"{failure.value.message}{extra}")
+                elif failure.check(ConnectionClosed):
+                    refused("The connection dropped before the server answered; try again.")
+                else:
+                    refused(failure.getErrorMessage())
+
+            self.request(request).addCallbacks(created, failed)
+
+        dialog.submit = create
         dialog.open()
         return dialog
 
@@ -1084,16 +1151,33 @@ def _heading(text: str) -> QLabel:
 def _describe(answer: dict[str, Any]) -> str:
     kind = answer.get("type")
     if kind == "rooms":
-        return "Rooms: " + ", ".join(f"#{r['room']} ({r['members']})" for r in answer.get("rooms", []))
+        return "Rooms: " + ", ".join(
+            f"#{peer(r['room'])} ({peer(r['members'])})" for r in answer.get("rooms", [])
+        )
     if kind == "who":
-        return f"#{answer.get('room')}: " + ", ".join(answer.get("users", []))
+        return f"#{peer(answer.get('room'))}: " + ", ".join(map(peer, answer.get("users", [])))
     if kind == "info":
         return (
-            f"{answer.get('server')}, up {answer.get('uptime', 0):.0f} s, "
-            f"{answer.get('users_online')} users online"
+            f"{peer(answer.get('server'))}, up {answer.get('uptime', 0):.0f} s, "
+            f"{peer(answer.get('users_online'))} users online"
         )
     if kind == "invited":
-        return f"Invited {answer.get('user')} to #{answer.get('room')}"
+        return f"Invited {peer(answer.get('user'))} to #{peer(answer.get('room'))}"
     if kind == "account":
-        return f"{answer.get('user')}: {'disabled' if answer.get('disabled') else 'enabled'}"
-    return str(answer)
+        return f"{peer(answer.get('user'))}: {'disabled' if answer.get('disabled') else 'enabled'}"
+    return peer(str(answer))
+
+
+class _CreateRoomDialog(QDialog):
+    """The New room dialog: OK (or Return) asks the server, and the dialog
+    closes only once the room exists; a refusal leaves it open, as typed,
+    with the reason in it."""
+
+    submit: Callable[[], None] | None = None
+
+    def accept(self) -> None:
+        if self.submit is not None:
+            self.submit()
+
+    def close_accepted(self) -> None:
+        super().accept()

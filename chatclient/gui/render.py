@@ -1,7 +1,10 @@
 """Events as the message view's rich text, in the palette's colours.
 
 Everything that came from the network is escaped before it becomes HTML;
-only the links this module makes are markup.
+only the links this module makes are markup.  And each such string is a
+bidi isolate (``safetext.bidi_isolate``): right-to-left text or an RLO in a
+name, a body or a topic orders only itself, never the time, the sender or
+the words around it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import urllib.parse
 from typing import Any
 
 from PyQt6.QtGui import QColor, QPalette
+
+from chatserver.safetext import bidi_isolate
 
 #: The scheme of links that act inside the client instead of opening a browser.
 JOIN_LINK = "chatclient:join/"
@@ -42,8 +47,14 @@ def _mix(a: QColor, b: QColor, share: float) -> str:
     ).name()
 
 
+def peer(value: Any) -> str:
+    """A string from the network as plain text of the view: isolated."""
+    return bidi_isolate(str(value))
+
+
 def body_html(body: str) -> str:
-    """Escape, make links clickable, keep line breaks."""
+    """Escape, make links clickable, keep line breaks; the whole an isolate."""
+    body = bidi_isolate(body)
     out = []
     last = 0
     for found in _URL.finditer(body):
@@ -79,16 +90,16 @@ def _until(event: dict[str, Any]) -> str:
 def notice_text(event: dict[str, Any]) -> str | None:
     """The words for a room event that is not a message."""
     kind = event.get("type")
-    user = event.get("user", "?")
-    by = event.get("by")
+    user = peer(event.get("user", "?"))
+    by = peer(event.get("by")) if event.get("by") is not None else None
     reason = event.get("reason")
-    because = f" ({reason})" if reason else ""
+    because = f" ({peer(reason)})" if reason else ""
     if kind == "joined":
         return f"{user} joined"
     if kind == "left":
         return f"{user} left"
     if kind == "topic":
-        return f"{by} set the topic: {event.get('topic', '')}"
+        return f"{by} set the topic: {peer(event.get('topic', ''))}"
     if kind == "kicked":
         return f"{user} was removed by {by}{because}"
     if kind == "banned":
@@ -101,8 +112,8 @@ def notice_text(event: dict[str, Any]) -> str | None:
         return f"{by} lifted the mute on {user}"
     if kind == "role":
         if by is None:
-            return f"{user} is now the {event.get('role')} (the owner left)"
-        return f"{by} made {user} {event.get('role')}"
+            return f"{user} is now the {peer(event.get('role'))} (the owner left)"
+        return f"{by} made {user} {peer(event.get('role'))}"
     return None
 
 
@@ -127,7 +138,7 @@ class Renderer:
         when = f'<span style="color:{self.dim}">{clock(event.get("ts"))}</span>'
         if kind in ("msg", "dm"):
             sender = str(event.get("from", "?"))
-            name = html.escape(sender)
+            name = html.escape(peer(sender))
             own = sender == self.me
             style = f"color:{sender_colour(sender, self.palette)}; font-weight:bold"
             background = ""
@@ -158,8 +169,8 @@ class Renderer:
         """A notice with a link that joins the room (see ``JOIN_LINK``)."""
         link = html.escape(JOIN_LINK + urllib.parse.quote(room, safe=""), quote=True)
         return (
-            f'<p style="margin:2px 3px">• {html.escape(by)} invited you to '
-            f'<b>#{html.escape(room)}</b> — <a href="{link}">join #{html.escape(room)}</a></p>'
+            f'<p style="margin:2px 3px">• {html.escape(peer(by))} invited you to '
+            f'<b>#{html.escape(peer(room))}</b> — <a href="{link}">join #{html.escape(peer(room))}</a></p>'
         )
 
     def conversation_html(

@@ -2,7 +2,9 @@
 and rules as the terminal client, with people answering instead of flags.
 
 A key seen for the first time is shown with its fingerprint and pinned
-only if the user accepts it (trust on first use).  A key that differs from
+only if the user accepts it (trust on first use), and only once the
+server has proven that it holds the key (its FINISHED verified: see
+:meth:`Trust.proven`).  A key that differs from
 the pinned one is refused before anything depending on it is sent, and a
 modal warning names both fingerprints; nothing the user can click in it
 connects anyway.  Dialogs are opened with ``open()``, never ``exec()``:
@@ -31,7 +33,8 @@ class KeyChanged(Exception):
 
 
 class Trust:
-    """A verifier for ``chatclient.session``: ``trust(fingerprint)``."""
+    """A verifier for ``chatclient.session``: ``trust(fingerprint)``, and
+    ``trust.proven(fingerprint)`` for after the server's proof."""
 
     def __init__(self, known_hosts: KnownHosts, server: str, parent: QWidget | None) -> None:
         self.known_hosts = known_hosts
@@ -40,6 +43,8 @@ class Trust:
         #: The dialog on screen (tests and screenshots look at it).
         self.dialog: QMessageBox | None = None
         self.mismatch: HostKeyMismatch | None = None
+        #: A new key the user accepted, pinned once the server proves it.
+        self.accepted: str | None = None
 
     def __call__(self, fingerprint: str) -> Deferred[bool]:
         known = self.known_hosts.lookup(self.server)
@@ -76,7 +81,7 @@ class Trust:
             self.dialog = None
             trusted = result == QMessageBox.StandardButton.Yes.value
             if trusted:
-                self.known_hosts.add(self.server, fingerprint)
+                self.accepted = fingerprint
             if not answer.called:
                 answer.callback(trusted)
 
@@ -84,6 +89,12 @@ class Trust:
         self.dialog = box
         box.open()
         return answer
+
+    def proven(self, fingerprint: str) -> None:
+        """The server's FINISHED verified: pin the key the user accepted."""
+        if fingerprint == self.accepted:
+            self.known_hosts.pin(self.server, fingerprint)
+            self.accepted = None
 
     def _warn_changed(self, mismatch: HostKeyMismatch) -> None:
         # No parent: the window that asked goes away with the refused
