@@ -35,6 +35,12 @@ Verifier = Callable[[str], Any]
 Proven = Callable[[str], None]
 
 
+#: Requests whose answers are paged: type -> (list member, cursor member).
+PAGED = {"who": ("members", "user"), "rooms": ("rooms", "room")}
+#: The most pages one paged request is read for.
+MAX_PAGES = 1000
+
+
 class ServerError(Exception):
     """The server answered a request with an ``error`` event."""
 
@@ -250,7 +256,16 @@ class ChatSession:
         return len(self._pending)
 
     def request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        """Send ``event`` with a fresh ref; fires with the answer."""
+        """Send ``event`` with a fresh ref; fires with the answer.  A paged
+        request (``who``, ``rooms``) without ``after`` fires with every
+        page's entries in one answer (see :meth:`all_pages`)."""
+        paged = PAGED.get(event.get("type", ""))
+        if paged is not None and "after" not in event:
+            return self.all_pages(event, *paged)
+        return self.send_request(event)
+
+    def send_request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Send ``event`` as it is, with a fresh ref; fires with the answer."""
         if self.closed.called:
             return defer.fail(ConnectionClosed(False, "closed", "session is closed"))
         ref = next(self._refs)
@@ -294,15 +309,22 @@ class ChatSession:
         ``items`` list holding those of every page in order.  ``cursor``
         names the member of an item that the next page starts after."""
         collected: list[Any] = []
+        pages = [0]
 
         def page(answer: dict[str, Any]) -> Any:
             collected.extend(answer[items])
-            if answer.get("more") and answer[items]:
+            pages[0] += 1
+            # Bounded, whatever a server says: 1,000 pages of 200 entries.
+            if answer.get("more") and answer[items] and pages[0] < MAX_PAGES:
                 after = answer[items][-1][cursor]
-                return self.request(dict(request, after=after)).addCallback(page)
-            return dict(answer, **{items: collected})
+                return self.send_request(dict(request, after=after)).addCallback(page)
+            whole = dict(answer, **{items: collected})
+            if "users" in answer:  # who: the names again
+                whole["users"] = [entry["user"] for entry in collected]
+            whole["more"] = False
+            return whole
 
-        return self.request(dict(request)).addCallback(page)
+        return self.send_request(dict(request)).addCallback(page)
 
     def who(self, room: str) -> Deferred[list[str]]:
         """The names of every member of ``room``, all pages."""
