@@ -304,6 +304,22 @@ class LimitTests(Helpers):
         self.assertEqual(ack["stream"], "room:r1")
 
 
+    async def test_a_full_default_room_is_not_joined_at_first_login(self) -> None:
+        """The spec (both "Sessions" and "Rooms and roles"): the first
+        login's default-room membership needs space in the room; the login
+        succeeds without it, and a later first login with space joins."""
+        server = await start_server(self, max_room_members=2)
+        await logged_in(self, server, "alice")
+        bob = await logged_in(self, server, "bob")
+        carol = await open_session(self, server)
+        welcome = await carol.register("carol", PASSWORD)
+        self.assertEqual(welcome["rooms"], [])
+        self.assertEqual(sorted(await bob.who("lobby")), ["alice", "bob"])
+        await bob.request({"type": "part", "room": "lobby"})
+        dave = await open_session(self, server)
+        self.assertEqual((await dave.register("dave", PASSWORD))["rooms"], ["lobby"])
+
+
 class RestartTests(Helpers):
     async def test_rooms_membership_roles_and_invites_survive_a_restart(self) -> None:
         server = await start_server(self)
