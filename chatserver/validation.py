@@ -145,20 +145,6 @@ def _list_limit(value: Any, limits: Limits | None = None) -> int:
     return value
 
 
-def _after_room(value: Any, limits: Limits | None = None) -> str:
-    try:
-        return room(value)
-    except RequestError as e:
-        raise RequestError(e.code, e.message, "after") from None
-
-
-def _after_user(value: Any, limits: Limits | None = None) -> str:
-    try:
-        return username(value)
-    except RequestError as e:
-        raise RequestError(e.code, e.message, "after") from None
-
-
 def count(value: Any, limits: Limits | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
         raise RequestError("bad_field", "limit must be an integer from 1 to 1000", "limit")
@@ -192,18 +178,23 @@ def _choice(field: str, choices: tuple[str, ...]) -> Check:
     return check
 
 
-def _target(value: Any, limits: Limits | None = None) -> str:
-    try:
-        return username(value)
-    except RequestError as e:
-        raise RequestError(e.code, e.message, "user") from None
+def _held_in(check: Check, field: str) -> Check:
+    """``check`` for a value held in the member ``field``: its errors name
+    that member (a username in ``to``, a room name in ``after`` ...)."""
+
+    def renamed(value: Any, limits: Limits | None = None) -> Any:
+        try:
+            return check(value, limits)  # type: ignore[arg-type]
+        except RequestError as e:
+            raise RequestError(e.code, e.message, field) from None
+
+    return renamed
 
 
-def _recipient(value: Any, limits: Limits | None = None) -> str:
-    try:
-        return username(value)
-    except RequestError as e:
-        raise RequestError(e.code, e.message, "to") from None
+_target = _held_in(username, "user")
+_recipient = _held_in(username, "to")
+_after_room = _held_in(room, "after")
+_after_user = _held_in(username, "after")
 
 
 _REASON = (_short_text("reason", 200), False)

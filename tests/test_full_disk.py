@@ -135,6 +135,16 @@ class Helpers(unittest.TestCase):
         answer = await self.req(session, "who", room=room)
         return {m["user"]: m["role"] for m in answer["members"]}
 
+    async def assert_members_after_restart(
+        self, server: RunningServer, user: str, expected: Any
+    ) -> ChatSession:
+        """Restarted on the same files, the server has ``expected`` as the
+        members of den, seen by ``user``, whose session it returns."""
+        server = await self.restart(server)
+        session = await logged_in(self, server, user, register=False)
+        self.assertEqual(await self.members(session, "den"), expected)
+        return session
+
     async def rooms(self, session: ChatSession) -> dict[str, dict[str, Any]]:
         answer = await self.req(session, "rooms")
         return {r["room"]: r for r in answer["rooms"]}
@@ -157,9 +167,7 @@ class FullDatabaseTests(Helpers):
         await db.free()
         ack = await self.req(alice, "create", room="den")  # not room_exists
         await self.req(alice, "say", room="den", body="kept")
-        server = await self.restart(server)
-        alice = await logged_in(self, server, "alice", register=False)
-        self.assertEqual(await self.members(alice, "den"), {"alice": "owner"})
+        alice = await self.assert_members_after_restart(server, "alice", {"alice": "owner"})
         events = await self.history(alice, "room:den")
         self.assertEqual([e["type"] for e in events], ["joined", "msg"])
         self.assertEqual(events[0]["id"], ack["id"])
@@ -194,9 +202,7 @@ class FullDatabaseTests(Helpers):
         await self.refused_internal(self.req(bob, "part", room="den"))
         self.assertEqual(await self.members(alice, "den"), {"alice": "owner", "bob": "member"})
         await db.free()
-        server = await self.restart(server)
-        alice = await logged_in(self, server, "alice", register=False)
-        self.assertEqual(await self.members(alice, "den"), {"alice": "owner", "bob": "member"})
+        await self.assert_members_after_restart(server, "alice", {"alice": "owner", "bob": "member"})
 
     async def test_owner_part_keeps_owner_and_heir(self) -> None:
         server = await self.start()
@@ -209,9 +215,7 @@ class FullDatabaseTests(Helpers):
         await self.refused_internal(self.req(alice, "part", room="den"))
         self.assertEqual(await self.members(bob, "den"), {"alice": "owner", "bob": "member"})
         await db.free()
-        server = await self.restart(server)
-        bob = await logged_in(self, server, "bob", register=False)
-        self.assertEqual(await self.members(bob, "den"), {"alice": "owner", "bob": "member"})
+        await self.assert_members_after_restart(server, "bob", {"alice": "owner", "bob": "member"})
 
     async def test_topic(self) -> None:
         server = await self.start()
@@ -265,9 +269,7 @@ class FullDatabaseTests(Helpers):
         self.assertEqual(error.code, "muted")
         error = await self.assertFailure(self.req(carol, "join", room="den"), ServerError)
         self.assertEqual(error.code, "banned")
-        server = await self.restart(server)
-        alice = await logged_in(self, server, "alice", register=False)
-        self.assertEqual(await self.members(alice, "den"), before)
+        alice = await self.assert_members_after_restart(server, "alice", before)
         types = [e["type"] for e in await self.history(alice, "room:den")]
         self.assertEqual(types, ["joined", "joined", "banned", "muted"])
 
@@ -285,9 +287,7 @@ class FullDatabaseTests(Helpers):
         self.assertEqual(await self.members(alice, "den"), {"alice": "owner", "bob": "moderator"})
         await db.free()
         await self.req(bob, "say", room="den", body="not muted")
-        server = await self.restart(server)
-        alice = await logged_in(self, server, "alice", register=False)
-        self.assertEqual(await self.members(alice, "den"), {"alice": "owner", "bob": "moderator"})
+        await self.assert_members_after_restart(server, "alice", {"alice": "owner", "bob": "moderator"})
 
     async def test_disable(self) -> None:
         server = await self.start()
@@ -404,6 +404,4 @@ class DiskFullTmpfsTests(Helpers):
         ballast.unlink()
         await defer.succeed(None)
         await self.req(bob, "join", room="den")
-        server = await self.restart(server)
-        alice = await logged_in(self, server, "alice", register=False)
-        self.assertEqual(await self.members(alice, "den"), {"alice": "owner", "bob": "member"})
+        await self.assert_members_after_restart(server, "alice", {"alice": "owner", "bob": "member"})

@@ -577,18 +577,23 @@ class ReviewFixTests(RoomTestCase):
 
 
 class AuthorizationTests(RoomTestCase):
+    def set_server_role(self, user: str, role: str) -> None:
+        """Change an account's server role beside the running server, in
+        its database file, as the admin tool does."""
+        conn = store.open_database(self.server.settings.database_path)
+        try:
+            with conn:
+                conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, user))
+        finally:
+            conn.close()
+
     async def test_admin_added_while_running_is_protected_before_first_login(self) -> None:
         """An admin made with the admin tool while the server runs cannot
         be banned, kicked or muted by a room owner, even before that admin
         has ever logged in (the server's start-up list does not know them)."""
         await self.room()
         # bob is a plain member of den; the admin tool now makes him admin.
-        conn = store.open_database(self.server.settings.database_path)
-        try:
-            with conn:
-                conn.execute("UPDATE users SET role = 'admin' WHERE name = 'bob'")
-        finally:
-            conn.close()
+        self.set_server_role("bob", "admin")
         for kind in ("ban", "kick", "mute"):
             await refused(self, moderate(self.owner, kind, "bob"), "forbidden", kind)
         self.assertIn("bob", await members(self.owner))
@@ -597,12 +602,7 @@ class AuthorizationTests(RoomTestCase):
         await self.room()
         self.assertTrue(add_admin(self.server, "root"))
         await refused(self, moderate(self.owner, "ban", "root"), "forbidden", "ban")
-        conn = store.open_database(self.server.settings.database_path)
-        try:
-            with conn:
-                conn.execute("UPDATE users SET role = 'user' WHERE name = 'root'")
-        finally:
-            conn.close()
+        self.set_server_role("root", "user")
         await moderate(self.owner, "ban", "root")
 
     async def assert_heir_after(self, kind: str) -> None:

@@ -303,7 +303,6 @@ class LimitTests(Helpers):
         ack = await carol.request({"type": "join", "room": "r1"})
         self.assertEqual(ack["stream"], "room:r1")
 
-
     async def test_a_full_default_room_is_not_joined_at_first_login(self) -> None:
         """The spec (both "Sessions" and "Rooms and roles"): the first
         login's default-room membership needs space in the room; the login
