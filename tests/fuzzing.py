@@ -799,6 +799,113 @@ def _check_answers(expected: list[tuple[dict[str, Any], Any, Mutation | None]], 
             assert (code, answer.get("field")) == (mutation.code, mutation.field), f"{mutation!r} got {answer!r}"
 
 
+# --- the handshake under attack ------------------------------------------------
+
+
+@st.composite
+def handshake_attacks(draw: Any) -> dict[str, Any]:
+    """Where in the handshake to misbehave (0: first line; 1: after the
+    SERVER_HELLO; 2: after a valid KEY_EXCHANGE, in place of FINISHED),
+    and the line to send there (``None``: the valid record, mutated at
+    ``mutate``, which the runner builds once it knows it)."""
+    stage = draw(st.integers(0, 2))
+    kind = draw(st.sampled_from(["mutated", "mutated", "record", "bytes", "alert", "long"]))
+    plan: dict[str, Any] = {"stage": stage, "kind": kind, "line": None, "mutate": None}
+    if kind == "mutated":
+        plan["mutate"] = draw(st.integers(0, 3)), draw(st.integers(0, 1 << 16)), draw(st.integers(1, 255)), draw(st.binary(min_size=1, max_size=8))
+    elif kind == "record":
+        rtype = draw(st.sampled_from([channel.CLIENT_HELLO, channel.KEY_EXCHANGE, channel.FINISHED, channel.SERVER_HELLO, channel.DATA, 0, 0xFF]))
+        plan["line"] = channel.encode_line(bytes((rtype,)) + draw(st.binary(max_size=120)))[:-1]
+    elif kind == "bytes":
+        plan["line"] = draw(st.binary(min_size=0, max_size=80).filter(lambda b: b"\n" not in b))
+    elif kind == "alert":
+        code = draw(st.sampled_from(sorted(ALERT_CODES)) | st.integers(0, 255))
+        plan["line"] = channel.encode_line(bytes((channel.ALERT, code)) + draw(st.text(chars, max_size=30)).encode())[:-1]
+    else:
+        plan["line"] = b"A" * draw(st.integers(65537, 70000))
+    return plan
+
+
+def _mutate(valid: bytes, how: tuple[int, int, int, bytes]) -> bytes:
+    op, where, mask, extra = how
+    n = len(valid)
+    i = where % n
+    if op == 0:
+        return valid[: max(1, i)]
+    if op == 1:
+        return valid + extra
+    if op == 2:
+        return valid[:i] + bytes((valid[i] ^ mask,)) + valid[i + 1 :]
+    return valid
+
+
+def run_handshake_attack(port: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """Misbehave once in the handshake.  The server must either go on as
+    the spec says (only for a record that is valid there) or refuse: at
+    most one ALERT, with a code of the spec's table, then the end of the
+    connection.  Returns what happened."""
+    with BlockingClient(port) as client:
+        hs = channel.ClientHandshake()
+        hello = hs.hello()
+        stage = plan["stage"]
+        valid = hello
+        if stage >= 1:
+            client.send_record(hello)
+            hs.receive_server_hello(client._record())
+            kex, finished = hs.key_exchange()
+            valid = kex
+        if stage >= 2:
+            client.send_record(kex)
+            valid = finished
+        line = plan["line"]
+        record = valid
+        if line is None:
+            record = _mutate(valid, plan["mutate"])
+            line = channel.encode_line(record)[:-1]
+        client.send_line(line)
+        if stage == 1 and line == channel.encode_line(kex)[:-1]:
+            client.send_record(finished)  # the valid KEY_EXCHANGE: finish
+            stage = 2
+            line = channel.encode_line(finished)[:-1]
+        try:
+            answer = client.read_line()
+        except socket.timeout:
+            raise AssertionError(f"no answer and no close after {plan!r}") from None
+        outcome: dict[str, Any] = {"answer": answer, "alert": None}
+        if answer is None:
+            return outcome  # closed without a word: allowed ("may" send an ALERT)
+        first = channel.decode_line(answer)
+        if first[0] == channel.ALERT:
+            assert len(first) >= 2, first
+            outcome["alert"] = first[1]
+            assert first[1] in ALERT_CODES, (
+                f"ALERT code {first[1]} is not in the spec's table (after {line[:80]!r} at stage {plan['stage']})"
+            )
+            assert len(first) - 2 <= 200, f"ALERT text of {len(first) - 2} bytes"
+            try:
+                rest = client.read_to_end()
+            except socket.timeout:
+                raise AssertionError("the connection stayed open after an ALERT") from None
+            assert rest == [], f"lines after the ALERT: {rest!r}"
+            return outcome
+        # The server went on: then what we sent was valid there.
+        expected = {0: channel.SERVER_HELLO, 2: channel.FINISHED}.get(stage)
+        assert first[0] == expected, f"server answered {first[:8]!r} to {line[:80]!r} at stage {plan['stage']}"
+        if stage == 0:
+            fields = spec_impl_parse_client_hello(channel.decode_line(line))
+            assert channel.PROTOCOL_VERSION in fields["versions"] and 1 in fields["suites"], fields
+        else:
+            assert line == channel.encode_line(finished)[:-1], "a FINISHED that is not the right one was accepted"
+            hs.receive_finished(first)
+        return outcome
+
+
+def spec_impl_parse_client_hello(record: bytes) -> dict[str, Any]:
+    from tests import spec_impl
+
+    return spec_impl.parse_client_hello(record)
+
+
 __all__ = [
     "ALERT_CODES",
     "BlockingClient",
