@@ -286,7 +286,11 @@ class HandshakeRecordProperties(unittest.TestCase):
             self.assertEqual(step, state, "a step out of order was accepted")
             self.assertEqual(record[0], [channel.CLIENT_HELLO, channel.KEY_EXCHANGE, channel.FINISHED][step])
 
-        valid = [self._client_hello(), bytes((channel.KEY_EXCHANGE, 1, 128)) + bytes(384), bytes((4,)) + bytes(32)]
+        valid = [
+            self._client_hello(),
+            bytes((channel.KEY_EXCHANGE, 1, 128)) + bytes(384),
+            bytes((4,)) + bytes(32),
+        ]
         cases = st.tuples(st.integers(0, 2), st.integers(0, 2)).flatmap(
             lambda t: st.tuples(st.just(t[0]), st.just(t[1]), records(valid[t[1]]))
         )
@@ -294,7 +298,11 @@ class HandshakeRecordProperties(unittest.TestCase):
 
 
 def _low_order() -> list[bytes]:
-    return [bytes(32), b"\x01" + bytes(31), bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")]
+    return [
+        bytes(32),
+        b"\x01" + bytes(31),
+        bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    ]
 
 
 class RecordLayerProperties(unittest.TestCase):
@@ -322,13 +330,19 @@ class RecordLayerProperties(unittest.TestCase):
             kind = draw(st.sampled_from(["sealed", "tampered", "line"]))
             if kind == "line":
                 return kind, draw(lines | records(sample).map(lambda r: base64.b64encode(r)))
-            rtype = draw(st.sampled_from([channel.DATA, channel.CLOSE, channel.KEY_UPDATE, channel.FINISHED, 0]))
+            rtype = draw(
+                st.sampled_from([channel.DATA, channel.CLOSE, channel.KEY_UPDATE, channel.FINISHED, 0])
+            )
             plaintext = draw(
                 st.binary(max_size=60)
                 | st.lists(fuzzing.any_events, min_size=1, max_size=3).map(channel.encode_events)
                 | st.just(b"")
             )
-            return kind, (rtype, plaintext, draw(records(b"\x17" + bytes(20)) if kind == "tampered" else st.none()))
+            return kind, (
+                rtype,
+                plaintext,
+                draw(records(b"\x17" + bytes(20)) if kind == "tampered" else st.none()),
+            )
 
         def prop(case: tuple[str, Any]) -> None:
             client, server = self._pair()
@@ -364,10 +378,27 @@ class RecordLayerProperties(unittest.TestCase):
             st.binary(max_size=80),
             st.lists(fuzzing.any_events, max_size=3).map(lambda e: channel.encode_events(e)),
             st.recursive(
-                st.sampled_from(['"\\ud800"', '"\\udfff\\ud800"', "NaN", "-Infinity", "1e400", "-0", "1" * 5000, '{"type":"x"}', "[]", "{}", "null", '"x"']),
-                lambda inner: st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
-                | st.lists(st.tuples(st.sampled_from(['"type"', '"a"', '"\\u0000"']), inner), max_size=3).map(
-                    lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}"
+                st.sampled_from(
+                    [
+                        '"\\ud800"',
+                        '"\\udfff\\ud800"',
+                        "NaN",
+                        "-Infinity",
+                        "1e400",
+                        "-0",
+                        "1" * 5000,
+                        '{"type":"x"}',
+                        "[]",
+                        "{}",
+                        "null",
+                        '"x"',
+                    ]
+                ),
+                lambda inner: (
+                    st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+                    | st.lists(
+                        st.tuples(st.sampled_from(['"type"', '"a"', '"\\u0000"']), inner), max_size=3
+                    ).map(lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}")
                 ),
                 max_leaves=8,
             ).map(str.encode),

@@ -33,7 +33,9 @@ class SpecTableTests(unittest.TestCase):
     def test_requests_match_the_spec_table(self) -> None:
         """Every request type of the spec's table is validated, with the
         members the table lists, required where it says so."""
-        implemented = {kind: {m: required for m, (_, required) in schema.items()} for kind, schema in REQUESTS.items()}
+        implemented = {
+            kind: {m: required for m, (_, required) in schema.items()} for kind, schema in REQUESTS.items()
+        }
         self.assertEqual(implemented, REQUEST_TABLE)
 
     def test_every_member_has_a_generator(self) -> None:
@@ -94,7 +96,8 @@ class ValidationProperties(unittest.TestCase):
                 self.assertIn(e.code, VALIDATION_CODES)
                 self.assertIsInstance(e.field, str)
                 self.assertTrue(
-                    e.field in ("type", "ref") or e.field in REQUEST_TABLE.get(event["type"], {})
+                    e.field in ("type", "ref")
+                    or e.field in REQUEST_TABLE.get(event["type"], {})
                     or any(name[:40] == e.field for name in event),
                     (event, e.code, e.field),
                 )
