@@ -326,7 +326,12 @@ def valid_values(
     if kind == "kind":
         return st.sampled_from(["public", "private", "readonly"])
     if kind == "stream":
-        users = st.sampled_from(pools["username"]) if pools and "username" in pools else lower_usernames
+        # Not lowercased in a stream: "dm:Alice:bob" is refused.
+        users = (
+            st.sampled_from(sorted({u.lower() for u in pools["username"]}))
+            if pools and "username" in pools
+            else lower_usernames
+        )
         rooms = st.sampled_from(pools["room"]) if pools and "room" in pools else room_names
         return rooms.map(lambda r: "room:" + r) | st.tuples(users, users).map(lambda p: f"dm:{p[0]}:{p[1]}")
     if kind == "event_id":
@@ -837,6 +842,10 @@ def run_session(
         # was answered ``logged_out`` (then CLOSE "logout"), or a record
         # that is no event list (no CLOSE).
         logged_out = any(a.get("type") == "logged_out" for a in answers)
+        if KNOWN_BUGS and client.closed_by is not None and client.closed_by.code == "logout":
+            # A logout behind a slower request closes before its answer
+            # (test_fuzz_server.test_logout_behind_a_message_...).
+            logged_out = logged_out or any(e.get("type") == "logout" for e, _, _ in expected)
         _check_answers(expected, answers, complete=done)
         if not done:
             assert logged_out or poisoned, (

@@ -170,3 +170,32 @@ class FoundByFuzzing(unittest.TestCase):
     test_an_alert_from_the_client_is_not_echoed.todo = (  # type: ignore[attr-defined]
         "ChatProtocol._drop sends AlertReceived.alert, the peer's own code, back to the peer"
     )
+
+    async def test_logout_behind_a_message_answers_both_before_closing(self) -> None:
+        """``[say, logout]`` in one record: the say waits for its commit,
+        the logout's token revocation is done first and schedules the
+        CLOSE at once, so the connection ends with neither the ``ack`` nor
+        ``logged_out`` sent.  The spec: answers leave in request order, and
+        logout "answers logged_out and then closes"."""
+        server = await start_server(self)
+        await logged_in(self, server, "fuzzer")
+
+        def say_and_leave() -> tuple[list[str], Any]:
+            with BlockingClient(server.port) as client:
+                client.login("fuzzer", PASSWORD)
+                client.send_events(
+                    [{"type": "say", "room": "lobby", "body": "bye", "ref": 1}, {"type": "logout", "ref": 2}]
+                )
+                answers = []
+                while (events := client.read_events()) is not None:
+                    answers += [e["type"] for e in events if "ref" in e]
+                return answers, client.closed_by
+
+        answers, closed_by = await threads.deferToThread(say_and_leave)
+        self.assertEqual(closed_by.code, "logout")
+        self.assertEqual(answers, ["ack", "logged_out"])
+
+    test_logout_behind_a_message_answers_both_before_closing.todo = (  # type: ignore[attr-defined]
+        "ChatProtocol._on_logout schedules close() when the revocation is done, "
+        "not when its answer (and the earlier ones) have been sent"
+    )
