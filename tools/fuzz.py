@@ -63,7 +63,9 @@ synchronous = normal
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--examples", type=int, default=int(os.environ.get("FUZZ_EXAMPLES", "1000000")))
     parser.add_argument(
         "--seconds",
@@ -82,7 +84,9 @@ def parse_args() -> argparse.Namespace:
 # --- 1. in process ---------------------------------------------------------------
 
 
-def in_process(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
+def in_process(
+    args: argparse.Namespace, workdir: Path, env: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[str]]:
     report = workdir / "in-process.jsonl"
     output = workdir / "in-process.log"
     env = dict(env, FUZZ_REPORT=str(report))
@@ -99,7 +103,9 @@ def in_process(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> 
     results = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
     findings = []
     if code != 0:
-        failed = re.findall(r"^\[(?:FAIL|ERROR)\]\n(.*?)^-{20,}|^\[(?:FAIL|ERROR)\]\n(.*?)(?=^\[)", text, re.M | re.S)
+        failed = re.findall(
+            r"^\[(?:FAIL|ERROR)\]\n(.*?)^-{20,}|^\[(?:FAIL|ERROR)\]\n(.*?)(?=^\[)", text, re.M | re.S
+        )
         findings.append(f"in-process properties failed (trial exit {code}); see {output}")
         for match in failed[:5]:
             body = (match[0] or match[1]).strip().splitlines()
@@ -118,7 +124,9 @@ class Twistd:
         self.stdout = (base / "twistd.out").open("wb")
         script = Path(sys.executable).parent / "twistd"
         argv = [str(script)] if script.exists() else ["-m", "twisted.scripts.twistd"]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        )
         self.process = subprocess.Popen(
             [sys.executable, *argv, "--nodaemon", "--pidfile=", "chatserver"]
             + ["--config", str(base / "chatserver.ini"), "--endpoint", "tcp:0:interface=127.0.0.1"]
@@ -236,7 +244,9 @@ class Bystander(threading.Thread):
             self.problem = f"bystander failed: {e!r}"
 
 
-def against_twistd(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+def against_twistd(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
     from tests import fuzzing
     from tests.fuzzing import BlockingClient, check
 
@@ -339,7 +349,10 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     findings: list[str] = []
     memory: dict[str, Any] = {}
-    print(f"make fuzz: up to {args.examples} examples or {args.seconds:.0f} s per property; in {workdir}", flush=True)
+    print(
+        f"make fuzz: up to {args.examples} examples or {args.seconds:.0f} s per property; in {workdir}",
+        flush=True,
+    )
     if not args.no_in_process:
         got, found = in_process(args, workdir, env)
         results += got
