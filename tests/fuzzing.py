@@ -709,6 +709,8 @@ PASSWORD = "correct horse battery"
 USER_POOL = ["fuzzer", "friend", "admin", "nobody", "Fuzzer", "x1"]
 ROOM_POOL = ["lobby", "fuzz", "secret", "quiet", "r1", "r2", "nope"]
 POOLS = {"username": USER_POOL, "room": ROOM_POOL}
+#: An admin session may disable accounts: not the ones the runs need.
+ADMIN_POOLS = {"username": ["nobody", "Nobody", "x1", "ghost"], "room": ROOM_POOL}
 
 
 class Step:
@@ -761,6 +763,8 @@ def sessions(draw: Any, kinds: list[str] | None = None) -> dict[str, Any]:
     """A connection's worth of traffic after a real handshake: whether to
     log in first, and records of valid, mutated and arbitrary requests,
     perhaps ending with a record that is not a valid event list."""
+    user = draw(st.sampled_from(["fuzzer", "fuzzer", "fuzzer", "admin"]))
+    pools = ADMIN_POOLS if user == "admin" else POOLS
     ref = 0
     steps = []
     for _ in range(draw(st.integers(1, 4))):
@@ -769,11 +773,11 @@ def sessions(draw: Any, kinds: list[str] | None = None) -> dict[str, Any]:
             ref += 1
             choice = draw(st.sampled_from(["valid", "valid", "mutated", "mutated", "any"]))
             if choice == "valid":
-                event, _ = draw(valid_requests(kinds, POOLS))
+                event, _ = draw(valid_requests(kinds, pools))
                 event["ref"] = ref
                 events.append((event, ref, None))
             elif choice == "mutated":
-                mutation = draw(mutated_requests(kinds, POOLS))
+                mutation = draw(mutated_requests(kinds, pools))
                 event = mutation.request
                 if mutation.field != "ref":
                     event["ref"] = ref
@@ -786,13 +790,32 @@ def sessions(draw: Any, kinds: list[str] | None = None) -> dict[str, Any]:
                 event["ref"] = ref
                 events.append((event, ref, None))
         steps.append(Step(events))
-    if draw(st.integers(0, 9)) == 0:
+    # (sampled_from: Hypothesis draws the ends of an integer range often)
+    if draw(st.sampled_from([False] * 9 + [True])):
         steps.append(Step(poison=draw(poisons)))
     return {
-        "login": draw(st.integers(0, 4)) > 0,
+        "user": user,
+        "login": draw(st.sampled_from([True] * 4 + [False])),
         "rekey_after": draw(st.sampled_from([2, 5, channel.REKEY_AFTER_RECORDS])),
         "steps": steps,
     }
+
+
+def seed(port: int) -> None:
+    """The accounts and rooms the sessions expect (the server is new):
+    ``fuzzer`` owns the rooms ``fuzz`` (public), ``secret`` (private) and
+    ``quiet`` (readonly); ``friend`` is invited to ``secret``."""
+    with BlockingClient(port) as client:
+        client.login("fuzzer", PASSWORD, register=True)
+        for room, kind in (("fuzz", "public"), ("secret", "private"), ("quiet", "readonly")):
+            answer = client.request({"type": "create", "room": room, "kind": kind, "ref": room})
+            assert answer["type"] == "ack", answer
+    with BlockingClient(port) as client:
+        client.login("friend", PASSWORD, register=True)
+    with BlockingClient(port) as client:
+        client.login("fuzzer", PASSWORD)
+        answer = client.request({"type": "invite", "room": "secret", "user": "friend"})
+        assert answer["type"] == "invited", answer
 
 
 SENTINEL = "fuzz-sentinel"
@@ -802,9 +825,7 @@ SENTINEL = "fuzz-sentinel"
 KNOWN_BUGS = os.environ.get("FUZZ_KNOWN_BUGS", "1") != "0"
 
 
-def run_session(
-    port: int, plan: dict[str, Any], user: str = "fuzzer", password: str = PASSWORD
-) -> dict[str, Any]:
+def run_session(port: int, plan: dict[str, Any], password: str = PASSWORD) -> dict[str, Any]:
     """Play one session against the server on ``port`` and check what the
     spec promises whatever the requests: one answer per request, in order,
     with its ref; errors with codes from the spec's table (validation
@@ -814,7 +835,9 @@ def run_session(
     with BlockingClient(port) as client:
         client.handshake(channel.ClientHandshake(rekey_after=plan["rekey_after"]))
         if plan["login"]:
-            answer = client.request({"type": "login", "user": user, "password": password, "ref": "login"})
+            answer = client.request(
+                {"type": "login", "user": plan["user"], "password": password, "ref": "login"}
+            )
             assert answer["type"] == "welcome", answer
         expected: list[tuple[dict[str, Any], Any, Mutation | None]] = []
         poisoned = False

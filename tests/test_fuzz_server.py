@@ -28,7 +28,7 @@ from twisted.trial import unittest
 from chatserver import channel
 from tests import fuzzing
 from tests.fuzzing import BlockingClient, check
-from tests.support import PASSWORD, RunningServer, logged_in, start_server
+from tests.support import PASSWORD, RunningServer, add_admin, logged_in, start_server
 
 SETTINGS = {
     # Out of the way of a fuzzer that fails logins on purpose; the
@@ -80,10 +80,12 @@ class ServerProperties(unittest.TestCase):
     async def _server(self) -> tuple[RunningServer, Any, LogWatch]:
         server = await start_server(self, **SETTINGS)
         watch = LogWatch(self)
-        # Accounts the sessions use: ``fuzzer`` logs in; ``friend`` stays
-        # connected throughout and must still be served at the end.
-        await logged_in(self, server, "fuzzer")
-        friend = await logged_in(self, server, "friend")
+        # Accounts the sessions use: ``fuzzer`` and the server admin
+        # ``admin`` log in; ``friend`` stays connected throughout and must
+        # still be served at the end.
+        await threads.deferToThread(fuzzing.seed, server.port)
+        add_admin(server, "admin")
+        friend = await logged_in(self, server, "friend", register=False)
         return server, friend, watch
 
     async def _still_serving(self, server: RunningServer, friend: Any, watch: LogWatch) -> None:

@@ -151,6 +151,26 @@ class Twistd:
             time.sleep(0.1)
         raise SystemExit(f"twistd did not start:\n{out.read_text(errors='replace')}")
 
+    def add_admin(self, name: str, password: str) -> None:
+        """An admin account, made with the admin tool as an operator would."""
+        secret = self.base / "password"
+        secret.write_text(password + "\n", encoding="utf-8")
+        subprocess.run(
+            [sys.executable, "-m", "chatserver.admin", "--config", str(self.base / "chatserver.ini")]
+            + [
+                "--data-dir",
+                str(self.base / "data"),
+                "add-user",
+                name,
+                "--admin",
+                "--password-file",
+                str(secret),
+            ],
+            cwd=str(ROOT),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
     def log_files(self) -> list[Path]:
         return sorted(self.log_dir.glob("*.log*")) + [self.base / "twistd.out"]
 
@@ -217,7 +237,7 @@ class Bystander(threading.Thread):
         from tests.fuzzing import BlockingClient
 
         self.client = BlockingClient(port)
-        self.client.login(user, password, register=True)
+        self.client.login(user, password)
         self.client.sock.settimeout(0.5)
         self.problem: str | None = None
         self.pongs = 0
@@ -261,7 +281,8 @@ def against_twistd(
     os.environ["FUZZ_REPORT"] = str(report)
     fuzzing.FUZZ_REPORT = str(report)
     try:
-        BlockingClient(server.port).login("fuzzer", fuzzing.PASSWORD, register=True)
+        fuzzing.seed(server.port)
+        server.add_admin("admin", fuzzing.PASSWORD)
         bystander = Bystander(server.port, "friend", fuzzing.PASSWORD)
         bystander.start()
         rss = RssSampler(server.process.pid)
