@@ -109,7 +109,7 @@ class ServerProperties(unittest.TestCase):
             _settle(server, baseline)
             assert len(watch.bad) == seen, watch.describe(seen)
 
-        await threads.deferToThread(check, prop, fuzzing.sessions(), scale=1, name="server: sessions")
+        await threads.deferToThread(check, prop, fuzzing.sessions(), scale=0.5, name="server: sessions")
         await self._still_serving(server, friend, watch)
 
     async def test_handshake_with_one_bad_line(self) -> None:
