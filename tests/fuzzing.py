@@ -726,13 +726,19 @@ class Step:
         self,
         events: list[tuple[dict[str, Any], Any, Mutation | None]] | None = None,
         poison: bytes | None = None,
+        raw: bytes | None = None,
     ) -> None:
         self.events = events or []
         self.poison = poison
+        #: A line sent as it is, not sealed: after the handshake any line
+        #: that is not a sealed record of this channel ends the connection.
+        self.raw = raw
 
     def __repr__(self) -> str:
         if self.poison is not None:
             return f"Step(poison={self.poison!r})"
+        if self.raw is not None:
+            return f"Step(raw={self.raw[:100]!r}{'...' if len(self.raw) > 100 else ''})"
         return f"Step({[e for e, _, _ in self.events]!r})"
 
 
@@ -752,6 +758,20 @@ poisons = st.one_of(
             b"\xff",
         ]
     ),
+)
+
+
+#: Lines that are no sealed record of the channel (not base64, another
+#: record type, a sealed type that fails authentication, too long).
+raw_lines = st.one_of(
+    st.binary(max_size=80).filter(lambda b: b"\n" not in b),
+    st.tuples(
+        st.sampled_from(
+            [channel.DATA, channel.CLOSE, channel.KEY_UPDATE, channel.CLIENT_HELLO, channel.ALERT, 0]
+        ),
+        st.binary(max_size=80),
+    ).map(lambda t: channel.encode_line(bytes((t[0],)) + t[1])[:-1]),
+    st.integers(65537, 70000).map(lambda n: b"A" * n),
 )
 
 
@@ -796,8 +816,11 @@ def sessions(draw: Any, kinds: list[str] | None = None) -> dict[str, Any]:
                 events.append((event, ref, None))
         steps.append(Step(events))
     # (sampled_from: Hypothesis draws the ends of an integer range often)
-    if draw(st.sampled_from([False] * 9 + [True])):
+    end = draw(st.sampled_from(["none"] * 16 + ["poison", "poison", "raw", "raw"]))
+    if end == "poison":
         steps.append(Step(poison=draw(poisons)))
+    elif end == "raw":
+        steps.append(Step(raw=draw(raw_lines)))
     return {
         "user": user,
         "login": draw(st.sampled_from([True] * 4 + [False])),
@@ -847,8 +870,11 @@ def run_session(port: int, plan: dict[str, Any], password: str = PASSWORD) -> di
         expected: list[tuple[dict[str, Any], Any, Mutation | None]] = []
         poisoned = False
         for step in plan["steps"]:
-            if step.poison is not None:
-                client.send_plaintext(step.poison)
+            if step.poison is not None or step.raw is not None:
+                if step.poison is not None:
+                    client.send_plaintext(step.poison)
+                else:
+                    client.send_line(step.raw)
                 poisoned = True
                 break
             client.send_events([event for event, _, _ in step.events])
