@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TRIAL_JOBS ?= 2
 TESTS ?= tests
 
-.PHONY: run test bench check clean screenshots
+.PHONY: run test fuzz bench check clean screenshots
 
 # The stamp files make the install step re-run when the metadata changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -25,6 +25,14 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) tools/run_trial.py -j $(TRIAL_JOBS) $(TESTS)
+
+# The property tests for long, in process and against a real twistd
+# (tools/fuzz.py): FUZZ_EXAMPLES per property, each cut off after
+# FUZZ_SECONDS; e.g. make fuzz FUZZ_EXAMPLES=1000000 FUZZ_SECONDS=3600.
+FUZZ_EXAMPLES ?= 1000000
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.installed-test
+	$(PY) tools/fuzz.py --jobs $(TRIAL_JOBS) --examples $(FUZZ_EXAMPLES) --seconds $(FUZZ_SECONDS)
 
 check: $(VENV)/.installed
 	$(PY) -m pip install --quiet ruff
