@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -187,10 +186,6 @@ class HandshakeRecordProperties(unittest.TestCase):
                 _fails_cleanly(self, e)
                 self.assertIs(client.state, HandshakeState.FAILED)
                 return
-            except UnsupportedAlgorithm:
-                if not fuzzing.KNOWN_BUGS:
-                    raise
-                return  # see test_server_hello_with_an_unknown_key_algorithm
             parsed = spec_impl.parse_server_hello(record)
             self.assertEqual(fingerprint, spec_impl.fingerprint(parsed["spki"]))
             self.assertIs(client.state, HandshakeState.DERIVING)
@@ -200,9 +195,9 @@ class HandshakeRecordProperties(unittest.TestCase):
     def test_server_hello_with_an_unknown_key_algorithm(self) -> None:
         """Found by the property above: a SERVER_HELLO whose SPKI names an
         algorithm OpenSSL does not know (one bit of the rsaEncryption OID
-        flipped) makes ``receive_server_hello`` raise cryptography's
-        ``UnsupportedAlgorithm`` instead of a ChannelError, and the
-        handshake is not FAILED."""
+        flipped) made ``receive_server_hello`` raise cryptography's
+        ``UnsupportedAlgorithm``; it must be a ChannelError, and the
+        handshake FAILED."""
         server = channel.ServerHandshake(KEY, KEY_DER)
         valid = server.receive_client_hello(self._client_hello())
         record = valid[:78] + bytes((valid[78] ^ 2,)) + valid[79:]
@@ -211,11 +206,6 @@ class HandshakeRecordProperties(unittest.TestCase):
         with self.assertRaises(ChannelError):
             client.receive_server_hello(record)
         self.assertIs(client.state, HandshakeState.FAILED)
-
-    test_server_hello_with_an_unknown_key_algorithm.todo = (  # type: ignore[attr-defined]
-        "chatserver.crypto.rsa_public_from_der catches ValueError and TypeError "
-        "but not cryptography.exceptions.UnsupportedAlgorithm"
-    )
 
     def test_key_exchange_parses_or_fails_cleanly(self) -> None:
         client = channel.ClientHandshake()
