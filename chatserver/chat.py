@@ -21,6 +21,7 @@ in memory or on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Callable, Protocol
 
@@ -81,21 +82,17 @@ class ChatError(Exception):
         self.field = field
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class Audit:
     """One audited action: a row committed with the action, and a line in
     the audit log once that commit is done (never for what did not happen)."""
 
-    __slots__ = ("ts", "actor", "action", "room", "target", "detail")
-
-    def __init__(
-        self, ts: int, actor: str, action: str, room: str | None, target: str | None, detail: str
-    ) -> None:
-        self.ts = ts
-        self.actor = actor
-        self.action = action
-        self.room = room
-        self.target = target
-        self.detail = detail
+    ts: int
+    actor: str
+    action: str
+    room: str | None
+    target: str | None
+    detail: str
 
     def row(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         return (store.add_audit, (self.ts, self.actor, self.action, self.room, self.target, self.detail))
