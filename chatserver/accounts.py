@@ -1,6 +1,7 @@
 """Accounts: registration and login, with throttling of failed attempts.
 
-Password hashes are checked in the crypto thread pool.  An unknown user and
+Password hashes are checked in the crypto thread pool, in its ``login``
+queue: a flood of handshakes cannot delay them (see workers.py).  An unknown user and
 a wrong password take the same path, including one scrypt run against a
 dummy hash, and end in the same error, so neither the answer nor its timing
 tells whether a name exists.
@@ -115,12 +116,12 @@ class Accounts:
         if record is None:
             if self._dummy_hash is None:
                 self._dummy_hash = yield self._pool.run(
-                    crypto.hash_password, "dummy password", self._settings.password_hash_cost
+                    crypto.hash_password, "dummy password", self._settings.password_hash_cost, kind="login"
                 )
             stored = self._dummy_hash
         else:
             stored = record.password_hash
-        ok = yield self._pool.run(crypto.verify_password, password, stored)
+        ok = yield self._pool.run(crypto.verify_password, password, stored, kind="login")
         if record is None or not ok:
             self._by_account.fail(name)
             self._by_address.fail(address)
@@ -171,7 +172,7 @@ class Accounts:
         if wait > 0:
             raise AuthError("throttled", "too many attempts; try again later", retry_after=wait)
         password_hash = yield self._pool.run(
-            crypto.hash_password, password, self._settings.password_hash_cost
+            crypto.hash_password, password, self._settings.password_hash_cost, kind="login"
         )
         added = yield self._store.add_user(name, password_hash, "user")
         if not added:

@@ -1,0 +1,93 @@
+"""The crypto thread pool: one bounded queue per kind of work, taken in
+turn, so that a flood of handshakes neither refuses nor delays logins.
+
+Real threads (Twisted's ThreadPool) on the real reactor; the jobs block on
+events the test releases, so the order they run in is observable.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from chatserver.workers import Busy, CryptoPool
+from tests.support import until
+
+
+class Gate:
+    """Jobs that wait until released, and the order they started in."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def job(self, name: str) -> Any:
+        event = self._events[name] = threading.Event()
+
+        def run() -> str:
+            with self._lock:
+                self.started.append(name)
+            if not event.wait(10):  # bounded: a stuck test ends
+                raise RuntimeError(f"{name} never released")
+            return name
+
+        return run
+
+    def release(self, name: str) -> None:
+        self._events[name].set()
+
+    def release_all(self) -> None:
+        for event in self._events.values():
+            event.set()
+
+
+class CryptoPoolTests(unittest.TestCase):
+    def pool(self, threads: int, max_pending: int) -> CryptoPool:
+        pool = CryptoPool(reactor, threads, max_pending)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        return pool
+
+    async def test_a_full_handshake_queue_does_not_refuse_logins(self) -> None:
+        pool = self.pool(threads=1, max_pending=3)
+        gate = Gate()
+        self.addCleanup(gate.release_all)
+        handshakes = [pool.run(gate.job(f"h{n}")) for n in range(3)]
+        self.assertRaises(Busy, pool.run, gate.job("h3"))
+        login = pool.run(gate.job("login"), kind="login")
+        self.assertEqual(pool.pending_by_kind, {"handshake": 3, "login": 1})
+        gate.release_all()
+        self.assertEqual(await login, "login")
+        self.assertEqual([await d for d in handshakes], ["h0", "h1", "h2"])
+        self.assertEqual(pool.pending, 0)
+
+    async def test_a_login_waits_for_at_most_one_handshake_job(self) -> None:
+        pool = self.pool(threads=1, max_pending=100)
+        gate = Gate()
+        self.addCleanup(gate.release_all)
+        handshakes = [pool.run(gate.job(f"h{n}")) for n in range(20)]
+        await until(lambda: gate.started == ["h0"])
+        login = pool.run(gate.job("login"), kind="login")
+        gate.release("h0")
+        # The next free thread takes the login, not the 19 handshakes first.
+        await until(lambda: len(gate.started) == 2)
+        self.assertEqual(gate.started, ["h0", "login"])
+        gate.release_all()
+        await login
+        for d in handshakes:
+            await d
+        self.assertEqual(gate.started[2:], [f"h{n}" for n in range(1, 20)])
+
+    async def test_a_failing_job_frees_its_place(self) -> None:
+        pool = self.pool(threads=1, max_pending=1)
+
+        def fails() -> None:
+            raise ValueError("bad input")
+
+        await self.assertFailure(pool.run(fails), ValueError)
+        self.assertEqual(pool.pending, 0)
+        self.assertEqual(await pool.run(lambda: 7), 7)
