@@ -516,7 +516,8 @@ class _HostileProtocol(LineReceiver):
 class HostileServer:
     """A server that speaks the protocol but sends whatever it likes: after
     the welcome, the events in ``pushed``, then a CLOSE with
-    ``close_message`` if that is set.  ``alert``: refuse the handshake at
+    ``close_message`` if that is set, ``close_after`` seconds after the
+    welcome (time for a client to be seen online).  ``alert``: refuse the handshake at
     once with that alert text instead; ``login_error``: answer the login
     with this error event instead of a welcome."""
 
@@ -525,6 +526,7 @@ class HostileServer:
         welcome: dict[str, Any] | None = None,
         pushed: list[dict[str, Any]] | None = None,
         close_message: str | None = None,
+        close_after: float = 0.0,
         alert: str | None = None,
         login_error: dict[str, Any] | None = None,
     ) -> None:
@@ -534,6 +536,7 @@ class HostileServer:
         self.welcome = welcome or {}
         self.pushed = pushed or []
         self.close_message = close_message
+        self.close_after = close_after
         self.alert = alert
         self.login_error = login_error
         self.port = 0
@@ -555,7 +558,7 @@ class HostileServer:
             if self.pushed:
                 connection.send(*self.pushed)
             if self.close_message is not None:
-                connection.close("bye", self.close_message)
+                reactor.callLater(self.close_after, connection.close, "bye", self.close_message)
         elif kind == "rooms":
             connection.send({"type": "rooms", "ref": ref, "rooms": []})
         elif kind == "who":

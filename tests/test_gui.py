@@ -449,7 +449,7 @@ class GuiTests(unittest.TestCase):
              "by": "mallory\u2069" + rlo, "topic": "plain words"},
         ]  # fmt: skip
         hostile = await HostileServer(
-            welcome={"streams": {"room:lobby": 3}}, pushed=pushed, close_message="bye" + rlo
+            welcome={"streams": {"room:lobby": 3}}, pushed=pushed, close_message="bye" + rlo, close_after=1.0
         ).start(self)
         gui = await start_gui(self)
         await gui.log_in(hostile.port, "alice", PASSWORD)
