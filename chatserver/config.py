@@ -41,6 +41,10 @@ class Settings:
     slow_client_timeout: float = 30.0
     shutdown_grace: float = 5.0
     max_output_buffer: int = 4 * 1024 * 1024
+    #: Bytes of unfinished input lines all connections together may hold.
+    max_input_buffers: int = 32 * 1024 * 1024
+    #: Seconds a logged-in connection may keep a line unfinished.
+    partial_line_timeout: float = 15.0
     # [accounts]
     allow_registration: bool = True
     password_hash_cost: int = 15
@@ -228,6 +232,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("server", "slow_client_timeout", "slow_client_timeout", _positive(float)),
     ("server", "shutdown_grace", "shutdown_grace", _positive(float)),
     ("server", "max_output_buffer", "max_output_buffer", _ranged(int, 65536, 1 << 34)),
+    ("server", "max_input_buffers", "max_input_buffers", _ranged(int, 65536, 1 << 40)),
+    ("server", "partial_line_timeout", "partial_line_timeout", _positive(float)),
     ("accounts", "allow_registration", "allow_registration", _boolean),
     ("accounts", "password_hash_cost", "password_hash_cost", _ranged(int, 10, 18)),
     ("accounts", "login_failures_per_account", "login_failures_per_account", _positive(int)),

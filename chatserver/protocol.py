@@ -151,6 +151,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         "_blocked_since",
         "_blocked_bytes",
         "_slow_check",
+        "_held_input",
+        "_line_timer",
         "admitted",
         "lost",
         "ending",
@@ -190,6 +192,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._blocked_since: float | None = None
         self._blocked_bytes = 0
         self._slow_check: Any = None
+        #: Bytes of input this connection holds (LineReceiver's buffer),
+        #: as last counted in the factory's total.
+        self._held_input = 0
+        self._line_timer: Any = None
         self.admitted = False
         #: Fires when the connection is gone (whatever ended it).
         self.lost: Deferred[None] = Deferred()
@@ -232,9 +238,12 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         # a commit) that the connection is gone: Twisted never resets a
         # protocol's ``connected`` to 0, so that flag cannot.
         self.ending = True
-        for call in (self._slow_check, self._turn_call, self._resume_call):
+        for call in (self._slow_check, self._turn_call, self._resume_call, self._line_timer):
             if call is not None and call.active():
                 call.cancel()
+        if self._held_input:
+            self.factory.held_input -= self._held_input
+            self._held_input = 0
         try:
             self._forget()
         finally:
@@ -467,6 +476,34 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._turn_lines = 0
         self.factory.metrics.counters["bytes_in"] += len(data)
         super().dataReceived(data)
+        if self._held_input or self._buffer:
+            self._count_held_input()
+
+    def _count_held_input(self) -> None:
+        """Keep the factory's total of held input bytes (one budget for all
+        connections) and this connection's unfinished-line deadline."""
+        if self.ending:
+            return
+        held = len(self._buffer)
+        if held != self._held_input:
+            grew = held > self._held_input
+            self.factory.held_input += held - self._held_input
+            self._held_input = held
+            if grew and self.factory.held_input > self.factory.settings.max_input_buffers:
+                self.factory.shed_input()
+        unfinished = bool(held) and not self.paused and b"\n" not in self._buffer
+        if unfinished and self.account is not None:
+            if self._line_timer is None:
+                self._line_timer = self.callLater(self.factory.settings.partial_line_timeout, self._line_late)
+        elif self._line_timer is not None:
+            if self._line_timer.active():
+                self._line_timer.cancel()
+            self._line_timer = None
+
+    def _line_late(self) -> None:
+        self._line_timer = None
+        if self._buffer and b"\n" not in self._buffer:
+            self._drop(f"line unfinished for {self.factory.settings.partial_line_timeout:g} s")
 
     def _hold(self, reason: str) -> None:
         if not self._holds and not self.paused:
@@ -921,6 +958,8 @@ class ChatFactory(ServerFactory):
         #: able to fill the disk or rotate the logs away.
         self._log_budget = RateLimits(clock, {"log": (self.LOG_LINES_RATE, self.LOG_LINES_BURST)})
         self._suppressed: collections.Counter[str] = collections.Counter()
+        #: Bytes of unfinished input all connections hold (see shed_input).
+        self.held_input = 0
         self._sweep = task.LoopingCall(self.drop_idle_contexts)
         self._sweep.clock = clock
         self.contexts_dropped = 0
@@ -933,6 +972,20 @@ class ChatFactory(ServerFactory):
     def stopFactory(self) -> None:
         if self._sweep.running:
             self._sweep.stop()
+
+    def shed_input(self) -> None:
+        """Over the input budget: drop the connections that hold the most
+        unfinished input until the rest fit (a thousand half-sent 64 KB
+        lines must not double the server's memory)."""
+        budget = self.settings.max_input_buffers
+        total = self.held_input
+        for conn in sorted(self.connections, key=lambda c: c._held_input, reverse=True):
+            if total <= budget or not conn._held_input:
+                break
+            if conn.ending:
+                continue
+            total -= conn._held_input
+            conn._drop(f"input memory budget: holding {conn._held_input} bytes of unfinished input")
 
     def may_log(self, peer: str) -> bool:
         """Whether a line about an unauthenticated connection from ``peer``

@@ -249,6 +249,8 @@ RELOADABLE = (
     "rooms_burst",
     "logins_rate",
     "logins_burst",
+    "lookups_rate",
+    "lookups_burst",
 )
 
 
