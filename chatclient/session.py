@@ -35,6 +35,8 @@ Verifier = Callable[[str], Any]
 Proven = Callable[[str], None]
 
 
+_PAD_LIMIT = channel.max_plaintext(65536)
+
 #: Requests whose answers are paged: type -> (list member, cursor member).
 PAGED = {"who": ("members", "user"), "rooms": ("rooms", "room")}
 #: The most pages one paged request is read for.
@@ -174,7 +176,10 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         assert self.channel is not None
         if self._ended:
             return
-        self.transport.write(self.channel.seal_events(events))
+        # Padded as the server pads, never past what fits in a line under
+        # the spec's default limit.
+        plaintext = channel.pad(channel.encode_events(events), channel.PAD_BLOCK, _PAD_LIMIT)
+        self.transport.write(self.channel.seal(channel.DATA, plaintext))
 
     def close(self, code: str = "bye", message: str = "goodbye") -> None:
         if self._ended:

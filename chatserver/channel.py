@@ -229,6 +229,23 @@ def encode_events(events: list[dict[str, Any]]) -> bytes:
     return _compact_json(events)
 
 
+#: The reference client's padding block (the server's is [server] pad_block).
+PAD_BLOCK = 32
+
+
+def pad(plaintext: bytes, block: int, limit: int) -> bytes:
+    """``plaintext`` (a JSON text) with trailing spaces up to a multiple of
+    ``block`` bytes, but not past ``limit``: a record's length then tells
+    only roughly how long its content is.  Spaces are JSON whitespace, so
+    every receiver reads the same events.  ``block`` 0: no padding."""
+    if block <= 1:
+        return plaintext
+    extra = -len(plaintext) % block
+    if len(plaintext) + extra > limit:
+        extra = max(0, limit - len(plaintext))
+    return plaintext + b" " * extra if extra else plaintext
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
     """One event, to be joined with others into a DATA record's array."""
     return _compact_json(event)

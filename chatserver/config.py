@@ -45,6 +45,8 @@ class Settings:
     max_input_buffers: int = 32 * 1024 * 1024
     #: Seconds a logged-in connection may keep a line unfinished.
     partial_line_timeout: float = 15.0
+    #: DATA plaintexts are padded to a multiple of this many bytes (0: not).
+    pad_block: int = 32
     # [accounts]
     allow_registration: bool = True
     password_hash_cost: int = 15
@@ -234,6 +236,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("server", "max_output_buffer", "max_output_buffer", _ranged(int, 65536, 1 << 34)),
     ("server", "max_input_buffers", "max_input_buffers", _ranged(int, 65536, 1 << 40)),
     ("server", "partial_line_timeout", "partial_line_timeout", _positive(float)),
+    ("server", "pad_block", "pad_block", _ranged(int, 0, 4096)),
     ("accounts", "allow_registration", "allow_registration", _boolean),
     ("accounts", "password_hash_cost", "password_hash_cost", _ranged(int, 10, 18)),
     ("accounts", "login_failures_per_account", "login_failures_per_account", _positive(int)),

@@ -900,6 +900,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         outbox.clear()
         self._outbox_bytes = 1
         if self.channel is not None and not self.ending:
+            block = self.factory.settings.pad_block
+            if block > 1:
+                plaintext = channel.pad(plaintext, block, self._max_plaintext)
             self._write(self.channel.seal_plaintext(plaintext))
 
 
