@@ -310,6 +310,10 @@ class ServerProcess:
             "logins_burst = 1000000\n"
             "lookups_rate = 1000000\n"
             "lookups_burst = 1000000\n"
+            "registrations_rate = 1000000\n"
+            "registrations_burst = 1000000\n"
+            "registrations_prefix_rate = 1000000\n"
+            "registrations_prefix_burst = 1000000\n"
             # catchup puts 1,000 clients and a poster in the lobby.
             "\n[chat]\n"
             "max_room_members = 100000\n"

@@ -72,6 +72,11 @@ class Settings:
     #: per account and per address, so names cannot be enumerated fast.
     lookups_rate: float = 0.2
     lookups_burst: int = 20
+    #: New accounts (register) per address, and per /24 or /64 prefix.
+    registrations_rate: float = 0.05
+    registrations_burst: int = 10
+    registrations_prefix_rate: float = 0.2
+    registrations_prefix_burst: int = 30
     abuse_strikes: int = 20
     # [store]
     synchronous: str = "full"
@@ -257,6 +262,10 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("limits", "logins_burst", "logins_burst", _positive(int)),
     ("limits", "lookups_rate", "lookups_rate", _positive(float)),
     ("limits", "lookups_burst", "lookups_burst", _positive(int)),
+    ("limits", "registrations_rate", "registrations_rate", _positive(float)),
+    ("limits", "registrations_burst", "registrations_burst", _positive(int)),
+    ("limits", "registrations_prefix_rate", "registrations_prefix_rate", _positive(float)),
+    ("limits", "registrations_prefix_burst", "registrations_prefix_burst", _positive(int)),
     ("limits", "abuse_strikes", "abuse_strikes", _positive(int)),
     ("store", "synchronous", "synchronous", _synchronous),
     ("log", "level", "log_level", _level),

@@ -10,6 +10,7 @@ closed connection, always with a log line that says why.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import math
 from typing import Any
 
@@ -63,6 +64,20 @@ _TRY_AGAIN = {
 }
 
 
+def network_prefix(host: str) -> str:
+    """The network an address belongs to, as limits count it: its /24 for
+    IPv4, its /64 for IPv6 (one customer's allocation); anything else as
+    it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    bits = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+
+
 def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
     """The token-bucket rules (rate per second, burst) from the settings."""
     return {
@@ -71,6 +86,8 @@ def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
         "rooms": (settings.rooms_rate, settings.rooms_burst),
         "logins": (settings.logins_rate, settings.logins_burst),
         "lookups": (settings.lookups_rate, settings.lookups_burst),
+        "registrations": (settings.registrations_rate, settings.registrations_burst),
+        "registrations_prefix": (settings.registrations_prefix_rate, settings.registrations_prefix_burst),
     }
 
 
@@ -623,6 +640,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 # does not refill a bucket.  (Logins are per connection, and
                 # failed ones also per account and address: accounts.py.)
                 wait = limits.check(action, ("user", self.user))
+        if not wait and kind == "register" and self.account is None:
+            # One host, or one network, may not make accounts by the
+            # thousand (and fill the default room with them).
+            action = "registrations"
+            wait = limits.check(action, ("address", self.peer)) or limits.check(
+                "registrations_prefix", ("prefix", network_prefix(self.peer))
+            )
         if not wait and self.user is not None and self._looks_up_a_user(kind, request):
             # Whether a name exists is what an enumeration wants to learn:
             # per account and per address, whatever the connection.

@@ -251,6 +251,10 @@ RELOADABLE = (
     "logins_burst",
     "lookups_rate",
     "lookups_burst",
+    "registrations_rate",
+    "registrations_burst",
+    "registrations_prefix_rate",
+    "registrations_prefix_burst",
 )
 
 

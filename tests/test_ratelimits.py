@@ -24,7 +24,7 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from chatclient.session import ChatSession, ConnectionClosed, ServerError
+from chatclient.session import ChatSession, ConnectionClosed, ServerError, connect
 from tests.processes import spawn
 from tests.support import PASSWORD, PYTHON, EventQueue, logged_in, open_session, start_server, until
 
@@ -630,3 +630,54 @@ class LookupLimitTests(unittest.TestCase):
         for n in range(10):
             await alice.request({"type": "dm", "to": "bob", "body": f"again {n}"})
         await limited(self, alice.request({"type": "invite", "room": "den", "user": "bob"}), "invite")
+
+
+# --- registrations per address and per network (issue 13, item 6) --------------
+
+
+class RegistrationLimitTests(unittest.TestCase):
+    async def from_address(self, server: Any, source: str) -> ChatSession:
+        """A session whose connection comes from ``source`` (loopback)."""
+        session = await connect(
+            reactor, f"tcp:host=127.0.0.1:port={server.port}:bindAddress={source}", lambda fp: True
+        )
+        self.addCleanup(session.close)
+        return session
+
+    async def test_per_address_then_per_prefix(self) -> None:
+        clock = task.Clock()
+        server = await start_server(
+            self,
+            clock=clock,
+            registrations_rate=0.01,
+            registrations_burst=3,
+            registrations_prefix_rate=0.01,
+            registrations_prefix_burst=5,
+            abuse_strikes=NEVER,
+        )
+        for n in range(3):
+            welcome = await (await self.from_address(server, "127.0.0.1")).register(f"one{n}", PASSWORD)
+            self.assertEqual(welcome["type"], "welcome")
+        session = await self.from_address(server, "127.0.0.1")
+        await limited(self, session.register("one3", PASSWORD), "register", 100.0)
+        # Another address of the same /24 has its own bucket, but shares
+        # the network's: two more, then no more.
+        for n in range(2):
+            await (await self.from_address(server, "127.0.0.2")).register(f"two{n}", PASSWORD)
+        session = await self.from_address(server, "127.0.0.2")
+        await limited(self, session.register("two2", PASSWORD), "register")
+        # Another network is not held back.
+        welcome = await (await self.from_address(server, "127.1.0.1")).register("elsewhere", PASSWORD)
+        self.assertEqual(welcome["user"], "elsewhere")
+        # A login is no registration.
+        session = await connect(reactor, f"tcp:host=127.0.0.1:port={server.port}", lambda fp: True)
+        self.addCleanup(session.close)
+        await session.login("one0", PASSWORD)
+
+    def test_network_prefixes(self) -> None:
+        from chatserver.protocol import network_prefix
+
+        self.assertEqual(network_prefix("203.0.113.66"), "203.0.113.0/24")
+        self.assertEqual(network_prefix("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(network_prefix("::ffff:203.0.113.9"), "203.0.113.0/24")
+        self.assertEqual(network_prefix("?"), "?")

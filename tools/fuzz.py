@@ -57,6 +57,10 @@ rooms_rate = 1000000
 rooms_burst = 1000000
 logins_rate = 1000000
 logins_burst = 1000000
+registrations_rate = 1000000
+registrations_burst = 1000000
+registrations_prefix_rate = 1000000
+registrations_prefix_burst = 1000000
 [store]
 synchronous = normal
 """
