@@ -379,6 +379,10 @@ class GuiTests(unittest.TestCase):
         await bob.request({"type": "create", "room": "taken"})
         gui = await start_gui(self)
         await gui.log_in(server.port, "alice", PASSWORD)
+        # The lobby's history comes in after the login: let it settle first.
+        await gui.wait(
+            "'bob joined' in window().view.toPlainText() and 'alice joined' in window().view.toPlainText()"
+        )
         before = await gui.view_text()
         await gui.exec("shortcut('Ctrl+N')")
         await gui.wait("modal() and modal().objectName() == 'create-room'")
