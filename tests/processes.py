@@ -111,27 +111,22 @@ def twistd_argv() -> list[str]:
     return [PYTHON, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+#: The server's options for an ephemeral loopback port.
+LOOPBACK = ("--endpoint", "tcp:0:interface=127.0.0.1")
+
+
+def chatserver_argv(*options: str) -> list[str]:
+    """``twistd --nodaemon chatserver OPTIONS``, as a command line."""
+    return twistd_argv() + ["--nodaemon", "--pidfile=", "chatserver", *options]
+
+
 async def start_twistd(testcase: Any, base: Path, *extra: str) -> tuple[LineProcess, int, str]:
     """``twistd -n chatserver`` on an ephemeral loopback port; returns the
     process, its port and the fingerprint it printed."""
-    server = spawn(
-        testcase,
-        "twistd",
-        twistd_argv()
-        + [
-            "--nodaemon",
-            "--pidfile=",
-            "chatserver",
-            "--endpoint",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(base / "data"),
-            "--log-dir",
-            str(base / "log"),
-            *extra,
-        ],
-        cwd=str(base),
+    argv = chatserver_argv(
+        *LOOPBACK, "--data-dir", str(base / "data"), "--log-dir", str(base / "log"), *extra
     )
+    server = spawn(testcase, "twistd", argv, cwd=str(base))
     fingerprint = (await server.wait_for(r"fingerprint (SHA256:\S+)")).group(1)
     port = int((await server.wait_for(r"ChatFactory starting on (\d+)")).group(1))
     return server, port, fingerprint

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.processes import spawn, stop_twistd, twistd_argv
+from tests.processes import chatserver_argv, spawn, stop_twistd
 from tests.support import PASSWORD, PYTHON, open_session, python_env
 
 
@@ -54,7 +54,7 @@ class AdminDirectoryTests(unittest.TestCase):
         server = spawn(
             self,
             "twistd",
-            twistd_argv() + ["--nodaemon", "--pidfile=", "chatserver", "--config", str(self.config)],
+            chatserver_argv("--config", str(self.config)),
             cwd=str(workdir),
         )
         port = int((await server.wait_for(r"ChatFactory starting on (\d+)")).group(1))

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 
 from chatclient.session import ServerError
 from chatserver import accounts, store
-from tests.processes import TIMEOUT, LineProcess, spawn, start_twistd, stop_twistd, twistd_argv
+from tests.processes import LOOPBACK, TIMEOUT, LineProcess, chatserver_argv, spawn, start_twistd, stop_twistd
 from tests.support import PASSWORD, PYTHON, RunningServer, logged_in, python_env, start_server, until
 
 NEWEST = store.migrations()[-1][0]
@@ -60,17 +60,7 @@ class StartCheckTests(unittest.TestCase):
         self.data.mkdir(parents=True)
 
     async def run_twistd(self) -> LineProcess:
-        argv = twistd_argv() + [
-            "--nodaemon",
-            "--pidfile=",
-            "chatserver",
-            "--endpoint",
-            "tcp:0:interface=127.0.0.1",
-            "--data-dir",
-            str(self.data),
-            "--log-dir",
-            str(self.base / "log"),
-        ]
+        argv = chatserver_argv(*LOOPBACK, "--data-dir", str(self.data), "--log-dir", str(self.base / "log"))
         child = spawn(self, "twistd", argv)
         await child.ended.addTimeout(TIMEOUT, reactor)
         return child

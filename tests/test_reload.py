@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.processes import spawn, stop_twistd, twistd_argv
+from tests.processes import chatserver_argv, spawn, stop_twistd
 from tests.support import until
 
 CONFIG = """\
@@ -41,7 +41,7 @@ class ReloadTests(unittest.TestCase):
         server = spawn(
             self,
             "twistd",
-            twistd_argv() + ["--nodaemon", "--pidfile=", "chatserver", "--config", str(self.config)],
+            chatserver_argv("--config", str(self.config)),
             cwd=str(base),
         )
         await server.wait_for(r"ChatFactory starting on (\d+)")

@@ -13,7 +13,7 @@ import psutil
 from twisted.internet import protocol, reactor, task
 from twisted.trial import unittest
 
-from tests.processes import TIMEOUT, LineProcess, spawn, twistd_argv
+from tests.processes import LOOPBACK, TIMEOUT, LineProcess, chatserver_argv, spawn
 from tests.support import PYTHON, until
 
 
@@ -34,7 +34,7 @@ class StartupFailureTests(unittest.TestCase):
         for option, value in defaults.items():
             if option not in argv:
                 argv += [option, value]
-        child = spawn(self, "twistd", twistd_argv() + ["--nodaemon", "--pidfile=", "chatserver", *argv])
+        child = spawn(self, "twistd", chatserver_argv(*argv))
         child.exit_code = await child.ended.addTimeout(TIMEOUT, reactor)
         return child
 
@@ -126,13 +126,7 @@ class InterruptTests(unittest.TestCase):
         base.mkdir()
         # The command of `make run` (monitor child included, the default),
         # run in a scratch directory, on a free port.
-        argv = twistd_argv() + [
-            "--nodaemon",
-            "--pidfile=",
-            "chatserver",
-            "--endpoint",
-            "tcp:0:interface=127.0.0.1",
-        ]
+        argv = chatserver_argv(*LOOPBACK)
         child = spawn(self, "make run", _in_new_process_group() + argv, cwd=str(base))
         await child.wait_for(r"ChatFactory starting on (\d+)")
         pid = child.transport.pid
