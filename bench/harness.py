@@ -314,6 +314,10 @@ class ServerProcess:
             "registrations_burst = 1000000\n"
             "registrations_prefix_rate = 1000000\n"
             "registrations_prefix_burst = 1000000\n"
+            "handshakes_rate = 1000000\n"
+            "handshakes_burst = 1000000\n"
+            "handshakes_prefix_rate = 1000000\n"
+            "handshakes_prefix_burst = 1000000\n"
             # catchup puts 1,000 clients and a poster in the lobby.
             "\n[chat]\n"
             "max_room_members = 100000\n"

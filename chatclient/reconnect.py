@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, Proven, ServerError, Verifier
+from chatserver import channel
 from chatserver.safetext import log_text
 
 log = Logger(namespace="chatclient.reconnect")
@@ -75,6 +76,9 @@ class ReconnectingClient:
         self._password = password
         self._register = register
         self.token = token
+        #: The resumption ticket for the next connection (single-use: each
+        #: connection takes it, and its login brings the next one).
+        self.ticket: channel.Ticket | None = None
         self.role: str | None = None
         self.last_ids: dict[str, int] = {}
         #: The rooms we are in, as of the last welcome and our own events.
@@ -234,11 +238,15 @@ class ReconnectingClient:
             waiter.errback(failure)
 
     def _new_protocol(self, verify: Verifier) -> ClientProtocol:
-        protocol = ClientProtocol(verify, proven=self._proven)
+        ticket, self.ticket = self.ticket, None
+        protocol = ClientProtocol(verify, proven=self._proven, ticket=ticket, on_ticket=self._got_ticket)
         setup = self._setup(protocol)
         setup.addTimeout(self.setup_timeout, self._reactor)
         setup.addErrback(self._setup_failed, protocol)
         return protocol
+
+    def _got_ticket(self, ticket: channel.Ticket) -> None:
+        self.ticket = ticket
 
     def _setup_failed(self, failure: Failure, protocol: ClientProtocol) -> None:
         if failure.check(ServerError) and failure.value.code in self.FATAL:

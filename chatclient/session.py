@@ -12,6 +12,7 @@ this module; neither speaks the protocol itself.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any, Callable
 
 from twisted.internet import defer, endpoints, task
@@ -76,11 +77,22 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         verify: Verifier,
         handshake: channel.ClientHandshake | None = None,
         proven: Proven | None = None,
+        ticket: channel.Ticket | None = None,
+        on_ticket: Callable[[channel.Ticket], None] | None = None,
     ) -> None:
+        """``ticket``: resume with it (used up whatever the server says);
+        ``on_ticket(ticket)``: called with each ticket the server issues,
+        for the next connection."""
         self._verify = verify
         self._proven = proven
         self._ended = False
-        self.handshake = handshake or channel.ClientHandshake()
+        if handshake is None:
+            if ticket is not None and ticket.expires_at <= time.time():
+                ticket = None  # the server would only decline it
+            handshake = channel.ClientHandshake(ticket=ticket)
+        self._ticket_fingerprint = ticket.server_fingerprint if ticket is not None else None
+        self._on_ticket = on_ticket
+        self.handshake = handshake
         self.channel: channel.SecureChannel | None = None
         self.secure: Deferred[ClientProtocol] = Deferred()
         self.session: ChatSession | None = None
@@ -112,9 +124,15 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
 
     def _handshake_line(self, line: bytes) -> None:
         record = channel.decode_line(line)
-        state = self.handshake.state
-        if state is HandshakeState.AWAIT_KEY_EXCHANGE:
-            self.fingerprint = self.handshake.receive_server_hello(record)
+        handshake = self.handshake
+        state = handshake.state
+        if state is HandshakeState.AWAIT_KEY_EXCHANGE and record[0] == channel.COOKIE:
+            # The server is under load: its cookie back, and our hello again.
+            self.transport.write(b"".join(channel.encode_line(r) for r in handshake.receive_cookie(record)))
+        elif state is HandshakeState.AWAIT_KEY_EXCHANGE and record[0] == channel.SERVER_RESUME:
+            handshake.receive_server_resume(record)
+        elif state is HandshakeState.AWAIT_KEY_EXCHANGE:
+            self.fingerprint = handshake.receive_server_hello(record)
             # Nothing that depends on the server's identity is sent before
             # the verifier (pin check, or a person in the GUI) agrees, and
             # a person may take their time.
@@ -123,10 +141,16 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             d = defer.maybeDeferred(self._verify, self.fingerprint)
             d.addCallbacks(self._verified, self._fail)
         elif state is HandshakeState.AWAIT_FINISHED:
-            secure_channel = self.handshake.receive_finished(record)
+            if handshake.resumed:
+                # The ticket came from the server we pinned, and only it
+                # could take it back: the same identity, without RSA.
+                finished, secure_channel = handshake.receive_resumed_finished(record)
+                self.transport.write(channel.encode_line(finished))
+                self.fingerprint = self._ticket_fingerprint
+            else:
+                secure_channel = handshake.receive_finished(record)
             self.setTimeout(None)
-            if self._proven is not None:
-                assert self.fingerprint is not None
+            if self._proven is not None and self.fingerprint is not None:
                 try:
                     self._proven(self.fingerprint)
                 except Exception:
@@ -150,9 +174,20 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     def _data_line(self, line: bytes) -> None:
         assert self.channel is not None
         events = self.channel.open(line)
-        if events is not None and self.session is not None:
-            for event in events:
+        if events is None:
+            return
+        for event in events:
+            if event.get("type") == "ticket" and "ref" not in event:
+                self._ticket(event)
+            elif self.session is not None:
                 self.session._received(event)
+
+    def _ticket(self, event: dict[str, Any]) -> None:
+        """A resumption ticket: the channel's business, not the session's."""
+        assert self.channel is not None
+        ticket = channel.Ticket.from_event(event, self.channel, time.time(), self.fingerprint)
+        if self._on_ticket is not None:
+            self._on_ticket(ticket)
 
     def _fail(self, reason: Any) -> None:
         """End the connection; the first reason is the one reported."""
@@ -352,11 +387,14 @@ def connect(
     verify: Verifier,
     handshake: channel.ClientHandshake | None = None,
     proven: Proven | None = None,
+    ticket: channel.Ticket | None = None,
+    on_ticket: Callable[[channel.Ticket], None] | None = None,
 ) -> Deferred[ChatSession]:
     """Connect to a client endpoint string (``tcp:host=H:port=P``,
-    ``tls:H:P`` ...) and fire with a session once the channel is secure."""
+    ``tls:H:P`` ...) and fire with a session once the channel is secure.
+    ``ticket`` and ``on_ticket``: see :class:`ClientProtocol`."""
     endpoint = endpoints.clientFromString(reactor, endpoint_description)
-    return connect_endpoint(endpoint, verify, handshake, proven)
+    return connect_endpoint(endpoint, verify, handshake, proven, ticket, on_ticket)
 
 
 def connect_endpoint(
@@ -364,8 +402,10 @@ def connect_endpoint(
     verify: Verifier,
     handshake: channel.ClientHandshake | None = None,
     proven: Proven | None = None,
+    ticket: channel.Ticket | None = None,
+    on_ticket: Callable[[channel.Ticket], None] | None = None,
 ) -> Deferred[ChatSession]:
-    protocol = ClientProtocol(verify, handshake, proven)
+    protocol = ClientProtocol(verify, handshake, proven, ticket, on_ticket)
     connecting = endpoints.connectProtocol(endpoint, protocol)
 
     def cancel(_: Deferred[ChatSession]) -> None:

@@ -36,6 +36,9 @@ CLIENT_HELLO = 0x01
 SERVER_HELLO = 0x02
 KEY_EXCHANGE = 0x03
 FINISHED = 0x04
+RESUME_HELLO = 0x05
+SERVER_RESUME = 0x06
+COOKIE = 0x07
 ALERT = 0x15
 CLOSE = 0x16
 DATA = 0x17
@@ -61,6 +64,15 @@ LABEL_HANDSHAKE = b"chatserver/1 handshake"
 LABEL_KEY = b"chatserver/1 key"
 LABEL_IV = b"chatserver/1 iv"
 LABEL_UPDATE = b"chatserver/1 update"
+LABEL_RESUMED = b"chatserver/1 resumed"
+LABEL_RESUMPTION = b"chatserver/1 resumption"
+LABEL_BINDER = b"chatserver/1 binder"
+
+#: Bytes of the nonce that makes each ticket's PSK distinct.
+TICKET_NONCE_SIZE = 16
+#: Bounds of a ticket's length in a RESUME_HELLO (it is opaque to clients).
+MAX_TICKET_SIZE = 1024
+COOKIE_SIZE = 32
 
 #: Records sealed under one key before the sender must send KEY_UPDATE.
 #: RFC 8446 section 5.5 allows 2**24.5 records of 2**14 bytes per AES-GCM key;
@@ -338,7 +350,7 @@ _DATA_HEADER = bytes((DATA,))
 class SecureChannel:
     """Seals outgoing and opens incoming records after the handshake."""
 
-    __slots__ = ("_send", "_recv", "rekey_after", "receive_limit", "closed")
+    __slots__ = ("_send", "_recv", "rekey_after", "receive_limit", "closed", "resumption_secret", "resumed")
 
     def __init__(
         self,
@@ -346,12 +358,20 @@ class SecureChannel:
         recv_secret: bytes,
         rekey_after: int = REKEY_AFTER_RECORDS,
         receive_limit: int = RECEIVE_LIMIT_RECORDS,
+        resumption_secret: bytes | None = None,
+        resumed: bool = False,
     ) -> None:
         self._send = _Direction(send_secret)
         self._recv = _Direction(recv_secret)
         self.rekey_after = rekey_after
         self.receive_limit = receive_limit
         self.closed = False
+        #: What the PSKs of the tickets issued on this channel come from
+        #: (see :func:`ticket_psk`); None for a channel made without a
+        #: handshake (tests).
+        self.resumption_secret = resumption_secret
+        #: Whether the handshake was a resumption (no RSA).
+        self.resumed = resumed
 
     def _seal_record(self, rtype: int, plaintext: bytes) -> bytes:
         send = self._send
@@ -457,6 +477,7 @@ class SecureChannel:
 
 class HandshakeState(enum.Enum):
     AWAIT_HELLO = "await hello"
+    HELLO_READ = "hello read"
     AWAIT_KEY_EXCHANGE = "await key exchange"
     DERIVING = "deriving keys"
     AWAIT_FINISHED = "await finished"
@@ -538,22 +559,108 @@ def _require_state(handshake: Any, state: HandshakeState) -> None:
 
 
 class HandshakeSecrets:
-    """What HKDF yields from the handshake (section "Key schedule")."""
+    """What HKDF yields from a handshake (section "Key schedule"): the
+    traffic and FINISHED keys, and the secret that resumption tickets
+    issued on the channel come from.  A full handshake's ``ikm`` is
+    ``shared || premaster`` under LABEL_HANDSHAKE; a resumed one's is
+    ``shared || psk`` under LABEL_RESUMED."""
 
-    __slots__ = ("client_secret", "server_secret", "client_finished_key", "server_finished_key")
+    __slots__ = (
+        "client_secret",
+        "server_secret",
+        "client_finished_key",
+        "server_finished_key",
+        "resumption_secret",
+    )
 
-    def __init__(self, shared: bytes, premaster: bytes, transcript_hash: bytes) -> None:
-        okm = crypto.hkdf(shared + premaster, transcript_hash, LABEL_HANDSHAKE, 128)
+    def __init__(self, ikm: bytes, transcript_hash: bytes, label: bytes = LABEL_HANDSHAKE) -> None:
+        # HKDF's output for 160 bytes starts with its output for 128: the
+        # resumption secret was added after the first four without changing
+        # them (or the test vector).
+        okm = crypto.hkdf(ikm, transcript_hash, label, 160)
         self.client_secret = okm[0:32]
         self.server_secret = okm[32:64]
         self.client_finished_key = okm[64:96]
         self.server_finished_key = okm[96:128]
+        self.resumption_secret = okm[128:160]
+
+
+def ticket_psk(resumption_secret: bytes, nonce: bytes) -> bytes:
+    """The PSK of the ticket issued with ``nonce`` on a channel (both sides
+    derive it; it never travels)."""
+    return crypto.hkdf_expand(resumption_secret, LABEL_RESUMPTION + nonce, 32)
+
+
+def resume_binder(psk: bytes, hello_without_binder: bytes) -> bytes:
+    """The RESUME_HELLO's last field: proof that the sender holds the
+    ticket's PSK, over everything before it in the record."""
+    return crypto.hmac_sha256(crypto.hkdf_expand(psk, LABEL_BINDER, 32), crypto.sha256(hello_without_binder))
+
+
+class Ticket:
+    """A resumption ticket as the client keeps it: the opaque bytes the
+    server sealed, and the PSK the client derived for them."""
+
+    __slots__ = ("ticket", "psk", "expires_at", "server_fingerprint")
+
+    def __init__(
+        self, ticket: bytes, psk: bytes, expires_at: float, server_fingerprint: str | None = None
+    ) -> None:
+        self.ticket = ticket
+        self.psk = psk
+        self.expires_at = expires_at
+        #: The key of the server that issued it (only that server can
+        #: take it back, so a resumption proves the same identity).
+        self.server_fingerprint = server_fingerprint
+
+    @classmethod
+    def from_event(
+        cls, event: dict[str, Any], channel: SecureChannel, now: float, server_fingerprint: str | None = None
+    ) -> "Ticket":
+        """The ticket of a ``ticket`` event received on ``channel``."""
+        if channel.resumption_secret is None:
+            raise ChannelError("ticket on a channel without a resumption secret")
+        try:
+            ticket = binascii.a2b_base64(str(event["ticket"]), strict_mode=True)
+            nonce = binascii.a2b_base64(str(event["nonce"]), strict_mode=True)
+            lifetime = float(event["lifetime"])
+        except (KeyError, ValueError, TypeError, binascii.Error):
+            raise ChannelError("malformed ticket event", ALERT_DECODE_ERROR) from None
+        if not 0 < len(ticket) <= MAX_TICKET_SIZE or len(nonce) != TICKET_NONCE_SIZE:
+            raise ChannelError("malformed ticket event", ALERT_DECODE_ERROR)
+        return cls(ticket, ticket_psk(channel.resumption_secret, nonce), now + lifetime, server_fingerprint)
+
+
+def _cookie_echo(record: bytes) -> bytes:
+    """The cookie of a COOKIE record."""
+    reader = _expect(record, COOKIE)
+    cookie = reader.take(COOKIE_SIZE)
+    reader.end()
+    return cookie
+
+
+def cookie_record(cookie: bytes) -> bytes:
+    return bytes((COOKIE,)) + cookie
+
+
+def _hello_body(versions: tuple[int, ...], suites: tuple[int, ...], random: bytes, share: bytes) -> bytes:
+    return (
+        bytes((len(versions),))
+        + struct.pack(f">{len(versions)}H", *versions)
+        + bytes((len(suites),))
+        + struct.pack(f">{len(suites)}H", *suites)
+        + random
+        + share
+    )
 
 
 class ClientHandshake:
-    """The client's side.  Call in order: :meth:`hello`,
-    :meth:`receive_server_hello` (then check the returned key against the
-    pin), :meth:`key_exchange`, :meth:`receive_finished`."""
+    """The client's side.  Call in order: :meth:`hello`, then for the
+    server's answer either :meth:`receive_server_hello` (a full handshake:
+    check the returned key against the pin, then :meth:`key_exchange` and
+    :meth:`receive_finished`) or :meth:`receive_server_resume` (the ticket
+    was taken: then :meth:`receive_resumed_finished`).  A COOKIE in place
+    of the answer goes to :meth:`receive_cookie`."""
 
     def __init__(
         self,
@@ -565,6 +672,7 @@ class ClientHandshake:
         premaster: bytes | None = None,
         rekey_after: int = REKEY_AFTER_RECORDS,
         encrypt: Any = None,
+        ticket: Ticket | None = None,
     ) -> None:
         # Fixed ephemeral, random and premaster, and a deterministic OAEP
         # ``encrypt(public_der, plaintext)``, exist for the spec's test
@@ -579,35 +687,57 @@ class ClientHandshake:
         self._versions = versions
         self._suites = suites
         self._rekey_after = rekey_after
+        self._ticket = ticket
+        self._hello = b""
+        self._cookie_answered = False
         self._transcript = b""
         self._secrets: HandshakeSecrets | None = None
         self.server_key_der: bytes | None = None
         self.server_fingerprint: str | None = None
+        #: True once the server took the ticket (no RSA, no pin check:
+        #: only the server that sealed the ticket can know its PSK).
+        self.resumed = False
         self.state = HandshakeState.AWAIT_HELLO
 
     def _require(self, state: HandshakeState) -> None:
         _require_state(self, state)
 
     def hello(self) -> bytes:
+        """CLIENT_HELLO, or RESUME_HELLO when there is a ticket."""
         self._require(HandshakeState.AWAIT_HELLO)
-        record = (
-            bytes((CLIENT_HELLO, len(self._versions)))
-            + struct.pack(f">{len(self._versions)}H", *self._versions)
-            + bytes((len(self._suites),))
-            + struct.pack(f">{len(self._suites)}H", *self._suites)
-            + self._random
-            + self._share
-        )
-        self._transcript = record
+        body = _hello_body(self._versions, self._suites, self._random, self._share)
+        if self._ticket is None:
+            record = bytes((CLIENT_HELLO,)) + body
+        else:
+            ticket = self._ticket.ticket
+            partial = bytes((RESUME_HELLO,)) + body + struct.pack(">H", len(ticket)) + ticket
+            record = partial + resume_binder(self._ticket.psk, partial)
+        self._hello = self._transcript = record
         self.state = HandshakeState.AWAIT_KEY_EXCHANGE
         return record
+
+    def receive_cookie(self, record: bytes) -> list[bytes]:
+        """The server is under load and wants its cookie back first: the
+        COOKIE to echo and the same hello again (once per connection)."""
+        self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
+        try:
+            if self._cookie_answered:
+                raise ChannelError("a second cookie", ALERT_DECODE_ERROR)
+            cookie = _cookie_echo(record)
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+        self._cookie_answered = True
+        return [cookie_record(cookie), self._hello]
 
     def receive_server_hello(self, record: bytes) -> str:
         """Parse the server hello; return the server key's fingerprint.
 
         The caller must check that fingerprint against its pin before it
         calls :meth:`key_exchange`, which is the first thing that depends on
-        the server's identity.
+        the server's identity.  After a RESUME_HELLO this is the server
+        declining the ticket: a full handshake follows, with the
+        RESUME_HELLO at the start of its transcript.
         """
         self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
         try:
@@ -618,10 +748,7 @@ class ClientHandshake:
             share = reader.take(SHARE_SIZE)
             der = reader.take(reader.u16())
             reader.end()
-            if version not in self._versions:
-                raise ChannelError("server chose a version we did not offer", ALERT_PROTOCOL_VERSION)
-            if suite not in self._suites:
-                raise ChannelError("server chose a suite we did not offer")
+            self._check_choice(version, suite)
             self._server_public = crypto.rsa_public_from_der(der)
             self._shared = crypto.dh(self._eph, share)
         except crypto.CryptoError as e:
@@ -636,6 +763,39 @@ class ClientHandshake:
         self.state = HandshakeState.DERIVING
         return self.server_fingerprint
 
+    def _check_choice(self, version: int, suite: int) -> None:
+        if version not in self._versions:
+            raise ChannelError("server chose a version we did not offer", ALERT_PROTOCOL_VERSION)
+        if suite not in self._suites:
+            raise ChannelError("server chose a suite we did not offer")
+
+    def receive_server_resume(self, record: bytes) -> None:
+        """The server took the ticket; its FINISHED comes next."""
+        self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
+        try:
+            if self._ticket is None:
+                raise ChannelError("SERVER_RESUME without a ticket offered", ALERT_DECODE_ERROR)
+            reader = _expect(record, SERVER_RESUME)
+            version = reader.u16()
+            suite = reader.u16()
+            reader.take(RANDOM_SIZE)
+            share = reader.take(SHARE_SIZE)
+            reader.end()
+            self._check_choice(version, suite)
+            shared = crypto.dh(self._eph, share)
+        except crypto.CryptoError as e:
+            self.state = HandshakeState.FAILED
+            raise ChannelError(str(e)) from None
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+        self._transcript += record
+        self._secrets = HandshakeSecrets(
+            shared + self._ticket.psk, crypto.sha256(self._transcript), LABEL_RESUMED
+        )
+        self.resumed = True
+        self.state = HandshakeState.AWAIT_FINISHED
+
     def key_exchange(self) -> list[bytes]:
         """The KEY_EXCHANGE and client FINISHED records."""
         self._require(HandshakeState.DERIVING)
@@ -645,7 +805,7 @@ class ClientHandshake:
             encrypted = self._encrypt(self.server_key_der, self._premaster)
         kex = bytes((KEY_EXCHANGE,)) + struct.pack(">H", len(encrypted)) + encrypted
         self._transcript += kex
-        self._secrets = HandshakeSecrets(self._shared, self._premaster, crypto.sha256(self._transcript))
+        self._secrets = HandshakeSecrets(self._shared + self._premaster, crypto.sha256(self._transcript))
         finished = bytes((FINISHED,)) + crypto.hmac_sha256(
             self._secrets.client_finished_key, crypto.sha256(self._transcript)
         )
@@ -653,8 +813,8 @@ class ClientHandshake:
         self.state = HandshakeState.AWAIT_FINISHED
         return [kex, finished]
 
-    def receive_finished(self, record: bytes) -> SecureChannel:
-        self._require(HandshakeState.AWAIT_FINISHED)
+    def _server_mac(self, record: bytes) -> None:
+        """Check the server's FINISHED against the transcript so far."""
         assert self._secrets is not None
         try:
             reader = _expect(record, FINISHED)
@@ -667,21 +827,112 @@ class ClientHandshake:
         if not crypto.hmac_equal(mac, expected):
             self.state = HandshakeState.FAILED
             raise ChannelError("server finished MAC is wrong")
+
+    def _channel(self) -> SecureChannel:
+        assert self._secrets is not None
         self.state = HandshakeState.ESTABLISHED
         return SecureChannel(
             self._secrets.client_secret,
             self._secrets.server_secret,
             rekey_after=self._rekey_after,
+            resumption_secret=self._secrets.resumption_secret,
+            resumed=self.resumed,
         )
+
+    def receive_finished(self, record: bytes) -> SecureChannel:
+        """The server's FINISHED of a full handshake."""
+        self._require(HandshakeState.AWAIT_FINISHED)
+        if self.resumed:
+            self.state = HandshakeState.FAILED
+            raise ChannelError("handshake step out of order (resumed)")
+        self._server_mac(record)
+        return self._channel()
+
+    def receive_resumed_finished(self, record: bytes) -> tuple[bytes, SecureChannel]:
+        """The server's FINISHED of a resumption: our FINISHED to send
+        (before any sealed record) and the channel."""
+        self._require(HandshakeState.AWAIT_FINISHED)
+        if not self.resumed:
+            self.state = HandshakeState.FAILED
+            raise ChannelError("handshake step out of order (not resumed)")
+        self._server_mac(record)
+        assert self._secrets is not None
+        self._transcript += record
+        finished = bytes((FINISHED,)) + crypto.hmac_sha256(
+            self._secrets.client_finished_key, crypto.sha256(self._transcript)
+        )
+        return finished, self._channel()
+
+
+class Hello:
+    """A client's hello as the server read it."""
+
+    __slots__ = ("record", "version", "suite", "client_share", "ticket", "binder_at")
+
+    def __init__(
+        self,
+        record: bytes,
+        version: int,
+        suite: int,
+        client_share: bytes,
+        ticket: bytes | None,
+        binder_at: int,
+    ) -> None:
+        self.record = record
+        self.version = version
+        self.suite = suite
+        self.client_share = client_share
+        #: The ticket of a RESUME_HELLO (None for a CLIENT_HELLO).
+        self.ticket = ticket
+        self.binder_at = binder_at
+
+
+def read_hello(record: bytes) -> Hello:
+    """Parse and negotiate a CLIENT_HELLO or RESUME_HELLO (section
+    "Negotiation"); raises ChannelError with the spec's alert."""
+    if record[0] == ALERT:
+        raise _parse_alert(record)
+    if record[0] not in (CLIENT_HELLO, RESUME_HELLO):
+        raise ChannelError(f"unexpected record type 0x{record[0]:02x}", ALERT_DECODE_ERROR)
+    reader = _Reader(record)
+    reader.take(1)
+    versions = reader.u16_list()
+    suites = reader.u16_list()
+    reader.take(RANDOM_SIZE)
+    client_share = reader.take(SHARE_SIZE)
+    ticket = None
+    binder_at = len(record)
+    if record[0] == RESUME_HELLO:
+        size = reader.u16()
+        if not 0 < size <= MAX_TICKET_SIZE:
+            raise ChannelError("ticket length out of range", ALERT_DECODE_ERROR)
+        ticket = reader.take(size)
+        binder_at = reader.pos
+        reader.take(MAC_SIZE)
+    reader.end()
+    version = next((v for v in SUPPORTED_VERSIONS if v in versions), None)
+    if version is None:
+        raise ChannelError("no protocol version in common", ALERT_PROTOCOL_VERSION)
+    suite = next((s for s in SUPPORTED_SUITES if s in suites), None)
+    if suite is None:
+        raise ChannelError("no cipher suite in common")
+    return Hello(record, version, suite, client_share, ticket, binder_at)
 
 
 class ServerHandshake:
-    """The server's side.  :meth:`receive_client_hello` returns the server
-    hello; :meth:`receive_key_exchange` stores the client's key exchange;
-    :meth:`derive` does the RSA decryption and key derivation (pure and
-    thread-safe: the server runs it in a thread pool);
+    """The server's side.  :meth:`receive_client_hello` reads the client's
+    hello; then either :meth:`server_hello` (a full handshake:
+    :meth:`receive_key_exchange` stores the client's key exchange,
+    :meth:`derive` does the RSA decryption and key derivation, pure and
+    thread-safe, so the server runs it in a thread pool) or, for a
+    RESUME_HELLO whose ticket the caller accepted, :meth:`resume`.  Last,
     :meth:`receive_finished` checks the client's MAC and returns the
-    server's FINISHED record and the channel."""
+    server's FINISHED record (None after a resumption, whose FINISHED went
+    first) and the channel.
+
+    The caller decides between the two, and whether to ask for a cookie
+    first (:meth:`receive_cookie`): those are policies of the server
+    (tickets, load), not of the channel."""
 
     def __init__(
         self,
@@ -699,48 +950,116 @@ class ServerHandshake:
         self._rekey_after = rekey_after
         self._transcript = b""
         self._secrets: HandshakeSecrets | None = None
+        self._hello: Hello | None = None
+        #: The cookie the client echoed, if it did (once per connection).
+        self.cookie: bytes | None = None
+        self._cookie_seen = False
+        self.resumed = False
         self.state = HandshakeState.AWAIT_HELLO
 
     def _require(self, state: HandshakeState) -> None:
         _require_state(self, state)
 
-    def receive_client_hello(self, record: bytes) -> bytes:
+    def _failing(self, e: ChannelError) -> ChannelError:
+        self.state = HandshakeState.FAILED
+        return e
+
+    def receive_cookie(self, record: bytes) -> None:
+        """The client's echo of our cookie; its hello comes next."""
         self._require(HandshakeState.AWAIT_HELLO)
         try:
-            reader = _expect(record, CLIENT_HELLO)
-            versions = reader.u16_list()
-            suites = reader.u16_list()
-            reader.take(RANDOM_SIZE)
-            client_share = reader.take(SHARE_SIZE)
-            reader.end()
-            version = next((v for v in SUPPORTED_VERSIONS if v in versions), None)
-            if version is None:
-                raise ChannelError("no protocol version in common", ALERT_PROTOCOL_VERSION)
-            suite = next((s for s in SUPPORTED_SUITES if s in suites), None)
-            if suite is None:
-                raise ChannelError("no cipher suite in common")
-            if self._fixed_ephemeral is None:
-                eph, share = crypto.x25519_keypair()
-            else:
-                eph, share = crypto.x25519_private_from_bytes(self._fixed_ephemeral)
-            self._shared = crypto.dh(eph, client_share)
+            if self._cookie_seen:
+                raise ChannelError("a second cookie", ALERT_DECODE_ERROR)
+            self.cookie = _cookie_echo(record)
+        except ChannelError as e:
+            raise self._failing(e) from None
+        self._cookie_seen = True
+
+    def read_hello(self, record: bytes) -> Hello:
+        """Read the client's hello; the answer is the caller's choice."""
+        self._require(HandshakeState.AWAIT_HELLO)
+        try:
+            hello = read_hello(record)
+        except ChannelError as e:
+            raise self._failing(e) from None
+        self._hello = hello
+        self.state = HandshakeState.HELLO_READ
+        return hello
+
+    def hello_record(self) -> bytes:
+        """The raw hello read last (what a cookie is bound to)."""
+        assert self._hello is not None
+        return self._hello.record
+
+    def retry_with_cookie(self) -> None:
+        """We answered the hello with a COOKIE: the hello comes again."""
+        self._require(HandshakeState.HELLO_READ)
+        self._hello = None
+        self.state = HandshakeState.AWAIT_HELLO
+
+    def _ephemeral_shared(self, client_share: bytes) -> tuple[bytes, bytes]:
+        if self._fixed_ephemeral is None:
+            eph, share = crypto.x25519_keypair()
+        else:
+            eph, share = crypto.x25519_private_from_bytes(self._fixed_ephemeral)
+        try:
+            return share, crypto.dh(eph, client_share)
         except crypto.CryptoError as e:
-            self.state = HandshakeState.FAILED
-            raise ChannelError(str(e)) from None
-        except ChannelError:
-            self.state = HandshakeState.FAILED
-            raise
-        random = self._random if self._random is not None else crypto.random_bytes(RANDOM_SIZE)
-        hello = (
-            struct.pack(">BHH", SERVER_HELLO, version, suite)
-            + random
+            raise self._failing(ChannelError(str(e))) from None
+
+    def _random_bytes(self) -> bytes:
+        return self._random if self._random is not None else crypto.random_bytes(RANDOM_SIZE)
+
+    def server_hello(self) -> bytes:
+        """SERVER_HELLO: a full handshake (a RESUME_HELLO's ticket ignored)."""
+        self._require(HandshakeState.HELLO_READ)
+        hello = self._hello
+        assert hello is not None
+        share, self._shared = self._ephemeral_shared(hello.client_share)
+        record = (
+            struct.pack(">BHH", SERVER_HELLO, hello.version, hello.suite)
+            + self._random_bytes()
             + share
             + struct.pack(">H", len(self._identity_der))
             + self._identity_der
         )
-        self._transcript = record + hello
+        self._transcript = hello.record + record
         self.state = HandshakeState.AWAIT_KEY_EXCHANGE
-        return hello
+        return record
+
+    def receive_client_hello(self, record: bytes) -> bytes:
+        """A hello answered with a full handshake's SERVER_HELLO."""
+        self.read_hello(record)
+        return self.server_hello()
+
+    def binder_valid(self, psk: bytes) -> bool:
+        """Whether the RESUME_HELLO's binder proves knowledge of ``psk``."""
+        hello = self._hello
+        if hello is None or hello.ticket is None:
+            return False
+        expected = resume_binder(psk, hello.record[: hello.binder_at])
+        return crypto.hmac_equal(hello.record[hello.binder_at :], expected)
+
+    def resume(self, psk: bytes) -> list[bytes]:
+        """SERVER_RESUME and the server's FINISHED, for a RESUME_HELLO
+        whose ticket the caller opened, checked (:meth:`binder_valid`
+        first) and redeemed; the client's FINISHED comes next."""
+        self._require(HandshakeState.HELLO_READ)
+        hello = self._hello
+        assert hello is not None and hello.ticket is not None
+        if not self.binder_valid(psk):
+            raise self._failing(ChannelError("resumption binder is wrong"))
+        share, shared = self._ephemeral_shared(hello.client_share)
+        record = struct.pack(">BHH", SERVER_RESUME, hello.version, hello.suite) + self._random_bytes() + share
+        self._transcript = hello.record + record
+        self._secrets = HandshakeSecrets(shared + psk, crypto.sha256(self._transcript), LABEL_RESUMED)
+        finished = bytes((FINISHED,)) + crypto.hmac_sha256(
+            self._secrets.server_finished_key, crypto.sha256(self._transcript)
+        )
+        self._transcript += finished
+        self.resumed = True
+        self.state = HandshakeState.AWAIT_FINISHED
+        return [record, finished]
 
     def receive_key_exchange(self, record: bytes) -> None:
         self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
@@ -748,9 +1067,8 @@ class ServerHandshake:
             reader = _expect(record, KEY_EXCHANGE)
             self._encrypted = reader.take(reader.u16())
             reader.end()
-        except ChannelError:
-            self.state = HandshakeState.FAILED
-            raise
+        except ChannelError as e:
+            raise self._failing(e) from None
         self._transcript += record
         self.state = HandshakeState.DERIVING
 
@@ -770,31 +1088,33 @@ class ServerHandshake:
         if len(premaster) != PREMASTER_SIZE:
             self.state = HandshakeState.FAILED
             raise ChannelError("premaster secret has the wrong size")
-        self._secrets = HandshakeSecrets(self._shared, premaster, crypto.sha256(self._transcript))
+        self._secrets = HandshakeSecrets(self._shared + premaster, crypto.sha256(self._transcript))
         self.state = HandshakeState.AWAIT_FINISHED
 
-    def receive_finished(self, record: bytes) -> tuple[bytes, SecureChannel]:
+    def receive_finished(self, record: bytes) -> tuple[bytes | None, SecureChannel]:
         self._require(HandshakeState.AWAIT_FINISHED)
         assert self._secrets is not None
         try:
             reader = _expect(record, FINISHED)
             mac = reader.take(MAC_SIZE)
             reader.end()
-        except ChannelError:
-            self.state = HandshakeState.FAILED
-            raise
+        except ChannelError as e:
+            raise self._failing(e) from None
         expected = crypto.hmac_sha256(self._secrets.client_finished_key, crypto.sha256(self._transcript))
         if not crypto.hmac_equal(mac, expected):
-            self.state = HandshakeState.FAILED
-            raise ChannelError("client finished MAC is wrong")
-        self._transcript += record
-        finished = bytes((FINISHED,)) + crypto.hmac_sha256(
-            self._secrets.server_finished_key, crypto.sha256(self._transcript)
-        )
+            raise self._failing(ChannelError("client finished MAC is wrong"))
+        finished: bytes | None = None
+        if not self.resumed:
+            self._transcript += record
+            finished = bytes((FINISHED,)) + crypto.hmac_sha256(
+                self._secrets.server_finished_key, crypto.sha256(self._transcript)
+            )
         self.state = HandshakeState.ESTABLISHED
         channel = SecureChannel(
             self._secrets.server_secret,
             self._secrets.client_secret,
             rekey_after=self._rekey_after,
+            resumption_secret=self._secrets.resumption_secret,
+            resumed=self.resumed,
         )
         return finished, channel

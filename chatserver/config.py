@@ -54,6 +54,10 @@ class Settings:
     login_failures_per_address: int = 20
     login_lockout: float = 60.0
     session_token_ttl: float = 30 * 86400.0
+    #: Seconds a resumption ticket is valid (0: no resumption).
+    ticket_lifetime: float = 7 * 86400.0
+    #: Seconds a ticket key seals new tickets before the next one does.
+    ticket_key_rotation: float = 86400.0
     # [chat]
     default_room: str = "lobby"
     max_body_length: int = 4000
@@ -77,6 +81,15 @@ class Settings:
     registrations_burst: int = 10
     registrations_prefix_rate: float = 0.2
     registrations_prefix_burst: int = 30
+    #: Full handshakes (an RSA decryption each) per address, and per /24
+    #: or /64 prefix; resumptions do not count.
+    handshakes_rate: float = 5.0
+    handshakes_burst: int = 30
+    handshakes_prefix_rate: float = 20.0
+    handshakes_prefix_burst: int = 100
+    #: Full-handshake jobs queued or running from which a hello must
+    #: bring back a cookie first (0: always).
+    cookie_threshold: int = 16
     abuse_strikes: int = 20
     # [store]
     synchronous: str = "full"
@@ -248,6 +261,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("accounts", "login_failures_per_address", "login_failures_per_address", _positive(int)),
     ("accounts", "login_lockout", "login_lockout", _positive(float)),
     ("accounts", "session_token_ttl", "session_token_ttl", _positive(float)),
+    ("accounts", "ticket_lifetime", "ticket_lifetime", _ranged(float, 0, 30 * 86400)),
+    ("accounts", "ticket_key_rotation", "ticket_key_rotation", _ranged(float, 60, 30 * 86400)),
     ("chat", "default_room", "default_room", _room),
     ("chat", "max_body_length", "max_body_length", _ranged(int, 1, 60000)),
     ("chat", "max_room_members", "max_room_members", _positive(int)),
@@ -266,6 +281,11 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("limits", "registrations_burst", "registrations_burst", _positive(int)),
     ("limits", "registrations_prefix_rate", "registrations_prefix_rate", _positive(float)),
     ("limits", "registrations_prefix_burst", "registrations_prefix_burst", _positive(int)),
+    ("limits", "handshakes_rate", "handshakes_rate", _positive(float)),
+    ("limits", "handshakes_burst", "handshakes_burst", _positive(int)),
+    ("limits", "handshakes_prefix_rate", "handshakes_prefix_rate", _positive(float)),
+    ("limits", "handshakes_prefix_burst", "handshakes_prefix_burst", _positive(int)),
+    ("limits", "cookie_threshold", "cookie_threshold", _ranged(int, 0, 1 << 20)),
     ("limits", "abuse_strikes", "abuse_strikes", _positive(int)),
     ("store", "synchronous", "synchronous", _synchronous),
     ("log", "level", "log_level", _level),

@@ -13,7 +13,10 @@ from typing import Any
 #: name -> help text.  Counters only go up; rates are derived from them.
 COUNTERS = {
     "connections": "Connections accepted.",
-    "handshakes": "Handshakes completed (secure channel up).",
+    "handshakes": "Full handshakes completed (secure channel up, one RSA decryption each).",
+    "resumptions": "Resumed handshakes completed (a ticket instead of RSA).",
+    "cookies": "Hellos answered with a cookie (under load).",
+    "handshakes_refused": "Full handshakes refused by an address's or network's budget.",
     "logins": "Successful logins and registrations.",
     "failed_logins": "Logins refused for bad credentials.",
     "rate_limited": "Requests refused by a rate limit.",

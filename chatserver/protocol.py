@@ -29,10 +29,12 @@ from chatserver.accounts import Account, Accounts, AuthError
 from chatserver.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
 from chatserver.chat import ANSWER_OVERHEAD, LIST_PAGE_MAX, ChatError, ChatService
 from chatserver.config import Settings
+from chatserver.cookies import Cookies
 from chatserver.identity import Identity
 from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.store import DatabaseLost, StoreClosed
+from chatserver.tickets import Tickets
 from chatserver.validation import PRE_LOGIN, Limits, RequestError, validate
 from chatserver.workers import Busy, CryptoPool
 
@@ -88,6 +90,8 @@ def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
         "lookups": (settings.lookups_rate, settings.lookups_burst),
         "registrations": (settings.registrations_rate, settings.registrations_burst),
         "registrations_prefix": (settings.registrations_prefix_rate, settings.registrations_prefix_burst),
+        "handshakes": (settings.handshakes_rate, settings.handshakes_burst),
+        "handshakes_prefix": (settings.handshakes_prefix_rate, settings.handshakes_prefix_burst),
     }
 
 
@@ -411,7 +415,12 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         record = channel.decode_line(line)
         state = handshake.state
         if state is HandshakeState.AWAIT_HELLO:
-            self.transport.write(channel.encode_line(handshake.receive_client_hello(record)))
+            if record[0] == channel.COOKIE:
+                handshake.receive_cookie(record)  # the hello follows
+                return
+            hello = handshake.read_hello(record)
+            if hello.ticket is None or not self._try_ticket(handshake, hello):
+                self._full_hello(handshake)
         elif state is HandshakeState.AWAIT_KEY_EXCHANGE:
             handshake.receive_key_exchange(record)
             try:
@@ -425,11 +434,76 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         elif state is HandshakeState.AWAIT_FINISHED:
             finished, self.channel = handshake.receive_finished(record)
             self.handshake = None
-            self.factory.metrics.count("handshakes")
-            self.transport.write(channel.encode_line(finished))
+            self.factory.metrics.count("resumptions" if self.channel.resumed else "handshakes")
+            if finished is not None:
+                self.transport.write(channel.encode_line(finished))
             connections_log.debug("secure channel with {peer}", peer=self.peer)
         else:
             raise ChannelError(f"unexpected record in state {state.value}")
+
+    def _try_ticket(self, handshake: channel.ServerHandshake, hello: channel.Hello) -> bool:
+        """Start redeeming a RESUME_HELLO's ticket; False if it cannot be
+        (then the hello gets a full handshake, as the spec says)."""
+        tickets = self.factory.tickets
+        assert hello.ticket is not None
+        opened = tickets.open(hello.ticket) if tickets is not None else None
+        if opened is None or not handshake.binder_valid(opened.psk):
+            return False
+        assert tickets is not None
+        # Nothing more is read until the database has said whether the
+        # ticket is still unused.
+        self._hold("resume")
+        d = tickets.redeem(opened)
+        d.addCallbacks(self._redeemed, self._redeem_failed, callbackArgs=(handshake, opened.psk))
+        return True
+
+    def _redeemed(self, fresh: bool, handshake: channel.ServerHandshake, psk: bytes) -> None:
+        if self.ending or self.handshake is not handshake:
+            return
+        try:
+            if fresh:
+                self.transport.write(b"".join(channel.encode_line(r) for r in handshake.resume(psk)))
+            else:
+                # Replayed, or its session ended: a full handshake.
+                self._full_hello(handshake)
+        except ChannelError as e:
+            self._drop(e.reason, e.alert)
+            return
+        self._release("resume")
+
+    def _redeem_failed(self, failure: Failure) -> None:
+        handshake = self.handshake
+        if self.ending or handshake is None:
+            return
+        if not failure.check(DatabaseLost, StoreClosed):
+            log.failure("redeeming a ticket failed for {peer}", failure, peer=self.peer)
+        self._redeemed(False, handshake, b"")
+
+    def _full_hello(self, handshake: channel.ServerHandshake) -> None:
+        """Answer the hello with a full handshake's SERVER_HELLO, which
+        costs us an RSA decryption: under load only for a client that
+        echoed our cookie, and within its address's and network's budget."""
+        factory = self.factory
+        record = handshake.hello_record()
+        if factory.cookies.required(factory.pool) and not factory.cookies.valid(
+            handshake.cookie, self.peer, record
+        ):
+            if handshake.cookie is not None:
+                raise ChannelError("cookie is wrong or too old")
+            self.transport.write(
+                channel.encode_line(channel.cookie_record(factory.cookies.make(self.peer, record)))
+            )
+            handshake.retry_with_cookie()
+            factory.metrics.count("cookies")
+            return
+        limits = factory.rate_limits
+        if limits.check("handshakes", ("address", self.peer)):
+            factory.metrics.count("handshakes_refused")
+            raise ChannelError("too many handshakes from your address; try again later", channel.ALERT_BUSY)
+        if limits.check("handshakes_prefix", ("prefix", network_prefix(self.peer))):
+            factory.metrics.count("handshakes_refused")
+            raise ChannelError("too many handshakes from your network; try again later", channel.ALERT_BUSY)
+        self.transport.write(channel.encode_line(handshake.server_hello()))
 
     def _derived(self, _: Any) -> None:
         if not self.ending and self.handshake is not None:
@@ -720,8 +794,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             # before connect() finished putting us in our rooms.
             self.factory.chat.disconnect(self)
             return None
-        # Offline direct messages follow the welcome.
-        self.factory.reactor.callLater(0, self._push_undelivered)
+        # A resumption ticket and offline direct messages follow the welcome.
+        self.factory.reactor.callLater(0, self._after_welcome)
         return {
             "type": "welcome",
             "user": account.name,
@@ -734,9 +808,15 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             "idle_timeout": self.factory.settings.idle_timeout,
         }
 
-    def _push_undelivered(self) -> None:
-        if not self.ending:
-            self.factory.chat.push_undelivered(self).addErrback(self._push_failed)
+    def _after_welcome(self) -> None:
+        if self.ending:
+            return
+        tickets = self.factory.tickets
+        if tickets is not None and self.channel is not None and self._token is not None:
+            ticket = tickets.issue(self.channel, self._token)
+            if ticket is not None:
+                self.send(ticket)
+        self.factory.chat.push_undelivered(self).addErrback(self._push_failed)
 
     def _push_failed(self, failure: Failure) -> None:
         if failure.check(StoreClosed):
@@ -955,10 +1035,11 @@ class ChatFactory(ServerFactory):
         reactor: Any,
         rekey_after: int = channel.REKEY_AFTER_RECORDS,
         metrics: Metrics | None = None,
+        tickets: Tickets | None = None,
     ) -> None:
         """``clock`` tells the time (timeouts, rate limits; tests pass a
         fake one); ``reactor`` runs "next turn" calls, which must happen
-        whatever the clock says."""
+        whatever the clock says; without ``tickets``, no resumption."""
         self.settings = settings
         self.identity = identity
         self.chat = chat
@@ -967,6 +1048,8 @@ class ChatFactory(ServerFactory):
         self.clock = clock
         self.reactor = reactor
         self.rekey_after = rekey_after
+        self.tickets = tickets
+        self.cookies = Cookies(clock, settings.cookie_threshold)
         self.limits = Limits(settings.max_body_length)
         self.rate_limits = RateLimits(clock, rate_rules(settings))
         self.connections: set[ChatProtocol] = set()

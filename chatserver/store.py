@@ -591,3 +591,40 @@ def add_audit(
 def user_exists(cursor: Any, name: str) -> bool:
     cursor.execute("SELECT 1 FROM users WHERE name = ?", (name,))
     return cursor.fetchone() is not None
+
+
+# --- resumption tickets ---------------------------------------------------
+
+
+def ticket_keys(cursor: Any) -> list[tuple[int, bytes, int]]:
+    """Every ticket key: (id, secret, created_at), oldest first."""
+    cursor.execute("SELECT id, secret, created_at FROM ticket_keys ORDER BY id")
+    return [(row[0], bytes(row[1]), row[2]) for row in cursor.fetchall()]
+
+
+def rotate_ticket_keys(
+    cursor: Any, secret: bytes, now: int, drop_before: int
+) -> list[tuple[int, bytes, int]]:
+    """Add a ticket key, delete those made before ``drop_before``, and
+    return the keys as they are now."""
+    cursor.execute("INSERT INTO ticket_keys (secret, created_at) VALUES (?, ?)", (secret, now))
+    cursor.execute("DELETE FROM ticket_keys WHERE created_at < ?", (drop_before,))
+    cursor.execute("DELETE FROM redeemed_tickets WHERE expires_at <= ?", (now,))
+    return ticket_keys(cursor)
+
+
+def redeem_ticket(cursor: Any, ticket_hash: bytes, expires_at: int, token_hash: str, now: int) -> bool:
+    """Use a ticket up: True the first time, if the session token it was
+    issued to is still live (a logout or a disabled account revoked it);
+    False for a replay."""
+    cursor.execute(
+        "SELECT 1 FROM session_tokens WHERE token_hash = ? AND expires_at > ?",
+        (token_hash, now),
+    )
+    if cursor.fetchone() is None:
+        return False
+    cursor.execute(
+        "INSERT OR IGNORE INTO redeemed_tickets (ticket_hash, expires_at) VALUES (?, ?)",
+        (ticket_hash, expires_at),
+    )
+    return bool(cursor.rowcount == 1)

@@ -27,6 +27,7 @@ from chatserver.monitoring import Monitoring
 from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
 from chatserver.store import Store, UnusableDatabase, had_database
+from chatserver.tickets import Tickets
 from chatserver.workers import CryptoPool
 
 log = Logger(namespace="chatserver.tap")
@@ -84,8 +85,16 @@ class ChatCore(service.Service):
 
     name = "chat-core"
 
-    def __init__(self, chat: ChatService, listener: Any, description: str = "", on_fatal: Any = None) -> None:
+    def __init__(
+        self,
+        chat: ChatService,
+        listener: Any,
+        description: str = "",
+        on_fatal: Any = None,
+        tickets: Tickets | None = None,
+    ) -> None:
         self.chat = chat
+        self.tickets = tickets
         self.listener = listener
         self.listeners: list[tuple[str, Any]] = [(description, listener)]
         self._on_fatal = on_fatal  # () -> None, after a start-up failure
@@ -98,6 +107,8 @@ class ChatCore(service.Service):
     def startService(self) -> None:
         super().startService()
         d = self.chat.load()
+        if self.tickets is not None:
+            d.addCallback(lambda _: self.tickets.load())
         d.addCallback(lambda _: self._listen())
         d.addErrback(self._failed)
 
@@ -133,6 +144,8 @@ class ChatCore(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        if self.tickets is not None:
+            self.tickets.stop()
         stopping = [listener.stopService() for _, listener in self.listeners if listener.running]
         return DeferredList(stopping) if stopping else None
 
@@ -207,6 +220,7 @@ class ChatServer(service.MultiService):
         logs.set_level(settings.log_level, settings.log_levels)
         factory: ChatFactory = self.factory  # type: ignore[attr-defined]
         factory.rate_limits.replace_rules(rate_rules(settings))
+        factory.cookies.threshold = settings.cookie_threshold
         log.info(
             "SIGHUP: log files reopened; reloaded log level {name} and rate limits", name=settings.log_level
         )
@@ -255,6 +269,11 @@ RELOADABLE = (
     "registrations_burst",
     "registrations_prefix_rate",
     "registrations_prefix_burst",
+    "handshakes_rate",
+    "handshakes_burst",
+    "handshakes_prefix_rate",
+    "handshakes_prefix_burst",
+    "cookie_threshold",
 )
 
 
@@ -346,6 +365,7 @@ def makeService(
         max_room_members=settings.max_room_members,
         max_rooms_per_user=settings.max_rooms_per_user,
     )
+    tickets = Tickets(store, clock, settings.ticket_lifetime, settings.ticket_key_rotation)
     factory = ChatFactory(
         settings,
         identity,
@@ -355,10 +375,15 @@ def makeService(
         clock,
         reactor,
         metrics=metrics,
+        tickets=tickets,
     )
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
     core = ChatCore(
-        chat, listener, settings.endpoint, on_fatal=(lambda: _stop_failed(reactor)) if real else None
+        chat,
+        listener,
+        settings.endpoint,
+        on_fatal=(lambda: _stop_failed(reactor)) if real else None,
+        tickets=tickets,
     )
     core.setServiceParent(top)
     if settings.monitor_enabled:

@@ -66,6 +66,10 @@ def make_settings(base: Path, **overrides: Any) -> Settings:
         "registrations_burst": 1_000_000,
         "registrations_prefix_rate": 1e6,
         "registrations_prefix_burst": 1_000_000,
+        "handshakes_rate": 1e6,
+        "handshakes_burst": 1_000_000,
+        "handshakes_prefix_rate": 1e6,
+        "handshakes_prefix_burst": 1_000_000,
         # A monitor child per test server would only slow the suite; the
         # monitoring tests turn it on.
         "monitor_enabled": False,

@@ -207,7 +207,7 @@ class RealChannelTests(_VectorTestCase):
         self.assertEqual(share, self.b("client_x25519_public"))
         self.assertEqual(crypto.dh(eph, self.b("server_x25519_public")), self.b("shared_secret"))
         secrets = channel.HandshakeSecrets(
-            self.b("shared_secret"), self.b("premaster"), self.b("transcript_hash_kex")
+            self.b("shared_secret") + self.b("premaster"), self.b("transcript_hash_kex")
         )
         for name in ("client_secret", "server_secret", "client_finished_key", "server_finished_key"):
             self.assertEqual(getattr(secrets, name), self.b(name), name)

@@ -61,6 +61,10 @@ registrations_rate = 1000000
 registrations_burst = 1000000
 registrations_prefix_rate = 1000000
 registrations_prefix_burst = 1000000
+handshakes_rate = 1000000
+handshakes_burst = 1000000
+handshakes_prefix_rate = 1000000
+handshakes_prefix_burst = 1000000
 [store]
 synchronous = normal
 """
