@@ -29,11 +29,15 @@ async def logged_in_raw(testcase: ChannelTestCase, port: int, user: str = "alice
     raw.send_sealed(
         channel.DATA, channel.encode_events([{"type": "register", "user": user, "password": PASSWORD}])
     )
+    welcomed = False
     for _ in range(20):  # bounded: the welcome and the first notifications
-        events = await raw.next_events()
-        if events and any(e.get("type") == "welcome" for e in events):
+        events = await raw.next_events() or []
+        welcomed = welcomed or any(e.get("type") == "welcome" for e in events)
+        # The resumption ticket follows the welcome (and what it held
+        # back): after it the connection is quiet.
+        if welcomed and any(e.get("type") == "ticket" for e in events):
             return raw
-    raise AssertionError("no welcome")
+    raise AssertionError("no welcome and ticket")
 
 
 async def answers(raw: RawClient, count: int) -> list[dict[str, Any]]:
