@@ -613,18 +613,18 @@ def rotate_ticket_keys(
     return ticket_keys(cursor)
 
 
-def redeem_ticket(cursor: Any, ticket_hash: bytes, expires_at: int, token_hash: str, now: int) -> bool:
-    """Use a ticket up: True the first time, if the session token it was
-    issued to is still live (a logout or a disabled account revoked it);
-    False for a replay."""
+def ticket_state(cursor: Any, ticket_hash: bytes, token_hash: str, now: int) -> tuple[bool, bool]:
+    """(whether the session token a ticket was issued with is still live,
+    whether the ticket was taken before): a read, no commit to wait for."""
     cursor.execute(
         "SELECT 1 FROM session_tokens WHERE token_hash = ? AND expires_at > ?",
         (token_hash, now),
     )
-    if cursor.fetchone() is None:
-        return False
-    cursor.execute(
-        "INSERT OR IGNORE INTO redeemed_tickets (ticket_hash, expires_at) VALUES (?, ?)",
-        (ticket_hash, expires_at),
-    )
-    return bool(cursor.rowcount == 1)
+    live = cursor.fetchone() is not None
+    cursor.execute("SELECT 1 FROM redeemed_tickets WHERE ticket_hash = ?", (ticket_hash,))
+    return live, cursor.fetchone() is not None
+
+
+def add_redeemed_tickets(cursor: Any, rows: list[tuple[bytes, int]]) -> None:
+    """Remember taken tickets (hash, expires_at), many in one commit."""
+    cursor.executemany("INSERT OR IGNORE INTO redeemed_tickets (ticket_hash, expires_at) VALUES (?, ?)", rows)

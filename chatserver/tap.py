@@ -144,9 +144,9 @@ class ChatCore(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        if self.tickets is not None:
-            self.tickets.stop()
         stopping = [listener.stopService() for _, listener in self.listeners if listener.running]
+        if self.tickets is not None:
+            stopping.append(self.tickets.stop())
         return DeferredList(stopping) if stopping else None
 
 
@@ -365,7 +365,7 @@ def makeService(
         max_room_members=settings.max_room_members,
         max_rooms_per_user=settings.max_rooms_per_user,
     )
-    tickets = Tickets(store, clock, settings.ticket_lifetime, settings.ticket_key_rotation)
+    tickets = Tickets(store, clock, settings.ticket_lifetime, settings.ticket_key_rotation, reactor=reactor)
     factory = ChatFactory(
         settings,
         identity,

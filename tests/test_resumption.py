@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
@@ -80,7 +81,9 @@ class ChannelResumptionTests(unittest.TestCase):
         assert server_finished is not None
         client_channel = client.receive_finished(server_finished)
         self.assertFalse(client_channel.resumed or server_channel.resumed)
-        self.assertEqual(server_channel.open(client_channel.seal_events([{"type": "x"}])[:-1]), [{"type": "x"}])
+        self.assertEqual(
+            server_channel.open(client_channel.seal_events([{"type": "x"}])[:-1]), [{"type": "x"}]
+        )
 
     def test_a_resume_hello_with_a_bad_ticket_length_is_a_decode_error(self) -> None:
         hello = channel.ClientHandshake(ticket=channel.Ticket(b"t" * 10, b"a" * 32, 1e12)).hello()
@@ -181,6 +184,17 @@ class ServerResumptionTests(unittest.TestCase):
         self.assertEqual(again.verified, [server.identity.fingerprint])
         self.assertEqual(counters(server), (2, 1))
 
+    async def test_two_connections_at_once_with_one_ticket_resume_once(self) -> None:
+        server = await start_server(self)
+        first, _ = await logged_in_with_ticket(self, server, "alice")
+        ticket = first.tickets[0]
+        both = await gatherResults(
+            [Deferred.fromCoroutine(connection(self, server, ticket)) for _ in range(2)]
+        )
+        self.assertEqual(sorted(c.resumed for c in both), [False, True])
+        # The database learns of it soon (one commit for a batch).
+        await until(lambda: _redeemed_count(server) == 1)
+
     async def test_an_expired_ticket_gets_a_full_handshake(self) -> None:
         clock = task.Clock()
         clock.advance(1_000_000)
@@ -264,7 +278,7 @@ class ServerResumptionTests(unittest.TestCase):
         for _ in range(2):  # the server cuts it; the client comes back, resumed
             for conn in list(server.factory.connections):
                 conn.transport.abortConnection()
-            await until(lambda: client.state == "online" and client.session is not session)
+            await until(lambda old=session: client.state == "online" and client.session is not old)
             session = await client.when_online()
             assert session.protocol.channel is not None
             self.assertTrue(session.protocol.channel.resumed)
@@ -313,6 +327,14 @@ class TicketKeyTests(unittest.TestCase):
             await tickets.rotate_if_due()
         self.assertIsNone(tickets.open(_bytes(old)))
         self.assertLess(len(await db.run(store.ticket_keys)), 15)
+
+
+def _redeemed_count(server: RunningServer) -> int:
+    conn = store.open_database(server.settings.database_path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM redeemed_tickets").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def _hash(token: str) -> str:
