@@ -173,6 +173,64 @@ class HandshakeRecordProperties(unittest.TestCase):
 
         check(prop, hello, scale=2, name="records: client hello")
 
+    def test_resume_hello_parses_or_fails_cleanly_and_binds_its_bytes(self) -> None:
+        """A server fed any RESUME_HELLO reads it or fails with an alert of
+        the spec's table; the binder holds for the client's own record
+        only: any other bytes (a changed ticket, share, random, binder or
+        length) fail it."""
+        psk = b"k" * 32
+        valid = channel.ClientHandshake(ticket=channel.Ticket(b"t" * 104, psk, 1e12)).hello()
+
+        def prop(record: bytes) -> None:
+            server = channel.ServerHandshake(KEY, KEY_DER)
+            try:
+                hello = server.read_hello(record)
+            except ChannelError as e:
+                _fails_cleanly(self, e)
+                self.assertIs(server.state, HandshakeState.FAILED)
+                return
+            self.assertIs(server.state, HandshakeState.HELLO_READ)
+            self.assertEqual(server.binder_valid(psk), record == valid)
+            if hello.ticket is None:
+                self.assertEqual(record[0], channel.CLIENT_HELLO)
+
+        check(prop, records(valid), scale=2, name="records: resume hello")
+
+    def test_server_resume_and_cookie_parse_or_fail_cleanly(self) -> None:
+        """A client that offered a ticket, fed any answer in place of
+        SERVER_RESUME or COOKIE, fails cleanly or goes on; a changed
+        SERVER_RESUME never yields a channel with the server's FINISHED."""
+        psk = b"k" * 32
+        ticket = channel.Ticket(b"t" * 104, psk, 1e12)
+        client = channel.ClientHandshake(ticket=ticket)
+        server = channel.ServerHandshake(KEY, KEY_DER)
+        server.read_hello(client.hello())
+        resume, finished = server.resume(psk)
+
+        def prop(record: bytes) -> None:
+            fresh = channel.ClientHandshake(ticket=ticket)
+            fresh.hello()
+            try:
+                if record[:1] == bytes((channel.COOKIE,)):
+                    echo, again = fresh.receive_cookie(record)
+                    self.assertEqual(echo, record)
+                    return
+                fresh.receive_server_resume(record)
+                fresh.receive_resumed_finished(finished)
+            except ChannelError as e:
+                _fails_cleanly(self, e)
+                self.assertIs(fresh.state, HandshakeState.FAILED)
+                return
+            # Another ephemeral on our side: even the genuine record gives
+            # keys the server's FINISHED does not match, so nothing passes.
+            self.fail(f"accepted {record!r}")
+
+        check(
+            prop,
+            st.one_of(records(resume), records(channel.cookie_record(b"c" * 32))),
+            name="records: resume",
+        )
+
     def test_server_hello_parses_or_fails_cleanly(self) -> None:
         server = channel.ServerHandshake(KEY, KEY_DER)
         valid = server.receive_client_hello(self._client_hello())
