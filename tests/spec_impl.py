@@ -443,9 +443,10 @@ def binder(psk: bytes, resume_hello_without_binder: bytes) -> bytes:
 
 def binder_valid(psk: bytes, resume_hello: bytes) -> bool:
     expected = binder(psk, resume_hello[:-BINDER_LEN])
-    return HMAC.new(expected, digestmod=SHA256).digest() == HMAC.new(
-        resume_hello[-BINDER_LEN:], digestmod=SHA256
-    ).digest()
+    return (
+        HMAC.new(expected, digestmod=SHA256).digest()
+        == HMAC.new(resume_hello[-BINDER_LEN:], digestmod=SHA256).digest()
+    )
 
 
 def parse_ticket_notice(event: dict[str, Any]) -> dict[str, Any]:
