@@ -459,7 +459,7 @@ def parse_ticket_notice(event: dict[str, Any]) -> dict[str, Any]:
     except (KeyError, TypeError, binascii.Error, ValueError):
         raise SpecError("bad ticket notice") from None
     lifetime = event.get("lifetime")
-    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime < 0:
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime <= 0:
         raise SpecError("bad ticket lifetime")
     if not 1 <= len(ticket) <= MAX_TICKET_LEN or len(nonce_) != TICKET_NONCE_LEN:
         raise SpecError("bad ticket or nonce length")

@@ -441,6 +441,16 @@ class ResumptionDocumentTests(_ResumptionTestCase):
         self.assertEqual(parsed["ticket"], self.b("ticket"))
         self.assertEqual(parsed["nonce"], self.b("ticket_nonce"))
         self.assertEqual(parsed["lifetime"], 604800)
+        for bad in (
+            {"ticket": None},
+            {"nonce": base64.b64encode(bytes(15)).decode()},
+            {"ticket": ""},
+            {"lifetime": 1.5},
+            {"lifetime": True},
+            {"lifetime": 0},
+            {"lifetime": "604800"},
+        ):
+            self.assertRaises(spec_impl.SpecError, spec_impl.parse_ticket_notice, dict(notice, **bad))
 
 
 class ResumptionSpecImplTests(_ResumptionTestCase):
