@@ -33,6 +33,9 @@ T_CLIENT_HELLO = 0x01
 T_SERVER_HELLO = 0x02
 T_KEY_EXCHANGE = 0x03
 T_FINISHED = 0x04
+T_RESUME_HELLO = 0x05
+T_SERVER_RESUME = 0x06
+T_COOKIE = 0x07
 T_ALERT = 0x15
 T_CLOSE = 0x16
 T_DATA = 0x17
@@ -42,6 +45,14 @@ INFO_HANDSHAKE = b"chatserver/1 handshake"
 INFO_KEY = b"chatserver/1 key"
 INFO_IV = b"chatserver/1 iv"
 INFO_UPDATE = b"chatserver/1 update"
+INFO_RESUMED = b"chatserver/1 resumed"
+INFO_RESUMPTION = b"chatserver/1 resumption"
+INFO_BINDER = b"chatserver/1 binder"
+COOKIE_LABEL = b"chatserver/1 cookie"
+
+BINDER_LEN = 32
+MAX_TICKET_LEN = 1024
+TICKET_NONCE_LEN = 16
 
 TAG_LEN = 16
 
@@ -312,6 +323,81 @@ def parse_finished(record: bytes) -> bytes:
     return mac
 
 
+def _build_offer(versions: list[int], suites: list[int]) -> bytes:
+    if not versions or not suites:
+        raise SpecError("empty list")
+    out = bytes((len(versions),)) + b"".join(v.to_bytes(2, "big") for v in versions)
+    return out + bytes((len(suites),)) + b"".join(s.to_bytes(2, "big") for s in suites)
+
+
+def build_resume_hello(
+    versions: list[int],
+    suites: list[int],
+    client_random: bytes,
+    client_share: bytes,
+    ticket: bytes,
+    psk: bytes,
+) -> bytes:
+    """RESUME_HELLO with its binder computed from ``psk``."""
+    assert len(client_random) == 32 and len(client_share) == 32
+    if not 1 <= len(ticket) <= MAX_TICKET_LEN:
+        raise SpecError("ticket length out of range")
+    partial = (
+        bytes((T_RESUME_HELLO,))
+        + _build_offer(versions, suites)
+        + client_random
+        + client_share
+        + len(ticket).to_bytes(2, "big")
+        + ticket
+    )
+    return partial + binder(psk, partial)
+
+
+def parse_resume_hello(record: bytes) -> dict[str, Any]:
+    c = _Cursor(record, T_RESUME_HELLO)
+    versions = [c.u16() for _ in range(c.u8())]
+    suites = [c.u16() for _ in range(c.u8())]
+    result: dict[str, Any] = {
+        "versions": versions,
+        "suites": suites,
+        "random": c.take(32),
+        "share": c.take(32),
+    }
+    ticket_len = c.u16()
+    if not 1 <= ticket_len <= MAX_TICKET_LEN:
+        raise SpecError("ticket length out of range")
+    result["ticket"] = c.take(ticket_len)
+    result["binder"] = c.take(BINDER_LEN)
+    c.done()
+    if not versions or not suites:
+        raise SpecError("empty list")
+    return result
+
+
+def build_server_resume(version: int, suite: int, server_random: bytes, server_share: bytes) -> bytes:
+    assert len(server_random) == 32 and len(server_share) == 32
+    return struct.pack(">BHH", T_SERVER_RESUME, version, suite) + server_random + server_share
+
+
+def parse_server_resume(record: bytes) -> dict[str, Any]:
+    c = _Cursor(record, T_SERVER_RESUME)
+    result = {"version": c.u16(), "suite": c.u16(), "random": c.take(32), "share": c.take(32)}
+    c.done()
+    return result
+
+
+def build_cookie(cookie: bytes) -> bytes:
+    assert len(cookie) == 32
+    return bytes((T_COOKIE,)) + cookie
+
+
+def parse_cookie(record: bytes) -> bytes:
+    c = _Cursor(record, T_COOKIE)
+    cookie = c.take(32)
+    c.done()
+    return cookie
+
+
 def build_alert(code: int, text: str) -> bytes:
     return bytes((T_ALERT, code)) + text.encode("utf-8")
 
@@ -319,14 +405,73 @@ def build_alert(code: int, text: str) -> bytes:
 # --- key schedule ----------------------------------------------------------
 
 
-def handshake_secrets(shared: bytes, premaster: bytes, transcript_hash: bytes) -> dict[str, bytes]:
-    okm = hkdf(shared + premaster, transcript_hash, INFO_HANDSHAKE, 128)
+def _split_okm(okm: bytes) -> dict[str, bytes]:
     return {
         "client_secret": okm[0:32],
         "server_secret": okm[32:64],
         "client_finished_key": okm[64:96],
         "server_finished_key": okm[96:128],
+        "resumption_secret": okm[128:160],
     }
+
+
+def handshake_secrets(shared: bytes, premaster: bytes, transcript_hash: bytes) -> dict[str, bytes]:
+    """The five secrets of a full handshake (okm of 160 bytes)."""
+    return _split_okm(hkdf(shared + premaster, transcript_hash, INFO_HANDSHAKE, 160))
+
+
+def resumed_secrets(shared: bytes, psk: bytes, transcript_hash: bytes) -> dict[str, bytes]:
+    """The five secrets of a resumed handshake; ``transcript_hash`` is its th1."""
+    return _split_okm(hkdf(shared + psk, transcript_hash, INFO_RESUMED, 160))
+
+
+def ticket_psk(resumption_secret: bytes, nonce: bytes) -> bytes:
+    """The PSK of a ticket, from the issuing connection's resumption_secret
+    and the ticket's 16-byte nonce (the raw bytes, not their base64)."""
+    if len(nonce) != TICKET_NONCE_LEN:
+        raise SpecError("a ticket nonce is 16 bytes")
+    return hkdf_expand(resumption_secret, INFO_RESUMPTION + nonce, 32)
+
+
+def binder_key(psk: bytes) -> bytes:
+    return hkdf_expand(psk, INFO_BINDER, 32)
+
+
+def binder(psk: bytes, resume_hello_without_binder: bytes) -> bytes:
+    return hmac_sha256(binder_key(psk), sha256(resume_hello_without_binder))
+
+
+def binder_valid(psk: bytes, resume_hello: bytes) -> bool:
+    expected = binder(psk, resume_hello[:-BINDER_LEN])
+    return (
+        HMAC.new(expected, digestmod=SHA256).digest()
+        == HMAC.new(resume_hello[-BINDER_LEN:], digestmod=SHA256).digest()
+    )
+
+
+def parse_ticket_notice(event: dict[str, Any]) -> dict[str, Any]:
+    """The ``ticket`` notice (section Resumption), decoded; SpecError if malformed."""
+    if event.get("type") != "ticket":
+        raise SpecError("not a ticket notice")
+    try:
+        ticket = base64.b64decode(event["ticket"], validate=True)
+        nonce_ = base64.b64decode(event["nonce"], validate=True)
+    except (KeyError, TypeError, binascii.Error, ValueError):
+        raise SpecError("bad ticket notice") from None
+    lifetime = event.get("lifetime")
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime <= 0:
+        raise SpecError("bad ticket lifetime")
+    if not 1 <= len(ticket) <= MAX_TICKET_LEN or len(nonce_) != TICKET_NONCE_LEN:
+        raise SpecError("bad ticket or nonce length")
+    return {"ticket": ticket, "nonce": nonce_, "lifetime": lifetime}
+
+
+def cookie_mac(secret: bytes, address: str, hello: bytes) -> bytes:
+    """The cookie of section Handshake admission."""
+    addr = address.encode("utf-8")
+    if len(addr) > 255:
+        raise SpecError("address too long")
+    return hmac_sha256(secret, COOKIE_LABEL + bytes((len(addr),)) + addr + sha256(hello))
 
 
 def traffic_key(secret: bytes) -> bytes:
@@ -529,10 +674,120 @@ def make_vector(inputs: dict[str, str] | None = None, rsa_pem: bytes | None = No
     return {name: value if isinstance(value, str) else value.hex() for name, value in v.items()}
 
 
+#: The fixed inputs of the resumption vector, a second connection that
+#: resumes with a ticket received on the first (``first_resumption_secret``
+#: is the ``resumption_secret`` of :func:`make_vector`, filled in there).
+RESUMPTION_INPUTS = {
+    "ticket_nonce": bytes(range(0xF0, 0x100)).hex(),
+    "ticket": bytes(range(0x88, 0xF0)).hex(),
+    "client_x25519_private": bytes(range(0x08, 0x28)).hex(),
+    "server_x25519_private": bytes(range(0x28, 0x48)).hex(),
+    "client_random": bytes(range(0x48, 0x68)).hex(),
+    "server_random": bytes(range(0x68, 0x88)).hex(),
+    "cookie_secret": bytes(range(0xC0, 0xE0)).hex(),
+}
+TICKET_LIFETIME = 604800
+COOKIE_ADDRESS = "127.0.0.1"
+TOKEN_LOGIN_EVENTS = [{"type": "login", "user": "alice", "token": "tok"}]
+
+
+def ticket_notice(ticket: bytes, nonce_: bytes, lifetime: int) -> dict[str, Any]:
+    return {
+        "type": "ticket",
+        "ticket": base64.b64encode(ticket).decode("ascii"),
+        "nonce": base64.b64encode(nonce_).decode("ascii"),
+        "lifetime": lifetime,
+    }
+
+
+def make_resumption_vector(
+    inputs: dict[str, str] | None = None, first: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Every value of the resumption vector, in document order.  ``first``
+    is the first vector (its ``resumption_secret`` and ``client_hello``
+    are used); by default :func:`make_vector`'s."""
+    if inputs is None:
+        inputs = RESUMPTION_INPUTS
+    if first is None:
+        first = make_vector()
+    x = {k: bytes.fromhex(val) for k, val in inputs.items()}
+    v: dict[str, bytes | str] = {"first_resumption_secret": bytes.fromhex(first["resumption_secret"])}
+    for name in ("ticket_nonce", "ticket"):
+        v[name] = x[name]
+    notice = ticket_notice(x["ticket"], x["ticket_nonce"], TICKET_LIFETIME)
+    v["ticket_notice_plaintext"] = events_plaintext([notice])
+    psk = ticket_psk(v["first_resumption_secret"], x["ticket_nonce"])  # type: ignore[arg-type]
+    v["psk"] = psk
+    v["binder_key"] = binder_key(psk)
+    for name in ("client_x25519_private", "server_x25519_private", "client_random", "server_random"):
+        v[name] = x[name]
+    v["client_x25519_public"] = client_share = x25519_public(x["client_x25519_private"])
+    v["server_x25519_public"] = server_share = x25519_public(x["server_x25519_private"])
+
+    rh = build_resume_hello([VERSION_1], [SUITE_1], x["client_random"], client_share, x["ticket"], psk)
+    assert binder_valid(psk, rh)
+    v["binder"] = rh[-BINDER_LEN:]
+    v["resume_hello"] = rh
+    v["resume_hello_line"] = to_line(rh)
+    sr = build_server_resume(VERSION_1, SUITE_1, x["server_random"], server_share)
+    v["server_resume"] = sr
+    v["server_resume_line"] = to_line(sr)
+
+    shared = x25519_shared(x["client_x25519_private"], server_share)
+    assert shared == x25519_shared(x["server_x25519_private"], client_share)
+    v["shared_secret"] = shared
+    th1 = sha256(rh + sr)
+    v["transcript_hash_server_resume"] = th1
+    secrets = resumed_secrets(shared, psk, th1)
+    v.update(secrets)
+
+    sf_mac = hmac_sha256(secrets["server_finished_key"], th1)
+    sf = build_finished(sf_mac)
+    v["server_finished_mac"] = sf_mac
+    v["server_finished"] = sf
+    v["server_finished_line"] = to_line(sf)
+    th2 = sha256(rh + sr + sf)
+    v["transcript_hash_server_finished"] = th2
+    cf_mac = hmac_sha256(secrets["client_finished_key"], th2)
+    cf = build_finished(cf_mac)
+    v["client_finished_mac"] = cf_mac
+    v["client_finished"] = cf
+    v["client_finished_line"] = to_line(cf)
+
+    for side in ("client", "server"):
+        v[side + "_key"] = traffic_key(secrets[side + "_secret"])
+        v[side + "_iv"] = traffic_iv(secrets[side + "_secret"])
+    for name, secret, events in (
+        ("client_data_login", secrets["client_secret"], TOKEN_LOGIN_EVENTS),
+        ("server_data_welcome", secrets["server_secret"], WELCOME_EVENTS),
+    ):
+        direction = Direction(secret)
+        v[name + "_plaintext"] = events_plaintext(events)
+        v[name + "_nonce"] = nonce(direction.iv, direction.seq)
+        (record,) = direction.seal_events(events)
+        v[name] = record
+        v[name + "_line"] = to_line(record)
+
+    # Handshake admission: the cookie for the first vector's CLIENT_HELLO.
+    v["cookie_secret"] = x["cookie_secret"]
+    v["cookie_address"] = COOKIE_ADDRESS.encode("utf-8")
+    cookie = cookie_mac(x["cookie_secret"], COOKIE_ADDRESS, bytes.fromhex(first["client_hello"]))
+    v["cookie_mac"] = cookie
+    v["cookie"] = build_cookie(cookie)
+    v["cookie_line"] = to_line(build_cookie(cookie))
+    return {name: value if isinstance(value, str) else value.hex() for name, value in v.items()}
+
+
 def vector_block(vector: dict[str, str]) -> str:
     """The vector as the indented ``name: value`` lines of the spec's block."""
     return "".join(f"   {name}: {value}\n" for name, value in vector.items())
 
 
-if __name__ == "__main__":  # print the literal block for docs/protocol.rst
-    print(vector_block(make_vector()), end="")
+if __name__ == "__main__":  # print the literal blocks for docs/protocol.rst
+    import sys
+
+    first = make_vector()
+    if sys.argv[1:] == ["resumption"]:
+        print(vector_block(make_resumption_vector(first=first)), end="")
+    else:
+        print(vector_block(first), end="")

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from chatserver import channel, crypto
+from chatserver import channel, cookies, crypto
 from tests import spec_impl
 
 SPEC = Path(__file__).parent.parent / "docs" / "protocol.rst"
@@ -46,13 +46,12 @@ def _indented_block(lines: list[str], start: int) -> list[str]:
     return block
 
 
-def parse_spec(text: str) -> tuple[dict[str, str], bytes, str]:
-    """(vector, RSA PEM, fingerprint) from the text of protocol.rst."""
-    lines = text.splitlines()
-    marker = lines.index(".. test-vector")
-    literal = next(i for i in range(marker + 1, len(lines)) if lines[i].strip())
+def parse_vector_block(lines: list[str], marker: str) -> dict[str, str]:
+    """The ``name: value`` lines of the ``::`` block after ``marker``."""
+    start = lines.index(marker)
+    literal = next(i for i in range(start + 1, len(lines)) if lines[i].strip())
     if lines[literal].strip() != "::":
-        raise ValueError("'.. test-vector' is not followed by a '::' literal block")
+        raise ValueError(f"{marker!r} is not followed by a '::' literal block")
     vector: dict[str, str] = {}
     for line in _indented_block(lines, literal):
         name, sep, value = line.partition(": ")
@@ -61,6 +60,28 @@ def parse_spec(text: str) -> tuple[dict[str, str], bytes, str]:
         if name in vector:
             raise ValueError(f"duplicate vector name {name}")
         vector[name] = value
+    return vector
+
+
+def literal_block_text(text: str, marker: str) -> str:
+    """The ``::`` block after ``marker`` exactly as written (indented lines)."""
+    lines = text.splitlines()
+    start = lines.index(marker)
+    literal = next(i for i in range(start + 1, len(lines)) if lines[i].strip())
+    i = literal + 1
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    out = []
+    while i < len(lines) and lines[i].startswith("   "):
+        out.append(lines[i] + "\n")
+        i += 1
+    return "".join(out)
+
+
+def parse_spec(text: str) -> tuple[dict[str, str], bytes, str]:
+    """(vector, RSA PEM, fingerprint) from the text of protocol.rst."""
+    lines = text.splitlines()
+    vector = parse_vector_block(lines, ".. test-vector")
     key_marker = lines.index(".. vector-rsa-key")
     directive = next(i for i in range(key_marker + 1, len(lines)) if lines[i].strip())
     pem = "\n".join(_indented_block(lines, directive)) + "\n"
@@ -68,6 +89,20 @@ def parse_spec(text: str) -> tuple[dict[str, str], bytes, str]:
     if match is None:
         raise ValueError("no fingerprint of the vector key in the spec")
     return vector, pem.encode("ascii"), match.group(1)
+
+
+def parse_resumption_spec(text: str) -> dict[str, str]:
+    """The resumption vector of protocol.rst."""
+    return parse_vector_block(text.splitlines(), ".. resumption-vector")
+
+
+def differences(computed: dict[str, str], documented: dict[str, str]) -> list[str]:
+    """Names whose values differ, are missing on one side or out of order."""
+    names = [n for n in documented if computed.get(n) != documented[n]]
+    names += [n for n in computed if n not in documented]
+    if not names and list(computed) != list(documented):
+        names.append("(order)")
+    return names
 
 
 class _VectorTestCase(unittest.TestCase):
@@ -127,6 +162,12 @@ class SpecImplTests(_VectorTestCase):
         self.assertEqual(list(computed), list(self.v))
         for name, value in self.v.items():
             self.assertEqual(computed[name], value, name)
+
+    def test_the_block_is_what_make_vector_prints(self) -> None:
+        text = SPEC.read_text("utf-8")
+        self.assertEqual(
+            literal_block_text(text, ".. test-vector"), spec_impl.vector_block(spec_impl.make_vector())
+        )
 
     def test_server_decrypts_the_premaster(self) -> None:
         ciphertext = spec_impl.parse_key_exchange(self.record("key_exchange"))
@@ -209,7 +250,13 @@ class RealChannelTests(_VectorTestCase):
         secrets = channel.HandshakeSecrets(
             self.b("shared_secret") + self.b("premaster"), self.b("transcript_hash_kex")
         )
-        for name in ("client_secret", "server_secret", "client_finished_key", "server_finished_key"):
+        for name in (
+            "client_secret",
+            "server_secret",
+            "client_finished_key",
+            "server_finished_key",
+            "resumption_secret",
+        ):
             self.assertEqual(getattr(secrets, name), self.b(name), name)
         for side in ("client", "server"):
             secret = self.b(side + "_secret")
@@ -261,6 +308,8 @@ class RealChannelTests(_VectorTestCase):
         server_finished, server_channel = server.receive_finished(self.record("client_finished"))
         self.assertEqual(channel.encode_line(server_finished), self.wire("server_finished"))
         client_channel = client.receive_finished(self.record("server_finished"))
+        self.assertEqual(client_channel.resumption_secret, self.b("resumption_secret"))
+        self.assertEqual(server_channel.resumption_secret, self.b("resumption_secret"))
         self.assertIs(client.state, channel.HandshakeState.ESTABLISHED)
         self.assertIs(server.state, channel.HandshakeState.ESTABLISHED)
         return client_channel, server_channel
@@ -328,6 +377,239 @@ class RealChannelTests(_VectorTestCase):
         for events in (spec_impl.WELCOME_EVENTS, spec_impl.SAY_EVENTS):
             (record,) = sender.seal_events(events)
             self.assertEqual(client.open(spec_impl.to_line(record).encode()), events)
+
+
+RESUMPTION_INPUT_NAMES = (
+    "ticket_nonce",
+    "ticket",
+    "client_x25519_private",
+    "server_x25519_private",
+    "client_random",
+    "server_random",
+    "cookie_secret",
+)
+
+
+class _ResumptionTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        text = SPEC.read_text("utf-8")
+        self.first, self.pem, _ = parse_spec(text)
+        self.v = parse_resumption_spec(text)
+        self.inputs = {name: self.v[name] for name in RESUMPTION_INPUT_NAMES}
+
+    def b(self, name: str) -> bytes:
+        return bytes.fromhex(self.v[name])
+
+    def wire(self, *names: str) -> bytes:
+        return b"".join(self.v[name + "_line"].encode("ascii") + b"\n" for name in names)
+
+
+class ResumptionDocumentTests(_ResumptionTestCase):
+    """(a) The resumption vector parses, is self-consistent and continues
+    the first vector."""
+
+    def test_values_are_well_formed(self) -> None:
+        self.assertGreater(len(self.v), 40)
+        for name, value in self.v.items():
+            if name.endswith("_line"):
+                record = base64.b64decode(value, validate=True)
+                self.assertEqual(base64.b64encode(record).decode(), value, name)
+                self.assertEqual(record.hex(), self.v[name[: -len("_line")]], name)
+            else:
+                self.assertTrue(re.fullmatch(r"([0-9a-f]{2})+", value), name)
+
+    def test_continues_the_first_vector(self) -> None:
+        self.assertEqual(self.v["first_resumption_secret"], self.first["resumption_secret"])
+        self.assertEqual(len(self.b("ticket_nonce")), 16)
+        self.assertEqual(len(self.b("ticket")), 104)
+        self.assertEqual(self.b("cookie_address"), spec_impl.COOKIE_ADDRESS.encode())
+        self.assertEqual(spec_impl.COOKIE_ADDRESS, "127.0.0.1")
+
+    def test_plaintexts_are_the_documented_events(self) -> None:
+        for name, events in (
+            ("client_data_login", [{"type": "login", "user": "alice", "token": "tok"}]),
+            ("server_data_welcome", [{"type": "welcome", "user": "alice", "role": "user"}]),
+        ):
+            plaintext = self.b(name + "_plaintext")
+            self.assertEqual(json.loads(plaintext.decode("utf-8")), events)
+            self.assertEqual(plaintext, channel.encode_events(events))
+
+    def test_ticket_notice(self) -> None:
+        (notice,) = spec_impl.parse_events(self.b("ticket_notice_plaintext"))
+        self.assertEqual(list(notice), ["type", "ticket", "nonce", "lifetime"])
+        parsed = spec_impl.parse_ticket_notice(notice)
+        self.assertEqual(parsed["ticket"], self.b("ticket"))
+        self.assertEqual(parsed["nonce"], self.b("ticket_nonce"))
+        self.assertEqual(parsed["lifetime"], 604800)
+        for bad in (
+            {"ticket": None},
+            {"nonce": base64.b64encode(bytes(15)).decode()},
+            {"ticket": ""},
+            {"lifetime": 1.5},
+            {"lifetime": True},
+            {"lifetime": 0},
+            {"lifetime": "604800"},
+        ):
+            self.assertRaises(spec_impl.SpecError, spec_impl.parse_ticket_notice, dict(notice, **bad))
+
+
+class ResumptionSpecImplTests(_ResumptionTestCase):
+    """(b) The independent implementation recomputes every value, from the
+    fixed inputs and the first vector as the document gives them."""
+
+    def test_recomputes_the_whole_vector(self) -> None:
+        computed = spec_impl.make_resumption_vector(self.inputs, self.first)
+        self.assertEqual(differences(computed, self.v), [])
+
+    def test_the_block_is_what_make_resumption_vector_prints(self) -> None:
+        text = SPEC.read_text("utf-8")
+        self.assertEqual(
+            literal_block_text(text, ".. resumption-vector"),
+            spec_impl.vector_block(spec_impl.make_resumption_vector()),
+        )
+
+    def test_a_changed_value_is_noticed(self) -> None:
+        computed = spec_impl.make_resumption_vector(self.inputs, self.first)
+        for name in ("binder", "client_finished_mac", "cookie_line"):
+            changed = dict(self.v)
+            value = changed[name]
+            changed[name] = ("0" if value[0] != "0" else "1") + value[1:]
+            self.assertEqual(differences(computed, changed), [name])
+        changed = dict(self.first, resumption_secret="00" * 32)
+        self.assertIn("psk", differences(spec_impl.make_resumption_vector(self.inputs, changed), self.v))
+
+    def test_records_parse(self) -> None:
+        hello = spec_impl.parse_resume_hello(self.b("resume_hello"))
+        self.assertEqual((hello["versions"], hello["suites"]), ([1], [1]))
+        self.assertEqual(hello["random"], self.b("client_random"))
+        self.assertEqual(hello["share"], self.b("client_x25519_public"))
+        self.assertEqual(hello["ticket"], self.b("ticket"))
+        self.assertEqual(hello["binder"], self.b("binder"))
+        server = spec_impl.parse_server_resume(self.b("server_resume"))
+        self.assertEqual((server["version"], server["suite"]), (1, 1))
+        self.assertEqual(server["share"], self.b("server_x25519_public"))
+        self.assertEqual(spec_impl.parse_cookie(self.b("cookie")), self.b("cookie_mac"))
+        for parse, name in (
+            (spec_impl.parse_resume_hello, "resume_hello"),
+            (spec_impl.parse_server_resume, "server_resume"),
+            (spec_impl.parse_cookie, "cookie"),
+        ):
+            self.assertRaises(spec_impl.SpecError, parse, self.b(name) + b"x")
+            self.assertRaises(spec_impl.SpecError, parse, self.b(name)[:-1])
+
+    def test_binder(self) -> None:
+        psk = self.b("psk")
+        hello = self.b("resume_hello")
+        self.assertTrue(spec_impl.binder_valid(psk, hello))
+        self.assertFalse(spec_impl.binder_valid(bytes(32), hello))
+        tampered = bytearray(hello)
+        tampered[10] ^= 1  # in client_random: covered by the binder
+        self.assertFalse(spec_impl.binder_valid(psk, bytes(tampered)))
+
+
+class ResumptionRealChannelTests(_ResumptionTestCase):
+    """(c) chatserver.channel and chatserver.cookies, fed the fixed
+    inputs, produce the resumption vector."""
+
+    def test_primitives_agree(self) -> None:
+        psk = channel.ticket_psk(self.b("first_resumption_secret"), self.b("ticket_nonce"))
+        self.assertEqual(psk, self.b("psk"))
+        self.assertEqual(channel.resume_binder(psk, self.b("resume_hello")[:-32]), self.b("binder"))
+        secrets = channel.HandshakeSecrets(
+            self.b("shared_secret") + psk, self.b("transcript_hash_server_resume"), channel.LABEL_RESUMED
+        )
+        for name in (
+            "client_secret",
+            "server_secret",
+            "client_finished_key",
+            "server_finished_key",
+            "resumption_secret",
+        ):
+            self.assertEqual(getattr(secrets, name), self.b(name), name)
+
+    def test_ticket_from_the_notice(self) -> None:
+        # The real client's reading of the notice, on the first connection.
+        first = channel.SecureChannel(
+            bytes(32), bytes(32), resumption_secret=self.b("first_resumption_secret")
+        )
+        (notice,) = json.loads(self.b("ticket_notice_plaintext"))
+        ticket = channel.Ticket.from_event(notice, first, now=1000.0)
+        self.assertEqual(ticket.ticket, self.b("ticket"))
+        self.assertEqual(ticket.psk, self.b("psk"))
+        self.assertEqual(ticket.expires_at, 1000.0 + 604800)
+
+    def _handshake(self) -> tuple[channel.SecureChannel, channel.SecureChannel]:
+        identity = crypto.rsa_private_from_pem(self.pem)
+        client = channel.ClientHandshake(
+            ephemeral=self.b("client_x25519_private"),
+            random=self.b("client_random"),
+            ticket=channel.Ticket(self.b("ticket"), self.b("psk"), 1e12),
+        )
+        server = channel.ServerHandshake(
+            identity,
+            crypto.rsa_public_der(identity),
+            ephemeral=self.b("server_x25519_private"),
+            random=self.b("server_random"),
+        )
+        hello = client.hello()
+        self.assertEqual(channel.encode_line(hello), self.wire("resume_hello"))
+        read = server.read_hello(channel.decode_line(self.wire("resume_hello").rstrip(b"\n")))
+        self.assertEqual(read.ticket, self.b("ticket"))
+        self.assertTrue(server.binder_valid(self.b("psk")))
+        self.assertFalse(server.binder_valid(bytes(32)))
+        answer = server.resume(self.b("psk"))
+        self.assertEqual(
+            b"".join(channel.encode_line(r) for r in answer), self.wire("server_resume", "server_finished")
+        )
+        client.receive_server_resume(self.b("server_resume"))
+        finished, client_channel = client.receive_resumed_finished(self.b("server_finished"))
+        self.assertEqual(channel.encode_line(finished), self.wire("client_finished"))
+        none, server_channel = server.receive_finished(self.b("client_finished"))
+        self.assertIsNone(none)
+        self.assertTrue(client.resumed and server.resumed)
+        for side in (client_channel, server_channel):
+            self.assertTrue(side.resumed)
+            self.assertEqual(side.resumption_secret, self.b("resumption_secret"))
+        return client_channel, server_channel
+
+    def test_handshake_and_frames(self) -> None:
+        client, server = self._handshake()
+        events = [{"type": "login", "user": "alice", "token": "tok"}]
+        wire = client.seal_events(events)
+        self.assertEqual(wire, self.wire("client_data_login"))
+        self.assertEqual(server.open(wire.rstrip(b"\n")), events)
+        wire = server.seal_events(spec_impl.WELCOME_EVENTS)
+        self.assertEqual(wire, self.wire("server_data_welcome"))
+        self.assertEqual(client.open(wire.rstrip(b"\n")), spec_impl.WELCOME_EVENTS)
+
+    def test_tampered_client_finished_is_refused(self) -> None:
+        identity = crypto.rsa_private_from_pem(self.pem)
+        server = channel.ServerHandshake(
+            identity,
+            crypto.rsa_public_der(identity),
+            ephemeral=self.b("server_x25519_private"),
+            random=self.b("server_random"),
+        )
+        server.read_hello(self.b("resume_hello"))
+        server.resume(self.b("psk"))
+        finished = bytearray(self.b("client_finished"))
+        finished[-1] ^= 0x80
+        self.assertRaises(channel.ChannelError, server.receive_finished, bytes(finished))
+        self.assertIs(server.state, channel.HandshakeState.FAILED)
+
+    def test_cookie(self) -> None:
+        hello = bytes.fromhex(self.first["client_hello"])
+        mac = cookies.Cookies._mac(self.b("cookie_secret"), "127.0.0.1", hello)
+        self.assertEqual(mac, self.b("cookie_mac"))
+        self.assertEqual(channel.encode_line(channel.cookie_record(mac)), self.wire("cookie"))
+        # The client echoes the COOKIE, then its hello again, byte for byte.
+        client = channel.ClientHandshake(
+            ephemeral=bytes.fromhex(self.first["client_x25519_private"]),
+            random=bytes.fromhex(self.first["client_random"]),
+        )
+        self.assertEqual(client.hello(), hello)
+        echo = client.receive_cookie(self.b("cookie"))
+        self.assertEqual(echo, [self.b("cookie"), hello])
 
 
 class KeyUpdateInteropTests(unittest.TestCase):
