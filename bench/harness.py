@@ -328,8 +328,10 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         twistd = Path(sys.executable).with_name("twistd")
+        # As the systemd unit runs it: the journal (here server.out) gets
+        # warnings only; every line is in the log files.
         return [
-            str(twistd), "-n", "--pidfile=", "chatserver",
+            str(twistd), "-n", "--pidfile=", "--logger=chatserver.logs.console", "chatserver",
             "--config", str(self.config),
             "--data-dir", str(self.data_dir),
             "--log-dir", str(self.log_dir),

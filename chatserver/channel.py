@@ -620,11 +620,20 @@ class Ticket:
         """The ticket of a ``ticket`` event received on ``channel``."""
         if channel.resumption_secret is None:
             raise ChannelError("ticket on a channel without a resumption secret")
+        ticket_text, nonce_text, lifetime = event.get("ticket"), event.get("nonce"), event.get("lifetime")
+        # Exactly the types the spec gives: a string is not a number here,
+        # nor is a bool (an int to Python), a float, NaN or infinity.
+        if not (
+            isinstance(ticket_text, str)
+            and isinstance(nonce_text, str)
+            and type(lifetime) is int
+            and lifetime > 0
+        ):
+            raise ChannelError("malformed ticket event", ALERT_DECODE_ERROR)
         try:
-            ticket = binascii.a2b_base64(str(event["ticket"]), strict_mode=True)
-            nonce = binascii.a2b_base64(str(event["nonce"]), strict_mode=True)
-            lifetime = float(event["lifetime"])
-        except (KeyError, ValueError, TypeError, binascii.Error):
+            ticket = binascii.a2b_base64(ticket_text.encode("ascii"), strict_mode=True)
+            nonce = binascii.a2b_base64(nonce_text.encode("ascii"), strict_mode=True)
+        except (UnicodeError, binascii.Error):
             raise ChannelError("malformed ticket event", ALERT_DECODE_ERROR) from None
         if not 0 < len(ticket) <= MAX_TICKET_SIZE or len(nonce) != TICKET_NONCE_SIZE:
             raise ChannelError("malformed ticket event", ALERT_DECODE_ERROR)

@@ -55,7 +55,7 @@ class Settings:
     login_lockout: float = 60.0
     session_token_ttl: float = 30 * 86400.0
     #: Seconds a resumption ticket is valid (0: no resumption).
-    ticket_lifetime: float = 7 * 86400.0
+    ticket_lifetime: int = 7 * 86400
     #: Seconds a ticket key seals new tickets before the next one does.
     ticket_key_rotation: float = 86400.0
     # [chat]
@@ -261,7 +261,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("accounts", "login_failures_per_address", "login_failures_per_address", _positive(int)),
     ("accounts", "login_lockout", "login_lockout", _positive(float)),
     ("accounts", "session_token_ttl", "session_token_ttl", _positive(float)),
-    ("accounts", "ticket_lifetime", "ticket_lifetime", _ranged(float, 0, 30 * 86400)),
+    ("accounts", "ticket_lifetime", "ticket_lifetime", _ranged(int, 0, 30 * 86400)),
     ("accounts", "ticket_key_rotation", "ticket_key_rotation", _ranged(float, 60, 30 * 86400)),
     ("chat", "default_room", "default_room", _room),
     ("chat", "max_body_length", "max_body_length", _ranged(int, 1, 60000)),

@@ -96,6 +96,39 @@ class ChannelResumptionTests(unittest.TestCase):
             self.assertEqual(caught.exception.alert, channel.ALERT_DECODE_ERROR)
 
 
+class TicketNoticeTests(unittest.TestCase):
+    """The client reads a ``ticket`` notice exactly as the spec types it."""
+
+    GOOD = {"type": "ticket", "ticket": "dGlja2V0", "nonce": "AAAAAAAAAAAAAAAAAAAAAA==", "lifetime": 60}
+
+    def test_a_well_formed_notice_gives_a_ticket(self) -> None:
+        on = channel.SecureChannel(b"s" * 32, b"r" * 32, resumption_secret=b"m" * 32)
+        ticket = channel.Ticket.from_event(self.GOOD, on, now=1000.0)
+        self.assertEqual((ticket.ticket, ticket.expires_at), (b"ticket", 1060.0))
+        self.assertEqual(ticket.psk, channel.ticket_psk(b"m" * 32, bytes(16)))
+
+    def test_every_malformed_notice_is_refused(self) -> None:
+        on = channel.SecureChannel(b"s" * 32, b"r" * 32, resumption_secret=b"m" * 32)
+        bad: list[dict[str, Any]] = [
+            {**self.GOOD, "ticket": 1234},
+            {**self.GOOD, "ticket": ""},
+            {**self.GOOD, "ticket": "not base64!"},
+            {**self.GOOD, "ticket": "é"},
+            {**self.GOOD, "nonce": "AAAA"},
+            {**self.GOOD, "lifetime": "60"},
+            {**self.GOOD, "lifetime": 1.5},
+            {**self.GOOD, "lifetime": True},
+            {**self.GOOD, "lifetime": 0},
+            {**self.GOOD, "lifetime": -10},
+            {**self.GOOD, "lifetime": float("inf")},
+            {k: v for k, v in self.GOOD.items() if k != "nonce"},
+        ]
+        for event in bad:
+            with self.assertRaises(channel.ChannelError, msg=repr(event)) as caught:
+                channel.Ticket.from_event(event, on, now=0.0)
+            self.assertEqual(caught.exception.alert, channel.ALERT_DECODE_ERROR)
+
+
 # --- against a real server --------------------------------------------------------
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from chatserver.config import load_settings
@@ -80,3 +82,50 @@ def install_config(text: str) -> str:
         result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
         complaints = [line for line in (result.stdout + result.stderr).splitlines() if str(unit) in line]
         self.assertEqual((result.returncode, complaints), (0, []), result.stderr)
+
+
+class JournalTests(unittest.TestCase):
+    async def test_the_units_logger_gives_the_journal_warnings_only(self) -> None:
+        """Run as the unit runs it (its --logger): stdout has the key's
+        fingerprint and the warnings, not the info lines, which are in the
+        log files."""
+        from twisted.internet import reactor
+
+        from chatclient.session import connect
+        from tests.processes import LOOPBACK, spawn, stop_twistd, twistd_argv
+
+        found = directives(UNIT.read_text())
+        argv = found["ExecStart"].split()
+        logger = [a for a in argv if a.startswith("--logger=")]
+        self.assertEqual(logger, ["--logger=chatserver.logs.console"])
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        server = spawn(
+            self,
+            "twistd",
+            twistd_argv()
+            + ["--nodaemon", "--pidfile=", *logger, "chatserver", *LOOPBACK]
+            + ["--data-dir", str(base / "data"), "--log-dir", str(base / "log")],
+            cwd=str(base),
+        )
+        await server.wait_for(r"fingerprint (SHA256:\S+)")
+        log_file = base / "log" / "chatserver.log"
+        for _ in range(500):  # bounded: the port is in the log file
+            text = log_file.read_text() if log_file.exists() else ""
+            match = re.search(r"ChatFactory starting on (\d+)", text)
+            if match:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        assert match is not None, "no port in chatserver.log"
+        port = int(match.group(1))
+        session = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
+        await session.register("alice", "correct horse battery")
+        await session.close()
+        # A warning: a peer that breaks the protocol.
+        bad = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
+        bad.protocol.transport.write(b"!!!!\n")
+        await server.wait_for(r"disconnecting")
+        self.assertEqual(await stop_twistd(server), 0)
+        self.assertNotIn("logged in as alice", server.output())
+        self.assertIn("disconnecting", server.output())
+        self.assertIn("logged in as alice", (base / "log" / "connections.log").read_text())
