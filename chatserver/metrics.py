@@ -14,6 +14,7 @@ from typing import Any
 COUNTERS = {
     "connections": "Connections accepted.",
     "handshakes": "Handshakes completed (secure channel up).",
+    "evictions": "Connections not logged in dropped to make room for a new connection.",
     "logins": "Successful logins and registrations.",
     "failed_logins": "Logins refused for bad credentials.",
     "rate_limited": "Requests refused by a rate limit.",
