@@ -1130,13 +1130,13 @@ class ChatFactory(ServerFactory):
     # connection that has not logged in; logged-in ones are never evicted.
     #
     # Which one: the oldest of the network that holds the most connections
-    # not logged in, the newcomer included (a tie with the newcomer's own
-    # network: its own).  So a flood from a few networks evicts only its
-    # own connections, however old a real client's handshake from another
-    # network is; the globally oldest would hand the flooder every real
-    # client that started before its latest burst.  Only when every
-    # network holds as few as the newcomer's does it come down to age:
-    # the network that got to that many first.
+    # not logged in, counted before the newcomer.  If the newcomer's own
+    # network holds that many, its own (the newcomer makes it the most);
+    # among several others that hold that many, the one that got there
+    # first.  So a flood from a few networks evicts only its own
+    # connections, however old a real client's handshake from another
+    # network is, where the globally oldest would hand the flooder every
+    # real client that started before its latest burst.
 
     def admit(self, protocol: ChatProtocol) -> str | None:
         """None if the connection may stay (having made room for it if
