@@ -85,7 +85,8 @@ class PrefixLimitTests(SlotTestCase):
         self.assertEqual([r.lost_reason for r in same_net], [None] * 3)
         self.assertEqual(server.factory.metrics.counters["evictions"], 0)
         # A slot of the network freed: it may connect again.
-        same_net[0].transport.abortConnection()
+        transport: Any = same_net[0].transport
+        transport.abortConnection()
         await same_net[0].when_lost()
         await until(lambda: server.factory.per_prefix["127.3.0.0/24"] == 2)
         again = await self.raw_from(server, "127.3.0.4")
