@@ -38,6 +38,13 @@ class Settings:
     max_pending_crypto: int = 256
     max_connections: int = 10000
     max_connections_per_address: int = 64
+    #: Connections from one network: the /24 of an IPv4 address, the /64
+    #: of an IPv6 one (see protocol.network_prefix).
+    max_connections_per_prefix: int = 256
+    #: Connections not logged in yet (in the handshake or before a
+    #: successful login) at once; 0: a quarter of max_connections (see
+    #: unauthenticated_slots).
+    max_unauthenticated: int = 0
     slow_client_timeout: float = 30.0
     shutdown_grace: float = 5.0
     max_output_buffer: int = 4 * 1024 * 1024
@@ -106,6 +113,17 @@ class Settings:
     # [metrics]
     metrics_enabled: bool = False
     metrics_endpoint: str = "tcp:9464:interface=127.0.0.1"
+
+    @property
+    def unauthenticated_slots(self) -> int:
+        """How many of the max_connections slots connections that are not
+        logged in may hold.  The default, a quarter, is far more than
+        honest clients need (they are unauthenticated for the second of a
+        handshake and a login, logged in for hours; and no more than
+        max_pending_crypto handshakes are computed at once), while three
+        quarters of the slots stay out of reach of bare sockets."""
+        share = self.max_unauthenticated or max(1, self.max_connections // 4)
+        return min(share, self.max_connections)
 
     @property
     def data_path(self) -> Path:
@@ -249,6 +267,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("server", "max_pending_crypto", "max_pending_crypto", _positive(int)),
     ("server", "max_connections", "max_connections", _positive(int)),
     ("server", "max_connections_per_address", "max_connections_per_address", _positive(int)),
+    ("server", "max_connections_per_prefix", "max_connections_per_prefix", _positive(int)),
+    ("server", "max_unauthenticated", "max_unauthenticated", _ranged(int, 0, 1 << 30)),
     ("server", "slow_client_timeout", "slow_client_timeout", _positive(float)),
     ("server", "shutdown_grace", "shutdown_grace", _positive(float)),
     ("server", "max_output_buffer", "max_output_buffer", _ranged(int, 65536, 1 << 34)),
@@ -316,7 +336,18 @@ def load_settings(path: str | Path | None = None, **overrides: str | None) -> Se
             raise ConfigError(f"unknown setting {field!r}")
         section, key, parse = _BY_FIELD[field]
         values[field] = _parse(parse, text, f"command line option for [{section}] {key}")
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_together(settings, f"{path}: " if path is not None else "")
+    return settings
+
+
+def _check_together(settings: Settings, where: str) -> None:
+    """Settings that are fine alone but not together."""
+    if settings.max_unauthenticated > settings.max_connections:
+        raise ConfigError(
+            f"{where}[server] max_unauthenticated = {settings.max_unauthenticated}: must not be more"
+            f" than [server] max_connections ({settings.max_connections})"
+        )
 
 
 def _read_file(path: Path) -> dict[str, Any]:

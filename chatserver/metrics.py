@@ -17,6 +17,7 @@ COUNTERS = {
     "resumptions": "Resumed handshakes completed (a ticket instead of RSA).",
     "cookies": "Hellos answered with a cookie (under load).",
     "handshakes_refused": "Full handshakes refused by an address's or network's budget.",
+    "evictions": "Connections not logged in dropped to make room for a new connection.",
     "logins": "Successful logins and registrations.",
     "failed_logins": "Logins refused for bad credentials.",
     "rate_limited": "Requests refused by a rate limit.",

@@ -784,6 +784,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 return None  # gone meanwhile (deadline, peer): no ghost login
         self._token = token
         self.account = account
+        self.factory.authenticated(self)
         self.user = account.name
         self.role = account.role
         self.setTimeout(self.factory.settings.idle_timeout)
@@ -1054,6 +1055,20 @@ class ChatFactory(ServerFactory):
         self.rate_limits = RateLimits(clock, rate_rules(settings))
         self.connections: set[ChatProtocol] = set()
         self.per_address: collections.Counter[str] = collections.Counter()
+        self.per_prefix: collections.Counter[str] = collections.Counter()
+        #: Connections not logged in yet, per network prefix, oldest
+        #: first.  OrderedDicts: taking the oldest of a plain dict whose
+        #: first entries were deleted scans the holes they leave.
+        self.unauthenticated: dict[str, collections.OrderedDict[ChatProtocol, None]] = {}
+        self.unauthenticated_count = 0
+        #: Prefixes by how many unauthenticated connections they hold (in
+        #: the order they got to that many), and the highest such number:
+        #: the prefix to evict from is found without a scan.
+        self._prefixes_holding: dict[int, dict[str, None]] = {}
+        self._most_held = 0
+        #: Evicted connections still closing: they keep their place in
+        #: ``connections`` until really gone, not their slot.
+        self._evicted: set[ChatProtocol] = set()
         self.metrics = metrics if metrics is not None else Metrics(reactor)
         chat.metrics = self.metrics
         #: Set by the server when the monitor child runs.
@@ -1188,19 +1203,117 @@ class ChatFactory(ServerFactory):
 
         return d.addCallback(done)
 
+    # --- connection slots --------------------------------------------------
+    #
+    # Every connection counts against max_connections, its address's
+    # max_connections_per_address and its network's (/24, /64)
+    # max_connections_per_prefix; one that has not logged in also against
+    # the unauthenticated share (Settings.unauthenticated_slots).  When the
+    # share or the whole server is full, a newcomer takes the slot of a
+    # connection that has not logged in; logged-in ones are never evicted.
+    #
+    # Which one: the oldest of the network that holds the most connections
+    # not logged in, counted before the newcomer.  If the newcomer's own
+    # network holds that many, its own (the newcomer makes it the most);
+    # among several others that hold that many, the one that got there
+    # first.  So a flood from a few networks evicts only its own
+    # connections, however old a real client's handshake from another
+    # network is, where the globally oldest would hand the flooder every
+    # real client that started before its latest burst.
+
     def admit(self, protocol: ChatProtocol) -> str | None:
-        """None if the connection may stay, else the reason it may not."""
-        if len(self.connections) >= self.settings.max_connections:
-            return "server full"
-        if self.per_address[protocol.peer] >= self.settings.max_connections_per_address:
+        """None if the connection may stay (having made room for it if
+        needed), else the reason it may not."""
+        settings = self.settings
+        peer = protocol.peer
+        if self.per_address[peer] >= settings.max_connections_per_address:
             return "too many connections from your address"
+        prefix = network_prefix(peer)
+        if self.per_prefix[prefix] >= settings.max_connections_per_prefix:
+            return "too many connections from your network"
+        if (
+            len(self.connections) - len(self._evicted) >= settings.max_connections
+            or self.unauthenticated_count >= settings.unauthenticated_slots
+        ):
+            if not self.unauthenticated_count:
+                return "server full"  # every slot is held by a logged-in client
+            self._evict(prefix)
         self.connections.add(protocol)
-        self.per_address[protocol.peer] += 1
+        self.per_address[peer] += 1
+        self.per_prefix[prefix] += 1
+        self._add_unauthenticated(protocol, prefix)
         return None
 
+    def _evict(self, newcomer_prefix: str) -> None:
+        """End the connection not logged in whose slot the newcomer from
+        ``newcomer_prefix`` takes (see above)."""
+        own = self.unauthenticated.get(newcomer_prefix)
+        if own is not None and len(own) == self._most_held:
+            prefix = newcomer_prefix
+        else:
+            prefix = next(iter(self._prefixes_holding[self._most_held]))
+        victim = next(iter(self.unauthenticated[prefix]))
+        self._remove_unauthenticated(victim, prefix)
+        self._evicted.add(victim)
+        if victim.ending:
+            return  # already closing (a failed handshake): just its slot
+        self.metrics.count("evictions")
+        reason = "server full: slot given to a newer connection"
+        if victim.channel is None:
+            victim._drop(reason, channel.ALERT_BUSY)  # logs, within the budget
+        else:
+            if self.may_log(victim.peer):
+                log.warn("{peer} user=-: {reason}; disconnecting", peer=victim.peer, reason=reason)
+            victim.close("busy", reason)
+
+    def _add_unauthenticated(self, protocol: ChatProtocol, prefix: str) -> None:
+        held = self.unauthenticated.setdefault(prefix, collections.OrderedDict())
+        count = len(held)
+        held[protocol] = None
+        self.unauthenticated_count += 1
+        self._move_prefix(prefix, count, count + 1)
+        if count + 1 > self._most_held:
+            self._most_held = count + 1
+
+    def _remove_unauthenticated(self, protocol: ChatProtocol, prefix: str) -> None:
+        held = self.unauthenticated.get(prefix)
+        if held is None or protocol not in held:
+            return
+        count = len(held)
+        del held[protocol]
+        if not held:
+            del self.unauthenticated[prefix]
+        self.unauthenticated_count -= 1
+        self._move_prefix(prefix, count, count - 1)
+        if count == self._most_held and count not in self._prefixes_holding:
+            self._most_held = count - 1  # counts move by one: count - 1 holds this prefix
+
+    def _move_prefix(self, prefix: str, before: int, after: int) -> None:
+        holding = self._prefixes_holding
+        if before:
+            same = holding[before]
+            del same[prefix]
+            if not same:
+                del holding[before]
+        if after:
+            holding.setdefault(after, {})[prefix] = None
+
+    def authenticated(self, protocol: ChatProtocol) -> None:
+        """``protocol`` has logged in: it holds a slot no newcomer takes."""
+        self._remove_unauthenticated(protocol, network_prefix(protocol.peer))
+
     def release(self, protocol: ChatProtocol) -> None:
+        if protocol not in self.connections:
+            return
         self.connections.discard(protocol)
+        self._evicted.discard(protocol)
         self.stats_subscribers.pop(protocol, None)
-        self.per_address[protocol.peer] -= 1
-        if self.per_address[protocol.peer] <= 0:
-            del self.per_address[protocol.peer]
+        peer = protocol.peer
+        prefix = network_prefix(peer)
+        self._remove_unauthenticated(protocol, prefix)
+        self.per_address[peer] -= 1
+        if self.per_address[peer] <= 0:
+            del self.per_address[peer]
+        self.per_prefix[prefix] -= 1
+        if self.per_prefix[prefix] <= 0:
+            del self.per_prefix[prefix]
