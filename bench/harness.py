@@ -293,6 +293,7 @@ class ServerProcess:
             "endpoint = tcp:0:interface=127.0.0.1:backlog=1024\n"
             "max_connections = 100000\n"
             "max_connections_per_address = 100000\n"
+            "max_connections_per_prefix = 100000\n"
             "\n[accounts]\n"
             f"password_hash_cost = {self.hash_cost}\n"
             "login_failures_per_account = 1000000\n"
