@@ -44,6 +44,7 @@ BAD_LINE = re.compile(r"Traceback \(most recent call last\)|Unhandled|#critical\
 CONFIG = """\
 [server]
 max_connections_per_address = 1000
+max_connections_per_prefix = 1000
 [accounts]
 password_hash_cost = 10
 login_failures_per_account = 1000000
