@@ -5,7 +5,9 @@ the real server over loopback, in the real SQLite file.  Issue 13, item 6."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ from chatclient.session import ServerError
 from chatserver import accounts, store
 from tests.support import (
     PASSWORD,
+    PYTHON,
     RunningServer,
     make_settings,
     open_session,
+    python_env,
     start_server,
 )
 
@@ -213,6 +217,144 @@ class InviteModeTests(unittest.TestCase):
         logs = "".join(p.read_text(encoding="utf-8") for p in server.settings.log_path.iterdir())
         self.assertNotIn(code, logs)
         self.assertNotIn(code.encode(), server.settings.database_path.read_bytes())
+
+
+class AdminInviteTests(unittest.TestCase):
+    def admin(self, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-m", "chatserver.admin", "--data-dir", str(data_dir), *args],
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    async def test_make_list_use_and_revoke(self) -> None:
+        server = await start_server(self, allow_registration="invite")
+        data = server.settings.data_path
+        made = self.admin(data, "invite", "--count", "3", "--expires", "2d")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        codes = made.stdout.split()
+        self.assertEqual(len(codes), 3)
+        self.assertEqual(len(set(codes)), 3)
+        self.assertTrue(all(re.fullmatch(r"[a-z2-7]{26}", c) for c in codes), codes)
+        self.assertIn("made 3 single-use invite codes", made.stderr)
+        records = invites_of(server.settings.database_path)
+        self.assertEqual(len(records), 3)
+        for record in records:
+            self.assertEqual(record.expires_at - record.created_at, 2 * 86400)
+            self.assertLess(abs(record.created_at - time.time()), 60)
+
+        # One default code: one line, valid 7 days.
+        one = self.admin(data, "invite")
+        self.assertEqual(one.returncode, 0, one.stderr)
+        self.assertEqual(len(one.stdout.split()), 1)
+        last = invites_of(server.settings.database_path)[-1]
+        self.assertEqual(last.expires_at - last.created_at, 7 * 86400)
+
+        welcome = await (await open_session(self, server)).register("alice", PASSWORD, invite=codes[0])
+        self.assertEqual(welcome["user"], "alice")
+
+        revoked = self.admin(data, "invite", "--revoke", codes[1])
+        self.assertEqual(
+            (revoked.returncode, revoked.stdout.strip()), (0, "revoked invite 2"), revoked.stderr
+        )
+        revoked = self.admin(data, "invite", "--revoke-id", "3")
+        self.assertEqual(
+            (revoked.returncode, revoked.stdout.strip()), (0, "revoked invite 3"), revoked.stderr
+        )
+        session = await open_session(self, server)
+        for code in codes[1:]:
+            error = await self.assertFailure(session.register("bob", PASSWORD, invite=code), ServerError)
+            self.assertEqual(error.code, "invite_invalid")
+        # A used or revoked invite cannot be revoked (again); nor an unknown one.
+        for args in (["--revoke", codes[0]], ["--revoke", codes[1]], ["--revoke-id", "99"]):
+            again = self.admin(data, "invite", *args)
+            self.assertEqual(again.returncode, 1, args)
+            self.assertIn("no such invite", again.stderr)
+
+        listed = self.admin(data, "invite", "--list")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        rows = [line.split("\t") for line in listed.stdout.splitlines()]
+        self.assertEqual(rows[0][:2], ["id", "state"])
+        self.assertEqual(
+            [(r[0], r[1], r[4]) for r in rows[1:]],
+            [
+                ("1", "used", "alice"),
+                ("2", "revoked", "-"),
+                ("3", "revoked", "-"),
+                ("4", "usable", "-"),
+            ],
+        )
+        for code in codes:
+            self.assertNotIn(code, listed.stdout)
+
+        # Creation, use and revocation are in the audit table, by invite id.
+        conn = sqlite3.connect(str(server.settings.database_path))
+        self.addCleanup(conn.close)
+        actions = conn.execute("SELECT action, detail FROM audit ORDER BY id").fetchall()
+        self.assertEqual([a for a, _ in actions].count("invite_create"), 4)
+        self.assertIn(("register", "invite 1"), actions)
+        self.assertIn(("invite_revoke", "invite 2"), actions)
+        self.assertIn(("invite_revoke", "invite 3"), actions)
+
+        # Only hashes are stored.  (Read once the server is stopped: closing
+        # a descriptor of the file in this process, the server's, would drop
+        # the server's SQLite locks on it.)
+        conn.close()
+        await server.stop()
+        path = server.settings.database_path
+        raw = path.read_bytes() + (
+            path.with_name(path.name + "-wal").read_bytes() if Path(str(path) + "-wal").exists() else b""
+        )
+        for code in codes:
+            self.assertNotIn(code.encode(), raw)
+
+    def test_bad_arguments(self) -> None:
+        data = Path(self.mktemp())
+        for args, message in [
+            (["--count", "0"], "--count must be from 1 to 1000"),
+            (["--count", "1001"], "--count must be from 1 to 1000"),
+            (["--expires", "0"], "more than 0"),
+            (["--expires", "400d"], "at most 365 days"),
+            (["--expires", "soon"], "a number of seconds"),
+            (["--list", "--count", "2"], "not with --list or --revoke"),
+        ]:
+            result = self.admin(data, "invite", *args)
+            self.assertEqual(result.returncode, 2, (args, result.stderr))
+            self.assertIn(message, result.stderr, args)
+        result = self.admin(data, "invite", "--list", "--revoke", "x")
+        self.assertEqual(result.returncode, 2)
+        # No database there: refused, not created.
+        result = self.admin(data, "invite")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--create", result.stderr)
+        self.assertFalse((data / "chatserver.sqlite3").exists())
+
+    def test_a_note_when_the_configuration_does_not_ask_for_codes(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir()
+        config = base / "chatserver.ini"
+        for mode, noted in (("yes", True), ("no", True), ("invite", False)):
+            config.write_text(f"[server]\ndata_dir = data\n[accounts]\nallow_registration = {mode}\n")
+            result = subprocess.run(
+                [PYTHON, "-m", "chatserver.admin", "--config", str(config), "--create", "invite"],
+                env=python_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(len(result.stdout.split()), 1)
+            self.assertEqual(f"allow_registration = {mode}:" in result.stderr, noted, result.stderr)
+
+    def test_durations(self) -> None:
+        from chatserver.admin import parse_duration
+
+        self.assertEqual(
+            [parse_duration(t) for t in ("90", "30m", "12h", "7d", "2w", "1.5h")],
+            [90, 1800, 43200, 604800, 1209600, 5400],
+        )
 
 
 _unused = defer
