@@ -208,7 +208,7 @@ class Accounts:
                 audit.warn("registration with an unusable invite code from {address}", address=address)
                 raise AuthError(
                     "invite_invalid",
-                    "that invite code is not valid (unknown, used or expired)",
+                    "that invite code is not valid (unknown, used, expired or revoked)",
                     field="invite",
                 )
         else:
