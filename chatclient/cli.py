@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--password-file", type=Path, help="read the password from this file (first line)")
     p.add_argument("--register", action="store_true", help="create the account, then log in")
     p.add_argument(
+        "--invite",
+        metavar="CODE",
+        help="with --register: the invite code a server that registers by invitation asks for",
+    )
+    p.add_argument(
         "--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)"
     )
     p.add_argument("--fingerprint", help="require this server key fingerprint (SHA256:...)")
@@ -70,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="give up after N failed attempts to connect at start (default: 1); "
         "once connected, it reconnects for as long as it runs",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.invite is not None and not args.register:
+        p.error("--invite is for --register")
+    return args
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -456,6 +464,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
         args.user,
         password,
         register=args.register,
+        invite=args.invite,
         connect_attempts=max(1, args.connect_attempts),
         proven=proven,
     )

@@ -43,7 +43,15 @@ class ReconnectingClient:
     setup_timeout = 60.0
     #: Server answers to a login that retrying cannot fix.
     FATAL = frozenset(
-        {"auth_failed", "account_disabled", "bad_username", "bad_password", "registration_closed"}
+        {
+            "auth_failed",
+            "account_disabled",
+            "bad_username",
+            "bad_password",
+            "registration_closed",
+            "invite_required",
+            "invite_invalid",
+        }
     )
 
     def __init__(
@@ -55,6 +63,7 @@ class ReconnectingClient:
         password: str | None = None,
         register: bool = False,
         token: str | None = None,
+        invite: str | None = None,
         initial_delay: float = 0.5,
         max_delay: float = 30.0,
         connect_attempts: int | None = None,
@@ -63,6 +72,8 @@ class ReconnectingClient:
         """``connect_attempts``: give up (state ``failed``) after this many
         failed attempts if none has succeeded yet; None: never give up.
         Once online, the client reconnects for as long as it runs.
+        ``invite``: the invite code to register with (a server in invite
+        mode asks for one).
         ``verify`` and ``proven``: see ``chatclient.session``."""
         self._proven = proven
         self._reactor = reactor
@@ -75,6 +86,7 @@ class ReconnectingClient:
         self.user = user
         self._password = password
         self._register = register
+        self._invite = invite
         self.token = token
         #: The resumption ticket for the next connection (single-use: each
         #: connection takes it, and its login brings the next one).
@@ -347,7 +359,7 @@ class ReconnectingClient:
             return d.addCallback(session._logged_in).addErrback(fall_back)
         assert self._password is not None, "no token and no password"
         if self._register:
-            d = session.register(self.user, self._password)
+            d = session.register(self.user, self._password, self._invite)
 
             def registered_before(failure: Any) -> Any:
                 if failure.check(ServerError) and failure.value.code == "username_taken":

@@ -334,10 +334,12 @@ class ChatSession:
             self._logged_in
         )
 
-    def register(self, user: str, password: str) -> Deferred[dict[str, Any]]:
-        return self.request({"type": "register", "user": user, "password": password}).addCallback(
-            self._logged_in
-        )
+    def register(self, user: str, password: str, invite: str | None = None) -> Deferred[dict[str, Any]]:
+        """``invite``: the invite code a server in invite mode asks for."""
+        request = {"type": "register", "user": user, "password": password}
+        if invite is not None:
+            request["invite"] = invite
+        return self.request(request).addCallback(self._logged_in)
 
     def say(self, room: str, body: str) -> Deferred[dict[str, Any]]:
         """Fires with the ack: ``{"type": "ack", "room", "id", "ts"}``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -30,11 +31,14 @@ ROLES = ("user", "admin")
 class AuthError(Exception):
     """Login or registration refused; ``code`` and message go to the client."""
 
-    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, retry_after: float | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.field = field
 
 
 def invalid_credentials() -> AuthError:
@@ -102,6 +106,9 @@ class Accounts:
         # Verified against when the user does not exist, so that path costs
         # one scrypt run too.  Made lazily: start-up should not pay for it.
         self._dummy_hash: str | None = None
+        #: ``[accounts] allow_registration``: yes, no or invite (a SIGHUP
+        #: may change it, see tap.py).
+        self.registration = settings.allow_registration
 
     def _throttle(self, name: str, address: str) -> None:
         wait = max(self._by_account.retry_after(name), self._by_address.retry_after(address))
@@ -162,28 +169,98 @@ class Accounts:
         return self._store.run(store.revoke_tokens, None, token_hash(token))
 
     @inlineCallbacks
-    def register(self, name: str, password: str, address: str) -> Any:
-        if not self._settings.allow_registration:
+    def register(self, name: str, password: str, address: str, invite: str | None = None) -> Any:
+        """Fires with the new :class:`Account` or fails with :class:`AuthError`.
+
+        In ``invite`` mode the account is made only with a usable invite
+        code, which is consumed in the same transaction; in ``yes`` mode an
+        invite code is neither checked nor consumed."""
+        mode = self.registration
+        if mode == "no":
             raise AuthError("registration_closed", "registration is disabled on this server")
         # "username taken" necessarily tells that a name exists, so each one
         # counts as a failure of the address: registration cannot be used
-        # to enumerate names faster than login could.
+        # to enumerate names faster than login could.  So does a bad invite
+        # code, so that codes cannot be guessed faster either.
         wait = self._by_address.retry_after(address)
         if wait > 0:
             raise AuthError("throttled", "too many attempts; try again later", retry_after=wait)
+        if mode == "invite" and invite is None:
+            raise AuthError(
+                "invite_required", "this server registers new accounts by invitation only", field="invite"
+            )
+        # The hash comes first on both paths, so the time of the answer does
+        # not tell a usable code from another.
         password_hash = yield self._pool.run(
             crypto.hash_password, password, self._settings.password_hash_cost, kind="login"
         )
-        added = yield self._store.add_user(name, password_hash, "user")
-        if not added:
+        if mode == "invite":
+            assert invite is not None
+            outcome, invite_id = yield self._store.run(
+                store.register_with_invite,
+                invite_hash(invite),
+                name,
+                password_hash,
+                int(self._clock.seconds()),
+            )
+            if outcome == "invite_invalid":
+                self._by_address.fail(address)
+                audit.warn("registration with an unusable invite code from {address}", address=address)
+                raise AuthError(
+                    "invite_invalid",
+                    "that invite code is not valid (unknown, used, expired or revoked)",
+                    field="invite",
+                )
+        else:
+            added = yield self._store.add_user(name, password_hash, "user")
+            outcome, invite_id = ("ok" if added else "username_taken"), None
+        if outcome == "username_taken":
             self._by_address.fail(address)
             raise AuthError("username_taken", "that username is taken")
-        audit.info("registered {user} from {address}", user=name, address=address)
+        if invite_id is None:
+            audit.info("registered {user} from {address}", user=name, address=address)
+        else:
+            audit.info(
+                "registered {user} from {address} with invite {invite}",
+                user=name,
+                address=address,
+                invite=invite_id,
+            )
         return Account(name, "user")
 
 
 def token_hash(token: str) -> str:
     return crypto.sha256(token.encode("ascii")).hex()
+
+
+def invite_hash(code: str) -> str:
+    """The stored form of an invite code.  Codes are base32, which people
+    may retype in capitals or with spaces: those do not matter."""
+    return crypto.sha256("".join(code.split()).lower().encode("utf-8")).hex()
+
+
+#: Random bytes in an invite code: 128 bits, 26 characters of base32.
+INVITE_BYTES = 16
+
+
+def new_invite_code() -> str:
+    return base64.b32encode(crypto.random_bytes(INVITE_BYTES)).decode("ascii").rstrip("=").lower()
+
+
+def make_invites_now(
+    conn: Any, count: int, ttl: float, by: str, now: float | None = None
+) -> list[tuple[int, str, int]]:
+    """The admin tool's invites: (id, code, expires_at) for ``count`` new
+    single-use codes valid for ``ttl`` seconds, all in one transaction.  The
+    codes are returned once and not kept."""
+    now_s = int(time.time() if now is None else now)
+    expires_at = now_s + int(ttl)
+    codes = [new_invite_code() for _ in range(count)]
+    with conn:
+        ids = store.add_registration_invites(
+            conn.cursor(), [invite_hash(c) for c in codes], by, now_s, expires_at
+        )
+    return [(i, c, expires_at) for i, c in zip(ids, codes, strict=True)]
 
 
 def add_user_now(conn: Any, name: str, password: str, role: str, cost: int) -> bool:
@@ -194,4 +271,13 @@ def add_user_now(conn: Any, name: str, password: str, role: str, cost: int) -> b
         return store.add_user(conn.cursor(), name, crypto.hash_password(password, cost), role)
 
 
-__all__ = ["Account", "Accounts", "AuthError", "FailureWindow", "add_user_now"]
+__all__ = [
+    "Account",
+    "Accounts",
+    "AuthError",
+    "FailureWindow",
+    "add_user_now",
+    "invite_hash",
+    "make_invites_now",
+    "new_invite_code",
+]

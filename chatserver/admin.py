@@ -1,6 +1,8 @@
 """Administration from the shell: ``python -m chatserver.admin``.
 
     chatserver-admin [--config FILE | --data-dir DIR] [--create] add-user NAME [--admin] [--password-file F]
+    chatserver-admin [...] invite [--count N] [--expires DURATION]
+    chatserver-admin [...] invite --list | --revoke CODE | --revoke-id ID
 
 It opens the same SQLite database as the server (WAL mode lets it do so
 while the server runs), checks it as the server does at start-up and
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from chatserver import accounts, store, validation
 from chatserver.config import ConfigError, load_settings
@@ -34,7 +38,102 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="give the account the admin role")
     add.add_argument("--password-file", type=Path, help="read the password from this file")
+    inv = sub.add_parser(
+        "invite",
+        help="make (or list, or revoke) single-use invite codes for [accounts] allow_registration = invite",
+    )
+    action = inv.add_mutually_exclusive_group()
+    action.add_argument(
+        "--list", action="store_true", help="list the invites (not their codes) and their state"
+    )
+    action.add_argument("--revoke", metavar="CODE", help="revoke the unused invite with this code")
+    action.add_argument("--revoke-id", metavar="ID", type=int, help="revoke the unused invite with this id")
+    inv.add_argument(
+        "--count", type=int, default=None, help="how many codes to make (default 1, at most 1000)"
+    )
+    inv.add_argument(
+        "--expires",
+        default=None,
+        help="how long the codes are valid: a number of seconds or e.g. 30m, 12h, 7d, 2w (default 7d)",
+    )
     return p.parse_args(argv)
+
+
+DEFAULT_INVITE_TTL = "7d"
+MAX_INVITE_TTL = 365 * 86400
+MAX_INVITES = 1000
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30m``, ``12h``, ``7d``, ``2w`` -> seconds; ValueError if
+    not positive or longer than a year."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(
+            f"--expires {text!r}: a number of seconds, or a number and s, m, h, d or w"
+        ) from None
+    if not 0 < seconds <= MAX_INVITE_TTL:
+        raise ValueError(f"--expires {text!r}: must be more than 0 and at most 365 days")
+    return seconds
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _who() -> str:
+    """The actor of the admin tool's audit rows: the tool and the OS user."""
+    try:
+        return f"chatserver-admin:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "chatserver-admin"
+
+
+def invite(args: argparse.Namespace, conn: Any, mode: str) -> int:
+    """The ``invite`` command on an open database; ``mode``: the
+    configuration's allow_registration."""
+    now = int(time.time())
+    if args.list:
+        invites = store.run_now(conn, store.list_registration_invites)
+        print("id\tstate\tcreated\texpires\tused_by\tused_at")
+        for record in invites:
+            print(
+                f"{record.id}\t{record.state(now)}\t{_when(record.created_at)}\t{_when(record.expires_at)}"
+                f"\t{record.used_by or '-'}\t{_when(record.used_at)}"
+            )
+        return 0
+    if args.revoke is not None or args.revoke_id is not None:
+        code_hash = accounts.invite_hash(args.revoke) if args.revoke is not None else None
+        revoked = store.run_now(
+            conn, store.revoke_registration_invite, _who(), now, code_hash, args.revoke_id
+        )
+        if revoked is None:
+            print("error: no such invite, or it was used or revoked already", file=sys.stderr)
+            return 1
+        print(f"revoked invite {revoked}")
+        return 0
+    made = accounts.make_invites_now(conn, args.count, args.ttl, _who(), now)
+    print(
+        f"made {len(made)} single-use invite code{'s' if len(made) != 1 else ''} "
+        f"(ids {made[0][0]}-{made[-1][0]}), valid until {_when(made[0][2])}",
+        file=sys.stderr,
+    )
+    if args.config and mode != "invite":
+        print(
+            f"note: {args.config} has [accounts] allow_registration = {mode}: "
+            "the server does not ask for these codes until it is invite (a SIGHUP applies it)",
+            file=sys.stderr,
+        )
+    for _, code, _ in made:
+        print(code)
+    return 0
 
 
 # A missing database usually means the wrong directory: the tool would
@@ -62,6 +161,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command == "invite":
+        try:
+            if (args.list or args.revoke is not None or args.revoke_id is not None) and (
+                args.count is not None or args.expires is not None
+            ):
+                raise ValueError("--count and --expires are for making invites, not with --list or --revoke")
+            args.count = 1 if args.count is None else args.count
+            if not 1 <= args.count <= MAX_INVITES:
+                raise ValueError(f"--count must be from 1 to {MAX_INVITES}")
+            args.ttl = parse_duration(args.expires or DEFAULT_INVITE_TTL)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
+            conn = store.open_database(settings.database_path, create=args.create)
+        except store.UnusableDatabase as e:
+            print(f"error: {e}{_HINT if not settings.database_path.exists() else ''}", file=sys.stderr)
+            return 1
+        try:
+            return invite(args, conn, settings.allow_registration)
+        finally:
+            conn.close()
     if args.command == "add-user":
         try:
             name = validation.username(args.name)

@@ -288,7 +288,7 @@ class ChatService:
     @defer.inlineCallbacks
     def connect(self, member: Member) -> Any:
         """A member logged in: put it in its rooms (at its first login, the
-        default room too, if there is space) and fire with the welcome's
+        default room too, unless banned from it) and fire with the welcome's
         ``rooms`` and ``streams`` (last id per stream: what a reconnecting
         client catches up to).  Then call :meth:`push_undelivered`."""
         user = member.user
@@ -305,12 +305,7 @@ class ChatService:
         # it, stays out.  The mark commits with the join (or alone), so a
         # failed commit leaves the first login to come again.
         welcome = [(store.mark_welcomed, (user,))]
-        if (
-            first
-            and user not in lobby.members
-            and len(lobby.members) < self.max_room_members
-            and not self._sanctioned(lobby, "ban", user)
-        ):
+        if first and user not in lobby.members and not self._sanctioned(lobby, "ban", user):
             yield self._add_member(lobby, user, "member", welcome)
         elif first:
             yield self.journal.write(welcome)
@@ -463,7 +458,10 @@ class ChatService:
             raise ChatError("banned", f"you are banned from {name!r}", "room")
         if room.kind == "private" and user not in room.invites and member.role != "admin":
             raise ChatError("no_such_room", f"there is no room {name!r}", "room")
-        if len(room.members) >= self.max_room_members:
+        # The default room has no member cap: every account is put in it at
+        # its first login, so a wave of registrations must not lock the
+        # next newcomers (or anyone who left and comes back) out of it.
+        if name != self.default_room and len(room.members) >= self.max_room_members:
             raise ChatError("room_full", f"room {name!r} is full", "room")
         if len(self.user_rooms.get(user, ())) >= self.max_rooms_per_user:
             raise ChatError("too_many_rooms", f"you are in {self.max_rooms_per_user} rooms already")

@@ -55,7 +55,10 @@ class Settings:
     #: DATA plaintexts are padded to a multiple of this many bytes (0: not).
     pad_block: int = 32
     # [accounts]
-    allow_registration: bool = True
+    #: ``yes`` (anyone may register), ``no``, or ``invite`` (only with an
+    #: invite code from ``chatserver-admin invite``).  True and False, as
+    #: older code passes them, mean ``yes`` and ``no``.
+    allow_registration: str = "yes"
     password_hash_cost: int = 15
     login_failures_per_account: int = 5
     login_failures_per_address: int = 20
@@ -114,6 +117,13 @@ class Settings:
     metrics_enabled: bool = False
     metrics_endpoint: str = "tcp:9464:interface=127.0.0.1"
 
+    def __post_init__(self) -> None:
+        mode = self.allow_registration
+        if isinstance(mode, bool):
+            object.__setattr__(self, "allow_registration", "yes" if mode else "no")
+        elif mode not in REGISTRATION_MODES:
+            raise ConfigError(f"allow_registration must be one of {REGISTRATION_MODES}, not {mode!r}")
+
     @property
     def unauthenticated_slots(self) -> int:
         """How many of the max_connections slots connections that are not
@@ -142,6 +152,7 @@ class Settings:
         return self.data_path / "chatserver.sqlite3"
 
 
+REGISTRATION_MODES = ("yes", "no", "invite")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
@@ -172,6 +183,15 @@ def _boolean(text: str) -> bool:
     if lowered in ("0", "no", "false", "off"):
         return False
     raise ValueError("must be yes or no")
+
+
+def _registration(text: str) -> str:
+    if text.strip().lower() == "invite":
+        return "invite"
+    try:
+        return "yes" if _boolean(text) else "no"
+    except ValueError:
+        raise ValueError("must be yes, no or invite") from None
 
 
 def _endpoint(text: str) -> str:
@@ -275,7 +295,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("server", "max_input_buffers", "max_input_buffers", _ranged(int, 65536, 1 << 40)),
     ("server", "partial_line_timeout", "partial_line_timeout", _positive(float)),
     ("server", "pad_block", "pad_block", _ranged(int, 0, 4096)),
-    ("accounts", "allow_registration", "allow_registration", _boolean),
+    ("accounts", "allow_registration", "allow_registration", _registration),
     ("accounts", "password_hash_cost", "password_hash_cost", _ranged(int, 10, 18)),
     ("accounts", "login_failures_per_account", "login_failures_per_account", _positive(int)),
     ("accounts", "login_failures_per_address", "login_failures_per_address", _positive(int)),

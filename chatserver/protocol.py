@@ -766,7 +766,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self.account is not None:
             raise ChatError("already_authenticated", "already logged in")
         return self._authenticate(
-            self.factory.accounts.register(request["user"], request["password"], self.peer)
+            self.factory.accounts.register(
+                request["user"], request["password"], self.peer, request.get("invite")
+            )
         )
 
     def _authenticate(self, d: Deferred[Account], token: str | None = None) -> Deferred[dict[str, Any]]:

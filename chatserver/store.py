@@ -189,6 +189,12 @@ def _configure(conn: sqlite3.Connection, synchronous: str = "FULL") -> None:
 # --- queries: each takes a cursor --------------------------------------------
 
 
+def run_now(conn: sqlite3.Connection, query: Any, *args: Any) -> Any:
+    """One query in its own transaction on a plain connection (admin tool)."""
+    with conn:
+        return query(conn.cursor(), *args)
+
+
 def get_user(cursor: Any, name: str) -> UserRecord | None:
     cursor.execute("SELECT name, password_hash, role, disabled FROM users WHERE name = ?", (name,))
     row = cursor.fetchone()
@@ -628,3 +634,103 @@ def ticket_state(cursor: Any, ticket_hash: bytes, token_hash: str, now: int) -> 
 def add_redeemed_tickets(cursor: Any, rows: list[tuple[bytes, int]]) -> None:
     """Remember taken tickets (hash, expires_at), many in one commit."""
     cursor.executemany("INSERT OR IGNORE INTO redeemed_tickets (ticket_hash, expires_at) VALUES (?, ?)", rows)
+
+
+# --- registration invites ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteRecord:
+    id: int
+    created_by: str
+    created_at: int
+    expires_at: int
+    used_by: str | None
+    used_at: int | None
+    revoked_at: int | None
+
+    def state(self, now: int) -> str:
+        """``used``, ``revoked``, ``expired`` or ``usable`` at ``now``."""
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "usable"
+
+
+def add_registration_invites(
+    cursor: Any, code_hashes: list[str], by: str, now: int, expires_at: int
+) -> list[int]:
+    """Store invite codes (their hashes), with an audit row for each; the
+    ids of the new invites, in order."""
+    ids = []
+    for code_hash in code_hashes:
+        cursor.execute(
+            "INSERT INTO registration_invites (code_hash, created_by, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?)",
+            (code_hash, by, now, expires_at),
+        )
+        ids.append(cursor.lastrowid)
+        add_audit(cursor, now, by, "invite_create", None, None, f"invite {ids[-1]} expires_at {expires_at}")
+    return ids
+
+
+def register_with_invite(
+    cursor: Any, code_hash: str, name: str, password_hash: str, now: int
+) -> tuple[str, int | None]:
+    """In one transaction: check the invite, create the account and consume
+    the invite.  (``ok``, invite id); (``invite_invalid``, None) for a code
+    that is unknown, used, revoked or expired, whatever the name; or
+    (``username_taken``, id), in which case the invite stays unused."""
+    cursor.execute(
+        "SELECT id FROM registration_invites WHERE code_hash = ? "
+        "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
+        (code_hash, now),
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return ("invite_invalid", None)
+    invite_id = row[0]
+    if not add_user(cursor, name, password_hash, "user"):
+        return ("username_taken", invite_id)
+    cursor.execute(
+        "UPDATE registration_invites SET used_by = ?, used_at = ? WHERE id = ? AND used_at IS NULL",
+        (name, now, invite_id),
+    )
+    if cursor.rowcount != 1:  # cannot happen with one writer; never two accounts from one code
+        raise sqlite3.IntegrityError(f"invite {invite_id} was consumed meanwhile")
+    add_audit(cursor, now, name, "register", None, name, f"invite {invite_id}")
+    return ("ok", invite_id)
+
+
+def list_registration_invites(cursor: Any) -> list[InviteRecord]:
+    cursor.execute(
+        "SELECT id, created_by, created_at, expires_at, used_by, used_at, revoked_at "
+        "FROM registration_invites ORDER BY id"
+    )
+    return [InviteRecord(*row) for row in cursor.fetchall()]
+
+
+def revoke_registration_invite(
+    cursor: Any, by: str, now: int, code_hash: str | None = None, invite_id: int | None = None
+) -> int | None:
+    """Revoke an unused, unrevoked invite given by its code's hash or its
+    id, with an audit row; its id, or None if there is no such invite that
+    could still be revoked."""
+    if code_hash is not None:
+        cursor.execute("SELECT id FROM registration_invites WHERE code_hash = ?", (code_hash,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        invite_id = row[0]
+    cursor.execute(
+        "UPDATE registration_invites SET revoked_at = ? "
+        "WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL",
+        (now, invite_id),
+    )
+    if cursor.rowcount != 1:
+        return None
+    add_audit(cursor, now, by, "invite_revoke", None, None, f"invite {invite_id}")
+    return invite_id

@@ -205,8 +205,9 @@ class ChatServer(service.MultiService):
         self.settings = settings
 
     def reload(self) -> None:
-        """Reopen the log files; apply the log level and the rate limits from
-        the configuration file again.  Anything else needs a restart."""
+        """Reopen the log files; apply the log level, the rate limits and
+        ``[accounts] allow_registration`` from the configuration file
+        again.  Anything else needs a restart."""
         logs: LogFiles = self.getServiceNamed("log-files")  # type: ignore[assignment]
         logs.reopen()
         if self._load is None:
@@ -221,8 +222,15 @@ class ChatServer(service.MultiService):
         factory: ChatFactory = self.factory  # type: ignore[attr-defined]
         factory.rate_limits.replace_rules(rate_rules(settings))
         factory.cookies.threshold = settings.cookie_threshold
+        # Switching to invite (or no) must not need a restart, which would
+        # drop every connection: it is what an operator does when a wave of
+        # registrations starts.
+        factory.accounts.registration = settings.allow_registration
         log.info(
-            "SIGHUP: log files reopened; reloaded log level {name} and rate limits", name=settings.log_level
+            "SIGHUP: log files reopened; reloaded log level {name}, rate limits "
+            "and allow_registration = {registration}",
+            name=settings.log_level,
+            registration=settings.allow_registration,
         )
         if self.settings is None:
             return
@@ -253,6 +261,7 @@ class ChatServer(service.MultiService):
 #: Settings that a SIGHUP applies (see ChatServer.reload); the others are
 #: read once, at start-up.
 RELOADABLE = (
+    "allow_registration",
     "log_level",
     "log_levels",
     "messages_rate",

@@ -119,6 +119,18 @@ def token(value: Any, limits: Limits | None = None) -> str:
     return text
 
 
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]{1,128}")
+
+
+def invite_code(value: Any, limits: Limits | None = None) -> str:
+    """An invite code's form only: whether it is usable is the server's
+    business (``invite_invalid``)."""
+    text = _string(value, "invite")
+    if not _PRINTABLE_ASCII.fullmatch(text):
+        raise RequestError("bad_field", "invite is 1 to 128 printable ASCII characters", "invite")
+    return text
+
+
 def stream(value: Any, limits: Limits | None = None) -> str:
     text = _string(value, "stream")
     parts = text.split(":")
@@ -211,7 +223,11 @@ def _flag(field: str) -> Check:
 
 # type -> {field: (check, required)}
 REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
-    "register": {"user": (username, True), "password": (_password(MIN_PASSWORD), True)},
+    "register": {
+        "user": (username, True),
+        "password": (_password(MIN_PASSWORD), True),
+        "invite": (invite_code, False),
+    },
     "login": {"user": (username, True), "password": (_password(1), False), "token": (token, False)},
     "logout": {},
     "ping": {},

@@ -230,6 +230,7 @@ MEMBER_KINDS = {
     "to": "username",
     "password": "password",
     "token": "token",
+    "invite": "invite_code",
     "room": "room",
     "body": "body",
     "kind": "kind",
@@ -274,6 +275,8 @@ controls = st.sampled_from(_CONTROLS)
 surrogates = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"])
 
 _LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
+#: U+0020 to U+007E: the characters of an invite code (spec "Values").
+_PRINTABLE_ASCII = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 _NAME_REST = _LOWER + "_-"
 
 json_scalars = (
@@ -337,6 +340,8 @@ def valid_values(
         ).filter(lambda s: len(s) >= (8 if request == "register" else 1))
     if kind == "token":
         return st.text(st.characters(max_codepoint=127), min_size=16, max_size=128)
+    if kind == "invite_code":
+        return st.text(_PRINTABLE_ASCII, min_size=1, max_size=128)
     if kind == "body":
         return bodies()
     if kind == "topic":
@@ -395,7 +400,18 @@ def invalid_values(kind: str, request: str) -> st.SearchStrategy[tuple[Any, str]
     code = VALUE_CODES.get(kind, "bad_field")
     strings = (str,)
     numbers = (int, float)
-    if kind in ("username", "room", "password", "token", "body", "topic", "reason", "stream", "kind"):
+    if kind in (
+        "username",
+        "room",
+        "password",
+        "token",
+        "invite_code",
+        "body",
+        "topic",
+        "reason",
+        "stream",
+        "kind",
+    ):
         wrong = _wrong_types(strings)
     elif kind in ("event_id", "limit", "list_limit"):
         wrong = _wrong_types((int,)) | st.floats(allow_nan=False, allow_infinity=False)
@@ -434,6 +450,15 @@ def invalid_values(kind: str, request: str) -> st.SearchStrategy[tuple[Any, str]
             _with_bad_char(
                 st.text(st.characters(max_codepoint=127), min_size=16, max_size=100),
                 st.sampled_from("é€\u0100"),
+            ),
+        )
+    elif kind == "invite_code":
+        bad = st.one_of(
+            st.just(""),
+            st.text(_PRINTABLE_ASCII, min_size=129, max_size=160),
+            _with_bad_char(
+                st.text(_PRINTABLE_ASCII, min_size=1, max_size=100),
+                st.sampled_from("é€\u0100\t\n") | controls,
             ),
         )
     elif kind == "body":

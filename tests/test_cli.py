@@ -278,6 +278,25 @@ class LoginFailureTests(CliTestCase):
         self.assertIn("account_disabled", bob.errors())
 
 
+class InviteTests(CliTestCase):
+    async def test_register_with_an_invite_code(self) -> None:
+        """On a server in invite mode: --invite registers; without a code,
+        or with a used one, the client stops at once with exit 2 instead of
+        retrying."""
+        from tests.test_invites import make_invites
+
+        server = await start_server(self, allow_registration="invite")
+        (code,) = make_invites(server)
+        alice = await self.client("alice", server.port, "--invite", code)
+        self.assertIn("logged in as alice", alice.errors() + alice.output())
+        for extra, wanted in (([], "invite_required"), (["--invite", code], "invite_invalid")):
+            args = ["--password-file", str(self.password_file), "--known-hosts", str(self.known_hosts)]
+            bob = cli(self, "bob", server.port, "bob", *args, "--register", *extra)
+            self.assertEqual(await bob.ended, 2, bob.errors())
+            self.assertIn(wanted, bob.errors())
+        await self.quit(alice)
+
+
 class StatsCommandTests(CliTestCase):
     async def test_info_for_everyone_and_stats_watch_for_admins(self) -> None:
         from tests.test_moderation import admin_session

@@ -81,10 +81,33 @@ class SettingsTests(unittest.TestCase):
         self.assertConfigError("[server]\nmax_line_length = 10\n", "[server] max_line_length", "between")
         self.assertConfigError("[server]\nhandshake_timeout = -1\n", "handshake_timeout", "greater than zero")
         self.assertConfigError("[server]\ncrypto_threads = many\n", "crypto_threads", "'many'")
-        self.assertConfigError("[accounts]\nallow_registration = maybe\n", "yes or no")
+        self.assertConfigError(
+            "[accounts]\nallow_registration = maybe\n", "[accounts] allow_registration", "yes, no or invite"
+        )
         self.assertConfigError("[log]\nlevel = loud\n", "must be one of")
         self.assertConfigError("[chat]\ndefault_room = Not A Room\n", "default_room")
         self.assertConfigError("[server]\nendpoint = nonsense:1\n", "endpoint")
+
+    def test_allow_registration_is_yes_no_or_invite(self) -> None:
+        for text, mode in [
+            ("invite", "invite"),
+            (" Invite ", "invite"),
+            ("yes", "yes"),
+            ("on", "yes"),
+            ("true", "yes"),
+            ("no", "no"),
+            ("off", "no"),
+            ("0", "no"),
+        ]:
+            path = self.write(f"[accounts]\nallow_registration = {text}\n")
+            self.assertEqual(load_settings(path).allow_registration, mode, text)
+        self.assertEqual(load_settings(None, allow_registration="invite").allow_registration, "invite")
+        self.assertEqual(Settings().allow_registration, "yes")
+        # Code that passes a boolean, as before the invite mode, still means yes or no ...
+        self.assertEqual(Settings(allow_registration=False).allow_registration, "no")  # type: ignore[arg-type]
+        self.assertEqual(Settings(allow_registration=True).allow_registration, "yes")  # type: ignore[arg-type]
+        # ... and nothing else slips through unparsed.
+        self.assertRaises(ConfigError, Settings, allow_registration="invites")
 
     def test_missing_file(self) -> None:
         error = self.assertRaises(ConfigError, load_settings, Path(self.mktemp()))

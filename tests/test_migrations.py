@@ -59,7 +59,9 @@ def check_1(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
     test.assertTrue(crypto.verify_password(PASSWORD, alice.password_hash))
     test.assertEqual(run(conn, store.get_user, "root").role, "admin")
     test.assertTrue(run(conn, store.get_user, "gone").disabled)
-    test.assertEqual(conn.execute("SELECT COUNT(*) FROM users").fetchone()[0], 3)
+    # (Later seeds and exercise_newest register accounts of their own.)
+    names = {row[0] for row in conn.execute("SELECT name FROM users")}
+    test.assertEqual(names & {"alice", "root", "gone"}, {"alice", "root", "gone"})
 
 
 def seed_2(conn: sqlite3.Connection) -> None:
@@ -81,7 +83,23 @@ def check_2(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
     )
 
 
-SEEDS = {1: (seed_1, check_1), 2: (seed_2, check_2)}
+def seed_4(conn: sqlite3.Connection) -> None:
+    ids = run(conn, store.add_registration_invites, ["11" * 32, "22" * 32, "33" * 32], "test", 1000, 10**10)
+    assert ids == [1, 2, 3], ids
+    assert run(conn, store.register_with_invite, "22" * 32, "invited", "x", 1001) == ("ok", 2)
+    assert run(conn, store.revoke_registration_invite, "test", 1002, "33" * 32) == 3
+
+
+def check_4(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
+    records = run(conn, store.list_registration_invites)
+    test.assertEqual(
+        [(r.id, r.state(2000)) for r in records[:3]], [(1, "usable"), (2, "used"), (3, "revoked")]
+    )
+    test.assertEqual((records[1].used_by, records[1].used_at), ("invited", 1001))
+    test.assertTrue(run(conn, store.user_exists, "invited"))
+
+
+SEEDS = {1: (seed_1, check_1), 2: (seed_2, check_2), 4: (seed_4, check_4)}
 
 
 def exercise_newest(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
@@ -117,6 +135,22 @@ def exercise_newest(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
     )
     test.assertEqual(run(conn, store.token_account, "ab" * 32, 4999).name, "alice")
     test.assertIsNone(run(conn, store.token_account, "ab" * 32, 5000))
+    # Registration invites: single use, consumed with the account only.
+    (fresh,) = run(conn, store.add_registration_invites, ["aa" * 32], "test", 2000, 3000)
+    test.assertEqual(
+        run(conn, store.register_with_invite, "aa" * 32, "alice", "x", 2001), ("username_taken", fresh)
+    )
+    test.assertEqual(run(conn, store.register_with_invite, "aa" * 32, "newbie", "x", 2001), ("ok", fresh))
+    test.assertEqual(
+        run(conn, store.register_with_invite, "aa" * 32, "newbie2", "x", 2002), ("invite_invalid", None)
+    )
+    (late,) = run(conn, store.add_registration_invites, ["bb" * 32], "test", 2000, 3000)
+    test.assertEqual(
+        run(conn, store.register_with_invite, "bb" * 32, "late", "x", 3000), ("invite_invalid", None)
+    )
+    test.assertFalse(run(conn, store.user_exists, "late"))
+    with test.assertRaises(sqlite3.IntegrityError):  # one code, one row
+        run(conn, store.add_registration_invites, ["bb" * 32], "test", 2000, 3000)
     # The same (stream, id) cannot be written twice.
     with test.assertRaises(sqlite3.IntegrityError):
         run(conn, store.append_events, [("room:fresh", 3, 2010, "{}")])

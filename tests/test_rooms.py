@@ -23,6 +23,7 @@ from tests.support import (
     PASSWORD,
     EventQueue,
     RunningServer,
+    add_admin,
     logged_in,
     make_settings,
     open_session,
@@ -303,20 +304,42 @@ class LimitTests(Helpers):
         ack = await carol.request({"type": "join", "room": "r1"})
         self.assertEqual(ack["stream"], "room:r1")
 
-    async def test_a_full_default_room_is_not_joined_at_first_login(self) -> None:
-        """The spec (both "Sessions" and "Rooms and roles"): the first
-        login's default-room membership needs space in the room; the login
-        succeeds without it, and a later first login with space joins."""
+    async def test_the_default_room_has_no_member_cap(self) -> None:
+        """The spec (both "Sessions" and "Rooms and roles"): the default room
+        has no member cap, neither for the membership of a first login nor
+        for an explicit ``join``, so a wave of registrations cannot lock
+        anyone out of it; other rooms keep the cap."""
         server = await start_server(self, max_room_members=2)
-        await logged_in(self, server, "alice")
-        bob = await logged_in(self, server, "bob")
+        alice = await logged_in(self, server, "alice")
+        await logged_in(self, server, "bob")
         carol = await open_session(self, server)
         welcome = await carol.register("carol", PASSWORD)
-        self.assertEqual(welcome["rooms"], [])
-        self.assertEqual(sorted(await bob.who("lobby")), ["alice", "bob"])
-        await bob.request({"type": "part", "room": "lobby"})
+        self.assertEqual(welcome["rooms"], ["lobby"])  # the third member of a room capped at two
         dave = await open_session(self, server)
         self.assertEqual((await dave.register("dave", PASSWORD))["rooms"], ["lobby"])
+        self.assertEqual(sorted(await alice.who("lobby")), ["alice", "bob", "carol", "dave"])
+        self.assertEqual(room_entry(await alice.request({"type": "rooms"}), "lobby")["members"], 4)
+        # Someone who left comes back with a join, however full it is.
+        await carol.request({"type": "part", "room": "lobby"})
+        ack = await carol.request({"type": "join", "room": "lobby"})
+        self.assertEqual(ack["stream"], "room:lobby")
+        self.assertEqual(len(await alice.who("lobby")), 4)
+        # Any other room is capped as before.
+        await alice.request({"type": "create", "room": "small"})
+        await carol.request({"type": "join", "room": "small"})
+        await self.refused(dave.request({"type": "join", "room": "small"}), "room_full")
+
+    async def test_a_user_banned_from_the_default_room_is_not_put_in_it(self) -> None:
+        """The one thing that keeps a first login out of the default room."""
+        server = await start_server(self, max_room_members=1)
+        root = await open_session(self, server)
+        add_admin(server)
+        await root.login("root", PASSWORD)
+        await root.request({"type": "ban", "room": "lobby", "user": "erin"})
+        erin = await open_session(self, server)
+        self.assertEqual((await erin.register("erin", PASSWORD))["rooms"], [])
+        frank = await open_session(self, server)
+        self.assertEqual((await frank.register("frank", PASSWORD))["rooms"], ["lobby"])
 
 
 class RestartTests(Helpers):

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from chatserver import channel
+from tests.fuzzing import _section
 from tests.support import PASSWORD, ROOT
 from tests.test_protocol import ChannelTestCase, RawClient, record_of
 
@@ -158,11 +159,17 @@ class SpecTextTests(unittest.TestCase):
     def test_check_order_places_ref_then_type(self) -> None:
         self.says("its ``ref``; its ``type`` (``unknown_type``, field ``type``")
 
-    def test_default_room_join_needs_space_in_both_sections(self) -> None:
-        self.assertFalse(
-            "ignores both limits" in SPEC, "the spec still says the default room join ignores the limits"
-        )
-        self.says("The default room membership given at a first login needs space in the room")
+    def test_default_room_has_no_member_cap_in_both_sections(self) -> None:
+        """Issue 13 item 6: a wave of registrations must not lock newcomers
+        out of the default room, so it has no member cap; "Sessions" and
+        "Rooms and roles" both say so, and neither keeps the old rule."""
+        sessions = re.sub(r"\s+", " ", _section(SPEC, "Sessions", "-"))
+        rooms = re.sub(r"\s+", " ", _section(SPEC, "Rooms and roles", "-"))
+        for old in ("needs space in the room", "and the room has space", "into a full default room"):
+            self.assertNotIn(old, sessions + rooms, "the spec still states the old rule")
+        self.assertIn("The default room has no member cap", sessions)
+        self.assertIn("except the default room, which has no member cap", rooms)
+        self.assertIn("nor a ``join`` of the default room is ever refused for its number of members", rooms)
 
     def test_open_points_are_settled(self) -> None:
         self.says(
