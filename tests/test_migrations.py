@@ -99,7 +99,18 @@ def check_4(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
     test.assertTrue(run(conn, store.user_exists, "invited"))
 
 
-SEEDS = {1: (seed_1, check_1), 2: (seed_2, check_2), 4: (seed_4, check_4)}
+def seed_5(conn: sqlite3.Connection) -> None:
+    run(conn, store.rotate_ticket_keys, b"k" * 32, 1000, 0)
+    run(conn, store.add_token, "cd" * 32, "invited", 1000, 10**10)
+    run(conn, store.add_redeemed_tickets, [(b"t" * 32, 10**10)])
+
+
+def check_5(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
+    test.assertEqual(run(conn, store.ticket_keys)[0][1:], (b"k" * 32, 1000))
+    test.assertEqual(run(conn, store.ticket_state, b"t" * 32, "cd" * 32, 2000), (True, True))
+
+
+SEEDS = {1: (seed_1, check_1), 2: (seed_2, check_2), 4: (seed_4, check_4), 5: (seed_5, check_5)}
 
 
 def exercise_newest(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
@@ -151,6 +162,14 @@ def exercise_newest(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
     test.assertFalse(run(conn, store.user_exists, "late"))
     with test.assertRaises(sqlite3.IntegrityError):  # one code, one row
         run(conn, store.add_registration_invites, ["bb" * 32], "test", 2000, 3000)
+    # Resumption: keys rotate (the old ones go), taken tickets are known,
+    # a ticket's session token must be live.
+    keys = run(conn, store.rotate_ticket_keys, b"n" * 32, 2000, 500)
+    test.assertEqual(keys[-1][1:], (b"n" * 32, 2000))
+    test.assertTrue(all(k[2] >= 500 for k in keys))
+    run(conn, store.add_redeemed_tickets, [(b"u" * 32, 3000), (b"u" * 32, 3000)])
+    test.assertEqual(run(conn, store.ticket_state, b"u" * 32, "ab" * 32, 2000), (True, True))
+    test.assertEqual(run(conn, store.ticket_state, b"v" * 32, "ab" * 32, 5000), (False, False))
     # The same (stream, id) cannot be written twice.
     with test.assertRaises(sqlite3.IntegrityError):
         run(conn, store.append_events, [("room:fresh", 3, 2010, "{}")])
