@@ -223,6 +223,9 @@ async def one_run(
         default_handshake_limits=scenario == "flood_49",
         pad_block=args.pad_block,
     )
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+        server.profile = Path(args.profile_dir).resolve() / f"{base.name}-server.pstats"
     completed = False
     try:
         t0 = time.perf_counter()
@@ -365,6 +368,10 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("clients caught up /s", ("caught_up_per_s",), "{:.0f}"),
         ("per-client p50 ms", ("client_latency", "p50_ms"), "{:.0f}"),
         ("per-client p99 ms", ("client_latency", "p99_ms"), "{:.0f}"),
+        ("logged in (before catch-up), p50 ms", ("online_latency", "p50_ms"), "{:.0f}"),
+        ("logged in (before catch-up), max ms", ("online_latency", "max_ms"), "{:.0f}"),
+        ("resumed connections", ("resumed",), "{:.0f}"),
+        ("server full handshakes", ("server_counters", "handshakes"), "{:.0f}"),
         ("server CPU util", ("server_cpu_util",), "{:.2f}"),
         ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
         ("duplicates / out of order", ("catchup_problems",), "{:.0f}"),
@@ -917,6 +924,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--peers-python",
         default="/tmp/benchvenv/bin/python",
         help="interpreter for the peer harness's load generator (with uvloop; default /tmp/benchvenv/bin/python)",
+    )
+    p.add_argument(
+        "--profile-dir",
+        default=None,
+        help="profile into this directory: every server (twistd's cProfile, main thread), and the "
+        "load generator during reconnect_1k/catchup's measured window",
     )
     p.add_argument("--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes")
     p.add_argument(

@@ -275,6 +275,9 @@ class ServerProcess:
         self.extra_ini = extra_ini
         self.default_handshake_limits = default_handshake_limits
         self.pad_block = pad_block
+        #: If set, the server runs under twistd's cProfile (main thread
+        #: only) and dumps its stats here when stopped cleanly.
+        self.profile: Path | None = None
         self.hash_cost = hash_cost
         self.server_cpu = server_cpu
         self.data_dir = base / "data"
@@ -349,8 +352,9 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         twistd = Path(sys.executable).with_name("twistd")
+        profile = [f"--profile={self.profile}", "--profiler=cprofile", "--savestats"] if self.profile else []
         return [
-            str(twistd), "-n", "--pidfile=", "chatserver",
+            str(twistd), "-n", "--pidfile=", *profile, "chatserver",
             "--config", str(self.config),
             "--data-dir", str(self.data_dir),
             "--log-dir", str(self.log_dir),
