@@ -900,8 +900,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--flood-concurrency",
         type=int,
-        default=512,
-        help="flood_49: the flooder's hellos awaiting an answer (default 512)",
+        default=2000,
+        help="flood_49: the flooder's hellos awaiting an answer (default 2000)",
     )
     p.add_argument(
         "--flood-max",
