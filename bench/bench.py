@@ -42,10 +42,33 @@ Scenarios (each repeated ``--runs`` times, a fresh server per run):
 The cases named as in ``../shared/bench-peers`` (same parameters, so the
 figures stand next to the peers') are in ``lean.py``: ``fanout_r10``,
 ``fanout_r100``, ``latency_r100_1k``, ``idle_5k``, ``idle_10k`` and
-``connrate_c10`` (up to 2,000 handshakes plus token logins, 10 in flight,
-20 s at most, all staying connected; per server CPU-second).
+``connrate_c10`` (up to 2,000 full handshakes plus token logins, 10 in
+flight, 20 s at most, all staying connected; per server CPU-second).
+
+``connrate_c10_resumed``
+    ``connrate_c10`` with resumption: each connection offers the ticket its
+    account got at registration (each ticket once: they are single-use),
+    so the server does no RSA; a connection it did not resume counts as an
+    error.
+
+``flood_49`` (``admission.py``, flooder in ``flooder.py``)
+    With the server's *default* handshake budgets: real resumed and full
+    logins from 127.1.0.x, timed, first without a flood, then through a
+    flood of hellos and junk RSA-size KEY_EXCHANGEs (cookies answered) from
+    49 addresses of one /24, then from 49 different /24s.
+
 ``reconnect_1k`` is ``catchup`` (``chat_scenarios.py``) with 1,000
-clients; the other chat scenarios are there too.
+clients (they resume: ``ReconnectingClient`` keeps its ticket); the other
+chat scenarios are there too.
+
+Options that change the server for every scenario of a bench: ``--pad-block
+N`` (``[server] pad_block``; to measure padding, alternate runs with 32 and
+0).  ``--peers`` also runs the peer harness (``../shared/bench-peers``:
+``connrate_c10`` and ``tls_connrate_c10`` for ngIRCd, ``--runs`` reps,
+results into ``--results-dir``) after our scenarios and prints its
+registrations per server CPU-second next to our connrate figures; it is
+skipped, with a note, if ngIRCd is not installed.  ``--profile-dir`` runs
+every server under cProfile and profiles the generator's catch-up window.
 """
 
 from __future__ import annotations
@@ -225,6 +248,7 @@ async def one_run(
     )
     if args.profile_dir:
         Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+    if args.profile_dir and scenario in ("reconnect_1k", "catchup"):
         server.profile = Path(args.profile_dir).resolve() / f"{base.name}-server.pstats"
     completed = False
     try:
@@ -671,8 +695,9 @@ def run_peers(args: argparse.Namespace, results_dir: Path) -> dict[str, Any]:
         "--results", str(out_dir),
         "--workroot", str(out_dir / "work"),
     ]  # fmt: skip
-    if Path(python).resolve() == Path(sys.executable).resolve():
-        command += ["--loop", "asyncio"]  # our venv has no uvloop
+    has_uvloop = subprocess.run([python, "-c", "import uvloop"], capture_output=True).returncode == 0
+    if not has_uvloop:
+        command += ["--loop", "asyncio"]  # the harness's default, uvloop, is missing
     print(f"bench: peers: {' '.join(command)}", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
@@ -695,7 +720,7 @@ def run_peers(args: argparse.Namespace, results_dir: Path) -> dict[str, Any]:
         figures[case] = {
             "registrations_per_server_cpu_s": _spread([v for v in per_cpu if v is not None]),
             "registrations_per_s": _spread(per_s),
-            "version": records[0].get("version") if records else None,
+            "version": (records[0].get("version") or "").split("-")[0] or None if records else None,
         }
     return {
         "server": PEER_SERVER,
@@ -928,8 +953,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--profile-dir",
         default=None,
-        help="profile into this directory: every server (twistd's cProfile, main thread), and the "
-        "load generator during reconnect_1k/catchup's measured window",
+        help="profile into this directory: reconnect_1k/catchup's servers (twistd's cProfile, main "
+        "thread) and the generator's catch-up window; the connrate servers' first 8 s (py-spy, if installed)",
     )
     p.add_argument("--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes")
     p.add_argument(

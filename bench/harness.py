@@ -494,6 +494,20 @@ class ServerProcess:
         return self.popen.returncode
 
 
+def py_spy(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """Sample ``pid`` (all threads, idle excluded) for ``seconds`` with
+    py-spy into ``output`` (collapsed stacks), if py-spy is installed."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        return None
+    return subprocess.Popen(
+        [str(exe), "record", "--pid", str(pid), "--duration", str(max(1, math.ceil(seconds))),
+         "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def kill_live_servers() -> None:
     for server in list(_LIVE):
         try:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import select
 import time
+from pathlib import Path
 from typing import Any
 
 from harness import (
@@ -562,11 +563,19 @@ async def scenario_connrate(
         except Exception as e:
             errors.append(f"{type(e).__name__}: {e}")
 
+    spy = None
+    if getattr(args, "profile_dir", None):
+        from harness import py_spy
+
+        server = clients.server
+        spy = py_spy(server.proc.pid, Path(args.profile_dir) / f"{server.base.name}-server.spy", 8.0)
     try:
         meter.start()
         deadline[0] = time.perf_counter() + max_seconds
         await bounded_pool(count, concurrency, one)
         figures = rate_figures(meter.stop(), latencies, errors)
+        if spy is not None:
+            spy.wait(30)
         figures["attempts"] = len(latencies) + len(errors)
         figures["still_connected"] = sum(1 for s in sessions if not s.closed.called)
         figures["resumed"] = sum(1 for s in sessions if s.protocol.channel.resumed)
