@@ -179,6 +179,7 @@ def start_flooder(args: Any, server: ServerProcess, sources: list[str], seconds:
             "--modulus-bytes", str(args.modulus_bytes),
             "--concurrency", str(args.flood_concurrency),
             "--max-connections", str(args.flood_max),
+            "--rate", f"{args.flood_rate:g}",
             "--seconds", f"{seconds:g}",
             "--nice", "10",
             *(x for s in sources for x in ("--source", s)),

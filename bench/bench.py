@@ -929,6 +929,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="flood_49: the flooder's hellos awaiting an answer (default 2000)",
     )
     p.add_argument(
+        "--flood-rate",
+        type=float,
+        default=0.0,
+        help="flood_49: cap on the flooder's new connections a second (default 0: as fast as it can)",
+    )
+    p.add_argument(
         "--flood-max",
         type=int,
         default=100_000,

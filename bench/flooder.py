@@ -5,7 +5,8 @@
 From each of the ``--source`` addresses (any of 127/8: Linux routes it
 all to ``lo``) it opens connections to the server as fast as it can, with
 ``--concurrency`` hellos awaiting their answer in all (and at most
-``--max-open`` connections open), and on each sends what an attacker who
+``--max-open`` connections open; ``--rate`` caps new connections a
+second), and on each sends what an attacker who
 wants the server's RSA decryptions sends: a CLIENT_HELLO, then, if the
 server answers with SERVER_HELLO, a KEY_EXCHANGE with random ciphertext of
 the modulus's size and a junk FINISHED.  It answers a COOKIE as a real
@@ -143,12 +144,19 @@ async def flood(args: argparse.Namespace) -> dict[str, Any]:
     budget = [args.max_connections]
     sources = args.source
     n = [0]
+    next_slot = [started]  # --rate: when the next connection may start
 
     async def worker(w: int) -> None:
         while budget[0] > 0 and time.perf_counter() < deadline:
             if counts.open >= args.max_open:
                 await asyncio.sleep(0.005)
                 continue
+            if args.rate > 0:
+                now = time.perf_counter()
+                slot = max(now, next_slot[0])
+                next_slot[0] = slot + 1.0 / args.rate
+                if slot > now:
+                    await asyncio.sleep(slot - now)
             budget[0] -= 1
             k = n[0]
             n[0] += 1
@@ -207,6 +215,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=256, help="hellos awaiting an answer, in all")
     p.add_argument("--max-open", type=int, default=4000, help="connections open at once, at most")
     p.add_argument("--max-connections", type=int, default=100_000)
+    p.add_argument("--rate", type=float, default=0.0, help="new connections a second at most (0: no cap)")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--timeout", type=float, default=10.0, help="per connection")
     p.add_argument("--nice", type=int, default=0, help="lower this process's priority by this much")
