@@ -42,10 +42,33 @@ Scenarios (each repeated ``--runs`` times, a fresh server per run):
 The cases named as in ``../shared/bench-peers`` (same parameters, so the
 figures stand next to the peers') are in ``lean.py``: ``fanout_r10``,
 ``fanout_r100``, ``latency_r100_1k``, ``idle_5k``, ``idle_10k`` and
-``connrate_c10`` (up to 2,000 handshakes plus token logins, 10 in flight,
-20 s at most, all staying connected; per server CPU-second).
+``connrate_c10`` (up to 2,000 full handshakes plus token logins, 10 in
+flight, 20 s at most, all staying connected; per server CPU-second).
+
+``connrate_c10_resumed``
+    ``connrate_c10`` with resumption: each connection offers the ticket its
+    account got at registration (each ticket once: they are single-use),
+    so the server does no RSA; a connection it did not resume counts as an
+    error.
+
+``flood_49`` (``admission.py``, flooder in ``flooder.py``)
+    With the server's *default* handshake budgets: real resumed and full
+    logins from 127.1.0.x, timed, first without a flood, then through a
+    flood of hellos and junk RSA-size KEY_EXCHANGEs (cookies answered) from
+    49 addresses of one /24, then from 49 different /24s.
+
 ``reconnect_1k`` is ``catchup`` (``chat_scenarios.py``) with 1,000
-clients; the other chat scenarios are there too.
+clients (they resume: ``ReconnectingClient`` keeps its ticket); the other
+chat scenarios are there too.
+
+Options that change the server for every scenario of a bench: ``--pad-block
+N`` (``[server] pad_block``; to measure padding, alternate runs with 32 and
+0).  ``--peers`` also runs the peer harness (``../shared/bench-peers``:
+``connrate_c10`` and ``tls_connrate_c10`` for ngIRCd, ``--runs`` reps,
+results into ``--results-dir``) after our scenarios and prints its
+registrations per server CPU-second next to our connrate figures; it is
+skipped, with a note, if ngIRCd is not installed.  ``--profile-dir`` runs
+every server under cProfile and profiles the generator's catch-up window.
 """
 
 from __future__ import annotations
@@ -74,6 +97,7 @@ from twisted.internet import defer, task  # noqa: E402
 from chatserver import crypto  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import admission  # noqa: E402
 import chat_scenarios  # noqa: E402
 import lean  # noqa: E402
 from harness import (  # noqa: E402
@@ -174,6 +198,8 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
         "rooms": f"rooms_{args.rooms}x{args.room_members}",
         "durable": f"durable_{args.durable_senders}x{args.durable_window}",
         "connrate_c10": "connrate_c10",
+        "connrate_c10_resumed": "connrate_c10_resumed",
+        "flood_49": "flood_49",
         "reconnect_1k": "reconnect_1k",
         "catchup": f"catchup_{args.catchup_clients}",
     }
@@ -191,6 +217,8 @@ SCENARIOS = (
     "rooms",
     "durable",
     "connrate_c10",
+    "connrate_c10_resumed",
+    "flood_49",
     "reconnect_1k",
     "catchup",
 )
@@ -210,7 +238,18 @@ async def one_run(
     # Only handshake_login measures password hashing; the others register
     # their accounts at a low cost to keep the set-up short.
     cost = args.hash_cost if scenario in ("handshake_login", "fanout") else args.setup_hash_cost
-    server = ServerProcess(base, key_pem, cost, cpus[0])
+    server = ServerProcess(
+        base,
+        key_pem,
+        cost,
+        cpus[0],
+        default_handshake_limits=scenario == "flood_49",
+        pad_block=args.pad_block,
+    )
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+    if args.profile_dir and scenario in ("reconnect_1k", "catchup"):
+        server.profile = Path(args.profile_dir).resolve() / f"{base.name}-server.pstats"
     completed = False
     try:
         t0 = time.perf_counter()
@@ -238,6 +277,10 @@ async def one_run(
             result = await chat_scenarios.scenario_durable(reactor, args, clients, meter)
         elif scenario == "connrate_c10":
             result = await lean.scenario_connrate(reactor, args, clients, meter, concurrency=10)
+        elif scenario == "connrate_c10_resumed":
+            result = await lean.scenario_connrate(reactor, args, clients, meter, concurrency=10, resumed=True)
+        elif scenario == "flood_49":
+            result = await admission.scenario_flood(reactor, args, clients, meter, server)
         elif scenario == "reconnect_1k":
             result = await chat_scenarios.scenario_catchup(
                 reactor, args, clients, meter, server, 1000, args.catchup_missed
@@ -349,15 +392,66 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
         ("clients caught up /s", ("caught_up_per_s",), "{:.0f}"),
         ("per-client p50 ms", ("client_latency", "p50_ms"), "{:.0f}"),
         ("per-client p99 ms", ("client_latency", "p99_ms"), "{:.0f}"),
+        ("logged in (before catch-up), p50 ms", ("online_latency", "p50_ms"), "{:.0f}"),
+        ("logged in (before catch-up), max ms", ("online_latency", "max_ms"), "{:.0f}"),
+        ("resumed connections", ("resumed",), "{:.0f}"),
+        ("server full handshakes", ("server_counters", "handshakes"), "{:.0f}"),
         ("server CPU util", ("server_cpu_util",), "{:.2f}"),
         ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
         ("duplicates / out of order", ("catchup_problems",), "{:.0f}"),
     ],
 }
 METRICS["reconnect_1k"] = METRICS["catchup"]
+METRICS["connrate_c10_resumed"] = [
+    (label.replace("handshakes+", "resumptions+"), path, fmt) for label, path, fmt in METRICS["connrate_c10"]
+]
+
+
+def _flood_metrics() -> list[tuple[str, tuple[str, ...], str]]:
+    out: list[tuple[str, tuple[str, ...], str]] = []
+    for phase in ("none", *admission.SHAPES):
+        for kind in ("resumed", "full"):
+            out += [
+                (f"{phase}: {kind} logins ok %", (phase, kind, "success_pct"), "{:.1f}"),
+                (f"{phase}: {kind} login p50 ms", (phase, kind, "latency", "p50_ms"), "{:.1f}"),
+                (f"{phase}: {kind} login p99 ms", (phase, kind, "latency", "p99_ms"), "{:.1f}"),
+            ]
+            if phase != "none":
+                out.append(
+                    (f"{phase}: {kind} p99 / no-flood p99", (phase, kind, "p99_vs_no_flood"), "{:.2f}")
+                )
+        out.append((f"{phase}: server CPU util", (phase, "server_cpu_util"), "{:.2f}"))
+        out.append((f"{phase}: generator CPU util", (phase, "generator_cpu_util"), "{:.2f}"))
+        if phase != "none":
+            out += [
+                (f"{phase}: flood hellos /s", (phase, "flood", "hellos_per_s"), "{:.0f}"),
+                (
+                    f"{phase}: flood RSA-size KEY_EXCHANGEs /s",
+                    (phase, "flood", "key_exchanges_per_s"),
+                    "{:.0f}",
+                ),
+                (
+                    f"{phase}: server full handshakes /s",
+                    (phase, "server_counters_per_s", "handshakes"),
+                    "{:.0f}",
+                ),
+                (f"{phase}: server cookies /s", (phase, "server_counters_per_s", "cookies"), "{:.0f}"),
+                (
+                    f"{phase}: server refusals (budget) /s",
+                    (phase, "server_counters_per_s", "handshakes_refused"),
+                    "{:.0f}",
+                ),
+            ]
+    return out
+
+
+METRICS["flood_49"] = _flood_metrics()
 
 
 def dig(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    if path[-1] == "success_pct":
+        rate = dig(result, (*path[:-1], "success_rate"))
+        return None if rate is None else 100 * rate
     if path == ("catchup_problems",):
         return float(result.get("duplicates", 0) + result.get("order_errors", 0))
     if path == ("problems",):
@@ -462,8 +556,9 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     labels = scenario_names(args)
     key = crypto.rsa_generate()
     key_pem = crypto.rsa_private_to_pem(key)
+    args.modulus_bytes = key.key_size // 8  # the flooder's junk KEY_EXCHANGE
     fingerprint = crypto.fingerprint(crypto.rsa_public_der(key))
-    params = {k: v for k, v in vars(args).items() if k not in ("results_dir", "busy_before")}
+    params = {k: v for k, v in vars(args).items() if k not in ("results_dir", "busy_before", "modulus_bytes")}
     params.update(body_size=BODY_SIZE, room=ROOM, setup_concurrency=SETUP_CONCURRENCY)
     machine = machine_info(cpus)
     machine["cpu_affinity"] = affinity  # before pinning ourselves
@@ -502,6 +597,7 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
                 print(f"{time.perf_counter() - t0:.1f} s{_run_note(scenario, result)}", flush=True)
     finally:
         kill_live_servers()
+    peers = run_peers(args, Path(args.results_dir)) if args.peers else None
 
     summaries = {s: summarize(s, raw[labels[s]]) for s in args.scenarios if raw[labels[s]]}
     print()
@@ -531,6 +627,9 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     )
     print()
     print(table(labels, summaries) if summaries else "(no run completed)")
+    if peers is not None:
+        print()
+        print(peers_table(peers, summaries))
     warnings = _warnings(labels, raw)
     for w in warnings + failures:
         print(f"WARNING: {w}")
@@ -552,6 +651,7 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
             "cpu_other": "cpu_busy minus our process's util: load from other programs on that CPU (plus some kernel work)",
         },
         "summary": {labels[s]: summaries[s] for s in summaries},
+        "peers": peers,
         "runs": raw,
         "warnings": warnings,
         "failures": failures,
@@ -566,6 +666,109 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     return 0
 
 
+#: The peer harness's cases run by --peers, and ours they stand next to.
+PEER_CASES = ("connrate_c10", "tls_connrate_c10")
+PEER_SERVER = "ngircd"
+
+
+def run_peers(args: argparse.Namespace, results_dir: Path) -> dict[str, Any]:
+    """The peer harness's registration cases for ngIRCd, ``--runs`` reps,
+    results into ``results_dir/peers-<time>/`` (never into the harness's
+    own directory, which is read only); their figures by case."""
+    harness = Path(args.peers_dir) / "run_bench.py"
+    if shutil.which("ngircd") is None and not Path("/usr/sbin/ngircd").exists():
+        note = "ngircd is not installed (apt-get install -y ngircd): peers skipped"
+        print(f"bench: {note}", flush=True)
+        return {"skipped": note}
+    if not harness.exists():
+        note = f"no peer harness at {harness}: peers skipped"
+        print(f"bench: {note}", flush=True)
+        return {"skipped": note}
+    python = args.peers_python if Path(args.peers_python).exists() else sys.executable
+    out_dir = results_dir / f"peers-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        python, str(harness), PEER_SERVER,
+        "--cases", ",".join(PEER_CASES),
+        "--reps", str(args.runs),
+        "--python", python,
+        "--results", str(out_dir),
+        "--workroot", str(out_dir / "work"),
+    ]  # fmt: skip
+    has_uvloop = subprocess.run([python, "-c", "import uvloop"], capture_output=True).returncode == 0
+    if not has_uvloop:
+        command += ["--loop", "asyncio"]  # the harness's default, uvloop, is missing
+    print(f"bench: peers: {' '.join(command)}", flush=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=args.peers_dir)
+    except subprocess.TimeoutExpired:
+        return {"skipped": "the peer harness took longer than 30 min", "results": str(out_dir)}
+    for text in done.stdout.splitlines():
+        print(f"  peers: {text}", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in PEER_CASES}
+    jsonl = out_dir / f"{PEER_SERVER}.jsonl"
+    if jsonl.exists():
+        for text in jsonl.read_text(encoding="utf-8").splitlines():
+            record = json.loads(text)
+            if record.get("case") in runs and record.get("result", {}).get("ok"):
+                runs[record["case"]].append(record)
+    figures: dict[str, Any] = {}
+    for case, records in runs.items():
+        per_cpu = [r["result"]["registrations_per_server_cpu_s"] for r in records]
+        per_s = [r["result"]["registrations_per_s"] for r in records]
+        figures[case] = {
+            "registrations_per_server_cpu_s": _spread([v for v in per_cpu if v is not None]),
+            "registrations_per_s": _spread(per_s),
+            "version": (records[0].get("version") or "").split("-")[0] or None if records else None,
+        }
+    return {
+        "server": PEER_SERVER,
+        "started": started,
+        "status": done.returncode,
+        "results": str(out_dir),
+        "command": command,
+        "cases": figures,
+    }
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    return {
+        "median": statistics.median(values) if values else None,
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+        "n": len(values),
+    }
+
+
+def peers_table(peers: dict[str, Any], summaries: dict[str, Any]) -> str:
+    """ngIRCd's registrations next to our connrate figures (same session)."""
+    if "skipped" in peers:
+        return f"peers: {peers['skipped']}"
+    show = lambda s: (  # noqa: E731
+        "-"
+        if s is None or s.get("median") is None
+        else f"{s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}] ({s['n']})"
+    )
+    rows = [("logins (registrations) per server CPU-second", "median [min-max] (n)")]
+    for case in PEER_CASES:
+        c = peers["cases"].get(case, {})
+        rows.append(
+            (
+                f"{PEER_SERVER} {c.get('version') or ''} {case}".replace("  ", " "),
+                show(c.get("registrations_per_server_cpu_s")),
+            )
+        )
+    for ours, label in (
+        ("connrate_c10", "handshakes+token logins /server CPU-s"),
+        ("connrate_c10_resumed", "resumptions+token logins /server CPU-s"),
+    ):
+        if ours in summaries:
+            rows.append((f"chatserver {ours}", show(summaries[ours].get(label))))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
 def _run_note(scenario: str, result: dict[str, Any]) -> str:
     if scenario == "durable":
         return f" ({result['acks_per_s']:.0f} acks/s, p99 {result['latency']['p99_ms'] or 0:.1f} ms)"
@@ -576,8 +779,19 @@ def _run_note(scenario: str, result: dict[str, Any]) -> str:
     if scenario == "latency_r100_1k":
         lat = result["latency"]
         return f" (p50 {lat['p50_ms'] or 0:.2f} ms, p99 {lat['p99_ms'] or 0:.2f} ms)"
-    if scenario == "connrate_c10":
+    if scenario in ("connrate_c10", "connrate_c10_resumed"):
         return f" ({result['per_server_cpu_s']:.0f} per server CPU-s, {result['per_s']:.0f}/s)"
+    if scenario == "flood_49":
+        parts = []
+        for phase in ("none", *admission.SHAPES):
+            r, f = result[phase]["resumed"], result[phase]["full"]
+            flood = result[phase].get("flood", {})
+            parts.append(
+                f"{phase}: resumed {r['ok']}/{r['attempts']} p99 {r['latency']['p99_ms'] or 0:.1f} ms,"
+                f" full {f['ok']}/{f['attempts']} p99 {f['latency']['p99_ms'] or 0:.1f} ms"
+                + (f", flood {flood.get('hellos_per_s', 0):.0f} hellos/s" if flood else "")
+            )
+        return " (" + "; ".join(parts) + ")"
     if scenario == "handshake_login":
         h, lg = result["handshake_only"], result["handshake_login"]
         return f" ({h['per_s']:.0f} handshakes/s, {lg['per_s']:.2f} logins/s)"
@@ -687,6 +901,67 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=10,
         help="password_hash_cost for the scenarios that do not measure logins (default 10)",
     )
+    p.add_argument(
+        "--pad-block",
+        type=int,
+        default=None,
+        help="[server] pad_block of every server started (default: the server's default, 32; 0: no padding)",
+    )
+    p.add_argument(
+        "--flood-duration", type=float, default=8.0, help="flood_49: measured seconds per window (default 8)"
+    )
+    p.add_argument(
+        "--flood-resumed-rate",
+        type=float,
+        default=20.0,
+        help="flood_49: real resumed logins per second (default 20)",
+    )
+    p.add_argument(
+        "--flood-full-rate",
+        type=float,
+        default=5.0,
+        help="flood_49: real full-handshake logins per second, from 10 addresses of one /24 (default 5)",
+    )
+    p.add_argument(
+        "--flood-concurrency",
+        type=int,
+        default=2000,
+        help="flood_49: the flooder's hellos awaiting an answer (default 2000)",
+    )
+    p.add_argument(
+        "--flood-rate",
+        type=float,
+        default=0.0,
+        help="flood_49: cap on the flooder's new connections a second (default 0: as fast as it can)",
+    )
+    p.add_argument(
+        "--flood-max",
+        type=int,
+        default=100_000,
+        help="flood_49: the most connections the flooder opens per window (default 100000)",
+    )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run the peer harness's connrate_c10 and tls_connrate_c10 for ngIRCd (--runs reps) "
+        "and show its registrations per server CPU-second next to ours",
+    )
+    p.add_argument(
+        "--peers-dir",
+        default=str(ROOT.parent / "shared" / "bench-peers"),
+        help="the peer harness (read only; default ../shared/bench-peers)",
+    )
+    p.add_argument(
+        "--peers-python",
+        default="/tmp/benchvenv/bin/python",
+        help="interpreter for the peer harness's load generator (with uvloop; default /tmp/benchvenv/bin/python)",
+    )
+    p.add_argument(
+        "--profile-dir",
+        default=None,
+        help="profile into this directory: reconnect_1k/catchup's servers (twistd's cProfile, main "
+        "thread) and the generator's catch-up window; the connrate servers' first 8 s (py-spy, if installed)",
+    )
     p.add_argument("--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes")
     p.add_argument(
         "--no-pin", action="store_true", help="do not pin the server and the generator to separate CPUs"
@@ -727,6 +1002,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for value, low, high, name in checks:
         if not low <= value <= high:
             p.error(f"{name} must be between {low} and {high}")
+    if args.pad_block is not None and not 0 <= args.pad_block <= 4096:
+        p.error("--pad-block must be between 0 and 4096")
+    if not 0.5 <= args.flood_duration <= 600 or not 0 <= args.flood_resumed_rate <= 1000:
+        p.error("--flood-duration must be 0.5..600 s and --flood-resumed-rate 0..1000")
+    if not 0 <= args.flood_full_rate <= 20 or not 1 <= args.flood_concurrency <= 10_000:
+        p.error("--flood-full-rate must be 0..20 (the /24's default budget) and --flood-concurrency 1..10000")
     if not 0.1 <= args.duration <= 3600 or not 0 <= args.warmup <= 600:
         p.error("--duration must be 0.1..3600 and --warmup 0..600 seconds")
     return args

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from harness import (
@@ -272,8 +273,28 @@ async def scenario_catchup(
 
         return received
 
+    # When each client's login (the welcome) came, before its history
+    # requests, and whether its connection was resumed: the client
+    # library's _login is wrapped to see it (instrumentation only).
+    online_at: list[int | None] = [None] * n
+    resumed = [False] * n
+    measuring = [False]
+
+    def timed_login(i: int, login: Any) -> Any:
+        def wrapped(session: ChatSession) -> Deferred:
+            def welcomed(welcome: Any) -> Any:
+                if measuring[0] and online_at[i] is None:
+                    online_at[i] = time.perf_counter_ns()
+                    resumed[i] = bool(session.protocol.channel.resumed)
+                return welcome
+
+            return login(session).addCallback(welcomed)  # type: ignore[no-any-return]
+
+        return wrapped
+
     for i, member in enumerate(members):
         member.add_listener(listener(i))
+        member._login = timed_login(i, member._login)  # type: ignore[method-assign]
     t0 = time.perf_counter()
     try:
         # Everyone registers and logs in once (not measured), in batches.
@@ -298,12 +319,25 @@ async def scenario_catchup(
         await server.restart_killed(reactor)
         meter.server = server.proc  # a new process
         connections_before = [m.connections for m in members]
+        counters0 = server.counters()
+        profiler = None
+        if getattr(args, "profile_dir", None):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         meter.start()
+        measuring[0] = True
         started = time.perf_counter_ns()
         for member in members:
             member.start()
         await within(reactor, complete, max(OP_TIMEOUT, n * 0.1), "every client caught up")
         figures = meter.stop()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(Path(args.profile_dir) / f"{server.base.name}-generator.pstats"))
+        counters1 = server.counters()
+        online = [t - started for t in online_at if t is not None]
         per_client = [t - started for t in done_at if t is not None]
         duplicates = sum(len(g) - len(set(g)) for g in got)
         out_of_order = sum(1 for g in got if g != sorted(g))
@@ -313,6 +347,22 @@ async def scenario_catchup(
             all_caught_up_s=max(per_client) / 1e9,
             caught_up_per_s=n / (max(per_client) / 1e9),
             client_latency=latency_ms(per_client),
+            # start() -> the welcome of the token login, before the history requests
+            online_latency=latency_ms(online),
+            resumed=sum(resumed),
+            server_counters={
+                name: counters1[name] - counters0.get(name, 0.0)
+                for name in (
+                    "connections",
+                    "handshakes",
+                    "resumptions",
+                    "cookies",
+                    "handshakes_refused",
+                    "logins",
+                    "requests",
+                )
+                if name in counters1
+            },
             reconnect_attempts=sum(m.connections for m in members) - sum(connections_before),
             duplicates=duplicates,
             order_errors=out_of_order,

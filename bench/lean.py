@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import select
 import time
+from pathlib import Path
 from typing import Any
 
 from harness import (
@@ -417,16 +418,37 @@ async def scenario_latency(
         await clients.close_all(recv + send)
 
 
-async def register_with_tokens(clients: Any, names: list[str]) -> dict[int, str]:
+async def register_with_tokens(
+    clients: Any,
+    names: list[str],
+    tickets: dict[int, Any] | None = None,
+    source: Any = None,
+) -> dict[int, str]:
     """Register ``names`` (set-up, not measured); their session tokens by index.
-    The connections are closed again, so only the accounts remain."""
+    The connections are closed again, so only the accounts remain.
+
+    ``tickets``: filled with each account's resumption ticket (the notice
+    that follows the welcome; waited for before the connection closes).
+    ``source(i)``: the local address account ``i`` registers from (None:
+    the default)."""
     tokens: dict[int, str] = {}
 
     async def register(i: int) -> None:
-        session = await clients.connect()
+        got: list[Any] = []
+        session = await clients.connect(
+            source=source(i) if source else None, on_ticket=got.append if tickets is not None else None
+        )
         try:
             welcome = await clients.wait(session.register(names[i], PASSWORD), "register")
             tokens[i] = welcome["token"]
+            if tickets is not None:
+                waited = 0.0
+                while not got:
+                    if waited > 10.0:
+                        raise TimeoutError(f"no ticket after the welcome of {names[i]}")
+                    await sleep(clients.reactor, 0.005)
+                    waited += 0.005
+                tickets[i] = got[-1]
         finally:
             await clients.close(session)
 
@@ -434,9 +456,17 @@ async def register_with_tokens(clients: Any, names: list[str]) -> dict[int, str]
     return tokens
 
 
-async def token_login(clients: Any, name: str, token: str) -> ChatSession:
-    """A new connection: the handshake, then a login with a session token."""
-    session = await clients.connect()
+async def token_login(
+    clients: Any,
+    name: str,
+    token: str,
+    source: str | None = None,
+    ticket: Any = None,
+    on_ticket: Any = None,
+) -> ChatSession:
+    """A new connection: the handshake (resumed with ``ticket`` if given),
+    then a login with a session token."""
+    session = await clients.connect(source=source, ticket=ticket, on_ticket=on_ticket)
     try:
         await clients.wait(session.request({"type": "login", "user": name, "token": token}), "login")
     except BaseException:
@@ -497,6 +527,7 @@ async def scenario_connrate(
     concurrency: int,
     count: int = 2000,
     max_seconds: float = 20.0,
+    resumed: bool = False,
 ) -> dict[str, Any]:
     """``connrate_cN`` (the harness's parameters): up to ``count`` new
     connections, ``concurrency`` in flight, each doing the whole handshake
@@ -504,9 +535,15 @@ async def scenario_connrate(
     session token, the way a client comes back; none starts after
     ``max_seconds``, and all stay connected.  The accounts and their tokens
     are made beforehand (not measured).  The figure that matters is
-    completed logins per server CPU-second."""
+    completed logins per server CPU-second.
+
+    ``resumed`` (``connrate_cN_resumed``): each connection resumes instead,
+    with the ticket its account got at registration (tickets are
+    single-use: each is used once), so there is no RSA; a connection the
+    server did not resume (a full handshake after all) counts as an error."""
     names = [f"conn-{i:04d}" for i in range(count)]
-    tokens = await register_with_tokens(clients, names)
+    tickets: dict[int, Any] | None = {} if resumed else None
+    tokens = await register_with_tokens(clients, names, tickets)
     sessions: list[ChatSession] = []
     latencies: list[int] = []
     errors: list[str] = []
@@ -517,18 +554,31 @@ async def scenario_connrate(
             return
         t0 = time.perf_counter_ns()
         try:
-            sessions.append(await token_login(clients, names[i], tokens[i]))
+            session = await token_login(clients, names[i], tokens[i], ticket=tickets[i] if tickets else None)
+            sessions.append(session)
+            if tickets is not None and not session.protocol.channel.resumed:
+                errors.append("not resumed: the server made a full handshake")
+                return
             latencies.append(time.perf_counter_ns() - t0)
         except Exception as e:
             errors.append(f"{type(e).__name__}: {e}")
 
+    spy = None
+    if getattr(args, "profile_dir", None):
+        from harness import py_spy
+
+        server = clients.server
+        spy = py_spy(server.proc.pid, Path(args.profile_dir) / f"{server.base.name}-server.spy", 8.0)
     try:
         meter.start()
         deadline[0] = time.perf_counter() + max_seconds
         await bounded_pool(count, concurrency, one)
         figures = rate_figures(meter.stop(), latencies, errors)
+        if spy is not None:
+            spy.wait(30)
         figures["attempts"] = len(latencies) + len(errors)
         figures["still_connected"] = sum(1 for s in sessions if not s.closed.called)
+        figures["resumed"] = sum(1 for s in sessions if s.protocol.channel.resumed)
         return figures
     finally:
         await clients.close_all(sessions)

@@ -61,3 +61,36 @@ class BenchSmokeTests(unittest.TestCase):
         self.assertGreater(latency["latency"]["p99_ms"], 0)
         self.assertEqual((latency["order_errors"], latency["stuck_after_drain"]), (0, 0))
         self.assertIn("latency_r100_1k", bench.output())
+
+    async def test_flood_49_runs_with_the_default_handshake_budgets(self) -> None:
+        results = Path(self.mktemp()).resolve()
+        bench = spawn(
+            self,
+            "bench",
+            [
+                PYTHON, str(ROOT / "bench" / "bench.py"),
+                "--runs", "1",
+                "--scenarios", "flood_49",
+                "--flood-duration", "1", "--flood-resumed-rate", "10", "--flood-full-rate", "4",
+                "--flood-concurrency", "64", "--flood-max", "3000",
+                "--no-pin",
+                "--results-dir", str(results),
+            ],
+            cwd=str(ROOT),
+        )  # fmt: skip
+        code = await bench.ended.addTimeout(200, reactor)
+        self.assertEqual(code, 0, f"{bench.output()}\n{bench.errors()}")
+        (path,) = results.glob("*.json")
+        report = json.loads(path.read_text(encoding="utf-8"))
+        self.assertEqual(report["failures"], [])
+        (flood,) = report["runs"]["flood_49"]
+        for phase in ("none", "one_prefix", "many_prefixes"):
+            for kind in ("resumed", "full"):
+                self.assertGreater(flood[phase][kind]["ok"], 0, (phase, kind, flood[phase][kind]))
+            self.assertGreater(flood[phase]["server_cpu_s"], 0)
+        for phase in ("one_prefix", "many_prefixes"):
+            self.assertNotIn("error", flood[phase]["flood"])
+            self.assertGreater(flood[phase]["flood"]["hellos"], 0)
+        # The one-/24 flood ran into that network's default budget.
+        self.assertGreater(flood["one_prefix"]["flood"]["alerts_busy"], 0)
+        self.assertIn("flood_49", bench.output())
