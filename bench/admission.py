@@ -8,7 +8,9 @@ scenarios.  A flooder (``flooder.py``, a process of its own on the load
 CPU, at a lower priority than this one so the measured clients get the
 CPU they need) sends hellos, answers cookies, and sends a random RSA-size
 KEY_EXCHANGE and a junk FINISHED whenever it gets a SERVER_HELLO, as fast
-as it can, from 49 addresses in one of two shapes:
+as it can (``--flood-concurrency`` hellos awaiting an answer at once) or
+at most ``--flood-rate`` new connections a second, from 49 addresses in
+one of two shapes:
 
 ``one_prefix``
     127.0.0.2 .. 127.0.0.50: one /24.

@@ -63,7 +63,8 @@ chat scenarios are there too.
 
 Options that change the server for every scenario of a bench: ``--pad-block
 N`` (``[server] pad_block``; to measure padding, alternate runs with 32 and
-0).  ``--peers`` also runs the peer harness (``../shared/bench-peers``:
+0).  ``--peers`` (the default when a connrate scenario runs, so in ``make
+bench``; ``--no-peers`` to skip) also runs the peer harness (``../shared/bench-peers``:
 ``connrate_c10`` and ``tls_connrate_c10`` for ngIRCd, ``--runs`` reps,
 results into ``--results-dir``) after our scenarios and prints its
 registrations per server CPU-second next to our connrate figures; it is
@@ -942,9 +943,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--peers",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="also run the peer harness's connrate_c10 and tls_connrate_c10 for ngIRCd (--runs reps) "
-        "and show its registrations per server CPU-second next to ours",
+        "and show its registrations per server CPU-second next to ours (default: when a connrate "
+        "scenario is selected, as in make bench; --no-peers: never)",
     )
     p.add_argument(
         "--peers-dir",
@@ -981,6 +984,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not scenarios:
         p.error("no scenario selected")
     args.scenarios = scenarios
+    if args.peers is None:
+        args.peers = any(s.startswith("connrate") for s in scenarios)
     checks = [
         (args.runs, 1, 100, "--runs"),
         (args.logins, 1, 100_000, "--logins"),
