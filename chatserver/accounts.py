@@ -96,6 +96,10 @@ class FailureWindow:
 
 
 class Accounts:
+    #: How old an account record read by a resumption may be for the token
+    #: login that follows it (a disable in between is seen after this).
+    KNOWN_SECONDS = 2.0
+
     def __init__(self, settings: Settings, store: Store, pool: CryptoPool, clock: Any) -> None:
         self._clock = clock
         self._settings = settings
@@ -151,10 +155,20 @@ class Accounts:
         return d.addCallback(lambda _: token)
 
     @inlineCallbacks
-    def login_token(self, name: str, token: str, address: str) -> Any:
-        """Log in with a session token: no password hash, same throttling."""
+    def login_token(self, name: str, token: str, address: str, known: Any = None) -> Any:
+        """Log in with a session token: no password hash, same throttling.
+
+        ``known``: (token hash, account record, when read) from the
+        resumption of this connection, read moments ago with the token's
+        liveness; used instead of reading it again if it is of this token
+        and at most KNOWN_SECONDS old."""
         self._throttle(name, address)
-        record = yield self._store.run(store.token_account, token_hash(token), int(self._clock.seconds()))
+        hashed = token_hash(token)
+        now = self._clock.seconds()
+        if known is not None and known[0] == hashed and now - known[2] <= self.KNOWN_SECONDS:
+            record = known[1]
+        else:
+            record = yield self._store.run(store.token_account, hashed, int(now))
         if record is None or record.name != name:
             self._by_account.fail(name)
             self._by_address.fail(address)

@@ -161,6 +161,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         "_outbox_bytes",
         "_max_plaintext",
         "_token",
+        "_resumed_as",
         "_replies",
         "_strikes",
         "_inbox",
@@ -198,6 +199,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._outbox_bytes = 1
         self._max_plaintext = channel.max_plaintext(self.MAX_LENGTH)
         self._token: str | None = None
+        #: (token hash, account record, when) read when the connection
+        #: resumed: its first token login needs no second database trip.
+        self._resumed_as: tuple[str, Any, float] | None = None
         # Lists, not deques: they stay short (at most MAX_UNANSWERED slots,
         # abuse_strikes strikes, one record's requests), and an empty deque
         # costs 600 bytes against a list's 56, times every idle connection.
@@ -454,14 +458,20 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         # ticket is still unused.
         self._hold("resume")
         d = tickets.redeem(opened)
-        d.addCallbacks(self._redeemed, self._redeem_failed, callbackArgs=(handshake, opened.psk))
+        d.addCallbacks(
+            self._redeemed, self._redeem_failed, callbackArgs=(handshake, opened.psk, opened.token_hash)
+        )
         return True
 
-    def _redeemed(self, fresh: bool, handshake: channel.ServerHandshake, psk: bytes) -> None:
+    def _redeemed(
+        self, account: Any, handshake: channel.ServerHandshake, psk: bytes, token_hash: str
+    ) -> None:
         if self.ending or self.handshake is not handshake:
             return
         try:
-            if fresh:
+            if account is not None:
+                # The token login that usually follows needs no other trip.
+                self._resumed_as = (token_hash, account, self.factory.clock.seconds())
                 self.transport.write(b"".join(channel.encode_line(r) for r in handshake.resume(psk)))
             else:
                 # Replayed, or its session ended: a full handshake.
@@ -477,7 +487,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             return
         if not failure.check(DatabaseLost, StoreClosed):
             log.failure("redeeming a ticket failed for {peer}", failure, peer=self.peer)
-        self._redeemed(False, handshake, b"")
+        self._redeemed(None, handshake, b"", "")
 
     def _full_hello(self, handshake: channel.ServerHandshake) -> None:
         """Answer the hello with a full handshake's SERVER_HELLO, which
@@ -757,8 +767,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if ("password" in request) == ("token" in request):
             raise RequestError("missing_field", "login needs a password or a token (not both)", "password")
         if "token" in request:
+            known, self._resumed_as = self._resumed_as, None  # for the first login only
             return self._authenticate(
-                accounts.login_token(request["user"], request["token"], self.peer), token=request["token"]
+                accounts.login_token(request["user"], request["token"], self.peer, known),
+                token=request["token"],
             )
         return self._authenticate(accounts.login(request["user"], request["password"], self.peer))
 
@@ -950,7 +962,17 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         return frame
 
     def _on_disable(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.disable_account(self, request["user"], True)
+        target = request["user"]
+
+        def forget_resumed(answer: dict[str, Any]) -> dict[str, Any]:
+            # A connection that resumed as the user, and has not logged in
+            # yet, must not log in on the account it read before this.
+            for conn in self.factory.connections:
+                if conn._resumed_as is not None and conn._resumed_as[1].name == target:
+                    conn._resumed_as = None
+            return answer
+
+        return self.factory.chat.disable_account(self, target, True).addCallback(forget_resumed)
 
     def _on_enable(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.factory.chat.disable_account(self, request["user"], False)

@@ -619,16 +619,16 @@ def rotate_ticket_keys(
     return ticket_keys(cursor)
 
 
-def ticket_state(cursor: Any, ticket_hash: bytes, token_hash: str, now: int) -> tuple[bool, bool]:
-    """(whether the session token a ticket was issued with is still live,
-    whether the ticket was taken before): a read, no commit to wait for."""
-    cursor.execute(
-        "SELECT 1 FROM session_tokens WHERE token_hash = ? AND expires_at > ?",
-        (token_hash, now),
-    )
-    live = cursor.fetchone() is not None
+def ticket_state(
+    cursor: Any, ticket_hash: bytes, token_hash: str, now: int
+) -> tuple[UserRecord | None, bool]:
+    """(the account of the live session token a ticket was issued with,
+    or None; whether the ticket was taken before): reads only, no commit
+    to wait for.  The account is what the token login that follows a
+    resumption needs, so that login makes no second trip."""
+    record = token_account(cursor, token_hash, now)
     cursor.execute("SELECT 1 FROM redeemed_tickets WHERE ticket_hash = ?", (ticket_hash,))
-    return live, cursor.fetchone() is not None
+    return record, cursor.fetchone() is not None
 
 
 def add_redeemed_tickets(cursor: Any, rows: list[tuple[bytes, int]]) -> None:

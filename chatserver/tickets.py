@@ -186,9 +186,9 @@ class Tickets:
             plaintext[EXPIRY.size + 32 :],
         )
 
-    def redeem(self, opened: Opened) -> Deferred[bool]:
-        """Use the ticket up; True if it was unused and its session token
-        is still live.
+    def redeem(self, opened: Opened) -> Deferred[store.UserRecord | None]:
+        """Use the ticket up; the account of its session token if the
+        ticket was unused and the token is still live, else None.
 
         A ticket counts as taken the moment this is called (a second
         attempt gets False at once), and the database learns of it in the
@@ -199,12 +199,12 @@ class Tickets:
         with its PSK, which the ticket's owner alone has."""
         ticket_hash = opened.ticket_hash
         if ticket_hash in self._unsaved:
-            return succeed(False)
+            return succeed(None)
         self._unsaved[ticket_hash] = opened.expires_at
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(self.FLUSH_SECONDS, self.flush)
         d = self._db.run(store.ticket_state, ticket_hash, opened.token_hash, self._now())
-        return d.addCallback(lambda state: state[0] and not state[1])
+        return d.addCallback(lambda state: None if state[1] else state[0])
 
     def flush(self) -> Deferred[None]:
         """Write the tickets taken since the last flush."""

@@ -107,7 +107,8 @@ def seed_5(conn: sqlite3.Connection) -> None:
 
 def check_5(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
     test.assertEqual(run(conn, store.ticket_keys)[0][1:], (b"k" * 32, 1000))
-    test.assertEqual(run(conn, store.ticket_state, b"t" * 32, "cd" * 32, 2000), (True, True))
+    record, taken = run(conn, store.ticket_state, b"t" * 32, "cd" * 32, 2000)
+    test.assertEqual((record.name, taken), ("invited", True))
 
 
 SEEDS = {1: (seed_1, check_1), 2: (seed_2, check_2), 4: (seed_4, check_4), 5: (seed_5, check_5)}
@@ -168,8 +169,9 @@ def exercise_newest(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
     test.assertEqual(keys[-1][1:], (b"n" * 32, 2000))
     test.assertTrue(all(k[2] >= 500 for k in keys))
     run(conn, store.add_redeemed_tickets, [(b"u" * 32, 3000), (b"u" * 32, 3000)])
-    test.assertEqual(run(conn, store.ticket_state, b"u" * 32, "ab" * 32, 2000), (True, True))
-    test.assertEqual(run(conn, store.ticket_state, b"v" * 32, "ab" * 32, 5000), (False, False))
+    record, taken = run(conn, store.ticket_state, b"u" * 32, "ab" * 32, 2000)
+    test.assertEqual((record.name, taken), ("alice", True))
+    test.assertEqual(run(conn, store.ticket_state, b"v" * 32, "ab" * 32, 5000), (None, False))
     # The same (stream, id) cannot be written twice.
     with test.assertRaises(sqlite3.IntegrityError):
         run(conn, store.append_events, [("room:fresh", 3, 2010, "{}")])

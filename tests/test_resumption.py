@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
-from chatclient.session import ChatSession, connect
+from chatclient.session import ChatSession, ServerError, connect
 from chatserver import channel, crypto, store
 from chatserver.tickets import Tickets
 from tests.support import PASSWORD, RunningServer, add_admin, make_settings, start_server, until
@@ -206,6 +206,36 @@ class ServerResumptionTests(unittest.TestCase):
         await until(lambda: second.tickets)
         third = await connection(self, server, second.tickets[0])
         self.assertTrue(third.resumed)
+
+    async def test_the_resumed_token_login_is_checked_as_any_other(self) -> None:
+        """The account read when the ticket was taken serves the token
+        login that follows, for that token and that user only; a disable
+        in between is seen."""
+        server = await start_server(self)
+        add_admin(server)
+        first, token = await logged_in_with_ticket(self, server, "alice")
+        _, bob_token = await logged_in_with_ticket(self, server, "bob")
+        # Another user's name with alice's token: refused.
+        conn = await connection(self, server, first.tickets[0])
+        self.assertTrue(conn.resumed)
+        with self.assertRaises(ServerError) as caught:
+            await conn.session.request({"type": "login", "user": "bob", "token": token})
+        self.assertEqual(caught.exception.code, "auth_failed")
+        # Another token than the ticket's: read from the database as usual.
+        again, _ = await logged_in_with_ticket(self, server, "alice")
+        conn = await connection(self, server, again.tickets[0])
+        welcome = await conn.session.request({"type": "login", "user": "bob", "token": bob_token})
+        self.assertEqual(welcome["user"], "bob")
+        # Disabled between the resumption and its login: refused.
+        third, token = await logged_in_with_ticket(self, server, "alice")
+        resumed = await connection(self, server, third.tickets[0])
+        self.assertTrue(resumed.resumed)
+        admin = await connection(self, server)
+        await admin.session.login("root", PASSWORD)
+        await admin.session.request({"type": "disable", "user": "alice"})
+        with self.assertRaises(ServerError) as caught:
+            await resumed.session.request({"type": "login", "user": "alice", "token": token})
+        self.assertEqual(caught.exception.code, "auth_failed")
 
     async def test_a_ticket_is_single_use(self) -> None:
         server = await start_server(self)
