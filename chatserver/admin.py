@@ -154,6 +154,16 @@ def read_new_password(path: Path | None) -> str:
     return first
 
 
+def _open_database(settings: Any, create: bool) -> Any:
+    """The server's database, checked and migrated; None (after one line
+    on stderr) if it cannot be used."""
+    try:
+        return store.open_database(settings.database_path, create=create)
+    except store.UnusableDatabase as e:
+        print(f"error: {e}{_HINT if not settings.database_path.exists() else ''}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -174,10 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        try:
-            conn = store.open_database(settings.database_path, create=args.create)
-        except store.UnusableDatabase as e:
-            print(f"error: {e}{_HINT if not settings.database_path.exists() else ''}", file=sys.stderr)
+        conn = _open_database(settings, args.create)
+        if conn is None:
             return 1
         try:
             return invite(args, conn, settings.allow_registration)
@@ -194,10 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: cannot read the password file: {e.strerror}", file=sys.stderr)
             return 2
-        try:
-            conn = store.open_database(settings.database_path, create=args.create)
-        except store.UnusableDatabase as e:
-            print(f"error: {e}{_HINT if not settings.database_path.exists() else ''}", file=sys.stderr)
+        conn = _open_database(settings, args.create)
+        if conn is None:
             return 1
         try:
             role = "admin" if args.admin else "user"
