@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -147,4 +148,15 @@ def cli(testcase: Any, name: str, port: int, user: str, *extra: str) -> LineProc
     )
 
 
-__all__ = ["LineProcess", "cli", "signal", "spawn", "start_twistd", "stop_twistd", "os"]
+def admin_tool(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``chatserver-admin --data-dir DATA_DIR ARGS``, run to its end."""
+    return subprocess.run(
+        [PYTHON, "-m", "chatserver.admin", "--data-dir", str(data_dir), *args],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+__all__ = ["LineProcess", "admin_tool", "cli", "signal", "spawn", "start_twistd", "stop_twistd", "os"]

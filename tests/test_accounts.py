@@ -12,7 +12,8 @@ from twisted.trial import unittest
 
 from chatclient.session import ServerError
 from chatserver import store
-from tests.support import PASSWORD, PYTHON, logged_in, open_session, python_env, start_server
+from tests.processes import admin_tool
+from tests.support import PASSWORD, logged_in, open_session, start_server
 
 
 class AccountTests(unittest.TestCase):
@@ -134,13 +135,7 @@ class AccountTests(unittest.TestCase):
 
 class AdminToolTests(unittest.TestCase):
     def admin(self, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [PYTHON, "-m", "chatserver.admin", "--data-dir", str(data_dir), *args],
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return admin_tool(data_dir, *args)
 
     async def test_add_admin_then_log_in(self) -> None:
         server = await start_server(self)

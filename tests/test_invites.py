@@ -17,6 +17,7 @@ from twisted.trial import unittest
 
 from chatclient.session import ServerError
 from chatserver import accounts, store
+from tests.processes import admin_tool
 from tests.support import (
     PASSWORD,
     PYTHON,
@@ -221,13 +222,7 @@ class InviteModeTests(unittest.TestCase):
 
 class AdminInviteTests(unittest.TestCase):
     def admin(self, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [PYTHON, "-m", "chatserver.admin", "--data-dir", str(data_dir), *args],
-            env=python_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return admin_tool(data_dir, *args)
 
     async def test_make_list_use_and_revoke(self) -> None:
         server = await start_server(self, allow_registration="invite")
