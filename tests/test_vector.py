@@ -122,18 +122,24 @@ class _VectorTestCase(unittest.TestCase):
         return b"".join(self.v[name + "_line"].encode("ascii") + b"\n" for name in names)
 
 
+def assert_well_formed(testcase: unittest.TestCase, values: dict[str, str]) -> None:
+    """A vector block: more than 40 values, each hex, or a canonical
+    base64 line of the record of the same name."""
+    testcase.assertGreater(len(values), 40)
+    for name, value in values.items():
+        if name.endswith("_line"):
+            record = base64.b64decode(value, validate=True)
+            testcase.assertEqual(base64.b64encode(record).decode(), value, name)
+            testcase.assertEqual(record.hex(), values[name[: -len("_line")]], name)
+        else:
+            testcase.assertTrue(re.fullmatch(r"([0-9a-f]{2})+", value), name)
+
+
 class SpecDocumentTests(_VectorTestCase):
     """(a) The vector block parses and is self-consistent."""
 
     def test_values_are_well_formed(self) -> None:
-        self.assertGreater(len(self.v), 40)
-        for name, value in self.v.items():
-            if name.endswith("_line"):
-                record = base64.b64decode(value, validate=True)
-                self.assertEqual(base64.b64encode(record).decode(), value, name)
-                self.assertEqual(record.hex(), self.v[name[: -len("_line")]], name)
-            else:
-                self.assertTrue(re.fullmatch(r"([0-9a-f]{2})+", value), name)
+        assert_well_formed(self, self.v)
 
     def test_key_file_matches_the_document(self) -> None:
         self.assertEqual(self.pem, spec_impl.VECTOR_RSA_PEM.read_bytes())
@@ -409,14 +415,7 @@ class ResumptionDocumentTests(_ResumptionTestCase):
     the first vector."""
 
     def test_values_are_well_formed(self) -> None:
-        self.assertGreater(len(self.v), 40)
-        for name, value in self.v.items():
-            if name.endswith("_line"):
-                record = base64.b64decode(value, validate=True)
-                self.assertEqual(base64.b64encode(record).decode(), value, name)
-                self.assertEqual(record.hex(), self.v[name[: -len("_line")]], name)
-            else:
-                self.assertTrue(re.fullmatch(r"([0-9a-f]{2})+", value), name)
+        assert_well_formed(self, self.v)
 
     def test_continues_the_first_vector(self) -> None:
         self.assertEqual(self.v["first_resumption_secret"], self.first["resumption_secret"])
