@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -21,27 +22,26 @@ from tests.support import PYTHON, ROOT
 class BenchSmokeTests(unittest.TestCase):
     timeout = 240
 
-    async def test_lean_scenarios_run_and_report_checked_figures(self) -> None:
+    async def bench(self, *options: str) -> tuple[Any, dict[str, Any]]:
+        """bench.py, one run of each scenario in ``options``, to its end
+        (exit 0, no failure); the process and its JSON report."""
         results = Path(self.mktemp()).resolve()  # the bench runs in ROOT
-        bench = spawn(
-            self,
-            "bench",
-            [
-                PYTHON, str(ROOT / "bench" / "bench.py"),
-                "--runs", "1",
-                "--scenarios", "fanout_r10,latency_r100_1k",
-                "--duration", "0.5", "--warmup", "0.2",
-                "--window-total", "50",  # no calibration
-                "--no-pin",  # other tests run beside this one
-                "--results-dir", str(results),
-            ],
-            cwd=str(ROOT),
-        )  # fmt: skip
+        argv = [PYTHON, str(ROOT / "bench" / "bench.py"), "--runs", "1", *options]
+        # --no-pin: other tests run beside this one.
+        bench = spawn(self, "bench", argv + ["--no-pin", "--results-dir", str(results)], cwd=str(ROOT))
         code = await bench.ended.addTimeout(200, reactor)
         self.assertEqual(code, 0, f"{bench.output()}\n{bench.errors()}")
         (path,) = results.glob("*.json")
         report = json.loads(path.read_text(encoding="utf-8"))
         self.assertEqual(report["failures"], [])
+        return bench, report
+
+    async def test_lean_scenarios_run_and_report_checked_figures(self) -> None:
+        bench, report = await self.bench(
+            "--scenarios", "fanout_r10,latency_r100_1k",
+            "--duration", "0.5", "--warmup", "0.2",
+            "--window-total", "50",  # no calibration
+        )  # fmt: skip
 
         (fanout,) = report["runs"]["fanout_r10"]
         self.assertEqual(fanout["receivers"], 10)
@@ -63,26 +63,11 @@ class BenchSmokeTests(unittest.TestCase):
         self.assertIn("latency_r100_1k", bench.output())
 
     async def test_flood_49_runs_with_the_default_handshake_budgets(self) -> None:
-        results = Path(self.mktemp()).resolve()
-        bench = spawn(
-            self,
-            "bench",
-            [
-                PYTHON, str(ROOT / "bench" / "bench.py"),
-                "--runs", "1",
-                "--scenarios", "flood_49",
-                "--flood-duration", "1", "--flood-resumed-rate", "10", "--flood-full-rate", "4",
-                "--flood-concurrency", "64", "--flood-max", "3000",
-                "--no-pin",
-                "--results-dir", str(results),
-            ],
-            cwd=str(ROOT),
+        bench, report = await self.bench(
+            "--scenarios", "flood_49",
+            "--flood-duration", "1", "--flood-resumed-rate", "10", "--flood-full-rate", "4",
+            "--flood-concurrency", "64", "--flood-max", "3000",
         )  # fmt: skip
-        code = await bench.ended.addTimeout(200, reactor)
-        self.assertEqual(code, 0, f"{bench.output()}\n{bench.errors()}")
-        (path,) = results.glob("*.json")
-        report = json.loads(path.read_text(encoding="utf-8"))
-        self.assertEqual(report["failures"], [])
         (flood,) = report["runs"]["flood_49"]
         for phase in ("none", "one_prefix", "many_prefixes"):
             for kind in ("resumed", "full"):
