@@ -100,6 +100,12 @@ class Settings:
     #: Full-handshake jobs queued or running from which a hello must
     #: bring back a cookie first (0: always).
     cookie_threshold: int = 16
+    #: Refusals (handshake budget, per-address or per-network connection
+    #: limit) in one second after which an address, or its /24 or /64,
+    #: has its connections closed unread for block_seconds (0: never).
+    block_after_refusals: int = 20
+    block_after_refusals_prefix: int = 100
+    block_seconds: float = 10.0
     abuse_strikes: int = 20
     # [store]
     synchronous: str = "full"
@@ -326,6 +332,9 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("limits", "handshakes_prefix_rate", "handshakes_prefix_rate", _positive(float)),
     ("limits", "handshakes_prefix_burst", "handshakes_prefix_burst", _positive(int)),
     ("limits", "cookie_threshold", "cookie_threshold", _ranged(int, 0, 1 << 20)),
+    ("limits", "block_after_refusals", "block_after_refusals", _ranged(int, 0, 1 << 20)),
+    ("limits", "block_after_refusals_prefix", "block_after_refusals_prefix", _ranged(int, 0, 1 << 20)),
+    ("limits", "block_seconds", "block_seconds", _positive(float)),
     ("limits", "abuse_strikes", "abuse_strikes", _positive(int)),
     ("store", "synchronous", "synchronous", _synchronous),
     ("log", "level", "log_level", _level),

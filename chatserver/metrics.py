@@ -18,6 +18,7 @@ COUNTERS = {
     "cookies": "Hellos answered with a cookie (under load).",
     "handshakes_refused": "Full handshakes refused by an address's or network's budget.",
     "evictions": "Connections not logged in dropped to make room for a new connection.",
+    "blocked": "Connections closed unread: their address or network was refused too often.",
     "logins": "Successful logins and registrations.",
     "failed_logins": "Logins refused for bad credentials.",
     "rate_limited": "Requests refused by a rate limit.",

@@ -45,6 +45,10 @@ class ChatCollector:
             "users_online": ("Users with at least one logged-in connection.", len(factory.chat.online)),
             "rooms": ("Rooms.", len(factory.chat.rooms)),
             "crypto_queue": ("Expensive crypto jobs waiting or running.", factory.pool.pending),
+            "blocks": (
+                "Addresses and networks whose connections are closed unread now.",
+                factory.blocks.active(),
+            ),
             "uptime_seconds": ("Seconds since the server started.", metrics.uptime()),
         }
         for name, (help_text, value) in gauges.items():

@@ -10,8 +10,6 @@ closed connection, always with a log line that says why.
 from __future__ import annotations
 
 import collections
-import functools
-import ipaddress
 import math
 from typing import Any
 
@@ -27,6 +25,7 @@ from zope.interface import implementer
 
 from chatserver import __version__, channel, safetext
 from chatserver.accounts import Account, Accounts, AuthError
+from chatserver.blocks import Blocks
 from chatserver.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
 from chatserver.chat import ANSWER_OVERHEAD, LIST_PAGE_MAX, ChatError, ChatService
 from chatserver.config import Settings
@@ -34,6 +33,7 @@ from chatserver.cookies import Cookies
 from chatserver.identity import Identity
 from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
+from chatserver.ratelimit import network_prefix
 from chatserver.store import DatabaseLost, StoreClosed
 from chatserver.tickets import Tickets
 from chatserver.validation import PRE_LOGIN, Limits, RequestError, validate
@@ -65,25 +65,6 @@ _TRY_AGAIN = {
     DatabaseLost: ("unavailable", "database unavailable; try again later"),
     StoreClosed: ("unavailable", "server shutting down; try again"),
 }
-
-
-@functools.lru_cache(maxsize=16384)
-def network_prefix(host: str) -> str:
-    """The network an address belongs to, as limits count it: its /24 for
-    IPv4, its /64 for IPv6 (one customer's allocation); anything else as
-    it is.
-
-    Remembered (a pure function of the text): parsing the address and
-    making the network took 7% of the server's time under a handshake
-    flood, where every connection asks several times (profiled)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    bits = 24 if address.version == 4 else 64
-    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
 
 
 def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
@@ -515,9 +496,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         limits = factory.rate_limits
         if limits.check("handshakes", ("address", self.peer)):
             factory.metrics.count("handshakes_refused")
+            factory.blocks.refused(self.peer)
             raise ChannelError("too many handshakes from your address; try again later", channel.ALERT_BUSY)
         if limits.check("handshakes_prefix", ("prefix", network_prefix(self.peer))):
             factory.metrics.count("handshakes_refused")
+            factory.blocks.refused(self.peer)
             raise ChannelError("too many handshakes from your network; try again later", channel.ALERT_BUSY)
         self.transport.write(channel.encode_line(handshake.server_hello()))
 
@@ -1081,6 +1064,13 @@ class ChatFactory(ServerFactory):
         self.rekey_after = rekey_after
         self.tickets = tickets
         self.cookies = Cookies(clock, settings.cookie_threshold)
+        self.blocks = Blocks(
+            clock, settings.block_after_refusals, settings.block_after_refusals_prefix, settings.block_seconds
+        )
+        #: Whether a blocked connection is closed in buildProtocol, before
+        #: a transport exists (a plain TCP port); a wrapping factory (TLS)
+        #: cannot take None, and its connections are refused in admit.
+        self.close_blocked_at_accept = True
         self.limits = Limits(settings.max_body_length)
         self.rate_limits = RateLimits(clock, rate_rules(settings))
         self.connections: set[ChatProtocol] = set()
@@ -1208,7 +1198,12 @@ class ChatFactory(ServerFactory):
             else:
                 conn.send(frame)
 
-    def buildProtocol(self, addr: Any) -> ChatProtocol:
+    def buildProtocol(self, addr: Any) -> ChatProtocol | None:
+        # A blocked address's connection is closed here, unread: no
+        # transport, no protocol, no reply (see blocks.py).
+        if self.close_blocked_at_accept and self.blocks.blocked(getattr(addr, "host", "?")):
+            self.metrics.count("blocked")
+            return None
         return ChatProtocol(self)
 
     def close_all(self, code: str, message: str, grace: float) -> Deferred[None]:
@@ -1256,10 +1251,15 @@ class ChatFactory(ServerFactory):
         needed), else the reason it may not."""
         settings = self.settings
         peer = protocol.peer
+        if not self.close_blocked_at_accept and self.blocks.blocked(peer):
+            self.metrics.count("blocked")
+            return "too many refused connections from your address or network; try again later"
         if self.per_address[peer] >= settings.max_connections_per_address:
+            self.blocks.refused(peer)
             return "too many connections from your address"
         prefix = network_prefix(peer)
         if self.per_prefix[prefix] >= settings.max_connections_per_prefix:
+            self.blocks.refused(peer)
             return "too many connections from your network"
         if (
             len(self.connections) - len(self._evicted) >= settings.max_connections

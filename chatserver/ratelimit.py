@@ -1,4 +1,4 @@
-"""Token buckets for rate limits.
+"""Token buckets for rate limits, and the networks limits count by.
 
 A bucket holds up to ``burst`` tokens and refills at ``rate`` per second;
 each action takes one.  An action on an empty bucket is refused with the
@@ -7,7 +7,28 @@ time until a token is back.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from typing import Any
+
+
+@functools.lru_cache(maxsize=16384)
+def network_prefix(host: str) -> str:
+    """The network an address belongs to, as limits count it: its /24 for
+    IPv4, its /64 for IPv6 (one customer's allocation); anything else as
+    it is.
+
+    Remembered (a pure function of the text): parsing the address and
+    making the network took 7% of the server's time under a handshake
+    flood, where every connection asks several times (profiled)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    bits = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
 
 
 class TokenBucket:

@@ -222,6 +222,9 @@ class ChatServer(service.MultiService):
         factory: ChatFactory = self.factory  # type: ignore[attr-defined]
         factory.rate_limits.replace_rules(rate_rules(settings))
         factory.cookies.threshold = settings.cookie_threshold
+        factory.blocks.configure(
+            settings.block_after_refusals, settings.block_after_refusals_prefix, settings.block_seconds
+        )
         # Switching to invite (or no) must not need a restart, which would
         # drop every connection: it is what an operator does when a wave of
         # registrations starts.
@@ -283,7 +286,14 @@ RELOADABLE = (
     "handshakes_prefix_rate",
     "handshakes_prefix_burst",
     "cookie_threshold",
+    "block_after_refusals",
+    "block_after_refusals_prefix",
+    "block_seconds",
 )
+
+
+#: Endpoint types whose port calls the factory's buildProtocol itself.
+DIRECT_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
 
 
 def needs_restart(running: Settings, loaded: Settings) -> list[str]:
@@ -386,6 +396,9 @@ def makeService(
         metrics=metrics,
         tickets=tickets,
     )
+    # Listeners that hand the factory's protocol to the socket directly;
+    # others (ssl:, tls:) wrap it and need a protocol for every connection.
+    factory.close_blocked_at_accept = settings.endpoint.split(":", 1)[0].strip().lower() in DIRECT_ENDPOINTS
     listener = strports.service(settings.endpoint, factory, reactor=reactor)
     core = ChatCore(
         chat,

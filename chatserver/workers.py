@@ -1,24 +1,31 @@
-"""A bounded thread pool for the expensive per-client crypto, with one
-queue per kind of work.
+"""Bounded thread pools for the expensive per-client crypto, one per kind
+of work.
 
 RSA decryption, key derivation and password hashing each take from a
 fraction of a millisecond to a hundred milliseconds, far too long for the
 reactor thread.  They run here instead, on a fixed number of threads.
 
-Each kind of work has its own bounded queue: ``handshake`` (a full
-handshake's RSA decryption and key derivation, which anyone can ask for
-before proving anything) and ``login`` (password hashing, for clients that
-completed a handshake).  A full queue refuses with ``Busy`` at once instead
-of growing, and only its own kind: a flood of handshakes fills the
-handshake queue and is refused there, while logins keep their own queue.
-The threads take the queues in turn, one job from each that has one, so a
-queued login waits for at most one handshake job per thread, however many
-handshakes are waiting.
+Each kind of work has its own threads and its own bounded queue:
+``handshake`` (a full handshake's RSA decryption and key derivation, which
+anyone can ask for before proving anything) and ``login`` (password
+hashing, for clients that completed a handshake).  A full queue refuses
+with ``Busy`` at once instead of growing, and only its own kind: a flood of
+handshakes fills the handshake queue and is refused there, while logins
+keep their own queue and threads and never wait behind a handshake.
+
+The handshake threads also run at a lower CPU priority (``nice`` +10).
+``cryptography`` releases the GIL while it decrypts, so on a busy core the
+kernel's scheduler, not the GIL, decides who runs: the reactor (everyone
+already connected, and resumed logins, which need no RSA) comes first, and
+unauthenticated RSA gets what is left, about a tenth of a contended core.
+On an idle core nothing changes.  (A thread can lower its own priority
+without privileges, but not raise it again: hence threads of their own.)
 """
 
 from __future__ import annotations
 
-import collections
+import os
+import threading
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -26,37 +33,56 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
-#: The kinds of work, in the order the threads take them in turn.
+#: The kinds of work.
 KINDS = ("login", "handshake")
 
-
-#: A queued job: the function, its arguments, and what fires with its result.
-_Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]
+#: How much lower the handshake threads' CPU priority is.
+HANDSHAKE_NICE = 10
 
 
 class Busy(Exception):
     """Too many jobs of that kind are queued already."""
 
 
+class _LowerPriority:
+    """Runs jobs after lowering the calling thread's CPU priority, once per
+    thread (Linux: PRIO_PROCESS with a thread id is that thread alone)."""
+
+    def __init__(self, increment: int) -> None:
+        self.increment = increment
+        self._done = threading.local()
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Any:
+        if not getattr(self._done, "niced", False):
+            self._done.niced = True
+            try:
+                tid = threading.get_native_id()
+                lower = min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.increment)
+                os.setpriority(os.PRIO_PROCESS, tid, lower)
+            except (AttributeError, OSError):  # not Linux, or forbidden: the job still runs
+                pass
+        return f(*args)
+
+
 class CryptoPool(Service):
     name = "crypto-pool"
 
     def __init__(self, reactor: Any, threads_: int, max_pending: int | dict[str, int]) -> None:
-        """``max_pending``: the bound of every queue, or one per kind."""
+        """``threads_`` threads per kind; ``max_pending``: the bound of
+        every queue, or one per kind."""
         self._reactor = reactor
         self.threads = threads_
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads_, name="chatserver-crypto")
+        self._pools = {
+            kind: ThreadPool(minthreads=0, maxthreads=threads_, name=f"chatserver-{kind}") for kind in KINDS
+        }
+        self._wrap: dict[str, Callable[..., Any] | None] = {
+            "login": None,
+            "handshake": _LowerPriority(HANDSHAKE_NICE),
+        }
         limits = max_pending if isinstance(max_pending, dict) else dict.fromkeys(KINDS, max_pending)
         self.max_pending = {kind: limits[kind] for kind in KINDS}
-        #: Jobs not yet handed to a thread, per kind (all on the reactor
-        #: thread: no lock needed).
-        self._queues: dict[
-            str, collections.deque[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]]
-        ] = {kind: collections.deque() for kind in KINDS}
         #: Jobs queued or running, per kind.
         self.pending_by_kind = dict.fromkeys(KINDS, 0)
-        self._running = 0
-        self._turn = 0  # which queue the next free thread looks at first
 
     @property
     def pending(self) -> int:
@@ -65,43 +91,28 @@ class CryptoPool(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        for pool in self._pools.values():
+            pool.start()
 
     def stopService(self) -> None:
         super().stopService()
-        self._pool.stop()
+        for pool in self._pools.values():
+            pool.stop()
 
     def run(self, f: Callable[..., Any], *args: Any, kind: str = "handshake") -> Deferred[Any]:
-        """Run ``f(*args)`` on a thread; raises :class:`Busy` when the
-        queue of ``kind`` is full."""
+        """Run ``f(*args)`` on a thread of ``kind``; raises :class:`Busy`
+        when the queue of ``kind`` is full."""
         if self.pending_by_kind[kind] >= self.max_pending[kind]:
             raise Busy()
         self.pending_by_kind[kind] += 1
-        d: Deferred[Any] = Deferred()
-        self._queues[kind].append((f, args, d))
-        self._next()
-        return d
-
-    def _next(self) -> None:
-        """Hand queued jobs to free threads, taking the queues in turn."""
-        while self._running < self.threads:
-            for step in range(len(KINDS)):
-                kind = KINDS[(self._turn + step) % len(KINDS)]
-                if self._queues[kind]:
-                    self._turn = (self._turn + step + 1) % len(KINDS)
-                    self._start(kind, *self._queues[kind].popleft())
-                    break
-            else:
-                return  # nothing queued
-
-    def _start(self, kind: str, f: Callable[..., Any], args: tuple[Any, ...], d: Deferred[Any]) -> None:
-        self._running += 1
-        job = threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+        wrap = self._wrap[kind]
+        if wrap is None:
+            job = threads.deferToThreadPool(self._reactor, self._pools[kind], f, *args)
+        else:
+            job = threads.deferToThreadPool(self._reactor, self._pools[kind], wrap, f, *args)
 
         def done(result: Any) -> Any:
-            self._running -= 1
             self.pending_by_kind[kind] -= 1
-            self._next()
             return result
 
-        job.addBoth(done).chainDeferred(d)
+        return job.addBoth(done)

@@ -70,6 +70,9 @@ def make_settings(base: Path, **overrides: Any) -> Settings:
         "handshakes_burst": 1_000_000,
         "handshakes_prefix_rate": 1e6,
         "handshakes_prefix_burst": 1_000_000,
+        # Off: the tests of refusals count every one (test_blocks turns it on).
+        "block_after_refusals": 0,
+        "block_after_refusals_prefix": 0,
         # A monitor child per test server would only slow the suite; the
         # monitoring tests turn it on.
         "monitor_enabled": False,

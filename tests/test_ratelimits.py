@@ -675,7 +675,7 @@ class RegistrationLimitTests(unittest.TestCase):
         await session.login("one0", PASSWORD)
 
     def test_network_prefixes(self) -> None:
-        from chatserver.protocol import network_prefix
+        from chatserver.ratelimit import network_prefix
 
         self.assertEqual(network_prefix("203.0.113.66"), "203.0.113.0/24")
         self.assertEqual(network_prefix("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")

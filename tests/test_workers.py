@@ -1,5 +1,6 @@
-"""The crypto thread pool: one bounded queue per kind of work, taken in
-turn, so that a flood of handshakes neither refuses nor delays logins.
+"""The crypto thread pools: threads and a bounded queue per kind of work,
+so that a flood of handshakes neither refuses nor delays logins, and the
+handshake threads at a lower CPU priority.
 
 Real threads (Twisted's ThreadPool) on the real reactor; the jobs block on
 events the test releases, so the order they run in is observable.
@@ -7,13 +8,14 @@ events the test releases, so the order they run in is observable.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from chatserver.workers import Busy, CryptoPool
+from chatserver.workers import HANDSHAKE_NICE, Busy, CryptoPool
 from tests.support import until
 
 
@@ -65,22 +67,37 @@ class CryptoPoolTests(unittest.TestCase):
         self.assertEqual([await d for d in handshakes], ["h0", "h1", "h2"])
         self.assertEqual(pool.pending, 0)
 
-    async def test_a_login_waits_for_at_most_one_handshake_job(self) -> None:
+    async def test_a_login_does_not_wait_for_handshake_jobs(self) -> None:
         pool = self.pool(threads=1, max_pending=100)
         gate = Gate()
         self.addCleanup(gate.release_all)
         handshakes = [pool.run(gate.job(f"h{n}")) for n in range(20)]
         await until(lambda: gate.started == ["h0"])
         login = pool.run(gate.job("login"), kind="login")
-        gate.release("h0")
-        # The next free thread takes the login, not the 19 handshakes first.
+        # h0 still holds the only handshake thread: the login has its own.
         await until(lambda: len(gate.started) == 2)
         self.assertEqual(gate.started, ["h0", "login"])
+        gate.release("login")
+        self.assertEqual(await login, "login")
         gate.release_all()
-        await login
         for d in handshakes:
             await d
         self.assertEqual(gate.started[2:], [f"h{n}" for n in range(1, 20)])
+
+    async def test_handshake_threads_run_at_a_lower_cpu_priority(self) -> None:
+        if not hasattr(os, "getpriority") or not hasattr(threading, "get_native_id"):
+            raise unittest.SkipTest("thread priorities are a POSIX feature")
+        pool = self.pool(threads=2, max_pending=10)
+
+        def priority() -> int:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        ours = priority()
+        handshake = [await pool.run(priority) for _ in range(4)]
+        login = [await pool.run(priority, kind="login") for _ in range(4)]
+        self.assertEqual(handshake, [min(19, ours + HANDSHAKE_NICE)] * 4)
+        self.assertEqual(login, [ours] * 4)
+        self.assertEqual(priority(), ours)  # the reactor thread keeps its own
 
     async def test_a_failing_job_frees_its_place(self) -> None:
         pool = self.pool(threads=1, max_pending=1)

@@ -1,0 +1,91 @@
+"""Flood blocks: an address, or a network, that keeps being refused has its
+connections closed as soon as they are accepted, for a while.
+
+Refusing one connection the ordinary way (read its hello, answer ALERT
+``busy``, close) costs the reactor about 0.3 ms; a flood of hellos that
+the handshake budget refuses could still take the whole core that way,
+and everyone connected would wait behind it.  Closing a socket without
+reading it costs a small fraction of that.  A client is blocked only after
+many refusals in one second, far more than an honest one meets (it backs
+off after the first); the block lasts ``seconds`` after the last of them,
+and connections closed while blocked count as refusals too, so a flood
+stays blocked for as long as it goes on and no longer.
+
+Networks are /24 (IPv4) and /64 (IPv6), as for the other limits: one IPv6
+host holds a whole /64 of addresses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatserver.ratelimit import network_prefix
+
+
+class Blocks:
+    """``per_address`` and ``per_network`` refusals in one second block
+    the address or network for ``seconds`` (0 refusals: never)."""
+
+    #: Blocks remembered at most; past it, the expired ones are forgotten
+    #: first, then the oldest (a block is a courtesy to the reactor).
+    MAX_BLOCKS = 65536
+
+    def __init__(self, clock: Any, per_address: int, per_network: int, seconds: float) -> None:
+        self._clock = clock
+        self.configure(per_address, per_network, seconds)
+        self._second = -1
+        #: Refusals in the current second, by address and by network.
+        self._counts: dict[str, int] = {}
+        #: Until when each blocked address or network is blocked.
+        self._until: dict[str, float] = {}
+
+    def configure(self, per_address: int, per_network: int, seconds: float) -> None:
+        self.per_address = per_address
+        self.per_network = per_network
+        self.seconds = seconds
+
+    def _count(self, key: str, threshold: int, now: float) -> None:
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        if threshold and n >= threshold:
+            until = self._until
+            if key not in until and len(until) >= self.MAX_BLOCKS:
+                self._forget(now)
+            until[key] = now + self.seconds
+
+    def refused(self, address: str) -> None:
+        """A connection from ``address`` was refused (or closed blocked)."""
+        now = self._clock.seconds()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._counts.clear()
+        self._count(address, self.per_address, now)
+        self._count("net:" + network_prefix(address), self.per_network, now)
+
+    def blocked(self, address: str) -> bool:
+        """Whether a connection from ``address`` is to be closed unread;
+        if so it counts as a refusal."""
+        until = self._until
+        if not until:
+            return False
+        now = self._clock.seconds()
+        for key in (address, "net:" + network_prefix(address)):
+            end = until.get(key)
+            if end is not None:
+                if now < end:
+                    self.refused(address)
+                    return True
+                del until[key]
+        return False
+
+    def active(self) -> int:
+        """How many addresses and networks are blocked now."""
+        now = self._clock.seconds()
+        return sum(1 for end in self._until.values() if end > now)
+
+    def _forget(self, now: float) -> None:
+        for key in [key for key, end in self._until.items() if end <= now]:
+            del self._until[key]
+        while len(self._until) >= self.MAX_BLOCKS:
+            del self._until[next(iter(self._until))]

@@ -1,0 +1,146 @@
+"""Flood blocks (issue 13): an address or network refused too often in one
+second has its connections closed unread for a while.
+
+The rules on a fake clock first, then real attacker connections from
+loopback addresses against a real server, with bounded counts.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+
+from chatclient.session import connect
+from chatserver import channel
+from chatserver.blocks import Blocks
+from tests.support import PASSWORD
+from tests.test_handshake_budget import SLOW, BudgetTestCase, is_alert
+from tests.test_protocol import with_timeout
+
+
+class BlockRuleTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1000.2)
+        self.blocks = Blocks(self.clock, per_address=5, per_network=12, seconds=10)
+
+    def refuse(self, address: str, times: int) -> None:
+        for _ in range(times):
+            self.blocks.refused(address)
+
+    def test_an_address_is_blocked_at_its_threshold_within_one_second(self) -> None:
+        self.refuse("198.51.100.7", 4)
+        self.assertFalse(self.blocks.blocked("198.51.100.7"))
+        self.refuse("198.51.100.7", 1)  # the fifth in this second
+        self.assertTrue(self.blocks.blocked("198.51.100.7"))
+        self.assertFalse(self.blocks.blocked("198.51.100.8"))  # its neighbour is not
+        self.assertEqual(self.blocks.active(), 1)
+
+    def test_refusals_spread_over_seconds_do_not_block(self) -> None:
+        for _ in range(20):
+            self.refuse("198.51.100.7", 3)
+            self.clock.advance(1)
+        self.assertFalse(self.blocks.blocked("198.51.100.7"))
+
+    def test_the_block_ends_seconds_after_the_last_refusal(self) -> None:
+        self.refuse("198.51.100.7", 5)
+        self.clock.advance(9.5)
+        self.assertTrue(self.blocks.blocked("198.51.100.7"))  # one attempt: not a flood, no renewal
+        self.clock.advance(0.6)
+        self.assertFalse(self.blocks.blocked("198.51.100.7"))
+        self.assertEqual(self.blocks.active(), 0)
+
+    def test_a_flood_that_goes_on_stays_blocked(self) -> None:
+        self.refuse("198.51.100.7", 5)
+        for _ in range(30):  # 30 s of 10 attempts a second, each closed unread
+            self.clock.advance(1)
+            for _ in range(10):
+                self.assertTrue(self.blocks.blocked("198.51.100.7"))
+        self.clock.advance(10.1)
+        self.assertFalse(self.blocks.blocked("198.51.100.7"))
+
+    def test_a_network_is_blocked_by_many_addresses(self) -> None:
+        for host in range(1, 13):  # 12 addresses of one /24, one refusal each
+            self.blocks.refused(f"198.51.100.{host}")
+        self.assertTrue(self.blocks.blocked("198.51.100.200"))  # never refused itself
+        self.assertFalse(self.blocks.blocked("198.51.101.1"))
+
+    def test_an_ipv6_host_is_blocked_by_its_64(self) -> None:
+        for host in range(1, 13):  # a new address for each try, one /64
+            self.blocks.refused(f"2001:db8:1:2::{host:x}")
+        self.assertTrue(self.blocks.blocked("2001:db8:1:2:ffff::1"))
+        self.assertFalse(self.blocks.blocked("2001:db8:1:3::1"))
+
+    def test_zero_never_blocks(self) -> None:
+        self.blocks.configure(0, 0, 10)
+        self.refuse("198.51.100.7", 1000)
+        self.assertFalse(self.blocks.blocked("198.51.100.7"))
+
+    def test_the_blocks_remembered_are_bounded(self) -> None:
+        self.blocks.MAX_BLOCKS = 50
+        self.blocks.configure(1, 0, 10)
+        for n in range(200):
+            self.blocks.refused(f"10.{n // 256}.{n % 256}.1")
+        self.assertLessEqual(len(self.blocks._until), 50)
+        self.assertTrue(self.blocks.blocked("10.0.199.1"))  # the newest are kept
+
+
+class BlockedConnectionTests(BudgetTestCase):
+    async def test_a_flooding_address_is_closed_unread_while_others_log_in(self) -> None:
+        server = await self.start(
+            handshakes_rate=SLOW,
+            handshakes_burst=1,
+            handshakes_prefix_rate=SLOW,
+            handshakes_prefix_burst=1000,
+            block_after_refusals=5,
+            block_after_refusals_prefix=0,
+        )
+        self.assertEqual((await self.hello_answer(server, "127.0.0.2"))[0], channel.SERVER_HELLO)
+        for _ in range(5):  # refused by the budget, with ALERT busy
+            answer = await self.hello_answer(server, "127.0.0.2")
+            self.assertTrue(is_alert(answer, channel.ALERT_BUSY, "from your address"), answer)
+        # Blocked: accepted and closed at once, before anything is read or
+        # written.
+        for _ in range(3):
+            raw = await self.raw_from(server, "127.0.0.2")
+            raw.send_record(channel.ClientHandshake().hello())
+            await raw.when_lost()
+            self.assertEqual(raw.lines, [])
+        counters = server.factory.metrics.counters
+        self.assertEqual(counters["blocked"], 3)
+        self.assertEqual(counters["handshakes_refused"], 5)
+        self.assertEqual(server.factory.blocks.active(), 1)
+        # Another address logs in as usual.
+        session = await with_timeout(
+            connect(reactor, f"tcp:host=127.0.0.1:port={server.port}:bindAddress=127.0.0.3", lambda fp: True)
+        )
+        self.addCleanup(session.close)
+        self.assertEqual((await session.register("alice", PASSWORD))["type"], "welcome")
+
+    async def test_connection_limit_refusals_count_too(self) -> None:
+        server = await self.start(
+            max_connections_per_address=1, block_after_refusals=3, block_after_refusals_prefix=0
+        )
+        await self.raw_from(server, "127.0.0.2")  # holds the address's one slot
+        for _ in range(3):
+            raw = await self.raw_from(server, "127.0.0.2")
+            answer = await raw.next_record()
+            self.assertTrue(is_alert(answer, channel.ALERT_BUSY, "too many connections"), answer)
+        raw = await self.raw_from(server, "127.0.0.2")
+        await raw.when_lost()
+        self.assertEqual(raw.lines, [])
+        self.assertEqual(server.factory.metrics.counters["blocked"], 1)
+
+    async def test_behind_a_wrapping_listener_a_blocked_connection_gets_busy(self) -> None:
+        # A TLS listener wraps the factory: no None from buildProtocol there,
+        # the block is an ALERT busy instead.
+        server = await self.start(
+            max_connections_per_address=1, block_after_refusals=2, block_after_refusals_prefix=0
+        )
+        server.factory.close_blocked_at_accept = False
+        await self.raw_from(server, "127.0.0.2")
+        for _ in range(2):
+            await (await self.raw_from(server, "127.0.0.2")).next_record()
+        answer = await (await self.raw_from(server, "127.0.0.2")).next_record()
+        self.assertTrue(is_alert(answer, channel.ALERT_BUSY, "too many refused connections"), answer)
+        self.assertEqual(server.factory.metrics.counters["blocked"], 1)
