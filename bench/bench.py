@@ -442,7 +442,9 @@ def _flood_metrics() -> list[tuple[str, tuple[str, ...], str]]:
                     (phase, "server_counters_per_s", "handshakes_refused"),
                     "{:.0f}",
                 ),
+                (f"{phase}: server closed blocked /s", (phase, "server_counters_per_s", "blocked"), "{:.0f}"),
             ]
+        out.append((f"{phase}: listen queue overflows", (phase, "listen_overflows"), "{:.0f}"))
     return out
 
 

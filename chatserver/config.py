@@ -28,7 +28,7 @@ class ConfigError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # [server]
-    endpoint: str = "tcp:7070:interface=127.0.0.1:backlog=1024"
+    endpoint: str = "tcp:7070:interface=127.0.0.1:backlog=4096"
     data_dir: str = "var/lib"
     log_dir: str = "var/log"
     max_line_length: int = 65536
