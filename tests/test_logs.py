@@ -131,3 +131,66 @@ class LogOptionTests(unittest.TestCase):
         self.assertEqual(rotated, ["chatserver.log.2000_1_3", "chatserver.log.2000_1_4"])
         self.assertIn("today", (directory / "chatserver.log").read_text())
         self.assertIn("day 4", (directory / "chatserver.log.2000_1_4").read_text())
+
+
+class ClassicLineTests(unittest.TestCase):
+    """The log files' fast formatter writes Twisted's classic lines, byte
+    for byte, whatever the event."""
+
+    def test_same_lines_as_twisted(self) -> None:
+        import time
+
+        from twisted.logger import LogLevel, formatEventAsClassicLogText
+        from twisted.python.failure import Failure
+
+        from chatserver.logs import _ClassicLines, _SecondsFormat
+
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            failure = Failure()
+        now = time.time()
+        base = {"log_time": now, "log_namespace": "chatserver.connections", "log_level": LogLevel.info}
+        events = [
+            {"log_format": "connect {peer}", "peer": "127.0.0.1"},
+            {"log_format": "{peer} logged in as {user}", "peer": "::1", "user": "ålice"},
+            {"log_format": "two\nlines {x!r} {n:05d} {{literal}}", "x": "a\nb", "n": 42},
+            {"log_format": "missing {nothing}"},  # Twisted's "Unable to format" text
+            {"log_format": "positional {0}"},
+            {"log_format": "called {f()}", "f": lambda: "yes"},
+            {"log_format": "attribute {e.args[0]}", "e": ValueError("arg")},
+            {"log_format": b"bytes {peer}", "peer": "x"},
+            {"log_format": ""},
+            {"log_format": None},
+            {},
+            {"log_format": "with a traceback", "log_failure": failure},
+            {"log_format": "own system", "log_system": "sys-7"},
+            {"log_format": "system not text", "log_system": 7},
+            {"log_format": "no level", "log_level": None},
+            {"log_format": "no time", "log_time": None},
+        ]
+        for extra in events:
+            event = {**base, **extra}
+            if "log_level" in extra and extra["log_level"] is None:
+                del event["log_level"]
+            expected = formatEventAsClassicLogText(dict(event), formatTime=_SecondsFormat())
+            self.assertEqual(_ClassicLines()(event), expected, extra)
+
+    def test_an_event_for_two_files_is_formatted_once(self) -> None:
+        from chatserver.logs import _ClassicLines
+
+        calls = []
+
+        class Counting(dict):  # type: ignore[type-arg]
+            def get(self, key, default=None):  # type: ignore[no-untyped-def]
+                if key == "log_format":
+                    calls.append(key)
+                return super().get(key, default)
+
+        lines = _ClassicLines()
+        event = Counting(log_format="audit {user}", user="alice", log_time=0.0)
+        first, second = lines(event), lines(event)
+        self.assertEqual(first, second)
+        self.assertEqual(len(calls), 1)
+        self.assertIn("audit alice", lines(Counting(log_format="audit {user}", user="alice", log_time=0.0)))
+        self.assertEqual(len(calls), 2)  # another event: formatted again
