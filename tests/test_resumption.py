@@ -62,6 +62,17 @@ class ChannelResumptionTests(unittest.TestCase):
         self.assertFalse(server.binder_valid(b"b" * 32))
         self.assertRaises(channel.ChannelError, server.resume, b"b" * 32)
 
+    def test_resume_checks_a_binder_not_checked_for_that_psk(self) -> None:
+        identity = crypto.rsa_private_from_pem(Path(__file__).with_name("vector_rsa.pem").read_bytes())
+        for checked_first in (b"a" * 32, None):  # the right PSK checked, or none
+            client = channel.ClientHandshake(ticket=channel.Ticket(b"t", b"a" * 32, 1e12))
+            server = channel.ServerHandshake(identity, crypto.rsa_public_der(identity))
+            server.read_hello(client.hello())
+            if checked_first is not None:
+                self.assertTrue(server.binder_valid(checked_first))
+            # resume() with another PSK than the one found valid is refused.
+            self.assertRaises(channel.ChannelError, server.resume, b"b" * 32)
+
     def test_a_changed_server_resume_fails_the_finished_check(self) -> None:
         def flip(record: bytes) -> bytes:
             return record[:10] + bytes((record[10] ^ 1,)) + record[11:]
