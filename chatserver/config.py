@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 import re
 from pathlib import Path
@@ -165,8 +166,9 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
-            raise ValueError("must be greater than zero")
+        # "not >": nan compares false; inf is no duration or count either.
+        if not value > 0 or value == math.inf:
+            raise ValueError("must be a finite number greater than zero")
         return value
 
     return parse

@@ -500,7 +500,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             raise ChannelError("too many handshakes from your address; try again later", channel.ALERT_BUSY)
         if limits.check("handshakes_prefix", ("prefix", network_prefix(self.peer))):
             factory.metrics.count("handshakes_refused")
-            factory.blocks.refused(self.peer)
+            factory.blocks.refused(self.peer, network=True)
             raise ChannelError("too many handshakes from your network; try again later", channel.ALERT_BUSY)
         self.transport.write(channel.encode_line(handshake.server_hello()))
 
@@ -662,6 +662,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self.send(done.answer)
                 if done.answer["type"] == "welcome":
                     self._release_held()
+                    # In the same turn: the ticket leaves in the welcome's
+                    # record (one seal, one write), not in a record of its own.
+                    self._after_welcome()
                 elif done.answer["type"] == "logged_out":
                     self.factory.reactor.callLater(0, self.close, "logout", "logged out")
         if "unanswered" in self._holds and len(replies) < self.MAX_UNANSWERED:
@@ -798,8 +801,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             # before connect() finished putting us in our rooms.
             self.factory.chat.disconnect(self)
             return None
-        # A resumption ticket and offline direct messages follow the welcome.
-        self.factory.reactor.callLater(0, self._after_welcome)
+        # A resumption ticket and offline direct messages follow the
+        # welcome: _fill sends them right after it (see _after_welcome).
         return {
             "type": "welcome",
             "user": account.name,
@@ -1259,7 +1262,7 @@ class ChatFactory(ServerFactory):
             return "too many connections from your address"
         prefix = network_prefix(peer)
         if self.per_prefix[prefix] >= settings.max_connections_per_prefix:
-            self.blocks.refused(peer)
+            self.blocks.refused(peer, network=True)
             return "too many connections from your network"
         if (
             len(self.connections) - len(self._evicted) >= settings.max_connections

@@ -25,6 +25,7 @@ without privileges, but not raise it again: hence threads of their own.)
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Callable
 
@@ -55,6 +56,8 @@ class _LowerPriority:
     def __call__(self, f: Callable[..., Any], *args: Any) -> Any:
         if not getattr(self._done, "niced", False):
             self._done.niced = True
+            if not sys.platform.startswith("linux"):
+                return f(*args)  # elsewhere PRIO_PROCESS would mean the whole process
             try:
                 tid = threading.get_native_id()
                 lower = min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.increment)

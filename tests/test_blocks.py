@@ -7,6 +7,8 @@ loopback addresses against a real server, with bounded counts.
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
@@ -59,17 +61,51 @@ class BlockRuleTests(unittest.TestCase):
         self.clock.advance(10.1)
         self.assertFalse(self.blocks.blocked("198.51.100.7"))
 
-    def test_a_network_is_blocked_by_many_addresses(self) -> None:
-        for host in range(1, 13):  # 12 addresses of one /24, one refusal each
-            self.blocks.refused(f"198.51.100.{host}")
+    def test_a_network_is_blocked_by_its_own_refusals(self) -> None:
+        for host in range(1, 13):  # 12 addresses of one /24, refused by the network's budget
+            self.blocks.refused(f"198.51.100.{host}", network=True)
         self.assertTrue(self.blocks.blocked("198.51.100.200"))  # never refused itself
         self.assertFalse(self.blocks.blocked("198.51.101.1"))
 
+    def test_one_address_cannot_get_its_neighbours_blocked(self) -> None:
+        for _ in range(100):  # refused for itself, then closed blocked, 100 times a second
+            self.blocks.refused("198.51.100.7")
+            self.blocks.blocked("198.51.100.7")
+        self.assertTrue(self.blocks.blocked("198.51.100.7"))
+        self.assertFalse(self.blocks.blocked("198.51.100.8"))
+
     def test_an_ipv6_host_is_blocked_by_its_64(self) -> None:
         for host in range(1, 13):  # a new address for each try, one /64
-            self.blocks.refused(f"2001:db8:1:2::{host:x}")
+            self.blocks.refused(f"2001:db8:1:2::{host:x}", network=True)
         self.assertTrue(self.blocks.blocked("2001:db8:1:2:ffff::1"))
         self.assertFalse(self.blocks.blocked("2001:db8:1:3::1"))
+
+    def test_a_network_block_is_renewed_by_its_blocked_connections(self) -> None:
+        for host in range(1, 13):
+            self.blocks.refused(f"198.51.100.{host}", network=True)
+        for _ in range(30):  # 30 s of 20 attempts a second from all over the /24
+            self.clock.advance(1)
+            for host in range(20):
+                self.assertTrue(self.blocks.blocked(f"198.51.100.{100 + host}"))
+        self.clock.advance(10.1)
+        self.assertFalse(self.blocks.blocked("198.51.100.100"))
+
+    def test_no_block_outlasts_block_seconds_when_the_clock_goes_back(self) -> None:
+        self.refuse("198.51.100.7", 5)
+        self.clock.rightNow -= 3600  # the wall clock stepped back an hour
+        self.assertTrue(self.blocks.blocked("198.51.100.7"))
+        self.clock.advance(10.1)
+        self.assertFalse(self.blocks.blocked("198.51.100.7"))
+
+    def test_lowering_block_seconds_shortens_the_blocks_in_place(self) -> None:
+        self.refuse("198.51.100.7", 5)
+        self.blocks.configure(5, 12, 2)  # a reload
+        self.clock.advance(2.1)
+        self.assertFalse(self.blocks.blocked("198.51.100.7"))
+
+    def test_peers_without_an_ip_address_are_never_blocked(self) -> None:
+        self.refuse("?", 1000)  # every unix-socket client is "?"
+        self.assertFalse(self.blocks.blocked("?"))
 
     def test_zero_never_blocks(self) -> None:
         self.blocks.configure(0, 0, 10)
@@ -81,8 +117,9 @@ class BlockRuleTests(unittest.TestCase):
         self.blocks.configure(1, 0, 10)
         for n in range(200):
             self.blocks.refused(f"10.{n // 256}.{n % 256}.1")
-        self.assertLessEqual(len(self.blocks._until), 50)
+        self.assertLessEqual(self.blocks.active(), 50)
         self.assertTrue(self.blocks.blocked("10.0.199.1"))  # the newest are kept
+        self.assertFalse(self.blocks.blocked("10.0.0.1"))  # the oldest gave way
 
 
 class BlockedConnectionTests(BudgetTestCase):
@@ -144,3 +181,15 @@ class BlockedConnectionTests(BudgetTestCase):
         answer = await (await self.raw_from(server, "127.0.0.2")).next_record()
         self.assertTrue(is_alert(answer, channel.ALERT_BUSY, "too many refused connections"), answer)
         self.assertEqual(server.factory.metrics.counters["blocked"], 1)
+
+
+class BlockSettingsTests(BudgetTestCase):
+    async def test_a_reload_applies_the_block_settings(self) -> None:
+        server = await self.start(block_after_refusals=0, block_after_refusals_prefix=0)
+        reloaded = dataclasses.replace(
+            server.settings, block_after_refusals=3, block_after_refusals_prefix=7, block_seconds=4.0
+        )
+        server.service._load = lambda: reloaded  # what SIGHUP reads from the file
+        server.service.reload()
+        blocks = server.factory.blocks
+        self.assertEqual((blocks.per_address, blocks.per_network, blocks.seconds), (3, 7, 4.0))

@@ -80,6 +80,8 @@ class SettingsTests(unittest.TestCase):
     def test_bad_values_name_the_setting(self) -> None:
         self.assertConfigError("[server]\nmax_line_length = 10\n", "[server] max_line_length", "between")
         self.assertConfigError("[server]\nhandshake_timeout = -1\n", "handshake_timeout", "greater than zero")
+        for odd in ("nan", "inf", "-inf"):  # float() takes them; no duration is any of them
+            self.assertConfigError(f"[limits]\nblock_seconds = {odd}\n", "block_seconds", "finite")
         self.assertConfigError("[server]\ncrypto_threads = many\n", "crypto_threads", "'many'")
         self.assertConfigError(
             "[accounts]\nallow_registration = maybe\n", "[accounts] allow_registration", "yes, no or invite"

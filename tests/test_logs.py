@@ -168,11 +168,14 @@ class ClassicLineTests(unittest.TestCase):
             {"log_format": "system not text", "log_system": 7},
             {"log_format": "no level", "log_level": None},
             {"log_format": "no time", "log_time": None},
+            {"log_format": "nested {n:{w}} {d[key]} {s!a}", "n": 7, "w": 4, "d": {"key": "v"}, "s": "é"},
+            {"log_format": "no namespace", "log_namespace": None},
         ]
         for extra in events:
             event = {**base, **extra}
-            if "log_level" in extra and extra["log_level"] is None:
-                del event["log_level"]
+            for key in ("log_level", "log_namespace"):
+                if key in extra and extra[key] is None:
+                    del event[key]
             expected = formatEventAsClassicLogText(dict(event), formatTime=_SecondsFormat())
             self.assertEqual(_ClassicLines()(event), expected, extra)
 

@@ -20,6 +20,7 @@ from chatclient.session import ChatSession, ServerError, connect
 from chatserver import channel, crypto, store
 from chatserver.tickets import Tickets
 from tests.support import PASSWORD, RunningServer, add_admin, make_settings, start_server, until
+from tests.test_protocol import ChannelTestCase
 
 # --- the channel alone ----------------------------------------------------------
 
@@ -425,3 +426,18 @@ def _bytes(event: dict[str, Any]) -> bytes:
 
 def _key_id(event: dict[str, Any]) -> int:
     return int.from_bytes(_bytes(event)[:4], "big")
+
+
+class TicketRecordTests(ChannelTestCase):
+    async def test_the_ticket_travels_in_the_welcomes_record(self) -> None:
+        server = await self.start()
+        raw = await self.raw(server.port)
+        await raw.do_handshake()
+        raw.send_sealed(
+            channel.DATA, channel.encode_events([{"type": "register", "user": "alice", "password": PASSWORD}])
+        )
+        events = await raw.next_events()
+        assert events is not None
+        # After the welcome and what was held for it (the default room's
+        # "joined"), in the same record.
+        self.assertEqual([e["type"] for e in events], ["welcome", "joined", "ticket"])
