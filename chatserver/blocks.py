@@ -21,18 +21,15 @@ blocked: they all share one name.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from chatserver.ratelimit import network_prefix
 
 
 def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
+    # network_prefix gives anything that is not an IP address back as it
+    # is, and remembers its answers: no second parse on the refusal path.
+    return network_prefix(address) != address
 
 
 class Blocks:

@@ -16,12 +16,13 @@ and the type byte is the associated data.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import enum
 import json
 import struct
 from json.encoder import c_make_encoder as _c_make_encoder
 from json.encoder import encode_basestring as _encode_basestring
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from chatserver import crypto
 
@@ -711,6 +712,19 @@ class ClientHandshake:
     def _require(self, state: HandshakeState) -> None:
         _require_state(self, state)
 
+    @contextlib.contextmanager
+    def _failing_on_error(self) -> Iterator[None]:
+        """A record that does not parse or check fails the handshake: the
+        ChannelError goes on (a CryptoError becomes one), FAILED stays."""
+        try:
+            yield
+        except crypto.CryptoError as e:
+            self.state = HandshakeState.FAILED
+            raise ChannelError(str(e)) from None
+        except ChannelError:
+            self.state = HandshakeState.FAILED
+            raise
+
     def hello(self) -> bytes:
         """CLIENT_HELLO, or RESUME_HELLO when there is a ticket."""
         self._require(HandshakeState.AWAIT_HELLO)
@@ -729,13 +743,10 @@ class ClientHandshake:
         """The server is under load and wants its cookie back first: the
         COOKIE to echo and the same hello again (once per connection)."""
         self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
-        try:
+        with self._failing_on_error():
             if self._cookie_answered:
                 raise ChannelError("a second cookie", ALERT_DECODE_ERROR)
             cookie = _cookie_echo(record)
-        except ChannelError:
-            self.state = HandshakeState.FAILED
-            raise
         self._cookie_answered = True
         return [cookie_record(cookie), self._hello]
 
@@ -749,7 +760,7 @@ class ClientHandshake:
         RESUME_HELLO at the start of its transcript.
         """
         self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
-        try:
+        with self._failing_on_error():
             reader = _expect(record, SERVER_HELLO)
             version = reader.u16()
             suite = reader.u16()
@@ -760,12 +771,6 @@ class ClientHandshake:
             self._check_choice(version, suite)
             self._server_public = crypto.rsa_public_from_der(der)
             self._shared = crypto.dh(self._eph, share)
-        except crypto.CryptoError as e:
-            self.state = HandshakeState.FAILED
-            raise ChannelError(str(e)) from None
-        except ChannelError:
-            self.state = HandshakeState.FAILED
-            raise
         self._transcript += record
         self.server_key_der = der
         self.server_fingerprint = crypto.fingerprint(der)
@@ -781,7 +786,7 @@ class ClientHandshake:
     def receive_server_resume(self, record: bytes) -> None:
         """The server took the ticket; its FINISHED comes next."""
         self._require(HandshakeState.AWAIT_KEY_EXCHANGE)
-        try:
+        with self._failing_on_error():
             if self._ticket is None:
                 raise ChannelError("SERVER_RESUME without a ticket offered", ALERT_DECODE_ERROR)
             reader = _expect(record, SERVER_RESUME)
@@ -792,12 +797,6 @@ class ClientHandshake:
             reader.end()
             self._check_choice(version, suite)
             shared = crypto.dh(self._eph, share)
-        except crypto.CryptoError as e:
-            self.state = HandshakeState.FAILED
-            raise ChannelError(str(e)) from None
-        except ChannelError:
-            self.state = HandshakeState.FAILED
-            raise
         self._transcript += record
         self._secrets = HandshakeSecrets(
             shared + self._ticket.psk, crypto.sha256(self._transcript), LABEL_RESUMED
@@ -825,13 +824,10 @@ class ClientHandshake:
     def _server_mac(self, record: bytes) -> None:
         """Check the server's FINISHED against the transcript so far."""
         assert self._secrets is not None
-        try:
+        with self._failing_on_error():
             reader = _expect(record, FINISHED)
             mac = reader.take(MAC_SIZE)
             reader.end()
-        except ChannelError:
-            self.state = HandshakeState.FAILED
-            raise
         expected = crypto.hmac_sha256(self._secrets.server_finished_key, crypto.sha256(self._transcript))
         if not crypto.hmac_equal(mac, expected):
             self.state = HandshakeState.FAILED

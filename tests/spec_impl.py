@@ -311,16 +311,36 @@ def parse_key_exchange(record: bytes) -> bytes:
     return ciphertext
 
 
+def _build_32(rtype: int, value: bytes) -> bytes:
+    """A record of a type byte and 32 bytes (FINISHED, COOKIE)."""
+    assert len(value) == 32
+    return bytes((rtype,)) + value
+
+
+def _parse_32(record: bytes, rtype: int) -> bytes:
+    c = _Cursor(record, rtype)
+    value = c.take(32)
+    c.done()
+    return value
+
+
+def _finished(v: dict[str, Any], side: str, key: bytes, transcript_hash: bytes) -> bytes:
+    """``side``'s FINISHED over ``transcript_hash``, its MAC, record and
+    line noted in ``v`` (in the vector's order)."""
+    mac = hmac_sha256(key, transcript_hash)
+    record = build_finished(mac)
+    v[side + "_finished_mac"] = mac
+    v[side + "_finished"] = record
+    v[side + "_finished_line"] = to_line(record)
+    return record
+
+
 def build_finished(mac: bytes) -> bytes:
-    assert len(mac) == 32
-    return bytes((T_FINISHED,)) + mac
+    return _build_32(T_FINISHED, mac)
 
 
 def parse_finished(record: bytes) -> bytes:
-    c = _Cursor(record, T_FINISHED)
-    mac = c.take(32)
-    c.done()
-    return mac
+    return _parse_32(record, T_FINISHED)
 
 
 def _build_offer(versions: list[int], suites: list[int]) -> bytes:
@@ -387,15 +407,11 @@ def parse_server_resume(record: bytes) -> dict[str, Any]:
 
 
 def build_cookie(cookie: bytes) -> bytes:
-    assert len(cookie) == 32
-    return bytes((T_COOKIE,)) + cookie
+    return _build_32(T_COOKIE, cookie)
 
 
 def parse_cookie(record: bytes) -> bytes:
-    c = _Cursor(record, T_COOKIE)
-    cookie = c.take(32)
-    c.done()
-    return cookie
+    return _parse_32(record, T_COOKIE)
 
 
 def build_alert(code: int, text: str) -> bytes:
@@ -627,18 +643,10 @@ def make_vector(inputs: dict[str, str] | None = None, rsa_pem: bytes | None = No
     secrets = handshake_secrets(shared, x["premaster"], th1)
     v.update(secrets)
 
-    cf_mac = hmac_sha256(secrets["client_finished_key"], th1)
-    cf = build_finished(cf_mac)
-    v["client_finished_mac"] = cf_mac
-    v["client_finished"] = cf
-    v["client_finished_line"] = to_line(cf)
+    cf = _finished(v, "client", secrets["client_finished_key"], th1)
     th2 = sha256(ch + sh + kex + cf)
     v["transcript_hash_client_finished"] = th2
-    sf_mac = hmac_sha256(secrets["server_finished_key"], th2)
-    sf = build_finished(sf_mac)
-    v["server_finished_mac"] = sf_mac
-    v["server_finished"] = sf
-    v["server_finished_line"] = to_line(sf)
+    _finished(v, "server", secrets["server_finished_key"], th2)
 
     for side in ("client", "server"):
         v[side + "_key"] = traffic_key(secrets[side + "_secret"])
@@ -741,18 +749,10 @@ def make_resumption_vector(
     secrets = resumed_secrets(shared, psk, th1)
     v.update(secrets)
 
-    sf_mac = hmac_sha256(secrets["server_finished_key"], th1)
-    sf = build_finished(sf_mac)
-    v["server_finished_mac"] = sf_mac
-    v["server_finished"] = sf
-    v["server_finished_line"] = to_line(sf)
+    sf = _finished(v, "server", secrets["server_finished_key"], th1)
     th2 = sha256(rh + sr + sf)
     v["transcript_hash_server_finished"] = th2
-    cf_mac = hmac_sha256(secrets["client_finished_key"], th2)
-    cf = build_finished(cf_mac)
-    v["client_finished_mac"] = cf_mac
-    v["client_finished"] = cf
-    v["client_finished_line"] = to_line(cf)
+    _finished(v, "client", secrets["client_finished_key"], th2)
 
     for side in ("client", "server"):
         v[side + "_key"] = traffic_key(secrets[side + "_secret"])

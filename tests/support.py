@@ -10,6 +10,7 @@ dominate the suite's run time.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,12 @@ __all__ = [
     "start_server",
 ]
 _unused = endpoints
+
+
+def assert_spec_says(testcase: Any, *fragments: str) -> None:
+    """Each fragment stands in docs/protocol.rst, whatever the line breaks
+    and indentation."""
+    flat = re.sub(r"\s+", " ", (ROOT / "docs" / "protocol.rst").read_text(encoding="utf-8"))
+    for fragment in fragments:
+        wanted = re.sub(r"\s+", " ", fragment)
+        testcase.assertTrue(wanted in flat, f"docs/protocol.rst does not say: {wanted}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,10 +24,9 @@ from chatserver import channel, tap
 from chatserver.channel import PeerClosed
 from chatserver.config import ConfigError, Settings, load_settings
 from chatserver.protocol import ChatFactory
-from tests.support import ROOT, RunningServer, logged_in, until
+from tests.support import RunningServer, assert_spec_says, logged_in, until
 from tests.test_protocol import ChannelTestCase, RawClient, b64, is_drop, record_of
 
-SPEC = (ROOT / "docs" / "protocol.rst").read_text(encoding="utf-8")
 EVICTED = "server full: slot given to a newer connection"
 
 
@@ -419,10 +417,7 @@ class SettingsTests(unittest.TestCase):
 
 class SpecTextTests(unittest.TestCase):
     def says(self, *fragments: str) -> None:
-        flat = re.sub(r"\s+", " ", SPEC)
-        for fragment in fragments:
-            wanted = re.sub(r"\s+", " ", fragment)
-            self.assertTrue(wanted in flat, f"docs/protocol.rst does not say: {wanted}")
+        assert_spec_says(self, *fragments)
 
     def test_the_slot_rules_are_specified(self) -> None:
         self.says(

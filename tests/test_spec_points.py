@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from chatserver import channel
 from tests.fuzzing import _section
-from tests.support import PASSWORD, ROOT
+from tests.support import PASSWORD, ROOT, assert_spec_says
 from tests.test_protocol import ChannelTestCase, RawClient, record_of
 
 SPEC = (ROOT / "docs" / "protocol.rst").read_text(encoding="utf-8")
@@ -148,10 +148,7 @@ class SpecTextTests(unittest.TestCase):
     """The rules above are written in docs/protocol.rst."""
 
     def says(self, *fragments: str) -> None:
-        flat = re.sub(r"\s+", " ", SPEC)
-        for fragment in fragments:
-            wanted = re.sub(r"\s+", " ", fragment)
-            self.assertTrue(wanted in flat, f"docs/protocol.rst does not say: {wanted}")
+        assert_spec_says(self, *fragments)
 
     def test_alert_text_limit_is_in_bytes_and_receivers_cap_it(self) -> None:
         self.says("at most 200 bytes", "A receiver reads at most the first 200 bytes of the text")

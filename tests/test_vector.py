@@ -105,6 +105,19 @@ def differences(computed: dict[str, str], documented: dict[str, str]) -> list[st
     return names
 
 
+def vector_server(case: Any, **extra: Any) -> channel.ServerHandshake:
+    """The server of ``case``'s vector: its RSA key, X25519 private key
+    and random."""
+    identity = crypto.rsa_private_from_pem(case.pem)
+    return channel.ServerHandshake(
+        identity,
+        crypto.rsa_public_der(identity),
+        ephemeral=case.b("server_x25519_private"),
+        random=case.b("server_random"),
+        **extra,
+    )
+
+
 class _VectorTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.v, self.pem, self.fingerprint = parse_spec(SPEC.read_text("utf-8"))
@@ -256,13 +269,7 @@ class RealChannelTests(_VectorTestCase):
         secrets = channel.HandshakeSecrets(
             self.b("shared_secret") + self.b("premaster"), self.b("transcript_hash_kex")
         )
-        for name in (
-            "client_secret",
-            "server_secret",
-            "client_finished_key",
-            "server_finished_key",
-            "resumption_secret",
-        ):
+        for name in channel.HandshakeSecrets.__slots__:  # every secret, each in the vector
             self.assertEqual(getattr(secrets, name), self.b(name), name)
         for side in ("client", "server"):
             secret = self.b(side + "_secret")
@@ -276,8 +283,7 @@ class RealChannelTests(_VectorTestCase):
 
     def _handshake(self) -> tuple[channel.SecureChannel, channel.SecureChannel]:
         identity = crypto.rsa_private_from_pem(self.pem)
-        identity_der = crypto.rsa_public_der(identity)
-        self.assertEqual(identity_der, self.b("server_spki"))
+        self.assertEqual(crypto.rsa_public_der(identity), self.b("server_spki"))
         client = channel.ClientHandshake(
             ephemeral=self.b("client_x25519_private"),
             random=self.b("client_random"),
@@ -286,14 +292,7 @@ class RealChannelTests(_VectorTestCase):
             # The vector's client updates its key after one record.
             rekey_after=1,
         )
-        server = channel.ServerHandshake(
-            identity,
-            identity_der,
-            ephemeral=self.b("server_x25519_private"),
-            random=self.b("server_random"),
-            # ... and the server after one record too.
-            rekey_after=1,
-        )
+        server = vector_server(self, rekey_after=1)  # ... and the server after one record too
 
         hello = client.hello()
         self.assertEqual(channel.encode_line(hello), self.wire("client_hello"))
@@ -354,13 +353,7 @@ class RealChannelTests(_VectorTestCase):
         self.assertRaises(channel.ChannelError, server.open, base64.b64encode(bytes(record)))
 
     def test_tampered_finished_is_refused(self) -> None:
-        identity = crypto.rsa_private_from_pem(self.pem)
-        server = channel.ServerHandshake(
-            identity,
-            crypto.rsa_public_der(identity),
-            ephemeral=self.b("server_x25519_private"),
-            random=self.b("server_random"),
-        )
+        server = vector_server(self)
         server.receive_client_hello(self.record("client_hello"))
         server.receive_key_exchange(self.record("key_exchange"))
         server.derive()
@@ -517,13 +510,7 @@ class ResumptionRealChannelTests(_ResumptionTestCase):
         secrets = channel.HandshakeSecrets(
             self.b("shared_secret") + psk, self.b("transcript_hash_server_resume"), channel.LABEL_RESUMED
         )
-        for name in (
-            "client_secret",
-            "server_secret",
-            "client_finished_key",
-            "server_finished_key",
-            "resumption_secret",
-        ):
+        for name in channel.HandshakeSecrets.__slots__:  # every secret, each in the vector
             self.assertEqual(getattr(secrets, name), self.b(name), name)
 
     def test_ticket_from_the_notice(self) -> None:
@@ -538,18 +525,12 @@ class ResumptionRealChannelTests(_ResumptionTestCase):
         self.assertEqual(ticket.expires_at, 1000.0 + 604800)
 
     def _handshake(self) -> tuple[channel.SecureChannel, channel.SecureChannel]:
-        identity = crypto.rsa_private_from_pem(self.pem)
         client = channel.ClientHandshake(
             ephemeral=self.b("client_x25519_private"),
             random=self.b("client_random"),
             ticket=channel.Ticket(self.b("ticket"), self.b("psk"), 1e12),
         )
-        server = channel.ServerHandshake(
-            identity,
-            crypto.rsa_public_der(identity),
-            ephemeral=self.b("server_x25519_private"),
-            random=self.b("server_random"),
-        )
+        server = vector_server(self)
         hello = client.hello()
         self.assertEqual(channel.encode_line(hello), self.wire("resume_hello"))
         read = server.read_hello(channel.decode_line(self.wire("resume_hello").rstrip(b"\n")))
@@ -582,13 +563,7 @@ class ResumptionRealChannelTests(_ResumptionTestCase):
         self.assertEqual(client.open(wire.rstrip(b"\n")), spec_impl.WELCOME_EVENTS)
 
     def test_tampered_client_finished_is_refused(self) -> None:
-        identity = crypto.rsa_private_from_pem(self.pem)
-        server = channel.ServerHandshake(
-            identity,
-            crypto.rsa_public_der(identity),
-            ephemeral=self.b("server_x25519_private"),
-            random=self.b("server_random"),
-        )
+        server = vector_server(self)
         server.read_hello(self.b("resume_hello"))
         server.resume(self.b("psk"))
         finished = bytearray(self.b("client_finished"))
