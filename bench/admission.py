@@ -145,6 +145,11 @@ async def run_window(
 ) -> dict[str, Any]:
     """``--flood-duration`` seconds of paced real logins; then waits for
     the last of them."""
+    # The counters first: reading them blocks this process (an HTTP
+    # request to a busy server), which must not delay a measured login.
+    counters0 = server.counters()
+    overflows0 = listen_overflows()
+    meter.start()
     pacers = []
     for kind, rate in (("resumed", args.flood_resumed_rate), ("full", args.flood_full_rate)):
         if rate > 0:
@@ -152,9 +157,6 @@ async def run_window(
             call.clock = reactor
             pacers.append(call)
             call.start(1.0 / rate, now=True)
-    counters0 = server.counters()
-    overflows0 = listen_overflows()
-    meter.start()
     await sleep(reactor, args.flood_duration)
     for call in pacers:
         call.stop()

@@ -31,6 +31,7 @@ from chatserver.chat import ANSWER_OVERHEAD, LIST_PAGE_MAX, ChatError, ChatServi
 from chatserver.config import Settings
 from chatserver.cookies import Cookies
 from chatserver.identity import Identity
+from chatserver.lowpriority import LowPriority
 from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.ratelimit import network_prefix
@@ -119,6 +120,10 @@ class _OutputPressure:
 
     def stopProducing(self) -> None:
         pass
+
+
+#: The ALERT busy of a blocked connection, where it cannot be closed unread.
+BLOCKED_TEXT = "too many refused connections from your address or network; try again later"
 
 
 class ChatProtocol(LineReceiver, TimeoutMixin):
@@ -403,6 +408,17 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         handshake = self.handshake
         if handshake is None:
             return  # already failed; the connection is closing
+        factory = self.factory
+        if factory.blocks.blocked(self.peer):
+            # Blocked since it connected: a flood opens hundreds of
+            # connections at once, before its first refusals, and the
+            # block at accept stops only the ones after.
+            factory.metrics.count("blocked")
+            if factory.close_blocked_at_accept:
+                self._end("blocked", abort=True)
+            else:
+                self._drop(BLOCKED_TEXT, channel.ALERT_BUSY)
+            return
         record = channel.decode_line(line)
         state = handshake.state
         if state is HandshakeState.AWAIT_HELLO:
@@ -411,7 +427,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 return
             hello = handshake.read_hello(record)
             if hello.ticket is None or not self._try_ticket(handshake, hello):
-                self._full_hello(handshake)
+                self._queue_full_hello(handshake)
         elif state is HandshakeState.AWAIT_KEY_EXCHANGE:
             handshake.receive_key_exchange(record)
             try:
@@ -462,7 +478,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self.transport.write(b"".join(channel.encode_line(r) for r in handshake.resume(psk)))
             else:
                 # Replayed, or its session ended: a full handshake.
-                self._full_hello(handshake)
+                self._queue_full_hello(handshake)
         except ChannelError as e:
             self._drop(e.reason, e.alert)
             return
@@ -475,6 +491,23 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if not failure.check(DatabaseLost, StoreClosed):
             log.failure("redeeming a ticket failed for {peer}", failure, peer=self.peer)
         self._redeemed(None, handshake, b"", "")
+
+    def _queue_full_hello(self, handshake: channel.ServerHandshake) -> None:
+        """Answer the hello with a full handshake, after the event loop's
+        other work of this turn (see lowpriority.py); nothing more is read
+        from this connection until then."""
+        self._hold("full_hello")
+        self.factory.full_hellos.add(lambda: self._serve_full_hello(handshake))
+
+    def _serve_full_hello(self, handshake: channel.ServerHandshake) -> None:
+        if self.ending or self.handshake is not handshake:
+            return
+        try:
+            self._full_hello(handshake)
+        except ChannelError as e:
+            self._drop(e.reason, e.alert)
+            return
+        self._release("full_hello")
 
     def _full_hello(self, handshake: channel.ServerHandshake) -> None:
         """Answer the hello with a full handshake's SERVER_HELLO, which
@@ -492,6 +525,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             )
             handshake.retry_with_cookie()
             factory.metrics.count("cookies")
+            factory.blocks.refused(self.peer)
             return
         limits = factory.rate_limits
         if limits.check("handshakes", ("address", self.peer)):
@@ -1040,6 +1074,11 @@ class ChatFactory(ServerFactory):
     #: (connects, refusals, failed handshakes, their disconnects).
     LOG_LINES_RATE = 1.0
     LOG_LINES_BURST = 30
+    #: Time per turn of the event loop for answering full handshakes'
+    #: hellos while there are more (a SERVER_HELLO costs about 0.1 ms):
+    #: the longest a resumption or a logged-in client's record waits
+    #: behind them in one turn.
+    FULL_HELLO_SECONDS_PER_TURN = 0.003
 
     def __init__(
         self,
@@ -1067,6 +1106,8 @@ class ChatFactory(ServerFactory):
         self.rekey_after = rekey_after
         self.tickets = tickets
         self.cookies = Cookies(clock, settings.cookie_threshold)
+        #: Full handshakes' hellos wait here for their answer.
+        self.full_hellos = LowPriority(reactor, self.FULL_HELLO_SECONDS_PER_TURN)
         self.blocks = Blocks(
             clock, settings.block_after_refusals, settings.block_after_refusals_prefix, settings.block_seconds
         )
@@ -1120,6 +1161,7 @@ class ChatFactory(ServerFactory):
     def stopFactory(self) -> None:
         if self._sweep.running:
             self._sweep.stop()
+        self.full_hellos.stop()
 
     def shed_input(self) -> None:
         """Over the input budget: drop the connections that hold the most
@@ -1256,7 +1298,7 @@ class ChatFactory(ServerFactory):
         peer = protocol.peer
         if not self.close_blocked_at_accept and self.blocks.blocked(peer):
             self.metrics.count("blocked")
-            return "too many refused connections from your address or network; try again later"
+            return BLOCKED_TEXT
         if self.per_address[peer] >= settings.max_connections_per_address:
             self.blocks.refused(peer)
             return "too many connections from your address"

@@ -1571,6 +1571,8 @@ class DeadlineTests(ChannelTestCase):
         protocol, transport = self._string_connection(server)
         hs = channel.ClientHandshake()
         protocol.dataReceived(channel.encode_line(hs.hello()))
+        # A full hello is answered on a later turn of the (real) reactor.
+        await until(lambda: transport.value() != b"", "the server answered the hello")
         server_hello = channel.decode_line(transport.value().rstrip(b"\n"))
         transport.clear()
         hs.receive_server_hello(server_hello)
