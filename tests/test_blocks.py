@@ -195,6 +195,50 @@ class BlockedConnectionTests(BudgetTestCase):
         self.assertTrue(is_alert(answer, channel.ALERT_BUSY, "too many refused connections"), answer)
         self.assertEqual(server.factory.metrics.counters["blocked"], 1)
 
+    async def test_cookies_count_as_refusals(self) -> None:
+        # A flooder that answers every cookie is never refused by a budget
+        # while it has one; the cookies it costs the server count instead.
+        server = await self.start(cookie_threshold=0, block_after_refusals=3, block_after_refusals_prefix=0)
+        for _ in range(3):
+            answer = await self.hello_answer(server, "127.0.0.2")
+            self.assertEqual(answer[0], channel.COOKIE)
+        raw = await self.raw_from(server, "127.0.0.2")
+        raw.send_record(channel.ClientHandshake().hello())
+        await raw.when_lost()
+        self.assertEqual(raw.lines, [])
+        self.assertEqual(server.factory.metrics.counters["blocked"], 1)
+        self.assertEqual((await self.hello_answer(server, "127.0.0.3"))[0], channel.COOKIE)
+
+    async def test_a_connection_opened_before_its_block_is_closed_at_its_next_line(self) -> None:
+        server = await self.start(
+            handshakes_rate=SLOW, handshakes_burst=1, block_after_refusals=3, block_after_refusals_prefix=0
+        )
+        early = await self.raw_from(server, "127.0.0.2")  # connected, silent
+        other = await self.raw_from(server, "127.0.0.3")
+        self.assertEqual((await self.hello_answer(server, "127.0.0.2"))[0], channel.SERVER_HELLO)
+        for _ in range(3):  # the address's budget is spent: refused, then blocked
+            answer = await self.hello_answer(server, "127.0.0.2")
+            self.assertTrue(is_alert(answer, channel.ALERT_BUSY, "from your address"), answer)
+        early.send_record(channel.ClientHandshake().hello())
+        await early.when_lost()
+        self.assertEqual(early.lines, [], "closed unread and unanswered")
+        self.assertEqual(server.factory.metrics.counters["blocked"], 1)
+        other.send_record(channel.ClientHandshake().hello())
+        self.assertEqual((await other.next_record())[0], channel.SERVER_HELLO)
+
+    async def test_behind_a_wrapping_listener_an_early_connection_gets_busy_at_its_next_line(self) -> None:
+        server = await self.start(
+            handshakes_rate=SLOW, handshakes_burst=1, block_after_refusals=2, block_after_refusals_prefix=0
+        )
+        server.factory.close_blocked_at_accept = False
+        early = await self.raw_from(server, "127.0.0.2")
+        await self.hello_answer(server, "127.0.0.2")
+        for _ in range(2):
+            await self.hello_answer(server, "127.0.0.2")
+        early.send_record(channel.ClientHandshake().hello())
+        answer = await early.next_record()
+        self.assertTrue(is_alert(answer, channel.ALERT_BUSY, "too many refused connections"), answer)
+
 
 class BlockSettingsTests(BudgetTestCase):
     async def test_a_reload_applies_the_block_settings(self) -> None:

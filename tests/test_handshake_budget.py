@@ -25,6 +25,8 @@ from tests.test_resumption import connection, logged_in_with_ticket
 
 #: Buckets that hardly refill while a test runs.
 SLOW = 0.001
+#: Hellos of a burst (a few hundred open sockets at most).
+FLOOD_HELLOS = 200
 
 
 class BudgetTestCase(ChannelTestCase):
@@ -80,6 +82,25 @@ class HandshakeBudgetTests(BudgetTestCase):
             await conn.session.request({"type": "login", "user": "alice", "token": token})
             await until(lambda conn=conn: conn.tickets)
             ticket = conn.tickets[0]
+
+    async def test_a_resumption_is_answered_ahead_of_waiting_full_hellos(self) -> None:
+        # A flood's burst of hellos must not make a returning client wait
+        # for all of them: full hellos are answered a turn's budget at a
+        # time (here one per turn), resumptions as they are read.
+        server = await self.start()
+        first, _ = await logged_in_with_ticket(self, server, "alice")
+        server.factory.full_hellos.seconds_per_turn = 0.0
+        flood = [await self.raw_from(server, f"127.0.0.{2 + n % 40}") for n in range(FLOOD_HELLOS)]
+        for raw in flood:
+            raw.send_record(channel.ClientHandshake().hello())
+        resumed = await connection(self, server, first.tickets[0])
+        self.assertTrue(resumed.resumed)
+        answered = sum(1 for raw in flood if raw.lines)
+        self.assertLess(answered, FLOOD_HELLOS // 2, "the resumption waited behind the full hellos")
+        # ... and every one of them is answered in the end.
+        await until(lambda: all(raw.lines for raw in flood), timeout=20)
+        kinds = {channel.decode_line(raw.lines[0])[0] for raw in flood}
+        self.assertEqual(kinds, {channel.SERVER_HELLO})
 
 
 class CookieTests(BudgetTestCase):
