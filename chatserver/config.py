@@ -35,7 +35,8 @@ class Settings:
     max_line_length: int = 65536
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
-    crypto_threads: int = 2
+    #: Threads per kind of crypto work; 0: one per CPU this process may use.
+    crypto_threads: int = 0
     max_pending_crypto: int = 256
     max_connections: int = 10000
     max_connections_per_address: int = 64
@@ -291,7 +292,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("server", "max_line_length", "max_line_length", _ranged(int, 1024, 16 * 1024 * 1024)),
     ("server", "handshake_timeout", "handshake_timeout", _positive(float)),
     ("server", "idle_timeout", "idle_timeout", _positive(float)),
-    ("server", "crypto_threads", "crypto_threads", _ranged(int, 1, 64)),
+    ("server", "crypto_threads", "crypto_threads", _ranged(int, 0, 64)),
     ("server", "max_pending_crypto", "max_pending_crypto", _positive(int)),
     ("server", "max_connections", "max_connections", _positive(int)),
     ("server", "max_connections_per_address", "max_connections_per_address", _positive(int)),

@@ -28,7 +28,7 @@ from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
 from chatserver.store import Store, UnusableDatabase, had_database
 from chatserver.tickets import Tickets
-from chatserver.workers import CryptoPool
+from chatserver.workers import CryptoPool, threads_per_kind
 
 log = Logger(namespace="chatserver.tap")
 
@@ -373,7 +373,7 @@ def makeService(
     except UnusableDatabase as e:
         raise SystemExit(f"chatserver: {e}") from None
     store.setServiceParent(top)
-    pool = CryptoPool(reactor, settings.crypto_threads, settings.max_pending_crypto)
+    pool = CryptoPool(reactor, threads_per_kind(settings.crypto_threads), settings.max_pending_crypto)
     pool.setServiceParent(top)
     metrics = Metrics(reactor)
     chat = ChatService(

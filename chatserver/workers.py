@@ -41,6 +41,18 @@ KINDS = ("login", "handshake")
 HANDSHAKE_NICE = 10
 
 
+def threads_per_kind(setting: int) -> int:
+    """``[server] crypto_threads``: the number given, or for 0 the number
+    of CPUs this process may run on (its affinity mask, which a container
+    or systemd's CPUAffinity= may make smaller than the machine)."""
+    if setting > 0:
+        return setting
+    try:
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not Linux
+        return max(1, min(64, os.cpu_count() or 1))
+
+
 class Busy(Exception):
     """Too many jobs of that kind are queued already."""
 

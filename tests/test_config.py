@@ -83,6 +83,7 @@ class SettingsTests(unittest.TestCase):
         for odd in ("nan", "inf", "-inf"):  # float() takes them; no duration is any of them
             self.assertConfigError(f"[limits]\nblock_seconds = {odd}\n", "block_seconds", "finite")
         self.assertConfigError("[server]\ncrypto_threads = many\n", "crypto_threads", "'many'")
+        self.assertConfigError("[server]\ncrypto_threads = -1\n", "crypto_threads", "between 0 and 64")
         self.assertConfigError(
             "[accounts]\nallow_registration = maybe\n", "[accounts] allow_registration", "yes, no or invite"
         )

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from chatserver.workers import HANDSHAKE_NICE, Busy, CryptoPool
+from chatserver.workers import HANDSHAKE_NICE, Busy, CryptoPool, threads_per_kind
 from tests.support import until
 
 
@@ -108,3 +108,19 @@ class CryptoPoolTests(unittest.TestCase):
         await self.assertFailure(pool.run(fails), ValueError)
         self.assertEqual(pool.pending, 0)
         self.assertEqual(await pool.run(lambda: 7), 7)
+
+
+class ThreadsPerKindTests(unittest.TestCase):
+    def test_a_number_is_taken_as_it_is(self) -> None:
+        self.assertEqual(threads_per_kind(3), 3)
+
+    def test_zero_is_one_per_cpu_this_process_may_use(self) -> None:
+        if not hasattr(os, "sched_getaffinity"):
+            raise unittest.SkipTest("CPU affinity is a Linux feature")
+        self.assertEqual(threads_per_kind(0), len(os.sched_getaffinity(0)))
+        mask = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(mask)})  # as taskset, systemd's CPUAffinity= or a container would
+        try:
+            self.assertEqual(threads_per_kind(0), 1)
+        finally:
+            os.sched_setaffinity(0, mask)
