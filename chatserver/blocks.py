@@ -11,6 +11,10 @@ off after the first); the block lasts ``seconds`` after the last of them,
 and connections closed while blocked count as refusals too, so a flood
 stays blocked for as long as it goes on and no longer.
 
+A COOKIE sent instead of a SERVER_HELLO (under load) counts as a refusal
+of the address: a flooder that echoes every cookie is never refused by a
+budget it still has, but costs the server a hello's work each time.
+
 Networks are /24 (IPv4) and /64 (IPv6), as for the other limits: one IPv6
 host holds a whole /64 of addresses.  Only refusals of the network (its
 handshake budget, its connection limit) count towards a network's block,

@@ -431,7 +431,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         elif state is HandshakeState.AWAIT_KEY_EXCHANGE:
             handshake.receive_key_exchange(record)
             try:
-                d = self.factory.pool.run(handshake.derive)
+                d = self.factory.pool.run(handshake.derive, key=network_prefix(self.peer))
             except Busy:
                 raise ChannelError("server busy", channel.ALERT_BUSY) from None
             # Hold further lines (the client's FINISHED is likely already

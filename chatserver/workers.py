@@ -20,10 +20,18 @@ already connected, and resumed logins, which need no RSA) comes first, and
 unauthenticated RSA gets what is left, about a tenth of a contended core.
 On an idle core nothing changes.  (A thread can lower its own priority
 without privileges, but not raise it again: hence threads of their own.)
+
+Within a kind, jobs wait in one queue per ``key`` (for handshakes, the
+client's network: its /24 or /64) and the threads take them in turn from
+each key that has any, not in arrival order, and one key may hold at
+most a quarter of the kind's places.  A flood from one network that has
+queued a hundred decryptions makes a new client from another network
+wait for one of them, not for all; from 49 networks, for one of each.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -82,6 +90,9 @@ class _LowerPriority:
 class CryptoPool(Service):
     name = "crypto-pool"
 
+    #: The share of a kind's places that one key may hold.
+    KEY_SHARE = 4
+
     def __init__(self, reactor: Any, threads_: int, max_pending: int | dict[str, int]) -> None:
         """``threads_`` threads per kind; ``max_pending``: the bound of
         every queue, or one per kind."""
@@ -98,6 +109,13 @@ class CryptoPool(Service):
         self.max_pending = {kind: limits[kind] for kind in KINDS}
         #: Jobs queued or running, per kind.
         self.pending_by_kind = dict.fromkeys(KINDS, 0)
+        #: Per kind, jobs queued or running per key.
+        self._pending_by_key: dict[str, collections.Counter[Any]] = {k: collections.Counter() for k in KINDS}
+        #: Per kind, the waiting jobs of each key, in the order the keys
+        #: are to be served (a key goes to the end once served).
+        self._waiting: dict[str, dict[Any, collections.deque[tuple[Any, ...]]]] = {k: {} for k in KINDS}
+        #: Jobs handed to the threads, per kind (at most ``threads`` + 1).
+        self._running = dict.fromkeys(KINDS, 0)
 
     @property
     def pending(self) -> int:
@@ -111,23 +129,58 @@ class CryptoPool(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        for waiting in self._waiting.values():
+            waiting.clear()  # never started: their connections are closing
         for pool in self._pools.values():
             pool.stop()
 
-    def run(self, f: Callable[..., Any], *args: Any, kind: str = "handshake") -> Deferred[Any]:
-        """Run ``f(*args)`` on a thread of ``kind``; raises :class:`Busy`
-        when the queue of ``kind`` is full."""
+    def run(
+        self, f: Callable[..., Any], *args: Any, kind: str = "handshake", key: Any = None
+    ) -> Deferred[Any]:
+        """Run ``f(*args)`` on a thread of ``kind``, in turn with the jobs
+        of other ``key``s; raises :class:`Busy` when the queue of
+        ``kind``, or ``key``'s share of it, is full."""
         if self.pending_by_kind[kind] >= self.max_pending[kind]:
             raise Busy()
+        by_key = self._pending_by_key[kind]
+        if key is not None and by_key[key] >= max(1, self.max_pending[kind] // self.KEY_SHARE):
+            raise Busy()
         self.pending_by_kind[kind] += 1
-        wrap = self._wrap[kind]
-        if wrap is None:
-            job = threads.deferToThreadPool(self._reactor, self._pools[kind], f, *args)
-        else:
-            job = threads.deferToThreadPool(self._reactor, self._pools[kind], wrap, f, *args)
+        by_key[key] += 1
+        result: Deferred[Any] = Deferred()
+        waiting = self._waiting[kind]
+        queue = waiting.get(key)
+        if queue is None:
+            queue = waiting[key] = collections.deque()
+        queue.append((f, args, result))
+        self._start_next(kind)
+        return result
 
-        def done(result: Any) -> Any:
-            self.pending_by_kind[kind] -= 1
-            return result
+    def _start_next(self, kind: str) -> None:
+        waiting = self._waiting[kind]
+        # One job more than there are threads is handed over, so that a
+        # thread that finishes finds its next job at once instead of
+        # waiting for the (busy) reactor to hand it one.
+        while waiting and self._running[kind] <= self.threads:
+            key = next(iter(waiting))
+            queue = waiting.pop(key)
+            f, args, result = queue.popleft()
+            if queue:
+                waiting[key] = queue  # to the end: the other keys go first
+            self._running[kind] += 1
+            wrap = self._wrap[kind]
+            if wrap is None:
+                job = threads.deferToThreadPool(self._reactor, self._pools[kind], f, *args)
+            else:
+                job = threads.deferToThreadPool(self._reactor, self._pools[kind], wrap, f, *args)
+            job.addBoth(self._finished, kind, key).chainDeferred(result)
 
-        return job.addBoth(done)
+    def _finished(self, outcome: Any, kind: str, key: Any) -> Any:
+        self._running[kind] -= 1
+        self.pending_by_kind[kind] -= 1
+        by_key = self._pending_by_key[kind]
+        by_key[key] -= 1
+        if not by_key[key]:
+            del by_key[key]
+        self._start_next(kind)
+        return outcome

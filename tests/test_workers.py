@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.trial import unittest
 
 from chatserver.workers import HANDSHAKE_NICE, Busy, CryptoPool, threads_per_kind
@@ -108,6 +109,35 @@ class CryptoPoolTests(unittest.TestCase):
         await self.assertFailure(pool.run(fails), ValueError)
         self.assertEqual(pool.pending, 0)
         self.assertEqual(await pool.run(lambda: 7), 7)
+
+    async def test_a_network_with_a_backlog_waits_its_turn(self) -> None:
+        pool = self.pool(threads=1, max_pending=100)
+        done: list[str] = []
+        gate = Gate()
+        self.addCleanup(gate.release_all)
+        first = pool.run(gate.job("first"), key="198.51.100.0/24")
+        flood = [pool.run(lambda n=n: done.append(f"flood {n}"), key="198.51.100.0/24") for n in range(10)]
+        newcomer = pool.run(lambda: done.append("newcomer"), key="203.0.113.0/24")
+        await until(lambda: gate.started == ["first"])
+        gate.release("first")
+        await gatherResults([first, newcomer, *flood])
+        # In arrival order it would be last (11th); in turn, it comes after
+        # the one job already handed to the thread and one more at most.
+        self.assertLessEqual(done.index("newcomer"), 2, done)
+        self.assertEqual([d for d in done if d != "newcomer"], [f"flood {n}" for n in range(10)])
+        self.assertEqual(pool.pending, 0)
+
+    async def test_one_network_holds_at_most_a_quarter_of_the_places(self) -> None:
+        pool = self.pool(threads=1, max_pending=8)
+        gate = Gate()
+        self.addCleanup(gate.release_all)
+        held = [pool.run(gate.job(f"a{n}"), key="198.51.100.0/24") for n in range(2)]
+        with self.assertRaises(Busy):
+            pool.run(gate.job("a2"), key="198.51.100.0/24")
+        other = pool.run(gate.job("b0"), key="203.0.113.0/24")  # another network still gets in
+        gate.release_all()
+        self.assertEqual(await gatherResults([*held, other]), ["a0", "a1", "b0"])
+        self.assertEqual(await pool.run(lambda: "a3", key="198.51.100.0/24"), "a3")  # its places came back
 
 
 class ThreadsPerKindTests(unittest.TestCase):
