@@ -43,7 +43,8 @@ class LowPriority:
             self._call = self._reactor.callLater(0, self._serve)
 
     def _serve(self) -> None:
-        self._call = None
+        # _call stays set while serving: an item that adds work must not
+        # schedule a second serving in this turn.
         queue = self._queue
         # The wall clock of this process, not the server's (possibly fake)
         # clock: the budget is of real time spent in this turn.
@@ -56,8 +57,7 @@ class LowPriority:
                 log.failure("low-priority work failed")
             if time.perf_counter() >= deadline:
                 break
-        if queue:
-            self._call = self._reactor.callLater(0, self._serve)
+        self._call = self._reactor.callLater(0, self._serve) if queue else None
 
     def stop(self) -> None:
         """Forget what is queued (the server is stopping)."""

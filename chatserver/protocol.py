@@ -154,6 +154,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         "_max_plaintext",
         "_token",
         "_resumed_as",
+        "_deriving",
         "_replies",
         "_strikes",
         "_inbox",
@@ -194,6 +195,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         #: (token hash, account record, when) read when the connection
         #: resumed: its first token login needs no second database trip.
         self._resumed_as: tuple[str, Any, float] | None = None
+        self._deriving: Deferred[Any] | None = None
         # Lists, not deques: they stay short (at most MAX_UNANSWERED slots,
         # abuse_strikes strikes, one record's requests), and an empty deque
         # costs 600 bytes against a list's 56, times every idle connection.
@@ -258,6 +260,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         for call in (self._slow_check, self._turn_call, self._resume_call, self._line_timer):
             if call is not None and call.active():
                 call.cancel()
+        deriving, self._deriving = self._deriving, None
+        if deriving is not None and not deriving.called:
+            deriving.cancel()  # a decryption nobody will use: withdrawn if it has not started
         if self._held_input:
             self.factory.held_input -= self._held_input
             self._held_input = 0
@@ -408,16 +413,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         handshake = self.handshake
         if handshake is None:
             return  # already failed; the connection is closing
-        factory = self.factory
-        if factory.blocks.blocked(self.peer):
-            # Blocked since it connected: a flood opens hundreds of
-            # connections at once, before its first refusals, and the
-            # block at accept stops only the ones after.
-            factory.metrics.count("blocked")
-            if factory.close_blocked_at_accept:
-                self._end("blocked", abort=True)
-            else:
-                self._drop(BLOCKED_TEXT, channel.ALERT_BUSY)
+        if self._closed_as_blocked():
             return
         record = channel.decode_line(line)
         state = handshake.state
@@ -437,6 +433,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             # Hold further lines (the client's FINISHED is likely already
             # here) until the keys exist.
             self._hold("derive")
+            self._deriving = d
             d.addCallbacks(self._derived, self._derive_failed)
         elif state is HandshakeState.AWAIT_FINISHED:
             finished, self.channel = handshake.receive_finished(record)
@@ -447,6 +444,21 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             connections_log.debug("secure channel with {peer}", peer=self.peer)
         else:
             raise ChannelError(f"unexpected record in state {state.value}")
+
+    def _closed_as_blocked(self) -> bool:
+        """Close the connection if its address or network has been blocked
+        since it connected (a flood opens hundreds of connections at once,
+        before its first refusals, and the block at accept stops only the
+        ones after); True if it was."""
+        factory = self.factory
+        if not factory.blocks.blocked(self.peer):
+            return False
+        factory.metrics.count("blocked")
+        if factory.close_blocked_at_accept:
+            self._end("blocked", abort=True)
+        else:
+            self._drop(BLOCKED_TEXT, channel.ALERT_BUSY)
+        return True
 
     def _try_ticket(self, handshake: channel.ServerHandshake, hello: channel.Hello) -> bool:
         """Start redeeming a RESUME_HELLO's ticket; False if it cannot be
@@ -500,12 +512,18 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.factory.full_hellos.add(lambda: self._serve_full_hello(handshake))
 
     def _serve_full_hello(self, handshake: channel.ServerHandshake) -> None:
-        if self.ending or self.handshake is not handshake:
+        if self.ending or self.handshake is not handshake or self._closed_as_blocked():
             return
         try:
             self._full_hello(handshake)
         except ChannelError as e:
             self._drop(e.reason, e.alert)
+            return
+        except Exception:
+            # Not a line's error but ours: the connection must not stay
+            # paused until its handshake deadline.
+            log.failure("answering a hello crashed for {peer}", peer=self.peer)
+            self._drop("internal error", channel.ALERT_INTERNAL_ERROR)
             return
         self._release("full_hello")
 
@@ -539,10 +557,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.transport.write(channel.encode_line(handshake.server_hello()))
 
     def _derived(self, _: Any) -> None:
+        self._deriving = None
         if not self.ending and self.handshake is not None:
             self._release("derive")
 
     def _derive_failed(self, failure: Failure) -> None:
+        if self.ending:
+            return  # gone (its job withdrawn, or the pool stopping)
         if failure.check(ChannelError):
             error = failure.value
             self._drop(error.reason, error.alert)

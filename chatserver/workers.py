@@ -40,6 +40,7 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 #: The kinds of work.
@@ -129,8 +130,13 @@ class CryptoPool(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        for waiting in self._waiting.values():
-            waiting.clear()  # never started: their connections are closing
+        for kind, waiting in self._waiting.items():
+            # Never started: they fail (their connections are closing).
+            entries = [(key, entry) for key, queue in waiting.items() for entry in queue]
+            waiting.clear()
+            for key, (_f, _args, result) in entries:
+                self._count_out(kind, key)
+                result.errback(Failure(Busy()))
         for pool in self._pools.values():
             pool.stop()
 
@@ -147,11 +153,23 @@ class CryptoPool(Service):
             raise Busy()
         self.pending_by_kind[kind] += 1
         by_key[key] += 1
-        result: Deferred[Any] = Deferred()
         waiting = self._waiting[kind]
         queue = waiting.get(key)
         if queue is None:
             queue = waiting[key] = collections.deque()
+
+        def withdraw(d: Deferred[Any]) -> None:
+            # Cancelled before it started: its place is free at once.
+            # (Once started it runs to the end; its result is dropped.)
+            for entry in queue:
+                if entry[2] is d:
+                    queue.remove(entry)
+                    if not queue and waiting.get(key) is queue:
+                        del waiting[key]
+                    self._count_out(kind, key)
+                    return
+
+        result: Deferred[Any] = Deferred(withdraw)
         queue.append((f, args, result))
         self._start_next(kind)
         return result
@@ -175,12 +193,15 @@ class CryptoPool(Service):
                 job = threads.deferToThreadPool(self._reactor, self._pools[kind], wrap, f, *args)
             job.addBoth(self._finished, kind, key).chainDeferred(result)
 
-    def _finished(self, outcome: Any, kind: str, key: Any) -> Any:
-        self._running[kind] -= 1
+    def _count_out(self, kind: str, key: Any) -> None:
         self.pending_by_kind[kind] -= 1
         by_key = self._pending_by_key[kind]
         by_key[key] -= 1
         if not by_key[key]:
             del by_key[key]
+
+    def _finished(self, outcome: Any, kind: str, key: Any) -> Any:
+        self._running[kind] -= 1
+        self._count_out(kind, key)
         self._start_next(kind)
         return outcome

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import CancelledError, gatherResults
 from twisted.trial import unittest
 
 from chatserver.workers import HANDSHAKE_NICE, Busy, CryptoPool, threads_per_kind
@@ -139,6 +139,39 @@ class CryptoPoolTests(unittest.TestCase):
         self.assertEqual(await gatherResults([*held, other]), ["a0", "a1", "b0"])
         self.assertEqual(await pool.run(lambda: "a3", key="198.51.100.0/24"), "a3")  # its places came back
 
+    async def test_a_cancelled_job_that_has_not_started_gives_its_place_back(self) -> None:
+        pool = self.pool(threads=1, max_pending=8)
+        gate = Gate()
+        self.addCleanup(gate.release_all)
+        running = pool.run(gate.job("running"), key="a")
+        handed_over = pool.run(gate.job("handed over"), key="a")  # threads + 1 are handed to the pool
+        waiting = pool.run(gate.job("never"), key="b")
+        self.assertEqual(pool.pending, 3)
+        waiting.cancel()
+        self.assertEqual(pool.pending, 2)
+        self.failureResultOf(waiting, CancelledError)
+        gate.release_all()
+        self.assertEqual(await gatherResults([running, handed_over]), ["running", "handed over"])
+        self.assertNotIn("never", gate.started)
+        self.assertEqual(pool.pending, 0)
+
+    async def test_stopping_fails_the_jobs_still_waiting(self) -> None:
+        pool = CryptoPool(reactor, 1, 8)
+        pool.startService()
+        gate = Gate()
+        self.addCleanup(gate.release_all)
+        running = pool.run(gate.job("running"), key="a")
+        pool.run(gate.job("handed over"), key="a")
+        waiting = pool.run(gate.job("never"), key="b")
+        await until(lambda: gate.started == ["running"])
+        gate.release_all()
+        pool.stopService()
+        self.failureResultOf(waiting, Busy)
+        self.assertEqual(
+            pool.pending_by_kind["handshake"], 2
+        )  # the two handed over finish or not: only those
+        self.assertEqual(await running, "running")
+
 
 class ThreadsPerKindTests(unittest.TestCase):
     def test_a_number_is_taken_as_it_is(self) -> None:
@@ -147,7 +180,7 @@ class ThreadsPerKindTests(unittest.TestCase):
     def test_zero_is_one_per_cpu_this_process_may_use(self) -> None:
         if not hasattr(os, "sched_getaffinity"):
             raise unittest.SkipTest("CPU affinity is a Linux feature")
-        self.assertEqual(threads_per_kind(0), len(os.sched_getaffinity(0)))
+        self.assertEqual(threads_per_kind(0), min(64, len(os.sched_getaffinity(0))))
         mask = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(mask)})  # as taskset, systemd's CPUAffinity= or a container would
         try:
