@@ -57,9 +57,10 @@ def threads_per_kind(setting: int) -> int:
     if setting > 0:
         return setting
     try:
-        return max(1, min(64, len(os.sched_getaffinity(0))))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, min(64, os.cpu_count() or 1))
+        cpus = os.cpu_count() or 1
+    return max(1, min(64, cpus))
 
 
 class Busy(Exception):
