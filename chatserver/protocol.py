@@ -205,6 +205,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._waiting = False
         #: Why input is not being read (empty: it is).
         self._holds: set[str] = set()
+        #: Whether the socket is paused too (see _hold).
+        self._socket_paused = False
         self._resume_call: Any = None
         self._turn_call: Any = None
         self._turn_lines = 0
@@ -618,6 +620,11 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     # the line loop.
 
     def dataReceived(self, data: bytes) -> None:
+        if self.paused and data and not self._socket_paused:
+            # Held, and the client sent more: now the socket stops too, so
+            # the kernel (not our buffer) holds the rest.
+            self._socket_paused = True
+            self.transport.pauseProducing()
         self._turn_lines = 0
         self.factory.metrics.counters["bytes_in"] += len(data)
         super().dataReceived(data)
@@ -650,20 +657,40 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self._buffer and b"\n" not in self._buffer:
             self._drop(f"line unfinished for {self.factory.settings.partial_line_timeout:g} s")
 
+    # Before login, a hold stops the line loop at once but the socket only
+    # once more data arrives while it lasts (dataReceived): a handshake's
+    # holds (a ticket's check, a key derivation, the login itself) end
+    # before the client sends anything, since it waits for the answer, and
+    # pausing and resuming the socket is a pair of epoll_ctl calls each.
+    # A logged-in client's holds are flow control against a client that
+    # keeps sending: there the socket stops at once, so the kernel holds
+    # the rest, not our buffer.
+
     def _hold(self, reason: str) -> None:
-        if not self._holds and not self.paused:
-            self.pauseProducing()
+        if not self._holds:
+            self.paused = True
+            if self.account is not None and not self._socket_paused:
+                self._socket_paused = True
+                self.transport.pauseProducing()
         self._holds.add(reason)
 
     def _release(self, reason: str) -> None:
         self._holds.discard(reason)
-        if not self._holds and self.paused and self._resume_call is None and not self.ending:
-            self._resume_call = self.factory.reactor.callLater(0, self._resume)
+        if self._holds or not self.paused or self._resume_call is not None or self.ending:
+            return
+        if not self._buffer and not self._socket_paused:
+            self.paused = False  # nothing is waiting to be read: no turn needed
+            return
+        self._resume_call = self.factory.reactor.callLater(0, self._resume)
 
     def _resume(self) -> None:
         self._resume_call = None
         if not self._holds and self.paused and not self.ending:
-            self.resumeProducing()  # reads buffered lines first, via dataReceived
+            self.paused = False
+            if self._socket_paused:
+                self._socket_paused = False
+                self.transport.resumeProducing()
+            self.dataReceived(b"")  # the lines read while held
 
     def _end_of_turn(self) -> None:
         self._turn_call = None

@@ -1564,6 +1564,25 @@ class DeadlineTests(ChannelTestCase):
         self._lose(protocol, transport)
         await self.assert_dropped(TIMED_OUT)
 
+    async def test_a_waiting_handshake_pauses_the_socket_only_when_more_arrives(self) -> None:
+        """While a full hello waits for its answer the server stops reading
+        lines, but leaves the socket alone (pausing and resuming it is a
+        pair of system calls) unless the client sends more meanwhile: then
+        the socket stops until the answer is out, and what came is read."""
+        server = await self.start()
+        protocol, transport = self._string_connection(server)
+        hello = channel.encode_line(channel.ClientHandshake().hello())
+        protocol.dataReceived(hello)
+        self.assertEqual(transport.value(), b"", "a full hello is answered on a later turn")
+        self.assertEqual(transport.producerState, "producing")
+        protocol.dataReceived(hello)  # a second hello, too early
+        self.assertEqual(transport.producerState, "paused", "more input while held stops the socket")
+        await until(lambda: transport.value() != b"", "the server answered the hello")
+        await until(lambda: transport.producerState == "producing", "the socket was resumed")
+        # The early record was read after the answer: out of order for a
+        # handshake, so the connection is dropped for it (not ignored).
+        await until(lambda: transport.disconnecting, "the early record was read")
+
     async def test_slowloris_key_exchange(self) -> None:
         """A complete CLIENT_HELLO, then the KEY_EXCHANGE a byte at a time."""
         clock = task.Clock()
