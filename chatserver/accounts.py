@@ -168,7 +168,7 @@ class Accounts:
         if known is not None and known[0] == hashed and now - known[2] <= self.KNOWN_SECONDS:
             record = known[1]
         else:
-            record = yield self._store.run(store.token_account, hashed, int(now))
+            record = yield self._store.read(store.token_account, hashed, int(now))
         if record is None or record.name != name:
             self._by_account.fail(name)
             self._by_address.fail(address)

@@ -299,7 +299,7 @@ class ChatService:
         self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
         if member.role == "admin":
             self.admins.add(user)
-        first = user not in self.welcomed and not (yield self._db.run(store.is_welcomed, user))
+        first = user not in self.welcomed and not (yield self._db.read(store.is_welcomed, user))
         lobby = self.rooms[self.default_room]
         # Only once: a user who leaves the default room, or is kicked from
         # it, stays out.  The mark commits with the join (or alone), so a
@@ -550,7 +550,7 @@ class ChatService:
         self._require_rank(member, room, "moderator", "invite")
         if user in room.members:
             raise ChatError("already_member", f"{user} is in {name!r} already", "user")
-        d = self._db.run(store.user_exists, user)
+        d = self._db.read(store.user_exists, user)
 
         def invited(exists: bool) -> Any:
             if not exists:
@@ -630,7 +630,7 @@ class ChatService:
             raise ChatError("bad_field", "you cannot message yourself", "to")
         stream = dm_stream(sender, to)
         known = to in self.dms.get(sender, {})
-        d = defer.succeed(True) if known else self._db.run(store.user_exists, to)
+        d = defer.succeed(True) if known else self._db.read(store.user_exists, to)
 
         def send(exists: bool) -> Deferred[dict]:
             if not exists:
@@ -728,7 +728,7 @@ class ChatService:
         runs must be protected before their first login."""
         room = self._room(name, member)
         self._require_rank(member, room, "moderator", "moderate")
-        d = self._db.run(store.get_user, target)
+        d = self._db.read(store.get_user, target)
 
         def check(record: store.UserRecord | None) -> Room:
             if record is not None and record.role == "admin":

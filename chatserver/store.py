@@ -227,6 +227,8 @@ class DatabaseLost(StoreClosed):
 #: Seconds between checks of the database file while the server is idle
 #: (each transaction checks it too, before it commits).
 WATCH_INTERVAL = 1.0
+#: SQLite's primary codes for "someone else holds the lock".
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -257,6 +259,10 @@ class Store(Service):
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) opened
         self._watch: task.LoopingCall | None = None
         self._logged = False
+        #: Requests sent to the database thread and not yet answered.
+        self._in_flight = 0
+        #: The event loop's own connection, for ``read`` (opened on first use).
+        self._reader: sqlite3.Connection | None = None
 
     def check(self) -> None:
         """Check (and migrate) the database; raises UnusableDatabase.  Done
@@ -291,6 +297,9 @@ class Store(Service):
         super().stopService()
         if self._watch is not None and self._watch.running:
             self._watch.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -361,10 +370,56 @@ class Store(Service):
             return defer.fail(StoreClosed("the store is not running"))
         if self.lost is not None:
             return defer.fail(DatabaseLost(f"database {self.path} {self.lost}"))
-        return self.pool.runInteraction(self._interaction, query, *args)
+        self._in_flight += 1
+        d = self.pool.runInteraction(self._interaction, query, *args)
+        d.addBoth(self._answered)
+        return d
+
+    def _answered(self, result: Any) -> Any:
+        self._in_flight -= 1
+        return result
+
+    def read(self, query: Any, *args: Any) -> Deferred[Any]:
+        """A small read-only query (a lookup by key), answered in the event
+        loop itself when the database thread has nothing to do.
+
+        Handing a query to the thread and back costs the event loop more
+        than the query: SQLite drops Python's lock at every step, and each
+        time the two threads pass it between them (measured: about 35 futex
+        calls per resumed login, and 15% more resumed logins per CPU
+        second without them).  WAL lets this second connection read beside
+        the writer.  Only when nothing is waiting in or for the thread,
+        though, so that it sees exactly what a query sent there now would
+        see (no read overtakes a write).  SQLite answers "busy" at once here
+        rather than wait: then the query goes to the thread after all.
+        The query must only read (the connection is ``query_only``)."""
+        if self.pool is None or self.lost is not None or self._in_flight:
+            return self.run(query, *args)
+        try:
+            return defer.succeed(self._read_now(query, args))
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF in _BUSY:  # extended code: its low byte
+                return self.run(query, *args)  # the thread may wait; the event loop must not
+            return defer.fail()
+        except Exception:
+            return defer.fail()
+
+    def _read_now(self, query: Any, args: tuple[Any, ...]) -> Any:
+        conn = self._reader
+        if conn is None:
+            uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            self._reader = conn
+        cursor = conn.cursor()
+        cursor.execute("BEGIN")  # the query's statements see one snapshot
+        try:
+            return query(cursor, *args)
+        finally:
+            cursor.execute("COMMIT")
 
     def get_user(self, name: str) -> Deferred[UserRecord | None]:
-        return self.run(get_user, name)
+        return self.read(get_user, name)
 
     def add_user(self, name: str, password_hash: str, role: str) -> Deferred[bool]:
         return self.run(add_user, name, password_hash, role)

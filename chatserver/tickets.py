@@ -203,7 +203,7 @@ class Tickets:
         self._unsaved[ticket_hash] = opened.expires_at
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(self.FLUSH_SECONDS, self.flush)
-        d = self._db.run(store.ticket_state, ticket_hash, opened.token_hash, self._now())
+        d = self._db.read(store.ticket_state, ticket_hash, opened.token_hash, self._now())
         return d.addCallback(lambda state: None if state[1] else state[0])
 
     def flush(self) -> Deferred[None]:
