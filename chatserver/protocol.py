@@ -443,7 +443,6 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.factory.metrics.count("resumptions" if self.channel.resumed else "handshakes")
             if finished is not None:
                 self.transport.write(channel.encode_line(finished))
-            connections_log.debug("secure channel with {peer}", peer=self.peer)
         else:
             raise ChannelError(f"unexpected record in state {state.value}")
 
