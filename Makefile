@@ -35,9 +35,10 @@ fuzz: $(VENV)/.installed-test
 	$(PY) tools/fuzz.py --jobs $(TRIAL_JOBS) --examples $(FUZZ_EXAMPLES) --seconds $(FUZZ_SECONDS)
 
 check: $(VENV)/.installed
-	$(PY) -m pip install --quiet ruff
+	$(PY) -m pip install --quiet ruff==0.17.6 import-linter==2.17
 	$(VENV)/bin/ruff check chatserver chatclient tools twisted tests bench
 	$(VENV)/bin/ruff format --check chatserver chatclient tools twisted tests bench
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[fast]'

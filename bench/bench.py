@@ -95,7 +95,7 @@ if str(ROOT) not in sys.path:
 import psutil  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 
-from chatserver import crypto  # noqa: E402
+from chatserver.wire import crypto  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import admission  # noqa: E402

@@ -17,7 +17,7 @@ counts: what the server answered to the hellos, and how many RSA-size
 KEY_EXCHANGEs it got to send.
 
 Wire format: one record per line, base64 (RFC 4648, with padding) and LF,
-as ``chatserver.channel.encode_line``.
+as ``chatserver.wire.channel.encode_line``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chatserver import channel  # noqa: E402
+from chatserver.wire import channel  # noqa: E402
 
 
 def line(record: bytes) -> bytes:

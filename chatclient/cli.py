@@ -33,7 +33,7 @@ from chatclient.commands import Command, CommandError
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
-from chatserver.safetext import log_text, terminal_lines, terminal_text
+from chatserver.wire.safetext import log_text, terminal_lines, terminal_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, Proven, ServerError, Verifier
-from chatserver import channel
-from chatserver.safetext import log_text
+from chatserver.wire import channel
+from chatserver.wire.safetext import log_text
 
 log = Logger(namespace="chatclient.reconnect")
 

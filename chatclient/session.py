@@ -1,7 +1,7 @@
 """The client library: a secure session with Deferred-based requests.
 
 ``connect()`` opens a TCP (or TLS) connection, runs the handshake from
-``chatserver.channel`` and fires with a :class:`ChatSession` once the
+``chatserver.wire.channel`` and fires with a :class:`ChatSession` once the
 server has proven it holds the pinned key.  Requests carry a ``ref`` and
 their Deferred fires with the server's answer, or fails with
 :class:`ServerError` for an ``error`` event.  Everything else the server
@@ -22,8 +22,8 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from chatserver import channel
-from chatserver.channel import ChannelError, HandshakeState, PeerClosed
+from chatserver.wire import channel
+from chatserver.wire.channel import ChannelError, HandshakeState, PeerClosed
 
 log = Logger(namespace="chatclient.session")
 

@@ -18,9 +18,10 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from chatserver import crypto, store
+from chatserver import store
 from chatserver.config import Settings
 from chatserver.store import Store
+from chatserver.wire import crypto
 from chatserver.workers import CryptoPool
 
 audit = Logger(namespace="chatserver.audit")

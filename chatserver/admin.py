@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chatserver import accounts, store, validation
+from chatserver import accounts, store
 from chatserver.config import ConfigError, load_settings
+from chatserver.wire import validation
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -30,9 +30,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatserver import channel, safetext, store
+from chatserver import store
 from chatserver.journal import Changes, EventLog
 from chatserver.store import Store, StoreClosed
+from chatserver.wire import channel, safetext
 
 log = Logger(namespace="chatserver.chat")
 audit = Logger(namespace="chatserver.audit")

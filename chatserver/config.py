@@ -264,7 +264,7 @@ def _rotate(text: str) -> str:
 
 
 def _room(text: str) -> str:
-    from chatserver.validation import ROOM_NAME
+    from chatserver.wire.validation import ROOM_NAME
 
     if not ROOM_NAME.fullmatch(text):
         raise ValueError("must be 1-32 of a-z 0-9 _ - starting with a letter or digit")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatserver import crypto
+from chatserver.wire import crypto
 
 LABEL = b"chatserver/1 cookie"
 

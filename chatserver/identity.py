@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from chatserver import crypto
+from chatserver.wire import crypto
 
 audit = Logger(namespace="chatserver.audit")
 

@@ -23,10 +23,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatserver import __version__, channel, safetext
+from chatserver import __version__
 from chatserver.accounts import Account, Accounts, AuthError
 from chatserver.blocks import Blocks
-from chatserver.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
 from chatserver.chat import ANSWER_OVERHEAD, LIST_PAGE_MAX, ChatError, ChatService
 from chatserver.config import Settings
 from chatserver.cookies import Cookies
@@ -37,7 +36,9 @@ from chatserver.ratelimit import Limits as RateLimits
 from chatserver.ratelimit import network_prefix
 from chatserver.store import DatabaseLost, StoreClosed
 from chatserver.tickets import Tickets
-from chatserver.validation import PRE_LOGIN, Limits, RequestError, validate
+from chatserver.wire import channel, safetext
+from chatserver.wire.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
+from chatserver.wire.validation import PRE_LOGIN, Limits, RequestError, validate
 from chatserver.workers import Busy, CryptoPool
 
 log = Logger(namespace="chatserver.protocol")

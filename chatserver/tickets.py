@@ -26,8 +26,9 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from chatserver import channel, crypto, store
+from chatserver import store
 from chatserver.accounts import token_hash
+from chatserver.wire import channel, crypto
 
 log = Logger(namespace="chatserver.tickets")
 

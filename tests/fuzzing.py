@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from chatserver import channel
+from chatserver.wire import channel
 
 # Hypothesis's caches compare keys of every kind, bytes with ints too,
 # which Python's -b (tools/run_trial.py) reports: not ours to fix.
@@ -622,7 +622,7 @@ class Closed(Exception):
 
 class BlockingClient:
     """One connection to a server on loopback, driven step by step with
-    the real client half of ``chatserver.channel`` over a plain socket, so
+    the real client half of ``chatserver.wire.channel`` over a plain socket, so
     it can run in a thread beside the reactor or in a separate driver."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:

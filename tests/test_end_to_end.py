@@ -13,7 +13,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
-from chatserver import crypto
+from chatserver.wire import crypto
 from tests.processes import cli, spawn, start_twistd, stop_twistd
 from tests.support import PASSWORD
 

@@ -1,4 +1,4 @@
-"""Properties of the channel (``chatserver.channel``): the line decoder,
+"""Properties of the channel (``chatserver.wire.channel``): the line decoder,
 the handshake records, the handshake state machines and the record layer,
 fed arbitrary and mutated bytes.  The spec's rules for each (section
 "Transport" and "Records" of ``docs/protocol.rst``) are checked against
@@ -17,8 +17,8 @@ from typing import Any
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from chatserver import channel, crypto
-from chatserver.channel import ChannelError, HandshakeState
+from chatserver.wire import channel, crypto
+from chatserver.wire.channel import ChannelError, HandshakeState
 from tests import fuzzing, spec_impl
 from tests.fuzzing import ALERT_CODES, check
 

@@ -25,7 +25,7 @@ from twisted.internet import threads
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from chatserver import channel
+from chatserver.wire import channel
 from tests import fuzzing
 from tests.fuzzing import BlockingClient, check
 from tests.support import PASSWORD, RunningServer, add_admin, logged_in, start_server

@@ -1,4 +1,4 @@
-"""Properties of request validation (``chatserver.validation.validate``).
+"""Properties of request validation (``chatserver.wire.validation.validate``).
 
 The request types and their members come from the spec's Requests table
 and the value rules from its Values section (``tests/fuzzing.py``); the
@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from chatserver import channel
-from chatserver.validation import REQUESTS, Limits, RequestError, validate
+from chatserver.wire import channel
+from chatserver.wire.validation import REQUESTS, Limits, RequestError, validate
 from tests import fuzzing
 from tests.fuzzing import ERROR_CODES, MAX_BODY, REQUEST_TABLE, VALIDATION_CODES, check, skip_when_fuzzing
 

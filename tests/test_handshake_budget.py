@@ -17,8 +17,8 @@ from twisted.internet import endpoints, reactor, task
 from twisted.internet.defer import Deferred, gatherResults
 
 from chatclient.session import connect
-from chatserver import channel, crypto
 from chatserver.cookies import Cookies
+from chatserver.wire import channel, crypto
 from tests.support import PASSWORD, RunningServer, until
 from tests.test_protocol import ChannelTestCase, RawClient, with_timeout
 from tests.test_resumption import connection, logged_in_with_ticket

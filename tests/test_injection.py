@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import task
 from twisted.trial import unittest
 
-from chatserver import channel
+from chatserver.wire import channel
 from tests.test_protocol import ChannelTestCase, RawClient, is_drop
 
 #: A disconnect reason that would forge a whole line of the connections

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from twisted.internet import reactor, task
 
-from chatserver import channel
+from chatserver.wire import channel
 from tests.support import until
 from tests.test_protocol import ChannelTestCase, is_drop
 from tests.test_spec_points import logged_in_raw

@@ -20,7 +20,8 @@ from typing import Any
 from twisted.trial import unittest
 
 from chatclient.session import ChatSession
-from chatserver import crypto, store
+from chatserver import store
+from chatserver.wire import crypto
 from tests.support import PASSWORD, RunningServer, make_settings, open_session
 
 #: A body whose JSON is as long as a body's can be: every character is

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from chatserver import channel
+from chatserver.wire import channel
 from tests.support import PASSWORD
 from tests.test_protocol import ChannelTestCase
 from tests.test_spec_points import logged_in_raw

@@ -43,7 +43,7 @@ from twisted.trial import unittest
 
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.session import ChatSession, ConnectionClosed, ServerError, connect
-from chatserver import channel, crypto
+from chatserver.wire import channel, crypto
 from tests.support import PASSWORD, EventQueue, RunningServer, logged_in, open_session, start_server
 
 TIMEOUT = 5.0

@@ -17,8 +17,9 @@ from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ChatSession, ServerError, connect
-from chatserver import channel, crypto, store
+from chatserver import store
 from chatserver.tickets import Tickets
+from chatserver.wire import channel, crypto
 from tests.support import PASSWORD, RunningServer, add_admin, make_settings, start_server, until
 from tests.test_protocol import ChannelTestCase
 

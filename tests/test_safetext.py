@@ -1,11 +1,11 @@
-"""chatserver.safetext: peer text made safe for a log line, a terminal and
+"""chatserver.wire.safetext: peer text made safe for a log line, a terminal and
 a bidi-aware display."""
 
 from __future__ import annotations
 
 from twisted.trial import unittest
 
-from chatserver.safetext import bidi_isolate, log_text, terminal_lines, terminal_text
+from chatserver.wire.safetext import bidi_isolate, log_text, terminal_lines, terminal_text
 
 RLO, PDF, FSI, PDI, LRI = "\u202e", "\u202c", "\u2068", "\u2069", "\u2066"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from chatserver import channel
+from chatserver.wire import channel
 from tests.fuzzing import _section
 from tests.support import PASSWORD, ROOT, assert_spec_says
 from tests.test_protocol import ChannelTestCase, RawClient, record_of

@@ -2,7 +2,7 @@
 
 The vector block in the specification is the reference.  ``spec_impl`` (an
 independent implementation on pycryptodome, written from the document) must
-recompute it from the fixed inputs, and the real ``chatserver.channel``, run
+recompute it from the fixed inputs, and the real ``chatserver.wire.channel``, run
 with the same fixed inputs, must put exactly the same lines on the wire.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from chatserver import channel, cookies, crypto
+from chatserver import cookies
+from chatserver.wire import channel, crypto
 from tests import spec_impl
 
 SPEC = Path(__file__).parent.parent / "docs" / "protocol.rst"
@@ -260,7 +261,7 @@ class SpecImplTests(_VectorTestCase):
 
 
 class RealChannelTests(_VectorTestCase):
-    """(c) chatserver.channel, fed the fixed inputs, produces the vector."""
+    """(c) chatserver.wire.channel, fed the fixed inputs, produces the vector."""
 
     def test_primitives_agree(self) -> None:
         eph, share = crypto.x25519_private_from_bytes(self.b("client_x25519_private"))
@@ -500,7 +501,7 @@ class ResumptionSpecImplTests(_ResumptionTestCase):
 
 
 class ResumptionRealChannelTests(_ResumptionTestCase):
-    """(c) chatserver.channel and chatserver.cookies, fed the fixed
+    """(c) chatserver.wire.channel and chatserver.cookies, fed the fixed
     inputs, produce the resumption vector."""
 
     def test_primitives_agree(self) -> None:

@@ -18,7 +18,7 @@ from twisted.logger import (
 )
 
 from chatclient.known_hosts import KnownHosts, server_id
-from chatserver.safetext import log_text
+from chatserver.wire.safetext import log_text
 
 log = Logger(namespace="chatclient.gui")
 

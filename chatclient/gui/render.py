@@ -18,7 +18,7 @@ from typing import Any
 
 from PyQt6.QtGui import QColor, QPalette
 
-from chatserver.safetext import bidi_isolate
+from chatserver.wire.safetext import bidi_isolate
 
 #: The scheme of links that act inside the client instead of opening a browser.
 JOIN_LINK = "chatclient:join/"

@@ -24,7 +24,7 @@ from json.encoder import c_make_encoder as _c_make_encoder
 from json.encoder import encode_basestring as _encode_basestring
 from typing import Any, Callable, Iterator
 
-from chatserver import crypto
+from chatserver.wire import crypto
 
 PROTOCOL_VERSION = 1
 #: X25519 + RSA-OAEP-SHA256 transport + HKDF-SHA256 + AES-256-GCM.
