@@ -34,12 +34,11 @@ from chatserver import store
 from chatserver.journal import Changes, EventLog
 from chatserver.store import Store, StoreClosed
 from chatserver.wire import channel, safetext
+from chatserver.wire.names import RANK, dm_stream, room_stream
 
 log = Logger(namespace="chatserver.chat")
 audit = Logger(namespace="chatserver.audit")
 
-ROOM_KINDS = ("public", "private", "readonly")
-RANK = {"member": 1, "moderator": 2, "owner": 3, "admin": 4}
 HISTORY_PAGE_MAX = 200
 #: The most entries of a ``who`` or ``rooms`` page.
 LIST_PAGE_MAX = 200
@@ -115,15 +114,6 @@ def _page(entries: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[
     texts = [channel.json_text(entry) for entry in entries[:limit]]
     count = fit(texts, budget)
     return entries[:count], len(entries) > count
-
-
-def room_stream(name: str) -> str:
-    return "room:" + name
-
-
-def dm_stream(a: str, b: str) -> str:
-    first, second = sorted((a, b))
-    return f"dm:{first}:{second}"
 
 
 class Room:

@@ -9,7 +9,6 @@ whose answer updates the widgets when it comes.
 from __future__ import annotations
 
 import html
-import re
 from typing import Any, Callable
 
 from PyQt6.QtCore import QEvent, QPoint, Qt, QTimer
@@ -36,7 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from chatclient import commands
-from chatclient.gui.model import ChatModel, Conversation, dm_stream, room_stream
+from chatclient.gui.model import ChatModel, Conversation
 from chatclient.gui.notify import Notifier
 from chatclient.gui.render import Renderer, day, peer
 from chatclient.gui.servers import Server
@@ -44,12 +43,12 @@ from chatclient.gui.trust import fingerprint_text
 from chatclient.gui.widgets import ChatInput, MessageView, ask_text
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
+from chatserver.wire.names import RANK, dm_stream, room_stream
+from chatserver.wire.validation import USERNAME
 
 HISTORY_PAGE = 50
 #: Notices kept per conversation (errors, reconnects ...).
 MAX_NOTES = 100
-USERNAME = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
-RANK = {"member": 1, "moderator": 2, "owner": 3}
 #: Room events after which the member list is read again.
 MEMBERSHIP_EVENTS = ("joined", "left", "kicked", "banned", "role")
 STREAM_ROLE = Qt.ItemDataRole.UserRole

@@ -13,23 +13,10 @@ import dataclasses
 import re
 from typing import Any
 
+from chatserver.wire.names import dm_peer
+
 #: Event types that count as unread messages.
 MESSAGES = ("msg", "dm")
-
-
-def room_stream(room: str) -> str:
-    return f"room:{room}"
-
-
-def dm_stream(a: str, b: str) -> str:
-    first, second = sorted((a, b))
-    return f"dm:{first}:{second}"
-
-
-def dm_peer(stream: str, me: str) -> str:
-    """The other user of a ``dm:A:B`` stream."""
-    _, a, b = stream.split(":", 2)
-    return b if a == me else a
 
 
 @dataclasses.dataclass
