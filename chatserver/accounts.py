@@ -22,6 +22,7 @@ from chatserver import store
 from chatserver.config import Settings
 from chatserver.store import Store
 from chatserver.wire import crypto
+from chatserver.wire.errors import Refused
 from chatserver.workers import CryptoPool
 
 audit = Logger(namespace="chatserver.audit")
@@ -29,17 +30,8 @@ audit = Logger(namespace="chatserver.audit")
 ROLES = ("user", "admin")
 
 
-class AuthError(Exception):
+class AuthError(Refused):
     """Login or registration refused; ``code`` and message go to the client."""
-
-    def __init__(
-        self, code: str, message: str, retry_after: float | None = None, field: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-        self.field = field
 
 
 def invalid_credentials() -> AuthError:

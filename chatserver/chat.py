@@ -34,6 +34,7 @@ from chatserver import store
 from chatserver.journal import Changes, EventLog
 from chatserver.store import Store, StoreClosed
 from chatserver.wire import channel, safetext
+from chatserver.wire.errors import Refused
 from chatserver.wire.names import RANK, dm_stream, room_stream
 
 log = Logger(namespace="chatserver.chat")
@@ -72,14 +73,8 @@ class Member(Protocol):
     def close(self, code: str, message: str) -> None: ...
 
 
-class ChatError(Exception):
+class ChatError(Refused):
     """A request that cannot be done; goes to the client as an error."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ closed connection, always with a log line that says why.
 from __future__ import annotations
 
 import collections
-import math
 from typing import Any
 
 from twisted.internet import task, tcp
@@ -38,6 +37,7 @@ from chatserver.store import DatabaseLost, StoreClosed
 from chatserver.tickets import Tickets
 from chatserver.wire import channel, safetext
 from chatserver.wire.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
+from chatserver.wire.errors import Refused
 from chatserver.wire.validation import PRE_LOGIN, Limits, RequestError, validate
 from chatserver.workers import Busy, CryptoPool
 
@@ -715,8 +715,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 raise ChatError("not_authenticated", "log in first")
             self._rate_limit(kind, request)
             result = getattr(self, "_on_" + kind)(request)
-        except (RequestError, ChatError, AuthError) as e:
-            self._fill(slot, self._error_event(e, str(event.get("type"))[:40]))
+        except Refused as e:
+            self._fill(slot, e.event(str(event.get("type"))[:40]))
             return
         except Exception:
             # A bug must cost this one request, not the connection's order
@@ -768,19 +768,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             elif code == "rate_limited":
                 metrics.count("rate_limited")
 
-    @staticmethod
-    def _error_event(error: Any, kind: str) -> dict[str, Any]:
-        event = {"type": "error", "code": error.code, "message": error.message, "request": kind}
-        if getattr(error, "field", None) is not None:  # "" too: a member may be named so
-            event["field"] = error.field
-        if getattr(error, "retry_after", None):
-            # Rounded up: a client that waits exactly this long must succeed.
-            event["retry_after"] = math.ceil(error.retry_after * 10) / 10
-        return event
-
     def _failure_event(self, failure: Failure, kind: str) -> dict[str, Any]:
-        if failure.check(ChatError, AuthError):
-            return self._error_event(failure.value, kind)
+        if failure.check(Refused):
+            return failure.value.event(kind)
         for error, (code, message) in _TRY_AGAIN.items():
             if failure.check(error):
                 return {"type": "error", "code": code, "message": message, "request": kind, "retry_after": 1}

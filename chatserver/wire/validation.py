@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from chatserver.wire.errors import Refused
+
 USERNAME = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
 ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # C0 controls other than tab and newline, DEL, and C1 controls: they can
@@ -22,14 +24,8 @@ MAX_REF = 64
 MAX_SAFE_INTEGER = (1 << 53) - 1
 
 
-class RequestError(Exception):
+class RequestError(Refused):
     """A request is malformed; ``code`` and ``field`` go to the client."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
 
 
 Check = Callable[[Any, "Limits"], Any]
