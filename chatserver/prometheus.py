@@ -17,10 +17,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.twisted import MetricsResource
-from twisted.application import strports
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from chatserver import twisted_internals
 from chatserver.metrics import COMMIT_BUCKETS, COUNTERS
 
 
@@ -79,7 +79,7 @@ def metrics_service(endpoint: str, factory: Any, reactor: Any) -> Any:
     registry.register(ChatCollector(factory))
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))
-    return strports.service(endpoint, Site(root), reactor=reactor)
+    return twisted_internals.listener(reactor, endpoint, Site(root))
 
 
 def commit_histogram(metrics: Any) -> HistogramMetricFamily:

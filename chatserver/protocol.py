@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from twisted.internet import task, tcp
+from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ServerFactory
@@ -22,7 +22,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatserver import __version__
+from chatserver import __version__, twisted_internals
 from chatserver.accounts import Account, Accounts, AuthError
 from chatserver.blocks import Blocks
 from chatserver.chat import ANSWER_OVERHEAD, LIST_PAGE_MAX, ChatError, ChatService
@@ -188,7 +188,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._held: list[bytes] | None = []
         #: Encoded events waiting for the end of the reactor turn, and the
         #: size of the array they will make ("[" plus each event and comma).
-        self._direct = False
+        self._direct: Any = None
         self._outbox: list[bytes] = []
         self._outbox_bytes = 1
         self._max_plaintext = channel.max_plaintext(self.MAX_LENGTH)
@@ -238,7 +238,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.admitted = True
         # A plain TCP transport can be written to directly (see _write); a
         # TLS one, or a test's, goes through its own write.
-        self._direct = isinstance(self.transport, tcp.Connection)
+        self._direct = twisted_internals.direct_sender(self.transport)
         channel.send_without_delay(self.transport)
         self.factory.metrics.count("connections")
         if self.factory.may_log(self.peer):
@@ -376,20 +376,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self._drop("slow consumer: output buffer limit reached")
                 return
         self.factory.metrics.counters["bytes_out"] += len(data)
-        transport = self.transport
-        if self._direct and not transport.dataBuffer and not transport._tempDataBuffer:
-            # Nothing is waiting to go: send now.  transport.write would
-            # register the socket for writability, wait a reactor turn and
-            # unregister it again, two epoll_ctl calls per record that cost
-            # a fifth of the server's time at moderate load (profiled).
-            # Whatever the socket does not take goes the usual way.
-            sent = transport.writeSomeData(data)
-            if not isinstance(sent, int):
-                return  # lost: the reactor reports it as usual
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        if self._direct is not None:
+            # Sent now if nothing waits before it (see twisted_internals);
+            # what the socket does not take goes the usual way.
+            rest = self._direct(data)
+            if not rest:
+                return  # all sent, or lost (the reactor reports that as usual)
+            data = rest
+        self.transport.write(data)
 
     # --- input -----------------------------------------------------------
 

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.application import internet, service, strports
+from twisted.application import internet, service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from chatserver import twisted_internals
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
 from chatserver.config import SCHEMA, ConfigError, Settings, load_settings
@@ -96,6 +98,7 @@ class ChatCore(service.Service):
         self.chat = chat
         self.tickets = tickets
         self.listener = listener
+        self.description = description
         self.listeners: list[tuple[str, Any]] = [(description, listener)]
         self._on_fatal = on_fatal  # () -> None, after a start-up failure
         #: Fires with the listening port once the server accepts clients.
@@ -121,12 +124,16 @@ class ChatCore(service.Service):
             except Exception as e:
                 raise StartupError(f"cannot listen on {description}: {_reason(e)}") from e
 
-        def listening(port: Any) -> Any:
+        def listening(port: Any) -> None:
             if not self.ready.called:
                 self.ready.callback(port)
-            return port  # the listener needs it again to stop
 
-        self.listener._waitingForPort.addCallback(listening)
+        def not_listening(failure: Any) -> None:
+            self._failed(
+                Failure(StartupError(f"cannot listen on {self.description}: {_reason(failure.value)}"))
+            )
+
+        self.listener.listening.addCallbacks(listening, not_listening)
 
     def _failed(self, failure: Any) -> None:
         if failure.check(StartupError):
@@ -399,7 +406,7 @@ def makeService(
     # Listeners that hand the factory's protocol to the socket directly;
     # others (ssl:, tls:) wrap it and need a protocol for every connection.
     factory.close_blocked_at_accept = settings.endpoint.split(":", 1)[0].strip().lower() in DIRECT_ENDPOINTS
-    listener = strports.service(settings.endpoint, factory, reactor=reactor)
+    listener = twisted_internals.listener(reactor, settings.endpoint, factory)
     core = ChatCore(
         chat,
         listener,

@@ -155,7 +155,7 @@ class PrometheusTests(unittest.TestCase):
         server = await start_server(
             self, metrics_enabled=True, metrics_endpoint="tcp:0:interface=127.0.0.1", monitor_enabled=True
         )
-        port = (await server.service.metrics_listener._waitingForPort).getHost().port
+        port = (await server.service.metrics_listener.listening).getHost().port
         alice = await logged_in(self, server, "alice")
         for n in range(7):
             await alice.say("lobby", f"scraped {n}")
