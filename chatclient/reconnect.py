@@ -251,7 +251,9 @@ class ReconnectingClient:
 
     def _new_protocol(self, verify: Verifier) -> ClientProtocol:
         ticket, self.ticket = self.ticket, None
-        protocol = ClientProtocol(verify, proven=self._proven, ticket=ticket, on_ticket=self._got_ticket)
+        protocol = ClientProtocol(
+            verify, proven=self._proven, ticket=ticket, on_ticket=self._got_ticket, clock=self._reactor
+        )
         setup = self._setup(protocol)
         setup.addTimeout(self.setup_timeout, self._reactor)
         setup.addErrback(self._setup_failed, protocol)

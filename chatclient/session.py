@@ -12,7 +12,6 @@ this module; neither speaks the protocol itself.
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any, Callable
 
 from twisted.internet import defer, endpoints, task
@@ -79,15 +78,20 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         proven: Proven | None = None,
         ticket: channel.Ticket | None = None,
         on_ticket: Callable[[channel.Ticket], None] | None = None,
+        *,
+        clock: Any,
     ) -> None:
         """``ticket``: resume with it (used up whatever the server says);
         ``on_ticket(ticket)``: called with each ticket the server issues,
-        for the next connection."""
+        for the next connection; ``clock``: the reactor (or a test's
+        clock) that times the handshake."""
+        self._clock = clock
+        self.callLater = clock.callLater  # TimeoutMixin, on the injected clock
         self._verify = verify
         self._proven = proven
         self._ended = False
         if handshake is None:
-            if ticket is not None and ticket.expires_at <= time.time():
+            if ticket is not None and ticket.expires_at <= clock.seconds():
                 ticket = None  # the server would only decline it
             handshake = channel.ClientHandshake(ticket=ticket)
         self._ticket_fingerprint = ticket.server_fingerprint if ticket is not None else None
@@ -185,7 +189,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     def _ticket(self, event: dict[str, Any]) -> None:
         """A resumption ticket: the channel's business, not the session's."""
         assert self.channel is not None
-        ticket = channel.Ticket.from_event(event, self.channel, time.time(), self.fingerprint)
+        ticket = channel.Ticket.from_event(event, self.channel, self._clock.seconds(), self.fingerprint)
         if self._on_ticket is not None:
             self._on_ticket(ticket)
 
@@ -240,9 +244,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
 class ChatSession:
     """Requests and events over one secure connection."""
 
-    def __init__(self, protocol: ClientProtocol, clock: Any = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
+    def __init__(self, protocol: ClientProtocol, clock: Any) -> None:
         self._clock = clock
         self._keepalive: task.LoopingCall | None = None
         self.protocol = protocol
@@ -396,7 +398,7 @@ def connect(
     ``tls:H:P`` ...) and fire with a session once the channel is secure.
     ``ticket`` and ``on_ticket``: see :class:`ClientProtocol`."""
     endpoint = endpoints.clientFromString(reactor, endpoint_description)
-    return connect_endpoint(endpoint, verify, handshake, proven, ticket, on_ticket)
+    return connect_endpoint(endpoint, verify, handshake, proven, ticket, on_ticket, clock=reactor)
 
 
 def connect_endpoint(
@@ -406,8 +408,12 @@ def connect_endpoint(
     proven: Proven | None = None,
     ticket: channel.Ticket | None = None,
     on_ticket: Callable[[channel.Ticket], None] | None = None,
+    *,
+    clock: Any,
 ) -> Deferred[ChatSession]:
-    protocol = ClientProtocol(verify, handshake, proven, ticket, on_ticket)
+    """As :func:`connect`, over an endpoint; ``clock`` times the
+    handshake and the session's keepalive (the reactor, or a test's)."""
+    protocol = ClientProtocol(verify, handshake, proven, ticket, on_ticket, clock=clock)
     connecting = endpoints.connectProtocol(endpoint, protocol)
 
     def cancel(_: Deferred[ChatSession]) -> None:
@@ -428,6 +434,6 @@ def connect_endpoint(
             result.errback(failure)
 
     connecting.addCallback(lambda _: protocol.secure)
-    connecting.addCallback(ChatSession)
+    connecting.addCallback(ChatSession, clock)
     connecting.addCallbacks(forward, forward_error)
     return result

@@ -246,9 +246,7 @@ class Store(Service):
 
     name = "store"
 
-    def __init__(
-        self, path: Path, synchronous: str = "FULL", create: bool = True, reactor: Any = None
-    ) -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", create: bool = True, *, reactor: Any) -> None:
         self.path = path
         self.synchronous = synchronous
         self.create = create  # whether a missing database may be created
@@ -289,7 +287,7 @@ class Store(Service):
             cp_openfun=self._opened,
         )
         self._watch = task.LoopingCall(self._poll)
-        self._watch.clock = self._reactor()
+        self._watch.clock = self.reactor
         self._watch.start(WATCH_INTERVAL, now=False)
         super().startService()
 
@@ -352,16 +350,9 @@ class Store(Service):
         problem = self._file_problem()
         if problem is not None:
             self.lost = self.lost or problem  # the next requests fail at once
-            self._reactor().callFromThread(self._lose, problem)
+            self.reactor.callFromThread(self._lose, problem)
             raise DatabaseLost(f"database {self.path} {problem}")
         return result
-
-    def _reactor(self) -> Any:
-        if self.reactor is not None:
-            return self.reactor
-        from twisted.internet import reactor
-
-        return reactor
 
     def run(self, query: Any, *args: Any) -> Deferred[Any]:
         if self.pool is None:

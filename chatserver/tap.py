@@ -326,19 +326,21 @@ def install_signal_handlers(reactor: Any, top: ChatServer) -> None:
     reactor.callWhenRunning(install)
 
 
-def makeService(
-    options: Any, reactor: Any = None, clock: Any = None, quiet: bool = False
-) -> service.MultiService:
-    """The service tree.  Tests inject ``reactor`` and a separate ``clock``
-    (for timeouts) and pass ``quiet`` to skip the fingerprint banner; the
-    SIGTERM handling is only for the real thing (no reactor injected)."""
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
+def makeService(options: Any) -> service.MultiService:
+    """twistd's entry point: the service tree on the global reactor, with
+    the signal handling of a real server."""
+    from twisted.internet import reactor
 
-        reactor = default_reactor
-        real = True
-    else:
-        real = False
+    return build_service(options, reactor, real=True)
+
+
+def build_service(
+    options: Any, reactor: Any, clock: Any = None, quiet: bool = False, real: bool = False
+) -> service.MultiService:
+    """The service tree on ``reactor``.  Tests pass a separate ``clock``
+    (for timeouts) and ``quiet`` to skip the fingerprint banner; ``real``
+    (twistd) adds the SIGTERM and SIGHUP handling and exits on a fatal
+    start-up error."""
     if clock is None:
         clock = reactor
     settings: Settings = options["settings"]

@@ -1,7 +1,7 @@
 """Test harness: a real server on loopback, real clients, real files.
 
 Nothing here fakes our own code.  ``RunningServer`` builds the same service
-tree as ``twistd chatserver`` (``tap.makeService``) in a temporary
+tree as ``twistd chatserver`` (``tap.build_service``) in a temporary
 directory, listening on an ephemeral loopback port.  Only the RSA identity
 key is shared between tests, because generating one per test would
 dominate the suite's run time.
@@ -89,7 +89,7 @@ class RunningServer:
     def __init__(self, settings: Settings, clock: Any = None) -> None:
         self.settings = settings
         install_identity(settings.data_path)
-        self.service = tap.makeService({"settings": settings}, reactor=reactor, clock=clock, quiet=True)
+        self.service = tap.build_service({"settings": settings}, reactor, clock=clock, quiet=True)
         self.factory = self.service.factory
         self.identity = self.service.identity
         self.port = 0
