@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             name = validation.username(args.name)
             password = read_new_password(args.password_file)
-            validation.REQUESTS["register"]["password"][0](password, None)
+            validation.new_password(password)
         except validation.RequestError as e:
             print(f"error: {e.message}", file=sys.stderr)
             return 2

@@ -324,6 +324,7 @@ class ChatService:
         """Offline delivery, after the welcome: direct messages that arrived
         while the user had no connection, in order."""
         user = member.user
+        assert user is not None  # delivered to logged-in members only
         for peer, (stream, delivered) in list(self.dms.get(user, {}).items()):
             while True:
                 texts = yield self._db.run(store.history, stream, delivered, None, HISTORY_PAGE_MAX)
@@ -487,7 +488,7 @@ class ChatService:
                 room.members[heir] = heir_role
 
         audit = self._audit("server", "role", room.name, heir, "owner")
-        changes = [
+        changes: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
             (store.set_owner, (room.name, heir)),
             (store.set_member, (room.name, heir, "owner", self._now())),
             audit.row(),
@@ -768,7 +769,12 @@ class ChatService:
             }
             if kind == "ban" and target in room.members:
                 d = self._remove_member(room, target, event, [row], audit)
-                d.addErrback(lambda f: (put_back(), f)[1])
+
+                def restore(failure: Failure) -> Failure:
+                    put_back()
+                    return failure
+
+                d.addErrback(restore)
                 return d
             d = self._publish_room(room, event, [row, audit.row()], put_back)
             return d.addCallback(audit.logged)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.logger import (
@@ -194,7 +194,7 @@ class LogFiles(Service):
         self._level_filter = LogLevelFilterPredicate(defaultLogLevel=self.level)
         self._set_namespace_levels(levels)
 
-    def _open(self, name: str) -> LogFile:
+    def _open(self, name: str) -> Any:  # a LogFile or a DailyLogFile, used as the IO it mimics
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         logfile: LogFile | DailyLogFile
         if self.daily:
@@ -213,6 +213,7 @@ class LogFiles(Service):
 
     def startService(self) -> None:
         super().startService()
+        writer: Callable[[Any], FileLogObserver]
         if self.json:
             writer = jsonFileLogObserver
         else:

@@ -58,6 +58,7 @@ class _MonitorProcess(protocol.ProcessProtocol):
         if len(self._buffer) > MAX_LINE:
             log.warn("monitor wrote a line over {max} bytes; restarting it", max=MAX_LINE)
             self._buffer = b""
+            assert self.transport is not None  # data came from it
             self.transport.signalProcess("KILL")
             return
         for line in lines:
@@ -134,6 +135,7 @@ class Monitoring(service.Service):
         if child is None:
             return succeed(None)
         try:
+            assert child.transport is not None  # a child is kept only once spawned
             child.transport.signalProcess("TERM")
         except error.ProcessExitedAlready:
             pass

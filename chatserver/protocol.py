@@ -175,10 +175,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         "close_reason",
     )
 
+    #: TCP, TLS (its producer and abort too) or a test's: wider than
+    #: ITransport, which LineReceiver declares.
+    transport: Any
+
     def __init__(self, factory: "ChatFactory") -> None:
         self.factory = factory
         self.MAX_LENGTH = factory.settings.max_line_length
-        self.callLater = factory.clock.callLater  # TimeoutMixin, on the injected clock
         self.peer = "?"
         self.user: str | None = None
         self.account: Account | None = None
@@ -223,6 +226,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.lost: Deferred[None] = Deferred()
         self.ending = False
         self.close_reason = "connection lost"
+
+    def callLater(self, delay: float, call: Any, *args: Any) -> Any:
+        """TimeoutMixin's and our timers, on the factory's injected clock."""
+        return self.factory.clock.callLater(delay, call, *args)
 
     # --- connection lifetime --------------------------------------------
 
@@ -560,8 +567,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def _derive_failed(self, failure: Failure) -> None:
         if self.ending:
             return  # gone (its job withdrawn, or the pool stopping)
-        if failure.check(ChannelError):
-            error = failure.value
+        error = failure.value
+        if isinstance(error, ChannelError):
             self._drop(error.reason, error.alert)
         else:
             log.failure("key derivation crashed for {peer}", failure, peer=self.peer)
@@ -763,7 +770,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 metrics.count("rate_limited")
 
     def _failure_event(self, failure: Failure, kind: str) -> dict[str, Any]:
-        if failure.check(Refused):
+        if isinstance(failure.value, Refused):
             return failure.value.event(kind)
         for error, (code, message) in _TRY_AGAIN.items():
             if failure.check(error):
@@ -842,9 +849,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         )
 
     def _authenticate(self, d: Deferred[Account], token: str | None = None) -> Deferred[dict[str, Any]]:
-        d.addCallback(self._authenticated, token)
-        self._wait_for(d)  # nothing else is read until this is settled
-        return d
+        """The welcome (or the refusal) once ``d`` has the account."""
+        welcome: Deferred[dict[str, Any]] = d.addCallback(self._authenticated, token)
+        self._wait_for(welcome)  # nothing else is read until this is settled
+        return welcome
 
     @inlineCallbacks
     def _authenticated(self, account: Account, token: str | None) -> Any:

@@ -110,8 +110,9 @@ class ChatCore(service.Service):
     def startService(self) -> None:
         super().startService()
         d = self.chat.load()
-        if self.tickets is not None:
-            d.addCallback(lambda _: self.tickets.load())
+        tickets = self.tickets
+        if tickets is not None:
+            d.addCallback(lambda _: tickets.load())
         d.addCallback(lambda _: self._listen())
         d.addErrback(self._failed)
 
@@ -215,7 +216,7 @@ class ChatServer(service.MultiService):
         """Reopen the log files; apply the log level, the rate limits and
         ``[accounts] allow_registration`` from the configuration file
         again.  Anything else needs a restart."""
-        logs: LogFiles = self.getServiceNamed("log-files")  # type: ignore[assignment]
+        logs: LogFiles = self.getServiceNamed("log-files")
         logs.reopen()
         if self._load is None:
             log.info("SIGHUP: log files reopened")

@@ -96,7 +96,7 @@ class Listener(service.Service):
         port, self._port = self._port, None
         if port is None:
             return None
-        return defer.maybeDeferred(port.stopListening)
+        return port.stopListening()
 
 
 def listener(reactor: Any, description: str, factory: Any) -> Listener:

@@ -63,8 +63,8 @@ def username(value: Any, limits: Limits | None = None) -> str:
     return name
 
 
-def _password(minimum: int) -> Check:
-    def check(value: Any, limits: Limits) -> str:
+def _password(minimum: int) -> Callable[[Any, Limits | None], str]:
+    def check(value: Any, limits: Limits | None = None) -> str:
         password = _string(value, "password")
         if not minimum <= len(password) <= MAX_PASSWORD:
             raise RequestError(
@@ -75,6 +75,14 @@ def _password(minimum: int) -> Check:
         return password
 
     return check
+
+
+_new_password = _password(MIN_PASSWORD)
+
+
+def new_password(value: Any, limits: Limits | None = None) -> str:
+    """A password for a new account (registration, the admin tool)."""
+    return _new_password(value, limits)
 
 
 def room(value: Any, limits: Limits | None = None) -> str:
@@ -221,7 +229,7 @@ def _flag(field: str) -> Check:
 REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "register": {
         "user": (username, True),
-        "password": (_password(MIN_PASSWORD), True),
+        "password": (new_password, True),
         "invite": (invite_code, False),
     },
     "login": {"user": (username, True), "password": (_password(1), False), "token": (token, False)},
