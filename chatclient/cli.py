@@ -309,7 +309,11 @@ class InputLines(LineReceiver):
         if failure.check(ServerError):
             self.printer(failure.value.event)
         elif failure.check(ConnectionClosed):
-            what = "message" if command.action == "say" else f"/{command.request['type']}"
+            what = (
+                "message"
+                if command.action == "say" or command.request is None
+                else f"/{command.request['type']}"
+            )
             notice(f"{what} not confirmed: the connection dropped first; not sent again")
         else:
             notice(log_text(failure.getErrorMessage()))
@@ -505,9 +509,12 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
         # it, if the server put us there already).
         lines.lineReceived(f"/join {args.room}".encode())
     failed: Deferred[Any] = Deferred()
-    client.add_state_listener(
-        lambda name, detail: name == "failed" and not failed.called and failed.callback(detail)
-    )
+
+    def on_state(name: str, detail: Any) -> None:
+        if name == "failed" and not failed.called:
+            failed.callback(detail)
+
+    client.add_state_listener(on_state)
     _, index = await defer.DeferredList([lines.done, failed], fireOnOneCallback=True, consumeErrors=True)
     if index == 1:
         error = failed.result
@@ -527,9 +534,10 @@ def main(argv: list[str] | None = None) -> None:
     def start(reactor: Any) -> Deferred[int]:
         d = Deferred.fromCoroutine(run(reactor, args, password))
 
-        def exit_code(code: int) -> None:
+        def exit_code(code: int) -> int:
             if code:
                 raise SystemExit(code)
+            return code
 
         return d.addCallback(exit_code)
 

@@ -21,9 +21,11 @@ from typing import Any, Callable
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, Proven, ServerError, Verifier
 from chatserver.wire import channel
@@ -177,7 +179,7 @@ class ReconnectingClient:
         elif kind in ("left", "kicked", "banned") and event.get("user") == self.user:
             self.rooms.discard(room)
             # Out of it: no more catch-up of its stream after a reconnect.
-            self.last_ids.pop(event.get("stream"), None)
+            self.last_ids.pop(str(event.get("stream")), None)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -263,7 +265,7 @@ class ReconnectingClient:
         self.ticket = ticket
 
     def _setup_failed(self, failure: Failure, protocol: ClientProtocol) -> None:
-        if failure.check(ServerError) and failure.value.code in self.FATAL:
+        if isinstance(failure.value, ServerError) and failure.value.code in self.FATAL:
             self._give_up(failure)
         else:
             if not failure.check(ConnectionClosed) and self._fatal is None:
@@ -359,19 +361,24 @@ class ReconnectingClient:
                 return failure
 
             return d.addCallback(session._logged_in).addErrback(fall_back)
-        assert self._password is not None, "no token and no password"
+        password = self._password
+        assert password is not None, "no token and no password"
         if self._register:
-            d = session.register(self.user, self._password, self._invite)
+            d = session.register(self.user, password, self._invite)
 
             def registered_before(failure: Any) -> Any:
                 if failure.check(ServerError) and failure.value.code == "username_taken":
-                    return session.login(self.user, self._password)
+                    return session.login(self.user, password)
                 return failure
 
+            def registered(welcome: Any) -> Any:
+                self._register = False  # the account exists now: log in next time
+                return welcome
+
             d.addErrback(registered_before)
-            d.addCallback(lambda welcome: setattr(self, "_register", False) or welcome)
+            d.addCallback(registered)
             return d
-        return session.login(self.user, self._password)
+        return session.login(self.user, password)
 
     def _lost(self, info: ConnectionClosed) -> ConnectionClosed:
         self.session = None
@@ -392,6 +399,7 @@ class ReconnectingClient:
         return self.request({"type": "dm", "to": to, "body": body})
 
 
+@implementer(IStreamClientEndpoint)
 class _WatchedEndpoint:
     """An endpoint that reports failed connection attempts (ClientService
     retries them without telling anyone)."""

@@ -68,6 +68,9 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
 
     delimiter = b"\n"
     MAX_LENGTH = 16 * 1024 * 1024
+    #: TCP, TLS or a test's (abortConnection too): wider than the
+    #: ITransport that LineReceiver declares.
+    transport: Any
     #: Seconds the server has to answer each handshake step.
     handshake_timeout = 30.0
 
@@ -86,7 +89,6 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         for the next connection; ``clock``: the reactor (or a test's
         clock) that times the handshake."""
         self._clock = clock
-        self.callLater = clock.callLater  # TimeoutMixin, on the injected clock
         self._verify = verify
         self._proven = proven
         self._ended = False
@@ -102,6 +104,10 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self.session: ChatSession | None = None
         self.fingerprint: str | None = None
         self._close_info: ConnectionClosed | None = None
+
+    def callLater(self, delay: float, call: Any, *args: Any) -> Any:
+        """TimeoutMixin's timer, on the injected clock."""
+        return self._clock.callLater(delay, call, *args)
 
     def connectionMade(self) -> None:
         channel.send_without_delay(self.transport)
