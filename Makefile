@@ -34,11 +34,14 @@ FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.installed-test
 	$(PY) tools/fuzz.py --jobs $(TRIAL_JOBS) --examples $(FUZZ_EXAMPLES) --seconds $(FUZZ_SECONDS)
 
-check: $(VENV)/.installed
-	$(PY) -m pip install --quiet ruff==0.17.6 import-linter==2.17
+# The checkers are pinned: a new release's new rules are a change of ours.
+CHECKERS := ruff==0.17.6 import-linter==2.17 mypy==2.4.1 mypy-zope==1.0.17 types-psutil==7.2.2.20261111
+check: $(VENV)/.installed-test
+	$(PY) -m pip install --quiet $(CHECKERS)
 	$(VENV)/bin/ruff check chatserver chatclient tools twisted tests bench
 	$(VENV)/bin/ruff format --check chatserver chatclient tools twisted tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[fast]'

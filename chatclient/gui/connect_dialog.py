@@ -20,6 +20,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from chatclient.gui.present import present
 from chatclient.gui.servers import RememberedServers, Server
 
 DEFAULT_PORT = 7070
@@ -93,7 +94,7 @@ class ConnectDialog(QDialog):
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
-        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("&Connect")
+        present(self.buttons.button(QDialogButtonBox.StandardButton.Ok)).setText("&Connect")
         self.buttons.accepted.connect(self._accept)
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from chatclient import commands
 from chatclient.gui.model import ChatModel, Conversation
 from chatclient.gui.notify import Notifier
+from chatclient.gui.present import present
 from chatclient.gui.render import Renderer, day, peer
 from chatclient.gui.servers import Server
 from chatclient.gui.trust import fingerprint_text
@@ -186,8 +187,9 @@ class MainWindow(QMainWindow):
         self.fingerprint_label.setObjectName("fingerprint")
         self.fingerprint_label.setTextFormat(Qt.TextFormat.PlainText)
         self.fingerprint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.statusBar().addWidget(self.state_label, 1)
-        self.statusBar().addPermanentWidget(self.fingerprint_label)
+        status = present(self.statusBar())
+        status.addWidget(self.state_label, 1)
+        status.addPermanentWidget(self.fingerprint_label)
         self._build_menus()
         self.setTabOrder(self.search, self.room_list)
         self.setTabOrder(self.room_list, self.dm_list)
@@ -204,19 +206,19 @@ class MainWindow(QMainWindow):
             item.triggered.connect(lambda _=False: slot())
             return item
 
-        bar = self.menuBar()
-        chat = bar.addMenu("&Chat")
+        bar = present(self.menuBar())
+        chat = present(bar.addMenu("&Chat"))
         action(chat, "&New room…", "Ctrl+N", self.create_room)
         action(chat, "&Join a room…", "Ctrl+J", self.browse_rooms)
         action(chat, "&Direct message…", "Ctrl+D", self.start_dm)
         chat.addSeparator()
         action(chat, "Log &out", None, self.log_out)
         action(chat, "&Quit", "Ctrl+Q", self.close)
-        room = bar.addMenu("&Room")
+        room = present(bar.addMenu("&Room"))
         self.invite_action = action(room, "&Invite someone…", "Ctrl+I", self.invite)
         self.topic_action = action(room, "Set the &topic…", "Ctrl+T", self.set_topic)
         self.leave_action = action(room, "&Leave this room", None, self.leave_room)
-        go = bar.addMenu("&Go")
+        go = present(bar.addMenu("&Go"))
         action(go, "&Search rooms and people", "Ctrl+K", self.focus_search)
         action(go, "&Message input", "Ctrl+L", self.focus_input)
         action(go, "&Previous conversation", "Alt+Up", lambda: self.step(-1))
@@ -225,7 +227,7 @@ class MainWindow(QMainWindow):
             QShortcut(QKeySequence(f"Ctrl+{number}"), self, lambda n=number: self.open_nth(n - 1))
         QShortcut(QKeySequence("Ctrl+PgUp"), self, lambda: self.step(-1))
         QShortcut(QKeySequence("Ctrl+PgDown"), self, lambda: self.step(1))
-        view = bar.addMenu("&View")
+        view = present(bar.addMenu("&View"))
         self.stats_action = action(view, "Server &statistics", "Ctrl+Shift+S", self.toggle_stats)
         self.stats_action.setEnabled(False)
 
@@ -320,8 +322,8 @@ class MainWindow(QMainWindow):
         self.refresh_lists()
         self.refresh_topics()
         if self.model.current is None:
-            rooms = self.model.rooms()
-            first = next((c for c in rooms if c.name == "lobby"), rooms[0] if rooms else None)
+            listed = self.model.rooms()
+            first = next((c for c in listed if c.name == "lobby"), listed[0] if listed else None)
             if first is not None:
                 self.open_conversation(first.stream)
         elif again:
@@ -485,13 +487,13 @@ class MainWindow(QMainWindow):
         needle = text.strip().lower().lstrip("#@")
         for listing in (self.room_list, self.dm_list):
             for row in range(listing.count()):
-                item = listing.item(row)
+                item = present(listing.item(row))
                 item.setHidden(bool(needle) and needle not in item.text().lower())
 
     def _open_first_match(self) -> None:
         for listing in (self.room_list, self.dm_list):
             for row in range(listing.count()):
-                item = listing.item(row)
+                item = present(listing.item(row))
                 if not item.isHidden():
                     self.search.clear()
                     self.open_conversation(item.data(STREAM_ROLE))
@@ -518,7 +520,7 @@ class MainWindow(QMainWindow):
 
     def render_current(self) -> None:
         conversation = self.current()
-        bar = self.view.verticalScrollBar()
+        bar = present(self.view.verticalScrollBar())
         from_bottom = bar.maximum() - bar.value()
         if conversation is None:
             self.view.setHtml("")
@@ -542,7 +544,7 @@ class MainWindow(QMainWindow):
         self.request(dict(request, limit=200)).addCallbacks(got, self._report, errbackArgs=("history",))
 
     def _prepend(self, events: list[dict[str, Any]], first_shown: dict[str, Any]) -> None:
-        bar = self.view.verticalScrollBar()
+        bar = present(self.view.verticalScrollBar())
         from_bottom = bar.maximum() - bar.value()
         cursor = self.view.textCursor()
         cursor.movePosition(cursor.MoveOperation.Start)
@@ -707,7 +709,7 @@ class MainWindow(QMainWindow):
         online = sum(1 for m in members if m.get("online"))
         self.members_heading.setText(f"Members — {online} online of {len(members)}")
         self.member_list.clear()
-        for member in sorted(members, key=lambda m: (-RANK.get(m.get("role"), 0), m.get("user", ""))):
+        for member in sorted(members, key=lambda m: (-RANK.get(m.get("role") or "", 0), m.get("user", ""))):
             user = member.get("user", "?")
             role = member.get("role", "member")
             presence = member.get("online")
@@ -763,18 +765,18 @@ class MainWindow(QMainWindow):
             return
         menu = self.member_menu(item.data(STREAM_ROLE))
         if not menu.isEmpty():
-            menu.popup(self.member_list.viewport().mapToGlobal(point))
+            menu.popup(present(self.member_list.viewport()).mapToGlobal(point))
 
     def member_menu(self, user: str) -> QMenu:
         menu = QMenu(self)
         menu.setObjectName("member-menu")
         for label, request in self.member_actions(user):
             if request is None:
-                menu.addAction(label).triggered.connect(lambda _=False, u=user: self.open_dm(u))
+                present(menu.addAction(label)).triggered.connect(lambda _=False, u=user: self.open_dm(u))
             else:
                 if not menu.isEmpty() and len(menu.actions()) == 1:
                     menu.addSeparator()
-                menu.addAction(label).triggered.connect(lambda _=False, r=request: self.moderate(r))
+                present(menu.addAction(label)).triggered.connect(lambda _=False, r=request: self.moderate(r))
         return menu
 
     def moderate(self, request: dict[str, Any]) -> None:
@@ -910,7 +912,7 @@ class MainWindow(QMainWindow):
     def _report(self, failure: Failure, what: str) -> None:
         if failure.check(ConnectionClosed) and what in ("who", "rooms", "history", "stats"):
             return  # asked again once reconnected
-        if failure.check(ServerError):
+        if isinstance(failure.value, ServerError):
             retry = failure.value.event.get("retry_after")
             extra = f" (try again in {retry} s)" if retry else ""
             self.notice(f"{what}: {peer(failure.value.message)}{extra}", error=True)
@@ -953,7 +955,7 @@ class MainWindow(QMainWindow):
         buttons.accepted.connect(dialog.accept)
         buttons.rejected.connect(dialog.reject)
         form.addRow(buttons)
-        ok = buttons.button(QDialogButtonBox.StandardButton.Ok)
+        ok = present(buttons.button(QDialogButtonBox.StandardButton.Ok))
 
         def refused(text: str) -> None:
             """Stay open with everything as typed, the reason shown here."""
@@ -981,7 +983,7 @@ class MainWindow(QMainWindow):
                 self.refresh_topics()
 
             def failed(failure: Failure) -> None:
-                if failure.check(ServerError):
+                if isinstance(failure.value, ServerError):
                     retry = failure.value.event.get("retry_after")
                     extra = f" (try again in {retry} s)" if retry else ""
                     refused(f"{failure.value.message}{extra}")
@@ -1008,7 +1010,7 @@ class MainWindow(QMainWindow):
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
-        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("&Join")
+        present(buttons.button(QDialogButtonBox.StandardButton.Ok)).setText("&Join")
         buttons.accepted.connect(dialog.accept)
         buttons.rejected.connect(dialog.reject)
         layout.addWidget(buttons)

@@ -12,6 +12,8 @@ import html
 
 from PyQt6.QtWidgets import QApplication, QStyle, QSystemTrayIcon, QWidget
 
+from chatclient.gui.present import present
+
 
 class Notifier:
     def __init__(self, window: QWidget) -> None:
@@ -20,7 +22,7 @@ class Notifier:
         self.shown: list[tuple[str, str]] = []
         self.tray: QSystemTrayIcon | None = None
         if QSystemTrayIcon.isSystemTrayAvailable():
-            icon = window.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxInformation)
+            icon = present(window.style()).standardIcon(QStyle.StandardPixmap.SP_MessageBoxInformation)
             self.tray = QSystemTrayIcon(icon, window)
             self.tray.setToolTip("chatclient")
             self.tray.messageClicked.connect(self._raise)

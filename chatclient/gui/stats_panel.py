@@ -43,6 +43,8 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from chatclient.gui.present import present
+
 #: The server's default ``[monitor] interval``, until a frame tells.
 DEFAULT_INTERVAL = 5.0
 
@@ -232,8 +234,8 @@ class StatsPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setAlternatingRowColors(True)
-        self.table.verticalHeader().setVisible(False)
-        header = self.table.horizontalHeader()
+        present(self.table.verticalHeader()).setVisible(False)
+        header = present(self.table.horizontalHeader())
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.table.setSortingEnabled(True)

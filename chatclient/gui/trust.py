@@ -21,6 +21,7 @@ from PyQt6.QtWidgets import QMessageBox, QWidget
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from chatclient.gui.present import present
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts
 
 
@@ -71,8 +72,8 @@ class Trust:
             "(the server prints it when it starts). Trust this key and remember it?"
         )
         box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
-        box.button(QMessageBox.StandardButton.Yes).setText("Trust and connect")
-        box.button(QMessageBox.StandardButton.No).setText("Cancel")
+        present(box.button(QMessageBox.StandardButton.Yes)).setText("Trust and connect")
+        present(box.button(QMessageBox.StandardButton.No)).setText("Cancel")
         box.setDefaultButton(QMessageBox.StandardButton.No)
         box.setTextInteractionFlags(box.textInteractionFlags())
         answer: Deferred[bool] = Deferred()

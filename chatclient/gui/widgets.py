@@ -10,6 +10,7 @@ from PyQt6.QtCore import QSize, Qt, QUrl, pyqtSignal
 from PyQt6.QtGui import QDesktopServices, QKeyEvent
 from PyQt6.QtWidgets import QInputDialog, QPlainTextEdit, QSizePolicy, QTextBrowser, QWidget
 
+from chatclient.gui.present import present
 from chatclient.gui.render import JOIN_LINK
 
 
@@ -61,8 +62,9 @@ class MessageView(QTextBrowser):
         self.setTextInteractionFlags(
             Qt.TextInteractionFlag.TextBrowserInteraction | Qt.TextInteractionFlag.TextSelectableByKeyboard
         )
-        self.verticalScrollBar().valueChanged.connect(self._scrolled)
-        self.verticalScrollBar().rangeChanged.connect(self._range_changed)
+        bar = present(self.verticalScrollBar())
+        bar.valueChanged.connect(self._scrolled)
+        bar.rangeChanged.connect(self._range_changed)
 
     def _link(self, url: QUrl) -> None:
         if url.scheme() in ("http", "https"):
@@ -71,7 +73,7 @@ class MessageView(QTextBrowser):
             self.join_requested.emit(unquote(url.toString()[len(JOIN_LINK) :]))
 
     def _scrolled(self, value: int) -> None:
-        bar = self.verticalScrollBar()
+        bar = present(self.verticalScrollBar())
         if value == bar.minimum() and bar.maximum() > bar.minimum():
             self.reached_top.emit()
 
@@ -82,11 +84,11 @@ class MessageView(QTextBrowser):
             self.reached_top.emit()
 
     def at_bottom(self) -> bool:
-        bar = self.verticalScrollBar()
+        bar = present(self.verticalScrollBar())
         return bar.value() >= bar.maximum() - 4
 
     def scroll_to_bottom(self) -> None:
-        bar = self.verticalScrollBar()
+        bar = present(self.verticalScrollBar())
         bar.setValue(bar.maximum())
 
 
@@ -99,6 +101,11 @@ def ask_text(
     dialog.setWindowTitle(title)
     dialog.setLabelText(label)
     dialog.setTextValue(text)
-    dialog.textValueSelected.connect(lambda value: value.strip() and done(value.strip()))
+
+    def selected(value: str) -> None:
+        if value.strip():
+            done(value.strip())
+
+    dialog.textValueSelected.connect(selected)
     dialog.open()
     return dialog
