@@ -18,9 +18,9 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from chatserver import store
 from chatserver.config import Settings
-from chatserver.store import Store
+from chatserver.storage import sqlite
+from chatserver.storage.interface import Storage
 from chatserver.wire import crypto
 from chatserver.wire.errors import Refused
 from chatserver.workers import CryptoPool
@@ -93,7 +93,7 @@ class Accounts:
     #: login that follows it (a disable in between is seen after this).
     KNOWN_SECONDS = 2.0
 
-    def __init__(self, settings: Settings, store: Store, pool: CryptoPool, clock: Any) -> None:
+    def __init__(self, settings: Settings, store: Storage, pool: CryptoPool, clock: Any) -> None:
         self._clock = clock
         self._settings = settings
         self._store = store
@@ -142,9 +142,7 @@ class Accounts:
         """A new session token for ``name``; only its hash is stored."""
         token = base64.urlsafe_b64encode(crypto.random_bytes(32)).rstrip(b"=").decode("ascii")
         now = int(self._clock.seconds())
-        d = self._store.run(
-            store.add_token, token_hash(token), name, now, now + int(self._settings.session_token_ttl)
-        )
+        d = self._store.add_token(token_hash(token), name, now, now + int(self._settings.session_token_ttl))
         return d.addCallback(lambda _: token)
 
     @inlineCallbacks
@@ -161,7 +159,7 @@ class Accounts:
         if known is not None and known[0] == hashed and now - known[2] <= self.KNOWN_SECONDS:
             record = known[1]
         else:
-            record = yield self._store.read(store.token_account, hashed, int(now))
+            record = yield self._store.token_account(hashed, int(now))
         if record is None or record.name != name:
             self._by_account.fail(name)
             self._by_address.fail(address)
@@ -173,7 +171,7 @@ class Accounts:
         return Account(record.name, record.role)
 
     def revoke_token(self, token: str) -> Any:
-        return self._store.run(store.revoke_tokens, None, token_hash(token))
+        return self._store.revoke_token(token_hash(token))
 
     @inlineCallbacks
     def register(self, name: str, password: str, address: str, invite: str | None = None) -> Any:
@@ -203,8 +201,7 @@ class Accounts:
         )
         if mode == "invite":
             assert invite is not None
-            outcome, invite_id = yield self._store.run(
-                store.register_with_invite,
+            outcome, invite_id = yield self._store.register_with_invite(
                 invite_hash(invite),
                 name,
                 password_hash,
@@ -264,7 +261,7 @@ def make_invites_now(
     expires_at = now_s + int(ttl)
     codes = [new_invite_code() for _ in range(count)]
     with conn:
-        ids = store.add_registration_invites(
+        ids = sqlite.add_registration_invites(
             conn.cursor(), [invite_hash(c) for c in codes], by, now_s, expires_at
         )
     return [(i, c, expires_at) for i, c in zip(ids, codes, strict=True)]
@@ -275,7 +272,7 @@ def add_user_now(conn: Any, name: str, password: str, role: str, cost: int) -> b
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     with conn:
-        return store.add_user(conn.cursor(), name, crypto.hash_password(password, cost), role)
+        return sqlite.add_user(conn.cursor(), name, crypto.hash_password(password, cost), role)
 
 
 __all__ = [

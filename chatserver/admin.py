@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chatserver import accounts, store
+from chatserver import accounts
 from chatserver.config import ConfigError, load_settings
+from chatserver.storage import sqlite as store
 from chatserver.wire import validation
 
 

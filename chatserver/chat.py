@@ -4,12 +4,16 @@ A *member* is one logged-in connection: it has ``user``, ``role`` (the
 account's server role), ``deliver(plaintext)`` for an already-encoded event
 list, and ``close(code, message)``.
 
-State lives in memory and every change is also written to the store.  Checks
-(permissions, bans, limits) run against memory, synchronously, so requests on
-one connection see each other's effects in order.  Every published event gets
-the next id of its stream at once, is committed through the group-commit
-event log, and only then fanned out and acknowledged: nothing a client has
-seen or been acknowledged can be lost.
+State lives in memory and every change is also written to storage (the
+``Storage`` interface; no SQL here).  Checks (permissions, bans, limits) run
+against memory, synchronously, so requests on one connection see each
+other's effects in order.  Every published event is committed through the
+storage's group-commit event log, whose commit gives it the next id of its
+stream, and only then handed to the hub (the ``Hub`` interface), which
+delivers it to whoever follows its stream, and acknowledged: nothing a
+client has seen or been acknowledged can be lost.  This object is also the
+hub's receiver for this process: ``deliver`` fans an event out to the
+local connections in its room (or of its direct message's two users).
 
 A state change (a membership, a topic, a ban) is committed in the same
 transaction as the event that announces it, never on its own: acknowledged
@@ -30,9 +34,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chatserver import store
-from chatserver.journal import Changes, EventLog
-from chatserver.store import Store, StoreClosed
+from chatserver.hub.interface import Hub
+from chatserver.storage.interface import Change, Changes, RoomRecord, Storage, StoreClosed, UserRecord
 from chatserver.wire import channel, safetext
 from chatserver.wire.errors import Refused
 from chatserver.wire.names import RANK, dm_stream, room_stream
@@ -89,8 +92,8 @@ class Audit:
     target: str | None
     detail: str
 
-    def row(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        return (store.add_audit, (self.ts, self.actor, self.action, self.room, self.target, self.detail))
+    def row(self) -> Change:
+        return ("add_audit", (self.ts, self.actor, self.action, self.room, self.target, self.detail))
 
     def logged(self, result: Any) -> Any:
         audit.info(
@@ -114,7 +117,7 @@ def _page(entries: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[
 class Room:
     __slots__ = ("name", "kind", "owner", "topic", "members", "invites", "sanctions", "online", "stream")
 
-    def __init__(self, record: store.RoomRecord) -> None:
+    def __init__(self, record: RoomRecord) -> None:
         self.name = record.name
         self.kind = record.kind
         self.owner = record.owner
@@ -135,16 +138,16 @@ class Room:
 class ChatService:
     def __init__(
         self,
-        db: Store,
-        journal: EventLog,
+        db: Storage,
+        hub: Hub,
         clock: Any,
         default_room: str = "lobby",
         max_room_members: int = 1000,
         max_rooms_per_user: int = 50,
     ) -> None:
-        self._db = db
+        self.storage = db
+        self.hub = hub
         self.metrics: Any = None  # set by the server (chatserver.metrics.Metrics)
-        self.journal = journal  # the shutdown waits until it is idle
         self._clock = clock
         self.default_room = default_room
         self.max_room_members = max_room_members
@@ -165,21 +168,20 @@ class ChatService:
 
     @defer.inlineCallbacks
     def load(self) -> Any:
-        records = yield self._db.run(store.load_rooms)
-        self.last_ids = yield self._db.run(store.load_stream_ids)
-        self.dms = yield self._db.run(store.load_dm_streams)
-        self.admins = yield self._db.run(store.load_admins)
-        self.welcomed = yield self._db.run(store.load_welcomed)
+        records = yield self.storage.load_rooms()
+        self.last_ids = yield self.storage.load_stream_ids()
+        self.dms = yield self.storage.load_dm_streams()
+        self.admins = yield self.storage.load_admins()
+        self.welcomed = yield self.storage.load_welcomed()
         if self.default_room not in records:
             now = self._now()
-            yield self._db.run(store.create_room, self.default_room, "public", None, "", now)
-            records[self.default_room] = store.RoomRecord(
-                self.default_room, "public", None, "", {}, set(), {}
-            )
+            yield self.storage.write([("create_room", (self.default_room, "public", None, "", now))])
+            records[self.default_room] = RoomRecord(self.default_room, "public", None, "", {}, set(), {})
         self.rooms = {name: Room(record) for name, record in records.items()}
         for room in self.rooms.values():
             for user in room.members:
                 self.user_rooms.setdefault(user, set()).add(room.name)
+        yield self.hub.start(self, self.last_ids)
 
     # --- helpers --------------------------------------------------------------
 
@@ -218,31 +220,26 @@ class ChatService:
         self,
         stream: str,
         event: dict[str, Any],
-        recipients: Callable[[], Any],
         changes: Changes = (),
         undo: Callable[[], None] | None = None,
+        users: tuple[str, ...] = (),
     ) -> Deferred[dict]:
-        """Give ``event`` the next id of ``stream``, commit it with the
-        state ``changes`` it stands for, then deliver it to ``recipients()``
-        (evaluated after the commit) and fire.  If the commit fails,
+        """Commit ``event`` with the state ``changes`` it stands for (the
+        commit gives it the next id of ``stream``), then hand it to the hub,
+        which delivers it to the followers of ``stream`` (and the sessions
+        of ``users``) here and everywhere, and fire.  If the commit fails,
         ``undo()`` puts memory back as it was and the Deferred fails."""
-        event_id = self.last_ids.get(stream, 0) + 1
-        self.last_ids[stream] = event_id
         event["stream"] = stream
-        event["id"] = event_id
+        event["id"] = 0  # its place among the fields; the commit sets it
         event["ts"] = self._now()
-        text = channel.json_text(event)
-        d = self.journal.append(stream, event_id, event["ts"], text, changes)
+        d = self.storage.append(event, changes)
 
-        def committed(_: Any) -> dict[str, Any]:
-            encoded = text.encode("utf-8")  # once, whoever the recipients
-            members = list(recipients())
-            for member in members:
-                member.deliver(encoded)
-            if self.metrics is not None:
-                if event["type"] in ("msg", "dm"):
-                    self.metrics.count("messages_in")
-                self.metrics.count("messages_out", len(members))
+        def committed(text: str) -> dict[str, Any]:
+            self.hub.publish(stream, event["id"], text.encode("utf-8"), users)
+            if self.metrics is not None and event["type"] in ("msg", "dm"):
+                self.metrics.count("messages_in")
+            if changes and stream.startswith("room:"):
+                self.hub.invalidate(stream[5:])
             return event
 
         def failed(failure: Failure) -> Failure:
@@ -260,7 +257,68 @@ class ChatService:
         undo: Callable[[], None] | None = None,
     ) -> Deferred[dict]:
         event["room"] = room.name
-        return self.publish(room.stream, event, lambda: room.online, changes, undo)
+        return self.publish(room.stream, event, changes, undo)
+
+    # --- the hub's receiver -----------------------------------------------------
+
+    def deliver(self, stream: str, event_id: int, encoded: bytes) -> None:
+        """A committed event, from the hub: to this process's sessions that
+        follow ``stream``."""
+        if event_id > self.last_ids.get(stream, 0):
+            self.last_ids[stream] = event_id
+        if stream.startswith("room:"):
+            room = self.rooms.get(stream[5:])
+            members = list(room.online) if room is not None else []
+        else:
+            # dm:A:B goes to both users' connections, but not to one that is
+            # still being sent the stream's backlog (push_undelivered).
+            _, a, b = stream.split(":", 2)
+            members = [
+                c
+                for c in list(self.online.get(a, ())) + list(self.online.get(b, ()))
+                if stream not in self._syncing.get(c, ())
+            ]
+        for member in members:
+            member.deliver(encoded)
+        if self.metrics is not None:
+            self.metrics.count("messages_out", len(members))
+
+    def room_changed(self, room: str) -> None:
+        """Another process changed ``room``: read it again."""
+        self.storage.load_rooms().addCallback(self._reload_room, room).addErrback(
+            lambda f: log.failure("reloading room {room} failed", f, room=room)
+        )
+
+    def _reload_room(self, records: dict[str, RoomRecord], name: str) -> None:
+        record = records.get(name)
+        if record is None:
+            return
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(record)
+        before = set(room.members)
+        room.kind, room.owner, room.topic = record.kind, record.owner, record.topic
+        room.members, room.invites, room.sanctions = record.members, record.invites, record.sanctions
+        for user in before - set(room.members):
+            self.user_rooms.get(user, set()).discard(name)
+            for conn in self.online.get(user, ()):
+                self._exit(room, conn)
+        for user in set(room.members) - before:
+            self.user_rooms.setdefault(user, set()).add(name)
+            for conn in self.online.get(user, ()):
+                self._enter(room, conn)
+
+    def _enter(self, room: Room, conn: Member) -> None:
+        """``conn`` gets ``room``'s events from now on."""
+        if not room.online:
+            self.hub.follow(room.stream)
+        room.online[conn] = None
+
+    def _exit(self, room: Room, conn: Member) -> None:
+        if conn in room.online:
+            del room.online[conn]
+            if not room.online:
+                self.hub.unfollow(room.stream)
 
     def _audit(
         self, actor: str, action: str, room: str | None, target: str | None, detail: str = ""
@@ -280,24 +338,25 @@ class ChatService:
         user = member.user
         assert user is not None
         self.online.setdefault(user, {})[member] = None
+        self.hub.arrived(user)
         # From now on its direct messages come by push_undelivered, which
         # starts from the delivered marks, so they must not move meanwhile.
         self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
         if member.role == "admin":
             self.admins.add(user)
-        first = user not in self.welcomed and not (yield self._db.read(store.is_welcomed, user))
+        first = user not in self.welcomed and not (yield self.storage.is_welcomed(user))
         lobby = self.rooms[self.default_room]
         # Only once: a user who leaves the default room, or is kicked from
         # it, stays out.  The mark commits with the join (or alone), so a
         # failed commit leaves the first login to come again.
-        welcome = [(store.mark_welcomed, (user,))]
+        welcome = [("mark_welcomed", (user,))]
         if first and user not in lobby.members and not self._sanctioned(lobby, "ban", user):
             yield self._add_member(lobby, user, "member", welcome)
         elif first:
-            yield self.journal.write(welcome)
+            yield self.storage.write(welcome)
         self.welcomed.add(user)
         for name in self.user_rooms.get(user, ()):
-            self.rooms[name].online[member] = None
+            self._enter(self.rooms[name], member)
         streams = {
             self.rooms[name].stream: self.last_ids.get(self.rooms[name].stream, 0)
             for name in self.user_rooms.get(user, ())
@@ -312,12 +371,14 @@ class ChatService:
             return
         self._syncing.pop(member, None)
         conns = self.online.get(user)
-        if conns is not None:
-            conns.pop(member, None)
-            if not conns:
-                del self.online[user]
+        if conns is None or member not in conns:
+            return  # never connected, or already gone
+        del conns[member]
+        if not conns:
+            del self.online[user]
+        self.hub.left(user)
         for name in self.user_rooms.get(user, ()):
-            self.rooms[name].online.pop(member, None)
+            self._exit(self.rooms[name], member)
 
     @defer.inlineCallbacks
     def push_undelivered(self, member: Member) -> Any:
@@ -327,7 +388,7 @@ class ChatService:
         assert user is not None  # delivered to logged-in members only
         for peer, (stream, delivered) in list(self.dms.get(user, {}).items()):
             while True:
-                texts = yield self._db.run(store.history, stream, delivered, None, HISTORY_PAGE_MAX)
+                texts = yield self.storage.history(stream, delivered, None, HISTORY_PAGE_MAX)
                 if not texts or member not in self._syncing:
                     break
                 for text in texts:  # each on its own: records stay under the line limit
@@ -346,7 +407,7 @@ class ChatService:
             self.dms[user][peer] = (stream, event_id)
             # Lags safely: after a crash the user may get a few direct
             # messages again at login, which clients drop by id.
-            self.journal.note(("delivered", user, peer), store.set_dm_stream, user, peer, stream, event_id)
+            self.storage.note(("delivered", user, peer), ("set_dm_stream", (user, peer, stream, event_id)))
 
     # --- rooms ------------------------------------------------------------------
 
@@ -358,7 +419,7 @@ class ChatService:
         room.invites.discard(user)
         self.user_rooms.setdefault(user, set()).add(room.name)
         for conn in self.online.get(user, ()):
-            room.online[conn] = None
+            self._enter(room, conn)
 
         def put_back() -> None:
             room.members.pop(user, None)
@@ -366,14 +427,14 @@ class ChatService:
                 room.invites.add(user)
             self.user_rooms.get(user, set()).discard(room.name)
             for conn in self.online.get(user, ()):
-                room.online.pop(conn, None)
+                self._exit(room, conn)
             if undo is not None:
                 undo()
 
         return self._publish_room(
             room,
             {"type": "joined", "user": user},
-            [*changes, (store.set_member, (room.name, user, role, self._now()))],
+            [*changes, ("set_member", (room.name, user, role, self._now()))],
             put_back,
         )
 
@@ -392,7 +453,7 @@ class ChatService:
 
         # Published first, and the user's connections leave the room only
         # after the commit, so they still get the event.
-        changes = [(store.set_member, (room.name, user, None, self._now())), *changes]
+        changes = [("set_member", (room.name, user, None, self._now())), *changes]
         if audit is not None:
             changes.append(audit.row())
         d = self._publish_room(room, event, changes, put_back)
@@ -405,7 +466,7 @@ class ChatService:
             # The event was delivered to them; now they are out.
             if user not in room.members:
                 for conn in self.online.get(user, ()):
-                    room.online.pop(conn, None)
+                    self._exit(room, conn)
             return result
 
         return d.addCallback(drop_connections)
@@ -417,7 +478,7 @@ class ChatService:
             raise ChatError("room_exists", f"room {name!r} exists already", "room")
         if len(self.user_rooms.get(user, ())) >= self.max_rooms_per_user:
             raise ChatError("too_many_rooms", f"you are in {self.max_rooms_per_user} rooms already")
-        record = store.RoomRecord(name, kind, user, topic, {}, set(), {})
+        record = RoomRecord(name, kind, user, topic, {}, set(), {})
         room = self.rooms[name] = Room(record)
         audit = self._audit(user, "create", name, None, kind)
 
@@ -430,7 +491,7 @@ class ChatService:
             room,
             user,
             "owner",
-            [(store.create_room, (name, kind, user, topic, self._now())), audit.row()],
+            [("create_room", (name, kind, user, topic, self._now())), audit.row()],
             put_back,
         )
         return d.addCallback(audit.logged)
@@ -471,7 +532,7 @@ class ChatService:
         old_owner = room.owner
         if not heirs:
             room.owner = None
-            self.journal.write([(store.set_owner, (room.name, None))]).addErrback(
+            self.storage.write([("set_owner", (room.name, None))]).addErrback(
                 lambda f: (
                     None if f.check(StoreClosed) else log.failure("recording an ownerless room failed", f)
                 )
@@ -488,9 +549,9 @@ class ChatService:
                 room.members[heir] = heir_role
 
         audit = self._audit("server", "role", room.name, heir, "owner")
-        changes: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
-            (store.set_owner, (room.name, heir)),
-            (store.set_member, (room.name, heir, "owner", self._now())),
+        changes: list[Change] = [
+            ("set_owner", (room.name, heir)),
+            ("set_member", (room.name, heir, "owner", self._now())),
             audit.row(),
         ]
         d = self._publish_room(
@@ -528,7 +589,7 @@ class ChatService:
         return self._publish_room(
             room,
             {"type": "topic", "topic": topic, "by": member.user},
-            [(store.set_topic, (name, topic))],
+            [("set_topic", (name, topic))],
             put_back,
         )
 
@@ -537,7 +598,7 @@ class ChatService:
         self._require_rank(member, room, "moderator", "invite")
         if user in room.members:
             raise ChatError("already_member", f"{user} is in {name!r} already", "user")
-        d = self._db.read(store.user_exists, user)
+        d = self.storage.user_exists(user)
 
         def invited(exists: bool) -> Any:
             if not exists:
@@ -547,8 +608,8 @@ class ChatService:
             already = user in room.invites
             room.invites.add(user)
             audit = self._audit(member.user or "?", "invite", name, user)
-            written = self.journal.write(
-                [(store.add_invite, (name, user, member.user, self._now())), audit.row()]
+            written = self.storage.write(
+                [("add_invite", (name, user, member.user, self._now())), audit.row()]
             )
 
             def stored(_: Any) -> dict[str, Any]:
@@ -584,7 +645,7 @@ class ChatService:
             if self._sanctioned(room, "ban", member.user or ""):
                 raise ChatError("banned", f"you are banned from {name!r}", "room")
         members = [
-            {"user": user, "role": role, "online": user in self.online}
+            {"user": user, "role": role, "online": self.hub.is_online(user)}
             for user, role in sorted(room.members.items())
             if after is None or user > after
         ]
@@ -617,12 +678,12 @@ class ChatService:
             raise ChatError("bad_field", "you cannot message yourself", "to")
         stream = dm_stream(sender, to)
         known = to in self.dms.get(sender, {})
-        d = defer.succeed(True) if known else self._db.read(store.user_exists, to)
+        d = defer.succeed(True) if known else self.storage.user_exists(to)
 
         def send(exists: bool) -> Deferred[dict]:
             if not exists:
                 raise ChatError("no_such_user", f"there is no user {to!r}", "to")
-            changes: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+            changes: list[Change] = []
             added: list[tuple[str, str]] = []
             for a, b in ((sender, to), (to, sender)):
                 if b not in self.dms.setdefault(a, {}):
@@ -631,7 +692,7 @@ class ChatService:
                     # message is never stored without the marks that
                     # deliver it.
                     self.dms[a][b] = (stream, 0)
-                    changes.append((store.set_dm_stream, (a, b, stream, 0)))
+                    changes.append(("set_dm_stream", (a, b, stream, 0)))
                     added.append((a, b))
 
             def put_back() -> None:
@@ -640,12 +701,7 @@ class ChatService:
                         del self.dms[a][b]
 
             event = {"type": "dm", "from": sender, "to": to, "body": body}
-            recipients = lambda: [  # noqa: E731
-                c
-                for c in list(self.online.get(sender, ())) + list(self.online.get(to, ()))
-                if stream not in self._syncing.get(c, ())
-            ]
-            published = self.publish(stream, event, recipients, changes, put_back)
+            published = self.publish(stream, event, changes, put_back, users=(sender, to))
 
             def delivered(event: dict[str, Any]) -> dict[str, Any]:
                 self._mark_delivered(sender, to, stream, event["id"])
@@ -686,7 +742,7 @@ class ChatService:
         else:
             raise ChatError("no_such_stream", f"no stream {stream[:80]!r} for you", "stream")
         limit = max(1, min(limit, HISTORY_PAGE_MAX))
-        d = self._db.run(store.history, stream, after, before, limit + 1)
+        d = self.storage.history(stream, after, before, limit + 1)
 
         def page(texts: list[str]) -> dict[str, Any]:
             more = len(texts) > limit
@@ -715,9 +771,9 @@ class ChatService:
         runs must be protected before their first login."""
         room = self._room(name, member)
         self._require_rank(member, room, "moderator", "moderate")
-        d = self._db.read(store.get_user, target)
+        d = self.storage.get_user(target)
 
-        def check(record: store.UserRecord | None) -> Room:
+        def check(record: UserRecord | None) -> Room:
             if record is not None and record.role == "admin":
                 self.admins.add(target)
             else:
@@ -759,7 +815,7 @@ class ChatService:
                     room.sanctions.pop(key, None)
 
             audit = self._audit(member.user or "?", kind, name, target, reason)
-            row = (store.set_sanction, (name, target, kind, until, member.user, self._now()))
+            row = ("set_sanction", (name, target, kind, until, member.user, self._now()))
             event = {
                 "type": "banned" if kind == "ban" else "muted",
                 "user": target,
@@ -793,7 +849,7 @@ class ChatService:
 
             audit = self._audit(member.user or "?", "un" + kind, name, target)
             event = {"type": "unbanned" if kind == "ban" else "unmuted", "user": target, "by": member.user}
-            changes = [(store.set_sanction, (name, target, kind, None, None, self._now())), audit.row()]
+            changes = [("set_sanction", (name, target, kind, None, None, self._now())), audit.row()]
             return self._publish_room(room, event, changes, put_back).addCallback(audit.logged)
 
         return self._moderate(member, name, target).addCallback(lift)
@@ -813,7 +869,7 @@ class ChatService:
                 room.members[target] = before
 
         audit = self._audit(member.user or "?", "role", name, target, role)
-        changes = [(store.set_member, (name, target, role, self._now())), audit.row()]
+        changes = [("set_member", (name, target, role, self._now())), audit.row()]
         d = self._publish_room(
             room, {"type": "role", "user": target, "role": role, "by": member.user}, changes, put_back
         )
@@ -826,7 +882,7 @@ class ChatService:
             raise ChatError("forbidden", "you cannot disable yourself", "user")
         audit = self._audit(member.user or "?", "disable" if disabled else "enable", None, target)
         # One transaction: the flag, the revoked tokens and the audit row.
-        d = self._db.run(store.set_disabled, target, disabled, audit.row())
+        d = self.storage.set_disabled(target, disabled, audit.row())
 
         def done(found: bool) -> Any:
             if not found:

@@ -33,7 +33,7 @@ from chatserver.lowpriority import LowPriority
 from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.ratelimit import network_prefix
-from chatserver.store import DatabaseLost, StoreClosed
+from chatserver.storage.interface import DatabaseLost, StoreClosed
 from chatserver.tickets import Tickets
 from chatserver.wire import channel, safetext
 from chatserver.wire.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
@@ -1009,7 +1009,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             "type": "info",
             "server": f"chatserver/{__version__}",
             "uptime": self.factory.metrics.uptime(),
-            "users_online": len(self.factory.chat.online),
+            "users_online": self.factory.chat.hub.online_count(),
         }
 
     def _on_stats(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -1261,7 +1261,7 @@ class ChatFactory(ServerFactory):
         gauges = {
             "connections": len(self.connections),
             "authenticated": sum(1 for c in self.connections if c.account is not None),
-            "users_online": len(self.chat.online),
+            "users_online": self.chat.hub.online_count(),
             "rooms": len(self.chat.rooms),
             "crypto_queue": self.pool.pending,
         }

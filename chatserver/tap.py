@@ -21,14 +21,14 @@ from chatserver import twisted_internals
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
 from chatserver.config import SCHEMA, ConfigError, Settings, load_settings
+from chatserver.hub.local import LocalHub
 from chatserver.identity import IdentityError, load_or_create
-from chatserver.journal import EventLog
 from chatserver.logs import LogFiles
 from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
 from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
-from chatserver.store import Store, UnusableDatabase, had_database
+from chatserver.storage.sqlite import SqliteStorage, UnusableDatabase, had_database
 from chatserver.tickets import Tickets
 from chatserver.workers import CryptoPool, threads_per_kind
 
@@ -265,7 +265,7 @@ class ChatServer(service.MultiService):
         if core.listener.running:
             yield core.listener.stopService()
         yield factory.close_all("shutdown", "the server is shutting down", self.grace)
-        yield core.chat.journal.idle()
+        yield core.chat.storage.idle()
         yield super().stopService()
 
 
@@ -377,7 +377,7 @@ def build_service(
     # A missing database is created only in a directory that never held
     # one; checked now, so that a bad one stops the start with one line.
     db = settings.database_path
-    store = Store(db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor)
+    store = SqliteStorage(db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor)
     try:
         store.check()
     except UnusableDatabase as e:
@@ -386,9 +386,10 @@ def build_service(
     pool = CryptoPool(reactor, threads_per_kind(settings.crypto_threads), settings.max_pending_crypto)
     pool.setServiceParent(top)
     metrics = Metrics(reactor)
+    store.events.metrics = metrics
     chat = ChatService(
         store,
-        EventLog(store, reactor, metrics),
+        LocalHub(store.history),
         clock,
         default_room=settings.default_room,
         max_room_members=settings.max_room_members,

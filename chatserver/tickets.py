@@ -26,8 +26,8 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from chatserver import store
 from chatserver.accounts import token_hash
+from chatserver.storage.interface import Storage, UserRecord
 from chatserver.wire import channel, crypto
 
 log = Logger(namespace="chatserver.tickets")
@@ -61,7 +61,7 @@ class Tickets:
     FLUSH_SECONDS = 0.05
 
     def __init__(
-        self, db: store.Store, clock: Any, lifetime: float, rotation: float, reactor: Any = None
+        self, db: Storage, clock: Any, lifetime: float, rotation: float, reactor: Any = None
     ) -> None:
         """``lifetime``: seconds a ticket is valid (0: no resumption);
         ``rotation``: seconds a ticket key seals new tickets; ``clock``
@@ -94,7 +94,7 @@ class Tickets:
         rotating them.  Before the server listens."""
         if not self.enabled:
             return succeed(None)
-        d = self._db.run(store.ticket_keys)
+        d: Deferred[Any] = self._db.ticket_keys()
         d.addCallback(self._install)
         d.addCallback(lambda _: self.rotate_if_due())
         d.addCallback(lambda _: self._start_timer())
@@ -124,7 +124,7 @@ class Tickets:
         # A key sealed for up to ``rotation`` seconds (plus a timer's
         # slack) and its tickets live ``lifetime`` more: keep it that long.
         drop_before = now - 2 * self.rotation - self.lifetime
-        d = self._db.run(store.rotate_ticket_keys, crypto.random_bytes(32), now, drop_before)
+        d: Deferred[Any] = self._db.rotate_ticket_keys(crypto.random_bytes(32), now, drop_before)
         d.addCallback(self._install)
         d.addCallback(lambda _: log.info("ticket key rotated"))
         d.addErrback(lambda f: log.failure("ticket key rotation failed; the current key stays", f))
@@ -187,7 +187,7 @@ class Tickets:
             plaintext[EXPIRY.size + 32 :],
         )
 
-    def redeem(self, opened: Opened) -> Deferred[store.UserRecord | None]:
+    def redeem(self, opened: Opened) -> Deferred[UserRecord | None]:
         """Use the ticket up; the account of its session token if the
         ticket was unused and the token is still live, else None.
 
@@ -204,7 +204,7 @@ class Tickets:
         self._unsaved[ticket_hash] = opened.expires_at
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(self.FLUSH_SECONDS, self.flush)
-        d = self._db.read(store.ticket_state, ticket_hash, opened.token_hash, self._now())
+        d = self._db.ticket_state(ticket_hash, opened.token_hash, self._now())
         return d.addCallback(lambda state: None if state[1] else state[0])
 
     def flush(self) -> Deferred[None]:
@@ -215,7 +215,7 @@ class Tickets:
         if not self._unsaved:
             return succeed(None)
         rows = list(self._unsaved.items())
-        d = self._db.run(store.add_redeemed_tickets, rows)
+        d = self._db.add_redeemed_tickets(rows)
 
         def saved(_: Any) -> None:
             for ticket_hash, _expiry in rows:

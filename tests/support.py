@@ -119,7 +119,8 @@ async def start_server(testcase: unittest.TestCase, clock: Any = None, **overrid
 def add_admin(server: RunningServer, name: str = "root") -> bool:
     """An account with the server role ``admin``, made as the admin tool
     does, beside the running server."""
-    from chatserver import accounts, store
+    from chatserver import accounts
+    from chatserver.storage import sqlite as store
 
     conn = store.open_database(server.settings.database_path)
     try:

@@ -11,7 +11,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from chatclient.session import ServerError
-from chatserver import store
+from chatserver.storage import sqlite as store
 from tests.processes import admin_tool
 from tests.support import PASSWORD, logged_in, open_session, start_server
 

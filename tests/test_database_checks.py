@@ -19,7 +19,8 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from chatclient.session import ServerError
-from chatserver import accounts, store
+from chatserver import accounts
+from chatserver.storage import sqlite as store
 from tests.processes import LOOPBACK, TIMEOUT, LineProcess, chatserver_argv, spawn, start_twistd, stop_twistd
 from tests.support import PASSWORD, PYTHON, RunningServer, logged_in, python_env, start_server, until
 

@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from chatclient.session import ServerError
-from chatserver import accounts, store
+from chatserver import accounts
+from chatserver.storage import sqlite as store
 from tests.processes import admin_tool
 from tests.support import (
     PASSWORD,

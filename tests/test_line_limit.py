@@ -20,7 +20,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from chatclient.session import ChatSession
-from chatserver import store
+from chatserver.storage import sqlite as store
 from chatserver.wire import crypto
 from tests.support import PASSWORD, RunningServer, make_settings, open_session
 

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from twisted.trial import unittest
 
 from chatclient.session import ServerError
-from chatserver import accounts, store
+from chatserver import accounts
+from chatserver.storage import sqlite as store
 from chatserver.wire import crypto
 from tests.support import PASSWORD, ROOT, EventQueue, RunningServer, logged_in, make_settings, open_session
 

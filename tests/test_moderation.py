@@ -18,7 +18,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from chatclient.session import ChatSession, ServerError
-from chatserver import accounts, store
+from chatserver import accounts
+from chatserver.storage import sqlite as store
 from tests.support import (
     PASSWORD,
     EventQueue,

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ChatSession, ServerError, connect
-from chatserver import store
+from chatserver.storage import sqlite as store
 from chatserver.tickets import Tickets
 from chatserver.wire import channel, crypto
 from tests.support import PASSWORD, RunningServer, add_admin, make_settings, start_server, until
@@ -377,7 +377,7 @@ class TicketKeyTests(unittest.TestCase):
         base = Path(self.mktemp())
         settings = make_settings(base)
         settings.data_path.mkdir(parents=True)
-        db = store.Store(settings.database_path, "FULL", create=True, reactor=reactor)
+        db = store.SqliteStorage(settings.database_path, "FULL", create=True, reactor=reactor)
         db.check()
         db.startService()
         self.addCleanup(db.stopService)

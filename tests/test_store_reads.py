@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from chatserver import store
+from chatserver.storage import sqlite as store
 
 
 def slow_add_user(cursor: Any, name: str, seconds: float) -> bool:
@@ -32,7 +32,7 @@ class StoreReadTests(unittest.TestCase):
     def setUp(self) -> None:
         self.path = Path(self.mktemp()) / "chat.db"
         self.path.parent.mkdir()
-        self.db = store.Store(self.path, "NORMAL", create=True, reactor=reactor)
+        self.db = store.SqliteStorage(self.path, "NORMAL", create=True, reactor=reactor)
         self.db.check()
         self.db.startService()
         self.addCleanup(self._stop)

@@ -1,4 +1,4 @@
-"""Persistent storage: SQLite through ``twisted.enterprise.adbapi``.
+"""The SQLite implementation of ``Storage``, through ``twisted.enterprise.adbapi``.
 
 The schema is versioned.  Numbered SQL files in ``chatserver/schema/`` are
 applied in order, each in its own transaction together with the bump of
@@ -10,7 +10,6 @@ cursor.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import os
 import re
@@ -18,7 +17,7 @@ import sqlite3
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -26,17 +25,23 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from chatserver.storage.group_commit import EventLog, Row
+from chatserver.storage.interface import (
+    Change,
+    Changes,
+    DatabaseLost,
+    InviteRecord,
+    RoomRecord,
+    StoreClosed,
+    TicketKey,
+    UserRecord,
+)
+
+__all__ = ["DatabaseLost", "InviteRecord", "RoomRecord", "StoreClosed", "UserRecord", "SqliteStorage"]
+
 log = Logger(namespace="chatserver.store")
 
 _MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
-
-
-@dataclasses.dataclass(frozen=True)
-class UserRecord:
-    name: str
-    password_hash: str
-    role: str
-    disabled: bool
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -215,15 +220,6 @@ def add_user(cursor: Any, name: str, password_hash: str, role: str) -> bool:
     return True
 
 
-class StoreClosed(Exception):
-    """The store was asked for something while it is not running."""
-
-
-class DatabaseLost(StoreClosed):
-    """The database file was deleted or replaced under the running server:
-    nothing more may be acknowledged into it."""
-
-
 #: Seconds between checks of the database file while the server is idle
 #: (each transaction checks it too, before it commits).
 WATCH_INTERVAL = 1.0
@@ -236,9 +232,10 @@ def _file_id(path: Path) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-class Store(Service):
-    """The server's database: checked and migrated at start, one writer
-    thread, and watched: if the file is deleted or replaced while the
+class SqliteStorage(Service):
+    """``Storage`` on one SQLite file: checked and migrated at start, one
+    writer thread with group commit (group_commit.py), point reads in the
+    event loop when that thread is idle (``read``), and watched: if the file is deleted or replaced while the
     server runs (the open connection would go on writing into a file that
     is gone, and the next start would find an empty one or another one),
     every further request fails with DatabaseLost and nothing more is
@@ -246,7 +243,9 @@ class Store(Service):
 
     name = "store"
 
-    def __init__(self, path: Path, synchronous: str = "FULL", create: bool = True, *, reactor: Any) -> None:
+    def __init__(
+        self, path: Path, synchronous: str = "FULL", create: bool = True, *, reactor: Any, metrics: Any = None
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self.create = create  # whether a missing database may be created
@@ -261,6 +260,7 @@ class Store(Service):
         self._in_flight = 0
         #: The event loop's own connection, for ``read`` (opened on first use).
         self._reader: sqlite3.Connection | None = None
+        self.events = EventLog(self._run_batch, reactor, metrics)
 
     def check(self) -> None:
         """Check (and migrate) the database; raises UnusableDatabase.  Done
@@ -268,6 +268,8 @@ class Store(Service):
         conn = open_database(self.path, create=self.create)
         try:
             self._file = _file_id(self.path)
+            # Where each stream's ids go on: nothing appends before this.
+            self.events.heads = load_stream_ids(conn.cursor())
         finally:
             conn.close()
 
@@ -409,25 +411,90 @@ class Store(Service):
         finally:
             cursor.execute("COMMIT")
 
+    # --- Storage --------------------------------------------------------
+    #
+    # Point lookups go through ``read``, everything else through ``run``.
+
     def get_user(self, name: str) -> Deferred[UserRecord | None]:
         return self.read(get_user, name)
+
+    def user_exists(self, name: str) -> Deferred[bool]:
+        return self.read(user_exists, name)
 
     def add_user(self, name: str, password_hash: str, role: str) -> Deferred[bool]:
         return self.run(add_user, name, password_hash, role)
 
+    def register_with_invite(
+        self, code_hash: str, name: str, password_hash: str, now: int
+    ) -> Deferred[tuple[str, int | None]]:
+        return self.run(register_with_invite, code_hash, name, password_hash, now)
+
+    def set_disabled(self, user: str, disabled: bool, audit: Change) -> Deferred[bool]:
+        return self.run(set_disabled, user, disabled, audit)
+
+    def add_token(self, token_hash: str, user: str, now: int, expires_at: int) -> Deferred[None]:
+        return self.run(add_token, token_hash, user, now, expires_at)
+
+    def token_account(self, token_hash: str, now: int) -> Deferred[UserRecord | None]:
+        return self.read(token_account, token_hash, now)
+
+    def revoke_token(self, token_hash: str) -> Deferred[None]:
+        return self.run(revoke_tokens, None, token_hash)
+
+    def ticket_keys(self) -> Deferred[list[TicketKey]]:
+        return self.run(ticket_keys)
+
+    def rotate_ticket_keys(self, secret: bytes, now: int, drop_before: int) -> Deferred[list[TicketKey]]:
+        return self.run(rotate_ticket_keys, secret, now, drop_before)
+
+    def ticket_state(
+        self, ticket_hash: bytes, token_hash: str, now: int
+    ) -> Deferred[tuple[UserRecord | None, bool]]:
+        return self.read(ticket_state, ticket_hash, token_hash, now)
+
+    def add_redeemed_tickets(self, rows: list[tuple[bytes, int]]) -> Deferred[None]:
+        return self.run(add_redeemed_tickets, rows)
+
+    def load_rooms(self) -> Deferred[dict[str, RoomRecord]]:
+        return self.run(load_rooms)
+
+    def load_stream_ids(self) -> Deferred[dict[str, int]]:
+        return self.run(load_stream_ids)
+
+    def load_dm_streams(self) -> Deferred[dict[str, dict[str, tuple[str, int]]]]:
+        return self.run(load_dm_streams)
+
+    def load_admins(self) -> Deferred[set[str]]:
+        return self.run(load_admins)
+
+    def load_welcomed(self) -> Deferred[set[str]]:
+        return self.run(load_welcomed)
+
+    def is_welcomed(self, name: str) -> Deferred[bool]:
+        return self.read(is_welcomed, name)
+
+    def append(self, event: dict[str, Any], changes: Changes = ()) -> Deferred[str]:
+        return self.events.append(event, changes)
+
+    def write(self, changes: Changes) -> Deferred[None]:
+        return self.events.write(changes)
+
+    def note(self, key: Any, change: Change) -> None:
+        self.events.note(key, change)
+
+    def idle(self) -> Deferred[None]:
+        return self.events.idle()
+
+    def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
+        # Not ``read``: a page is larger than a lookup, and a flood of
+        # history requests must not move its work onto the event loop.
+        return self.run(history, stream, after, before, limit)
+
+    def _run_batch(self, rows: list[Row], changes: list[Change], notes: list[Change]) -> Deferred[None]:
+        return self.run(commit_batch, rows, changes, notes)
+
 
 # --- rooms, history, sanctions, tokens ------------------------------------
-
-
-@dataclasses.dataclass
-class RoomRecord:
-    name: str
-    kind: str
-    owner: str | None
-    topic: str
-    members: dict[str, str]  # user -> role
-    invites: set[str]
-    sanctions: dict[tuple[str, str], int | None]  # (kind, user) -> until (ms) or None
 
 
 def load_rooms(cursor: Any) -> dict[str, RoomRecord]:
@@ -541,20 +608,21 @@ def set_dm_stream(cursor: Any, user: str, peer: str, stream: str, delivered: int
     )
 
 
-def commit_batch(
-    cursor: Any,
-    rows: list[tuple[str, int, int, str]],
-    changes: list[tuple[Any, tuple[Any, ...]]],
-    notes: list[tuple[Any, tuple[Any, ...]]],
-) -> None:
+def apply(cursor: Any, change: Change) -> None:
+    """One named state change (interface.CHANGES)."""
+    name, args = change
+    CHANGE_QUERIES[name](cursor, *args)
+
+
+def commit_batch(cursor: Any, rows: list[Row], changes: list[Change], notes: list[Change]) -> None:
     """One group commit (one transaction): events, the state changes they
     stand for, then bookkeeping.  adbapi rolls it all back if any fails."""
     if rows:
         append_events(cursor, rows)
-    for query, args in changes:
-        query(cursor, *args)
-    for query, args in notes:
-        query(cursor, *args)
+    for change in changes:
+        apply(cursor, change)
+    for change in notes:
+        apply(cursor, change)
 
 
 def append_events(cursor: Any, rows: list[tuple[str, int, int, str]]) -> None:
@@ -615,9 +683,7 @@ def revoke_tokens(cursor: Any, user: str | None = None, token_hash: str | None =
         cursor.execute("DELETE FROM session_tokens WHERE user = ?", (user,))
 
 
-def set_disabled(
-    cursor: Any, user: str, disabled: bool, audit: tuple[Any, tuple[Any, ...]] | None = None
-) -> bool:
+def set_disabled(cursor: Any, user: str, disabled: bool, audit: Change | None = None) -> bool:
     """Disable (and revoke every token of) or enable an account, with its
     audit row, in one transaction; False if there is no such user."""
     cursor.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), user))
@@ -626,8 +692,7 @@ def set_disabled(
     if disabled:
         revoke_tokens(cursor, user)
     if audit is not None:
-        query, args = audit
-        query(cursor, *args)
+        apply(cursor, audit)
     return True
 
 
@@ -648,15 +713,13 @@ def user_exists(cursor: Any, name: str) -> bool:
 # --- resumption tickets ---------------------------------------------------
 
 
-def ticket_keys(cursor: Any) -> list[tuple[int, bytes, int]]:
+def ticket_keys(cursor: Any) -> list[TicketKey]:
     """Every ticket key: (id, secret, created_at), oldest first."""
     cursor.execute("SELECT id, secret, created_at FROM ticket_keys ORDER BY id")
     return [(row[0], bytes(row[1]), row[2]) for row in cursor.fetchall()]
 
 
-def rotate_ticket_keys(
-    cursor: Any, secret: bytes, now: int, drop_before: int
-) -> list[tuple[int, bytes, int]]:
+def rotate_ticket_keys(cursor: Any, secret: bytes, now: int, drop_before: int) -> list[TicketKey]:
     """Add a ticket key, delete those made before ``drop_before``, and
     return the keys as they are now."""
     cursor.execute("INSERT INTO ticket_keys (secret, created_at) VALUES (?, ?)", (secret, now))
@@ -683,27 +746,6 @@ def add_redeemed_tickets(cursor: Any, rows: list[tuple[bytes, int]]) -> None:
 
 
 # --- registration invites ------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class InviteRecord:
-    id: int
-    created_by: str
-    created_at: int
-    expires_at: int
-    used_by: str | None
-    used_at: int | None
-    revoked_at: int | None
-
-    def state(self, now: int) -> str:
-        """``used``, ``revoked``, ``expired`` or ``usable`` at ``now``."""
-        if self.used_at is not None:
-            return "used"
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at <= now:
-            return "expired"
-        return "usable"
 
 
 def add_registration_invites(
@@ -780,3 +822,17 @@ def revoke_registration_invite(
         return None
     add_audit(cursor, now, by, "invite_revoke", None, None, f"invite {invite_id}")
     return invite_id
+
+
+#: The queries that apply interface.CHANGES, by name.
+CHANGE_QUERIES: dict[str, Callable[..., None]] = {
+    "create_room": create_room,
+    "set_member": set_member,
+    "set_owner": set_owner,
+    "set_topic": set_topic,
+    "add_invite": add_invite,
+    "set_sanction": set_sanction,
+    "mark_welcomed": mark_welcomed,
+    "set_dm_stream": set_dm_stream,
+    "add_audit": add_audit,
+}

@@ -1,0 +1,101 @@
+"""How committed events reach the processes whose sessions follow them: the
+``Hub`` interface.
+
+A process hands the hub each event after its commit (``publish``), says
+which streams its sessions follow (``follow``) and which of its users are
+online (``arrived``/``left``), and is told through its ``Receiver`` of the
+events and room changes that concern it.  ``hub/local.py`` implements it in
+process today; a Redis implementation over pub/sub is planned, and both
+are held to the same contract suite (tests/hub_contract.py).  Hence the
+contract is that of a network, not of a function call:
+
+* A process's own publications reach its own receiver, whatever it
+  follows (its publisher's session is there); the others' reach it for
+  the streams it follows and the users online on it.
+* Delivery is asynchronous: ``publish`` may return before or after the
+  receivers are told.  Nothing may depend on either.
+* At least once, never out of order: the hub may see an event twice, or a
+  later one first (a reconnection, two publishers).  Every event carries
+  its stream id, and each process's hub drops what it has delivered and
+  holds an event that comes early until the gap before it has been filled
+  from storage (``hub/ordering.py``).  So a ``Receiver`` sees each followed
+  stream exactly once and in id order, from where it started following.
+* An event is published only after its commit, so storage always has what
+  a gap needs.
+* Presence is per process: a user is online while some process has said
+  ``arrived`` more often than ``left`` for them (and, across machines, is
+  alive: Redis's heartbeats expire).
+* ``invalidate`` tells every *other* process that a room's state (members,
+  sanctions, topic) changed under its cache; the process that changed it
+  already knows.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from twisted.internet.defer import Deferred
+
+
+class Receiver(Protocol):
+    """What a process is told by its hub."""
+
+    def deliver(self, stream: str, event_id: int, encoded: bytes) -> None:
+        """A committed event (its JSON, UTF-8), in id order per stream."""
+        ...
+
+    def room_changed(self, room: str) -> None:
+        """Another process changed ``room``'s state: reload it."""
+        ...
+
+
+class Hub(Protocol):
+    """One process's connection to the others."""
+
+    #: This process's name, as ``where`` reports it.
+    name: str
+
+    def start(self, receiver: Receiver, positions: dict[str, int]) -> Deferred[None]:
+        """Connect; from now on tell ``receiver``.  ``positions`` is the
+        last id already delivered (or loaded) per stream."""
+        ...
+
+    def stop(self) -> Deferred[None]: ...
+
+    def follow(self, stream: str) -> None:
+        """Some session here wants ``stream``'s events from now on."""
+        ...
+
+    def unfollow(self, stream: str) -> None:
+        """No session here wants ``stream`` any more."""
+        ...
+
+    def publish(self, stream: str, event_id: int, encoded: bytes, users: Sequence[str] = ()) -> None:
+        """A committed event, for every process that follows ``stream``
+        and every process where one of ``users`` is online (a direct
+        message reaches its recipient wherever they are)."""
+        ...
+
+    def arrived(self, user: str) -> None:
+        """A session of ``user`` logged in here."""
+        ...
+
+    def left(self, user: str) -> None:
+        """A session of ``user`` here ended."""
+        ...
+
+    def is_online(self, user: str) -> bool:
+        """Whether ``user`` has a session on any process."""
+        ...
+
+    def online_count(self) -> int:
+        """How many users have a session on any process."""
+        ...
+
+    def where(self, user: str) -> set[str]:
+        """The names of the processes where ``user`` has a session."""
+        ...
+
+    def invalidate(self, room: str) -> None:
+        """``room``'s state changed here: tell the other processes."""
+        ...

@@ -1,0 +1,209 @@
+"""What the chat core asks of its database: the ``Storage`` interface.
+
+The core (chat, accounts, tickets) speaks only these methods, the records
+and the change vocabulary below; no SQL, no cursors.  ``storage/sqlite.py``
+implements it today and a PostgreSQL implementation is planned; both are
+held to the same contract suite (tests/storage_contract.py).
+
+The contract, beyond each method's docstring:
+
+* Every method returns a Deferred and never blocks the event loop for
+  longer than a small point read.
+* ``append`` commits an event with the state changes it stands for in one
+  transaction, and the *commit* gives the event its id: the next of its
+  stream, with no gaps and no duplicates, in the order of the ``append``
+  calls.  Until that Deferred fires nothing about the event may be shown
+  to anyone; when it fails, nothing of it was stored and no id was used.
+* Appends made close together share one commit (group commit); a lone one
+  still commits at once.
+* ``note`` is bookkeeping that may lag behind (how far a user has received
+  a stream): it rides on the next commit, the latest note per key wins.
+* Reads see every commit whose Deferred has fired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+from twisted.internet.defer import Deferred
+
+#: One state change, named and with its arguments, as the core writes it;
+#: each implementation knows how to apply every name in ``CHANGES``.
+Change = tuple[str, tuple[Any, ...]]
+Changes = Sequence[Change]
+
+#: The state changes an event (or ``write``) may carry, with their arguments.
+CHANGES = {
+    "create_room": "(name, kind, owner or None, topic, now ms)",
+    "set_member": "(room, user, role or None to remove, now ms); also drops the user's invite",
+    "set_owner": "(room, owner or None)",
+    "set_topic": "(room, topic)",
+    "add_invite": "(room, user, invited by, now ms)",
+    "set_sanction": "(room, user, ban|mute, until ms or None, by or None to lift, now ms)",
+    "mark_welcomed": "(user,): the first login has happened",
+    "set_dm_stream": "(user, peer, stream, delivered id); the delivered id only grows",
+    "add_audit": "(now ms, actor, action, room or None, target or None, detail)",
+}
+
+
+class StoreClosed(Exception):
+    """The storage was asked for something while it is not running."""
+
+
+class DatabaseLost(StoreClosed):
+    """The database went away under the running server (a file deleted or
+    replaced): nothing more may be acknowledged into it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UserRecord:
+    name: str
+    password_hash: str
+    role: str
+    disabled: bool
+
+
+@dataclasses.dataclass
+class RoomRecord:
+    name: str
+    kind: str
+    owner: str | None
+    topic: str
+    members: dict[str, str]  # user -> role, in joining order
+    invites: set[str]
+    sanctions: dict[tuple[str, str], int | None]  # (kind, user) -> until (ms) or None
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteRecord:
+    """A registration invite (never its code: only the code's hash is kept)."""
+
+    id: int
+    created_by: str
+    created_at: int
+    expires_at: int
+    used_by: str | None
+    used_at: int | None
+    revoked_at: int | None
+
+    def state(self, now: int) -> str:
+        """``used``, ``revoked``, ``expired`` or ``usable`` at ``now``."""
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "usable"
+
+
+#: A ticket key: (id, secret, created_at).
+TicketKey = tuple[int, bytes, int]
+
+
+class Storage(Protocol):
+    """The chat core's database."""
+
+    # --- accounts --------------------------------------------------------
+
+    def get_user(self, name: str) -> Deferred[UserRecord | None]: ...
+
+    def user_exists(self, name: str) -> Deferred[bool]: ...
+
+    def add_user(self, name: str, password_hash: str, role: str) -> Deferred[bool]:
+        """Create an account; False if the name is taken."""
+        ...
+
+    def register_with_invite(
+        self, code_hash: str, name: str, password_hash: str, now: int
+    ) -> Deferred[tuple[str, int | None]]:
+        """In one transaction: check the invite, create the account and use
+        the invite up, with an audit row.  (``ok``, invite id);
+        (``invite_invalid``, None) for a code unknown, used, revoked or
+        expired; (``username_taken``, id), the invite staying unused."""
+        ...
+
+    def set_disabled(self, user: str, disabled: bool, audit: Change) -> Deferred[bool]:
+        """Disable (revoking every token) or enable an account, with its
+        audit row, in one transaction; False if there is no such user."""
+        ...
+
+    # --- session tokens and resumption tickets ---------------------------
+
+    def add_token(self, token_hash: str, user: str, now: int, expires_at: int) -> Deferred[None]: ...
+
+    def token_account(self, token_hash: str, now: int) -> Deferred[UserRecord | None]:
+        """The account of a live (unexpired) session token."""
+        ...
+
+    def revoke_token(self, token_hash: str) -> Deferred[None]: ...
+
+    def ticket_keys(self) -> Deferred[list[TicketKey]]:
+        """Every ticket key, oldest first."""
+        ...
+
+    def rotate_ticket_keys(self, secret: bytes, now: int, drop_before: int) -> Deferred[list[TicketKey]]:
+        """Add a key, drop the keys made before ``drop_before`` and the
+        redeemed tickets expired at ``now``; the keys as they are now."""
+        ...
+
+    def ticket_state(
+        self, ticket_hash: bytes, token_hash: str, now: int
+    ) -> Deferred[tuple[UserRecord | None, bool]]:
+        """(the account of the ticket's live session token or None, whether
+        the ticket was redeemed before): reads only."""
+        ...
+
+    def add_redeemed_tickets(self, rows: list[tuple[bytes, int]]) -> Deferred[None]:
+        """Remember redeemed tickets as (hash, expires_at), many at once."""
+        ...
+
+    # --- what the core loads at start ------------------------------------
+
+    def load_rooms(self) -> Deferred[dict[str, RoomRecord]]: ...
+
+    def load_stream_ids(self) -> Deferred[dict[str, int]]:
+        """The last committed id of every stream."""
+        ...
+
+    def load_dm_streams(self) -> Deferred[dict[str, dict[str, tuple[str, int]]]]:
+        """user -> {peer: (stream, delivered id)}"""
+        ...
+
+    def load_admins(self) -> Deferred[set[str]]: ...
+
+    def load_welcomed(self) -> Deferred[set[str]]:
+        """The users whose first login has happened."""
+        ...
+
+    def is_welcomed(self, name: str) -> Deferred[bool]:
+        """Whether the first login has happened (True for no such user)."""
+        ...
+
+    # --- the event log ---------------------------------------------------
+
+    def append(self, event: dict[str, Any], changes: Changes = ()) -> Deferred[str]:
+        """Commit ``event`` (which has ``stream`` and ``ts``; its ``id`` is
+        set here, in place, by the commit) with ``changes``; fires with the
+        event's JSON text as stored, once committed."""
+        ...
+
+    def write(self, changes: Changes) -> Deferred[None]:
+        """Commit state changes that have no event, in the next batch."""
+        ...
+
+    def note(self, key: Any, change: Change) -> None:
+        """Apply ``change`` with the next commit; a later note with the
+        same ``key`` replaces one still waiting."""
+        ...
+
+    def idle(self) -> Deferred[None]:
+        """Fires once everything appended or written so far is settled."""
+        ...
+
+    def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
+        """Events' JSON texts of ``stream`` ascending by id: with ``after``
+        the first ``limit`` after it (and before ``before``, if given);
+        otherwise the last ``limit`` before ``before`` (or the newest)."""
+        ...
