@@ -13,7 +13,7 @@ import collections
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -22,10 +22,10 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatserver import __version__, twisted_internals
-from chatserver.accounts import Account, Accounts, AuthError
+from chatserver import handlers, twisted_internals
+from chatserver.accounts import Account, Accounts
 from chatserver.blocks import Blocks
-from chatserver.chat import ANSWER_OVERHEAD, LIST_PAGE_MAX, ChatError, ChatService
+from chatserver.chat import ChatService
 from chatserver.config import Settings
 from chatserver.cookies import Cookies
 from chatserver.identity import Identity
@@ -33,12 +33,12 @@ from chatserver.lowpriority import LowPriority
 from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.ratelimit import network_prefix
+from chatserver.session import Session
 from chatserver.storage.interface import DatabaseLost, StoreClosed
 from chatserver.tickets import Tickets
 from chatserver.wire import channel, safetext
 from chatserver.wire.channel import AlertReceived, ChannelError, HandshakeState, PeerClosed
-from chatserver.wire.errors import Refused
-from chatserver.wire.validation import PRE_LOGIN, Limits, RequestError, validate
+from chatserver.wire.validation import Limits
 from chatserver.workers import Busy, CryptoPool
 
 log = Logger(namespace="chatserver.protocol")
@@ -48,25 +48,6 @@ connections_log = Logger(namespace="chatserver.connections")
 #: Characters of a disconnect reason a log line keeps: room for an
 #: ALERT's 200 bytes of text after its prefix.
 REASON_LOG_LIMIT = 300
-
-#: request type -> the rate-limit bucket it draws from
-RATE_LIMITED = {
-    "say": "messages",
-    "dm": "messages",
-    "join": "joins",
-    "create": "rooms",
-    "login": "logins",
-    "register": "logins",
-}
-
-
-#: Failures that are no fault of the request: the client may try again.
-_TRY_AGAIN = {
-    Busy: ("busy", "server busy; try again"),
-    # Before StoreClosed, which it is a kind of: the first match wins.
-    DatabaseLost: ("unavailable", "database unavailable; try again later"),
-    StoreClosed: ("unavailable", "server shutting down; try again"),
-}
 
 
 def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
@@ -82,22 +63,6 @@ def rate_rules(settings: Settings) -> dict[str, tuple[float, float]]:
         "handshakes": (settings.handshakes_rate, settings.handshakes_burst),
         "handshakes_prefix": (settings.handshakes_prefix_rate, settings.handshakes_prefix_burst),
     }
-
-
-class _Slot:
-    """The place of one request's answer in the reply order."""
-
-    __slots__ = ("ref", "answer", "ready")
-
-    def __init__(self, ref: Any) -> None:
-        self.ref = ref
-        self.answer: dict[str, Any] | None = None
-        self.ready = False
-
-
-def _ack(event: dict[str, Any]) -> dict[str, Any]:
-    """The acknowledgement of a published event: where it is in history."""
-    return {"type": "ack", "stream": event["stream"], "id": event["id"], "ts": event["ts"]}
 
 
 @implementer(IPushProducer)
@@ -133,33 +98,17 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     #: others: one read can hold hundreds of frames, and a flooder's read
     #: must not keep everyone else waiting for milliseconds.
     LINES_PER_TURN = 32
-    #: Requests a connection may have unanswered (say: waiting for their
-    #: commit; history: waiting for the database).  Beyond this its input
-    #: is not read, so one client cannot queue thousands of database jobs
-    #: in front of everyone else's messages.  Pipelining clients just wait.
-    MAX_UNANSWERED = 32
     # Our own attributes in slots, not in the instance dict (which still
     # holds the base classes' few): about 1.5 KiB less per connection.
     __slots__ = (
         "factory",
         "peer",
-        "user",
-        "account",
+        "session",
         "handshake",
         "channel",
-        "role",
-        "_held",
+        "max_plaintext",
         "_direct",
-        "_outbox",
-        "_outbox_bytes",
-        "_max_plaintext",
-        "_token",
-        "_resumed_as",
         "_deriving",
-        "_replies",
-        "_strikes",
-        "_inbox",
-        "_waiting",
         "_holds",
         "_resume_call",
         "_turn_call",
@@ -183,30 +132,15 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.factory = factory
         self.MAX_LENGTH = factory.settings.max_line_length
         self.peer = "?"
-        self.user: str | None = None
-        self.account: Account | None = None
         self.handshake: channel.ServerHandshake | None = None
         self.channel: channel.SecureChannel | None = None
-        self.role = "user"
-        self._held: list[bytes] | None = []
-        #: Encoded events waiting for the end of the reactor turn, and the
-        #: size of the array they will make ("[" plus each event and comma).
+        #: Bytes of JSON one sealed record may carry (the Link's).
+        self.max_plaintext = channel.max_plaintext(self.MAX_LENGTH)
+        #: Everything after the handshake: login, requests, output.
+        self.session = Session(factory, self)
+        #: The direct send to the socket (see twisted_internals), or None.
         self._direct: Any = None
-        self._outbox: list[bytes] = []
-        self._outbox_bytes = 1
-        self._max_plaintext = channel.max_plaintext(self.MAX_LENGTH)
-        self._token: str | None = None
-        #: (token hash, account record, when) read when the connection
-        #: resumed: its first token login needs no second database trip.
-        self._resumed_as: tuple[str, Any, float] | None = None
         self._deriving: Deferred[Any] | None = None
-        # Lists, not deques: they stay short (at most MAX_UNANSWERED slots,
-        # abuse_strikes strikes, one record's requests), and an empty deque
-        # costs 600 bytes against a list's 56, times every idle connection.
-        self._replies: list[_Slot] = []
-        self._strikes: list[float] = []
-        self._inbox: list[dict[str, Any]] = []
-        self._waiting = False
         #: Why input is not being read (empty: it is).
         self._holds: set[str] = set()
         #: Whether the socket is paused too (see _hold).
@@ -226,6 +160,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.lost: Deferred[None] = Deferred()
         self.ending = False
         self.close_reason = "connection lost"
+
+    @property
+    def user(self) -> str | None:
+        return self.session.user
+
+    @property
+    def account(self) -> Account | None:
+        return self.session.account
 
     def callLater(self, delay: float, call: Any, *args: Any) -> Any:
         """TimeoutMixin's and our timers, on the factory's injected clock."""
@@ -267,6 +209,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         # a commit) that the connection is gone: Twisted never resets a
         # protocol's ``connected`` to 0, so that flag cannot.
         self.ending = True
+        self.session.closed = True
         for call in (self._slow_check, self._turn_call, self._resume_call, self._line_timer):
             if call is not None and call.active():
                 call.cancel()
@@ -285,8 +228,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         """The bookkeeping of a connection that is gone."""
         if not self.admitted:
             return
-        self.factory.chat.disconnect(self)
-        self.factory.rate_limits.forget(self)
+        self.factory.chat.disconnect(self.session)
+        self.factory.rate_limits.forget(self.session)
+        self.factory.stats_subscribers.pop(self.session, None)
         self.factory.release(self)
         if self.account is not None or self.factory.may_log(self.peer):
             connections_log.info(
@@ -313,6 +257,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self.ending:
             return False
         self.ending = True
+        self.session.closed = True
         self.close_reason = reason
         self.setTimeout(None)
         # While the transport has our output producer paused it would, once
@@ -351,7 +296,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if self.ending:
             return
         if self.channel is not None and not self.channel.closed:
-            self.flush()  # what was queued goes before the goodbye
+            self.session.flush()  # what was queued goes before the goodbye
             self.transport.write(self.channel.seal_close(code, message))
         self._end(f"{code}: {message}", abort=False)
 
@@ -400,7 +345,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._turn_lines += 1
         if self._turn_lines >= self.LINES_PER_TURN and "turn" not in self._holds:
             # This line is handled; the rest of the read waits a turn.
-            self._hold("turn")
+            self.hold("turn")
             self._turn_call = self.factory.reactor.callLater(0, self._end_of_turn)
         try:
             if self.channel is None:
@@ -436,7 +381,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 raise ChannelError("server busy", channel.ALERT_BUSY) from None
             # Hold further lines (the client's FINISHED is likely already
             # here) until the keys exist.
-            self._hold("derive")
+            self.hold("derive")
             self._deriving = d
             d.addCallbacks(self._derived, self._derive_failed)
         elif state is HandshakeState.AWAIT_FINISHED:
@@ -474,7 +419,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         assert tickets is not None
         # Nothing more is read until the database has said whether the
         # ticket is still unused.
-        self._hold("resume")
+        self.hold("resume")
         d = tickets.redeem(opened)
         d.addCallbacks(
             self._redeemed, self._redeem_failed, callbackArgs=(handshake, opened.psk, opened.token_hash)
@@ -489,7 +434,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         try:
             if account is not None:
                 # The token login that usually follows needs no other trip.
-                self._resumed_as = (token_hash, account, self.factory.clock.seconds())
+                self.session.resumed_as = (token_hash, account, self.factory.clock.seconds())
                 self.transport.write(b"".join(channel.encode_line(r) for r in handshake.resume(psk)))
             else:
                 # Replayed, or its session ended: a full handshake.
@@ -497,7 +442,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         except ChannelError as e:
             self._drop(e.reason, e.alert)
             return
-        self._release("resume")
+        self.release("resume")
 
     def _redeem_failed(self, failure: Failure) -> None:
         handshake = self.handshake
@@ -511,7 +456,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         """Answer the hello with a full handshake, after the event loop's
         other work of this turn (see lowpriority.py); nothing more is read
         from this connection until then."""
-        self._hold("full_hello")
+        self.hold("full_hello")
         self.factory.full_hellos.add(lambda: self._serve_full_hello(handshake))
 
     def _serve_full_hello(self, handshake: channel.ServerHandshake) -> None:
@@ -528,7 +473,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             log.failure("answering a hello crashed for {peer}", peer=self.peer)
             self._drop("internal error", channel.ALERT_INTERNAL_ERROR)
             return
-        self._release("full_hello")
+        self.release("full_hello")
 
     def _full_hello(self, handshake: channel.ServerHandshake) -> None:
         """Answer the hello with a full handshake's SERVER_HELLO, which
@@ -562,7 +507,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     def _derived(self, _: Any) -> None:
         self._deriving = None
         if not self.ending and self.handshake is not None:
-            self._release("derive")
+            self.release("derive")
 
     def _derive_failed(self, failure: Failure) -> None:
         if self.ending:
@@ -583,34 +528,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             return
         if events is None:
             return  # KEY_UPDATE
-        if self.account is not None:
+        if self.session.account is not None:
             self.resetTimeout()
-        self._inbox.extend(events)
-        self._drain()
-
-    def _drain(self) -> None:
-        """Handle queued events in order, stopping at one that must wait."""
-        inbox = self._inbox
-        while inbox and not self._waiting and not self.ending:
-            if len(self._replies) >= self.MAX_UNANSWERED:
-                self._hold("unanswered")
-                return
-            self._dispatch(inbox.pop(0))
-
-    def _wait_for(self, d: Any) -> None:
-        """Hold all further input until ``d`` has fired (keeps order)."""
-        self._waiting = True
-        self._hold("waiting")
-
-        def done(result: Any) -> Any:
-            self._waiting = False
-            if not self.ending:
-                self._drain()
-                if not self._waiting:
-                    self._release("waiting")
-            return result
-
-        d.addBoth(done)
+        self.session.receive(events)
 
     # --- read flow control ----------------------------------------------
     #
@@ -667,7 +587,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
     # keeps sending: there the socket stops at once, so the kernel holds
     # the rest, not our buffer.
 
-    def _hold(self, reason: str) -> None:
+    def hold(self, reason: str) -> None:
         if not self._holds:
             self.paused = True
             if self.account is not None and not self._socket_paused:
@@ -675,7 +595,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self.transport.pauseProducing()
         self._holds.add(reason)
 
-    def _release(self, reason: str) -> None:
+    def release(self, reason: str) -> None:
         self._holds.discard(reason)
         if self._holds or not self.paused or self._resume_call is not None or self.ending:
             return
@@ -695,410 +615,25 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _end_of_turn(self) -> None:
         self._turn_call = None
-        self._release("turn")
+        self.release("turn")
 
-    # --- requests --------------------------------------------------------
-    #
-    # Every request gets a slot in ``_replies`` when it arrives; its answer
-    # (or error) fills the slot, and answers leave strictly in arrival
-    # order, although a later request (an error, a ping) may be done before
-    # an earlier one (a message waiting for its commit).
+    # --- the session's link ------------------------------------------------
 
-    def _dispatch(self, event: dict[str, Any]) -> None:
-        ref = event.get("ref")
-        slot = _Slot(ref if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None)
-        self._replies.append(slot)
-        try:
-            request = validate(event, self.factory.limits)
-            slot.ref = request.get("ref")
-            kind = request["type"]
-            if self.account is None and kind not in PRE_LOGIN:
-                raise ChatError("not_authenticated", "log in first")
-            self._rate_limit(kind, request)
-            result = getattr(self, "_on_" + kind)(request)
-        except Refused as e:
-            self._fill(slot, e.event(str(event.get("type"))[:40]))
-            return
-        except Exception:
-            # A bug must cost this one request, not the connection's order
-            # of answers (an unfilled slot would hold back all later ones).
-            self._fill(slot, self._failure_event(Failure(), str(event.get("type"))[:40]))
-            return
-        if isinstance(result, Deferred):
-            result.addCallbacks(
-                lambda answer: self._fill(slot, answer),
-                lambda failure: self._fill(slot, self._failure_event(failure, str(event.get("type"))[:40])),
-            )
-        else:
-            self._fill(slot, result)
-
-    def _fill(self, slot: _Slot, answer: dict[str, Any] | None) -> None:
-        slot.answer = answer
-        slot.ready = True
-        replies = self._replies
-        while replies and replies[0].ready:
-            done = replies.pop(0)
-            if done.answer is not None:
-                self._count_answer(done.answer)
-                if done.ref is not None:
-                    done.answer["ref"] = done.ref
-                self.send(done.answer)
-                if done.answer["type"] == "welcome":
-                    self._release_held()
-                    # In the same turn: the ticket leaves in the welcome's
-                    # record (one seal, one write), not in a record of its own.
-                    self._after_welcome()
-                elif done.answer["type"] == "logged_out":
-                    self.factory.reactor.callLater(0, self.close, "logout", "logged out")
-        if "unanswered" in self._holds and len(replies) < self.MAX_UNANSWERED:
-            self._holds.discard("unanswered")
-            self._drain()  # events left over from a frame that held several
-            if "unanswered" not in self._holds:
-                self._release("unanswered")
-
-    def _count_answer(self, answer: dict[str, Any]) -> None:
-        metrics = self.factory.metrics
-        metrics.count("requests")
-        kind = answer["type"]
-        if kind == "welcome":
-            metrics.count("logins")
-        elif kind == "error":
-            code = answer.get("code")
-            if code == "auth_failed":
-                metrics.count("failed_logins")
-            elif code == "rate_limited":
-                metrics.count("rate_limited")
-
-    def _failure_event(self, failure: Failure, kind: str) -> dict[str, Any]:
-        if isinstance(failure.value, Refused):
-            return failure.value.event(kind)
-        for error, (code, message) in _TRY_AGAIN.items():
-            if failure.check(error):
-                return {"type": "error", "code": code, "message": message, "request": kind, "retry_after": 1}
-        log.failure("{kind} failed for {peer}", failure, kind=safetext.log_text(kind), peer=self.peer)
-        return {"type": "error", "code": "internal_error", "message": "internal error", "request": kind}
-
-    def _rate_limit(self, kind: str, request: dict[str, Any]) -> None:
-        action = RATE_LIMITED.get(kind)
-        limits = self.factory.rate_limits
-        wait = 0.0
-        if action is not None:
-            wait = limits.check(action, self)
-            if not wait and action != "logins" and self.user is not None:
-                # All of the account's connections together, so reconnecting
-                # does not refill a bucket.  (Logins are per connection, and
-                # failed ones also per account and address: accounts.py.)
-                wait = limits.check(action, ("user", self.user))
-        if not wait and kind == "register" and self.account is None:
-            # One host, or one network, may not make accounts by the
-            # thousand (and fill the default room with them).
-            action = "registrations"
-            wait = limits.check(action, ("address", self.peer)) or limits.check(
-                "registrations_prefix", ("prefix", network_prefix(self.peer))
-            )
-        if not wait and self.user is not None and self._looks_up_a_user(kind, request):
-            # Whether a name exists is what an enumeration wants to learn:
-            # per account and per address, whatever the connection.
-            action = "lookups"
-            wait = limits.check(action, ("user", self.user)) or limits.check(action, ("address", self.peer))
-        if wait:
-            now = self.factory.clock.seconds()
-            strikes = self._strikes
-            strikes.append(now)
-            while strikes and strikes[0] < now - 60:
-                strikes.pop(0)
-            if len(strikes) >= self.factory.settings.abuse_strikes:
-                log.warn("{peer} user={user}: flooding; disconnecting", peer=self.peer, user=self.user or "-")
-                self.close("flooding", "too many requests over the rate limit")
-            raise AuthError("rate_limited", f"too many {action}; slow down", retry_after=wait)
-
-    def _looks_up_a_user(self, kind: str, request: dict[str, Any]) -> bool:
-        """Whether the request asks the database whether someone exists."""
-        if kind == "invite":
-            return True
-        if kind == "dm":
-            return not self.factory.chat.knows_peer(self.user or "", request["to"])
-        return False
-
-    def _on_ping(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "pong"}
-
-    def _on_login(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        if self.account is not None:
-            # Checked before any account work: a second login must not
-            # count as a failure or cost a password hash.
-            raise ChatError("already_authenticated", "already logged in")
-        accounts = self.factory.accounts
-        if ("password" in request) == ("token" in request):
-            raise RequestError("missing_field", "login needs a password or a token (not both)", "password")
-        if "token" in request:
-            known, self._resumed_as = self._resumed_as, None  # for the first login only
-            return self._authenticate(
-                accounts.login_token(request["user"], request["token"], self.peer, known),
-                token=request["token"],
-            )
-        return self._authenticate(accounts.login(request["user"], request["password"], self.peer))
-
-    def _on_register(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        if self.account is not None:
-            raise ChatError("already_authenticated", "already logged in")
-        return self._authenticate(
-            self.factory.accounts.register(
-                request["user"], request["password"], self.peer, request.get("invite")
-            )
-        )
-
-    def _authenticate(self, d: Deferred[Account], token: str | None = None) -> Deferred[dict[str, Any]]:
-        """The welcome (or the refusal) once ``d`` has the account."""
-        welcome: Deferred[dict[str, Any]] = d.addCallback(self._authenticated, token)
-        self._wait_for(welcome)  # nothing else is read until this is settled
-        return welcome
-
-    @inlineCallbacks
-    def _authenticated(self, account: Account, token: str | None) -> Any:
-        if self.ending:
-            return None
-        if token is None:
-            token = yield self.factory.accounts.issue_token(account.name)
-            if self.ending:
-                return None  # gone meanwhile (deadline, peer): no ghost login
-        self._token = token
-        self.account = account
-        self.factory.authenticated(self)
-        self.user = account.name
-        self.role = account.role
-        self.setTimeout(self.factory.settings.idle_timeout)
-        connections_log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
-        snapshot = yield self.factory.chat.connect(self)
-        if self.ending:
-            # Lost while connect() waited: connectionLost's disconnect ran
-            # before connect() finished putting us in our rooms.
-            self.factory.chat.disconnect(self)
-            return None
-        # A resumption ticket and offline direct messages follow the
-        # welcome: _fill sends them right after it (see _after_welcome).
-        return {
-            "type": "welcome",
-            "user": account.name,
-            "role": account.role,
-            "server": f"chatserver/{__version__}",
-            "rooms": snapshot["rooms"],
-            "streams": snapshot["streams"],
-            "token": token,
-            # Clients keep the connection alive within this.
-            "idle_timeout": self.factory.settings.idle_timeout,
-        }
-
-    def _after_welcome(self) -> None:
-        if self.ending:
-            return
-        tickets = self.factory.tickets
-        if tickets is not None and self.channel is not None and self._token is not None:
-            ticket = tickets.issue(self.channel, self._token)
-            if ticket is not None:
-                self.send(ticket)
-        self.factory.chat.push_undelivered(self).addErrback(self._push_failed)
-
-    def _push_failed(self, failure: Failure) -> None:
-        if failure.check(StoreClosed):
-            # Shutting down: what was not pushed stays undelivered (the
-            # marks only follow deliveries) and comes at the next login.
-            return
-        log.failure("offline delivery failed for {user}", failure, user=self.user)
-
-    def _on_logout(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        # The CLOSE follows the answer, which follows every earlier answer
-        # (see _fill): nothing asked before the logout goes unanswered.
-        return self.factory.accounts.revoke_token(self._token).addCallback(lambda _: {"type": "logged_out"})
-
-    def _on_say(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        d = self.factory.chat.say(self, request["room"], request["body"])
-        return d.addCallback(_ack)
-
-    def _on_dm(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.direct(self, request["to"], request["body"]).addCallback(_ack)
-
-    def _answer_budget(self) -> int:
-        """Bytes of JSON a page may fill: the answer, alone in a record,
-        must fit in one line (the limit every client is written to)."""
-        return self._max_plaintext - ANSWER_OVERHEAD
-
-    def _on_who(self, request: dict[str, Any]) -> dict[str, Any]:
-        members, more = self.factory.chat.who(
-            self,
-            request["room"],
-            request.get("after"),
-            request.get("limit", LIST_PAGE_MAX),
-            self._answer_budget(),
-        )
-        return {
-            "type": "who",
-            "room": request["room"],
-            "members": members,
-            "users": [m["user"] for m in members],
-            "more": more,
-        }
-
-    def _on_create(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        d = self.factory.chat.create_room(
-            self, request["room"], request.get("kind", "public"), request.get("topic", "")
-        )
-        return d.addCallback(_ack)
-
-    def _on_join(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.join(self, request["room"]).addCallback(_ack)
-
-    def _on_part(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.part(self, request["room"]).addCallback(_ack)
-
-    def _on_rooms(self, request: dict[str, Any]) -> dict[str, Any]:
-        rooms, more = self.factory.chat.list_rooms(
-            self, request.get("after"), request.get("limit", LIST_PAGE_MAX), self._answer_budget()
-        )
-        return {"type": "rooms", "rooms": rooms, "more": more}
-
-    def _on_topic(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.set_topic(self, request["room"], request["topic"]).addCallback(_ack)
-
-    def _on_invite(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.invite(self, request["room"], request["user"])
-
-    def _on_history(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.history(
-            self,
-            request["stream"],
-            request.get("after"),
-            request.get("before"),
-            request.get("limit", 50),
-            self._answer_budget(),
-        )
-
-    def _on_kick(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        chat = self.factory.chat
-        return chat.kick(self, request["room"], request["user"], request.get("reason", "")).addCallback(_ack)
-
-    def _sanction(self, request: dict[str, Any], kind: str) -> Deferred[dict[str, Any]]:
-        d = self.factory.chat.sanction(
-            self, request["room"], request["user"], kind, request.get("duration"), request.get("reason", "")
-        )
-        return d.addCallback(_ack)
-
-    def _on_ban(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self._sanction(request, "ban")
-
-    def _on_mute(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self._sanction(request, "mute")
-
-    def _on_unban(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.lift(self, request["room"], request["user"], "ban").addCallback(_ack)
-
-    def _on_unmute(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.lift(self, request["room"], request["user"], "mute").addCallback(_ack)
-
-    def _on_op(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.set_role(self, request["room"], request["user"], "moderator").addCallback(
-            _ack
-        )
-
-    def _on_deop(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.set_role(self, request["room"], request["user"], "member").addCallback(_ack)
-
-    def _on_info(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Anyone logged in: what the server is and how busy."""
-        return {
-            "type": "info",
-            "server": f"chatserver/{__version__}",
-            "uptime": self.factory.metrics.uptime(),
-            "users_online": self.factory.chat.hub.online_count(),
-        }
-
-    def _on_stats(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Admins: one stats frame now (with the history), and with
-        ``subscribe`` one every monitor interval until ``subscribe: false``."""
-        if self.role != "admin":
-            raise ChatError("forbidden", "only an admin may see server statistics", "type")
-        factory = self.factory
-        if request.get("subscribe") is True:
-            factory.stats_subscribers[self] = None
-        elif request.get("subscribe") is False:
-            factory.stats_subscribers.pop(self, None)
-        frame = factory.stats_frame()
-        monitoring = factory.monitoring
-        frame["history"] = list(monitoring.history) if monitoring is not None else []
-        return frame
-
-    def _on_disable(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        target = request["user"]
-
-        def forget_resumed(answer: dict[str, Any]) -> dict[str, Any]:
-            # A connection that resumed as the user, and has not logged in
-            # yet, must not log in on the account it read before this.
-            for conn in self.factory.connections:
-                if conn._resumed_as is not None and conn._resumed_as[1].name == target:
-                    conn._resumed_as = None
-            return answer
-
-        return self.factory.chat.disable_account(self, target, True).addCallback(forget_resumed)
-
-    def _on_enable(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.factory.chat.disable_account(self, request["user"], False)
-
-    # --- output ----------------------------------------------------------
-
-    def send(self, event: dict[str, Any]) -> None:
-        """An event for this connection only (an answer, a notice)."""
-        self._queue(channel.encode_event(event))
-
-    def _release_held(self) -> None:
-        held, self._held = self._held, None
-        for encoded in held or ():
-            self.deliver(encoded)
-
-    def deliver(self, encoded: bytes) -> None:
-        """A broadcast event, encoded once for all its recipients."""
-        if self._held is not None:
-            # Logged in but not yet welcomed: the welcome comes first.
-            self._held.append(encoded)
-            return
-        self._queue(encoded)
-
-    def _queue(self, encoded: bytes) -> None:
-        """Coalesced sealing: everything sent to a connection in one
-        reactor turn leaves as one DATA record (see ChatFactory.flush), so
-        under load the per-record cost (seal, base64, write) is paid once
-        per turn instead of once per event.  Order is kept: answers and
-        notifications share the queue.  (This runs once per delivery:
-        keep it lean.)"""
-        outbox = self._outbox
-        if outbox:
-            size = self._outbox_bytes + len(encoded) + 1
-            if size <= self._max_plaintext:
-                outbox.append(encoded)
-                self._outbox_bytes = size
-                return
-            self.flush()  # a record is full: seal it now, start the next
-        if self.channel is None or self.ending:
-            return
-        factory = self.factory
-        factory.to_flush.append(self)
-        if not factory.flush_scheduled:
-            factory.schedule_flush()
-        outbox.append(encoded)
-        self._outbox_bytes = len(encoded) + 2
-
-    def flush(self) -> None:
-        """Seal and write what is queued as one DATA record."""
-        outbox = self._outbox
-        if not outbox:
-            return
-        plaintext = b"[" + b",".join(outbox) + b"]"
-        outbox.clear()
-        self._outbox_bytes = 1
+    def write_plaintext(self, plaintext: bytes) -> None:
+        """Seal and write one DATA record of the session's output."""
         if self.channel is not None and not self.ending:
             block = self.factory.settings.pad_block
             if block > 1:
-                plaintext = channel.pad(plaintext, block, self._max_plaintext)
+                plaintext = channel.pad(plaintext, block, self.max_plaintext)
             self._write(self.channel.seal_plaintext(plaintext))
+
+    def logged_in(self) -> None:
+        """The session has an account: it holds a slot no newcomer takes,
+        and from now on the idle deadline applies."""
+        self.factory.authenticated(self)
+        self.setTimeout(self.factory.settings.idle_timeout)
+
+    # --- output ----------------------------------------------------------
 
 
 class ChatFactory(ServerFactory):
@@ -1177,10 +712,10 @@ class ChatFactory(ServerFactory):
         chat.metrics = self.metrics
         #: Set by the server when the monitor child runs.
         self.monitoring: Any = None
-        #: Admin connections that get a stats frame every interval.
-        self.stats_subscribers: dict[ChatProtocol, None] = {}
-        #: Connections with queued output, flushed once per reactor turn.
-        self.to_flush: list[ChatProtocol] = []
+        #: Admins' sessions that get a stats frame every interval.
+        self.stats_subscribers: dict[Session, None] = {}
+        #: Sessions with queued output, flushed once per reactor turn.
+        self.to_flush: list[Session] = []
         self.flush_scheduled = False
         #: Log lines about connections that are not logged in, per
         #: address: a peer that fails handshakes in a loop must not be
@@ -1192,6 +727,12 @@ class ChatFactory(ServerFactory):
         self._sweep = task.LoopingCall(self.drop_idle_contexts)
         self._sweep.clock = clock
         self.contexts_dropped = 0
+        #: Request type -> its handler (chatserver/handlers/).
+        self.handlers = handlers.table(self)
+
+    def sessions(self) -> list[Session]:
+        """The session of every connection."""
+        return [conn.session for conn in self.connections]
 
     def startFactory(self) -> None:
         # Twisted calls this when the first port starts listening.
@@ -1252,9 +793,9 @@ class ChatFactory(ServerFactory):
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        connections, self.to_flush = self.to_flush, []
-        for conn in connections:
-            conn.flush()
+        sessions, self.to_flush = self.to_flush, []
+        for session in sessions:
+            session.flush()
 
     def stats_frame(self) -> dict[str, Any]:
         monitoring = self.monitoring
@@ -1277,11 +818,11 @@ class ChatFactory(ServerFactory):
         if not self.stats_subscribers:
             return
         frame = self.stats_frame()
-        for conn in list(self.stats_subscribers):
-            if conn.ending:
-                del self.stats_subscribers[conn]
+        for session in list(self.stats_subscribers):
+            if session.closed:
+                del self.stats_subscribers[session]
             else:
-                conn.send(frame)
+                session.send(frame)
 
     def buildProtocol(self, addr: Any) -> ChatProtocol | None:
         # A blocked address's connection is closed here, unread: no
@@ -1422,7 +963,6 @@ class ChatFactory(ServerFactory):
             return
         self.connections.discard(protocol)
         self._evicted.discard(protocol)
-        self.stats_subscribers.pop(protocol, None)
         peer = protocol.peer
         prefix = network_prefix(peer)
         self._remove_unauthenticated(protocol, prefix)
