@@ -154,7 +154,8 @@ def _encode_line_binascii(record: bytes) -> bytes:
 
 
 def _encode_line_pybase64(record: bytes) -> bytes:
-    return pybase64.b64encode(record) + b"\n"
+    encoded: bytes = pybase64.b64encode(record)  # typed Any: pybase64 may be absent
+    return encoded + b"\n"
 
 
 #: The value of each base64 alphabet byte (others are refused before use).
@@ -533,7 +534,8 @@ class _Reader:
         return self.take(1)[0]
 
     def u16(self) -> int:
-        return struct.unpack(">H", self.take(2))[0]
+        value: int = struct.unpack(">H", self.take(2))[0]
+        return value
 
     def u16_list(self) -> list[int]:
         count = self.u8()
