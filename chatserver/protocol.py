@@ -1,10 +1,14 @@
-"""The server's connection: lines in, frames out, requests to the services.
+"""The server's connection: the transport under a session.
 
-``ChatProtocol`` is a thin shell.  The handshake and the record layer live in
-``channel``; rooms in ``chat``; accounts in ``accounts``.  This module only
-moves bytes between them, keeps per-connection state (handshake, login,
-timeouts, back-pressure) and turns failures into alerts, error events or a
-closed connection, always with a log line that says why.
+``ChatProtocol`` runs one TCP (or TLS) connection: the handshake (its state
+machine is in ``wire.channel``), lines into records and records into calls
+on its transport-free ``Session`` (session.py), read holds and socket
+pauses, output back-pressure, timeouts, and sealing what the session
+sends.  Failures become an ALERT, a sealed goodbye or a closed connection,
+always with a log line that says why.  ``ChatFactory`` is what every
+connection shares (the services a session uses, the per-turn flush) and
+the connection slots: admission, per-address and per-network limits,
+eviction of connections that have not logged in.
 """
 
 from __future__ import annotations

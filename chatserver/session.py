@@ -13,24 +13,25 @@ link, with no socket.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatserver import __version__
-from chatserver.accounts import Account, AuthError
-from chatserver.chat import ANSWER_OVERHEAD, ChatError
+from chatserver.accounts import Account, Accounts, AuthError
+from chatserver.chat import ANSWER_OVERHEAD, ChatError, ChatService
+from chatserver.config import Settings
+from chatserver.metrics import Metrics
+from chatserver.ratelimit import Limits as RateLimits
 from chatserver.ratelimit import network_prefix
 from chatserver.storage.interface import DatabaseLost, StoreClosed
+from chatserver.tickets import Tickets
 from chatserver.wire import channel, safetext
 from chatserver.wire.errors import Refused
-from chatserver.wire.validation import PRE_LOGIN, validate
+from chatserver.wire.validation import PRE_LOGIN, Limits, validate
 from chatserver.workers import Busy
-
-if TYPE_CHECKING:
-    from chatserver.protocol import ChatFactory
 
 log = Logger(namespace="chatserver.protocol")
 connections_log = Logger(namespace="chatserver.connections")
@@ -87,6 +88,37 @@ class Link(Protocol):
         ...
 
 
+class Services(Protocol):
+    """What sessions and handlers share (the server's ChatFactory; a test's
+    may be another)."""
+
+    settings: Settings
+    limits: Limits
+    rate_limits: RateLimits
+    metrics: Metrics
+    chat: ChatService
+    accounts: Accounts
+    tickets: Tickets | None
+    clock: Any
+    #: Runs "next turn" calls (callLater(0, ...)).
+    reactor: Any
+    #: Request type -> handler (chatserver.handlers.table).
+    handlers: dict[str, Handler]
+    #: Sessions with output queued this turn, and whether a flush is due.
+    to_flush: list["Session"]
+    flush_scheduled: bool
+    #: Admins' sessions that get a stats frame every interval.
+    stats_subscribers: dict["Session", None]
+    #: The monitor child's samples, if it runs.
+    monitoring: Any
+
+    def schedule_flush(self) -> None: ...
+
+    def stats_frame(self) -> dict[str, Any]: ...
+
+    def sessions(self) -> list["Session"]: ...
+
+
 def _ack(event: dict[str, Any]) -> dict[str, Any]:
     """The acknowledgement of a published event: where it is in history."""
     return {"type": "ack", "stream": event["stream"], "id": event["id"], "ts": event["ts"]}
@@ -130,7 +162,7 @@ class Session:
         "_unanswered",
     )
 
-    def __init__(self, factory: "ChatFactory", link: Link) -> None:
+    def __init__(self, factory: Services, link: Link) -> None:
         self.factory = factory
         self.link = link
         self.user: str | None = None

@@ -5,21 +5,16 @@ one handler, and every type the validator admits has one."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from chatserver.handlers.accounts import AccountHandlers
 from chatserver.handlers.direct import DirectHandlers
 from chatserver.handlers.moderation import ModerationHandlers
 from chatserver.handlers.rooms import RoomHandlers
 from chatserver.handlers.stats import StatsHandlers
-from chatserver.session import Handler
+from chatserver.session import Handler, Services
 from chatserver.wire.validation import REQUESTS
 
-if TYPE_CHECKING:
-    from chatserver.protocol import ChatFactory
 
-
-def table(factory: "ChatFactory") -> dict[str, Handler]:
+def table(factory: Services) -> dict[str, Handler]:
     """Every request type's handler, from the factory's services."""
     joined: dict[str, Handler] = {}
     for handlers in (

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chatserver import __version__
 from chatserver.chat import ChatError
-from chatserver.session import Handler, Session
-
-if TYPE_CHECKING:
-    from chatserver.protocol import ChatFactory
+from chatserver.session import Handler, Services, Session
 
 
 class StatsHandlers:
-    def __init__(self, factory: "ChatFactory") -> None:
+    def __init__(self, factory: Services) -> None:
         """The factory knows the connections, the metrics and the monitor."""
         self.factory = factory
         self.requests: dict[str, Handler] = {"info": self.info, "stats": self.stats}
