@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from twisted.internet import endpoints
 
+from chatserver import twisted_internals
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
@@ -222,8 +224,8 @@ def _endpoint(text: str) -> str:
             raise ValueError("the endpoint lacks a required part (a port?)") from None
         raise ValueError(f"not a valid endpoint ({e})") from None
     # A port out of range parses, and would only fail at bind time.
-    port = getattr(endpoint, "_port", None)
-    if isinstance(port, int) and not 0 <= port <= 65535:
+    port = twisted_internals.endpoint_port(endpoint)
+    if port is not None and not 0 <= port <= 65535:
         raise ValueError(f"port {port} is not between 0 and 65535")
     return text
 

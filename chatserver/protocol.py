@@ -147,7 +147,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._deriving: Deferred[Any] | None = None
         #: Why input is not being read (empty: it is).
         self._holds: set[str] = set()
-        #: Whether the socket is paused too (see _hold).
+        #: Whether the socket is paused too (see hold).
         self._socket_paused = False
         self._resume_call: Any = None
         self._turn_call: Any = None

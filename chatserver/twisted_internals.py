@@ -11,6 +11,10 @@ If a Twisted release renames what is used here, ``direct_sender`` returns
 None and every write takes the public path (correct, only slower), and
 ``tests/test_twisted_internals.py`` fails so that we notice.
 
+``endpoint_port`` reads the port a parsed server endpoint string names
+(``_port`` of the TCP endpoints), to refuse one out of range at start-up
+rather than at bind time; None where that attribute is not there.
+
 Listening goes through ``Listener``, our own service over the public
 endpoint API, where twisted.application's would have us read the private
 ``_waitingForPort`` to learn the port.
@@ -27,6 +31,12 @@ from twisted.python.failure import Failure
 
 #: The private parts of tcp.Connection that a direct send relies on.
 _CONNECTION_INTERNALS = ("dataBuffer", "_tempDataBuffer", "writeSomeData")
+
+
+def endpoint_port(endpoint: Any) -> int | None:
+    """The port a TCP server endpoint was parsed with, if it shows it."""
+    port = getattr(endpoint, "_port", None)
+    return port if isinstance(port, int) else None
 
 
 def has_send_internals(transport: Any) -> bool:

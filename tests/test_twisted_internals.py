@@ -110,3 +110,15 @@ class ListenerTests(unittest.TestCase):
     def test_a_description_that_names_no_endpoint_is_refused(self) -> None:
         with self.assertRaises(ValueError):
             twisted_internals.listener(reactor, "nosuch:1234", protocol.Factory.forProtocol(Collect))
+
+
+class EndpointPortTests(unittest.TestCase):
+    def test_a_tcp_endpoint_still_shows_its_port(self) -> None:
+        # Fails if Twisted renames the attribute: then a port out of range
+        # would only be refused at bind time.
+        endpoint = endpoints.serverFromString(reactor, "tcp:7000:interface=127.0.0.1")
+        self.assertEqual(twisted_internals.endpoint_port(endpoint), 7000)
+
+    def test_an_endpoint_without_a_port_shows_none(self) -> None:
+        endpoint = endpoints.serverFromString(reactor, "unix:/tmp/nowhere.sock")
+        self.assertIsNone(twisted_internals.endpoint_port(endpoint))
