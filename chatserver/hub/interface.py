@@ -6,7 +6,7 @@ which streams its sessions follow (``follow``) and which of its users are
 online (``arrived``/``left``), and is told through its ``Receiver`` of the
 events and room changes that concern it.  ``hub/local.py`` implements it in
 process today; a Redis implementation over pub/sub is planned, and both
-are held to the same contract suite (tests/hub_contract.py).  Hence the
+are held to the same contract suite (tests/contract_hub.py).  Hence the
 contract is that of a network, not of a function call:
 
 * A process's own publications reach its own receiver, whatever it

@@ -3,7 +3,7 @@
 The core (chat, accounts, tickets) speaks only these methods, the records
 and the change vocabulary below; no SQL, no cursors.  ``storage/sqlite.py``
 implements it today and a PostgreSQL implementation is planned; both are
-held to the same contract suite (tests/storage_contract.py).
+held to the same contract suite (tests/contract_storage.py).
 
 The contract, beyond each method's docstring:
 

@@ -1,0 +1,241 @@
+"""The ``Storage`` contract (chatserver/storage/interface.py), written
+against the interface only.
+
+A backend gets these tests by subclassing ``StorageContract`` together
+with ``unittest.TestCase`` and providing the hooks: ``make_storage`` (a
+started storage on a fresh, empty database, stopped at cleanup) and
+``commits`` (how many commits it has made: group commit is part of the
+contract, but only the backend can count its transactions).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer
+
+from chatserver.storage.interface import Storage
+
+
+def _event(stream: str, body: str, ts: int = 1000) -> dict[str, Any]:
+    return {"type": "msg", "from": "alice", "body": body, "stream": stream, "id": 0, "ts": ts}
+
+
+class StorageContract:
+    # --- hooks -------------------------------------------------------------
+
+    async def make_storage(self) -> Storage:
+        raise NotImplementedError
+
+    def commits(self, storage: Storage) -> int:
+        raise NotImplementedError
+
+    # The TestCase's assertions (this is a mixin).
+    assertEqual: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIsNone: Any
+    assertIn: Any
+    assertNotIn: Any
+    assertLessEqual: Any
+    flushLoggedErrors: Any
+
+    async def _storage_with_users(self, *names: str) -> Storage:
+        storage = await self.make_storage()
+        for name in names:
+            self.assertTrue(await storage.add_user(name, f"hash-of-{name}", "user"))
+        return storage
+
+    # --- the event log -----------------------------------------------------
+
+    async def test_the_commit_gives_each_stream_its_next_ids_in_append_order(self) -> None:
+        storage = await self.make_storage()
+        events = [
+            _event("room:a", "a1"),
+            _event("room:b", "b1"),
+            _event("room:a", "a2"),
+            _event("room:a", "a3"),
+        ]
+        texts = await defer.gatherResults([storage.append(e) for e in events])
+        self.assertEqual([e["id"] for e in events], [1, 1, 2, 3])
+        self.assertEqual([json.loads(t)["id"] for t in texts], [1, 1, 2, 3])
+        self.assertEqual([json.loads(t)["body"] for t in texts], ["a1", "b1", "a2", "a3"])
+        more = _event("room:a", "a4")
+        await storage.append(more)
+        self.assertEqual(more["id"], 4)
+        self.assertEqual(await storage.load_stream_ids(), {"room:a": 4, "room:b": 1})
+
+    async def test_appends_of_one_turn_share_one_commit(self) -> None:
+        storage = await self.make_storage()
+        before = self.commits(storage)
+        await defer.gatherResults([storage.append(_event("room:a", str(n))) for n in range(50)])
+        # All 50 were appended before any commit could start: one batch
+        # (two at most, if the backend had one in flight already).
+        self.assertLessEqual(self.commits(storage) - before, 2)
+        self.assertEqual(len(await storage.history("room:a", 0, None, 100)), 50)
+
+    async def test_a_failed_commit_stores_nothing_and_gives_its_id_back(self) -> None:
+        storage = await self.make_storage()
+        await storage.write([("create_room", ("real", "public", None, "", 1))])
+        first = _event("room:real", "kept")
+        await storage.append(first)
+        # A membership of a room that does not exist breaks a constraint:
+        # the event that carries it must not be stored either.
+        doomed = _event("room:real", "lost")
+        d = storage.append(doomed, [("set_member", ("no such room", "alice", "member", 1))])
+        try:
+            await d
+        except Exception:
+            pass
+        else:
+            raise AssertionError("the commit of an impossible change succeeded")
+        self.flushLoggedErrors()  # the event log logs the failed commit, as it should
+        after = _event("room:real", "after")
+        await storage.append(after)
+        self.assertEqual(after["id"], first["id"] + 1)
+        bodies = [json.loads(t)["body"] for t in await storage.history("room:real", 0, None, 10)]
+        self.assertEqual(bodies, ["kept", "after"])
+
+    async def test_history_pages_forward_and_back(self) -> None:
+        storage = await self.make_storage()
+        for n in range(1, 11):
+            await storage.append(_event("room:h", str(n)))
+
+        def ids(texts: list[str]) -> list[int]:
+            return [json.loads(t)["id"] for t in texts]
+
+        self.assertEqual(ids(await storage.history("room:h", 3, None, 4)), [4, 5, 6, 7])
+        self.assertEqual(ids(await storage.history("room:h", 3, 6, 10)), [4, 5])
+        self.assertEqual(ids(await storage.history("room:h", None, None, 3)), [8, 9, 10])
+        self.assertEqual(ids(await storage.history("room:h", None, 5, 3)), [2, 3, 4])
+        self.assertEqual(await storage.history("room:nothing", None, None, 3), [])
+
+    async def test_changes_commit_with_their_event_and_load_back(self) -> None:
+        storage = await self._storage_with_users("alice", "bob", "carol")
+        event = {"type": "joined", "user": "alice", "room": "den", "stream": "room:den", "id": 0, "ts": 5}
+        await storage.append(
+            event,
+            [
+                ("create_room", ("den", "private", "alice", "first topic", 5)),
+                ("set_member", ("den", "alice", "owner", 5)),
+                ("set_member", ("den", "bob", "member", 6)),
+                ("set_topic", ("den", "second topic")),
+                ("add_invite", ("den", "carol", "alice", 7)),
+                ("set_sanction", ("den", "bob", "mute", 9000, "alice", 8)),
+                ("add_audit", (8, "alice", "mute", "den", "bob", "noisy")),
+            ],
+        )
+        room = (await storage.load_rooms())["den"]
+        self.assertEqual((room.kind, room.owner, room.topic), ("private", "alice", "second topic"))
+        self.assertEqual(room.members, {"alice": "owner", "bob": "member"})
+        self.assertEqual(room.invites, {"carol"})
+        self.assertEqual(room.sanctions, {("mute", "bob"): 9000})
+        # A member's row drops their invitation; a lifted sanction is gone.
+        await storage.write(
+            [
+                ("set_member", ("den", "carol", "member", 10)),
+                ("set_sanction", ("den", "bob", "mute", None, None, 11)),
+            ]
+        )
+        room = (await storage.load_rooms())["den"]
+        self.assertEqual(room.invites, set())
+        self.assertEqual(room.sanctions, {})
+        self.assertEqual(list(room.members), ["alice", "bob", "carol"])  # in joining order
+        await storage.write([("set_member", ("den", "bob", None, 12)), ("set_owner", ("den", "carol"))])
+        room = (await storage.load_rooms())["den"]
+        self.assertEqual((room.owner, set(room.members)), ("carol", {"alice", "carol"}))
+
+    async def test_a_dm_streams_delivered_mark_only_grows_and_notes_keep_the_latest(self) -> None:
+        storage = await self._storage_with_users("alice", "bob")
+        await storage.write([("set_dm_stream", ("alice", "bob", "dm:alice:bob", 5))])
+        await storage.write([("set_dm_stream", ("alice", "bob", "dm:alice:bob", 3))])
+        self.assertEqual(await storage.load_dm_streams(), {"alice": {"bob": ("dm:alice:bob", 5)}})
+        # Notes ride on the next commit; the latest for one key wins.
+        storage.note(("delivered", "bob"), ("set_dm_stream", ("bob", "alice", "dm:alice:bob", 1)))
+        storage.note(("delivered", "bob"), ("set_dm_stream", ("bob", "alice", "dm:alice:bob", 2)))
+        await storage.append(_event("dm:alice:bob", "carrier"))
+        await storage.idle()
+        self.assertEqual((await storage.load_dm_streams())["bob"], {"alice": ("dm:alice:bob", 2)})
+
+    async def test_welcomes_and_admins(self) -> None:
+        storage = await self._storage_with_users("alice", "bob")
+        self.assertTrue(await storage.add_user("root", "hash", "admin"))
+        self.assertFalse(await storage.is_welcomed("alice"))
+        self.assertTrue(await storage.is_welcomed("nobody"))  # no such user: nothing to welcome
+        await storage.write([("mark_welcomed", ("alice",))])
+        self.assertTrue(await storage.is_welcomed("alice"))
+        self.assertEqual(await storage.load_welcomed(), {"alice"})
+        self.assertEqual(await storage.load_admins(), {"root"})
+
+    async def test_idle_fires_once_everything_is_settled(self) -> None:
+        storage = await self.make_storage()
+        appended = storage.append(_event("room:i", "x"))
+        await storage.idle()
+        self.assertTrue(appended.called)
+
+    # --- accounts and tokens ---------------------------------------------
+
+    async def test_accounts(self) -> None:
+        storage = await self._storage_with_users("alice")
+        self.assertFalse(await storage.add_user("alice", "other", "user"))  # taken
+        record = await storage.get_user("alice")
+        self.assertEqual(
+            (record.name, record.password_hash, record.role, record.disabled),
+            ("alice", "hash-of-alice", "user", False),
+        )
+        self.assertIsNone(await storage.get_user("bob"))
+        self.assertTrue(await storage.user_exists("alice"))
+        self.assertFalse(await storage.user_exists("bob"))
+
+    async def test_disabling_revokes_the_tokens_and_says_whether_the_user_exists(self) -> None:
+        storage = await self._storage_with_users("alice")
+        await storage.add_token("t1", "alice", 100, 10_000)
+        audit = ("add_audit", (100, "root", "disable", None, "alice", ""))
+        self.assertTrue(await storage.set_disabled("alice", True, audit))
+        self.assertTrue((await storage.get_user("alice")).disabled)
+        self.assertIsNone(await storage.token_account("t1", 200))
+        self.assertFalse(await storage.set_disabled("nobody", True, audit))
+        self.assertTrue(await storage.set_disabled("alice", False, audit))
+        self.assertFalse((await storage.get_user("alice")).disabled)
+
+    async def test_tokens_live_until_they_expire_or_are_revoked(self) -> None:
+        storage = await self._storage_with_users("alice")
+        await storage.add_token("live", "alice", 100, 1000)
+        await storage.add_token("other", "alice", 100, 1000)
+        self.assertEqual((await storage.token_account("live", 999)).name, "alice")
+        self.assertIsNone(await storage.token_account("live", 1000))  # expired
+        self.assertIsNone(await storage.token_account("unknown", 100))
+        await storage.revoke_token("live")
+        self.assertIsNone(await storage.token_account("live", 200))
+        self.assertEqual((await storage.token_account("other", 200)).name, "alice")
+
+    async def test_an_unknown_invite_code_registers_nobody(self) -> None:
+        storage = await self.make_storage()
+        outcome = await storage.register_with_invite("no such code", "mallory", "hash", 100)
+        self.assertEqual(outcome, ("invite_invalid", None))
+        self.assertFalse(await storage.user_exists("mallory"))
+
+    # --- resumption tickets ---------------------------------------------------
+
+    async def test_ticket_keys_rotate_and_old_ones_go(self) -> None:
+        storage = await self.make_storage()
+        self.assertEqual(await storage.ticket_keys(), [])
+        first = await storage.rotate_ticket_keys(b"k" * 32, 100, 0)
+        self.assertEqual([(secret, created) for _, secret, created in first], [(b"k" * 32, 100)])
+        both = await storage.rotate_ticket_keys(b"l" * 32, 200, 50)
+        self.assertEqual([created for _, _, created in both], [100, 200])
+        last = await storage.rotate_ticket_keys(b"m" * 32, 300, 150)  # drops the one made at 100
+        self.assertEqual([created for _, _, created in last], [200, 300])
+        self.assertEqual(await storage.ticket_keys(), last)
+
+    async def test_a_redeemed_ticket_is_remembered(self) -> None:
+        storage = await self._storage_with_users("alice")
+        await storage.add_token("tok", "alice", 100, 10_000)
+        record, taken = await storage.ticket_state(b"ticket-1", "tok", 200)
+        self.assertEqual((record.name, taken), ("alice", False))
+        await storage.add_redeemed_tickets([(b"ticket-1", 10_000), (b"ticket-2", 10_000)])
+        record, taken = await storage.ticket_state(b"ticket-1", "tok", 200)
+        self.assertTrue(taken)
+        record, taken = await storage.ticket_state(b"ticket-3", "gone", 200)
+        self.assertEqual((record, taken), (None, False))
