@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from chatclient import commands
+from chatclient.gui import rules
 from chatclient.gui.model import ChatModel, Conversation
 from chatclient.gui.notify import Notifier
 from chatclient.gui.present import present
@@ -74,9 +75,9 @@ class MainWindow(QMainWindow):
         self.closing = False
         #: This window's notices per conversation: (newest id then, HTML).
         self.notes: dict[str, list[tuple[int, str]]] = {}
-        #: Messages whose send was cut off by a dropped connection:
-        #: (stream, text, newest id then); checked once back online.
-        self.unconfirmed: list[tuple[str, str, int]] = []
+        #: Messages whose send was cut off by a dropped connection,
+        #: settled once back online and caught up (rules.SendRecovery).
+        self.unconfirmed = rules.SendRecovery()
         #: The server pushes us stats frames (ends with each connection).
         self.stats_subscribed = False
         self.fingerprint: str | None = None
@@ -726,38 +727,15 @@ class MainWindow(QMainWindow):
             self.member_list.addItem(item)
 
     def my_rank(self) -> int:
-        if self.client.role == "admin":
-            return 4
-        return RANK.get(self.my_room_role or "", 0)
+        return rules.my_rank(self.client.role, self.my_room_role)
 
-    def member_actions(self, user: str) -> list[tuple[str, dict[str, Any] | None]]:
+    def member_actions(self, user: str) -> list[rules.Action]:
         """What the context menu offers for ``user``: (label, request);
-        only what the server would allow us."""
+        only what the server would allow us (see rules.py)."""
         conversation = self.current()
-        actions: list[tuple[str, dict[str, Any] | None]] = []
-        if user != self.client.user:
-            actions.append(("Send a direct message", None))
-        if conversation is None or conversation.kind != "room" or user == self.client.user:
-            return actions
-        room = conversation.name
+        room = conversation.name if conversation is not None and conversation.kind == "room" else None
         target = next((m for m in self.members if m.get("user") == user), {})
-        target_rank = RANK.get(target.get("role", ""), 0)
-        mine = self.my_rank()
-        if mine >= 2 and target_rank < mine:
-            actions += [
-                ("Remove from room (kick)", {"type": "kick", "room": room, "user": user}),
-                ("Mute for 10 minutes", {"type": "mute", "room": room, "user": user, "duration": 600}),
-                ("Mute until lifted", {"type": "mute", "room": room, "user": user}),
-                ("Lift mute", {"type": "unmute", "room": room, "user": user}),
-                ("Ban for 1 day", {"type": "ban", "room": room, "user": user, "duration": 86400}),
-                ("Ban until lifted", {"type": "ban", "room": room, "user": user}),
-            ]
-        if mine >= 3 and target and target.get("role") != "owner":
-            if target.get("role") == "moderator":
-                actions.append(("Make a plain member", {"type": "deop", "room": room, "user": user}))
-            else:
-                actions.append(("Make moderator", {"type": "op", "room": room, "user": user}))
-        return actions
+        return rules.member_actions(self.client.user, self.my_rank(), room, user, target.get("role"))
 
     def _member_menu_at(self, point: QPoint) -> None:
         item = self.member_list.itemAt(point)
@@ -829,7 +807,7 @@ class MainWindow(QMainWindow):
             if failure.check(ConnectionClosed):
                 # It may have been stored before the connection dropped
                 # (there is no idempotency key): decide once caught up.
-                self.unconfirmed.append((stream, request["body"], newest))
+                self.unconfirmed.cut_off(stream, request["body"], newest)
                 self.notice("The connection dropped while sending; checking once reconnected.", error=True)
                 return
             self._give_back(text)
@@ -844,13 +822,13 @@ class MainWindow(QMainWindow):
         self.input.setPlainText(text + ("\n" + typed if typed else ""))
 
     def _check_unconfirmed(self) -> None:
-        pending, self.unconfirmed = self.unconfirmed, []
-        for stream, body, newest in pending:
-            events = self.model.conversations[stream].events if stream in self.model.conversations else []
-            if any(
-                e["id"] > newest and e.get("from") == self.client.user and e.get("body") == body
-                for e in events
-            ):
+        conversations = self.model.conversations
+
+        def events_of(stream: str) -> list[dict[str, Any]]:
+            return conversations[stream].events if stream in conversations else []
+
+        for body, arrived in self.unconfirmed.settle(self.client.user, events_of):
+            if arrived:
                 self.notice("A message sent as the connection dropped did arrive.")
             else:
                 self._give_back(body)

@@ -1,0 +1,92 @@
+"""The desktop client's decisions that need no window: what the user may
+do to a member, and what becomes of a message whose send was cut off.
+
+The main window asks these and draws the answer; they are tested without
+Qt (tests/test_gui_rules.py).  The ranks are the server's
+(``chatserver.wire.names.RANK``), so the client offers exactly what the
+server would allow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+from chatserver.wire.names import RANK
+
+#: (label, request) offered for a member; request None: "open a direct message".
+Action = tuple[str, "dict[str, Any] | None"]
+
+
+def my_rank(server_role: str | None, room_role: str | None) -> int:
+    """How far the user reaches in a room: a server admin outranks every
+    room role; otherwise the room role's rank (0: not a member)."""
+    if server_role == "admin":
+        return RANK["admin"]
+    return RANK.get(room_role or "", 0)
+
+
+def member_actions(
+    me: str | None,
+    rank: int,
+    room: str | None,
+    user: str,
+    target_role: str | None,
+) -> list[Action]:
+    """What to offer for ``user``: a direct message to anyone else, and in
+    a room (``room`` given) the moderation the server would allow someone
+    of ``rank`` over a member of ``target_role``."""
+    actions: list[Action] = []
+    if user != me:
+        actions.append(("Send a direct message", None))
+    if room is None or user == me:
+        return actions
+    target_rank = RANK.get(target_role or "", 0)
+    if rank >= RANK["moderator"] and target_rank < rank:
+        actions += [
+            ("Remove from room (kick)", {"type": "kick", "room": room, "user": user}),
+            ("Mute for 10 minutes", {"type": "mute", "room": room, "user": user, "duration": 600}),
+            ("Mute until lifted", {"type": "mute", "room": room, "user": user}),
+            ("Lift mute", {"type": "unmute", "room": room, "user": user}),
+            ("Ban for 1 day", {"type": "ban", "room": room, "user": user, "duration": 86400}),
+            ("Ban until lifted", {"type": "ban", "room": room, "user": user}),
+        ]
+    if rank >= RANK["owner"] and target_role is not None and target_role != "owner":
+        if target_role == "moderator":
+            actions.append(("Make a plain member", {"type": "deop", "room": room, "user": user}))
+        else:
+            actions.append(("Make moderator", {"type": "op", "room": room, "user": user}))
+    return actions
+
+
+@dataclasses.dataclass(frozen=True)
+class Unconfirmed:
+    """A message whose connection dropped before its answer: it may or may
+    not have been stored (there is no idempotency key)."""
+
+    stream: str
+    body: str
+    #: The newest id of its conversation when it was sent.
+    newest: int
+
+
+class SendRecovery:
+    """Decides, once the client has caught up after a reconnection, which
+    cut-off messages arrived and which go back to the input."""
+
+    def __init__(self) -> None:
+        self.pending: list[Unconfirmed] = []
+
+    def cut_off(self, stream: str, body: str, newest: int) -> None:
+        self.pending.append(Unconfirmed(stream, body, newest))
+
+    def settle(self, me: str | None, events_of: Any) -> list[tuple[str, bool]]:
+        """(body, arrived) for each pending message, in sending order.
+        ``events_of(stream)`` gives the conversation's events as caught up:
+        one of ours with the same body after ``newest`` means it arrived."""
+        pending, self.pending = self.pending, []
+        return [(sent.body, _arrived(sent, me, events_of(sent.stream))) for sent in pending]
+
+
+def _arrived(sent: Unconfirmed, me: str | None, events: Iterable[dict[str, Any]]) -> bool:
+    return any(e["id"] > sent.newest and e.get("from") == me and e.get("body") == sent.body for e in events)
