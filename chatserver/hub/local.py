@@ -12,7 +12,7 @@ as a loop over its followers.
 from __future__ import annotations
 
 import collections
-from typing import Any, Sequence
+from typing import Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -107,8 +107,3 @@ class LocalHub:
         for hub in self.bus.hubs:
             if hub is not self and hub._receiver is not None:
                 hub._receiver.room_changed(room)
-
-    @property
-    def duplicates(self) -> Any:
-        """Events dropped as already delivered (for the metrics)."""
-        return self._order.duplicates if self._order is not None else 0

@@ -11,7 +11,7 @@ position for starts at its first event.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -34,7 +34,6 @@ class InOrder:
         self.positions = dict(positions)
         #: stream -> {id: encoded} of events that came early
         self._held: dict[str, dict[int, bytes]] = {}
-        self.duplicates = 0
 
     def offer(self, stream: str, event_id: int, encoded: bytes) -> None:
         last = self.positions.get(stream)
@@ -44,9 +43,7 @@ class InOrder:
             self.receiver.deliver(stream, event_id, encoded)
             if stream in self._held:
                 self._release(stream)
-        elif event_id <= last:
-            self.duplicates += 1
-        else:
+        elif event_id > last:  # early: held until the gap is filled (at or below: a duplicate)
             held = self._held.get(stream)
             if held is None:
                 held = self._held[stream] = {}
@@ -107,13 +104,7 @@ class InOrder:
             else:
                 for stale in [i for i in held if i <= last]:
                     del held[stale]
-                    self.duplicates += 1
                 if not held:
                     break
                 return  # still a gap: the fill under way (or _filled) sees to it
         del self._held[stream]
-
-    def forget(self, stream: str) -> Any:
-        """Stop tracking ``stream`` (nobody here follows it any more)."""
-        self.positions.pop(stream, None)
-        self._held.pop(stream, None)
