@@ -121,6 +121,7 @@ async def shoot(scope: Scope) -> None:
             "chatserver.admin",
             "--data-dir",
             str(base / "data"),
+            "--create",  # a new installation: the tool makes no database unless told to
             "add-user",
             "alice",
             "--admin",
