@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.protocols.basic import LineReceiver
 
 from chatclient import commands
-from chatclient.commands import Command, CommandError
+from chatclient.commands import Command
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
@@ -288,7 +288,7 @@ class InputLines(LineReceiver):
         self.client = client
         self.room = room
         self.printer = printer
-        self.history = history
+        self.history_on_join = history  # messages shown on joining a room
         self.done: Deferred[None] = Deferred()
         self._outstanding: list[Deferred[Any]] = []
         self._quitting = False
@@ -322,44 +322,57 @@ class InputLines(LineReceiver):
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if not line.strip() or self._quitting:
             return
-        try:
-            command = commands.parse(line, self.room)
-        except CommandError as e:
-            notice(str(e))
-            return
-        action = command.action
-        if action == "quit":
-            self._quitting = True
-            self.finish()
-        elif action == "help":
-            sys.stderr.write(commands.HELP + "\n")
-        elif action == "switch":
-            assert command.room is not None
-            if command.room not in self.client.rooms:
-                notice(f"you are not in {log_text(command.room)}; /join it first")
-            else:
-                self._switch(command.room)
-        elif action == "say":
-            self._send(command).addErrback(self._report, command)
-        elif action in ("join", "part"):
-            # What follows may depend on the room we end up in, so the next
-            # line waits for the answer.
-            self.pauseProducing()
-            d = self._send(command)
-            if action == "join":
-                d.addCallback(lambda _: self._joined(command.room))
-            else:
-                d.addCallback(lambda _: self._parted(command.room))
-            d.addErrback(self._report, command)
-            d.addBoth(lambda _: self.resumeProducing())
-        elif action == "history":
-            self._send(command).addCallback(self._show_history).addErrback(self._report, command)
-        elif action == "topic":
-            self._send(command).addCallback(self._show_topic, command.room).addErrback(self._report, command)
-        else:
-            d = self._send(command)
-            d.addCallback(lambda answer: None if answer.get("type") == "ack" else self.printer(answer))
-            d.addErrback(self._report, command)
+        commands.run(line, self.room, self)
+
+    # --- commands.Frontend: how the terminal shows and sends each command ---
+
+    def refuse(self, text: str) -> None:
+        notice(text)
+
+    def is_member(self, room: str) -> bool:
+        return room in self.client.rooms
+
+    def not_member(self, room: str) -> None:
+        notice(f"you are not in {log_text(room)}; /join it first")
+
+    def switch(self, room: str) -> None:
+        self._switch(room)
+
+    def quit(self) -> None:
+        self._quitting = True
+        self.finish()
+
+    def help(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+
+    def say(self, command: Command) -> None:
+        self._send(command).addErrback(self._report, command)
+
+    def join(self, command: Command) -> None:
+        self._join_or_part(command, lambda: self._joined(command.room))
+
+    def part(self, command: Command) -> None:
+        self._join_or_part(command, lambda: self._parted(command.room))
+
+    def _join_or_part(self, command: Command, then: Any) -> None:
+        # What follows may depend on the room we end up in, so the next
+        # line waits for the answer.
+        self.pauseProducing()
+        d = self._send(command)
+        d.addCallback(lambda _: then())
+        d.addErrback(self._report, command)
+        d.addBoth(lambda _: self.resumeProducing())
+
+    def history(self, command: Command) -> None:
+        self._send(command).addCallback(self._show_history).addErrback(self._report, command)
+
+    def topic(self, command: Command) -> None:
+        self._send(command).addCallback(self._show_topic, command.room).addErrback(self._report, command)
+
+    def request(self, command: Command) -> None:
+        d = self._send(command)
+        d.addCallback(lambda answer: None if answer.get("type") == "ack" else self.printer(answer))
+        d.addErrback(self._report, command)
 
     def event(self, event: dict[str, Any]) -> None:
         """Leave the current room behind when we are put out of it."""
@@ -377,9 +390,11 @@ class InputLines(LineReceiver):
     def _joined(self, room: str | None) -> Deferred[Any] | None:
         assert room is not None
         self._switch(room)
-        if self.history <= 0:
+        if self.history_on_join <= 0:
             return None
-        command = Command("history", {"type": "history", "stream": f"room:{room}", "limit": self.history})
+        command = Command(
+            "history", {"type": "history", "stream": f"room:{room}", "limit": self.history_on_join}
+        )
         return self._send(command).addCallback(self._show_history, before_join=True)
 
     def _parted(self, room: str | None) -> None:

@@ -1,18 +1,22 @@
-"""Slash commands: one line of user input into one request.
+"""Slash commands: one line of user input into one request, and the one
+dispatcher that hands it to a front end.
 
 Shared by the terminal client and the GUI's input line, so both accept the
-same commands with the same syntax.  Parsing is pure: it knows the current
-room but sends nothing.  ``parse`` returns a :class:`Command`; its
-``request`` (if any) goes to the server as it is, and ``action`` tells the
-front end what to do around it (switch rooms after a join, print history,
-quit ...).
+same commands with the same syntax and the same checks.  Parsing is pure:
+it knows the current room but sends nothing.  ``parse`` returns a
+:class:`Command`; its ``request`` (if any) goes to the server as it is, and
+``action`` tells the front end what to do around it (switch rooms after a
+join, print history, quit ...).  :func:`run` parses a line, makes the checks
+both front ends need, and calls the :class:`Frontend` method for its action,
+from one explicit table.  A front end only says how it shows things and how
+it sends; it makes no decision of its own about what a line means.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Callable, Protocol
 
 DEFAULT_HISTORY = 20
 
@@ -184,3 +188,95 @@ def parse(line: str, room: str) -> Command:
     if name == "logout":
         return Command("request", {"type": "logout"})
     raise CommandError(f"unknown command /{name}; /help lists them")
+
+
+#: What a command that acts on a room is refused with when no room is open
+#: (only the GUI can be in none: the terminal client always has one).
+NO_ROOM = "That command acts on a room: open the room first, or name it."
+
+
+class Frontend(Protocol):
+    """What the terminal client and the GUI each do for a command.
+
+    The dispatcher has made its checks before it calls any of these (the
+    line parses; a room command has a room; ``switch`` goes to a room the
+    user is in).  The ``command`` methods send ``command.request`` and show
+    the answer in the front end's own way.
+    """
+
+    def refuse(self, text: str) -> None:
+        """The line cannot be carried out; ``text`` says why.  Nothing was sent."""
+
+    def is_member(self, room: str) -> bool:
+        """Whether the user is in ``room`` (so ``/switch`` may go there)."""
+
+    def not_member(self, room: str) -> None:
+        """``/switch`` to a room the user is not in."""
+
+    def say(self, command: Command) -> None: ...
+
+    def join(self, command: Command) -> None: ...
+
+    def part(self, command: Command) -> None: ...
+
+    def switch(self, room: str) -> None: ...
+
+    def history(self, command: Command) -> None: ...
+
+    def topic(self, command: Command) -> None: ...
+
+    def request(self, command: Command) -> None: ...
+
+    def help(self, text: str) -> None: ...
+
+    def quit(self) -> None: ...
+
+
+def needs_room(command: Command, room: str) -> bool:
+    """The command acts on the current room, and there is none."""
+    request = command.request or {}
+    return (
+        request.get("room") == ""
+        or request.get("stream") == "room:"
+        or command.action == "topic"
+        and not room
+    )
+
+
+def dispatch(command: Command, room: str, frontend: Frontend) -> None:
+    """Carry out a parsed command through ``frontend``."""
+    if needs_room(command, room):
+        frontend.refuse(NO_ROOM)
+        return
+
+    def switch(command: Command) -> None:
+        target = command.room or ""
+        if frontend.is_member(target):
+            frontend.switch(target)
+        else:
+            frontend.not_member(target)
+
+    actions: dict[str, Callable[[Command], None]] = {
+        "say": frontend.say,
+        "request": frontend.request,
+        "join": frontend.join,
+        "part": frontend.part,
+        "switch": switch,
+        "history": frontend.history,
+        "topic": frontend.topic,
+        "help": lambda _: frontend.help(HELP),
+        "quit": lambda _: frontend.quit(),
+    }
+    actions[command.action](command)
+
+
+def run(line: str, room: str, frontend: Frontend) -> None:
+    """One input line (without its line ending), ``room`` being the
+    current room ("" for none): parse it and dispatch it, or refuse it
+    with the parser's reason."""
+    try:
+        command = parse(line, room)
+    except CommandError as e:
+        frontend.refuse(str(e))
+        return
+    dispatch(command, room, frontend)

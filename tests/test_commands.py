@@ -316,3 +316,94 @@ class CommandTests(unittest.TestCase):
     def test_non_ascii_digits_in_history(self) -> None:
         """``str.isdigit`` accepts '²', which ``int`` refuses: the CLI only catches CommandError."""
         self.assertCommandError("/history ²", "usage: /history")
+
+
+class Transcript:
+    """A front end that writes down what the dispatcher asked of it: the
+    smallest second implementation of ``commands.Frontend`` (the terminal
+    client and the GUI are the other two)."""
+
+    def __init__(self, rooms: set[str]) -> None:
+        self.rooms = rooms
+        self.calls: list[tuple[str, Any]] = []
+
+    def refuse(self, text: str) -> None:
+        self.calls.append(("refuse", text))
+
+    def is_member(self, room: str) -> bool:
+        return room in self.rooms
+
+    def not_member(self, room: str) -> None:
+        self.calls.append(("not_member", room))
+
+    def switch(self, room: str) -> None:
+        self.calls.append(("switch", room))
+
+    def help(self, text: str) -> None:
+        self.calls.append(("help", text))
+
+    def quit(self) -> None:
+        self.calls.append(("quit", None))
+
+    def say(self, command: Command) -> None:
+        self.calls.append(("say", command.request))
+
+    def join(self, command: Command) -> None:
+        self.calls.append(("join", command.request))
+
+    def part(self, command: Command) -> None:
+        self.calls.append(("part", command.request))
+
+    def history(self, command: Command) -> None:
+        self.calls.append(("history", command.request))
+
+    def topic(self, command: Command) -> None:
+        self.calls.append(("topic", command.request))
+
+    def request(self, command: Command) -> None:
+        self.calls.append(("request", command.request))
+
+
+class DispatchTests(unittest.TestCase):
+    """``commands.run``: the one dispatcher both front ends use."""
+
+    def run_lines(self, room: str, *lines: str) -> list[tuple[str, Any]]:
+        front = Transcript({"lobby"})
+        for line in lines:
+            commands.run(line, room, front)
+        return front.calls
+
+    def test_each_action_reaches_its_own_method(self) -> None:
+        calls = self.run_lines(
+            ROOM, "hi", "/join den", "/part", "/history 5", "/topic", "/who", "/help", "/quit"
+        )
+        self.assertEqual(
+            [name for name, _ in calls],
+            ["say", "join", "part", "history", "topic", "request", "help", "quit"],
+        )
+        self.assertEqual(calls[0][1], req("say", room=ROOM, body="hi"))
+        self.assertEqual(calls[1][1], req("join", room="den"))
+        self.assertEqual(calls[6][1], commands.HELP)
+
+    def test_a_line_that_does_not_parse_is_refused_with_the_reason(self) -> None:
+        self.assertEqual(
+            self.run_lines(ROOM, "/frobnicate", "/msg bob"),
+            [
+                ("refuse", "unknown command /frobnicate; /help lists them"),
+                ("refuse", "usage: /msg USER TEXT"),
+            ],
+        )
+
+    def test_switch_goes_only_to_a_room_the_user_is_in(self) -> None:
+        self.assertEqual(
+            self.run_lines(ROOM, "/switch lobby", "/switch den"), [("switch", "lobby"), ("not_member", "den")]
+        )
+
+    def test_room_commands_without_a_room_are_refused_and_send_nothing(self) -> None:
+        calls = self.run_lines("", "hello", "/topic", "/history", "/kick bob", "/who")
+        self.assertEqual(calls, [("refuse", commands.NO_ROOM)] * 5)
+        # Commands that name their room, or need none, still go.
+        self.assertEqual(
+            [name for name, _ in self.run_lines("", "/join den", "/who lobby", "/msg bob hi", "/info")],
+            ["join", "request", "request", "request"],
+        )
