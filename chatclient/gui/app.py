@@ -87,7 +87,8 @@ class App:
     def connect(self, login: Any) -> None:
         from twisted.internet import endpoints
 
-        from chatclient.gui.main_window import MainWindow
+        from chatclient.gui.bridge import ClientBridge
+        from chatclient.gui.mainwindow.window import MainWindow
         from chatclient.gui.trust import Trust
         from chatclient.reconnect import ReconnectingClient
 
@@ -107,7 +108,7 @@ class App:
             connect_attempts=1,
             proven=self.trust.proven,
         )
-        self.window = MainWindow(self.reactor, self.client, server)
+        self.window = MainWindow(ClientBridge(self.reactor, self.client), server)
         self.trust.parent = self.window
         self.client.add_state_listener(self._state)
         self.client.add_state_listener(lambda state, detail: self._first_state(login, state, detail))

@@ -1,5 +1,6 @@
 """The desktop client's decisions that need no window: what the user may
-do to a member, and what becomes of a message whose send was cut off.
+do to a member, what becomes of a message whose send was cut off, and how
+a failed request is put to the user.
 
 The main window asks these and draws the answer; they are tested without
 Qt (tests/test_gui_rules.py).  The ranks are the server's
@@ -90,3 +91,29 @@ class SendRecovery:
 
 def _arrived(sent: Unconfirmed, me: str | None, events: Iterable[dict[str, Any]]) -> bool:
     return any(e["id"] > sent.newest and e.get("from") == me and e.get("body") == sent.body for e in events)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Why a request got no answer, as the widgets see it: no exception,
+    no Twisted (the bridge makes these from the client library's failures).
+
+    ``kind``: ``refused`` (the server answered with an error event, in
+    ``event``), ``dropped`` (the connection ended before the answer: the
+    request may or may not have been carried out) or ``failed``.
+    """
+
+    kind: str
+    message: str
+    retry_after: Any = None
+    event: dict[str, Any] | None = None
+
+    @property
+    def dropped(self) -> bool:
+        return self.kind == "dropped"
+
+    def text(self) -> str:
+        """The reason, with when to try again if the server said so."""
+        if self.kind == "refused" and self.retry_after:
+            return f"{self.message} (try again in {self.retry_after} s)"
+        return self.message

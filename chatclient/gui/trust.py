@@ -14,7 +14,6 @@ the reactor shares Qt's loop and a nested loop would stall the network.
 from __future__ import annotations
 
 import html
-from typing import Any
 
 from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import QMessageBox, QWidget
@@ -121,9 +120,3 @@ class Trust:
         box.finished.connect(lambda _: setattr(self, "dialog", None))
         self.dialog = box
         box.open()
-
-
-def fingerprint_text(fingerprint: Any) -> str:
-    """A fingerprint for the status bar: short enough to read at a glance."""
-    text = str(fingerprint)
-    return text if len(text) <= 30 else text[:30] + "…"

@@ -1,0 +1,785 @@
+"""The main window: puts the widgets together and keeps them in step with
+the conversation model and the connection.
+
+It draws what :class:`~chatclient.gui.model.ChatModel` holds and sends
+requests through the :class:`~chatclient.gui.bridge.ClientBridge`.
+Nothing here waits: every request names what to do with its answer, or
+with its :class:`~chatclient.gui.rules.Problem`, when it comes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from PyQt6.QtCore import QEvent, QPoint, Qt, QTimer
+from PyQt6.QtGui import QAction, QKeySequence, QShortcut
+from PyQt6.QtWidgets import QDockWidget, QMainWindow, QMenu, QSplitter, QVBoxLayout, QWidget
+
+from chatclient.commands import Command
+from chatclient.gui import rules
+from chatclient.gui.bridge import ClientBridge
+from chatclient.gui.mainwindow.commandline import WindowCommands
+from chatclient.gui.mainwindow.conversations import ConversationList
+from chatclient.gui.mainwindow.dialogs import CreateRoomDialog, RoomDirectory, ask_text
+from chatclient.gui.mainwindow.header import ConversationHeader
+from chatclient.gui.mainwindow.input import InputBar
+from chatclient.gui.mainwindow.members import MemberList, member_menu
+from chatclient.gui.mainwindow.messages import MessageView
+from chatclient.gui.mainwindow.status import StatusBar
+from chatclient.gui.model import ChatModel, Conversation
+from chatclient.gui.notify import Notifier
+from chatclient.gui.present import present
+from chatclient.gui.render import Renderer, day, peer
+from chatclient.gui.servers import Server
+from chatserver.wire.names import dm_stream, room_stream
+from chatserver.wire.validation import USERNAME
+
+HISTORY_PAGE = 50
+#: Notices kept per conversation (errors, reconnects ...).
+MAX_NOTES = 100
+#: Room events after which the member list is read again.
+MEMBERSHIP_EVENTS = ("joined", "left", "kicked", "banned", "role")
+#: Seconds between refreshes of the member list's presence dots.
+PRESENCE_REFRESH = 30.0
+#: Requests asked again once reconnected: a dropped one needs no word.
+ASKED_AGAIN = ("who", "rooms", "history", "stats")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, bridge: ClientBridge, server: Server) -> None:
+        super().__init__()
+        self.setObjectName("main-window")
+        self.bridge = bridge
+        #: The client library's object, for reading its state (the app and
+        #: the tests do); requests go through the bridge.
+        self.client = bridge.client
+        self.server = server
+        self.me = bridge.user
+        self.model = ChatModel(self.me)
+        self.renderer = Renderer(self.palette(), self.me)
+        self.commands = WindowCommands(self)
+        self.members: list[dict[str, Any]] = []
+        self.my_room_role: str | None = None
+        self.loading_older: set[str] = set()
+        self.stats_panel: Any = None
+        self.stats_dock: QDockWidget | None = None
+        self.closing = False
+        #: This window's notices per conversation: (newest id then, HTML).
+        self.notes: dict[str, list[tuple[int, str]]] = {}
+        #: Messages whose send was cut off by a dropped connection,
+        #: settled once back online and caught up (rules.SendRecovery).
+        self.unconfirmed = rules.SendRecovery()
+        #: The server pushes us stats frames (ends with each connection).
+        self.stats_subscribed = False
+        self.fingerprint: str | None = None
+        #: Called when the user closes the window (the app ends).
+        self.closed_callback: Callable[[], Any] | None = None
+        #: Called after a logout (the app offers to connect again).
+        self.logged_out_callback: Callable[[], Any] | None = None
+        #: Called with the reason when reconnecting can never succeed.
+        self.failed_callback: Callable[[str], Any] | None = None
+        self.setWindowTitle(f"{self.me} on {server.host}:{server.port} — chatclient")
+        self._build()
+        self.notifier = Notifier(self)
+        bridge.event_arrived.connect(self.on_event)
+        bridge.state_changed.connect(self.on_state)
+        self._presence = QTimer(self)
+        self._presence.setInterval(int(PRESENCE_REFRESH * 1000))
+        self._presence.timeout.connect(self.refresh_members)
+        self._presence.start()
+        self.on_state(bridge.state, None)
+
+    # --- layout --------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.side = ConversationList()
+        self.side.chosen.connect(self._chosen)
+        self.side.new_room_clicked.connect(self.create_room)
+        self.side.join_clicked.connect(self.browse_rooms)
+        self.side.message_clicked.connect(self.start_dm)
+        self.search, self.room_list, self.dm_list = self.side.search, self.side.room_list, self.side.dm_list
+
+        self.header = ConversationHeader()
+        self.view = MessageView()
+        self.view.reached_top.connect(self.load_older)
+        self.view.join_requested.connect(self.join)
+        self.input_bar = InputBar()
+        self.input_bar.submitted.connect(self.submit)
+        self.input = self.input_bar.input
+        centre = QWidget()
+        centre_layout = QVBoxLayout(centre)
+        centre_layout.setContentsMargins(4, 4, 4, 4)
+        centre_layout.addWidget(self.header)
+        centre_layout.addWidget(self.view, 1)
+        centre_layout.addWidget(self.input_bar)
+
+        self.member_panel = MemberList()
+        self.member_panel.message_requested.connect(self.open_dm)
+        self.member_panel.menu_requested.connect(self._member_menu_at)
+        self.member_list = self.member_panel.member_list
+
+        splitter = QSplitter()
+        splitter.addWidget(self.side)
+        splitter.addWidget(centre)
+        splitter.addWidget(self.member_panel)
+        splitter.setStretchFactor(1, 1)
+        em = self.fontMetrics().horizontalAdvance("M")
+        splitter.setSizes([em * 16, em * 48, em * 14])
+        self.setCentralWidget(splitter)
+        self.resize(em * 80, em * 46)
+
+        self.status = StatusBar()
+        self.setStatusBar(self.status)
+        self.state_label, self.fingerprint_label = self.status.state_label, self.status.fingerprint_label
+        self._build_menus()
+        self.setTabOrder(self.search, self.room_list)
+        self.setTabOrder(self.room_list, self.dm_list)
+        self.setTabOrder(self.dm_list, self.view)
+        self.setTabOrder(self.view, self.input)
+        self.setTabOrder(self.input, self.member_list)
+
+    def _build_menus(self) -> None:
+        def action(menu: QMenu, text: str, keys: str | None, slot: Callable[[], Any]) -> QAction:
+            item = menu.addAction(text)
+            assert item is not None
+            if keys:
+                item.setShortcut(QKeySequence(keys))
+            item.triggered.connect(lambda _=False: slot())
+            return item
+
+        bar = present(self.menuBar())
+        chat = present(bar.addMenu("&Chat"))
+        action(chat, "&New room…", "Ctrl+N", self.create_room)
+        action(chat, "&Join a room…", "Ctrl+J", self.browse_rooms)
+        action(chat, "&Direct message…", "Ctrl+D", self.start_dm)
+        chat.addSeparator()
+        action(chat, "Log &out", None, self.log_out)
+        action(chat, "&Quit", "Ctrl+Q", self.close)
+        room = present(bar.addMenu("&Room"))
+        self.invite_action = action(room, "&Invite someone…", "Ctrl+I", self.invite)
+        self.topic_action = action(room, "Set the &topic…", "Ctrl+T", self.set_topic)
+        self.leave_action = action(room, "&Leave this room", None, self.leave_room)
+        go = present(bar.addMenu("&Go"))
+        action(go, "&Search rooms and people", "Ctrl+K", self.side.focus_search)
+        action(go, "&Message input", "Ctrl+L", self.focus_input)
+        action(go, "&Previous conversation", "Alt+Up", lambda: self.step(-1))
+        action(go, "&Next conversation", "Alt+Down", lambda: self.step(1))
+        for number in range(1, 10):
+            QShortcut(QKeySequence(f"Ctrl+{number}"), self, lambda n=number: self.open_nth(n - 1))
+        QShortcut(QKeySequence("Ctrl+PgUp"), self, lambda: self.step(-1))
+        QShortcut(QKeySequence("Ctrl+PgDown"), self, lambda: self.step(1))
+        view = present(bar.addMenu("&View"))
+        self.stats_action = action(view, "Server &statistics", "Ctrl+Shift+S", self.toggle_stats)
+        self.stats_action.setEnabled(False)
+
+    def shut_down(self) -> None:
+        """No more drawing: the window is going away."""
+        self.closing = True
+        self.bridge.shut_down()
+        self.status.stop_countdown()
+        self._presence.stop()
+
+    # --- connection state ------------------------------------------------------
+
+    def on_state(self, state: str, detail: Any) -> None:
+        if self.closing:
+            return
+        if state == "online":
+            self.status.stop_countdown()
+            self.fingerprint = self.bridge.fingerprint
+            self.status.show_fingerprint(self.fingerprint)
+            self.online(detail or {})
+        elif state == "reconnecting":
+            self.stats_subscribed = False
+            reason = peer(getattr(detail, "message", "") or str(detail or ""))
+            self.notice(f"Disconnected ({reason}). Reconnecting…", error=True)
+            self.status.count_down(self.bridge.retry_in)
+            self.member_list.setEnabled(False)
+        elif state == "connecting":
+            again = self.bridge.connections > 0
+            self.status.show_state("Reconnecting…" if again else f"Connecting to {self.server.host}…", "busy")
+            if again:
+                # A setup that fails waits for the next attempt.
+                self.status.count_down(self.bridge.retry_in, now=False)
+        elif state == "failed":
+            self.status.stop_countdown()
+            reason = peer(getattr(detail, "message", None) or str(detail))
+            self.status.show_state(f"Disconnected: {reason}", "bad")
+            if self.bridge.connections > 0:
+                self.notice(f"Disconnected for good: {reason}", error=True)
+                self.input.setReadOnly(True)
+                if self.failed_callback is not None:
+                    self.failed_callback(reason)
+        elif state == "stopped":
+            self.status.stop_countdown()
+            self.status.show_state("Disconnected", "bad")
+
+    def online(self, welcome: dict[str, Any]) -> None:
+        role = welcome.get("role", self.bridge.role)
+        admin = role == "admin"
+        self.status.show_state(f"Secure (AES-256-GCM) — {self.me}{' (admin)' if admin else ''}", "good")
+        self.stats_action.setEnabled(admin)
+        self.member_list.setEnabled(True)
+        again = self.bridge.connections > 1
+        rooms = set(welcome.get("rooms", []))
+        for stream in welcome.get("streams", {}):
+            self.model.conversation(stream)
+        for conversation in self.model.conversations.values():
+            if conversation.kind == "room":
+                # Removed while away (and refused the catch-up that would
+                # have said so): the welcome is the truth.
+                conversation.joined = conversation.name in rooms
+        self._seed_catch_up()
+        self.refresh_lists()
+        self.refresh_topics()
+        if self.model.current is None:
+            listed = self.model.rooms()
+            first = next((c for c in listed if c.name == "lobby"), listed[0] if listed else None)
+            if first is not None:
+                self.open_conversation(first.stream)
+        elif again:
+            self.notice("Reconnected; caught up with what was missed.")
+            current = self.current()
+            if current is not None and not current.loaded:
+                self._load_page(current)  # opened while offline
+            self.refresh_members()
+            self._check_unconfirmed()
+        if self.stats_dock is not None and self.stats_dock.isVisible():
+            self._subscribe_stats(True)  # a subscription ends with its connection
+
+    # --- events -------------------------------------------------------------------
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        kind = event.get("type")
+        if kind == "stats":
+            if self.stats_panel is not None:
+                self.stats_panel.add(event)
+            return
+        if kind == "invited" and "by" in event:
+            by, room = str(event["by"]), str(event.get("room"))
+            self._note(self.renderer.invitation(by, room))
+            self.notifier.notify("Invitation", f"{peer(by)} invited you to #{peer(room)}")
+            return
+        added = self.model.add_event(event)
+        if added is None:
+            return
+        conversation, at = added
+        if kind == "joined" and event.get("user") == self.me and at > 0 and conversation.loaded:
+            # Back in a room we had left: what was said meanwhile.
+            self._fill_gap(conversation, conversation.events[at - 1]["id"], event["id"])
+        if conversation.stream == self.model.current:
+            if at == len(conversation.events) - 1:
+                previous = conversation.events[at - 1] if at else None
+                self.view.append_html(
+                    self.renderer.event_html(event, previous), own=event.get("from") == self.me
+                )
+            else:
+                self.render_current()
+            if kind in MEMBERSHIP_EVENTS:
+                self.refresh_members()
+            if kind == "topic":
+                self._update_header()
+        if kind in MEMBERSHIP_EVENTS or conversation.unread or kind == "dm":
+            self.refresh_lists()
+        if event.get("user") == self.me and kind in ("kicked", "banned", "left"):
+            if conversation.stream == self.model.current:
+                self._update_header()
+        from_other = event.get("from") not in (None, self.me)
+        if from_other and (kind == "dm" or self.model.mentions_me(event)):
+            where = "Direct message" if kind == "dm" else f"#{peer(conversation.name)}"
+            self.notifier.notify(f"{peer(event.get('from'))} — {where}", peer(event.get("body", "")))
+
+    # --- conversations ----------------------------------------------------------------
+
+    def refresh_lists(self) -> None:
+        self.side.show_conversations(self.model.rooms(), self.model.dms(), self.model.current)
+
+    def _seed_catch_up(self) -> None:
+        """Give the client a place to catch up from for rooms it has seen
+        no event of yet, so what they miss while disconnected counts as
+        unread.  From a history page, not from the welcome: an event being
+        committed at the welcome is counted there but arrives live later,
+        and must not be taken as seen.  (Direct messages need none of
+        this: the server sends the ones a user missed after each login.)"""
+        for conversation in self.model.rooms():
+            stream = conversation.stream
+            if self.bridge.has_seen(stream) or stream == self.model.current:
+                continue
+
+            def got(page: dict[str, Any], stream: str = stream) -> None:
+                if page["events"]:
+                    self.bridge.note_seen(stream, page["events"][-1]["id"])
+
+            self.bridge.request({"type": "history", "stream": stream, "limit": 1}, got)
+
+    def refresh_topics(self) -> None:
+        """Topics set at creation have no ``topic`` event: read them all."""
+
+        def got(answer: dict[str, Any]) -> None:
+            for room in answer.get("rooms", []):
+                conversation = self.model.conversations.get(room_stream(room.get("room", "")))
+                if conversation is not None and not any(
+                    e.get("type") == "topic" for e in conversation.events
+                ):
+                    conversation.topic = room.get("topic", "")
+            self._update_header()
+
+        self.bridge.request({"type": "rooms"}, got, lambda problem: self.report(problem, "rooms"))
+
+    def conversations_in_order(self) -> list[Conversation]:
+        return self.model.rooms() + self.model.dms()
+
+    def open_conversation(self, stream: str) -> None:
+        conversation = self.model.open(stream)
+        self.members = []
+        self.member_panel.clear()
+        self.render_current()
+        self._update_header()
+        self.refresh_lists()
+        if not conversation.loaded and self.bridge.online:
+            self._load_page(conversation)
+        self.refresh_members()
+        self.input.setFocus()
+
+    def joined(self, room: str) -> None:
+        """The server let us into ``room``: show it."""
+        self.model.conversation(room_stream(room)).joined = True
+        self.refresh_lists()
+        self.open_conversation(room_stream(room))
+        self.refresh_topics()
+
+    def open_dm(self, user: Any) -> None:
+        if not isinstance(user, str):
+            return
+        name = user.strip().lstrip("@")
+        name = name.lower() if name.isascii() else name  # as the server does
+        if not USERNAME.fullmatch(name):
+            self.notice(f"{user!r} is not a username (2 to 32 of a-z 0-9 _ -)", error=True)
+        elif name != self.me:
+            self.open_conversation(dm_stream(self.me, name))
+
+    def open_nth(self, index: int) -> None:
+        conversations = self.conversations_in_order()
+        if 0 <= index < len(conversations):
+            self.open_conversation(conversations[index].stream)
+
+    def step(self, delta: int) -> None:
+        conversations = self.conversations_in_order()
+        if not conversations:
+            return
+        streams = [c.stream for c in conversations]
+        at = streams.index(self.model.current) if self.model.current in streams else 0
+        self.open_conversation(streams[(at + delta) % len(streams)])
+
+    def _chosen(self, stream: str) -> None:
+        if stream != self.model.current:
+            self.open_conversation(stream)
+
+    def focus_search(self) -> None:
+        self.side.focus_search()
+
+    def focus_input(self) -> None:
+        self.input.setFocus()
+
+    def keyPressEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        if event.key() == Qt.Key.Key_Escape and not self.input.hasFocus():
+            self.search.clear()
+            self.input.setFocus()
+            return
+        super().keyPressEvent(event)
+
+    # --- the message view ----------------------------------------------------------------
+
+    def current(self) -> Conversation | None:
+        return self.model.conversations.get(self.model.current) if self.model.current else None
+
+    def current_room(self) -> str | None:
+        """The name of the room on screen, or None (a DM, or nothing)."""
+        conversation = self.current()
+        return conversation.name if conversation is not None and conversation.kind == "room" else None
+
+    def render_current(self) -> None:
+        conversation = self.current()
+        if conversation is None:
+            self.view.show_all("")
+        else:
+            notes = self.notes.get(conversation.stream, [])
+            self.view.show_all(self.renderer.conversation_html(conversation.events, notes))
+
+    def _fill_gap(self, conversation: Conversation, after: int, before: int) -> None:
+        if before - after <= 1:
+            return
+
+        def got(page: dict[str, Any]) -> None:
+            if self.model.add_history(conversation.stream, page["events"], page["more"], older=False):
+                if conversation.stream == self.model.current:
+                    self.render_current()
+            if page["more"] and page["events"]:
+                self._fill_gap(conversation, page["events"][-1]["id"], before)
+
+        request = {
+            "type": "history",
+            "stream": conversation.stream,
+            "after": after,
+            "before": before,
+            "limit": 200,
+        }
+        self.bridge.request(request, got, lambda problem: self.report(problem, "history"))
+
+    def notice(self, text: str, error: bool = False) -> None:
+        """A line for this window only: not an event, not kept."""
+        if self.closing:
+            return
+        self._note(self.renderer.local_notice(text, error))
+
+    def _note(self, note: str) -> None:
+        conversation = self.current()
+        if conversation is not None:
+            # Kept with the conversation, so a re-render does not drop it.
+            kept = self.notes.setdefault(conversation.stream, [])
+            kept.append((conversation.newest_id, note))
+            del kept[:-MAX_NOTES]
+        self.view.append_html(note)
+
+    def _update_header(self) -> None:
+        conversation = self.current()
+        self.header.show_conversation(conversation)
+        in_room = conversation is not None and conversation.kind == "room" and conversation.joined
+        for room_action in (self.leave_action, self.invite_action, self.topic_action):
+            room_action.setEnabled(in_room)
+
+    def load_older(self) -> None:
+        conversation = self.current()
+        if conversation is None or not conversation.more_before or not self.bridge.online:
+            return
+        self._load_page(conversation)
+
+    def _load_page(self, conversation: Conversation) -> None:
+        """The page of history before the oldest event loaded."""
+        if conversation.stream in self.loading_older:
+            return
+        request: dict[str, Any] = {"type": "history", "stream": conversation.stream, "limit": HISTORY_PAGE}
+        if conversation.oldest_id is not None:
+            request["before"] = conversation.oldest_id
+        self.loading_older.add(conversation.stream)
+
+        def loaded(page: dict[str, Any]) -> None:
+            self.loading_older.discard(conversation.stream)
+            first_page = not conversation.loaded
+            oldest = conversation.oldest_id
+            self.model.add_history(conversation.stream, page["events"], page["more"], older=True)
+            if first_page and page["events"]:
+                self.bridge.note_seen(conversation.stream, page["events"][-1]["id"])
+            if conversation.stream != self.model.current:
+                return
+            older_events = [e for e in conversation.events if oldest is not None and e["id"] < oldest]
+            if older_events and not first_page and len(older_events) == len(page["events"]):
+                # Scrolling back: lay out only the new page, not everything
+                # loaded so far (a full re-render costs ~0.1 ms per event).
+                first_shown = conversation.events[len(older_events)]
+                self.view.prepend_html(
+                    self.renderer.conversation_html(older_events),
+                    same_day=day(older_events[-1].get("ts")) == day(first_shown.get("ts")),
+                )
+            else:
+                self.render_current()
+            if first_page:
+                self.view.scroll_to_bottom()
+            self._update_header()
+
+        def failed(problem: rules.Problem) -> None:
+            self.loading_older.discard(conversation.stream)
+            if problem.dropped:
+                return  # loaded when back online
+            conversation.loaded = True
+            conversation.more_before = False  # refused: asking again will not help
+            self.report(problem, "history")
+
+        self.bridge.request(request, loaded, failed)
+
+    # --- members -----------------------------------------------------------------------
+
+    def refresh_members(self) -> None:
+        conversation = self.current()
+        if conversation is None or not self.bridge.online:
+            return
+        if conversation.kind == "dm":
+            self._dm_members(conversation)
+            return
+        if not conversation.joined:
+            self._show_members([{"user": self.me, "role": "member", "online": True}])
+            return
+        stream = conversation.stream
+
+        def got(answer: dict[str, Any]) -> None:
+            if self.model.current == stream:
+                self._show_members(answer.get("members", []))
+
+        self.bridge.request(
+            {"type": "who", "room": conversation.name}, got, lambda problem: self.report(problem, "who")
+        )
+
+    def _dm_members(self, conversation: Conversation) -> None:
+        """Us and the peer, with the peer's presence as the server reports
+        it in the member list of a room we share (the lobby, as a rule);
+        with no room in common it is unknown, and shown so."""
+        stream, other = conversation.stream, conversation.name
+        me = {"user": self.me, "role": "member", "online": True}
+        rooms = sorted((c.name for c in self.model.rooms()), key=lambda r: (r != "lobby", r))
+
+        def show(presence: bool | None) -> None:
+            if self.model.current == stream:
+                self._show_members([me, {"user": other, "role": "member", "online": presence}])
+
+        def ask(remaining: list[str]) -> None:
+            if not remaining:
+                return show(None)
+
+            def got(answer: dict[str, Any]) -> None:
+                found = [m for m in answer.get("members", []) if m.get("user") == other]
+                if found:
+                    show(bool(found[0].get("online")))
+                else:
+                    ask(remaining[1:])
+
+            def failed(problem: rules.Problem) -> None:
+                if not problem.dropped:
+                    ask(remaining[1:])
+
+            self.bridge.request({"type": "who", "room": remaining[0]}, got, failed)
+
+        if self.model.current == stream and [m.get("user") for m in self.members] != [me["user"], other]:
+            show(None)  # until the server answers
+        ask(rooms)
+
+    def _show_members(self, members: list[dict[str, Any]]) -> None:
+        self.members = members
+        mine = next((m for m in members if m.get("user") == self.me), None)
+        self.my_room_role = mine.get("role") if mine else None
+        self.member_panel.show_members(members)
+
+    def my_rank(self) -> int:
+        return rules.my_rank(self.bridge.role, self.my_room_role)
+
+    def member_actions(self, user: str) -> list[rules.Action]:
+        """What the context menu offers for ``user``: (label, request);
+        only what the server would allow us (see rules.py)."""
+        target = next((m for m in self.members if m.get("user") == user), {})
+        return rules.member_actions(self.me, self.my_rank(), self.current_room(), user, target.get("role"))
+
+    def _member_menu_at(self, user: str, at: QPoint) -> None:
+        menu = self.member_menu(user)
+        if not menu.isEmpty():
+            menu.popup(at)
+
+    def member_menu(self, user: str) -> QMenu:
+        return member_menu(self, user, self.member_actions(user), self.open_dm, self.moderate)
+
+    def moderate(self, request: dict[str, Any]) -> None:
+        self.bridge.request(request, None, lambda problem: self.report(problem, request["type"]))
+
+    # --- sending ---------------------------------------------------------------------
+
+    def submit(self, text: str) -> None:
+        text = text.rstrip("\n")
+        if not text.strip():
+            return
+        conversation = self.current()
+        if not self.bridge.online:
+            # Kept in the box: it goes when the user presses Enter again online.
+            self.notice("Not connected: your message is kept and can be sent once reconnected.", error=True)
+            return
+        if conversation is not None and conversation.kind == "dm" and not text.startswith("/"):
+            self.input.clear()
+            self.send({"type": "dm", "to": conversation.name, "body": text}, text)
+            return
+        self.commands.run_line(text, self.current_room() or "")
+
+    def send(self, request: dict[str, Any], text: str) -> None:
+        """A message (``say`` or ``dm``) as typed in ``text``: back to the
+        input if refused, settled once reconnected if cut off."""
+        if request["type"] == "dm":
+            stream = dm_stream(self.me, str(request["to"]).lower())
+        else:
+            stream = room_stream(request["room"])
+        newest = self.model.conversation(stream).newest_id if stream in self.model.conversations else 0
+
+        def failed(problem: rules.Problem) -> None:
+            if problem.dropped:
+                # It may have been stored before the connection dropped
+                # (there is no idempotency key): decide once caught up.
+                self.unconfirmed.cut_off(stream, request["body"], newest)
+                self.notice("The connection dropped while sending; checking once reconnected.", error=True)
+                return
+            self.input.give_back(text)
+            self.report(problem, request["type"])
+
+        self.bridge.request(request, None, failed)
+
+    def _check_unconfirmed(self) -> None:
+        conversations = self.model.conversations
+
+        def events_of(stream: str) -> list[dict[str, Any]]:
+            return conversations[stream].events if stream in conversations else []
+
+        for body, arrived in self.unconfirmed.settle(self.me, events_of):
+            if arrived:
+                self.notice("A message sent as the connection dropped did arrive.")
+            else:
+                self.input.give_back(body)
+                self.notice(
+                    "A message sent as the connection dropped did not arrive: it is back in the input."
+                )
+
+    def log_out(self) -> None:
+        self.commands.dispatch(Command("request", {"type": "logout"}))
+
+    def logged_out(self) -> None:
+        """The token is revoked: no reconnecting with it; back to the
+        connect dialog."""
+        self.bridge.stop()
+        self.status.show_state("Logged out", "bad")
+        if self.logged_out_callback is not None:
+            self.logged_out_callback()
+
+    def report(self, problem: rules.Problem, what: str) -> None:
+        if problem.dropped and what in ASKED_AGAIN:
+            return  # asked again once reconnected
+        self.notice(f"{what}: {peer(problem.text())}", error=True)
+
+    # --- rooms and invitations -----------------------------------------------------------
+
+    def create_room(self) -> CreateRoomDialog:
+        dialog = CreateRoomDialog(self)
+
+        def create(request: dict[str, Any]) -> None:
+            room = request["room"]
+
+            def created(_: Any) -> None:
+                dialog.created()
+                self.joined(room)
+
+            def failed(problem: rules.Problem) -> None:
+                if problem.dropped:
+                    dialog.refuse("The connection dropped before the server answered; try again.")
+                else:
+                    dialog.refuse(problem.text())
+
+            self.bridge.request(request, created, failed)
+
+        dialog.create_requested.connect(create)
+        dialog.open()
+        return dialog
+
+    def browse_rooms(self) -> RoomDirectory:
+        dialog = RoomDirectory(self)
+
+        def chosen(room: str) -> None:
+            conversation = self.model.conversations.get(room_stream(room))
+            if conversation is not None and conversation.joined:
+                self.open_conversation(room_stream(room))
+            else:
+                self.join(room)
+
+        dialog.chosen.connect(chosen)
+        self.bridge.request(
+            {"type": "rooms"},
+            lambda answer: dialog.show_rooms(answer.get("rooms", [])),
+            lambda problem: self.report(problem, "rooms"),
+        )
+        dialog.open()
+        return dialog
+
+    def join(self, room: str) -> None:
+        self.commands.dispatch(Command("join", {"type": "join", "room": room}, room))
+
+    def start_dm(self) -> None:
+        ask_text(self, "Direct message", "Send a direct message to (username):", self.open_dm)
+
+    def _room_request(self, request: dict[str, Any]) -> None:
+        self.commands.dispatch(Command("request", request))
+
+    def invite(self) -> None:
+        room = self.current_room()
+        if room is not None:
+            ask_text(
+                self,
+                "Invite",
+                f"Invite to #{room} (username):",
+                lambda user: self._room_request({"type": "invite", "room": room, "user": user}),
+            )
+
+    def set_topic(self) -> None:
+        room = self.current_room()
+        if room is not None:
+            ask_text(
+                self,
+                "Topic",
+                f"Topic of #{room}:",
+                lambda topic: self._room_request({"type": "topic", "room": room, "topic": topic}),
+                self.model.conversation(room_stream(room)).topic,
+            )
+
+    def leave_room(self) -> None:
+        room = self.current_room()
+        if room is not None:
+            self.commands.dispatch(Command("part", {"type": "part", "room": room}, room))
+
+    # --- statistics -----------------------------------------------------------------------
+
+    def toggle_stats(self) -> None:
+        if self.bridge.role != "admin":
+            return
+        if self.stats_dock is None:
+            from chatclient.gui.stats_panel import StatsPanel
+
+            self.stats_panel = StatsPanel()
+            self.stats_dock = QDockWidget("Server statistics", self)
+            self.stats_dock.setObjectName("stats-dock")
+            self.stats_dock.setWidget(self.stats_panel)
+            self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.stats_dock)
+            self.stats_dock.visibilityChanged.connect(self._stats_visibility)
+            self._subscribe_stats(True)
+        else:
+            self.stats_dock.setVisible(not self.stats_dock.isVisible())
+
+    def _stats_visibility(self, visible: bool) -> None:
+        # Floating or docking the panel hides and shows it at once: decide
+        # when that is over, or the charts would start again from history.
+        QTimer.singleShot(0, self._stats_settled)
+
+    def _stats_settled(self) -> None:
+        if self.closing:
+            return
+        wanted = self.stats_dock is not None and self.stats_dock.isVisible()
+        if wanted != self.stats_subscribed and self.bridge.online:
+            self._subscribe_stats(wanted)
+
+    def _subscribe_stats(self, on: bool) -> None:
+        self.stats_subscribed = on
+
+        def got(answer: dict[str, Any]) -> None:
+            if on and self.stats_panel is not None:
+                self.stats_panel.load(answer)
+
+        self.bridge.request(
+            {"type": "stats", "subscribe": on}, got, lambda problem: self.report(problem, "stats")
+        )
+
+    # --- look --------------------------------------------------------------------------
+
+    def changeEvent(self, event: QEvent | None) -> None:  # noqa: N802 (Qt's name)
+        super().changeEvent(event)
+        if event is not None and event.type() == QEvent.Type.PaletteChange:
+            # Light or dark: the message colours are made from the palette.
+            self.renderer = Renderer(self.palette(), self.me)
+            self.render_current()
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        self.shut_down()
+        self.bridge.stop()
+        super().closeEvent(event)
+        if self.closed_callback is not None:
+            self.closed_callback()
