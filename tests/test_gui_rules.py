@@ -71,3 +71,17 @@ class SendRecoveryTests(unittest.TestCase):
         recovery = rules.SendRecovery()
         recovery.cut_off("dm:alice:bob", "hello", newest=0)
         self.assertEqual(recovery.settle("alice", lambda stream: []), [("hello", False)])
+
+
+class ProblemTests(unittest.TestCase):
+    def test_a_refusal_says_when_to_try_again(self) -> None:
+        slow = rules.Problem("refused", "too many requests", 3, {"type": "error", "retry_after": 3})
+        self.assertEqual(slow.text(), "too many requests (try again in 3 s)")
+        self.assertEqual(rules.Problem("refused", "no such room").text(), "no such room")
+        self.assertFalse(slow.dropped)
+
+    def test_a_dropped_request_is_told_apart(self) -> None:
+        dropped = rules.Problem("dropped", "lost: closed: gone", 9)
+        self.assertTrue(dropped.dropped)
+        # Only the server's own refusal carries a retry time.
+        self.assertEqual(dropped.text(), "lost: closed: gone")

@@ -9,7 +9,7 @@ with its :class:`~chatclient.gui.rules.Problem`, when it comes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from PyQt6.QtCore import QEvent, QPoint, Qt, QTimer
 from PyQt6.QtGui import QAction, QKeySequence, QShortcut
@@ -17,7 +17,6 @@ from PyQt6.QtWidgets import QDockWidget, QMainWindow, QMenu, QSplitter, QVBoxLay
 
 from chatclient.commands import Command
 from chatclient.gui import rules
-from chatclient.gui.bridge import ClientBridge
 from chatclient.gui.mainwindow.commandline import WindowCommands
 from chatclient.gui.mainwindow.conversations import ConversationList
 from chatclient.gui.mainwindow.dialogs import CreateRoomDialog, RoomDirectory, ask_text
@@ -33,6 +32,9 @@ from chatclient.gui.render import Renderer, day, peer
 from chatclient.gui.servers import Server
 from chatserver.wire.names import dm_stream, room_stream
 from chatserver.wire.validation import USERNAME
+
+if TYPE_CHECKING:  # the bridge is the one GUI module that imports Twisted
+    from chatclient.gui.bridge import ClientBridge
 
 HISTORY_PAGE = 50
 #: Notices kept per conversation (errors, reconnects ...).
