@@ -17,6 +17,7 @@ from PyQt6.QtWidgets import QDockWidget, QMainWindow, QMenu, QSplitter, QVBoxLay
 
 from chatclient.commands import Command
 from chatclient.gui import rules
+from chatclient.gui.history import HistoryLoader
 from chatclient.gui.mainwindow.commandline import WindowCommands
 from chatclient.gui.mainwindow.conversations import ConversationList
 from chatclient.gui.mainwindow.dialogs import CreateRoomDialog, RoomDirectory, ask_text
@@ -36,7 +37,6 @@ from chatserver.wire.validation import USERNAME
 if TYPE_CHECKING:  # the bridge is the one GUI module that imports Twisted
     from chatclient.gui.bridge import ClientBridge
 
-HISTORY_PAGE = 50
 #: Notices kept per conversation (errors, reconnects ...).
 MAX_NOTES = 100
 #: Room events after which the member list is read again.
@@ -60,9 +60,9 @@ class MainWindow(QMainWindow):
         self.model = ChatModel(self.me)
         self.renderer = Renderer(self.palette(), self.me)
         self.commands = WindowCommands(self)
+        self.history = HistoryLoader(bridge, self.model, self)
         self.members: list[dict[str, Any]] = []
         self.my_room_role: str | None = None
-        self.loading_older: set[str] = set()
         self.stats_panel: Any = None
         self.stats_dock: QDockWidget | None = None
         self.closing = False
@@ -231,9 +231,9 @@ class MainWindow(QMainWindow):
                 # Removed while away (and refused the catch-up that would
                 # have said so): the welcome is the truth.
                 conversation.joined = conversation.name in rooms
-        self._seed_catch_up()
+        self.history.seed_catch_up()
         self.refresh_lists()
-        self.refresh_topics()
+        self.history.refresh_topics()
         if self.model.current is None:
             listed = self.model.rooms()
             first = next((c for c in listed if c.name == "lobby"), listed[0] if listed else None)
@@ -243,7 +243,7 @@ class MainWindow(QMainWindow):
             self.notice("Reconnected; caught up with what was missed.")
             current = self.current()
             if current is not None and not current.loaded:
-                self._load_page(current)  # opened while offline
+                self.history.load_page(current)  # opened while offline
             self.refresh_members()
             self._check_unconfirmed()
         if self.stats_dock is not None and self.stats_dock.isVisible():
@@ -270,7 +270,7 @@ class MainWindow(QMainWindow):
         conversation, at = added
         if kind == "joined" and event.get("user") == self.me and at > 0 and conversation.loaded:
             # Back in a room we had left: what was said meanwhile.
-            self._fill_gap(conversation, conversation.events[at - 1]["id"], event["id"])
+            self.history.fill_gap(conversation, conversation.events[at - 1]["id"], event["id"])
         if conversation.stream == self.model.current:
             if at == len(conversation.events) - 1:
                 previous = conversation.events[at - 1] if at else None
@@ -298,38 +298,6 @@ class MainWindow(QMainWindow):
     def refresh_lists(self) -> None:
         self.side.show_conversations(self.model.rooms(), self.model.dms(), self.model.current)
 
-    def _seed_catch_up(self) -> None:
-        """Give the client a place to catch up from for rooms it has seen
-        no event of yet, so what they miss while disconnected counts as
-        unread.  From a history page, not from the welcome: an event being
-        committed at the welcome is counted there but arrives live later,
-        and must not be taken as seen.  (Direct messages need none of
-        this: the server sends the ones a user missed after each login.)"""
-        for conversation in self.model.rooms():
-            stream = conversation.stream
-            if self.bridge.has_seen(stream) or stream == self.model.current:
-                continue
-
-            def got(page: dict[str, Any], stream: str = stream) -> None:
-                if page["events"]:
-                    self.bridge.note_seen(stream, page["events"][-1]["id"])
-
-            self.bridge.request({"type": "history", "stream": stream, "limit": 1}, got)
-
-    def refresh_topics(self) -> None:
-        """Topics set at creation have no ``topic`` event: read them all."""
-
-        def got(answer: dict[str, Any]) -> None:
-            for room in answer.get("rooms", []):
-                conversation = self.model.conversations.get(room_stream(room.get("room", "")))
-                if conversation is not None and not any(
-                    e.get("type") == "topic" for e in conversation.events
-                ):
-                    conversation.topic = room.get("topic", "")
-            self._update_header()
-
-        self.bridge.request({"type": "rooms"}, got, lambda problem: self.report(problem, "rooms"))
-
     def conversations_in_order(self) -> list[Conversation]:
         return self.model.rooms() + self.model.dms()
 
@@ -341,7 +309,7 @@ class MainWindow(QMainWindow):
         self._update_header()
         self.refresh_lists()
         if not conversation.loaded and self.bridge.online:
-            self._load_page(conversation)
+            self.history.load_page(conversation)
         self.refresh_members()
         self.input.setFocus()
 
@@ -350,7 +318,7 @@ class MainWindow(QMainWindow):
         self.model.conversation(room_stream(room)).joined = True
         self.refresh_lists()
         self.open_conversation(room_stream(room))
-        self.refresh_topics()
+        self.history.refresh_topics()
 
     def open_dm(self, user: Any) -> None:
         if not isinstance(user, str):
@@ -410,26 +378,6 @@ class MainWindow(QMainWindow):
             notes = self.notes.get(conversation.stream, [])
             self.view.show_all(self.renderer.conversation_html(conversation.events, notes))
 
-    def _fill_gap(self, conversation: Conversation, after: int, before: int) -> None:
-        if before - after <= 1:
-            return
-
-        def got(page: dict[str, Any]) -> None:
-            if self.model.add_history(conversation.stream, page["events"], page["more"], older=False):
-                if conversation.stream == self.model.current:
-                    self.render_current()
-            if page["more"] and page["events"]:
-                self._fill_gap(conversation, page["events"][-1]["id"], before)
-
-        request = {
-            "type": "history",
-            "stream": conversation.stream,
-            "after": after,
-            "before": before,
-            "limit": 200,
-        }
-        self.bridge.request(request, got, lambda problem: self.report(problem, "history"))
-
     def notice(self, text: str, error: bool = False) -> None:
         """A line for this window only: not an event, not kept."""
         if self.closing:
@@ -453,53 +401,30 @@ class MainWindow(QMainWindow):
             room_action.setEnabled(in_room)
 
     def load_older(self) -> None:
-        conversation = self.current()
-        if conversation is None or not conversation.more_before or not self.bridge.online:
-            return
-        self._load_page(conversation)
+        self.history.load_older(self.current())
 
-    def _load_page(self, conversation: Conversation) -> None:
-        """The page of history before the oldest event loaded."""
-        if conversation.stream in self.loading_older:
-            return
-        request: dict[str, Any] = {"type": "history", "stream": conversation.stream, "limit": HISTORY_PAGE}
-        if conversation.oldest_id is not None:
-            request["before"] = conversation.oldest_id
-        self.loading_older.add(conversation.stream)
+    # --- history.HistoryView: what the loader brought -------------------------------
 
-        def loaded(page: dict[str, Any]) -> None:
-            self.loading_older.discard(conversation.stream)
-            first_page = not conversation.loaded
-            oldest = conversation.oldest_id
-            self.model.add_history(conversation.stream, page["events"], page["more"], older=True)
-            if first_page and page["events"]:
-                self.bridge.note_seen(conversation.stream, page["events"][-1]["id"])
-            if conversation.stream != self.model.current:
-                return
-            older_events = [e for e in conversation.events if oldest is not None and e["id"] < oldest]
-            if older_events and not first_page and len(older_events) == len(page["events"]):
-                # Scrolling back: lay out only the new page, not everything
-                # loaded so far (a full re-render costs ~0.1 ms per event).
-                first_shown = conversation.events[len(older_events)]
-                self.view.prepend_html(
-                    self.renderer.conversation_html(older_events),
-                    same_day=day(older_events[-1].get("ts")) == day(first_shown.get("ts")),
-                )
-            else:
-                self.render_current()
-            if first_page:
-                self.view.scroll_to_bottom()
-            self._update_header()
+    def page_loaded(
+        self, conversation: Conversation, prepended: list[dict[str, Any]] | None, first_page: bool
+    ) -> None:
+        if prepended:
+            first_shown = conversation.events[len(prepended)]
+            self.view.prepend_html(
+                self.renderer.conversation_html(prepended),
+                same_day=day(prepended[-1].get("ts")) == day(first_shown.get("ts")),
+            )
+        else:
+            self.render_current()
+        if first_page:
+            self.view.scroll_to_bottom()
+        self._update_header()
 
-        def failed(problem: rules.Problem) -> None:
-            self.loading_older.discard(conversation.stream)
-            if problem.dropped:
-                return  # loaded when back online
-            conversation.loaded = True
-            conversation.more_before = False  # refused: asking again will not help
-            self.report(problem, "history")
+    def gap_filled(self, conversation: Conversation) -> None:
+        self.render_current()
 
-        self.bridge.request(request, loaded, failed)
+    def topics_loaded(self) -> None:
+        self._update_header()
 
     # --- members -----------------------------------------------------------------------
 
