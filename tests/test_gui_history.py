@@ -1,4 +1,4 @@
-"""``chatclient.gui.history``: the GUI's history loading with no window.
+"""``chatclient.gui.history`` and ``roster``: what the GUI loads, with no window.
 
 The loader, the Qt-free model and the bridge run against a real server on
 loopback; the view is a transcript of what the loader told it (a second
@@ -38,7 +38,7 @@ class Transcript:
         self.problems.append((problem.kind, what))
 
 
-class HistoryLoaderTests(unittest.TestCase):
+class LoadingWithNoWindowTests(unittest.TestCase):
     if GUI_MISSING:
         skip = GUI_MISSING
 
@@ -130,3 +130,35 @@ class HistoryLoaderTests(unittest.TestCase):
         self.loader.refresh_topics()
         await until(lambda: self.view.topics and self.bridge.has_seen("room:lobby"))
         self.assertEqual(self.model.conversation("room:design").topic, "Mock-ups")
+
+    async def test_the_roster_finds_a_direct_message_peers_presence_in_a_shared_room(self) -> None:
+        from chatclient.gui.roster import Roster
+        from chatserver.wire.names import dm_stream
+
+        shown: list[list[dict[str, Any]]] = []
+        roster = Roster(self.bridge, self.model, shown.append, self.view.report)
+        self.model.conversation("room:lobby").joined = True
+        self.model.conversation("room:design").joined = True
+        with_bob = self.model.open(dm_stream("alice", "bob"))
+        roster.refresh(with_bob)
+        await until(lambda: shown and shown[-1][1]["online"] is not None)
+        self.assertIsNone(shown[0][1]["online"], "unknown until the server answers")
+        self.assertEqual([m["user"] for m in shown[-1]], ["alice", "bob"])
+        self.assertTrue(shown[-1][1]["online"])
+
+        # Nobody by that name in any shared room: the presence stays unknown.
+        count = len(shown)
+        roster.refresh(self.model.open(dm_stream("alice", "ghost")))
+        await until(lambda: len(shown) == count + 2)  # at once, then after asking both rooms
+        self.assertEqual(shown[-1][1], {"user": "ghost", "role": "member", "online": None})
+
+        # A room's members, as the server lists them...
+        roster.refresh(self.model.open("room:design"))
+        await until(lambda: len(shown) == count + 3)
+        self.assertEqual(sorted(m["user"] for m in shown[-1]), ["alice", "bob"])
+        self.assertEqual(roster.members, shown[-1])
+        # ... for the conversation on screen only.
+        roster.refresh(self.model.conversations["room:design"])
+        self.model.open("room:lobby")  # moved on before the answer
+        await self.client.request({"type": "rooms"})  # answered after the who
+        self.assertEqual(len(shown), count + 3)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from PyQt6.QtCore import QEvent, QPoint, Qt, QTimer
 from PyQt6.QtGui import QAction, QKeySequence, QShortcut
-from PyQt6.QtWidgets import QDockWidget, QMainWindow, QMenu, QSplitter, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QMainWindow, QMenu, QSplitter, QVBoxLayout, QWidget
 
 from chatclient.commands import Command
 from chatclient.gui import rules
@@ -25,11 +25,13 @@ from chatclient.gui.mainwindow.header import ConversationHeader
 from chatclient.gui.mainwindow.input import InputBar
 from chatclient.gui.mainwindow.members import MemberList, member_menu
 from chatclient.gui.mainwindow.messages import MessageView
+from chatclient.gui.mainwindow.statsdock import StatsDock
 from chatclient.gui.mainwindow.status import StatusBar
 from chatclient.gui.model import ChatModel, Conversation
 from chatclient.gui.notify import Notifier
 from chatclient.gui.present import present
 from chatclient.gui.render import Renderer, day, peer
+from chatclient.gui.roster import Roster
 from chatclient.gui.servers import Server
 from chatserver.wire.names import dm_stream, room_stream
 from chatserver.wire.validation import USERNAME
@@ -61,18 +63,15 @@ class MainWindow(QMainWindow):
         self.renderer = Renderer(self.palette(), self.me)
         self.commands = WindowCommands(self)
         self.history = HistoryLoader(bridge, self.model, self)
-        self.members: list[dict[str, Any]] = []
+        self.roster = Roster(bridge, self.model, self._show_members, self.report)
         self.my_room_role: str | None = None
-        self.stats_panel: Any = None
-        self.stats_dock: QDockWidget | None = None
+        self.stats_dock: StatsDock | None = None
         self.closing = False
         #: This window's notices per conversation: (newest id then, HTML).
         self.notes: dict[str, list[tuple[int, str]]] = {}
         #: Messages whose send was cut off by a dropped connection,
         #: settled once back online and caught up (rules.SendRecovery).
         self.unconfirmed = rules.SendRecovery()
-        #: The server pushes us stats frames (ends with each connection).
-        self.stats_subscribed = False
         self.fingerprint: str | None = None
         #: Called when the user closes the window (the app ends).
         self.closed_callback: Callable[[], Any] | None = None
@@ -180,6 +179,8 @@ class MainWindow(QMainWindow):
         self.bridge.shut_down()
         self.status.stop_countdown()
         self._presence.stop()
+        if self.stats_dock is not None:
+            self.stats_dock.stop()
 
     # --- connection state ------------------------------------------------------
 
@@ -192,7 +193,8 @@ class MainWindow(QMainWindow):
             self.status.show_fingerprint(self.fingerprint)
             self.online(detail or {})
         elif state == "reconnecting":
-            self.stats_subscribed = False
+            if self.stats_dock is not None:
+                self.stats_dock.connection_lost()
             reason = peer(getattr(detail, "message", "") or str(detail or ""))
             self.notice(f"Disconnected ({reason}). Reconnecting…", error=True)
             self.status.count_down(self.bridge.retry_in)
@@ -246,8 +248,8 @@ class MainWindow(QMainWindow):
                 self.history.load_page(current)  # opened while offline
             self.refresh_members()
             self._check_unconfirmed()
-        if self.stats_dock is not None and self.stats_dock.isVisible():
-            self._subscribe_stats(True)  # a subscription ends with its connection
+        if self.stats_dock is not None:
+            self.stats_dock.online()
 
     # --- events -------------------------------------------------------------------
 
@@ -256,8 +258,8 @@ class MainWindow(QMainWindow):
             return
         kind = event.get("type")
         if kind == "stats":
-            if self.stats_panel is not None:
-                self.stats_panel.add(event)
+            if self.stats_dock is not None:
+                self.stats_dock.add(event)
             return
         if kind == "invited" and "by" in event:
             by, room = str(event["by"]), str(event.get("room"))
@@ -303,7 +305,7 @@ class MainWindow(QMainWindow):
 
     def open_conversation(self, stream: str) -> None:
         conversation = self.model.open(stream)
-        self.members = []
+        self.roster.members = []  # a new conversation: nothing shown yet
         self.member_panel.clear()
         self.render_current()
         self._update_header()
@@ -429,63 +431,17 @@ class MainWindow(QMainWindow):
     # --- members -----------------------------------------------------------------------
 
     def refresh_members(self) -> None:
-        conversation = self.current()
-        if conversation is None or not self.bridge.online:
-            return
-        if conversation.kind == "dm":
-            self._dm_members(conversation)
-            return
-        if not conversation.joined:
-            self._show_members([{"user": self.me, "role": "member", "online": True}])
-            return
-        stream = conversation.stream
-
-        def got(answer: dict[str, Any]) -> None:
-            if self.model.current == stream:
-                self._show_members(answer.get("members", []))
-
-        self.bridge.request(
-            {"type": "who", "room": conversation.name}, got, lambda problem: self.report(problem, "who")
-        )
-
-    def _dm_members(self, conversation: Conversation) -> None:
-        """Us and the peer, with the peer's presence as the server reports
-        it in the member list of a room we share (the lobby, as a rule);
-        with no room in common it is unknown, and shown so."""
-        stream, other = conversation.stream, conversation.name
-        me = {"user": self.me, "role": "member", "online": True}
-        rooms = sorted((c.name for c in self.model.rooms()), key=lambda r: (r != "lobby", r))
-
-        def show(presence: bool | None) -> None:
-            if self.model.current == stream:
-                self._show_members([me, {"user": other, "role": "member", "online": presence}])
-
-        def ask(remaining: list[str]) -> None:
-            if not remaining:
-                return show(None)
-
-            def got(answer: dict[str, Any]) -> None:
-                found = [m for m in answer.get("members", []) if m.get("user") == other]
-                if found:
-                    show(bool(found[0].get("online")))
-                else:
-                    ask(remaining[1:])
-
-            def failed(problem: rules.Problem) -> None:
-                if not problem.dropped:
-                    ask(remaining[1:])
-
-            self.bridge.request({"type": "who", "room": remaining[0]}, got, failed)
-
-        if self.model.current == stream and [m.get("user") for m in self.members] != [me["user"], other]:
-            show(None)  # until the server answers
-        ask(rooms)
+        self.roster.refresh(self.current())
 
     def _show_members(self, members: list[dict[str, Any]]) -> None:
-        self.members = members
         mine = next((m for m in members if m.get("user") == self.me), None)
         self.my_room_role = mine.get("role") if mine else None
         self.member_panel.show_members(members)
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        """The members on screen."""
+        return self.roster.members
 
     def my_rank(self) -> int:
         return rules.my_rank(self.bridge.role, self.my_room_role)
@@ -656,44 +612,19 @@ class MainWindow(QMainWindow):
 
     # --- statistics -----------------------------------------------------------------------
 
+    @property
+    def stats_panel(self) -> Any:
+        return self.stats_dock.panel if self.stats_dock is not None else None
+
     def toggle_stats(self) -> None:
         if self.bridge.role != "admin":
             return
         if self.stats_dock is None:
-            from chatclient.gui.stats_panel import StatsPanel
-
-            self.stats_panel = StatsPanel()
-            self.stats_dock = QDockWidget("Server statistics", self)
-            self.stats_dock.setObjectName("stats-dock")
-            self.stats_dock.setWidget(self.stats_panel)
+            self.stats_dock = StatsDock(self.bridge, self.report, self)
             self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.stats_dock)
-            self.stats_dock.visibilityChanged.connect(self._stats_visibility)
-            self._subscribe_stats(True)
+            self.stats_dock.subscribe(True)
         else:
             self.stats_dock.setVisible(not self.stats_dock.isVisible())
-
-    def _stats_visibility(self, visible: bool) -> None:
-        # Floating or docking the panel hides and shows it at once: decide
-        # when that is over, or the charts would start again from history.
-        QTimer.singleShot(0, self._stats_settled)
-
-    def _stats_settled(self) -> None:
-        if self.closing:
-            return
-        wanted = self.stats_dock is not None and self.stats_dock.isVisible()
-        if wanted != self.stats_subscribed and self.bridge.online:
-            self._subscribe_stats(wanted)
-
-    def _subscribe_stats(self, on: bool) -> None:
-        self.stats_subscribed = on
-
-        def got(answer: dict[str, Any]) -> None:
-            if on and self.stats_panel is not None:
-                self.stats_panel.load(answer)
-
-        self.bridge.request(
-            {"type": "stats", "subscribe": on}, got, lambda problem: self.report(problem, "stats")
-        )
 
     # --- look --------------------------------------------------------------------------
 
