@@ -581,29 +581,25 @@ class MainWindow(QMainWindow):
     def start_dm(self) -> None:
         ask_text(self, "Direct message", "Send a direct message to (username):", self.open_dm)
 
-    def _room_request(self, request: dict[str, Any]) -> None:
-        self.commands.dispatch(Command("request", request))
+    def _ask_for_room(self, kind: str, field: str, title: str, label: str, text: str = "") -> None:
+        """Ask for one field of a request about the room on screen
+        (``invite``'s user, ``topic``'s topic), then send it."""
+        room = self.current_room()
+        if room is None:
+            return
+
+        def send(value: str) -> None:
+            self.commands.dispatch(Command("request", {"type": kind, "room": room, field: value}))
+
+        ask_text(self, title, label.format(room=room), send, text)
 
     def invite(self) -> None:
-        room = self.current_room()
-        if room is not None:
-            ask_text(
-                self,
-                "Invite",
-                f"Invite to #{room} (username):",
-                lambda user: self._room_request({"type": "invite", "room": room, "user": user}),
-            )
+        self._ask_for_room("invite", "user", "Invite", "Invite to #{room} (username):")
 
     def set_topic(self) -> None:
         room = self.current_room()
-        if room is not None:
-            ask_text(
-                self,
-                "Topic",
-                f"Topic of #{room}:",
-                lambda topic: self._room_request({"type": "topic", "room": room, "topic": topic}),
-                self.model.conversation(room_stream(room)).topic,
-            )
+        topic = self.model.conversation(room_stream(room)).topic if room is not None else ""
+        self._ask_for_room("topic", "topic", "Topic", "Topic of #{room}:", topic)
 
     def leave_room(self) -> None:
         room = self.current_room()
