@@ -4,19 +4,56 @@ each command.  The terminal client's is ``chatclient.cli.InputLines``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from chatclient import commands
 from chatclient.commands import Command
+from chatclient.gui.history import Requester
+from chatclient.gui.model import ChatModel, Conversation
 from chatclient.gui.render import peer
+from chatclient.gui.rules import Problem
 from chatserver.wire.names import room_stream
 
-if TYPE_CHECKING:
-    from chatclient.gui.mainwindow.window import MainWindow
+
+class Clearable(Protocol):
+    def clear(self) -> None: ...
+
+
+class CommandWindow(Protocol):
+    """What the commands need of the main window (which is the one)."""
+
+    @property
+    def bridge(self) -> Requester: ...
+
+    @property
+    def model(self) -> ChatModel: ...
+
+    @property
+    def input(self) -> Clearable: ...
+
+    def notice(self, text: str, error: bool = False) -> None: ...
+
+    def report(self, problem: Problem, what: str) -> None: ...
+
+    def current(self) -> Conversation | None: ...
+
+    def current_room(self) -> str | None: ...
+
+    def open_conversation(self, stream: str) -> None: ...
+
+    def joined(self, room: str) -> None: ...
+
+    def send(self, request: dict[str, Any], text: str) -> None: ...
+
+    def load_older(self) -> None: ...
+
+    def logged_out(self) -> None: ...
+
+    def close(self) -> Any: ...
 
 
 class WindowCommands:
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: CommandWindow) -> None:
         self.window = window
         #: The line being carried out, as typed (given back if it fails);
         #: "" for a command from a menu or a dialog.
