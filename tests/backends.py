@@ -256,7 +256,17 @@ def postgres_url() -> str:
         socket_dir = shared.split("host=", 1)[1].split("&", 1)[0]
         psql = _program("psql", _PG_DIRS)
         subprocess.run(
-            [psql, "-h", socket_dir, "-U", "chatserver", "-d", "postgres", "-qAtc", f'CREATE DATABASE "{name}"'],
+            [
+                psql,
+                "-h",
+                socket_dir,
+                "-U",
+                "chatserver",
+                "-d",
+                "postgres",
+                "-qAtc",
+                f'CREATE DATABASE "{name}"',
+            ],
             check=True,
             capture_output=True,
         )

@@ -2,9 +2,13 @@
 is the same for every database.
 
 ``append`` returns a Deferred that fires once the event is committed.
-The commit gives each event its id: when a batch is formed, every event in
-it takes the next id of its stream, in append order; if the batch fails,
-those ids are given back, so a stream's ids have no gaps.
+The commit gives each event its id, in one of two ways.  With one writer
+(SQLite), when a batch is formed every event in it takes the next id of
+its stream from memory, in append order; if the batch fails, those ids are
+given back, so a stream's ids have no gaps.  With several writers
+(PostgreSQL, ``ids_in_commit``), the batch's transaction takes them from
+the database, under the stream's row lock, and a rolled-back transaction
+takes none; the events' JSON texts are then made there too.
 
 Everything appended during one reactor turn, and everything appended while
 a commit is running, goes into the next transaction, so under load many
@@ -41,11 +45,23 @@ log = Logger(namespace="chatserver.journal")
 Row = tuple[str, int, int, str]
 #: Runs one batch in one transaction: (rows, changes, notes) -> Deferred.
 CommitBatch = Callable[[list[Row], list[Change], list[Change]], "Deferred[Any]"]
+#: The same with ``ids_in_commit``: (events without ids, changes, notes) ->
+#: Deferred of each event's (id, JSON text with that id), in order.  The
+#: events themselves are left alone: the log sets their ids once committed.
+CommitEvents = Callable[[list[dict[str, Any]], list[Change], list[Change]], "Deferred[list[tuple[int, str]]]"]
 
 
 class EventLog:
-    def __init__(self, commit_batch: CommitBatch, reactor: Any, metrics: Any = None) -> None:
-        self._commit_batch = commit_batch
+    def __init__(
+        self,
+        commit_batch: CommitBatch | CommitEvents,
+        reactor: Any,
+        metrics: Any = None,
+        *,
+        ids_in_commit: bool = False,
+    ) -> None:
+        self._commit_batch: Any = commit_batch
+        self.ids_in_commit = ids_in_commit
         self._reactor = reactor
         self.metrics = metrics
         #: The last committed id of each stream (see ``start``).
@@ -87,6 +103,9 @@ class EventLog:
     def _commit(self) -> None:
         batch, self._queue = self._queue, []
         notes, self._notes = list(self._notes.values()), {}
+        if self.ids_in_commit:
+            self._commit_assigning(batch, notes)
+            return
         # The ids, here, where the batch is formed: only one batch is ever
         # in flight, so these are the next ids, and a failure gives back
         # exactly these.
@@ -108,6 +127,23 @@ class EventLog:
         changes = [change for _, entry_changes, _ in batch for change in entry_changes]
         d: Deferred[Any] = self._commit_batch(rows, changes, notes)
         d.addBoth(self._committed, batch, texts, given_back, self._reactor.seconds())
+
+    def _commit_assigning(self, batch: list[tuple[Any, Changes, Deferred[Any]]], notes: list[Change]) -> None:
+        events = [event for event, _, _ in batch if event is not None]
+        changes = [change for _, entry_changes, _ in batch for change in entry_changes]
+
+        def done(result: Any) -> None:
+            texts: list[str | None] = [None] * len(batch)
+            if not isinstance(result, Failure):
+                placed = iter(result)
+                for at, (event, _, _) in enumerate(batch):
+                    if event is not None:
+                        event["id"], texts[at] = next(placed)
+            self._committed(result, batch, texts, {}, started)
+
+        started = self._reactor.seconds()
+        d: Deferred[Any] = self._commit_batch(events, changes, notes)
+        d.addBoth(done)
 
     def _committed(
         self,

@@ -1,0 +1,332 @@
+"""The PostgreSQL implementation of ``Storage``, for several processes and nodes.
+
+psycopg 3 with a psycopg-pool ``ConnectionPool``, driven from a Twisted
+thread pool: each query function (``queries.py``, shared with SQLite) runs
+in a thread on a pooled connection, inside one transaction that commits
+when it returns and rolls back if it raises.
+
+What several writers change:
+
+- **Stream ids come from the committing transaction.**  The group commit
+  (``EventLog`` with ``ids_in_commit``) hands a batch's events over without
+  ids; :func:`commit_events` takes the next ids of each stream with one
+  upsert of its ``streams`` row, which locks that row until the commit.
+  Another process committing to the same stream waits for the lock and
+  then continues after these ids, so no id is handed out twice, and a
+  rolled-back transaction takes none, so a stream has no gaps.  The rows
+  are locked in the order of the streams' names, so two batches never
+  wait for each other in a circle.
+- Every commit is durable before it is acknowledged: the server's
+  connections run with ``synchronous_commit = on`` whatever the cluster's
+  default.
+
+The schema is versioned like SQLite's, from ``chatserver/schema/postgres/``
+(the same numbers as SQLite's files), each migration in one transaction
+with the version bump, under an advisory lock so that processes starting
+together migrate once.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import urllib.parse
+from functools import lru_cache
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, threads
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from chatserver.storage import queries
+from chatserver.storage.group_commit import EventLog
+from chatserver.storage.interface import Change, Changes, RoomRecord, StoreClosed, TicketKey, UserRecord
+from chatserver.wire.channel import json_text
+
+log = Logger(namespace="chatserver.store")
+
+_MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+#: The advisory lock held while migrating (any number; this one is ours).
+_MIGRATION_LOCK = 0x63686174  # "chat"
+#: Threads (and pooled connections) per process: the group commit uses one
+#: at a time; the rest serve logins, history and the like beside it.
+POOL_SIZE = 4
+
+
+class DatabaseUnreachable(StoreClosed):
+    """PostgreSQL did not answer (down, restarting, or the network): the
+    request is refused as ``unavailable`` and may be retried."""
+
+
+@lru_cache(maxsize=None)
+def postgres_sql(sql: str) -> str:
+    """A query of queries.py, spelt for PostgreSQL: ``%s`` placeholders
+    (a literal ``%`` doubled) and the reserved word ``user`` quoted."""
+    sql = sql.replace("%", "%%").replace("?", "%s")
+    return re.sub(r'(?<![\w"])user(?![\w"])', '"user"', sql)
+
+
+class PgCursor:
+    """A psycopg cursor that takes queries.py's spelling."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Any = ()) -> PgCursor:
+        self._cursor.execute(postgres_sql(sql), params)
+        return self
+
+    def executemany(self, sql: str, params: Any) -> PgCursor:
+        self._cursor.executemany(postgres_sql(sql), params)
+        return self
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+def migrations() -> list[tuple[int, str]]:
+    found = []
+    for entry in importlib.resources.files("chatserver.schema.postgres").iterdir():
+        match = _MIGRATION_NAME.fullmatch(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(conn: Any) -> int:
+    """Bring the database's schema up to date; the version it ends at.
+    ``conn``: a psycopg connection (not in a transaction)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        newest = migrations()[-1][0]
+        if current > newest:
+            raise UnusableDatabase(
+                f"the database has schema version {current}, newer than this chatserver knows "
+                f"(up to {newest}): run the chatserver release that upgraded it"
+            )
+        for version, sql in migrations():
+            if version <= current:
+                continue
+            conn.execute(sql)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            log.info("database schema upgraded to version {version}", version=version)
+            current = version
+    return int(current)
+
+
+class UnusableDatabase(Exception):
+    """The database cannot be served; the message is one line for the operator."""
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def commit_events(
+    cursor: Any, events: list[dict[str, Any]], changes: list[Change], notes: list[Change]
+) -> list[tuple[int, str]]:
+    """One group commit: each event takes its stream's next id from the
+    database (the row stays locked until the commit), then the events, the
+    state changes they stand for and the bookkeeping are written."""
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event["stream"]] = counts.get(event["stream"], 0) + 1
+    next_id: dict[str, int] = {}
+    for stream in sorted(counts):  # one lock order for every process
+        cursor.execute(
+            "INSERT INTO streams (stream, last_id) VALUES (?, ?) "
+            "ON CONFLICT (stream) DO UPDATE SET last_id = streams.last_id + excluded.last_id "
+            "RETURNING last_id",
+            (stream, counts[stream]),
+        )
+        next_id[stream] = cursor.fetchone()[0] - counts[stream] + 1
+    placed: list[tuple[int, str]] = []
+    rows = []
+    for event in events:
+        stream = event["stream"]
+        event_id = next_id[stream]
+        next_id[stream] += 1
+        text = json_text(dict(event, id=event_id))
+        placed.append((event_id, text))
+        rows.append((stream, event_id, event["ts"], text))
+    if rows:
+        cursor.executemany("INSERT INTO events (stream, id, ts, event) VALUES (?, ?, ?, ?)", rows)
+    for change in changes:
+        queries.apply(cursor, change)
+    for change in notes:
+        queries.apply(cursor, change)
+    return placed
+
+
+class PostgresStorage(Service):
+    """``Storage`` on a PostgreSQL database shared by any number of processes."""
+
+    name = "store"
+
+    def __init__(self, url: str, *, reactor: Any, metrics: Any = None, pool_size: int = POOL_SIZE) -> None:
+        self.url = url
+        self.reactor = reactor
+        self.pool_size = pool_size
+        self.pool: Any = None
+        self.threads: ThreadPool | None = None
+        self.events = EventLog(self._commit_events, reactor, metrics, ids_in_commit=True)
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True, options="-c synchronous_commit=on")
+
+    def check(self) -> None:
+        """Reach the database and migrate it; raises UnusableDatabase with
+        one line for the operator.  Done at start-up, before anything listens."""
+        import psycopg
+
+        try:
+            with self._connect() as conn:
+                migrate(conn)
+        except psycopg.Error as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UnusableDatabase(f"cannot use database {describe(self.url)}: {first}") from None
+
+    def startService(self) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.check()
+        self.pool = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"options": "-c synchronous_commit=on"},
+            timeout=10.0,
+            open=True,
+            name="chatserver",
+        )
+        self.threads = ThreadPool(minthreads=1, maxthreads=self.pool_size, name="chatserver-postgres")
+        self.threads.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.threads is not None:
+            self.threads.stop()
+            self.threads = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def _interaction(self, query: Any, args: tuple[Any, ...]) -> Any:
+        # In a pool thread: one transaction, committed by the connection
+        # context when the query returns, rolled back if it raises.
+        import psycopg
+        import psycopg_pool
+
+        pool = self.pool
+        if pool is None:
+            raise StoreClosed("the store is not running")
+        try:
+            with pool.connection() as conn:
+                with conn.cursor() as cursor:
+                    return query(PgCursor(cursor), *args)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            raise DatabaseUnreachable(f"database {describe(self.url)} is unreachable: {e}") from None
+
+    def run(self, query: Any, *args: Any) -> Deferred[Any]:
+        if self.threads is None:
+            return defer.fail(StoreClosed("the store is not running"))
+        return threads.deferToThreadPool(self.reactor, self.threads, self._interaction, query, args)
+
+    def _commit_events(
+        self, events: list[dict[str, Any]], changes: list[Change], notes: list[Change]
+    ) -> Deferred[list[tuple[int, str]]]:
+        return self.run(commit_events, events, changes, notes)
+
+    # --- Storage -------------------------------------------------------------
+
+    def get_user(self, name: str) -> Deferred[UserRecord | None]:
+        return self.run(queries.get_user, name)
+
+    def user_exists(self, name: str) -> Deferred[bool]:
+        return self.run(queries.user_exists, name)
+
+    def add_user(self, name: str, password_hash: str, role: str) -> Deferred[bool]:
+        return self.run(queries.add_user, name, password_hash, role)
+
+    def register_with_invite(
+        self, code_hash: str, name: str, password_hash: str, now: int
+    ) -> Deferred[tuple[str, int | None]]:
+        return self.run(queries.register_with_invite, code_hash, name, password_hash, now)
+
+    def set_disabled(self, user: str, disabled: bool, audit: Change) -> Deferred[bool]:
+        return self.run(queries.set_disabled, user, disabled, audit)
+
+    def add_token(self, token_hash: str, user: str, now: int, expires_at: int) -> Deferred[None]:
+        return self.run(queries.add_token, token_hash, user, now, expires_at)
+
+    def token_account(self, token_hash: str, now: int) -> Deferred[UserRecord | None]:
+        return self.run(queries.token_account, token_hash, now)
+
+    def revoke_token(self, token_hash: str) -> Deferred[None]:
+        return self.run(queries.revoke_tokens, None, token_hash)
+
+    def ticket_keys(self) -> Deferred[list[TicketKey]]:
+        return self.run(queries.ticket_keys)
+
+    def rotate_ticket_keys(self, secret: bytes, now: int, drop_before: int) -> Deferred[list[TicketKey]]:
+        return self.run(queries.rotate_ticket_keys, secret, now, drop_before)
+
+    def ticket_state(
+        self, ticket_hash: bytes, token_hash: str, now: int
+    ) -> Deferred[tuple[UserRecord | None, bool]]:
+        return self.run(queries.ticket_state, ticket_hash, token_hash, now)
+
+    def add_redeemed_tickets(self, rows: list[tuple[bytes, int]]) -> Deferred[None]:
+        return self.run(queries.add_redeemed_tickets, rows)
+
+    def load_rooms(self) -> Deferred[dict[str, RoomRecord]]:
+        return self.run(queries.load_rooms)
+
+    def load_stream_ids(self) -> Deferred[dict[str, int]]:
+        return self.run(queries.load_stream_ids)
+
+    def load_dm_streams(self) -> Deferred[dict[str, dict[str, tuple[str, int]]]]:
+        return self.run(queries.load_dm_streams)
+
+    def load_admins(self) -> Deferred[set[str]]:
+        return self.run(queries.load_admins)
+
+    def load_welcomed(self) -> Deferred[set[str]]:
+        return self.run(queries.load_welcomed)
+
+    def is_welcomed(self, name: str) -> Deferred[bool]:
+        return self.run(queries.is_welcomed, name)
+
+    def append(self, event: dict[str, Any], changes: Changes = ()) -> Deferred[str]:
+        return self.events.append(event, changes)
+
+    def write(self, changes: Changes) -> Deferred[None]:
+        return self.events.write(changes)
+
+    def note(self, key: Any, change: Change) -> None:
+        self.events.note(key, change)
+
+    def idle(self) -> Deferred[None]:
+        return self.events.idle()
+
+    def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
+        return self.run(queries.history, stream, after, before, limit)

@@ -1,0 +1,392 @@
+"""The queries of ``Storage``, written once for SQLite and PostgreSQL.
+
+Each is a function of a DB-API cursor, run inside the caller's
+transaction: ``SqliteStorage`` runs them on its writer thread (and the
+admin tool on a plain connection), ``PostgresStorage`` on its pool's
+connections.  The SQL is the common ground of the two dialects (``ON
+CONFLICT`` upserts, ``RETURNING``, ``CASE`` rather than two-argument
+``MAX``), spelt as SQLite takes it: ``?`` placeholders and the column name
+``user``.  ``postgres.postgres_sql`` respells those two for PostgreSQL
+(``%s``, and ``"user"``, a reserved word there); nothing else differs, and
+the Storage contract tests run every query against both.  What cannot be
+common (how the ids of new events are assigned) lives with each storage.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from chatserver.storage.group_commit import Row
+from chatserver.storage.interface import Change, InviteRecord, RoomRecord, TicketKey, UserRecord
+
+
+class InviteRace(Exception):
+    """An invite was consumed by another transaction between the check and the use."""
+
+
+def get_user(cursor: Any, name: str) -> UserRecord | None:
+    cursor.execute("SELECT name, password_hash, role, disabled FROM users WHERE name = ?", (name,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return UserRecord(row[0], row[1], row[2], bool(row[3]))
+
+
+def add_user(cursor: Any, name: str, password_hash: str, role: str) -> bool:
+    """Insert a user; False if the name is taken."""
+    cursor.execute(
+        "INSERT INTO users (name, password_hash, role, created_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (name) DO NOTHING",
+        (name, password_hash, role, int(time.time())),
+    )
+    return bool(cursor.rowcount == 1)
+
+
+def load_rooms(cursor: Any) -> dict[str, RoomRecord]:
+    rooms: dict[str, RoomRecord] = {}
+    cursor.execute("SELECT name, kind, owner, topic FROM rooms")
+    for name, kind, owner, topic in cursor.fetchall():
+        rooms[name] = RoomRecord(name, kind, owner, topic, {}, set(), {})
+    cursor.execute("SELECT room, user, role FROM room_members ORDER BY joined_at, rowid")
+    for room, user, role in cursor.fetchall():
+        rooms[room].members[user] = role
+    cursor.execute("SELECT room, user FROM invites")
+    for room, user in cursor.fetchall():
+        rooms[room].invites.add(user)
+    cursor.execute("SELECT room, user, kind, until FROM sanctions")
+    for room, user, kind, until in cursor.fetchall():
+        if room in rooms:
+            rooms[room].sanctions[(kind, user)] = until
+    return rooms
+
+
+def load_stream_ids(cursor: Any) -> dict[str, int]:
+    cursor.execute("SELECT stream, last_id FROM streams")
+    return dict(cursor.fetchall())
+
+
+def load_dm_streams(cursor: Any) -> dict[str, dict[str, tuple[str, int]]]:
+    """user -> {peer: (stream, delivered id)}"""
+    result: dict[str, dict[str, tuple[str, int]]] = {}
+    cursor.execute("SELECT user, peer, stream, delivered FROM dm_streams")
+    for user, peer, stream, delivered in cursor.fetchall():
+        result.setdefault(user, {})[peer] = (stream, delivered)
+    return result
+
+
+def set_owner(cursor: Any, room: str, owner: str | None) -> None:
+    cursor.execute("UPDATE rooms SET owner = ? WHERE name = ?", (owner, room))
+
+
+def create_room(cursor: Any, name: str, kind: str, owner: str | None, topic: str, now: int) -> None:
+    cursor.execute(
+        "INSERT INTO rooms (name, kind, owner, topic, created_at) VALUES (?, ?, ?, ?, ?)",
+        (name, kind, owner, topic, now),
+    )
+
+
+def set_member(cursor: Any, room: str, user: str, role: str | None, now: int) -> None:
+    """Add, re-role (role given) or remove (role None) a member."""
+    if role is None:
+        cursor.execute("DELETE FROM room_members WHERE room = ? AND user = ?", (room, user))
+    else:
+        cursor.execute(
+            "INSERT INTO room_members (room, user, role, joined_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (room, user) DO UPDATE SET role = excluded.role",
+            (room, user, role, now),
+        )
+    cursor.execute("DELETE FROM invites WHERE room = ? AND user = ?", (room, user))
+
+
+def set_topic(cursor: Any, room: str, topic: str) -> None:
+    cursor.execute("UPDATE rooms SET topic = ? WHERE name = ?", (topic, room))
+
+
+def add_invite(cursor: Any, room: str, user: str, by: str, now: int) -> None:
+    cursor.execute(
+        "INSERT INTO invites (room, user, invited_by, created_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (room, user) DO UPDATE SET invited_by = excluded.invited_by, "
+        "created_at = excluded.created_at",
+        (room, user, by, now),
+    )
+
+
+def set_sanction(
+    cursor: Any, room: str, user: str, kind: str, until: int | None, by: str | None, now: int
+) -> None:
+    """Impose (``by`` given) or lift (``by`` None) a ban or mute."""
+    if by is None:
+        cursor.execute("DELETE FROM sanctions WHERE room = ? AND user = ? AND kind = ?", (room, user, kind))
+    else:
+        cursor.execute(
+            "INSERT INTO sanctions (room, user, kind, until, created_by, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (room, user, kind) DO UPDATE SET "
+            "until = excluded.until, created_by = excluded.created_by, created_at = excluded.created_at",
+            (room, user, kind, until, by, now),
+        )
+
+
+def is_welcomed(cursor: Any, name: str) -> bool:
+    """Whether the user's first login has happened (:func:`mark_welcomed`)."""
+    cursor.execute("SELECT welcomed FROM users WHERE name = ?", (name,))
+    row = cursor.fetchone()
+    return row is None or bool(row[0])
+
+
+def mark_welcomed(cursor: Any, name: str) -> None:
+    cursor.execute("UPDATE users SET welcomed = 1 WHERE name = ?", (name,))
+
+
+def load_welcomed(cursor: Any) -> set[str]:
+    """Users whose first login has happened (see :func:`mark_welcomed`)."""
+    cursor.execute("SELECT name FROM users WHERE welcomed = 1")
+    return {name for (name,) in cursor.fetchall()}
+
+
+def load_admins(cursor: Any) -> set[str]:
+    cursor.execute("SELECT name FROM users WHERE role = 'admin'")
+    return {name for (name,) in cursor.fetchall()}
+
+
+def set_dm_stream(cursor: Any, user: str, peer: str, stream: str, delivered: int) -> None:
+    cursor.execute(
+        "INSERT INTO dm_streams (user, peer, stream, delivered) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (user, peer) DO UPDATE SET delivered = "
+        "CASE WHEN excluded.delivered > dm_streams.delivered "
+        "THEN excluded.delivered ELSE dm_streams.delivered END",
+        (user, peer, stream, delivered),
+    )
+
+
+def apply(cursor: Any, change: Change) -> None:
+    """One named state change (interface.CHANGES)."""
+    name, args = change
+    CHANGE_QUERIES[name](cursor, *args)
+
+
+def commit_batch(cursor: Any, rows: list[Row], changes: list[Change], notes: list[Change]) -> None:
+    """One group commit (one transaction): events, the state changes they
+    stand for, then bookkeeping.  adbapi rolls it all back if any fails."""
+    if rows:
+        append_events(cursor, rows)
+    for change in changes:
+        apply(cursor, change)
+    for change in notes:
+        apply(cursor, change)
+
+
+def append_events(cursor: Any, rows: list[tuple[str, int, int, str]]) -> None:
+    """One group commit: the events and their streams' last ids."""
+    cursor.executemany("INSERT INTO events (stream, id, ts, event) VALUES (?, ?, ?, ?)", rows)
+    last: dict[str, int] = {}
+    for stream, event_id, _, _ in rows:
+        last[stream] = max(event_id, last.get(stream, 0))
+    cursor.executemany(
+        "INSERT INTO streams (stream, last_id) VALUES (?, ?) "
+        "ON CONFLICT (stream) DO UPDATE SET last_id = "
+        "CASE WHEN excluded.last_id > streams.last_id THEN excluded.last_id ELSE streams.last_id END",
+        list(last.items()),
+    )
+
+
+def history(cursor: Any, stream: str, after: int | None, before: int | None, limit: int) -> list[str]:
+    """Event JSON texts of ``stream``, ascending by id.  With ``after``,
+    the first ``limit`` events after it; otherwise the last ``limit``
+    events before ``before`` (scroll-back)."""
+    if after is not None:
+        cursor.execute(
+            "SELECT event FROM events WHERE stream = ? AND id > ? AND id < ? ORDER BY id LIMIT ?",
+            (stream, after, before if before is not None else 1 << 62, limit),
+        )
+        return [row[0] for row in cursor.fetchall()]
+    cursor.execute(
+        "SELECT event FROM events WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        (stream, before if before is not None else 1 << 62, limit),
+    )
+    return [row[0] for row in reversed(cursor.fetchall())]
+
+
+def add_token(cursor: Any, token_hash: str, user: str, now: int, expires_at: int) -> None:
+    cursor.execute(
+        "INSERT INTO session_tokens (token_hash, user, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        (token_hash, user, now, expires_at),
+    )
+
+
+def token_account(cursor: Any, token_hash: str, now: int) -> UserRecord | None:
+    """The account of a live session token, in one query: a token login
+    is one trip to the database thread."""
+    cursor.execute(
+        "SELECT u.name, u.password_hash, u.role, u.disabled FROM session_tokens AS t "
+        "JOIN users AS u ON u.name = t.user WHERE t.token_hash = ? AND t.expires_at > ?",
+        (token_hash, now),
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return UserRecord(row[0], row[1], row[2], bool(row[3]))
+
+
+def revoke_tokens(cursor: Any, user: str | None = None, token_hash: str | None = None) -> None:
+    if token_hash is not None:
+        cursor.execute("DELETE FROM session_tokens WHERE token_hash = ?", (token_hash,))
+    else:
+        cursor.execute("DELETE FROM session_tokens WHERE user = ?", (user,))
+
+
+def set_disabled(cursor: Any, user: str, disabled: bool, audit: Change | None = None) -> bool:
+    """Disable (and revoke every token of) or enable an account, with its
+    audit row, in one transaction; False if there is no such user."""
+    cursor.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), user))
+    if cursor.rowcount == 0:
+        return False
+    if disabled:
+        revoke_tokens(cursor, user)
+    if audit is not None:
+        apply(cursor, audit)
+    return True
+
+
+def add_audit(
+    cursor: Any, now: int, actor: str, action: str, room: str | None, target: str | None, detail: str
+) -> None:
+    cursor.execute(
+        "INSERT INTO audit (ts, actor, action, room, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        (now, actor, action, room, target, detail),
+    )
+
+
+def user_exists(cursor: Any, name: str) -> bool:
+    cursor.execute("SELECT 1 FROM users WHERE name = ?", (name,))
+    return cursor.fetchone() is not None
+
+
+# --- resumption tickets ---------------------------------------------------
+
+
+def ticket_keys(cursor: Any) -> list[TicketKey]:
+    """Every ticket key: (id, secret, created_at), oldest first."""
+    cursor.execute("SELECT id, secret, created_at FROM ticket_keys ORDER BY id")
+    return [(row[0], bytes(row[1]), row[2]) for row in cursor.fetchall()]
+
+
+def rotate_ticket_keys(cursor: Any, secret: bytes, now: int, drop_before: int) -> list[TicketKey]:
+    """Add a ticket key, delete those made before ``drop_before``, and
+    return the keys as they are now."""
+    cursor.execute("INSERT INTO ticket_keys (secret, created_at) VALUES (?, ?)", (secret, now))
+    cursor.execute("DELETE FROM ticket_keys WHERE created_at < ?", (drop_before,))
+    cursor.execute("DELETE FROM redeemed_tickets WHERE expires_at <= ?", (now,))
+    return ticket_keys(cursor)
+
+
+def ticket_state(
+    cursor: Any, ticket_hash: bytes, token_hash: str, now: int
+) -> tuple[UserRecord | None, bool]:
+    """(the account of the live session token a ticket was issued with,
+    or None; whether the ticket was taken before): reads only, no commit
+    to wait for.  The account is what the token login that follows a
+    resumption needs, so that login makes no second trip."""
+    record = token_account(cursor, token_hash, now)
+    cursor.execute("SELECT 1 FROM redeemed_tickets WHERE ticket_hash = ?", (ticket_hash,))
+    return record, cursor.fetchone() is not None
+
+
+def add_redeemed_tickets(cursor: Any, rows: list[tuple[bytes, int]]) -> None:
+    """Remember taken tickets (hash, expires_at), many in one commit."""
+    cursor.executemany(
+        "INSERT INTO redeemed_tickets (ticket_hash, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING", rows
+    )
+
+
+# --- registration invites ------------------------------------------------------
+
+
+def add_registration_invites(
+    cursor: Any, code_hashes: list[str], by: str, now: int, expires_at: int
+) -> list[int]:
+    """Store invite codes (their hashes), with an audit row for each; the
+    ids of the new invites, in order."""
+    ids = []
+    for code_hash in code_hashes:
+        cursor.execute(
+            "INSERT INTO registration_invites (code_hash, created_by, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?) RETURNING id",
+            (code_hash, by, now, expires_at),
+        )
+        ids.append(cursor.fetchone()[0])
+        add_audit(cursor, now, by, "invite_create", None, None, f"invite {ids[-1]} expires_at {expires_at}")
+    return ids
+
+
+def register_with_invite(
+    cursor: Any, code_hash: str, name: str, password_hash: str, now: int
+) -> tuple[str, int | None]:
+    """In one transaction: check the invite, create the account and consume
+    the invite.  (``ok``, invite id); (``invite_invalid``, None) for a code
+    that is unknown, used, revoked or expired, whatever the name; or
+    (``username_taken``, id), in which case the invite stays unused."""
+    cursor.execute(
+        "SELECT id FROM registration_invites WHERE code_hash = ? "
+        "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?",
+        (code_hash, now),
+    )
+    row = cursor.fetchone()
+    if row is None:
+        return ("invite_invalid", None)
+    invite_id = row[0]
+    if not add_user(cursor, name, password_hash, "user"):
+        return ("username_taken", invite_id)
+    cursor.execute(
+        "UPDATE registration_invites SET used_by = ?, used_at = ? WHERE id = ? AND used_at IS NULL",
+        (name, now, invite_id),
+    )
+    if cursor.rowcount != 1:  # cannot happen with one writer; never two accounts from one code
+        raise InviteRace(f"invite {invite_id} was consumed meanwhile")
+    add_audit(cursor, now, name, "register", None, name, f"invite {invite_id}")
+    return ("ok", invite_id)
+
+
+def list_registration_invites(cursor: Any) -> list[InviteRecord]:
+    cursor.execute(
+        "SELECT id, created_by, created_at, expires_at, used_by, used_at, revoked_at "
+        "FROM registration_invites ORDER BY id"
+    )
+    return [InviteRecord(*row) for row in cursor.fetchall()]
+
+
+def revoke_registration_invite(
+    cursor: Any, by: str, now: int, code_hash: str | None = None, invite_id: int | None = None
+) -> int | None:
+    """Revoke an unused, unrevoked invite given by its code's hash or its
+    id, with an audit row; its id, or None if there is no such invite that
+    could still be revoked."""
+    if code_hash is not None:
+        cursor.execute("SELECT id FROM registration_invites WHERE code_hash = ?", (code_hash,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        invite_id = row[0]
+    cursor.execute(
+        "UPDATE registration_invites SET revoked_at = ? "
+        "WHERE id = ? AND used_at IS NULL AND revoked_at IS NULL",
+        (now, invite_id),
+    )
+    if cursor.rowcount != 1:
+        return None
+    add_audit(cursor, now, by, "invite_revoke", None, None, f"invite {invite_id}")
+    return invite_id
+
+
+#: The queries that apply interface.CHANGES, by name.
+CHANGE_QUERIES: dict[str, Callable[..., None]] = {
+    "create_room": create_room,
+    "set_member": set_member,
+    "set_owner": set_owner,
+    "set_topic": set_topic,
+    "add_invite": add_invite,
+    "set_sanction": set_sanction,
+    "mark_welcomed": mark_welcomed,
+    "set_dm_stream": set_dm_stream,
+    "add_audit": add_audit,
+}
