@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,6 +114,10 @@ class Settings:
     abuse_strikes: int = 20
     # [store]
     synchronous: str = "full"
+    #: "" (SQLite in data_dir), "sqlite:PATH" or a postgresql:// URL
+    #: (with no password in it: see database_password_file).
+    database: str = ""
+    database_password_file: str = ""
     # [log]
     log_level: str = "info"
     log_rotate_bytes: int = 10 * 1024 * 1024
@@ -159,7 +164,32 @@ class Settings:
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file (for a PostgreSQL database: where it would be)."""
+        if self.database.startswith("sqlite:"):
+            return Path(self.database[len("sqlite:") :])
         return self.data_path / "chatserver.sqlite3"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database.startswith(POSTGRES_SCHEMES)
+
+    def database_password(self) -> str | None:
+        """The PostgreSQL password, read from ``[store] password_file`` or
+        else the environment (``CHATSERVER_DATABASE_PASSWORD``), never from
+        the INI itself; None: none (peer or trust authentication, or a
+        ~/.pgpass).  Raises ConfigError if the file cannot be read."""
+        if self.database_password_file:
+            path = Path(self.database_password_file)
+            try:
+                return path.read_text(encoding="utf-8").strip("\r\n")
+            except OSError as e:
+                raise ConfigError(f"[store] password_file {path}: cannot read it: {e.strerror}") from None
+        return os.environ.get(PASSWORD_ENV)
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: Where the PostgreSQL password may come from instead of a file.
+PASSWORD_ENV = "CHATSERVER_DATABASE_PASSWORD"
 
 
 REGISTRATION_MODES = ("yes", "no", "invite")
@@ -280,6 +310,25 @@ def _synchronous(text: str) -> str:
     return lowered
 
 
+def _database(text: str) -> str:
+    value = text.strip()
+    if value == "" or value == "sqlite:":
+        return ""
+    if value.startswith("sqlite:"):
+        return value
+    if value.startswith(POSTGRES_SCHEMES):
+        parts = urllib.parse.urlsplit(value)
+        query = urllib.parse.parse_qs(parts.query)
+        if parts.password is not None or "password" in query:
+            # A password in the INI ends up in backups, diffs and ps output.
+            raise SecretValue(
+                "must not hold a password: put it in [store] password_file, "
+                f"or in the environment as {PASSWORD_ENV}"
+            )
+        return value
+    raise ValueError("must be sqlite:PATH or a postgresql://HOST/DATABASE URL")
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -342,6 +391,8 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("limits", "block_seconds", "block_seconds", _positive(float)),
     ("limits", "abuse_strikes", "abuse_strikes", _positive(int)),
     ("store", "synchronous", "synchronous", _synchronous),
+    ("store", "database", "database", _database),
+    ("store", "password_file", "database_password_file", str.strip),
     ("log", "level", "log_level", _level),
     ("log", "rotate_bytes", "log_rotate_bytes", _ranged(int, 4096, 1 << 40)),
     ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),
@@ -406,18 +457,27 @@ def _read_file(path: Path) -> dict[str, Any]:
     # both must find the same database from the same file.
     here = os.path.dirname(os.path.abspath(path))
     for field in _FILE_RELATIVE:
-        if field in values and not os.path.isabs(values[field]):
+        if values.get(field) and not os.path.isabs(values[field]):
             values[field] = os.path.normpath(os.path.join(here, values[field]))
+    database = values.get("database", "")
+    if database.startswith("sqlite:") and not os.path.isabs(database[len("sqlite:") :]):
+        values["database"] = "sqlite:" + os.path.normpath(os.path.join(here, database[len("sqlite:") :]))
     return values
 
 
 #: Settings that are paths, resolved against the configuration file's
 #: directory when given there (on the command line: the working directory).
-_FILE_RELATIVE = ("data_dir", "log_dir")
+_FILE_RELATIVE = ("data_dir", "log_dir", "database_password_file")
+
+
+class SecretValue(ValueError):
+    """A refused value that may hold a secret: the message does not quote it."""
 
 
 def _parse(parse: Callable[[str], Any], text: str, where: str) -> Any:
     try:
         return parse(text)
+    except SecretValue as e:
+        raise ConfigError(f"{where}: {e}") from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where} = {text!r}: {e}") from None

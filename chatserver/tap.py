@@ -47,7 +47,11 @@ class Options(usage.Options):
     def load(self) -> Settings:
         """The settings: defaults, the file, these options (again at SIGHUP)."""
         return load_settings(
-            self["config"], endpoint=self["endpoint"], data_dir=self["data-dir"], log_dir=self["log-dir"]
+            self["config"],
+            endpoint=self["endpoint"],
+            data_dir=self["data-dir"],
+            log_dir=self["log-dir"],
+            database=self["database"],
         )
 
     optParameters = [
@@ -55,6 +59,7 @@ class Options(usage.Options):
         ["endpoint", "e", None, "Where to listen (Twisted endpoint string)."],
         ["data-dir", "d", None, "Directory for the database and the server key."],
         ["log-dir", "l", None, "Directory for chatserver.log and connections.log."],
+        ["database", None, None, "[store] database: sqlite:PATH or a postgresql:// URL (no password)."],
     ]
 
     def postOptions(self) -> None:
@@ -64,6 +69,33 @@ class Options(usage.Options):
             # A bad value is not a misuse of the command line: one line
             # naming it, without twistd's whole usage text (UsageError).
             raise SystemExit(f"chatserver: {e}") from None
+
+
+def open_storage(settings: Settings, reactor: Any) -> Any:
+    """The storage the settings name, checked (and migrated) now, so that
+    a bad or unreachable database stops the start with one line."""
+    if settings.uses_postgres:
+        from chatserver.storage import postgres
+
+        try:
+            password = settings.database_password()
+        except ConfigError as e:
+            raise SystemExit(f"chatserver: {e}") from None
+        pg = postgres.PostgresStorage(settings.database, password=password, reactor=reactor)
+        try:
+            pg.check()
+        except postgres.UnusableDatabase as e:
+            raise SystemExit(f"chatserver: {e}") from None
+        return pg
+    # A missing database is created only in a directory that never held
+    # one.
+    db = settings.database_path
+    store = SqliteStorage(db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor)
+    try:
+        store.check()
+    except UnusableDatabase as e:
+        raise SystemExit(f"chatserver: {e}") from None
+    return store
 
 
 class StartupError(Exception):
@@ -374,14 +406,7 @@ def build_service(
         json=settings.log_format == "json",
         daily=settings.log_rotate == "daily",
     ).setServiceParent(top)
-    # A missing database is created only in a directory that never held
-    # one; checked now, so that a bad one stops the start with one line.
-    db = settings.database_path
-    store = SqliteStorage(db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor)
-    try:
-        store.check()
-    except UnusableDatabase as e:
-        raise SystemExit(f"chatserver: {e}") from None
+    store = open_storage(settings, reactor)
     store.setServiceParent(top)
     pool = CryptoPool(reactor, threads_per_kind(settings.crypto_threads), settings.max_pending_crypto)
     pool.setServiceParent(top)

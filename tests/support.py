@@ -79,8 +79,23 @@ def make_settings(base: Path, **overrides: Any) -> Settings:
         # monitoring tests turn it on.
         "monitor_enabled": False,
     }
+    if backend() == "postgres" and "database" not in overrides:
+        from tests import backends
+
+        values["database"] = backends.postgres_url()  # a fresh database for each server
     values.update(overrides)
     return Settings(**values)
+
+
+#: Which storage and hub the suite runs on: "sqlite" (the embedded default:
+#: SQLite and the in-process hub) or "postgres" (PostgreSQL and Redis,
+#: started by tests/backends.py).  tools/run_trial.py runs the suite once
+#: with each.
+BACKEND_ENV = "CHATSERVER_TEST_BACKEND"
+
+
+def backend() -> str:
+    return os.environ.get(BACKEND_ENV, "sqlite")
 
 
 class RunningServer:

@@ -53,6 +53,42 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(load_settings(path).data_dir, "/srv/chat")
         self.assertEqual(load_settings(path, data_dir="here").data_dir, "here")
 
+    def test_the_database_setting(self) -> None:
+        self.assertEqual(Settings().database_path, Path("var/lib") / "chatserver.sqlite3")
+        self.assertFalse(Settings().uses_postgres)
+        path = self.write("[store]\ndatabase = sqlite:db/chat.sqlite3\npassword_file = secret\n")
+        settings = load_settings(path)
+        self.assertEqual(settings.database_path, path.parent.resolve() / "db" / "chat.sqlite3")
+        url = "postgresql://db.example:5433/chat?user=chat"
+        settings = load_settings(database=url)
+        self.assertTrue(settings.uses_postgres)
+        self.assertEqual(settings.database, url)
+        for bad in ("mysql://h/chat", "chat.sqlite3"):
+            self.assertIn(
+                "sqlite:PATH or a postgresql://",
+                str(self.assertRaises(ConfigError, load_settings, database=bad)),
+            )
+
+    def test_a_database_password_is_never_taken_from_the_settings(self) -> None:
+        for url in ("postgresql://chat:hunter2@h/chat", "postgresql://h/chat?password=hunter2"):
+            error = str(self.assertRaises(ConfigError, load_settings, database=url))
+            self.assertIn("password_file", error)
+            self.assertNotIn("hunter2", error)
+            path = self.write(f"[store]\ndatabase = {url}\n")
+            self.assertNotIn("hunter2", str(self.assertRaises(ConfigError, load_settings, path)))
+
+    def test_the_database_password_comes_from_its_file_or_the_environment(self) -> None:
+        secret = Path(self.mktemp())
+        secret.write_text("s3cret\n", encoding="utf-8")
+        url = "postgresql://h/chat"
+        self.assertEqual(
+            load_settings(database=url, database_password_file=str(secret)).database_password(), "s3cret"
+        )
+        self.patch(os, "environ", {**os.environ, "CHATSERVER_DATABASE_PASSWORD": "from-env"})
+        self.assertEqual(load_settings(database=url).database_password(), "from-env")
+        missing = load_settings(database=url, database_password_file=str(secret) + ".gone")
+        self.assertIn("cannot read it", str(self.assertRaises(ConfigError, missing.database_password)))
+
     def test_shipped_file_names_every_setting(self) -> None:
         from chatserver.config import SCHEMA
 

@@ -56,6 +56,20 @@ class StartupFailureTests(unittest.TestCase):
         self.assertEqual(logged, [line for line in failures if line in logged], everything)
         return failures[0]
 
+    async def test_an_unreachable_postgresql_database_is_one_line(self) -> None:
+        missing = self.base.resolve() / "no-such-socket-dir"
+        child = await self.run_twistd("--database", f"postgresql:///chat?host={missing}&user=chat")
+        line = self.assertOneLineFailure(child, "cannot use database", str(missing))
+        self.assertNotIn("password", line)
+        # A host name that cannot be one is one line too, not a traceback.
+        child = await self.run_twistd("--database", "postgresql:///chat?host=" + "x" * 70)
+        self.assertOneLineFailure(child, "cannot use database")
+
+    async def test_a_password_in_the_database_url_is_refused_without_echoing_it(self) -> None:
+        child = await self.run_twistd("--database", "postgresql://chat:hunter2@127.0.0.1/chat")
+        self.assertOneLineFailure(child, "[store] database", "password_file")
+        self.assertNotIn("hunter2", child.output() + child.errors())
+
     async def test_busy_port(self) -> None:
         busy = reactor.listenTCP(0, protocol.ServerFactory(), interface="127.0.0.1")
         self.addCleanup(busy.stopListening)

@@ -179,40 +179,64 @@ class PostgresStorage(Service):
 
     name = "store"
 
-    def __init__(self, url: str, *, reactor: Any, metrics: Any = None, pool_size: int = POOL_SIZE) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor: Any,
+        password: str | None = None,
+        metrics: Any = None,
+        pool_size: int = POOL_SIZE,
+    ) -> None:
+        #: Never with a password in it (it goes into messages as it is).
         self.url = url
+        self._connect_args: dict[str, Any] = {"options": "-c synchronous_commit=on"}
+        if password is not None:
+            self._connect_args["password"] = password
         self.reactor = reactor
         self.pool_size = pool_size
         self.pool: Any = None
+        self.checked = False
         self.threads: ThreadPool | None = None
         self.events = EventLog(self._commit_events, reactor, metrics, ids_in_commit=True)
 
     def _connect(self) -> Any:
         import psycopg
 
-        return psycopg.connect(self.url, autocommit=True, options="-c synchronous_commit=on")
+        return psycopg.connect(self.url, autocommit=True, **self._connect_args)
 
     def check(self) -> None:
         """Reach the database and migrate it; raises UnusableDatabase with
         one line for the operator.  Done at start-up, before anything listens."""
-        import psycopg
-
+        try:
+            import psycopg
+            import psycopg_pool  # noqa: F401 (needed from startService on)
+        except ImportError:
+            raise UnusableDatabase(
+                "a PostgreSQL database needs psycopg and psycopg-pool: pip install 'chatserver[scale]'"
+            ) from None
         try:
             with self._connect() as conn:
                 migrate(conn)
-        except psycopg.Error as e:
+            self.checked = True
+        except UnusableDatabase:
+            raise
+        except (psycopg.Error, OSError, ValueError) as e:
+            # ValueError: a malformed URL, or a host name that cannot be
+            # one (UnicodeError), which psycopg hands on from getaddrinfo.
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UnusableDatabase(f"cannot use database {describe(self.url)}: {first}") from None
 
     def startService(self) -> None:
         from psycopg_pool import ConnectionPool
 
-        self.check()
+        if not self.checked:
+            self.check()
         self.pool = ConnectionPool(
             self.url,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"options": "-c synchronous_commit=on"},
+            kwargs=self._connect_args,
             timeout=10.0,
             open=True,
             name="chatserver",
