@@ -19,7 +19,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from chatserver.config import Settings
-from chatserver.storage import sqlite
+from chatserver.storage import queries, sqlite
 from chatserver.storage.interface import Storage
 from chatserver.wire import crypto
 from chatserver.wire.errors import Refused
@@ -260,10 +260,7 @@ def make_invites_now(
     now_s = int(time.time() if now is None else now)
     expires_at = now_s + int(ttl)
     codes = [new_invite_code() for _ in range(count)]
-    with conn:
-        ids = sqlite.add_registration_invites(
-            conn.cursor(), [invite_hash(c) for c in codes], by, now_s, expires_at
-        )
+    ids = _run(conn, queries.add_registration_invites, [invite_hash(c) for c in codes], by, now_s, expires_at)
     return [(i, c, expires_at) for i, c in zip(ids, codes, strict=True)]
 
 
@@ -271,8 +268,15 @@ def add_user_now(conn: Any, name: str, password: str, role: str, cost: int) -> b
     """The admin tool's synchronous registration (no throttling)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
-    with conn:
-        return sqlite.add_user(conn.cursor(), name, crypto.hash_password(password, cost), role)
+    return bool(_run(conn, queries.add_user, name, crypto.hash_password(password, cost), role))
+
+
+def _run(db: Any, query: Any, *args: Any) -> Any:
+    """``query`` in one transaction on ``db``: a storage.direct.DirectDatabase
+    (any backend), or a plain SQLite connection."""
+    if hasattr(db, "run"):
+        return db.run(query, *args)
+    return sqlite.run_now(db, query, *args)
 
 
 __all__ = [

@@ -4,11 +4,12 @@
     chatserver-admin [...] invite [--count N] [--expires DURATION]
     chatserver-admin [...] invite --list | --revoke CODE | --revoke-id ID
 
-It opens the same SQLite database as the server (WAL mode lets it do so
-while the server runs), checks it as the server does at start-up and
-applies pending schema migrations first.  Give it the server's --config
-(relative paths in it are relative to the file) or --data-dir; it refuses
-to create a database that does not exist unless told to (--create).
+It opens the same database as the server ([store] database: SQLite, whose
+WAL mode lets it do so while the server runs, or PostgreSQL), checks it as
+the server does at start-up and applies pending schema migrations first.
+Give it the server's --config (relative paths in it are relative to the
+file), or --data-dir or --database; it refuses to create a SQLite database
+that does not exist unless told to (--create).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 from chatserver import accounts
 from chatserver.config import ConfigError, load_settings
-from chatserver.storage import sqlite as store
+from chatserver.storage import queries
+from chatserver.storage.direct import DirectDatabase, UnusableDatabase, open_direct
 from chatserver.wire import validation
 
 
@@ -30,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m chatserver.admin", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="server configuration file (for data_dir and hash cost)")
     p.add_argument("--data-dir", help="the server's data directory (default: from the config, var/lib)")
+    p.add_argument(
+        "--database", help="the server's [store] database: sqlite:PATH or a postgresql:// URL (no password)"
+    )
     p.add_argument(
         "--create",
         action="store_true",
@@ -98,12 +103,12 @@ def _who() -> str:
         return "chatserver-admin"
 
 
-def invite(args: argparse.Namespace, conn: Any, mode: str) -> int:
+def invite(args: argparse.Namespace, db: DirectDatabase, mode: str) -> int:
     """The ``invite`` command on an open database; ``mode``: the
     configuration's allow_registration."""
     now = int(time.time())
     if args.list:
-        invites = store.run_now(conn, store.list_registration_invites)
+        invites = db.run(queries.list_registration_invites)
         print("id\tstate\tcreated\texpires\tused_by\tused_at")
         for record in invites:
             print(
@@ -113,15 +118,13 @@ def invite(args: argparse.Namespace, conn: Any, mode: str) -> int:
         return 0
     if args.revoke is not None or args.revoke_id is not None:
         code_hash = accounts.invite_hash(args.revoke) if args.revoke is not None else None
-        revoked = store.run_now(
-            conn, store.revoke_registration_invite, _who(), now, code_hash, args.revoke_id
-        )
+        revoked = db.run(queries.revoke_registration_invite, _who(), now, code_hash, args.revoke_id)
         if revoked is None:
             print("error: no such invite, or it was used or revoked already", file=sys.stderr)
             return 1
         print(f"revoked invite {revoked}")
         return 0
-    made = accounts.make_invites_now(conn, args.count, args.ttl, _who(), now)
+    made = accounts.make_invites_now(db, args.count, args.ttl, _who(), now)
     print(
         f"made {len(made)} single-use invite code{'s' if len(made) != 1 else ''} "
         f"(ids {made[0][0]}-{made[-1][0]}), valid until {_when(made[0][2])}",
@@ -156,20 +159,21 @@ def read_new_password(path: Path | None) -> str:
     return first
 
 
-def _open_database(settings: Any, create: bool) -> Any:
+def _open_database(settings: Any, create: bool) -> DirectDatabase | None:
     """The server's database, checked and migrated; None (after one line
     on stderr) if it cannot be used."""
     try:
-        return store.open_database(settings.database_path, create=create)
-    except store.UnusableDatabase as e:
-        print(f"error: {e}{_HINT if not settings.database_path.exists() else ''}", file=sys.stderr)
+        return open_direct(settings, create=create)
+    except (UnusableDatabase, ConfigError) as e:
+        hint = _HINT if not settings.uses_postgres and not settings.database_path.exists() else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = load_settings(args.config, data_dir=args.data_dir)
+        settings = load_settings(args.config, data_dir=args.data_dir, database=args.database)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -186,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        conn = _open_database(settings, args.create)
-        if conn is None:
+        db = _open_database(settings, args.create)
+        if db is None:
             return 1
         try:
-            return invite(args, conn, settings.allow_registration)
+            return invite(args, db, settings.allow_registration)
         finally:
-            conn.close()
+            db.close()
     if args.command == "add-user":
         try:
             name = validation.username(args.name)
@@ -204,16 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: cannot read the password file: {e.strerror}", file=sys.stderr)
             return 2
-        conn = _open_database(settings, args.create)
-        if conn is None:
+        db = _open_database(settings, args.create)
+        if db is None:
             return 1
         try:
             role = "admin" if args.admin else "user"
-            if not accounts.add_user_now(conn, name, password, role, settings.password_hash_cost):
+            if not accounts.add_user_now(db, name, password, role, settings.password_hash_cost):
                 print(f"error: user {name} already exists", file=sys.stderr)
                 return 1
         finally:
-            conn.close()
+            db.close()
         print(f"added {role} {name}")
     return 0
 

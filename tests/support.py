@@ -135,13 +135,20 @@ def add_admin(server: RunningServer, name: str = "root") -> bool:
     """An account with the server role ``admin``, made as the admin tool
     does, beside the running server."""
     from chatserver import accounts
-    from chatserver.storage import sqlite as store
 
-    conn = store.open_database(server.settings.database_path)
+    db = direct(server)
     try:
-        return accounts.add_user_now(conn, name, PASSWORD, "admin", server.settings.password_hash_cost)
+        return accounts.add_user_now(db, name, PASSWORD, "admin", server.settings.password_hash_cost)
     finally:
-        conn.close()
+        db.close()
+
+
+def direct(server: RunningServer) -> Any:
+    """The server's database opened beside it, as the admin tool opens it
+    (storage.direct): each ``run(query, *args)`` is one transaction."""
+    from chatserver.storage.direct import open_direct
+
+    return open_direct(server.settings)
 
 
 async def open_session(

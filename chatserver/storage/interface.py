@@ -47,6 +47,12 @@ CHANGES = {
 }
 
 
+class UnusableDatabase(Exception):
+    """The database cannot be served (missing where there was one,
+    damaged, unreachable, of a newer schema ...).  The message is one line
+    for the operator, naming the database and what to do."""
+
+
 class StoreClosed(Exception):
     """The storage was asked for something while it is not running."""
 

@@ -42,7 +42,15 @@ from twisted.python.threadpool import ThreadPool
 
 from chatserver.storage import queries
 from chatserver.storage.group_commit import EventLog
-from chatserver.storage.interface import Change, Changes, RoomRecord, StoreClosed, TicketKey, UserRecord
+from chatserver.storage.interface import (
+    Change,
+    Changes,
+    RoomRecord,
+    StoreClosed,
+    TicketKey,
+    UnusableDatabase,
+    UserRecord,
+)
 from chatserver.wire.channel import json_text
 
 log = Logger(namespace="chatserver.store")
@@ -125,8 +133,19 @@ def migrate(conn: Any) -> int:
     return int(current)
 
 
-class UnusableDatabase(Exception):
-    """The database cannot be served; the message is one line for the operator."""
+def open_database(url: str, password: str | None = None) -> Any:
+    """A plain connection (autocommit between ``run_now`` calls), with the
+    schema up to date: for the admin tool.  Raises UnusableDatabase."""
+    storage = PostgresStorage(url, password=password, reactor=None)
+    storage.check()
+    return storage._connect()
+
+
+def run_now(conn: Any, query: Any, *args: Any) -> Any:
+    """One query in its own transaction on a plain connection."""
+    with conn.transaction():
+        with conn.cursor() as cursor:
+            return query(PgCursor(cursor), *args)
 
 
 def describe(url: str) -> str:

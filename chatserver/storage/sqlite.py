@@ -33,6 +33,7 @@ from chatserver.storage.interface import (
     RoomRecord,
     StoreClosed,
     TicketKey,
+    UnusableDatabase,
     UserRecord,
 )
 from chatserver.storage.queries import (  # noqa: F401 (the admin tool and tests use them as sqlite.NAME)
@@ -118,12 +119,6 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
         log.info("database schema upgraded to version {version}", version=version)
         current = version
     return current
-
-
-class UnusableDatabase(Exception):
-    """The database file cannot be served: missing where there was one,
-    corrupt, truncated, or of a schema newer than this code.  The message
-    is one line for the operator, naming the file and what to do."""
 
 
 #: Next to the database: written once a database has been opened there.
