@@ -82,10 +82,17 @@ def make_settings(base: Path, **overrides: Any) -> Settings:
     if backend() == "postgres" and "database" not in overrides:
         from tests import backends
 
-        values["database"] = backends.postgres_url()  # a fresh database for each server
+        # A fresh database for each server directory; the same one again
+        # for the same directory (a restart).
+        key = str(base.resolve())
+        if key not in _POSTGRES_DATABASES:
+            _POSTGRES_DATABASES[key] = backends.postgres_url()
+        values["database"] = _POSTGRES_DATABASES[key]
     values.update(overrides)
     return Settings(**values)
 
+
+_POSTGRES_DATABASES: dict[str, str] = {}
 
 #: Which storage and hub the suite runs on: "sqlite" (the embedded default:
 #: SQLite and the in-process hub) or "postgres" (PostgreSQL and Redis,

@@ -17,7 +17,9 @@ from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ChatSession, ServerError, connect
+from chatserver import tap
 from chatserver.storage import sqlite as store
+from chatserver.storage.direct import open_direct
 from chatserver.tickets import Tickets
 from chatserver.wire import channel, crypto
 from tests.support import PASSWORD, RunningServer, add_admin, make_settings, start_server, until
@@ -377,18 +379,16 @@ class TicketKeyTests(unittest.TestCase):
         base = Path(self.mktemp())
         settings = make_settings(base)
         settings.data_path.mkdir(parents=True)
-        db = store.SqliteStorage(settings.database_path, "FULL", create=True, reactor=reactor)
-        db.check()
+        db = tap.open_storage(settings, reactor)  # SQLite or PostgreSQL, as the suite runs
         db.startService()
         self.addCleanup(db.stopService)
         tickets = Tickets(db, clock, lifetime=1000, rotation=100)
         await tickets.load()
         tickets.stop()  # the test rotates by hand
         secure = channel.SecureChannel(b"s" * 32, b"r" * 32, resumption_secret=b"m" * 32)
-        db_conn = store.open_database(settings.database_path)
+        db_conn = open_direct(settings)
         self.addCleanup(db_conn.close)
-        store.add_token(db_conn.cursor(), _hash("tok"), "alice", 0, 1 << 40)
-        db_conn.commit()
+        db_conn.run(store.add_token, _hash("tok"), "alice", 0, 1 << 40)
         old = tickets.issue(secure, "tok")
         assert old is not None
         clock.advance(150)
@@ -406,9 +406,9 @@ class TicketKeyTests(unittest.TestCase):
 
 
 def _redeemed_count(server: RunningServer) -> int:
-    conn = store.open_database(server.settings.database_path)
+    conn = open_direct(server.settings)
     try:
-        return int(conn.execute("SELECT COUNT(*) FROM redeemed_tickets").fetchone()[0])
+        return int(conn.fetch("SELECT COUNT(*) FROM redeemed_tickets")[0][0])
     finally:
         conn.close()
 

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ChatSession, ServerError
 from chatserver import accounts
-from chatserver.storage import sqlite as store
+from chatserver.storage.direct import open_direct
 from tests.support import (
     PASSWORD,
     EventQueue,
@@ -762,7 +762,7 @@ class TokenTests(Helpers):
 
     async def test_disabled_account_token_stops_working(self) -> None:
         settings = make_settings(Path(self.mktemp()))
-        conn = store.open_database(settings.database_path)
+        conn = open_direct(settings, create=True)
         try:
             accounts.add_user_now(conn, "root", PASSWORD, "admin", settings.password_hash_cost)
         finally:

@@ -25,6 +25,16 @@ class DirectDatabase:
     def run(self, query: Callable[..., Any], *args: Any) -> Any:
         return self._run_now(self.conn, query, *args)
 
+    def fetch(self, sql: str, *params: Any) -> list[Any]:
+        """The rows of one query in queries.py's spelling (for checks in
+        tests and by hand)."""
+
+        def query(cursor: Any) -> list[Any]:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+
+        return list(self.run(query))
+
     def close(self) -> None:
         self.conn.close()
 

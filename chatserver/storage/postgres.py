@@ -58,9 +58,13 @@ log = Logger(namespace="chatserver.store")
 _MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 #: The advisory lock held while migrating (any number; this one is ours).
 _MIGRATION_LOCK = 0x63686174  # "chat"
-#: Threads (and pooled connections) per process: the group commit uses one
-#: at a time; the rest serve logins, history and the like beside it.
-POOL_SIZE = 4
+#: Threads (and pooled connections) per process.  One, as SQLite has: the
+#: core relies on its queries being carried out and answered in the order
+#: it makes them (one session's requests keep their order, and no read
+#: overtakes a commit made before it; with four threads a DM's recipient
+#: check could finish out of turn and its message take a later id).  A
+#: process's parallelism is its group commit; more cores mean more workers.
+POOL_SIZE = 1
 
 
 class DatabaseUnreachable(StoreClosed):
