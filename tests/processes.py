@@ -148,10 +148,12 @@ def cli(testcase: Any, name: str, port: int, user: str, *extra: str) -> LineProc
     )
 
 
-def admin_tool(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``chatserver-admin --data-dir DATA_DIR ARGS``, run to its end."""
+def admin_tool(data_dir: Path, *args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``chatserver-admin --data-dir DATA_DIR [--database URL] ARGS``, run
+    to its end (``database``: the server's, when it is not SQLite's)."""
+    extra = ["--database", database] if database else []
     return subprocess.run(
-        [PYTHON, "-m", "chatserver.admin", "--data-dir", str(data_dir), *args],
+        [PYTHON, "-m", "chatserver.admin", "--data-dir", str(data_dir), *extra, *args],
         env=python_env(),
         capture_output=True,
         text=True,

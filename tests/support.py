@@ -105,6 +105,12 @@ def backend() -> str:
     return os.environ.get(BACKEND_ENV, "sqlite")
 
 
+def sqlite_only(why: str) -> str | None:
+    """A ``skip`` for a test about SQLite itself (its file, its locks):
+    it runs in the SQLite pass of the suite only."""
+    return f"about SQLite ({why}): runs in the SQLite pass" if backend() != "sqlite" else None
+
+
 class RunningServer:
     """A started server; ``port`` is its loopback port."""
 

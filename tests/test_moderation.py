@@ -10,7 +10,6 @@ by less than ``idle_timeout`` fires no connection deadline.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -19,7 +18,7 @@ from twisted.trial import unittest
 
 from chatclient.session import ChatSession, ServerError
 from chatserver import accounts
-from chatserver.storage import sqlite as store
+from chatserver.storage.direct import open_direct
 from tests.support import (
     PASSWORD,
     EventQueue,
@@ -50,9 +49,11 @@ async def admin_session(
 
 def audit_rows(server: RunningServer, *, skip: tuple[str, ...] = ("create",)) -> list[tuple[Any, ...]]:
     """(actor, action, room, target, detail) of the audit table, in order."""
-    conn = sqlite3.connect(str(server.settings.database_path))
+    conn = open_direct(server.settings)
     try:
-        rows = conn.execute("SELECT actor, action, room, target, detail FROM audit ORDER BY id").fetchall()
+        rows = [
+            tuple(r) for r in conn.fetch("SELECT actor, action, room, target, detail FROM audit ORDER BY id")
+        ]
     finally:
         conn.close()
     return [row for row in rows if row[1] not in skip]
@@ -516,7 +517,7 @@ class ReviewFixTests(RoomTestCase):
             self.assertEqual(error["field"], "user")
         self.assertEqual((await members(self.owner))["root"], "member")
         # ... also an admin the server has not seen log in since it started.
-        conn = store.open_database(self.server.settings.database_path)
+        conn = open_direct(self.server.settings)
         try:
             self.assertTrue(accounts.add_user_now(conn, "root2", PASSWORD, "admin", 10))
         finally:
@@ -581,10 +582,9 @@ class AuthorizationTests(RoomTestCase):
     def set_server_role(self, user: str, role: str) -> None:
         """Change an account's server role beside the running server, in
         its database file, as the admin tool does."""
-        conn = store.open_database(self.server.settings.database_path)
+        conn = open_direct(self.server.settings)
         try:
-            with conn:
-                conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, user))
+            conn.fetch("UPDATE users SET role = ? WHERE name = ? RETURNING name", role, user)
         finally:
             conn.close()
 
