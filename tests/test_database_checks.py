@@ -22,7 +22,16 @@ from chatclient.session import ServerError
 from chatserver import accounts
 from chatserver.storage import sqlite as store
 from tests.processes import LOOPBACK, TIMEOUT, LineProcess, chatserver_argv, spawn, start_twistd, stop_twistd
-from tests.support import PASSWORD, PYTHON, RunningServer, logged_in, python_env, start_server, until
+from tests.support import (
+    PASSWORD,
+    PYTHON,
+    RunningServer,
+    logged_in,
+    python_env,
+    sqlite_only,
+    start_server,
+    until,
+)
 
 NEWEST = store.migrations()[-1][0]
 
@@ -54,6 +63,8 @@ def corrupt(path: Path) -> None:
 
 
 class StartCheckTests(unittest.TestCase):
+    skip = sqlite_only("checks of the SQLite file")
+
     def setUp(self) -> None:
         # Absolute: start_twistd runs twistd in this directory.
         self.base = Path(self.mktemp()).resolve()
@@ -131,6 +142,8 @@ class StartCheckTests(unittest.TestCase):
 
 
 class AdminToolCheckTests(unittest.TestCase):
+    skip = sqlite_only("checks of the SQLite file")
+
     def admin(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         password = Path(self.mktemp())
         password.write_text(PASSWORD + "\n")
@@ -170,6 +183,8 @@ class AdminToolCheckTests(unittest.TestCase):
 
 class WatchTests(unittest.TestCase):
     """The file under a running server."""
+
+    skip = sqlite_only("checks of the SQLite file")
 
     async def check_refuses_writes_after(self, damage: str) -> None:
         server = await start_server(self)

@@ -37,6 +37,7 @@ from tests.support import (
     logged_in,
     make_settings,
     open_session,
+    sqlite_only,
     until,
 )
 
@@ -157,6 +158,8 @@ class Helpers(unittest.TestCase):
 
 class FullDatabaseTests(Helpers):
     """Every state-changing request on a full database: error, no trace."""
+
+    skip = sqlite_only("a full SQLite file")
 
     async def test_create_leaves_no_room_and_can_be_retried(self) -> None:
         server = await self.start()
@@ -364,6 +367,8 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 class DiskFullTmpfsTests(Helpers):
     """The same on a real full filesystem: a 2 MiB tmpfs, filled up."""
+
+    skip = sqlite_only("a full SQLite file")
 
     async def test_full_filesystem(self) -> None:
         mount = Path(tempfile.mkdtemp(prefix="chatserver-tmpfs-"))

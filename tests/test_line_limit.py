@@ -21,6 +21,7 @@ from twisted.trial import unittest
 
 from chatclient.session import ChatSession
 from chatserver.storage import sqlite as store
+from chatserver.storage.direct import open_direct
 from chatserver.wire import crypto
 from tests.support import PASSWORD, RunningServer, make_settings, open_session
 
@@ -37,13 +38,13 @@ def _name(rng: random.Random, length: int) -> str:
     return rng.choice("abcdefghijklmnopqrstuvwxyz") + rest
 
 
-def populate(path: Any, rng: random.Random) -> dict[str, Any]:
+def populate(settings: Any, rng: random.Random) -> dict[str, Any]:
     """A randomized database, written before the server starts (as an
     admin tool or a migration would): what it holds, for checking."""
-    conn = store.open_database(path)
+    db = open_direct(settings, create=True)
     expected: dict[str, Any] = {"rooms": {}, "events": {}}
-    with conn:
-        cur = conn.cursor()
+
+    def fill(cur: Any) -> None:
         store.add_user(cur, "root", crypto.hash_password(PASSWORD, 10), "admin")
         for r in range(rng.randint(1, 300)):
             room = f"{_name(rng, rng.randint(1, 28))}{r}"
@@ -75,7 +76,11 @@ def populate(path: Any, rng: random.Random) -> dict[str, Any]:
             rows.append((stream, i, 0, json.dumps(event, ensure_ascii=False, separators=(",", ":"))))
         store.append_events(cur, rows)
         expected["events"][stream] = count
-    conn.close()
+
+    try:
+        db.run(fill)
+    finally:
+        db.close()
     return expected
 
 
@@ -103,7 +108,7 @@ class LineLimitTests(unittest.TestCase):
         base = self.mktemp()
         settings = make_settings(Path(base))
         settings.data_path.mkdir(parents=True, exist_ok=True)
-        expected = populate(settings.database_path, rng)
+        expected = populate(settings, rng)
         server = RunningServer(settings)
         await server.start()
         try:

@@ -19,7 +19,16 @@ from chatclient.session import ServerError
 from chatserver import accounts
 from chatserver.storage import sqlite as store
 from chatserver.wire import crypto
-from tests.support import PASSWORD, ROOT, EventQueue, RunningServer, logged_in, make_settings, open_session
+from tests.support import (
+    PASSWORD,
+    ROOT,
+    EventQueue,
+    RunningServer,
+    logged_in,
+    make_settings,
+    open_session,
+    sqlite_only,
+)
 
 SCHEMA_DIR = ROOT / "chatserver" / "schema"
 VERSIONS = sorted(
@@ -180,6 +189,8 @@ def exercise_newest(test: unittest.TestCase, conn: sqlite3.Connection) -> None:
 
 
 class FreshDatabaseTests(unittest.TestCase):
+    skip = sqlite_only("SQLite's migrations")
+
     def test_schema_files_are_numbered_from_one_without_gaps(self) -> None:
         self.assertEqual(VERSIONS, list(range(1, NEWEST + 1)))
         self.assertEqual([v for v, _ in store.migrations()], VERSIONS)
@@ -223,6 +234,8 @@ class FreshDatabaseTests(unittest.TestCase):
 
 
 class UpgradeTests(unittest.TestCase):
+    skip = sqlite_only("SQLite's migrations")
+
     def test_upgrade_from_every_earlier_version(self) -> None:
         for version in range(0, NEWEST):
             with self.subTest(version=version):
@@ -257,6 +270,8 @@ class UpgradeTests(unittest.TestCase):
 class FailedMigrationTests(unittest.TestCase):
     """Migration 2 fails at its last table because a table of that name
     was made by hand: after all its other tables were created."""
+
+    skip = sqlite_only("SQLite's migrations")
 
     def make_conflict(self) -> tuple[Path, sqlite3.Connection]:
         path = Path(self.mktemp())
@@ -302,6 +317,8 @@ class FailedMigrationTests(unittest.TestCase):
 
 
 class ServerOnOldDatabaseTests(unittest.TestCase):
+    skip = sqlite_only("SQLite's migrations")
+
     async def test_server_starts_on_a_version_1_database(self) -> None:
         settings = make_settings(Path(self.mktemp()))
         settings.data_path.mkdir(parents=True)
