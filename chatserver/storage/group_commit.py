@@ -187,3 +187,22 @@ class EventLog:
         d: Deferred[None] = Deferred()
         self._idle_waiters.append(d)
         return d
+
+
+class EventLogMethods:
+    """The four ``Storage`` methods that are the event log's, for a
+    storage whose ``events`` is an :class:`EventLog`."""
+
+    events: EventLog
+
+    def append(self, event: dict[str, Any], changes: Changes = ()) -> Deferred[str]:
+        return self.events.append(event, changes)
+
+    def write(self, changes: Changes) -> Deferred[None]:
+        return self.events.write(changes)
+
+    def note(self, key: Any, change: Change) -> None:
+        self.events.note(key, change)
+
+    def idle(self) -> Deferred[None]:
+        return self.events.idle()

@@ -41,10 +41,9 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from chatserver.storage import queries
-from chatserver.storage.group_commit import EventLog
+from chatserver.storage.group_commit import EventLog, EventLogMethods
 from chatserver.storage.interface import (
     Change,
-    Changes,
     RoomRecord,
     StoreClosed,
     TicketKey,
@@ -197,7 +196,7 @@ def commit_events(
     return placed
 
 
-class PostgresStorage(Service):
+class PostgresStorage(EventLogMethods, Service):
     """``Storage`` on a PostgreSQL database shared by any number of processes."""
 
     name = "store"
@@ -362,18 +361,6 @@ class PostgresStorage(Service):
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
         return self.run(queries.is_welcomed, name)
-
-    def append(self, event: dict[str, Any], changes: Changes = ()) -> Deferred[str]:
-        return self.events.append(event, changes)
-
-    def write(self, changes: Changes) -> Deferred[None]:
-        return self.events.write(changes)
-
-    def note(self, key: Any, change: Change) -> None:
-        self.events.note(key, change)
-
-    def idle(self) -> Deferred[None]:
-        return self.events.idle()
 
     def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
         return self.run(queries.history, stream, after, before, limit)

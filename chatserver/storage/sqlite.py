@@ -24,10 +24,9 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from chatserver.storage.group_commit import EventLog, Row
+from chatserver.storage.group_commit import EventLog, EventLogMethods, Row
 from chatserver.storage.interface import (
     Change,
-    Changes,
     DatabaseLost,
     InviteRecord,
     RoomRecord,
@@ -244,7 +243,7 @@ def _file_id(path: Path) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-class SqliteStorage(Service):
+class SqliteStorage(EventLogMethods, Service):
     """``Storage`` on one SQLite file: checked and migrated at start, one
     writer thread with group commit (group_commit.py), point reads in the
     event loop when that thread is idle (``read``), and watched: if the file is deleted or replaced while the
@@ -484,18 +483,6 @@ class SqliteStorage(Service):
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
         return self.read(is_welcomed, name)
-
-    def append(self, event: dict[str, Any], changes: Changes = ()) -> Deferred[str]:
-        return self.events.append(event, changes)
-
-    def write(self, changes: Changes) -> Deferred[None]:
-        return self.events.write(changes)
-
-    def note(self, key: Any, change: Change) -> None:
-        self.events.note(key, change)
-
-    def idle(self) -> Deferred[None]:
-        return self.events.idle()
 
     def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
         # Not ``read``: a page is larger than a lookup, and a flood of
