@@ -74,26 +74,21 @@ class Options(usage.Options):
 def open_storage(settings: Settings, reactor: Any) -> Any:
     """The storage the settings name, checked (and migrated) now, so that
     a bad or unreachable database stops the start with one line."""
-    if settings.uses_postgres:
-        from chatserver.storage import postgres
-
-        try:
-            password = settings.database_password()
-        except ConfigError as e:
-            raise SystemExit(f"chatserver: {e}") from None
-        pg = postgres.PostgresStorage(settings.database, password=password, reactor=reactor)
-        try:
-            pg.check()
-        except postgres.UnusableDatabase as e:
-            raise SystemExit(f"chatserver: {e}") from None
-        return pg
-    # A missing database is created only in a directory that never held
-    # one.
-    db = settings.database_path
-    store = SqliteStorage(db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor)
     try:
+        if settings.uses_postgres:
+            from chatserver.storage.postgres import PostgresStorage
+
+            store: Any = PostgresStorage(
+                settings.database, password=settings.database_password(), reactor=reactor
+            )
+        else:
+            # A missing database is created only in a directory that never held one.
+            db = settings.database_path
+            store = SqliteStorage(
+                db, settings.synchronous.upper(), create=not had_database(db), reactor=reactor
+            )
         store.check()
-    except UnusableDatabase as e:
+    except (UnusableDatabase, ConfigError) as e:
         raise SystemExit(f"chatserver: {e}") from None
     return store
 

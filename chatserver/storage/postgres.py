@@ -28,7 +28,6 @@ together migrate once.
 
 from __future__ import annotations
 
-import importlib.resources
 import re
 import urllib.parse
 from functools import lru_cache
@@ -40,6 +39,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from chatserver import schema
 from chatserver.storage import queries
 from chatserver.storage.group_commit import EventLog, EventLogMethods
 from chatserver.storage.interface import (
@@ -54,7 +54,6 @@ from chatserver.wire.channel import json_text
 
 log = Logger(namespace="chatserver.store")
 
-_MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
 #: The advisory lock held while migrating (any number; this one is ours).
 _MIGRATION_LOCK = 0x63686174  # "chat"
 #: Threads (and pooled connections) per process.  One, as SQLite has: the
@@ -104,15 +103,6 @@ class PgCursor:
         return int(self._cursor.rowcount)
 
 
-def migrations() -> list[tuple[int, str]]:
-    found = []
-    for entry in importlib.resources.files("chatserver.schema.postgres").iterdir():
-        match = _MIGRATION_NAME.fullmatch(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
 def migrate(conn: Any) -> int:
     """Bring the database's schema up to date; the version it ends at.
     ``conn``: a psycopg connection (not in a transaction)."""
@@ -120,13 +110,14 @@ def migrate(conn: Any) -> int:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
         current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-        newest = migrations()[-1][0]
+        files = schema.numbered("chatserver.schema.postgres")
+        newest = files[-1][0]
         if current > newest:
             raise UnusableDatabase(
                 f"the database has schema version {current}, newer than this chatserver knows "
                 f"(up to {newest}): run the chatserver release that upgraded it"
             )
-        for version, sql in migrations():
+        for version, sql in files:
             if version <= current:
                 continue
             conn.execute(sql)

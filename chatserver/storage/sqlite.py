@@ -10,9 +10,7 @@ cursor.
 
 from __future__ import annotations
 
-import importlib.resources
 import os
-import re
 import sqlite3
 import urllib.parse
 from pathlib import Path
@@ -24,6 +22,7 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from chatserver import schema
 from chatserver.storage.group_commit import EventLog, EventLogMethods, Row
 from chatserver.storage.interface import (
     Change,
@@ -78,18 +77,10 @@ __all__ = ["DatabaseLost", "InviteRecord", "RoomRecord", "StoreClosed", "UserRec
 
 log = Logger(namespace="chatserver.store")
 
-_MIGRATION_NAME = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
-
 
 def migrations() -> list[tuple[int, str]]:
     """(version, SQL) for every schema file, in order."""
-    found = []
-    for entry in importlib.resources.files("chatserver.schema").iterdir():
-        match = _MIGRATION_NAME.fullmatch(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    found.sort()
-    return found
+    return schema.numbered("chatserver.schema")
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
