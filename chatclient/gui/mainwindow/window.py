@@ -66,13 +66,11 @@ class MainWindow(QMainWindow):
         self.roster = Roster(bridge, self.model, self._show_members, self.report)
         self.my_room_role: str | None = None
         self.stats_dock: StatsDock | None = None
-        self.closing = False
         #: This window's notices per conversation: (newest id then, HTML).
         self.notes: dict[str, list[tuple[int, str]]] = {}
         #: Messages whose send was cut off by a dropped connection,
         #: settled once back online and caught up (rules.SendRecovery).
         self.unconfirmed = rules.SendRecovery()
-        self.fingerprint: str | None = None
         #: Called when the user closes the window (the app ends).
         self.closed_callback: Callable[[], Any] | None = None
         #: Called after a logout (the app offers to connect again).
@@ -173,9 +171,14 @@ class MainWindow(QMainWindow):
         self.stats_action = action(view, "Server &statistics", "Ctrl+Shift+S", self.toggle_stats)
         self.stats_action.setEnabled(False)
 
+    @property
+    def closing(self) -> bool:
+        """The window is going away: nothing more is drawn (nor reaches it
+        through the bridge)."""
+        return self.bridge.closed
+
     def shut_down(self) -> None:
         """No more drawing: the window is going away."""
-        self.closing = True
         self.bridge.shut_down()
         self.status.stop_countdown()
         self._presence.stop()
@@ -189,8 +192,7 @@ class MainWindow(QMainWindow):
             return
         if state == "online":
             self.status.stop_countdown()
-            self.fingerprint = self.bridge.fingerprint
-            self.status.show_fingerprint(self.fingerprint)
+            self.status.show_fingerprint(self.bridge.fingerprint)
             self.online(detail or {})
         elif state == "reconnecting":
             if self.stats_dock is not None:
