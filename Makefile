@@ -23,8 +23,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= chatserver
 
+# The whole suite twice: on SQLite with the in-process hub, then on
+# PostgreSQL with Redis (servers the harness starts and stops itself);
+# e.g. make test BACKENDS=sqlite for the first pass only.
+BACKENDS ?= sqlite,postgres
 test: $(VENV)/.installed-test
-	$(PY) tools/run_trial.py -j $(TRIAL_JOBS) $(TESTS)
+	$(PY) tools/run_trial.py --backends=$(BACKENDS) -j $(TRIAL_JOBS) $(TESTS)
 
 # The property tests for long, in process and against a real twistd
 # (tools/fuzz.py): FUZZ_EXAMPLES per property, each cut off after

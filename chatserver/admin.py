@@ -3,6 +3,7 @@
     chatserver-admin [--config FILE | --data-dir DIR] [--create] add-user NAME [--admin] [--password-file F]
     chatserver-admin [...] invite [--count N] [--expires DURATION]
     chatserver-admin [...] invite --list | --revoke CODE | --revoke-id ID
+    chatserver-admin [...] migrate-store --to postgresql://HOST/DB [--to-password-file F]
 
 It opens the same database as the server ([store] database: SQLite, whose
 WAL mode lets it do so while the server runs, or PostgreSQL), checks it as
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from chatserver import accounts
-from chatserver.config import ConfigError, load_settings
+from chatserver.config import PASSWORD_ENV, POSTGRES_SCHEMES, ConfigError, check_database_url, load_settings
 from chatserver.storage import queries
 from chatserver.storage.direct import DirectDatabase, UnusableDatabase, open_direct
 from chatserver.wire import validation
@@ -62,6 +64,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--expires",
         default=None,
         help="how long the codes are valid: a number of seconds or e.g. 30m, 12h, 7d, 2w (default 7d)",
+    )
+    move = sub.add_parser(
+        "migrate-store",
+        help="copy the server's SQLite database into an empty PostgreSQL database (the server stopped)",
+    )
+    move.add_argument("--to", required=True, metavar="URL", help="postgresql://[USER@]HOST[:PORT]/DATABASE")
+    move.add_argument(
+        "--to-password-file",
+        type=Path,
+        help=f"read the target's password from this file (else ${PASSWORD_ENV}, else none)",
     )
     return p.parse_args(argv)
 
@@ -170,6 +182,39 @@ def _open_database(settings: Any, create: bool) -> DirectDatabase | None:
         return None
 
 
+def migrate_store(args: argparse.Namespace, settings: Any) -> int:
+    from chatserver.storage.migrate_store import MigrationRefused, migrate_store
+
+    try:
+        if not args.to.startswith(POSTGRES_SCHEMES):
+            raise ConfigError("--to must be a postgresql:// URL")
+        check_database_url(args.to, "--to")
+        if args.to_password_file is not None:
+            try:
+                password: str | None = args.to_password_file.read_text(encoding="utf-8").strip("\r\n")
+            except OSError as e:
+                raise ConfigError(f"--to-password-file {args.to_password_file}: {e.strerror}") from None
+        else:
+            password = os.environ.get(PASSWORD_ENV)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        copied, target = migrate_store(settings, args.to, password)
+    except (MigrationRefused, UnusableDatabase) as e:
+        print(f"error: {e}; nothing was copied", file=sys.stderr)
+        return 1
+    for table, count in sorted(copied.rows.items()):
+        print(f"{table}\t{count}")
+    print(
+        f"copied {settings.database_path} into {target}: {copied.events} events in {copied.streams} "
+        "streams, every table's count and every stream's last id checked. "
+        f"To use it, set [store] database = {target} (the password in password_file) and start the server.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -177,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command == "migrate-store":
+        return migrate_store(args, settings)
     if args.command == "invite":
         try:
             if (args.list or args.revoke is not None or args.revoke_id is not None) and (

@@ -329,6 +329,12 @@ def _database(text: str) -> str:
     raise ValueError("must be sqlite:PATH or a postgresql://HOST/DATABASE URL")
 
 
+def check_database_url(text: str, where: str) -> str:
+    """``text`` as a database URL, or ConfigError naming ``where`` (and
+    never quoting a password)."""
+    return str(_parse(_database, text, where))
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")

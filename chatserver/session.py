@@ -26,7 +26,7 @@ from chatserver.config import Settings
 from chatserver.metrics import Metrics
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.ratelimit import network_prefix
-from chatserver.storage.interface import DatabaseLost, StoreClosed
+from chatserver.storage.interface import DatabaseLost, DatabaseUnreachable, StoreClosed
 from chatserver.tickets import Tickets
 from chatserver.wire import channel, safetext
 from chatserver.wire.errors import Refused
@@ -49,8 +49,9 @@ RATE_LIMITED = {
 #: Failures that are no fault of the request: the client may try again.
 _TRY_AGAIN = {
     Busy: ("busy", "server busy; try again"),
-    # Before StoreClosed, which it is a kind of: the first match wins.
+    # Before StoreClosed, which they are kinds of: the first match wins.
     DatabaseLost: ("unavailable", "database unavailable; try again later"),
+    DatabaseUnreachable: ("unavailable", "database unreachable; try again"),
     StoreClosed: ("unavailable", "server shutting down; try again"),
 }
 
@@ -305,7 +306,16 @@ class Session:
             return failure.value.event(kind)
         for error, (code, message) in _TRY_AGAIN.items():
             if failure.check(error):
-                return {"type": "error", "code": code, "message": message, "request": kind, "retry_after": 1}
+                # The storage may know better when to come back (a
+                # database server restarting); one second otherwise.
+                wait = getattr(failure.value, "retry_after", 1)
+                return {
+                    "type": "error",
+                    "code": code,
+                    "message": message,
+                    "request": kind,
+                    "retry_after": wait,
+                }
         log.failure("{kind} failed for {peer}", failure, kind=safetext.log_text(kind), peer=self.peer)
         return {"type": "error", "code": "internal_error", "message": "internal error", "request": kind}
 

@@ -111,6 +111,13 @@ def sqlite_only(why: str) -> str | None:
     return f"about SQLite ({why}): runs in the SQLite pass" if backend() != "sqlite" else None
 
 
+def postgres_only(why: str) -> str | None:
+    """A ``skip`` for a test that needs PostgreSQL whatever the pass (a
+    copy into it, several writers): it runs in the PostgreSQL pass only,
+    on the cluster that pass starts."""
+    return f"about PostgreSQL ({why}): runs in the PostgreSQL pass" if backend() != "postgres" else None
+
+
 class RunningServer:
     """A started server; ``port`` is its loopback port."""
 

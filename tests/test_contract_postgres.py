@@ -9,10 +9,11 @@ from twisted.trial import unittest
 from chatserver.storage.interface import Storage
 from tests import backends
 from tests.contract_storage import StorageContract, _event
+from tests.support import postgres_only
 
 
 class PostgresStorageContractTests(StorageContract, unittest.TestCase):
-    skip = backends.missing()
+    skip = backends.missing() or postgres_only("PostgreSQL itself")
 
     def _new(self, url: str) -> Storage:
         from chatserver.storage.postgres import PostgresStorage

@@ -10,11 +10,11 @@ from twisted.trial import unittest
 from chatclient.session import connect
 from tests import backends
 from tests.processes import start_twistd, stop_twistd
-from tests.support import PASSWORD, install_identity
+from tests.support import PASSWORD, install_identity, postgres_only
 
 
 class PostgresServerTests(unittest.TestCase):
-    skip = backends.missing()
+    skip = backends.missing() or postgres_only("PostgreSQL itself")
 
     async def session(self, port: int) -> object:
         session = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fingerprint: True)

@@ -62,6 +62,15 @@ class DatabaseLost(StoreClosed):
     replaced): nothing more may be acknowledged into it."""
 
 
+class DatabaseUnreachable(StoreClosed):
+    """A database server did not answer (down, restarting, or the network
+    between): this request failed, and nothing of it was acknowledged, but
+    the next one may succeed.  ``retry_after``: seconds a client should
+    wait before trying again."""
+
+    retry_after = 2.0
+
+
 @dataclasses.dataclass(frozen=True)
 class UserRecord:
     name: str

@@ -42,8 +42,9 @@ from twisted.python.threadpool import ThreadPool
 from chatserver import schema
 from chatserver.storage import queries
 from chatserver.storage.group_commit import EventLog, EventLogMethods
-from chatserver.storage.interface import (
+from chatserver.storage.interface import (  # noqa: F401 (DatabaseUnreachable: raised here, for callers)
     Change,
+    DatabaseUnreachable,
     RoomRecord,
     StoreClosed,
     TicketKey,
@@ -56,18 +57,9 @@ log = Logger(namespace="chatserver.store")
 
 #: The advisory lock held while migrating (any number; this one is ours).
 _MIGRATION_LOCK = 0x63686174  # "chat"
-#: Threads (and pooled connections) per process.  One, as SQLite has: the
-#: core relies on its queries being carried out and answered in the order
-#: it makes them (one session's requests keep their order, and no read
-#: overtakes a commit made before it; with four threads a DM's recipient
-#: check could finish out of turn and its message take a later id).  A
-#: process's parallelism is its group commit; more cores mean more workers.
-POOL_SIZE = 1
-
-
-class DatabaseUnreachable(StoreClosed):
-    """PostgreSQL did not answer (down, restarting, or the network): the
-    request is refused as ``unavailable`` and may be retried."""
+#: Seconds to wait for a pooled connection (or a new one) before a request
+#: is refused as ``unavailable``: short, since a client waits behind it.
+CONNECT_TIMEOUT = 2.0
 
 
 @lru_cache(maxsize=None)
@@ -188,7 +180,21 @@ def commit_events(
 
 
 class PostgresStorage(EventLogMethods, Service):
-    """``Storage`` on a PostgreSQL database shared by any number of processes."""
+    """``Storage`` on a PostgreSQL database shared by any number of processes.
+
+    Two connections, each with one thread: the **writer** carries out
+    every query that changes something, the group commits among them, and
+    the **reader** the lookups and history pages.  Each thread takes its
+    queries in the order they are made, so the core sees its writes done
+    in order, and its reads answered in order (one session's DM checks,
+    say, keep their turn).  A read never overtakes a write made before it:
+    if a write is still waiting for the writer, the read waits for that
+    write to be answered and only then goes to the reader, so it sees
+    everything the core has been told is done.  A write may overtake an
+    earlier read, which is then as if it had been made a moment later.
+    So a flood of history requests keeps the reader busy and never stands
+    between another user's message and its commit.
+    """
 
     name = "store"
 
@@ -199,18 +205,24 @@ class PostgresStorage(EventLogMethods, Service):
         reactor: Any,
         password: str | None = None,
         metrics: Any = None,
-        pool_size: int = POOL_SIZE,
     ) -> None:
         #: Never with a password in it (it goes into messages as it is).
         self.url = url
-        self._connect_args: dict[str, Any] = {"options": "-c synchronous_commit=on"}
+        self._connect_args: dict[str, Any] = {
+            "options": "-c synchronous_commit=on",
+            "connect_timeout": max(1, round(CONNECT_TIMEOUT)),
+        }
         if password is not None:
             self._connect_args["password"] = password
         self.reactor = reactor
-        self.pool_size = pool_size
         self.pool: Any = None
+        self.read_pool: Any = None
         self.checked = False
-        self.threads: ThreadPool | None = None
+        self.writer: ThreadPool | None = None
+        self.reader: ThreadPool | None = None
+        #: The reads waiting for the last write made so far (a fresh list
+        #: per write), or None when no write is outstanding.
+        self._after_last_write: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] | None = None
         self.events = EventLog(self._commit_events, reactor, metrics, ids_in_commit=True)
 
     def _connect(self) -> Any:
@@ -241,39 +253,54 @@ class PostgresStorage(EventLogMethods, Service):
             raise UnusableDatabase(f"cannot use database {describe(self.url)}: {first}") from None
 
     def startService(self) -> None:
-        from psycopg_pool import ConnectionPool
-
         if not self.checked:
             self.check()
-        self.pool = ConnectionPool(
+        # One connection per thread, each in a pool of its own, which
+        # drops a connection that broke (the server restarted) when it is
+        # given back and opens a new one in the background.  The reader's
+        # connection is in autocommit: its queries are single statements
+        # (or independent ones), each its own snapshot, and a transaction
+        # around them would cost two more round trips each.
+        self.pool = self._pool("writer", {})
+        self.read_pool = self._pool("reader", {"autocommit": True})
+        self.writer = ThreadPool(minthreads=1, maxthreads=1, name="chatserver-postgres-writer")
+        self.reader = ThreadPool(minthreads=1, maxthreads=1, name="chatserver-postgres-reader")
+        self.writer.start()
+        self.reader.start()
+        super().startService()
+
+    def _pool(self, role: str, extra: dict[str, Any]) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        return ConnectionPool(
             self.url,
             min_size=1,
-            max_size=self.pool_size,
-            kwargs=self._connect_args,
-            timeout=10.0,
+            max_size=1,
+            kwargs={**self._connect_args, **extra},
+            timeout=CONNECT_TIMEOUT,
+            reconnect_timeout=float("inf"),  # keep trying while the server runs
             open=True,
-            name="chatserver",
+            name=f"chatserver-{role}",
         )
-        self.threads = ThreadPool(minthreads=1, maxthreads=self.pool_size, name="chatserver-postgres")
-        self.threads.start()
-        super().startService()
 
     def stopService(self) -> None:
         super().stopService()
-        if self.threads is not None:
-            self.threads.stop()
-            self.threads = None
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        for threads_ in (self.writer, self.reader):
+            if threads_ is not None:
+                threads_.stop()
+        self.writer = self.reader = None
+        for pool in (self.pool, self.read_pool):
+            if pool is not None:
+                pool.close()
+        self.pool = self.read_pool = None
 
-    def _interaction(self, query: Any, args: tuple[Any, ...]) -> Any:
-        # In a pool thread: one transaction, committed by the connection
-        # context when the query returns, rolled back if it raises.
+    def _interaction(self, pool: Any, query: Any, args: tuple[Any, ...]) -> Any:
+        # In a store thread.  On the writer: one transaction, committed by
+        # the connection context when the query returns, rolled back if it
+        # raises.  On the reader: each statement on its own.
         import psycopg
         import psycopg_pool
 
-        pool = self.pool
         if pool is None:
             raise StoreClosed("the store is not running")
         try:
@@ -281,12 +308,44 @@ class PostgresStorage(EventLogMethods, Service):
                 with conn.cursor() as cursor:
                     return query(PgCursor(cursor), *args)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
-            raise DatabaseUnreachable(f"database {describe(self.url)} is unreachable: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatabaseUnreachable(f"database {describe(self.url)} is unreachable: {first}") from None
 
     def run(self, query: Any, *args: Any) -> Deferred[Any]:
-        if self.threads is None:
+        """A query that may write, on the writer, after every earlier one."""
+        if self.writer is None:
             return defer.fail(StoreClosed("the store is not running"))
-        return threads.deferToThreadPool(self.reactor, self.threads, self._interaction, query, args)
+        waiting: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+        self._after_last_write = waiting
+
+        def answered(result: Any) -> Any:
+            if self._after_last_write is waiting:
+                self._after_last_write = None
+            for query_, args_, d in waiting:
+                self._read_now(query_, args_).chainDeferred(d)
+            return result
+
+        d = threads.deferToThreadPool(self.reactor, self.writer, self._interaction, self.pool, query, args)
+        d.addBoth(answered)
+        return d
+
+    def read(self, query: Any, *args: Any) -> Deferred[Any]:
+        """A query that only reads, on the reader, once every write made
+        before it has been answered."""
+        if self.reader is None:
+            return defer.fail(StoreClosed("the store is not running"))
+        if self._after_last_write is None:
+            return self._read_now(query, args)
+        d: Deferred[Any] = Deferred()
+        self._after_last_write.append((query, args, d))
+        return d
+
+    def _read_now(self, query: Any, args: tuple[Any, ...]) -> Deferred[Any]:
+        if self.reader is None:
+            return defer.fail(StoreClosed("the store is not running"))
+        return threads.deferToThreadPool(
+            self.reactor, self.reader, self._interaction, self.read_pool, query, args
+        )
 
     def _commit_events(
         self, events: list[dict[str, Any]], changes: list[Change], notes: list[Change]
@@ -296,10 +355,10 @@ class PostgresStorage(EventLogMethods, Service):
     # --- Storage -------------------------------------------------------------
 
     def get_user(self, name: str) -> Deferred[UserRecord | None]:
-        return self.run(queries.get_user, name)
+        return self.read(queries.get_user, name)
 
     def user_exists(self, name: str) -> Deferred[bool]:
-        return self.run(queries.user_exists, name)
+        return self.read(queries.user_exists, name)
 
     def add_user(self, name: str, password_hash: str, role: str) -> Deferred[bool]:
         return self.run(queries.add_user, name, password_hash, role)
@@ -316,7 +375,7 @@ class PostgresStorage(EventLogMethods, Service):
         return self.run(queries.add_token, token_hash, user, now, expires_at)
 
     def token_account(self, token_hash: str, now: int) -> Deferred[UserRecord | None]:
-        return self.run(queries.token_account, token_hash, now)
+        return self.read(queries.token_account, token_hash, now)
 
     def revoke_token(self, token_hash: str) -> Deferred[None]:
         return self.run(queries.revoke_tokens, None, token_hash)
@@ -330,7 +389,7 @@ class PostgresStorage(EventLogMethods, Service):
     def ticket_state(
         self, ticket_hash: bytes, token_hash: str, now: int
     ) -> Deferred[tuple[UserRecord | None, bool]]:
-        return self.run(queries.ticket_state, ticket_hash, token_hash, now)
+        return self.read(queries.ticket_state, ticket_hash, token_hash, now)
 
     def add_redeemed_tickets(self, rows: list[tuple[bytes, int]]) -> Deferred[None]:
         return self.run(queries.add_redeemed_tickets, rows)
@@ -351,7 +410,7 @@ class PostgresStorage(EventLogMethods, Service):
         return self.run(queries.load_welcomed)
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
-        return self.run(queries.is_welcomed, name)
+        return self.read(queries.is_welcomed, name)
 
     def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
-        return self.run(queries.history, stream, after, before, limit)
+        return self.read(queries.history, stream, after, before, limit)

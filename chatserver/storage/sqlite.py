@@ -10,6 +10,7 @@ cursor.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import urllib.parse
@@ -140,6 +141,60 @@ def newest_version() -> int:
     return migrations()[-1][0]
 
 
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+class ServerLock:
+    """An exclusive ``flock`` on ``<database>.lock``, held by whatever must
+    have the database to itself: a running server, ``migrate-store``.
+    The kernel drops it when its holder's process ends, however it ends,
+    so a crash leaves nothing stale.  The file says who holds it."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        self.database = path
+        self.path = lock_path(path)
+        self.holder = holder
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises UnusableDatabase if another process holds it."""
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise UnusableDatabase(f"cannot open {self.path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UnusableDatabase(
+                f"database {self.database} is in use by {other}: stop that first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.holder} (pid {os.getpid()})\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> ServerLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_for_server(path: Path, holder: str) -> ServerLock:
+    return ServerLock(path, holder)
+
+
 def open_database(path: Path, create: bool = True) -> sqlite3.Connection:
     """A plain connection, checked, with the schema up to date (start-up,
     admin tool).  Without ``create``, a missing (or empty) file is refused
@@ -263,12 +318,17 @@ class SqliteStorage(EventLogMethods, Service):
         #: The event loop's own connection, for ``read`` (opened on first use).
         self._reader: sqlite3.Connection | None = None
         self.events = EventLog(self._run_batch, reactor, metrics)
+        #: One server per database: a second one would hand out the same ids.
+        self._lock = ServerLock(path, "a chatserver")
 
     def check(self) -> None:
         """Check (and migrate) the database; raises UnusableDatabase.  Done
         at start-up, before anything listens or writes (see tap)."""
         conn = open_database(self.path, create=self.create)
         try:
+            # After the file is known good (a missing one stays a clear
+            # "missing"); before anything is written into it.
+            self._lock.acquire()
             self._file = _file_id(self.path)
             # Where each stream's ids go on: nothing appends before this.
             self.events.heads = load_stream_ids(conn.cursor())
@@ -305,6 +365,7 @@ class SqliteStorage(EventLogMethods, Service):
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        self._lock.release()
 
     def _opened(self, conn: Any) -> None:
         # In the database thread, on the (new) connection.
