@@ -1,12 +1,13 @@
 """The chat core over its two interfaces, as two processes would use them.
 
-Two ``ChatService`` cores, each with its own ``SqliteStorage`` on one
-database file and its own ``LocalHub`` on one bus, stand for two server
-processes.  (Only one of them writes events here: with SQLite, each
-storage would number streams on its own.  Several writers need the
-PostgreSQL storage of the next issue.)  What one core commits reaches the
-members connected to the other, and a room change made on one is seen by
-the other after the hub's invalidation.
+Two ``ChatService`` cores, each with its own hub, stand for two server
+processes on one database.  In the SQLite pass they share one
+``SqliteStorage`` (one server per SQLite file: the file is locked) and
+their hubs one ``LocalBus``; in the PostgreSQL pass each has its own
+``PostgresStorage`` on one database.  (Only the first core writes events
+here.)  What one core commits reaches the members connected to the
+other, and a room change made on one is seen by the other after the
+hub's invalidation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.trial import unittest
 from chatserver.chat import ChatService
 from chatserver.hub.local import LocalBus, LocalHub
 from chatserver.storage.sqlite import SqliteStorage
-from tests.support import until
+from tests.support import backend, until
 
 
 class Member:
@@ -42,17 +43,13 @@ class Member:
 
 class TwoCoresTests(unittest.TestCase):
     async def setUp(self) -> None:
-        path = Path(self.mktemp()) / "chat.sqlite3"
-        path.parent.mkdir()
         self.clock = task.Clock()
         bus = LocalBus()
         self.cores = []
-        for name in ("p1", "p2"):
-            storage = SqliteStorage(path, "NORMAL", create=True, reactor=reactor)
-            storage.startService()
-            self.addCleanup(storage.stopService)
-            for user in ("alice", "bob", "carol"):
-                await storage.add_user(user, "not a hash", "user")
+        storages = self.storages()
+        for user in ("alice", "bob", "carol"):
+            await storages[0].add_user(user, "not a hash", "user")
+        for name, storage in zip(("p1", "p2"), storages, strict=True):
             core = ChatService(storage, LocalHub(storage.history, bus, name=name), self.clock)
             await core.load()
             self.cores.append(core)
@@ -65,6 +62,23 @@ class TwoCoresTests(unittest.TestCase):
             await one.connect(member)
             one.disconnect(member)
         await until(lambda: set(two.rooms["lobby"].members) == {"alice", "bob", "carol"})
+
+    def storages(self) -> list[Any]:
+        """Each core's storage (started, stopped at cleanup)."""
+        if backend() == "postgres":
+            from chatserver.storage.postgres import PostgresStorage
+            from tests import backends
+
+            url = backends.postgres_url()
+            made: list[Any] = [PostgresStorage(url, reactor=reactor) for _ in range(2)]
+        else:
+            path = Path(self.mktemp()) / "chat.sqlite3"
+            path.parent.mkdir()
+            made = [SqliteStorage(path, "NORMAL", create=True, reactor=reactor)]
+        for storage in made:
+            storage.startService()
+            self.addCleanup(storage.stopService)
+        return made * (2 // len(made))
 
     async def test_a_message_committed_by_one_reaches_members_on_the_other(self) -> None:
         one, two = self.cores

@@ -522,8 +522,8 @@ class ReviewFixTests(RoomTestCase):
             self.assertTrue(accounts.add_user_now(conn, "root2", PASSWORD, "admin", 10))
         finally:
             conn.close()
+        await self.server.stop()  # first: a second server on the database is refused
         restarted = RunningServer(self.server.settings)
-        await self.server.stop()
         await restarted.start()
         self.addCleanup(restarted.stop)
         owner = await logged_in(self, restarted, "olivia", register=False)
@@ -563,8 +563,8 @@ class ReviewFixTests(RoomTestCase):
         self.assertEqual(await members(self.bob), {"bob": "member", "carol": "owner"})
         # The new owner has the owner's powers, and keeps them after a restart.
         await moderate(self.carol, "op", "bob")
+        await self.server.stop()  # first: a second server on the database is refused
         restarted = RunningServer(self.server.settings)
-        await self.server.stop()
         await restarted.start()
         self.addCleanup(restarted.stop)
         carol = await logged_in(self, restarted, "carol", register=False)
