@@ -163,6 +163,9 @@ class ChatService:
         self.dms: dict[str, dict[str, tuple[str, int]]] = {}  # user -> peer -> (stream, delivered)
         self.online: dict[str, dict[Member, None]] = {}
         self._syncing: dict[Member, set[str]] = {}  # DM streams still being pushed to a connection
+        #: Streams whose following has not yet been confirmed by the hub
+        #: (a shared hub reads where each stream is), and who waits for it.
+        self._following: dict[str, list[Deferred[None]]] = {}
 
     # --- start-up -----------------------------------------------------------
 
@@ -311,8 +314,37 @@ class ChatService:
     def _enter(self, room: Room, conn: Member) -> None:
         """``conn`` gets ``room``'s events from now on."""
         if not room.online:
-            self.hub.follow(room.stream)
+            self._follow(room.stream)
         room.online[conn] = None
+
+    def _follow(self, stream: str) -> None:
+        waiters: list[Deferred[None]] = []
+        self._following[stream] = waiters
+
+        def followed(position: int | None) -> None:
+            # A shared hub tells where the stream is now (this process
+            # may not have seen it for a while): catch-up starts there.
+            if position is not None and position > self.last_ids.get(stream, 0):
+                self.last_ids[stream] = position
+            if self._following.get(stream) is waiters:
+                del self._following[stream]
+            for waiter in waiters:
+                waiter.callback(None)
+
+        self.hub.follow(stream).addCallback(followed).addErrback(
+            lambda f: log.failure("following {stream} failed", f, stream=stream)
+        )
+
+    def _followed(self, streams: list[str]) -> Deferred[Any] | None:
+        """Fires once every one of ``streams`` is followed (None: they are)."""
+        waiting = []
+        for stream in streams:
+            waiters = self._following.get(stream)
+            if waiters is not None:
+                d: Deferred[None] = Deferred()
+                waiters.append(d)
+                waiting.append(d)
+        return defer.gatherResults(waiting) if waiting else None
 
     def _exit(self, room: Room, conn: Member) -> None:
         if conn in room.online:
@@ -338,7 +370,7 @@ class ChatService:
         user = member.user
         assert user is not None
         self.online.setdefault(user, {})[member] = None
-        self.hub.arrived(user)
+        arrived = self.hub.arrived(user)
         # From now on its direct messages come by push_undelivered, which
         # starts from the delivered marks, so they must not move meanwhile.
         self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
@@ -357,6 +389,14 @@ class ChatService:
         self.welcomed.add(user)
         for name in self.user_rooms.get(user, ()):
             self._enter(self.rooms[name], member)
+        # With a shared hub: the welcome's positions are the ones delivery
+        # goes on from, and its direct messages come here before the
+        # offline ones are read.  (At once with the in-process hub.)
+        if not arrived.called:
+            yield arrived
+        followed = self._followed([self.rooms[name].stream for name in self.user_rooms.get(user, ())])
+        if followed is not None:
+            yield followed
         streams = {
             self.rooms[name].stream: self.last_ids.get(self.rooms[name].stream, 0)
             for name in self.user_rooms.get(user, ())

@@ -94,8 +94,8 @@ class HubContract:
         one.publish("room:a", 1, _encoded("room:a", 1))
         await self._settle(one)
         self.assertEqual(theirs.ids("room:a"), [])
-        two.follow("room:a")
-        two.follow("room:a")  # two sessions there
+        await two.follow("room:a")
+        await two.follow("room:a")  # two sessions there
         one.publish("room:a", 2, _encoded("room:a", 2))
         await until(lambda: theirs.ids("room:a") == [2])
         two.unfollow("room:a")  # one session left: still followed
@@ -108,7 +108,7 @@ class HubContract:
 
     async def test_a_direct_message_reaches_the_process_where_its_user_is(self) -> None:
         (one, two, three), (_, at_two, at_three), _ = await self._hubs(3)
-        two.arrived("bob")
+        await two.arrived("bob")
         one.publish("dm:alice:bob", 1, _encoded("dm:alice:bob", 1), users=("alice", "bob"))
         await until(lambda: at_two.ids("dm:alice:bob") == [1])
         await self._settle(one)
@@ -116,7 +116,7 @@ class HubContract:
 
     async def test_a_duplicate_is_delivered_once(self) -> None:
         (one, two), (_, theirs), _ = await self._hubs(2)
-        two.follow("room:d")
+        await two.follow("room:d")
         for n in (1, 2, 2, 1, 3):
             one.publish("room:d", n, _encoded("room:d", n))
         await until(lambda: theirs.ids("room:d")[-1:] == [3])
@@ -125,11 +125,11 @@ class HubContract:
 
     async def test_an_early_event_waits_until_storage_fills_the_gap(self) -> None:
         (one, two), (_, theirs), storage = await self._hubs(2)
+        await two.follow("room:g")
         texts = []
         for n in range(4):
             event = {"type": "msg", "stream": "room:g", "id": 0, "ts": n, "body": str(n)}
             texts.append(await storage.append(event))
-        two.follow("room:g")
         one.publish("room:g", 1, texts[0].encode())
         await until(lambda: theirs.ids("room:g") == [1])
         # 4 comes before 2 and 3 (two publishers, a reconnection): the
@@ -143,14 +143,34 @@ class HubContract:
         bodies = [json.loads(encoded)["body"] for stream, _, encoded in theirs.events if stream == "room:g"]
         self.assertEqual(bodies, ["0", "1", "2", "3"])
 
+    async def test_following_goes_on_from_where_the_stream_is(self) -> None:
+        """A process that starts following a stream gets what comes after
+        the position ``follow`` reports, not what it missed before."""
+        (one, two), (_, theirs), storage = await self._hubs(2)
+        texts = []
+        for n in range(4):
+            event = {"type": "msg", "stream": "room:f", "id": 0, "ts": n, "body": str(n)}
+            texts.append(await storage.append(event))
+            if n < 3:
+                one.publish("room:f", n + 1, texts[-1].encode())  # before two follows
+        await self._settle(one)
+        position = await two.follow("room:f")
+        self.assertIn(position, (None, 4))  # None: the hub's own count is exact
+        one.publish("room:f", 4, texts[3].encode())
+        more = await storage.append({"type": "msg", "stream": "room:f", "id": 0, "ts": 5, "body": "4"})
+        one.publish("room:f", 5, more.encode())
+        await until(lambda: theirs.ids("room:f")[-1:] == [5])
+        await self._settle(one)
+        self.assertEqual(theirs.ids("room:f"), [5] if position == 4 else [4, 5])
+
     # --- presence ----------------------------------------------------------------
 
     async def test_presence_is_counted_per_process_and_seen_from_all(self) -> None:
         (one, two), _, _ = await self._hubs(2)
-        one.arrived("alice")
-        one.arrived("alice")  # two sessions
-        two.arrived("alice")
-        two.arrived("bob")
+        await one.arrived("alice")
+        await one.arrived("alice")  # two sessions
+        await two.arrived("alice")
+        await two.arrived("bob")
         await until(lambda: one.where("alice") == {one.name, two.name} and one.is_online("bob"))
         self.assertEqual(two.online_count(), 2)
         one.left("alice")
@@ -162,7 +182,7 @@ class HubContract:
 
     async def test_a_stopped_process_takes_its_users_offline(self) -> None:
         (one, two), _, _ = await self._hubs(2)
-        two.arrived("carol")
+        await two.arrived("carol")
         await until(lambda: one.is_online("carol"))
         await two.stop()
         await until(lambda: not one.is_online("carol"))

@@ -5,8 +5,8 @@ A process hands the hub each event after its commit (``publish``), says
 which streams its sessions follow (``follow``) and which of its users are
 online (``arrived``/``left``), and is told through its ``Receiver`` of the
 events and room changes that concern it.  ``hub/local.py`` implements it in
-process today; a Redis implementation over pub/sub is planned, and both
-are held to the same contract suite (tests/contract_hub.py).  Hence the
+process, ``hub/redis.py`` over Redis pub/sub for several processes and
+nodes, and both are held to the same contract suite (tests/contract_hub.py).  Hence the
 contract is that of a network, not of a function call:
 
 * A process's own publications reach its own receiver, whatever it
@@ -22,6 +22,11 @@ contract is that of a network, not of a function call:
   stream exactly once and in id order, from where it started following.
 * An event is published only after its commit, so storage always has what
   a gap needs.
+* ``follow`` fires once the stream's events will be delivered here, with
+  the stream's last id at that moment (from storage), or None if the
+  process's own count is exact (the in-process hub): delivery goes on
+  from exactly there.  ``arrived`` fires once the user's direct messages
+  will be delivered here.  A session's catch-up starts after both.
 * Presence is per process: a user is online while some process has said
   ``arrived`` more often than ``left`` for them (and, across machines, is
   alive: Redis's heartbeats expire).
@@ -62,8 +67,9 @@ class Hub(Protocol):
 
     def stop(self) -> Deferred[None]: ...
 
-    def follow(self, stream: str) -> None:
-        """Some session here wants ``stream``'s events from now on."""
+    def follow(self, stream: str) -> Deferred[int | None]:
+        """Some session here wants ``stream``'s events from now on; fires
+        when they come, with the last id before them (None: unchanged)."""
         ...
 
     def unfollow(self, stream: str) -> None:
@@ -76,8 +82,9 @@ class Hub(Protocol):
         message reaches its recipient wherever they are)."""
         ...
 
-    def arrived(self, user: str) -> None:
-        """A session of ``user`` logged in here."""
+    def arrived(self, user: str) -> Deferred[None]:
+        """A session of ``user`` logged in here; fires when its direct
+        messages come here."""
         ...
 
     def left(self, user: str) -> None:

@@ -55,8 +55,9 @@ class LocalHub:
                 del self.bus.presence[user]
         return defer.succeed(None)
 
-    def follow(self, stream: str) -> None:
+    def follow(self, stream: str) -> Deferred[int | None]:
         self._followed[stream] += 1
+        return defer.succeed(None)  # one process's ids are exact
 
     def unfollow(self, stream: str) -> None:
         count = self._followed[stream] - 1
@@ -81,8 +82,9 @@ class LocalHub:
         if self._order is not None:
             self._order.offer(stream, event_id, encoded)
 
-    def arrived(self, user: str) -> None:
+    def arrived(self, user: str) -> Deferred[None]:
         self.bus.presence.setdefault(user, collections.Counter())[self.name] += 1
+        return defer.succeed(None)
 
     def left(self, user: str) -> None:
         where = self.bus.presence.get(user)

@@ -50,6 +50,12 @@ class InOrder:
                 self._fill(stream, last, event_id)
             held[event_id] = encoded
 
+    def forget(self, stream: str) -> None:
+        """No position for ``stream`` any more (no one here follows it): the
+        next event starts it again, and a gap fill under way is dropped."""
+        self.positions.pop(stream, None)
+        self._held.pop(stream, None)
+
     def _fill(self, stream: str, after: int, before: int) -> None:
         """Read what is missing between ``after`` and ``before``."""
         d = self._fetch(stream, after, before, before - after - 1)

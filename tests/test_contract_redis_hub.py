@@ -1,0 +1,141 @@
+"""The Hub contract (tests/contract_hub.py) on the Redis hub, over a real
+redis-server (tests/backends.py), plus what only a network needs: a
+Redis that restarts, or stops answering, loses nothing and reorders
+nothing."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+
+from chatserver.hub.interface import Hub
+from chatserver.storage.sqlite import SqliteStorage
+from tests import backends
+from tests.contract_hub import HubContract, Recorder
+from tests.support import until
+
+_names = itertools.count(1)
+
+
+def _prefix() -> str:
+    """Keys and channels of one test apart from every other test's on the
+    run's shared Redis."""
+    return f"t{os.getpid()}_{next(_names)}:"
+
+
+def make_redis_hubs(testcase: Any, count: int, storage: Any, url: str, heartbeat: float = 0.2) -> list[Hub]:
+    from chatserver.hub.redis import RedisHub
+
+    prefix = _prefix()
+    hubs: list[Hub] = [
+        RedisHub(url, storage.history, f"p{n}", reactor=reactor, prefix=prefix, heartbeat=heartbeat)
+        for n in range(count)
+    ]
+    for hub in hubs:
+        testcase.addCleanup(hub.stop)
+    return hubs
+
+
+class RedisHubContractTests(HubContract, unittest.TestCase):
+    skip = backends.missing()
+
+    async def make_hubs(self, count: int, storage: SqliteStorage) -> list[Hub]:
+        return make_redis_hubs(self, count, storage, backends.redis_url())
+
+
+def _event(stream: str, n: int) -> dict[str, Any]:
+    return {"type": "msg", "stream": stream, "id": 0, "ts": n, "body": f"m{n}"}
+
+
+class RedisOutageTests(unittest.TestCase):
+    """A private redis-server per test, restarted or paused mid-traffic."""
+
+    skip = backends.missing()
+
+    async def setUp(self) -> None:
+        self.redis = backends.Redis().start()
+        self.addCleanup(lambda: self.redis.stop())
+        path = Path(self.mktemp()) / "hub.sqlite3"
+        path.parent.mkdir()
+        self.storage = SqliteStorage(path, "NORMAL", create=True, reactor=reactor)
+        self.storage.startService()
+        self.addCleanup(self.storage.stopService)
+        self.hubs = make_redis_hubs(self, 2, self.storage, self.redis.url)
+        self.receivers = [Recorder() for _ in self.hubs]
+        for hub, receiver in zip(self.hubs, self.receivers, strict=True):
+            await hub.start(receiver, {})
+        await self.hubs[1].follow("room:o")
+        self.sent = 0
+
+    async def send(self, count: int) -> None:
+        """``count`` committed events of room:o, published by the first hub."""
+        for _ in range(count):
+            self.sent += 1
+            text = await self.storage.append(_event("room:o", self.sent))
+            self.hubs[0].publish("room:o", json.loads(text)["id"], text.encode())
+            await task.deferLater(reactor, 0.005, lambda: None)
+
+    def received(self) -> list[int]:
+        return self.receivers[1].ids("room:o")
+
+    async def test_a_restarted_redis_loses_nothing_and_reorders_nothing(self) -> None:
+        await self.send(20)
+        await until(lambda: len(self.received()) == 20)
+        socket = self.redis.socket
+        self.redis.stop()
+        self.redis = backends.Redis()
+        self.redis.base.rmdir()
+        self.redis.base = socket.parent  # the same socket path again
+        self.redis.socket, self.redis.log = socket, socket.parent / "redis.log"
+        self.redis.base.mkdir(parents=True, exist_ok=True)
+        await self.send(20)  # while Redis is away: published to nobody
+        self.redis.start()
+        # With no later event to reveal the gap, the reconnection's replay
+        # from storage alone must bring these.
+        await until(lambda: len(self.received()) >= 40, timeout=20)
+        self.assertEqual(self.received(), list(range(1, 41)))
+        await self.send(20)
+        await until(lambda: len(self.received()) >= 60, timeout=20)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(self.received(), list(range(1, 61)))
+        hub: Any = self.hubs[1]
+        self.assertGreaterEqual(hub.stats["reconnects"], 1)
+        self.assertGreater(hub.stats["outage_seconds"], 0)
+
+    async def test_a_paused_redis_is_noticed_and_nothing_is_lost(self) -> None:
+        await self.send(10)
+        await until(lambda: len(self.received()) == 10)
+        assert self.redis.pid is not None
+        os.kill(self.redis.pid, signal.SIGSTOP)
+        try:
+            await self.send(10)
+            await task.deferLater(reactor, 1.0, lambda: None)  # five heartbeats
+        finally:
+            os.kill(self.redis.pid, signal.SIGCONT)
+        await until(lambda: len(self.received()) >= 20, timeout=20)  # by the replay alone
+        await self.send(10)
+        await until(lambda: len(self.received()) >= 30, timeout=20)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(self.received(), list(range(1, 31)))
+        hub: Any = self.hubs[1]
+        self.assertGreaterEqual(hub.stats["reconnects"], 1)
+
+    async def test_a_process_killed_without_goodbye_goes_offline_by_itself(self) -> None:
+        one, two = self.hubs
+        await two.arrived("dave")
+        await until(lambda: one.is_online("dave"))
+        # Its heartbeats stop, and nothing says goodbye (as after SIGKILL).
+        hub: Any = two
+        hub._beat.stop()
+        for factory in hub._factories:
+            factory.stopTrying()
+            for conn in list(factory.pool):
+                conn.transport.abortConnection()
+        await until(lambda: not one.is_online("dave"), timeout=10)
