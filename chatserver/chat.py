@@ -289,7 +289,9 @@ class ChatService:
     def room_changed(self, room: str) -> None:
         """Another process changed ``room``: read it again."""
         self.storage.load_rooms().addCallback(self._reload_room, room).addErrback(
-            lambda f: log.failure("reloading room {room} failed", f, room=room)
+            lambda f: (
+                None if f.check(StoreClosed) else log.failure("reloading room {room} failed", f, room=room)
+            )
         )
 
     def _reload_room(self, records: dict[str, RoomRecord], name: str) -> None:

@@ -118,6 +118,14 @@ class Settings:
     #: (with no password in it: see database_password_file).
     database: str = ""
     database_password_file: str = ""
+    # [hub]
+    #: "" (the in-process hub) or redis://HOST:PORT/DB or unix:///PATH.
+    hub_url: str = ""
+    #: This process's name among those sharing the hub ("": host:pid:random).
+    hub_name: str = ""
+    #: Before every Redis key and channel: deployments sharing one Redis
+    #: must each have their own.
+    hub_prefix: str = "chat:"
     # [log]
     log_level: str = "info"
     log_rotate_bytes: int = 10 * 1024 * 1024
@@ -329,6 +337,37 @@ def _database(text: str) -> str:
     raise ValueError("must be sqlite:PATH or a postgresql://HOST/DATABASE URL")
 
 
+def _hub_url(text: str) -> str:
+    value = text.strip()
+    if not value:
+        return ""
+    from chatserver.hub.redis import parse_url
+
+    try:
+        parse_url(value)
+    except ValueError as e:
+        if "password" in str(e):
+            raise SecretValue(
+                "must not hold a password: use a unix socket with its permissions, or Redis on loopback"
+            ) from None
+        raise
+    return value
+
+
+def _hub_name(text: str) -> str:
+    value = text.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
+        raise ValueError("must be 1 to 64 letters, digits or . _ : -")
+    return value
+
+
+def _hub_prefix(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
+        raise ValueError("must be 1 to 64 letters, digits or . _ : -")
+    return value
+
+
 def check_database_url(text: str, where: str) -> str:
     """``text`` as a database URL, or ConfigError naming ``where`` (and
     never quoting a password)."""
@@ -399,6 +438,9 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("store", "synchronous", "synchronous", _synchronous),
     ("store", "database", "database", _database),
     ("store", "password_file", "database_password_file", str.strip),
+    ("hub", "url", "hub_url", _hub_url),
+    ("hub", "name", "hub_name", _hub_name),
+    ("hub", "prefix", "hub_prefix", _hub_prefix),
     ("log", "level", "log_level", _level),
     ("log", "rotate_bytes", "log_rotate_bytes", _ranged(int, 4096, 1 << 40)),
     ("log", "rotate_count", "log_rotate_count", _ranged(int, 1, 1000)),

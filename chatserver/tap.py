@@ -6,7 +6,9 @@ import atexit
 import dataclasses
 import errno
 import os
+import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ class Options(usage.Options):
             data_dir=self["data-dir"],
             log_dir=self["log-dir"],
             database=self["database"],
+            hub_url=self["hub"],
         )
 
     optParameters = [
@@ -60,6 +63,7 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Directory for the database and the server key."],
         ["log-dir", "l", None, "Directory for chatserver.log and connections.log."],
         ["database", None, None, "[store] database: sqlite:PATH or a postgresql:// URL (no password)."],
+        ["hub", None, None, "[hub] url: redis://HOST:PORT/DB or unix:///PATH (empty: in-process)."],
     ]
 
     def postOptions(self) -> None:
@@ -91,6 +95,26 @@ def open_storage(settings: Settings, reactor: Any) -> Any:
     except (UnusableDatabase, ConfigError) as e:
         raise SystemExit(f"chatserver: {e}") from None
     return store
+
+
+def make_hub(settings: Settings, store: Any, reactor: Any) -> Any:
+    """The hub the settings name: in process, or over Redis (whose
+    reconnections happen by themselves, so an unreachable Redis delays
+    cross-process delivery and does not stop the start)."""
+    if not settings.hub_url:
+        return LocalHub(store.history)
+    try:
+        import txredisapi  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "chatserver: a Redis hub needs txredisapi: pip install 'chatserver[scale]'"
+        ) from None
+    from chatserver.hub.redis import RedisHub
+
+    # A restarted process is a new one to the others (the old one's keys
+    # expire), and two in one process (the tests' nodes) are two.
+    name = settings.hub_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    return RedisHub(settings.hub_url, store.history, name, reactor=reactor, prefix=settings.hub_prefix)
 
 
 class StartupError(Exception):
@@ -182,7 +206,10 @@ class ChatCore(service.Service):
         stopping = [listener.stopService() for _, listener in self.listeners if listener.running]
         if self.tickets is not None:
             stopping.append(self.tickets.stop())
-        return DeferredList(stopping) if stopping else None
+        # The hub after the listeners: a process leaving a shared hub says
+        # goodbye, so its users go offline everywhere at once.
+        stopping.append(self.chat.hub.stop())
+        return DeferredList(stopping)
 
 
 def _exit_failed() -> None:
@@ -409,7 +436,7 @@ def build_service(
     store.events.metrics = metrics
     chat = ChatService(
         store,
-        LocalHub(store.history),
+        make_hub(settings, store, reactor),
         clock,
         default_room=settings.default_room,
         max_room_members=settings.max_room_members,

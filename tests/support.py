@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,12 @@ def make_settings(base: Path, **overrides: Any) -> Settings:
         if key not in _POSTGRES_DATABASES:
             _POSTGRES_DATABASES[key] = backends.postgres_url()
         values["database"] = _POSTGRES_DATABASES[key]
+        if "hub_url" not in overrides:
+            # Redis, shared by the whole run: each server directory's
+            # keys and channels apart (a restart finds its own again).
+            values["hub_url"] = backends.redis_url()
+            database = urllib.parse.urlsplit(_POSTGRES_DATABASES[key]).path.strip("/")
+            values["hub_prefix"] = f"{database}:"
     values.update(overrides)
     return Settings(**values)
 

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatserver.hub.interface import Receiver
+from chatserver.storage.interface import StoreClosed
 
 log = Logger(namespace="chatserver.hub")
 
@@ -92,6 +93,8 @@ class InOrder:
             self._fill(stream, position, min(rest))  # a later gap
 
     def _fill_failed(self, failure: Failure, stream: str, after: int) -> None:
+        if failure.check(StoreClosed):
+            return  # shutting down: nothing more is delivered
         log.failure("filling a gap of {stream} after {after} failed", failure, stream=stream, after=after)
         held = self._held.get(stream)
         if held:

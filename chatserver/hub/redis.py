@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 
 from chatserver.hub.interface import Receiver
 from chatserver.hub.ordering import Fetch, InOrder
+from chatserver.storage.interface import StoreClosed
 
 log = Logger(namespace="chatserver.hub")
 
@@ -63,6 +64,9 @@ HEARTBEAT = 2.0
 PRESENCE_TTL = 3 * HEARTBEAT
 #: Events read from storage per page when catching up after a reconnection.
 REPLAY_PAGE = 500
+#: Seconds the start waits for Redis before the server goes on without it
+#: (delivery across processes then waits for the links, which keep trying).
+START_WAIT = 10.0
 #: Channels per SUBSCRIBE command.
 SUBSCRIBE_CHUNK = 1000
 _SEQ = "\0seq"
@@ -281,7 +285,20 @@ class RedisHub:
         self._beat = task.LoopingCall(self._tick)
         self._beat.clock = self.reactor
         self._beat.start(self.heartbeat, now=False)
-        return self._started
+        started = self._started
+
+        def too_slow() -> None:
+            if self._started is started:
+                self._started = None
+                log.warn(
+                    "redis at {where} is not reachable yet; starting without it (still trying)",
+                    where=self._where(),
+                )
+                started.callback(None)
+
+        timer = self.reactor.callLater(START_WAIT, too_slow)
+        started.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return started
 
     def _endpoint(self) -> Any:
         if self.kind == "unix":
@@ -415,6 +432,8 @@ class RedisHub:
         while True:
             try:
                 texts = yield self._fetch(stream, after, None, REPLAY_PAGE)  # type: ignore[arg-type]
+            except StoreClosed:
+                return  # shutting down
             except Exception:
                 log.failure("replaying {stream} after {after} failed", Failure(), stream=stream, after=after)
                 return
@@ -512,13 +531,21 @@ class RedisHub:
             position = json.loads(texts[-1])["id"] if texts else 0
             assert self._order is not None
             self._order.forget(stream)
-            self._order.positions[stream] = position
+            # What came while the position was read is delivered even if
+            # the position counts it already (as the in-process hub does
+            # with what comes between a follow and a welcome: a client
+            # keeps each id once): a session's own first events (its
+            # "joined") must reach it live.
+            start = min([position] + [event_id - 1 for event_id, _ in held])
+            self._order.positions[stream] = start
             for event_id, encoded in sorted(held):
                 self._order.offer(stream, event_id, encoded)
             for waiter in self._pending_waiters.pop(stream, []):
                 waiter.callback(position)
 
         def failed(failure: Failure) -> None:
+            if self._stopping or failure.check(StoreClosed):
+                return  # shutting down
             log.failure("reading the position of {stream} failed; trying again", failure, stream=stream)
             self.reactor.callLater(self.heartbeat, self._establish, stream)
 

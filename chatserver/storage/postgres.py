@@ -227,6 +227,12 @@ class PostgresStorage(EventLogMethods, Service):
         #: Reads queued for the reader while it carries out a batch.
         self._reads: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
         self._reading = False
+        #: Reads made and answered so far, and the writes done before the
+        #: reads made ahead of them were answered: (reads made before the
+        #: write, its waiting reads, its Deferred, its result), in order.
+        self._reads_made = 0
+        self._reads_answered = 0
+        self._parked: list[tuple[int, list[Any], Deferred[Any], Any]] = []
         self.events = EventLog(self._commit_events, reactor, metrics, ids_in_commit=True)
 
     def _connect(self) -> Any:
@@ -316,35 +322,65 @@ class PostgresStorage(EventLogMethods, Service):
             raise DatabaseUnreachable(f"database {describe(self.url)} is unreachable: {first}") from None
 
     def run(self, query: Any, *args: Any) -> Deferred[Any]:
-        """A query that may write, on the writer, after every earlier one."""
+        """A query that may write, on the writer, after every earlier one;
+        answered after every read made before it."""
         if self.writer is None:
             return defer.fail(StoreClosed("the store is not running"))
         waiting: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
         self._after_last_write = waiting
+        reads_before = self._reads_made
+        answer: Deferred[Any] = Deferred()
 
-        def answered(result: Any) -> Any:
-            if self._after_last_write is waiting:
-                self._after_last_write = None
-            for query_, args_, d in waiting:
-                self._read_now(query_, args_).chainDeferred(d)
-            return result
+        def done(result: Any) -> None:
+            if self._reads_answered >= reads_before:
+                self._answer_write(waiting, answer, result)
+            else:
+                self._parked.append((reads_before, waiting, answer, result))
 
-        d = threads.deferToThreadPool(self.reactor, self.writer, self._interaction, self.pool, query, args)
-        d.addBoth(answered)
-        return d
+        threads.deferToThreadPool(
+            self.reactor, self.writer, self._interaction, self.pool, query, args
+        ).addBoth(done)
+        return answer
+
+    def _answer_write(self, waiting: list[Any], answer: Deferred[Any], result: Any) -> None:
+        if self._after_last_write is waiting:
+            self._after_last_write = None
+        if isinstance(result, Failure):
+            answer.errback(result)
+        else:
+            answer.callback(result)
+        for query, args, d in waiting:  # the reads made after it
+            self._read_now(query, args, d)
 
     def read(self, query: Any, *args: Any) -> Deferred[Any]:
         """A query that only reads, on the reader, once every write made
-        before it has been answered."""
-        if self.reader is None:
-            return defer.fail(StoreClosed("the store is not running"))
-        if self._after_last_write is None:
-            return self._read_now(query, args)
+        before it has been answered.
+
+        Every answer, read or write, comes back in the order the queries
+        were made, as with one thread: a write that finishes before a read
+        made before it is answered after that read.  The core relies on it
+        (offline delivery reads a page, and a message committed meanwhile
+        is either in the page or delivered after it, never neither)."""
         d: Deferred[Any] = Deferred()
-        self._after_last_write.append((query, args, d))
+        self._reads_made += 1
+        if self._after_last_write is None:
+            self._read_now(query, args, d)
+        else:
+            self._after_last_write.append((query, args, d))
         return d
 
-    def _read_now(self, query: Any, args: tuple[Any, ...]) -> Deferred[Any]:
+    def _answer_read(self, d: Deferred[Any], ok: bool, value: Any) -> None:
+        self._reads_answered += 1
+        if ok:
+            d.callback(value)
+        else:
+            d.errback(value)
+        parked = self._parked
+        while parked and parked[0][0] <= self._reads_answered:
+            _, waiting, answer, result = parked.pop(0)
+            self._answer_write(waiting, answer, result)
+
+    def _read_now(self, query: Any, args: tuple[Any, ...], d: Deferred[Any]) -> None:
         """Queue a read for the reader.  The reads that queue up while it
         is busy go to it together, in one trip to the thread and on one
         connection checkout: under a flood of reads, the hand-over to the
@@ -352,12 +388,11 @@ class PostgresStorage(EventLogMethods, Service):
         process's CPU per history page alone, against 45 us for psycopg's
         part), and now it is shared by the whole batch."""
         if self.reader is None:
-            return defer.fail(StoreClosed("the store is not running"))
-        d: Deferred[Any] = Deferred()
+            self._answer_read(d, False, Failure(StoreClosed("the store is not running")))
+            return
         self._reads.append((query, args, d))
         if not self._reading:
             self._next_reads()
-        return d
 
     def _next_reads(self) -> None:
         batch, self._reads = self._reads, []
@@ -366,7 +401,7 @@ class PostgresStorage(EventLogMethods, Service):
             return
         if self.reader is None:
             for _, _, d in batch:
-                d.errback(StoreClosed("the store is not running"))
+                self._answer_read(d, False, Failure(StoreClosed("the store is not running")))
             self._reading = False
             return
         self._reading = True
@@ -376,13 +411,10 @@ class PostgresStorage(EventLogMethods, Service):
         def answer(results: Any) -> None:
             if isinstance(results, Failure):  # the whole batch (the database unreachable)
                 for _, _, d in batch:
-                    d.errback(results)
+                    self._answer_read(d, False, results)
             else:
                 for (_, _, d), (ok, value) in zip(batch, results, strict=True):
-                    if ok:
-                        d.callback(value)
-                    else:
-                        d.errback(value)
+                    self._answer_read(d, ok, value)
             self._next_reads()
 
         done.addBoth(answer)
