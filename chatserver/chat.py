@@ -115,7 +115,18 @@ def _page(entries: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[
 
 
 class Room:
-    __slots__ = ("name", "kind", "owner", "topic", "members", "invites", "sanctions", "online", "stream")
+    __slots__ = (
+        "name",
+        "kind",
+        "owner",
+        "topic",
+        "members",
+        "invites",
+        "sanctions",
+        "online",
+        "stream",
+        "changes",
+    )
 
     def __init__(self, record: RoomRecord) -> None:
         self.name = record.name
@@ -127,6 +138,9 @@ class Room:
         self.sanctions = record.sanctions  # (ban|mute, user) -> until ms or None
         self.online: dict[Member, None] = {}  # connections now in the room
         self.stream = room_stream(record.name)
+        #: State changes made here (a reload read before one of them must
+        #: not undo it: see ChatService.room_changed).
+        self.changes = 0
 
     def listed(self) -> bool:
         return self.kind != "private"
@@ -235,6 +249,10 @@ class ChatService:
         event["stream"] = stream
         event["id"] = 0  # its place among the fields; the commit sets it
         event["ts"] = self._now()
+        if changes and stream.startswith("room:"):
+            room = self.rooms.get(stream[5:])
+            if room is not None:
+                room.changes += 1
         d = self.storage.append(event, changes)
 
         def committed(text: str) -> dict[str, Any]:
@@ -281,24 +299,42 @@ class ChatService:
                 for c in list(self.online.get(a, ())) + list(self.online.get(b, ()))
                 if stream not in self._syncing.get(c, ())
             ]
+            if self.hub.shared:
+                # The sender's process marks only its own users' deliveries:
+                # a recipient on this process is marked here.
+                for user, peer in ((a, b), (b, a)):
+                    if any(c.user == user for c in members):
+                        self._mark_delivered(user, peer, stream, event_id)
         for member in members:
             member.deliver(encoded)
         if self.metrics is not None:
             self.metrics.count("messages_out", len(members))
 
     def room_changed(self, room: str) -> None:
-        """Another process changed ``room``: read it again."""
-        self.storage.load_rooms().addCallback(self._reload_room, room).addErrback(
+        """Another process changed ``room``: read it again.
+
+        Its state in memory changes before its commit (and is put back if
+        that fails), so a read made before a change of this process's own
+        could come back without it and undo it.  So the read waits until
+        what was appended here is committed, and is made again if the room
+        changed here meanwhile."""
+        current = self.rooms.get(room)
+        seen = current.changes if current is not None else 0
+        d = self.storage.idle().addCallback(lambda _: self.storage.load_rooms())
+        d.addCallback(self._reload_room, room, seen).addErrback(
             lambda f: (
                 None if f.check(StoreClosed) else log.failure("reloading room {room} failed", f, room=room)
             )
         )
 
-    def _reload_room(self, records: dict[str, RoomRecord], name: str) -> None:
+    def _reload_room(self, records: dict[str, RoomRecord], name: str, seen: int) -> None:
+        room = self.rooms.get(name)
+        if room is not None and room.changes != seen:
+            self.room_changed(name)  # changed here meanwhile: read it again after that
+            return
         record = records.get(name)
         if record is None:
             return
-        room = self.rooms.get(name)
         if room is None:
             room = self.rooms[name] = Room(record)
         before = set(room.members)
@@ -375,7 +411,16 @@ class ChatService:
         arrived = self.hub.arrived(user)
         # From now on its direct messages come by push_undelivered, which
         # starts from the delivered marks, so they must not move meanwhile.
-        self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
+        syncing = self._syncing[member] = {stream for stream, _ in self.dms.get(user, {}).values()}
+        if self.hub.shared:
+            # Another process may have begun a conversation with this user,
+            # or delivered some of it: what is stored is the truth.
+            stored = yield self.storage.dm_streams(user)
+            mine = self.dms.setdefault(user, {})
+            for peer, (stream, delivered) in stored.items():
+                if peer not in mine or mine[peer][1] < delivered:
+                    mine[peer] = (stream, delivered)
+                syncing.add(stream)
         if member.role == "admin":
             self.admins.add(user)
         first = user not in self.welcomed and not (yield self.storage.is_welcomed(user))

@@ -157,6 +157,10 @@ class StorageContract:
         await storage.append(_event("dm:alice:bob", "carrier"))
         await storage.idle()
         self.assertEqual((await storage.load_dm_streams())["bob"], {"alice": ("dm:alice:bob", 2)})
+        # One user's, as stored now (what another process wrote too).
+        self.assertEqual(await storage.dm_streams("bob"), {"alice": ("dm:alice:bob", 2)})
+        self.assertEqual(await storage.dm_streams("alice"), {"bob": ("dm:alice:bob", 5)})
+        self.assertEqual(await storage.dm_streams("carol"), {})
 
     async def test_welcomes_and_admins(self) -> None:
         storage = await self._storage_with_users("alice", "bob")

@@ -69,6 +69,26 @@ class SettingsTests(unittest.TestCase):
                 str(self.assertRaises(ConfigError, load_settings, database=bad)),
             )
 
+    def test_the_hub_settings(self) -> None:
+        self.assertEqual(Settings().hub_url, "")  # the in-process hub
+        for url in ("redis://127.0.0.1:6379/2", "redis://localhost", "unix:///run/redis/redis.sock?db=1"):
+            self.assertEqual(load_settings(hub_url=url).hub_url, url)
+        for bad, why in (
+            ("http://h/", "must be redis://HOST:PORT/DB or unix:///PATH"),
+            ("redis://h/two", "the database after the host must be a number"),
+            ("unix://", "needs the socket's path"),
+        ):
+            error = str(self.assertRaises(ConfigError, load_settings, hub_url=bad))
+            self.assertIn(why, error)
+            self.assertEqual(len(error.splitlines()), 1)
+        error = str(self.assertRaises(ConfigError, load_settings, hub_url="redis://:hunter2@h:6379/0"))
+        self.assertIn("must not hold a password", error)
+        self.assertNotIn("hunter2", error)
+        for field in ("hub_name", "hub_prefix"):
+            self.assertIn(
+                "letters, digits", str(self.assertRaises(ConfigError, load_settings, **{field: "a b"}))
+            )
+
     def test_a_database_password_is_never_taken_from_the_settings(self) -> None:
         for url in ("postgresql://chat:hunter2@h/chat", "postgresql://h/chat?password=hunter2"):
             error = str(self.assertRaises(ConfigError, load_settings, database=url))

@@ -59,6 +59,9 @@ class Hub(Protocol):
 
     #: This process's name, as ``where`` reports it.
     name: str
+    #: Whether other processes share it (then state this process caches,
+    #: such as a user's direct-message streams, is read again at login).
+    shared: bool
 
     def start(self, receiver: Receiver, positions: dict[str, int]) -> Deferred[None]:
         """Connect; from now on tell ``receiver``.  ``positions`` is the

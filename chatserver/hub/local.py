@@ -40,6 +40,10 @@ class LocalHub:
         self._followed: collections.Counter[str] = collections.Counter()
         self._receiver: Receiver | None = None
 
+    @property
+    def shared(self) -> bool:
+        return len(self.bus.hubs) > 1
+
     def start(self, receiver: Receiver, positions: dict[str, int]) -> Deferred[None]:
         self._receiver = receiver
         self._order = InOrder(receiver, self._fetch, positions)

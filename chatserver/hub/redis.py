@@ -189,6 +189,8 @@ def _factories() -> tuple[type, type]:
 
 
 class RedisHub:
+    shared = True
+
     def __init__(
         self,
         url: str,

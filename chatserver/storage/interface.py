@@ -186,6 +186,10 @@ class Storage(Protocol):
         """user -> {peer: (stream, delivered id)}"""
         ...
 
+    def dm_streams(self, user: str) -> Deferred[dict[str, tuple[str, int]]]:
+        """One user's {peer: (stream, delivered id)}, as stored now."""
+        ...
+
     def load_admins(self) -> Deferred[set[str]]: ...
 
     def load_welcomed(self) -> Deferred[set[str]]:

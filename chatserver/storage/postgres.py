@@ -500,6 +500,9 @@ class PostgresStorage(EventLogMethods, Service):
     def load_dm_streams(self) -> Deferred[dict[str, dict[str, tuple[str, int]]]]:
         return self.run(queries.load_dm_streams)
 
+    def dm_streams(self, user: str) -> Deferred[dict[str, tuple[str, int]]]:
+        return self.read(queries.dm_streams, user)
+
     def load_admins(self) -> Deferred[set[str]]:
         return self.run(queries.load_admins)
 

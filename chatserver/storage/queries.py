@@ -75,6 +75,13 @@ def load_dm_streams(cursor: Any) -> dict[str, dict[str, tuple[str, int]]]:
     return result
 
 
+def dm_streams(cursor: Any, user: str) -> dict[str, tuple[str, int]]:
+    """One user's {peer: (stream, delivered id)}: what another process may
+    have added since this one loaded them all."""
+    cursor.execute("SELECT peer, stream, delivered FROM dm_streams WHERE user = ?", (user,))
+    return {peer: (stream, delivered) for peer, stream, delivered in cursor.fetchall()}
+
+
 def set_owner(cursor: Any, room: str, owner: str | None) -> None:
     cursor.execute("UPDATE rooms SET owner = ? WHERE name = ?", (owner, room))
 

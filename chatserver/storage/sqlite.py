@@ -48,6 +48,7 @@ from chatserver.storage.queries import (  # noqa: F401 (the admin tool and tests
     apply,
     commit_batch,
     create_room,
+    dm_streams,
     get_user,
     history,
     is_welcomed,
@@ -526,6 +527,9 @@ class SqliteStorage(EventLogMethods, Service):
 
     def load_dm_streams(self) -> Deferred[dict[str, dict[str, tuple[str, int]]]]:
         return self.run(load_dm_streams)
+
+    def dm_streams(self, user: str) -> Deferred[dict[str, tuple[str, int]]]:
+        return self.read(dm_streams, user)
 
     def load_admins(self) -> Deferred[set[str]]:
         return self.run(load_admins)

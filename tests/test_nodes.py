@@ -1,0 +1,100 @@
+"""Two servers (nodes) sharing one PostgreSQL database, one Redis and one
+identity key, with real clients on each: what one node's users do
+reaches the other's, and a client sees the same fingerprint on both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.trial import unittest
+
+from tests import backends
+from tests.support import (
+    EventQueue,
+    RunningServer,
+    logged_in,
+    make_settings,
+    postgres_only,
+    until,
+)
+
+
+class TwoNodesTests(unittest.TestCase):
+    skip = backends.missing() or postgres_only("several nodes on one PostgreSQL and Redis")
+
+    async def setUp(self) -> None:
+        url = backends.postgres_url()
+        shared = {
+            "database": url,
+            "hub_url": backends.redis_url(),
+            "hub_prefix": urlsafe(url),
+        }
+        self.nodes: list[RunningServer] = []
+        for n in (1, 2):
+            node = RunningServer(make_settings(Path(self.mktemp()), hub_name=f"node{n}", **shared))
+            await node.start()
+            self.addCleanup(node.stop)
+            self.nodes.append(node)
+
+    async def test_both_nodes_show_one_key(self) -> None:
+        one, two = self.nodes
+        self.assertEqual(one.identity.fingerprint, two.identity.fingerprint)
+
+    async def test_a_room_message_reaches_the_members_on_the_other_node(self) -> None:
+        one, two = self.nodes
+        alice = await logged_in(self, one, "alice")
+        bob = await logged_in(self, two, "bob")
+        bob_events = EventQueue(bob)
+        # Presence is seen across: alice is online on node 1.
+        members = await bob.all_pages({"type": "who", "room": "lobby"}, "members", "user")
+        online = {m["user"]: m["online"] for m in members["members"]}
+        self.assertEqual(online, {"alice": True, "bob": True})
+        acks = [await alice.say("lobby", f"hello {n}") for n in range(5)]
+        got = [await bob_events.next(lambda e: e["type"] == "msg") for _ in range(5)]
+        self.assertEqual([e["id"] for e in got], [a["id"] for a in acks])
+        self.assertEqual([e["body"] for e in got], [f"hello {n}" for n in range(5)])
+        await bob.ping()
+        self.assertEqual([e for e in bob_events.events if e["type"] == "msg"], [])  # once each
+
+    async def test_direct_messages_cross_nodes_live_and_offline(self) -> None:
+        one, two = self.nodes
+        alice = await logged_in(self, one, "alice")
+        bob = await logged_in(self, two, "bob")
+        bob_events = EventQueue(bob)
+        # The pair's first message, begun on node 1, reaches bob on node 2.
+        ack = await alice.request({"type": "dm", "to": "bob", "body": "first"})
+        live = await bob_events.next(lambda e: e["type"] == "dm")
+        self.assertEqual((live["id"], live["body"]), (ack["id"], "first"))
+        await bob.close()
+        await until(lambda: not one.factory.chat.hub.is_online("bob"))
+        for n in range(3):
+            await alice.request({"type": "dm", "to": "bob", "body": f"offline {n}"})
+        # Bob comes back on node 2, which did not see the pair begin: he
+        # gets what he missed, in order, once, and not "first" again.
+        again = await logged_in(self, two, "bob", register=False)
+        events = EventQueue(again)
+        pushed = [await events.next(lambda e: e["type"] == "dm") for _ in range(3)]
+        self.assertEqual([e["body"] for e in pushed], ["offline 0", "offline 1", "offline 2"])
+        await again.ping()
+        self.assertEqual([e for e in events.events if e["type"] == "dm"], [])  # once each
+
+    async def test_a_room_made_on_one_node_is_joined_on_the_other(self) -> None:
+        one, two = self.nodes
+        alice = await logged_in(self, one, "alice")
+        carol = await logged_in(self, two, "carol")
+        await alice.request({"type": "create", "room": "garden", "kind": "public"})
+        await alice.request({"type": "topic", "room": "garden", "topic": "roses"})
+        await until(lambda: "garden" in two.factory.chat.rooms)
+        await carol.request({"type": "join", "room": "garden"})
+        alice_events = EventQueue(alice)
+        await carol.say("garden", "from node 2")
+        got: Any = await alice_events.next(lambda e: e["type"] == "msg")
+        self.assertEqual((got["room"], got["from"], got["body"]), ("garden", "carol", "from node 2"))
+        await until(lambda: two.factory.chat.rooms["garden"].topic == "roses")
+
+
+def urlsafe(url: str) -> str:
+    import urllib.parse
+
+    return urllib.parse.urlsplit(url).path.strip("/") + ":"
