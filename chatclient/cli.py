@@ -314,6 +314,8 @@ class InputLines(LineReceiver):
                 if command.action == "say" or command.request is None
                 else f"/{command.request['type']}"
             )
+            # (Messages are sent again by themselves after a reconnection:
+            # this is another request, or a message given up on.)
             notice(f"{what} not confirmed: the connection dropped first; not sent again")
         else:
             notice(log_text(failure.getErrorMessage()))

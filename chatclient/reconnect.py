@@ -15,6 +15,7 @@ in id order per stream, whatever the timing of the disconnects.
 from __future__ import annotations
 
 import random
+import secrets
 import sys
 from typing import Any, Callable
 
@@ -34,6 +35,11 @@ from chatserver.wire.safetext import log_text
 log = Logger(namespace="chatclient.reconnect")
 
 HISTORY_PAGE = 200
+#: Requests that publish a message: sent exactly once (``send_once``).
+SENT_ONCE = frozenset({"say", "dm"})
+#: Sends of one message before the client gives up on it (each after a
+#: lost connection or an ``unavailable``; a stopped client gives up at once).
+RESEND_ATTEMPTS = 20
 
 
 class ReconnectingClient:
@@ -389,8 +395,42 @@ class ReconnectingClient:
     # --- requests -------------------------------------------------------------------
 
     def request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        """Send when online (waiting for the connection if need be)."""
+        """Send when online (waiting for the connection if need be).  A
+        message (``say``, ``dm``) is sent exactly once: see ``send_once``."""
+        if event.get("type") in SENT_ONCE:
+            return self.send_once(event)
         return self.when_online().addCallback(lambda session: session.request(event))
+
+    def send_once(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """Send a message with an id of its own (``txn_id``), and if the
+        connection is lost before its ``ack`` (or the server answers
+        ``unavailable``), send it again with ``resend`` once connected
+        again: the server stores it once and answers with the first
+        event's ``ack`` (docs/protocol.rst, "Sending exactly once").
+        Fails only with the server's refusal, or once the client stops or
+        ``RESEND_ATTEMPTS`` sends went unanswered."""
+        first = dict(event)
+        first.setdefault("txn_id", secrets.token_urlsafe(16))
+        answer: Deferred[dict[str, Any]] = Deferred()
+
+        def send(attempt: int) -> None:
+            request = first if attempt == 0 else dict(first, resend=True)
+            d = self.when_online().addCallback(lambda session: session.request(request))
+            d.addCallbacks(answer.callback, lambda failure: again(failure, attempt))
+
+        def again(failure: Failure, attempt: int) -> None:
+            if self.state in ("stopped", "failed") or attempt + 1 >= RESEND_ATTEMPTS:
+                answer.errback(failure)
+            elif failure.check(ConnectionClosed):
+                send(attempt + 1)  # when_online waits for the next connection
+            elif isinstance(failure.value, ServerError) and failure.value.code == "unavailable":
+                wait = float(failure.value.event.get("retry_after", 1))
+                self._reactor.callLater(min(wait, 30.0), send, attempt + 1)
+            else:
+                answer.errback(failure)
+
+        send(0)
+        return answer
 
     def say(self, room: str, body: str) -> Deferred[dict[str, Any]]:
         return self.request({"type": "say", "room": room, "body": body})

@@ -114,6 +114,15 @@ def _page(entries: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[
     return entries[:count], len(entries) > count
 
 
+def sent_once(request: dict[str, Any]) -> tuple[str | None, bool]:
+    """A say's or dm's sender id and resend flag (see ``send_once``)."""
+    txn_id = request.get("txn_id")
+    resend = bool(request.get("resend", False))
+    if resend and txn_id is None:
+        raise ChatError("bad_field", "resend needs the txn_id of the first send", "resend")
+    return txn_id, resend
+
+
 class Room:
     __slots__ = (
         "name",
@@ -180,6 +189,9 @@ class ChatService:
         #: Streams whose following has not yet been confirmed by the hub
         #: (a shared hub reads where each stream is), and who waits for it.
         self._following: dict[str, list[Deferred[None]]] = {}
+        #: Messages with a sender's id being stored here: "user txn_id" ->
+        #: who waits for the same id (a resend that came meanwhile).
+        self._sending: dict[str, list[Deferred[Any]]] = {}
 
     # --- start-up -----------------------------------------------------------
 
@@ -240,6 +252,7 @@ class ChatService:
         changes: Changes = (),
         undo: Callable[[], None] | None = None,
         users: tuple[str, ...] = (),
+        txn: str | None = None,
     ) -> Deferred[dict]:
         """Commit ``event`` with the state ``changes`` it stands for (the
         commit gives it the next id of ``stream``), then hand it to the hub,
@@ -249,6 +262,8 @@ class ChatService:
         event["stream"] = stream
         event["id"] = 0  # its place among the fields; the commit sets it
         event["ts"] = self._now()
+        if txn is not None:
+            event["_txn"] = txn  # stored beside the event, not in it
         if changes and stream.startswith("room:"):
             room = self.rooms.get(stream[5:])
             if room is not None:
@@ -276,9 +291,54 @@ class ChatService:
         event: dict[str, Any],
         changes: Changes = (),
         undo: Callable[[], None] | None = None,
+        txn: str | None = None,
     ) -> Deferred[dict]:
         event["room"] = room.name
-        return self.publish(room.stream, event, changes, undo)
+        return self.publish(room.stream, event, changes, undo, txn=txn)
+
+    def send_once(
+        self, user: str, txn_id: str | None, resend: bool, send: Callable[[str | None], Deferred[dict]]
+    ) -> Deferred[dict]:
+        """``send(txn)`` a message at most once per ``(user, txn_id)``.
+
+        A client that lost its connection before the acknowledgement sends
+        the message again with the same ``txn_id`` and ``resend``; if the
+        first one was stored (by this process or any other), the answer is
+        that event, and nothing is stored again.  A send with that id
+        still under way here is waited for first.  Without ``resend`` the
+        store is not asked (a first send is the common case, and costs no
+        read)."""
+        if txn_id is None:
+            return defer.maybeDeferred(send, None)
+        key = f"{user} {txn_id}"
+        under_way = self._sending.get(key)
+        if under_way is not None:
+            waiter: Deferred[Any] = Deferred()
+            under_way.append(waiter)
+            # If it failed, nothing was stored: this one goes ahead.
+            return waiter.addCallbacks(
+                lambda event: event, lambda _: self.send_once(user, txn_id, resend, send)
+            )
+        waiters: list[Deferred[Any]] = []
+        self._sending[key] = waiters
+        if resend:
+            d = self.storage.find_sent(key).addCallback(
+                lambda text: json.loads(text) if text is not None else send(key)
+            )
+        else:
+            d = defer.maybeDeferred(send, key)
+
+        def settled(result: Any) -> Any:
+            if self._sending.get(key) is waiters:
+                del self._sending[key]
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+
+        return d.addBoth(settled)
 
     # --- the hub's receiver -----------------------------------------------------
 
@@ -739,7 +799,14 @@ class ChatService:
         # Each member is counted twice: in ``members`` and in ``users``.
         return _page(members, limit, budget // 2)
 
-    def say(self, member: Member, name: str, body: str) -> Deferred[dict]:
+    def say(
+        self, member: Member, name: str, body: str, txn_id: str | None = None, resend: bool = False
+    ) -> Deferred[dict]:
+        user = member.user
+        assert user is not None
+        return self.send_once(user, txn_id, resend, lambda txn: self._say(member, name, body, txn))
+
+    def _say(self, member: Member, name: str, body: str, txn: str | None) -> Deferred[dict]:
         user = member.user
         assert user is not None
         room = self._room(name, member)
@@ -749,7 +816,7 @@ class ChatService:
             raise ChatError("muted", f"you are muted in {name!r}", "room")
         if room.kind == "readonly" and self._rank(member, room) < RANK["moderator"]:
             raise ChatError("read_only", f"{name!r} is read-only", "room")
-        return self._publish_room(room, {"type": "msg", "from": user, "body": body})
+        return self._publish_room(room, {"type": "msg", "from": user, "body": body}, txn=txn)
 
     # --- direct messages --------------------------------------------------------
 
@@ -758,7 +825,14 @@ class ChatService:
         that peer needs no lookup of the name)."""
         return peer in self.dms.get(user, {})
 
-    def direct(self, member: Member, to: str, body: str) -> Deferred[dict]:
+    def direct(
+        self, member: Member, to: str, body: str, txn_id: str | None = None, resend: bool = False
+    ) -> Deferred[dict]:
+        sender = member.user
+        assert sender is not None
+        return self.send_once(sender, txn_id, resend, lambda txn: self._direct(member, to, body, txn))
+
+    def _direct(self, member: Member, to: str, body: str, txn: str | None) -> Deferred[dict]:
         sender = member.user
         assert sender is not None
         if to == sender:
@@ -788,7 +862,7 @@ class ChatService:
                         del self.dms[a][b]
 
             event = {"type": "dm", "from": sender, "to": to, "body": body}
-            published = self.publish(stream, event, changes, put_back, users=(sender, to))
+            published = self.publish(stream, event, changes, put_back, users=(sender, to), txn=txn)
 
             def delivered(event: dict[str, Any]) -> dict[str, Any]:
                 self._mark_delivered(sender, to, stream, event["id"])

@@ -49,6 +49,17 @@ class StorageContract:
 
     # --- the event log -----------------------------------------------------
 
+    async def test_a_senders_id_is_stored_beside_its_event_and_found_again(self) -> None:
+        storage = await self.make_storage()
+        plain = await storage.append(_event("room:t", "no id"))
+        event = dict(_event("room:t", "with an id"), _txn="alice txn-0001")
+        text = await storage.append(event)
+        self.assertNotIn("_txn", json.loads(text))  # not in the event's JSON
+        self.assertNotIn("txn", text)
+        self.assertEqual(await storage.find_sent("alice txn-0001"), text)
+        self.assertIsNone(await storage.find_sent("bob txn-0001"))  # per sender
+        self.assertEqual(await storage.history("room:t", None, None, 10), [plain, text])
+
     async def test_the_commit_gives_each_stream_its_next_ids_in_append_order(self) -> None:
         storage = await self.make_storage()
         events = [

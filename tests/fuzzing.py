@@ -208,7 +208,7 @@ def spec_requests() -> dict[str, dict[str, bool]]:
         table[kind.group(1)] = {
             name: star == "\\*" for name, star in re.findall(r"``([a-z_]+)``(\\\*)?", members)
         }
-    assert table["say"] == {"room": True, "body": True}, table["say"]
+    assert table["say"] == {"room": True, "body": True, "txn_id": False, "resend": False}, table["say"]
     return table
 
 
@@ -242,6 +242,8 @@ MEMBER_KINDS = {
     "limit": "limit",
     "duration": "duration",
     "subscribe": "flag",
+    "txn_id": "txn_id",
+    "resend": "flag",
 }
 
 #: Members whose kind depends on the request: the cursors and page sizes
@@ -275,6 +277,8 @@ controls = st.sampled_from(_CONTROLS)
 surrogates = st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"])
 
 _LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
+#: The characters of a transaction id (spec "Values").
+_TXN_CHARS = st.sampled_from("ABCXYZabcxyz0189_-")
 #: U+0020 to U+007E: the characters of an invite code (spec "Values").
 _PRINTABLE_ASCII = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 _NAME_REST = _LOWER + "_-"
@@ -342,6 +346,8 @@ def valid_values(
         return st.text(st.characters(max_codepoint=127), min_size=16, max_size=128)
     if kind == "invite_code":
         return st.text(_PRINTABLE_ASCII, min_size=1, max_size=128)
+    if kind == "txn_id":
+        return st.text(_TXN_CHARS, min_size=8, max_size=64)
     if kind == "body":
         return bodies()
     if kind == "topic":
@@ -405,6 +411,7 @@ def invalid_values(kind: str, request: str) -> st.SearchStrategy[tuple[Any, str]
         "room",
         "password",
         "token",
+        "txn_id",
         "invite_code",
         "body",
         "topic",
@@ -451,6 +458,12 @@ def invalid_values(kind: str, request: str) -> st.SearchStrategy[tuple[Any, str]
                 st.text(st.characters(max_codepoint=127), min_size=16, max_size=100),
                 st.sampled_from("é€\u0100"),
             ),
+        )
+    elif kind == "txn_id":
+        bad = st.one_of(
+            st.text(_TXN_CHARS, max_size=7),
+            st.text(_TXN_CHARS, min_size=65, max_size=80),
+            _with_bad_char(st.text(_TXN_CHARS, min_size=8, max_size=60), st.sampled_from(" .:/é+=")),
         )
     elif kind == "invite_code":
         bad = st.one_of(

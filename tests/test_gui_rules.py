@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.trial import unittest
 
 from chatclient.gui import rules
@@ -49,28 +47,6 @@ class MemberActionsTests(unittest.TestCase):
         for _, request in rules.member_actions("olga", rank, "den", "bob", "member")[1:]:
             assert request is not None
             self.assertEqual((request["room"], request["user"]), ("den", "bob"))
-
-
-class SendRecoveryTests(unittest.TestCase):
-    def test_a_cut_off_message_that_arrived_is_not_given_back(self) -> None:
-        recovery = rules.SendRecovery()
-        recovery.cut_off("room:lobby", "did it go?", newest=4)
-        recovery.cut_off("room:lobby", "and this?", newest=4)
-        events: dict[str, list[dict[str, Any]]] = {
-            "room:lobby": [
-                {"id": 3, "from": "alice", "body": "and this?"},  # an older one, same text: not it
-                {"id": 5, "from": "bob", "body": "and this?"},  # someone else's
-                {"id": 6, "from": "alice", "body": "did it go?"},
-            ]
-        }
-        settled = recovery.settle("alice", lambda stream: events.get(stream, []))
-        self.assertEqual(settled, [("did it go?", True), ("and this?", False)])
-        self.assertEqual(recovery.settle("alice", lambda stream: []), [])  # settled once
-
-    def test_a_conversation_never_caught_up_gives_the_message_back(self) -> None:
-        recovery = rules.SendRecovery()
-        recovery.cut_off("dm:alice:bob", "hello", newest=0)
-        self.assertEqual(recovery.settle("alice", lambda stream: []), [("hello", False)])
 
 
 class ProblemTests(unittest.TestCase):

@@ -1,6 +1,7 @@
 """The desktop client's decisions that need no window: what the user may
-do to a member, what becomes of a message whose send was cut off, and how
-a failed request is put to the user.
+do to a member, and how a failed request is put to the user.  (A message
+whose send was cut off needs no decision: the client library sends it
+again with its id, and the server stores it once.)
 
 The main window asks these and draws the answer; they are tested without
 Qt (tests/test_gui_rules.py).  The ranks are the server's
@@ -11,7 +12,7 @@ server would allow.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
 
 from chatserver.wire.names import RANK
 
@@ -58,39 +59,6 @@ def member_actions(
         else:
             actions.append(("Make moderator", {"type": "op", "room": room, "user": user}))
     return actions
-
-
-@dataclasses.dataclass(frozen=True)
-class Unconfirmed:
-    """A message whose connection dropped before its answer: it may or may
-    not have been stored (there is no idempotency key)."""
-
-    stream: str
-    body: str
-    #: The newest id of its conversation when it was sent.
-    newest: int
-
-
-class SendRecovery:
-    """Decides, once the client has caught up after a reconnection, which
-    cut-off messages arrived and which go back to the input."""
-
-    def __init__(self) -> None:
-        self.pending: list[Unconfirmed] = []
-
-    def cut_off(self, stream: str, body: str, newest: int) -> None:
-        self.pending.append(Unconfirmed(stream, body, newest))
-
-    def settle(self, me: str | None, events_of: Any) -> list[tuple[str, bool]]:
-        """(body, arrived) for each pending message, in sending order.
-        ``events_of(stream)`` gives the conversation's events as caught up:
-        one of ours with the same body after ``newest`` means it arrived."""
-        pending, self.pending = self.pending, []
-        return [(sent.body, _arrived(sent, me, events_of(sent.stream))) for sent in pending]
-
-
-def _arrived(sent: Unconfirmed, me: str | None, events: Iterable[dict[str, Any]]) -> bool:
-    return any(e["id"] > sent.newest and e.get("from") == me and e.get("body") == sent.body for e in events)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from chatserver.chat import ChatService
+from chatserver.chat import ChatService, sent_once
 from chatserver.session import Handler, Session
 
 
@@ -16,4 +16,7 @@ class DirectHandlers:
         self.requests: dict[str, Handler] = {"dm": self.dm}
 
     def dm(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.chat.direct(session, request["to"], request["body"]).addCallback(session.ack)
+        txn_id, resend = sent_once(request)
+        return self.chat.direct(session, request["to"], request["body"], txn_id, resend).addCallback(
+            session.ack
+        )

@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from chatserver.chat import LIST_PAGE_MAX, ChatService
+from chatserver.chat import LIST_PAGE_MAX, ChatService, sent_once
 from chatserver.session import Handler, Session
 
 
@@ -27,7 +27,10 @@ class RoomHandlers:
         }
 
     def say(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.chat.say(session, request["room"], request["body"]).addCallback(session.ack)
+        txn_id, resend = sent_once(request)
+        return self.chat.say(session, request["room"], request["body"], txn_id, resend).addCallback(
+            session.ack
+        )
 
     def who(self, session: Session, request: dict[str, Any]) -> dict[str, Any]:
         members, more = self.chat.who(

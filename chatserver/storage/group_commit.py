@@ -113,6 +113,9 @@ class EventLog:
         given_back: dict[str, int] = {}
         rows: list[Row] = []
         texts: list[str | None] = []
+        #: The senders' ids of the events that have one (``_txn``: not part
+        #: of the event's JSON), written with them.
+        txns: list[Change] = []
         for event, _, _ in batch:
             if event is None:
                 texts.append(None)
@@ -121,10 +124,13 @@ class EventLog:
             last = heads.get(stream, 0)
             given_back.setdefault(stream, last)
             heads[stream] = event["id"] = last + 1
+            txn = event.pop("_txn", None)
+            if txn is not None:
+                txns.append(("set_txn", (txn, stream, last + 1)))
             text = json_text(event)
             rows.append((stream, last + 1, event["ts"], text))
             texts.append(text)
-        changes = [change for _, entry_changes, _ in batch for change in entry_changes]
+        changes = [change for _, entry_changes, _ in batch for change in entry_changes] + txns
         d: Deferred[Any] = self._commit_batch(rows, changes, notes)
         d.addBoth(self._committed, batch, texts, given_back, self._reactor.seconds())
 
@@ -139,6 +145,7 @@ class EventLog:
                 for at, (event, _, _) in enumerate(batch):
                     if event is not None:
                         event["id"], texts[at] = next(placed)
+                        event.pop("_txn", None)
             self._committed(result, batch, texts, {}, started)
 
         started = self._reactor.seconds()

@@ -186,6 +186,12 @@ class Storage(Protocol):
         """user -> {peer: (stream, delivered id)}"""
         ...
 
+    def find_sent(self, txn: str) -> Deferred[str | None]:
+        """The event (its JSON) first stored with the sender's id ``txn``
+        (the ``_txn`` member of an appended event: stored beside it, not in
+        its JSON), or None."""
+        ...
+
     def dm_streams(self, user: str) -> Deferred[dict[str, tuple[str, int]]]:
         """One user's {peer: (stream, delivered id)}, as stored now."""
         ...

@@ -168,11 +168,13 @@ def commit_events(
         stream = event["stream"]
         event_id = next_id[stream]
         next_id[stream] += 1
-        text = json_text(dict(event, id=event_id))
+        fields = dict(event, id=event_id)
+        txn = fields.pop("_txn", None)  # the sender's id for it: a column, not in the JSON
+        text = json_text(fields)
         placed.append((event_id, text))
-        rows.append((stream, event_id, event["ts"], text))
+        rows.append((stream, event_id, event["ts"], text, txn))
     if rows:
-        cursor.executemany("INSERT INTO events (stream, id, ts, event) VALUES (?, ?, ?, ?)", rows)
+        cursor.executemany("INSERT INTO events (stream, id, ts, event, txn) VALUES (?, ?, ?, ?, ?)", rows)
     for change in changes:
         queries.apply(cursor, change)
     for change in notes:
@@ -511,6 +513,9 @@ class PostgresStorage(EventLogMethods, Service):
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
         return self.read(queries.is_welcomed, name)
+
+    def find_sent(self, txn: str) -> Deferred[str | None]:
+        return self.read(queries.find_sent, txn)
 
     def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
         return self.read(queries.history, stream, after, before, limit)

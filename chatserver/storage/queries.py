@@ -197,6 +197,18 @@ def append_events(cursor: Any, rows: list[tuple[str, int, int, str]]) -> None:
     )
 
 
+def set_txn(cursor: Any, txn: str, stream: str, event_id: int) -> None:
+    """Mark a committed event with the sender's id for it (exactly-once)."""
+    cursor.execute("UPDATE events SET txn = ? WHERE stream = ? AND id = ?", (txn, stream, event_id))
+
+
+def find_sent(cursor: Any, txn: str) -> str | None:
+    """The event a sender's id was first stored with, if any."""
+    cursor.execute("SELECT event FROM events WHERE txn = ?", (txn,))
+    row = cursor.fetchone()
+    return None if row is None else str(row[0])
+
+
 def history(cursor: Any, stream: str, after: int | None, before: int | None, limit: int) -> list[str]:
     """Event JSON texts of ``stream``, ascending by id.  With ``after``,
     the first ``limit`` events after it; otherwise the last ``limit``
@@ -396,4 +408,5 @@ CHANGE_QUERIES: dict[str, Callable[..., None]] = {
     "mark_welcomed": mark_welcomed,
     "set_dm_stream": set_dm_stream,
     "add_audit": add_audit,
+    "set_txn": set_txn,
 }

@@ -49,6 +49,7 @@ from chatserver.storage.queries import (  # noqa: F401 (the admin tool and tests
     commit_batch,
     create_room,
     dm_streams,
+    find_sent,
     get_user,
     history,
     is_welcomed,
@@ -539,6 +540,10 @@ class SqliteStorage(EventLogMethods, Service):
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
         return self.read(is_welcomed, name)
+
+    def find_sent(self, txn: str) -> Deferred[str | None]:
+        # Only on a resend (rare), and by an index: a point read.
+        return self.read(find_sent, txn)
 
     def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
         # Not ``read``: a page is larger than a lookup, and a flood of

@@ -126,6 +126,17 @@ def token(value: Any, limits: Limits | None = None) -> str:
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]{1,128}")
 
 
+_TXN_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def txn_id(value: Any, limits: Limits | None = None) -> str:
+    """A client's id for one message it sends (resent with the same id)."""
+    text = _string(value, "txn_id")
+    if not _TXN_ID.fullmatch(text):
+        raise RequestError("bad_field", "txn_id is 8 to 64 letters, digits, - or _", "txn_id")
+    return text
+
+
 def invite_code(value: Any, limits: Limits | None = None) -> str:
     """An invite code's form only: whether it is usable is the server's
     business (``invite_invalid``)."""
@@ -235,7 +246,12 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "login": {"user": (username, True), "password": (_password(1), False), "token": (token, False)},
     "logout": {},
     "ping": {},
-    "say": {"room": (room, True), "body": (body, True)},
+    "say": {
+        "room": (room, True),
+        "body": (body, True),
+        "txn_id": (txn_id, False),
+        "resend": (_flag("resend"), False),
+    },
     "who": {"room": (room, True), "after": (_after_user, False), "limit": (_list_limit, False)},
     "create": {
         "room": (room, True),
@@ -247,7 +263,12 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "rooms": {"after": (_after_room, False), "limit": (_list_limit, False)},
     "topic": {"room": (room, True), "topic": (_short_text("topic", 300), True)},
     "invite": {"room": (room, True), "user": (_target, True)},
-    "dm": {"to": (_recipient, True), "body": (body, True)},
+    "dm": {
+        "to": (_recipient, True),
+        "body": (body, True),
+        "txn_id": (txn_id, False),
+        "resend": (_flag("resend"), False),
+    },
     "history": {
         "stream": (stream, True),
         "after": (event_id("after"), False),

@@ -68,9 +68,6 @@ class MainWindow(QMainWindow):
         self.stats_dock: StatsDock | None = None
         #: This window's notices per conversation: (newest id then, HTML).
         self.notes: dict[str, list[tuple[int, str]]] = {}
-        #: Messages whose send was cut off by a dropped connection,
-        #: settled once back online and caught up (rules.SendRecovery).
-        self.unconfirmed = rules.SendRecovery()
         #: Called when the user closes the window (the app ends).
         self.closed_callback: Callable[[], Any] | None = None
         #: Called after a logout (the app offers to connect again).
@@ -249,7 +246,6 @@ class MainWindow(QMainWindow):
             if current is not None and not current.loaded:
                 self.history.load_page(current)  # opened while offline
             self.refresh_members()
-            self._check_unconfirmed()
         if self.stats_dock is not None:
             self.stats_dock.online()
 
@@ -483,40 +479,19 @@ class MainWindow(QMainWindow):
         self.commands.run_line(text, self.current_room() or "")
 
     def send(self, request: dict[str, Any], text: str) -> None:
-        """A message (``say`` or ``dm``) as typed in ``text``: back to the
-        input if refused, settled once reconnected if cut off."""
-        if request["type"] == "dm":
-            stream = dm_stream(self.me, str(request["to"]).lower())
-        else:
-            stream = room_stream(request["room"])
-        newest = self.model.conversation(stream).newest_id if stream in self.model.conversations else 0
+        """A message (``say`` or ``dm``) as typed in ``text``.  The client
+        library sends it exactly once, again after a reconnection if need
+        be (the server knows it by its id), so only a refusal, or a
+        client that gave up on it, puts the text back in the input."""
 
         def failed(problem: rules.Problem) -> None:
-            if problem.dropped:
-                # It may have been stored before the connection dropped
-                # (there is no idempotency key): decide once caught up.
-                self.unconfirmed.cut_off(stream, request["body"], newest)
-                self.notice("The connection dropped while sending; checking once reconnected.", error=True)
-                return
             self.input.give_back(text)
+            if problem.dropped:
+                self.notice("The message could not be sent: it is back in the input.", error=True)
+                return
             self.report(problem, request["type"])
 
         self.bridge.request(request, None, failed)
-
-    def _check_unconfirmed(self) -> None:
-        conversations = self.model.conversations
-
-        def events_of(stream: str) -> list[dict[str, Any]]:
-            return conversations[stream].events if stream in conversations else []
-
-        for body, arrived in self.unconfirmed.settle(self.me, events_of):
-            if arrived:
-                self.notice("A message sent as the connection dropped did arrive.")
-            else:
-                self.input.give_back(body)
-                self.notice(
-                    "A message sent as the connection dropped did not arrive: it is back in the input."
-                )
 
     def log_out(self) -> None:
         self.commands.dispatch(Command("request", {"type": "logout"}))
