@@ -30,6 +30,7 @@ from twisted.protocols.basic import LineReceiver
 
 from chatclient import commands
 from chatclient.commands import Command
+from chatclient.endpoints import BadHostList, FailoverEndpoint, parse_hosts
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
@@ -38,8 +39,13 @@ from chatserver.wire.safetext import log_text, terminal_lines, terminal_text
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m chatclient.cli", description="chatserver terminal client")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7070)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the server, or several nodes of one deployment to fail over between: "
+        "HOST[:PORT][,HOST[:PORT]...] (the first one names the deployment in the known hosts file)",
+    )
+    p.add_argument("--port", type=int, default=7070, help="the port of a --host entry that gives none")
     p.add_argument("--user", required=True)
     p.add_argument("--password-file", type=Path, help="read the password from this file (first line)")
     p.add_argument("--register", action="store_true", help="create the account, then log in")
@@ -463,7 +469,13 @@ def endpoint_description(host: str, port: int, tls: bool = False, ca_dir: str | 
 
 async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     known = KnownHosts(args.known_hosts)
-    server = server_id(args.host, args.port)
+    try:
+        hosts = parse_hosts(args.host, args.port)
+    except BadHostList as e:
+        print(f"error: --host: {e}", file=sys.stderr)
+        return 2
+    # The nodes of one deployment share its key: one pin, under the first.
+    server = server_id(*hosts[0])
 
     unpinned: set[str] = set()
 
@@ -477,10 +489,16 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
             notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
         unpinned.discard(fingerprint)
 
-    description = endpoint_description(args.host, args.port, args.tls, args.tls_ca)
+    nodes = [
+        (
+            f"{host}:{port}",
+            endpoints.clientFromString(reactor, endpoint_description(host, port, args.tls, args.tls_ca)),
+        )
+        for host, port in hosts
+    ]
     client = ReconnectingClient(
         reactor,
-        endpoints.clientFromString(reactor, description),
+        nodes[0][1] if len(nodes) == 1 else FailoverEndpoint(nodes, lambda name: notice(f"now on {name}")),
         verify,
         args.user,
         password,

@@ -94,6 +94,78 @@ class TwoNodesTests(unittest.TestCase):
         await until(lambda: two.factory.chat.rooms["garden"].topic == "roses")
 
 
+class FailoverTests(unittest.TestCase):
+    skip = backends.missing() or postgres_only("several nodes on one PostgreSQL and Redis")
+
+    async def test_a_client_fails_over_to_the_other_node_and_loses_nothing(self) -> None:
+        import time
+
+        from twisted.internet import endpoints, reactor
+
+        from chatclient.endpoints import FailoverEndpoint
+        from chatclient.reconnect import ReconnectingClient
+        from tests.support import PASSWORD
+
+        url = backends.postgres_url()
+        shared = {"database": url, "hub_url": backends.redis_url(), "hub_prefix": urlsafe(url)}
+        nodes = []
+        for n in (1, 2):
+            node = RunningServer(make_settings(Path(self.mktemp()), hub_name=f"node{n}", **shared))
+            await node.start()
+            self.addCleanup(node.stop)
+            nodes.append(node)
+        one, two = nodes
+        switched: list[str] = []
+        failover = FailoverEndpoint(
+            [
+                (f"node{n}", endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", node.port))
+                for n, node in ((1, one), (2, two))
+            ],
+            switched.append,
+        )
+        alice = ReconnectingClient(
+            reactor,
+            failover,
+            lambda fp: True,
+            "alice",
+            PASSWORD,
+            register=True,
+            initial_delay=0.1,
+            max_delay=1.0,
+        )
+        received: list[tuple[int, str]] = []
+        alice.add_listener(
+            lambda e: received.append((e["id"], e["body"])) if e.get("type") == "msg" else None
+        )
+        alice.start()
+        self.addCleanup(alice.stop)
+        await alice.when_online()
+        self.assertEqual(failover.name, "node1")
+        token = alice.token
+        bob = await logged_in(self, two, "bob")
+        first = await bob.say("lobby", "before")
+        await until(lambda: (first["id"], "before") in received)
+
+        # Node 1 dies (its listener and connections go); bob, on node 2,
+        # goes on talking meanwhile.
+        died = time.monotonic()
+        stopping = one.stop()
+        during = [await bob.say("lobby", f"while away {n}") for n in range(5)]
+        await stopping
+        await alice.when_online()
+        back = time.monotonic() - died
+        self.assertEqual((failover.name, switched), ("node2", ["node2"]))
+        self.assertEqual(alice.token, token)  # resumed with its session token
+        await until(lambda: all((a["id"], f"while away {n}") in received for n, a in enumerate(during)))
+        # Caught up in order, each once; and sending works on the new node.
+        ids = [i for i, _ in received]
+        self.assertEqual(ids, sorted(set(ids)))
+        ack = await alice.say("lobby", "from node 2 now")
+        self.assertEqual(ack["id"], during[-1]["id"] + 1)
+        print(f"\nfailed over and caught up {back:.2f} s after the node's death")
+        self.assertLess(back, 5.0)
+
+
 def urlsafe(url: str) -> str:
     import urllib.parse
 

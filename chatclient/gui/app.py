@@ -87,6 +87,7 @@ class App:
     def connect(self, login: Any) -> None:
         from twisted.internet import endpoints
 
+        from chatclient.endpoints import FailoverEndpoint, parse_hosts
         from chatclient.gui.bridge import ClientBridge
         from chatclient.gui.mainwindow.window import MainWindow
         from chatclient.gui.trust import Trust
@@ -96,8 +97,15 @@ class App:
         log.info(
             "connecting to {host}:{port} as {user}", host=server.host, port=server.port, user=server.user
         )
-        self.trust = Trust(self.known_hosts, server_id(server.host, server.port), None)
-        endpoint = endpoints.HostnameEndpoint(self.reactor, server.host, server.port, timeout=15)
+        # Several nodes of one deployment: fail over between them, under
+        # one pin (they share the key), the first one's.
+        hosts = parse_hosts(server.host, server.port)
+        self.trust = Trust(self.known_hosts, server_id(*hosts[0]), None)
+        nodes = [
+            (f"{host}:{port}", endpoints.HostnameEndpoint(self.reactor, host, port, timeout=15))
+            for host, port in hosts
+        ]
+        endpoint: Any = nodes[0][1] if len(nodes) == 1 else FailoverEndpoint(nodes)
         self.client = ReconnectingClient(
             self.reactor,
             endpoint,

@@ -22,6 +22,7 @@ from PyQt6.QtWidgets import (
 
 from chatclient.gui.present import present
 from chatclient.gui.servers import RememberedServers, Server
+from chatclient.hosts import BadHostList, parse_hosts
 
 DEFAULT_PORT = 7070
 
@@ -48,6 +49,10 @@ class ConnectDialog(QDialog):
             self.recent.addItem(server.label)
         self.host = QLineEdit("127.0.0.1")
         self.host.setObjectName("host")
+        self.host.setToolTip(
+            "The server's host name or address; for a deployment of several nodes, "
+            "a list to fail over between: host1:7070, host2:7070"
+        )
         self.port = QSpinBox()
         self.port.setObjectName("port")
         self.port.setRange(1, 65535)
@@ -144,6 +149,10 @@ class ConnectDialog(QDialog):
         password = self.password.text()
         if not host:
             return self.show_error("Enter the server's host name or address.")
+        try:
+            parse_hosts(host, self.port.value())
+        except BadHostList as e:
+            return self.show_error(f"Server: {e}.")
         if not user:
             return self.show_error("Enter your username.")
         if len(password) < (8 if self.register_mode.isChecked() else 1):
