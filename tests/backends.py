@@ -108,7 +108,6 @@ class Postgres:
 
     def start(self) -> Postgres:
         initdb = _program("initdb", _PG_DIRS)
-        postgres = _program("postgres", _PG_DIRS)
         owner = _as_postgres()
         self.socket_dir.mkdir()
         if owner:
@@ -121,7 +120,15 @@ class Postgres:
             stderr=subprocess.PIPE,
             **owner,
         )
-        with open(self.log, "wb") as log:
+        self._run()
+        self._psql("CREATE DATABASE chatserver")
+        return self
+
+    def _run(self) -> None:
+        """Start the server on the cluster and wait until it answers."""
+        postgres = _program("postgres", _PG_DIRS)
+        owner = _as_postgres()
+        with open(self.log, "ab") as log:
             process = subprocess.Popen(
                 [
                     postgres,
@@ -146,8 +153,15 @@ class Postgres:
         self.pid = process.pid
         socket = self.socket_dir / ".s.PGSQL.5432"
         _wait(lambda: socket.exists() and self._ready(), "PostgreSQL", self.log)
-        self._psql("CREATE DATABASE chatserver")
-        return self
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop the server (a fast shutdown: its connections are cut), stay
+        down ``down`` seconds, start it again on the same data."""
+        assert self.pid is not None
+        _stop(self.pid, signal.SIGINT)
+        self.pid = None
+        time.sleep(down)
+        self._run()
 
     def _ready(self) -> bool:
         isready = _program("pg_isready", _PG_DIRS)
