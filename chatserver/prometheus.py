@@ -64,6 +64,29 @@ class ChatCollector:
                 ("process_open_fds", "Open file descriptors of the server's process tree.", tree["fds"]),
             ):
                 yield GaugeMetricFamily(f"chatserver_{name}", help_text, value=value)
+        hub_stats = getattr(factory.chat.hub, "stats", None)
+        if hub_stats is not None:  # a shared hub (Redis): its links' outages
+            yield GaugeMetricFamily(
+                "chatserver_hub_up",
+                "1 if both links to the hub are up.",
+                value=int(factory.chat.hub.connected),
+            )
+            for name, help_text, value in (
+                ("hub_reconnects", "Hub links back after a loss.", hub_stats["reconnects"]),
+                (
+                    "hub_outage_seconds",
+                    "Seconds hub links were down, summed over links.",
+                    hub_stats["outage_seconds"],
+                ),
+                (
+                    "hub_replayed_events",
+                    "Events read back from storage after a hub reconnection.",
+                    hub_stats["replayed"],
+                ),
+            ):
+                family = CounterMetricFamily(f"chatserver_{name}", help_text)
+                family.add_metric([], value)
+                yield family
         if monitoring is not None:
             yield GaugeMetricFamily(
                 "chatserver_monitor_up", "1 if the monitor child runs.", value=int(monitoring.health()["up"])

@@ -182,4 +182,10 @@ class RedisFaultTests(unittest.TestCase):
         hub: Any = nodes[1].factory.chat.hub
         self.assertGreaterEqual(hub.stats["reconnects"], 1)
         self.assertGreater(hub.stats["outage_seconds"], 5)
+        # The delay is in the metrics as well as the log.
+        from chatserver.prometheus import ChatCollector
+
+        scraped = {m.name: m.samples[0].value for m in ChatCollector(nodes[1].factory).collect()}
+        self.assertGreater(scraped["chatserver_hub_outage_seconds"], 5)
+        self.assertEqual(scraped["chatserver_hub_up"], 1)
         print(f"\n{len(alice.acked)} messages; the hub was away {hub.stats['outage_seconds']:.1f} s")

@@ -245,6 +245,11 @@ class RedisHub:
         self.stats = {"reconnects": 0, "replayed": 0, "outage_seconds": 0.0}
         self._started: Deferred[None] | None = None
 
+    @property
+    def connected(self) -> bool:
+        """Both links up and answering (for the metrics)."""
+        return self._commands is not None and self._subscriber is not None and not self._down_since
+
     # --- names -------------------------------------------------------------
 
     # Keys live in the database number; channels are the server's
