@@ -112,6 +112,8 @@ class Settings:
     block_after_refusals_prefix: int = 100
     block_seconds: float = 10.0
     abuse_strikes: int = 20
+    #: Worker processes (more than 1 needs PostgreSQL and Redis).
+    workers: int = 1
     # [store]
     synchronous: str = "full"
     #: "" (SQLite in data_dir), "sqlite:PATH" or a postgresql:// URL
@@ -435,6 +437,7 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("limits", "block_after_refusals_prefix", "block_after_refusals_prefix", _ranged(int, 0, 1 << 20)),
     ("limits", "block_seconds", "block_seconds", _positive(float)),
     ("limits", "abuse_strikes", "abuse_strikes", _positive(int)),
+    ("server", "workers", "workers", _ranged(int, 1, 64)),
     ("store", "synchronous", "synchronous", _synchronous),
     ("store", "database", "database", _database),
     ("store", "password_file", "database_password_file", str.strip),
@@ -476,6 +479,11 @@ def load_settings(path: str | Path | None = None, **overrides: str | None) -> Se
 
 def _check_together(settings: Settings, where: str) -> None:
     """Settings that are fine alone but not together."""
+    if settings.workers > 1 and not (settings.uses_postgres and settings.hub_url):
+        raise ConfigError(
+            f"{where}[server] workers = {settings.workers} needs [store] database = postgresql://... "
+            "and [hub] url = redis://... (the workers share them; see docs/deployment.rst)"
+        )
     if settings.max_unauthenticated > settings.max_connections:
         raise ConfigError(
             f"{where}[server] max_unauthenticated = {settings.max_unauthenticated}: must not be more"

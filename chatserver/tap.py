@@ -31,6 +31,7 @@ from chatserver.monitoring import Monitoring
 from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
 from chatserver.storage.sqlite import SqliteStorage, UnusableDatabase, had_database
+from chatserver.supervisor import WorkerPool, worker_argv
 from chatserver.tickets import Tickets
 from chatserver.workers import CryptoPool, threads_per_kind
 
@@ -48,13 +49,26 @@ class Options(usage.Options):
 
     def load(self) -> Settings:
         """The settings: defaults, the file, these options (again at SIGHUP)."""
-        return load_settings(
+        settings = load_settings(
             self["config"],
             endpoint=self["endpoint"],
             data_dir=self["data-dir"],
             log_dir=self["log-dir"],
             database=self["database"],
             hub_url=self["hub"],
+            workers=self["workers"],
+        )
+        index = self["worker-index"]
+        if index is None:
+            return settings
+        # A worker of a main process (chatserver/supervisor.py): its own
+        # log directory, and a name on the hub that its restarts reuse.
+        name = settings.hub_name or f"{socket.gethostname()}:{os.getppid()}"
+        return dataclasses.replace(
+            settings,
+            workers=1,
+            log_dir=str(Path(settings.log_dir) / f"worker-{index}"),
+            hub_name=f"{name}:w{index}",
         )
 
     optParameters = [
@@ -64,6 +78,15 @@ class Options(usage.Options):
         ["log-dir", "l", None, "Directory for chatserver.log and connections.log."],
         ["database", None, None, "[store] database: sqlite:PATH or a postgresql:// URL (no password)."],
         ["hub", None, None, "[hub] url: redis://HOST:PORT/DB or unix:///PATH (empty: in-process)."],
+        [
+            "workers",
+            None,
+            None,
+            "[server] workers: worker processes (more than 1 needs PostgreSQL and Redis).",
+        ],
+        # Set by the main process for its workers (chatserver/supervisor.py).
+        ["worker-index", None, None, "(internal) this worker's number.", int],
+        ["worker-port", None, None, "(internal) the port the main process holds.", int],
     ]
 
     def postOptions(self) -> None:
@@ -381,6 +404,76 @@ def install_signal_handlers(reactor: Any, top: ChatServer) -> None:
     reactor.callWhenRunning(install)
 
 
+class MainProcess(service.MultiService):
+    """The main process of ``[server] workers = N``: logs and the workers."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def reload(self) -> None:
+        logs: LogFiles = self.getServiceNamed("log-files")
+        logs.reopen()
+        self.pool.signal_all(signal.SIGHUP)
+        log.info("SIGHUP: log files reopened, passed on to {count} workers", count=len(self.pool.workers))
+
+
+def build_main_process(
+    options: Any, reactor: Any, quiet: bool = False, real: bool = False
+) -> service.MultiService:
+    """Bind the endpoint, check the database, and start the workers."""
+    settings: Settings = options["settings"]
+    _usable_directory(settings.data_path, "data directory", 0o700)
+    _usable_directory(settings.log_path, "log directory", 0o750, probe="chatserver.log")
+    try:
+        identity, created = load_or_create(settings.identity_key_path)
+    except IdentityError as e:
+        raise SystemExit(f"chatserver: {e}") from None
+    # Reachable, and migrated once, before any worker starts.
+    open_storage(settings, reactor)
+    try:
+        family, interface, wanted, backlog = twisted_internals.tcp_parts(reactor, settings.endpoint)
+        held = twisted_internals.reuseport_socket(family, interface, wanted, backlog, listen=False)
+    except ValueError as e:
+        raise SystemExit(f"chatserver: [server] endpoint {settings.endpoint}: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"chatserver: cannot listen on {settings.endpoint}: {e.strerror or e}") from None
+    port_number = held.getsockname()[1]
+    if not quiet:
+        print(
+            f"chatserver: server key fingerprint {identity.fingerprint}\n"
+            f"chatserver: listening on {port_number} with {settings.workers} workers",
+            flush=True,
+            file=sys.stdout,
+        )
+    pool = WorkerPool(
+        reactor,
+        settings.workers,
+        lambda index: worker_argv(options, index, port_number),
+        stop_grace=settings.shutdown_grace + 5.0,
+    )
+    top = MainProcess(pool)
+    LogFiles(
+        settings.log_path,
+        settings.log_level,
+        settings.log_rotate_bytes,
+        settings.log_rotate_count,
+        levels=settings.log_levels,
+        json=settings.log_format == "json",
+        daily=settings.log_rotate == "daily",
+    ).setServiceParent(top)
+    pool.setServiceParent(top)
+    top.held = held  # type: ignore[attr-defined]  # holds the port (an ephemeral one too)
+    if real:
+        reactor.callWhenRunning(
+            lambda: (
+                signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(reactor.stop)),
+                signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(top.reload)),
+            )
+        )
+    return top
+
+
 def makeService(options: Any) -> service.MultiService:
     """twistd's entry point: the service tree on the global reactor, with
     the signal handling of a real server."""
@@ -399,6 +492,8 @@ def build_service(
     if clock is None:
         clock = reactor
     settings: Settings = options["settings"]
+    if settings.workers > 1:
+        return build_main_process(options, reactor, quiet=quiet, real=real)
     # Before anything else writes there: a clear line for a directory that
     # cannot be used, rather than a traceback from deep inside.
     _usable_directory(settings.data_path, "data directory", 0o700)
@@ -457,7 +552,22 @@ def build_service(
     # Listeners that hand the factory's protocol to the socket directly;
     # others (ssl:, tls:) wrap it and need a protocol for every connection.
     factory.close_blocked_at_accept = settings.endpoint.split(":", 1)[0].strip().lower() in DIRECT_ENDPOINTS
-    listener = twisted_internals.listener(reactor, settings.endpoint, factory)
+    if options.get("worker-port") is not None:
+        # A worker: its own socket on the main process's port, bound with
+        # SO_REUSEPORT beside the other workers' (the kernel spreads the
+        # connections); adopted by the reactor.
+        family, interface, _, backlog = twisted_internals.tcp_parts(reactor, settings.endpoint)
+        try:
+            sock = twisted_internals.reuseport_socket(
+                family, interface, int(options["worker-port"]), backlog, listen=True
+            )
+        except OSError as e:
+            raise SystemExit(f"chatserver: cannot listen on {settings.endpoint}: {e.strerror or e}") from None
+        adopted = twisted_internals.AdoptedEndpoint(reactor, sock.fileno(), family)
+        listener = twisted_internals.Listener(adopted, factory)
+        listener.socket = sock  # type: ignore[attr-defined]  # closed with the process (adopt dups it)
+    else:
+        listener = twisted_internals.listener(reactor, settings.endpoint, factory)
     core = ChatCore(
         chat,
         listener,

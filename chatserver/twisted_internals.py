@@ -22,12 +22,14 @@ endpoint API, where twisted.application's would have us read the private
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, tcp
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 #: The private parts of tcp.Connection that a direct send relies on.
 _CONNECTION_INTERNALS = ("dataBuffer", "_tempDataBuffer", "writeSomeData")
@@ -113,3 +115,54 @@ def listener(reactor: Any, description: str, factory: Any) -> Listener:
     """A Listener for a strports ``description`` (raises ValueError for a
     description that names no endpoint)."""
     return Listener(endpoints.serverFromString(reactor, description), factory)
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """A listening socket inherited from the parent process (a worker's,
+    see chatserver/supervisor.py): ``listen`` adopts it."""
+
+    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.family = family
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        try:
+            port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(port)
+
+
+def tcp_parts(reactor: Any, description: str) -> tuple[int, str, int, int]:
+    """(address family, interface, port, backlog) of a ``tcp:``/``tcp6:``
+    endpoint description (the endpoint's private attributes: Twisted has
+    no public accessor).  ValueError for any other endpoint."""
+    endpoint = endpoints.serverFromString(reactor, description)
+    if isinstance(endpoint, endpoints.TCP6ServerEndpoint):
+        family = socket.AF_INET6
+    elif isinstance(endpoint, endpoints.TCP4ServerEndpoint):
+        family = socket.AF_INET
+    else:
+        raise ValueError("worker processes need a tcp: or tcp6: endpoint")
+    interface = endpoint._interface or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    return family, interface, int(endpoint._port), int(endpoint._backlog)
+
+
+def reuseport_socket(family: int, interface: str, port: int, backlog: int, listen: bool) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT: every worker binds its own on
+    the same port, and the kernel spreads new connections over those that
+    listen.  The main process's (``listen=False``) only holds the port."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        if listen:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
