@@ -52,7 +52,7 @@ class _Worker(protocol.ProcessProtocol):
         self._partial = {1: b"", 2: b""}
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        # The worker's own logs go to its files; what it prints (the
+        # The worker's logs go to its files; what it prints (the
         # fingerprint banner, a start-up failure) is passed on, a line each.
         *lines, self._partial[fd] = (self._partial.get(fd, b"") + data).split(b"\n")
         for line in lines:
@@ -181,7 +181,9 @@ def worker_argv(options: Any, index: int, port: int) -> list[str]:
     """``twistd -n chatserver`` in worker mode, with the main process's own
     options (so a SIGHUP reload reads the same file)."""
     runner = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-    argv = [sys.executable, "-c", runner, "--nodaemon", "--pidfile=", "chatserver"]
+    # Its logs go to its own files (LogFiles); twistd's copy of them on
+    # stdout would only be read and written again here.
+    argv = [sys.executable, "-c", runner, "--nodaemon", "--pidfile=", f"--logfile={os.devnull}", "chatserver"]
     for name in ("config", "endpoint", "data-dir", "log-dir", "database", "hub"):
         value = options.get(name)
         if value is not None:
