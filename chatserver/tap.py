@@ -404,6 +404,19 @@ def install_signal_handlers(reactor: Any, top: ChatServer) -> None:
     reactor.callWhenRunning(install)
 
 
+def log_files(settings: Settings) -> LogFiles:
+    """The log files the settings ask for (a worker's main process too)."""
+    return LogFiles(
+        settings.log_path,
+        settings.log_level,
+        settings.log_rotate_bytes,
+        settings.log_rotate_count,
+        levels=settings.log_levels,
+        json=settings.log_format == "json",
+        daily=settings.log_rotate == "daily",
+    )
+
+
 class MainProcess(service.MultiService):
     """The main process of ``[server] workers = N``: logs and the workers."""
 
@@ -453,15 +466,7 @@ def build_main_process(
         stop_grace=settings.shutdown_grace + 5.0,
     )
     top = MainProcess(pool)
-    LogFiles(
-        settings.log_path,
-        settings.log_level,
-        settings.log_rotate_bytes,
-        settings.log_rotate_count,
-        levels=settings.log_levels,
-        json=settings.log_format == "json",
-        daily=settings.log_rotate == "daily",
-    ).setServiceParent(top)
+    log_files(settings).setServiceParent(top)
     pool.setServiceParent(top)
     top.held = held  # type: ignore[attr-defined]  # holds the port (an ephemeral one too)
     if real:
@@ -514,15 +519,7 @@ def build_service(
     top = ChatServer(grace=settings.shutdown_grace, load=getattr(options, "load", None), settings=settings)
     if real:
         install_signal_handlers(reactor, top)
-    LogFiles(
-        settings.log_path,
-        settings.log_level,
-        settings.log_rotate_bytes,
-        settings.log_rotate_count,
-        levels=settings.log_levels,
-        json=settings.log_format == "json",
-        daily=settings.log_rotate == "daily",
-    ).setServiceParent(top)
+    log_files(settings).setServiceParent(top)
     store = open_storage(settings, reactor)
     store.setServiceParent(top)
     pool = CryptoPool(reactor, threads_per_kind(settings.crypto_threads), settings.max_pending_crypto)
