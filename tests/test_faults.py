@@ -22,8 +22,12 @@ class Sender:
     """A reconnecting client that says numbered messages in a room, one
     after another, and keeps the acknowledgements."""
 
-    def __init__(self, testcase: unittest.TestCase, port: int, user: str, register: bool = True) -> None:
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    def __init__(
+        self, testcase: unittest.TestCase, port: int, user: str, register: bool = True, endpoint: Any = None
+    ) -> None:
+        """``endpoint``: instead of loopback ``port`` (a failover list)."""
+        if endpoint is None:
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         self.client = ReconnectingClient(
             reactor,
             endpoint,
@@ -189,3 +193,58 @@ class RedisFaultTests(unittest.TestCase):
         self.assertGreater(scraped["chatserver_hub_outage_seconds"], 5)
         self.assertEqual(scraped["chatserver_hub_up"], 1)
         print(f"\n{len(alice.acked)} messages; the hub was away {hub.stats['outage_seconds']:.1f} s")
+
+
+class NodeKillTests(unittest.TestCase):
+    """Two real twistd nodes on one PostgreSQL database and Redis; node 1
+    is SIGKILLed mid-traffic."""
+
+    skip = backends.missing() or postgres_only("two twistd nodes on PostgreSQL and Redis")
+    timeout = 120
+
+    async def test_a_killed_nodes_clients_fail_over_and_lose_nothing(self) -> None:
+        from chatclient.endpoints import FailoverEndpoint
+        from tests.processes import start_twistd
+        from tests.support import install_identity
+
+        url = backends.postgres_url()
+        config = Path(self.mktemp()).resolve()
+        config.mkdir()
+        ini = config / "chatserver.ini"
+        ini.write_text(f"[hub]\nurl = {backends.redis_url()}\nprefix = kill{id(self)}:\n")
+        nodes = []
+        for _ in (1, 2):
+            base = Path(self.mktemp()).resolve()
+            base.mkdir()
+            install_identity(base / "data")
+            process, port, _ = await start_twistd(self, base, "--config", str(ini), "--database", url)
+            nodes.append((process, port))
+        (one, one_port), (_, two_port) = nodes
+        failover = FailoverEndpoint(
+            [
+                (f"node{n}", endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", p))
+                for n, p in ((1, one_port), (2, two_port))
+            ]
+        )
+        alice = Sender(self, one_port, "alice", endpoint=failover)
+        bob = Sender(self, two_port, "bob")
+        await alice.client.when_online()
+        await bob.client.when_online()
+        sending = defer.ensureDeferred(alice.send(pause=0.25))  # under the 5/s limit
+        await until(lambda: len(alice.acked) >= 8, timeout=20)
+        one.signal("KILL")
+        killed = time.monotonic()
+        before = len(alice.acked)
+        await until(lambda: len(alice.acked) > before, timeout=20)  # acknowledged by node 2 now
+        back = time.monotonic() - killed
+        await until(lambda: len(alice.acked) >= before + 8, timeout=20)
+        alice.running = False
+        await sending
+        self.assertEqual(failover.name, "node2")
+        await until(lambda: set(alice.acked) <= set(bob.received), timeout=20)
+        self.assertEqual([m for m in bob.received if m[1].startswith("alice ")], alice.acked)
+        page = await alice.client.request({"type": "history", "stream": "room:lobby", "limit": 1000})
+        stored = [(e["id"], e["body"]) for e in page["events"] if e.get("from") == "alice"]
+        self.assertEqual(stored, alice.acked)  # each once: the resent one too
+        print(f"\nnode 1 killed: alice sending again through node 2 after {back:.2f} s")
+        self.assertLess(back, 5.0)
