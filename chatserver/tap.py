@@ -404,6 +404,19 @@ def install_signal_handlers(reactor: Any, top: ChatServer) -> None:
     reactor.callWhenRunning(install)
 
 
+def _directories_and_key(settings: Settings) -> tuple[Any, bool]:
+    """The data and log directories checked, and the identity key (made
+    if there is none): before anything else writes there, so that a
+    directory that cannot be used gets one clear line, not a traceback
+    from deep inside."""
+    _usable_directory(settings.data_path, "data directory", 0o700)
+    _usable_directory(settings.log_path, "log directory", 0o750, probe="chatserver.log")
+    try:
+        return load_or_create(settings.identity_key_path)
+    except IdentityError as e:
+        raise SystemExit(f"chatserver: {e}") from None
+
+
 def log_files(settings: Settings) -> LogFiles:
     """The log files the settings ask for (a worker's main process too)."""
     return LogFiles(
@@ -436,12 +449,7 @@ def build_main_process(
 ) -> service.MultiService:
     """Bind the endpoint, check the database, and start the workers."""
     settings: Settings = options["settings"]
-    _usable_directory(settings.data_path, "data directory", 0o700)
-    _usable_directory(settings.log_path, "log directory", 0o750, probe="chatserver.log")
-    try:
-        identity, created = load_or_create(settings.identity_key_path)
-    except IdentityError as e:
-        raise SystemExit(f"chatserver: {e}") from None
+    identity, created = _directories_and_key(settings)
     # Reachable, and migrated once, before any worker starts.
     open_storage(settings, reactor)
     try:
@@ -499,14 +507,7 @@ def build_service(
     settings: Settings = options["settings"]
     if settings.workers > 1:
         return build_main_process(options, reactor, quiet=quiet, real=real)
-    # Before anything else writes there: a clear line for a directory that
-    # cannot be used, rather than a traceback from deep inside.
-    _usable_directory(settings.data_path, "data directory", 0o700)
-    _usable_directory(settings.log_path, "log directory", 0o750, probe="chatserver.log")
-    try:
-        identity, created = load_or_create(settings.identity_key_path)
-    except IdentityError as e:
-        raise SystemExit(f"chatserver: {e}") from None
+    identity, created = _directories_and_key(settings)
     if not quiet:
         print(
             f"chatserver: {'created' if created else 'loaded'} server key "
