@@ -309,7 +309,7 @@ class ChatService:
         store is not asked (a first send is the common case, and costs no
         read)."""
         if txn_id is None:
-            return defer.maybeDeferred(send, None)
+            return send(None)  # the usual path, as before ids: no wrapping on every message
         key = f"{user} {txn_id}"
         under_way = self._sending.get(key)
         if under_way is not None:
