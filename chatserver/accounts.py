@@ -13,9 +13,9 @@ import base64
 import collections
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Protocol, Sequence
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from chatserver.config import Settings
@@ -26,6 +26,7 @@ from chatserver.wire.errors import Refused
 from chatserver.workers import CryptoPool
 
 audit = Logger(namespace="chatserver.audit")
+log = Logger(namespace="chatserver.accounts")
 
 ROLES = ("user", "admin")
 
@@ -88,6 +89,87 @@ class FailureWindow:
         self._failures.pop(key, None)
 
 
+class SharedFailures(Protocol):
+    """Failure windows that all processes count in (``hub/counters.py``);
+    a window is (its name, failures allowed, within seconds)."""
+
+    def retry_after(self, now: float, windows: Sequence[tuple[str, int, float]]) -> Deferred[list[float]]: ...
+
+    def fail(self, now: float, windows: Sequence[tuple[str, int, float]]) -> Deferred[Any]: ...
+
+    def clear(self, name: str) -> Deferred[Any]: ...
+
+
+class LoginThrottle:
+    """Failed logins (and registrations' refusals) per account and per
+    address: counted here, and, where several processes serve one
+    community, also where they all count (``share``), so that spreading
+    the attempts over workers or nodes gains nothing.
+
+    This process's windows stay the floor: if the shared ones cannot be
+    read, what was seen here still throttles."""
+
+    def __init__(self, clock: Any, settings: Settings) -> None:
+        self.per_account = settings.login_failures_per_account
+        self.per_address = settings.login_failures_per_address
+        self.period = settings.login_lockout
+        self._clock = clock
+        self._by_account = FailureWindow(clock, self.per_account, self.period)
+        self._by_address = FailureWindow(clock, self.per_address, self.period)
+        self._shared: SharedFailures | None = None
+        self._failing = False
+
+    def share(self, shared: SharedFailures) -> None:
+        self._shared = shared
+
+    def _windows(self, account: str | None, address: str) -> list[tuple[str, int, float]]:
+        windows = [(f"address:{address}", self.per_address, self.period)]
+        if account is not None:
+            windows.append((f"user:{account}", self.per_account, self.period))
+        return windows
+
+    def retry_after(self, account: str | None, address: str) -> Deferred[float]:
+        """Seconds until this account (None: any) may try again from this
+        address; 0 if it may now."""
+        here = self._by_address.retry_after(address)
+        if account is not None:
+            here = max(here, self._by_account.retry_after(account))
+        if self._shared is None or here > 0:
+            return succeed(here)
+        d = self._shared.retry_after(self._clock.seconds(), self._windows(account, address))
+        return d.addCallbacks(lambda waits: max(waits), self._not_shared, errbackArgs=(here,))
+
+    def _not_shared(self, failure: Any, here: float) -> float:
+        if not self._failing:
+            self._failing = True
+            log.warn(
+                "login throttles counted per process while the shared counts fail: {why}", why=failure.value
+            )
+        return here
+
+    def fail(self, account: str | None, address: str) -> Deferred[Any]:
+        """Count a failure; fires once it is counted everywhere (the
+        caller need not wait: this process's count is at once)."""
+        self._by_address.fail(address)
+        if account is not None:
+            self._by_account.fail(account)
+        if self._shared is None:
+            return succeed(None)
+        d = self._shared.fail(self._clock.seconds(), self._windows(account, address))
+        return d.addCallbacks(self._shared_again, self._not_shared, errbackArgs=(0.0,))
+
+    def _shared_again(self, _: Any) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("login throttles are shared again")
+
+    def succeeded(self, account: str) -> Deferred[Any]:
+        self._by_account.clear(account)
+        if self._shared is None:
+            return succeed(None)
+        return self._shared.clear(f"user:{account}").addErrback(self._not_shared, 0.0)
+
+
 class Accounts:
     #: How old an account record read by a resumption may be for the token
     #: login that follows it (a disable in between is seen after this).
@@ -98,8 +180,7 @@ class Accounts:
         self._settings = settings
         self._store = store
         self._pool = pool
-        self._by_account = FailureWindow(clock, settings.login_failures_per_account, settings.login_lockout)
-        self._by_address = FailureWindow(clock, settings.login_failures_per_address, settings.login_lockout)
+        self.throttle = LoginThrottle(clock, settings)
         # Verified against when the user does not exist, so that path costs
         # one scrypt run too.  Made lazily: start-up should not pay for it.
         self._dummy_hash: str | None = None
@@ -107,15 +188,16 @@ class Accounts:
         #: may change it, see tap.py).
         self.registration = settings.allow_registration
 
-    def _throttle(self, name: str, address: str) -> None:
-        wait = max(self._by_account.retry_after(name), self._by_address.retry_after(address))
+    @inlineCallbacks
+    def _throttle(self, name: str, address: str) -> Any:
+        wait = yield self.throttle.retry_after(name, address)
         if wait > 0:
             raise AuthError("throttled", "too many failed attempts; try again later", retry_after=wait)
 
     @inlineCallbacks
     def login(self, name: str, password: str, address: str) -> Any:
         """Fires with an :class:`Account` or fails with :class:`AuthError`."""
-        self._throttle(name, address)
+        yield self._throttle(name, address)
         record = yield self._store.get_user(name)
         if record is None:
             if self._dummy_hash is None:
@@ -127,14 +209,13 @@ class Accounts:
             stored = record.password_hash
         ok = yield self._pool.run(crypto.verify_password, password, stored, kind="login")
         if record is None or not ok:
-            self._by_account.fail(name)
-            self._by_address.fail(address)
+            self.throttle.fail(name, address)
             audit.warn("login failed for {user} from {address}", user=name, address=address)
             raise invalid_credentials()
         if record.disabled:
             audit.warn("login to disabled account {user} from {address}", user=name, address=address)
             raise AuthError("account_disabled", "this account is disabled")
-        self._by_account.clear(name)
+        self.throttle.succeeded(name)
         audit.info("login {user} from {address}", user=name, address=address)
         return Account(record.name, record.role)
 
@@ -153,7 +234,7 @@ class Accounts:
         resumption of this connection, read moments ago with the token's
         liveness; used instead of reading it again if it is of this token
         and at most KNOWN_SECONDS old."""
-        self._throttle(name, address)
+        yield self._throttle(name, address)
         hashed = token_hash(token)
         now = self._clock.seconds()
         if known is not None and known[0] == hashed and now - known[2] <= self.KNOWN_SECONDS:
@@ -161,8 +242,7 @@ class Accounts:
         else:
             record = yield self._store.token_account(hashed, int(now))
         if record is None or record.name != name:
-            self._by_account.fail(name)
-            self._by_address.fail(address)
+            self.throttle.fail(name, address)
             audit.warn("token login failed for {user} from {address}", user=name, address=address)
             raise AuthError("auth_failed", "invalid or expired session token")
         if record.disabled:
@@ -187,7 +267,7 @@ class Accounts:
         # counts as a failure of the address: registration cannot be used
         # to enumerate names faster than login could.  So does a bad invite
         # code, so that codes cannot be guessed faster either.
-        wait = self._by_address.retry_after(address)
+        wait = yield self.throttle.retry_after(None, address)
         if wait > 0:
             raise AuthError("throttled", "too many attempts; try again later", retry_after=wait)
         if mode == "invite" and invite is None:
@@ -208,7 +288,7 @@ class Accounts:
                 int(self._clock.seconds()),
             )
             if outcome == "invite_invalid":
-                self._by_address.fail(address)
+                self.throttle.fail(None, address)
                 audit.warn("registration with an unusable invite code from {address}", address=address)
                 raise AuthError(
                     "invite_invalid",
@@ -219,7 +299,7 @@ class Accounts:
             added = yield self._store.add_user(name, password_hash, "user")
             outcome, invite_id = ("ok" if added else "username_taken"), None
         if outcome == "username_taken":
-            self._by_address.fail(address)
+            self.throttle.fail(None, address)
             raise AuthError("username_taken", "that username is taken")
         if invite_id is None:
             audit.info("registered {user} from {address}", user=name, address=address)
@@ -284,6 +364,7 @@ __all__ = [
     "Accounts",
     "AuthError",
     "FailureWindow",
+    "LoginThrottle",
     "add_user_now",
     "invite_hash",
     "make_invites_now",

@@ -3,13 +3,48 @@
 A bucket holds up to ``burst`` tokens and refills at ``rate`` per second;
 each action takes one.  An action on an empty bucket is refused with the
 time until a token is back.
+
+Where several processes serve one community (workers, nodes), the buckets
+of an account, an address and a network are shared (``Limits.share``): an
+account's messages count the same on every process, and reconnecting to
+another one refills nothing.  A check never waits for the network: it takes
+from this process's copy of the bucket, and every SYNC_SECONDS what was
+taken here goes to the shared bucket, whose answer (everyone's takes)
+replaces the copy.  So processes may together let through up to one
+burst more than the limit within SYNC_SECONDS, which the shared bucket
+then holds as debt: the rate holds over time.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Any
+from typing import Any, Protocol, Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+log = Logger(namespace="chatserver.limits")
+
+#: The kinds of key that are shared (a connection is only ever here).
+SHARED_KINDS = frozenset({"user", "address", "prefix"})
+
+#: How often what was taken here goes to the shared buckets.
+SYNC_SECONDS = 0.1
+
+#: Buckets with takes not yet shared, at most (a flood of addresses must
+#: not grow it without bound: beyond it, takes are counted here only).
+MAX_UNSYNCED = 10_000
+
+
+class SharedBuckets(Protocol):
+    """Buckets that all processes take from (``hub/counters.py``)."""
+
+    def take(self, now: float, takes: Sequence[tuple[str, float, float, int]]) -> Deferred[list[float]]:
+        """For each (bucket name, rate, burst, tokens taken here): take
+        them at ``now``; fires with each bucket's tokens after every
+        process's takes."""
+        ...
 
 
 @functools.lru_cache(maxsize=16384)
@@ -62,6 +97,21 @@ class Limits:
         self.rules = rules
         self.max_keys = max_keys
         self._buckets: dict[tuple[str, Any], TokenBucket] = {}
+        self._shared: SharedBuckets | None = None
+        self._reactor: Any = None
+        #: (action, key) -> tokens taken here since the last sync
+        self._unsynced: dict[tuple[str, Any], int] = {}
+        self._sync_call: Any = None
+        self._syncing = False
+        self._sync_failing = False
+        #: For the tests and the metrics.
+        self.stats = {"syncs": 0, "sync_failures": 0}
+
+    def share(self, shared: SharedBuckets, reactor: Any) -> None:
+        """Count the buckets of accounts, addresses and networks together
+        with the other processes (``reactor`` times the syncs)."""
+        self._shared = shared
+        self._reactor = reactor
 
     def check(self, action: str, key: Any) -> float:
         rule = self.rules.get(action)
@@ -73,7 +123,87 @@ class Limits:
             if len(self._buckets) >= self.max_keys:
                 self._prune(now)
             bucket = self._buckets[(action, key)] = TokenBucket(rule[0], rule[1], now)
-        return bucket.take(now)
+        wait = bucket.take(now)
+        if not wait and self._shared is not None and type(key) is tuple and key[0] in SHARED_KINDS:
+            self._taken_here((action, key))
+        return wait
+
+    # --- sharing -------------------------------------------------------------------
+
+    def _taken_here(self, bucket_key: tuple[str, Any]) -> None:
+        taken = self._unsynced.get(bucket_key)
+        if taken is not None:
+            self._unsynced[bucket_key] = taken + 1
+        elif len(self._unsynced) < MAX_UNSYNCED:
+            self._unsynced[bucket_key] = 1
+        if self._sync_call is None and not self._syncing:
+            self._sync_call = self._reactor.callLater(SYNC_SECONDS, self._sync)
+
+    @property
+    def settled(self) -> bool:
+        """Whether everything taken here has been shared (or given up on)."""
+        return not self._unsynced and not self._syncing
+
+    def load(self, action_keys: Sequence[tuple[str, Any]]) -> Deferred[None]:
+        """Read these buckets' shared state into this process's copies (an
+        account logging in here: what it took elsewhere counts).  Fires
+        when done, or at once without sharing; never fails (if the shared
+        buckets cannot be read, this process's count goes on alone)."""
+        if self._shared is None:
+            return succeed(None)
+        wanted = [k for k in action_keys if k[0] in self.rules]
+        return self._exchange({k: 0 for k in wanted})
+
+    def _sync(self) -> None:
+        self._sync_call = None
+        batch, self._unsynced = self._unsynced, {}
+        if not batch:
+            return
+        self._syncing = True
+
+        def done(_: Any) -> None:
+            self._syncing = False
+            if self._unsynced and self._sync_call is None and self._shared is not None:
+                self._sync_call = self._reactor.callLater(SYNC_SECONDS, self._sync)
+
+        self._exchange(batch).addCallback(done)
+
+    def _exchange(self, batch: dict[tuple[str, Any], int]) -> Deferred[None]:
+        assert self._shared is not None
+        keys = list(batch)
+        takes = []
+        for action, key in keys:
+            rate, burst = self.rules[action]
+            takes.append((f"{action}:{key[0]}:{key[1]}", rate, burst, batch[(action, key)]))
+        d: Deferred[Any] = self._shared.take(self._clock.seconds(), takes)
+        return d.addCallbacks(self._synced, self._sync_failed, callbackArgs=(keys,))
+
+    def _synced(self, tokens: list[float], keys: list[tuple[str, Any]]) -> None:
+        self.stats["syncs"] += 1
+        if self._sync_failing:
+            self._sync_failing = False
+            log.info("rate limits are shared again")
+        now = self._clock.seconds()
+        for bucket_key, shared_tokens in zip(keys, tokens, strict=True):
+            rule = self.rules.get(bucket_key[0])
+            if rule is None:
+                continue  # no longer limited (a reload)
+            bucket = self._buckets.get(bucket_key)
+            if bucket is None:
+                if shared_tokens >= rule[1]:
+                    continue  # full: a new bucket would be the same
+                bucket = self._buckets[bucket_key] = TokenBucket(rule[0], rule[1], now)
+            # What was taken here since this exchange left is not in its answer.
+            bucket.tokens = shared_tokens - self._unsynced.get(bucket_key, 0)
+            bucket.stamp = now
+
+    def _sync_failed(self, failure: Any) -> None:
+        # What this batch took is counted here only: losing a sync costs
+        # the limit a little precision, never a request.
+        self.stats["sync_failures"] += 1
+        if not self._sync_failing:
+            self._sync_failing = True
+            log.warn("rate limits counted per process while the shared counts fail: {why}", why=failure.value)
 
     def _prune(self, now: float) -> None:
         """Drop buckets that have refilled completely: they carry no state."""
@@ -86,6 +216,15 @@ class Limits:
             self._buckets.pop((action, key), None)
 
     def replace_rules(self, rules: dict[str, tuple[float, float]]) -> None:
-        """New limits (a reload): buckets start again, full, under them."""
+        """New limits (a reload): buckets start again, full, under them
+        (the shared ones keep their state, refilled to the new bursts)."""
         self.rules = rules
         self._buckets.clear()
+        self._unsynced = {k: n for k, n in self._unsynced.items() if k[0] in rules}
+
+    def stop(self) -> None:
+        """No more syncs (the server stopping)."""
+        self._shared = None
+        if self._sync_call is not None and self._sync_call.active():
+            self._sync_call.cancel()
+        self._sync_call = None

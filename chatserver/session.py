@@ -46,6 +46,10 @@ RATE_LIMITED = {
     "register": "logins",
 }
 
+#: The buckets an account's connections share (and every process, when
+#: several serve the community: read at login, see ratelimit.py).
+ACCOUNT_BUCKETS = ("messages", "joins", "rooms", "lookups")
+
 #: Failures that are no fault of the request: the client may try again.
 _TRY_AGAIN = {
     Busy: ("busy", "server busy; try again"),
@@ -389,7 +393,12 @@ class Session:
         self.role = account.role
         self.link.logged_in()
         connections_log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
+        # What the account took on other processes counts here too (read
+        # while connect() waits for its own round trips).
+        limits = factory.rate_limits.load([(bucket, ("user", account.name)) for bucket in ACCOUNT_BUCKETS])
         snapshot = yield factory.chat.connect(self)
+        if not limits.called:
+            yield limits
         if self.closed:
             # Lost while connect() waited: the connection's disconnect ran
             # before connect() finished putting us in our rooms.

@@ -30,6 +30,7 @@ from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
 from chatserver.prometheus import metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
+from chatserver.ratelimit import Limits as RateLimits
 from chatserver.storage.sqlite import SqliteStorage, UnusableDatabase, had_database
 from chatserver.supervisor import WorkerPool, worker_argv
 from chatserver.tickets import Tickets
@@ -168,9 +169,11 @@ class ChatCore(service.Service):
         description: str = "",
         on_fatal: Any = None,
         tickets: Tickets | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.chat = chat
         self.tickets = tickets
+        self.rate_limits = rate_limits
         self.listener = listener
         self.description = description
         self.listeners: list[tuple[str, Any]] = [(description, listener)]
@@ -229,6 +232,8 @@ class ChatCore(service.Service):
         stopping = [listener.stopService() for _, listener in self.listeners if listener.running]
         if self.tickets is not None:
             stopping.append(self.tickets.stop())
+        if self.rate_limits is not None:
+            self.rate_limits.stop()  # before the hub they sync through
         # The hub after the listeners: a process leaving a shared hub says
         # goodbye, so its users go offline everywhere at once.
         stopping.append(self.chat.hub.stop())
@@ -547,6 +552,12 @@ def build_service(
         metrics=metrics,
         tickets=tickets,
     )
+    counters = chat.hub.counters
+    if counters is not None:
+        # Several processes: an account's (an address's) limits and failed
+        # logins count the same wherever it connects.
+        factory.rate_limits.share(counters, reactor)
+        factory.accounts.throttle.share(counters)
     # Listeners that hand the factory's protocol to the socket directly;
     # others (ssl:, tls:) wrap it and need a protocol for every connection.
     factory.close_blocked_at_accept = settings.endpoint.split(":", 1)[0].strip().lower() in DIRECT_ENDPOINTS
@@ -572,6 +583,7 @@ def build_service(
         settings.endpoint,
         on_fatal=(lambda: _stop_failed(reactor)) if real else None,
         tickets=tickets,
+        rate_limits=factory.rate_limits,
     )
     core.setServiceParent(top)
     if settings.monitor_enabled:

@@ -37,7 +37,7 @@ contract is that of a network, not of a function call:
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 
@@ -62,6 +62,9 @@ class Hub(Protocol):
     #: Whether other processes share it (then state this process caches,
     #: such as a user's direct-message streams, is read again at login).
     shared: bool
+    #: Where the processes count rate limits and login failures together
+    #: (``hub/counters.py``), or None: each process counts its own.
+    counters: Any
 
     def start(self, receiver: Receiver, positions: dict[str, int]) -> Deferred[None]:
         """Connect; from now on tell ``receiver``.  ``positions`` is the

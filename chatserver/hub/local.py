@@ -34,6 +34,8 @@ class LocalHub:
     def __init__(self, fetch: Fetch, bus: LocalBus | None = None, name: str = "local") -> None:
         """``fetch`` reads a gap's events from storage (``Storage.history``)."""
         self.name = name
+        #: In one process, the limits themselves are the shared counts.
+        self.counters = None
         self.bus = bus if bus is not None else LocalBus()
         self._fetch = fetch
         self._order: InOrder | None = None

@@ -51,6 +51,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatserver.hub.counters import RedisCounters
 from chatserver.hub.interface import Receiver
 from chatserver.hub.ordering import Fetch, InOrder
 from chatserver.storage.interface import StoreClosed
@@ -243,6 +244,8 @@ class RedisHub:
         self._beating = False
         #: For the metrics and the tests.
         self.stats = {"reconnects": 0, "replayed": 0, "outage_seconds": 0.0}
+        #: Rate limits and login throttles shared with the other processes.
+        self.counters = RedisCounters(self._command, prefix)
         self._started: Deferred[None] | None = None
 
     @property
