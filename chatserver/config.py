@@ -484,13 +484,6 @@ def _check_together(settings: Settings, where: str) -> None:
             f"{where}[server] workers = {settings.workers} needs [store] database = postgresql://... "
             "and [hub] url = redis://... (the workers share them; see docs/deployment.rst)"
         )
-    if settings.workers > 1 and settings.metrics_enabled:
-        # Each worker would bind the one metrics endpoint; a scrape that
-        # covers them all (a worker label) is still to come.
-        raise ConfigError(
-            f"{where}[metrics] enabled = true does not work with [server] workers = {settings.workers} yet: "
-            "turn one of them off"
-        )
     if settings.max_unauthenticated > settings.max_connections:
         raise ConfigError(
             f"{where}[server] max_unauthenticated = {settings.max_unauthenticated}: must not be more"

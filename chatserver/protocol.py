@@ -714,8 +714,12 @@ class ChatFactory(ServerFactory):
         self._evicted: set[ChatProtocol] = set()
         self.metrics = metrics if metrics is not None else Metrics(reactor)
         chat.metrics = self.metrics
-        #: Set by the server when the monitor child runs.
+        #: Set by the server when the monitor child runs (a worker: its
+        #: main process's monitor, seen through the worker link).
         self.monitoring: Any = None
+        #: A worker's link to its main process (worker_reports.py): its
+        #: stats frames cover every worker.
+        self.worker_link: Any = None
         #: Admins' sessions that get a stats frame every interval.
         self.stats_subscribers: dict[Session, None] = {}
         #: Sessions with queued output, flushed once per reactor turn.
@@ -802,6 +806,8 @@ class ChatFactory(ServerFactory):
             session.flush()
 
     def stats_frame(self) -> dict[str, Any]:
+        if self.worker_link is not None:
+            return self.worker_link.frame()
         monitoring = self.monitoring
         gauges = {
             "connections": len(self.connections),

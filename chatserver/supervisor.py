@@ -19,10 +19,14 @@ after a backoff (``RESTART_DELAYS``; back to the first after
 SIGTERM stops each (SIGTERM, then SIGKILL after ``stop_grace``) before the
 main process exits.  Each worker logs into ``<log_dir>/worker-I/`` and
 names itself ``<main's hub name>-wI`` on the hub.
+
+Each worker reports its numbers on its fd 3 and is told everyone's on its
+fd 4 (``worker_reports.py``): the pool keeps the latest report of each.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -34,6 +38,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from chatserver.wire.safetext import log_text
+from chatserver.worker_reports import MAX_REPORT, PICTURE_FD, REPORT_FD
 
 log = Logger(namespace="chatserver.workers")
 
@@ -49,12 +54,26 @@ class _Worker(protocol.ProcessProtocol):
         self.pool = pool
         self.index = index
         self.started = pool.reactor.seconds()
-        self._partial = {1: b"", 2: b""}
+        self._partial = {1: b"", 2: b"", REPORT_FD: b""}
+        #: Whether this run of the worker has had the monitor's history.
+        self.told_history = False
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
+        *lines, rest = (self._partial.get(fd, b"") + data).split(b"\n")
+        self._partial[fd] = rest
+        if fd == REPORT_FD:
+            if len(rest) > MAX_REPORT:
+                log.warn(
+                    "worker {index} wrote a report over {max} bytes; ignored",
+                    index=self.index,
+                    max=MAX_REPORT,
+                )
+                self._partial[fd] = b""
+            for line in lines:
+                self.pool.reported(self.index, line)
+            return
         # The worker's logs go to its files; what it prints (the
         # fingerprint banner, a start-up failure) is passed on, a line each.
-        *lines, self._partial[fd] = (self._partial.get(fd, b"") + data).split(b"\n")
         for line in lines:
             if line.strip():
                 log.info(
@@ -87,8 +106,13 @@ class WorkerPool(service.Service):
         self._quick_ends: dict[int, int] = {}
         self._pending: dict[int, Any] = {}  # index -> DelayedCall of a restart
         self._stopped: list[Deferred[None]] = []
-        #: Worker restarts since the start (for the metrics).
+        #: Worker restarts since the start (for the metrics), in all and
+        #: per worker.
         self.restarts = 0
+        self.restarts_of: dict[int, int] = dict.fromkeys(range(1, count + 1), 0)
+        #: index -> the worker's latest report (kept after it ended: its
+        #: last numbers, until the next run reports)
+        self.reports: dict[int, dict[str, Any]] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -106,7 +130,7 @@ class WorkerPool(service.Service):
             argv[0],
             argv,
             env=dict(os.environ),
-            childFDs={0: "w", 1: "r", 2: "r"},
+            childFDs={0: "w", 1: "r", 2: "r", REPORT_FD: "r", PICTURE_FD: "w"},
         )
         self.workers[index] = transport
         self._protocols[index] = worker
@@ -114,6 +138,44 @@ class WorkerPool(service.Service):
 
     def pids(self) -> dict[int, int]:
         return {i: t.pid for i, t in self.workers.items() if t.pid is not None}
+
+    def reported(self, index: int, line: bytes) -> None:
+        try:
+            report = json.loads(line)
+        except ValueError:
+            report = None
+        if not isinstance(report, dict) or report.get("index") != index:
+            log.warn("worker {index} wrote a line that is no report; ignored", index=index)
+            return
+        self.reports[index] = report
+
+    def states(self) -> list[dict[str, Any]]:
+        """Every worker's state and latest report, by index."""
+        return [
+            {
+                "index": index,
+                "pid": self.workers[index].pid if index in self.workers else None,
+                "up": index in self.workers,
+                "restarts": self.restarts_of.get(index, 0),
+                "report": self.reports.get(index),
+            }
+            for index in range(1, self.count + 1)
+        ]
+
+    def tell(self, picture: dict[str, Any], history: list[Any]) -> None:
+        """Send ``picture`` to every worker; ``history`` (the monitor's) too
+        to a worker that has not had it since it started."""
+        line = _json_line(picture)
+        for index, transport in list(self.workers.items()):
+            worker = self._protocols.get(index)
+            try:
+                if worker is not None and not worker.told_history and history:
+                    transport.writeToChild(PICTURE_FD, _json_line({**picture, "history": history}))
+                    worker.told_history = True
+                else:
+                    transport.writeToChild(PICTURE_FD, line)
+            except Exception:
+                pass  # gone: its processEnded is on the way
 
     def ended(self, worker: _Worker, reason: Any) -> None:
         index = worker.index
@@ -139,6 +201,7 @@ class WorkerPool(service.Service):
         self._quick_ends[index] = quick
         delay = RESTART_DELAYS[min(max(quick - 1, 0), len(RESTART_DELAYS) - 1)]
         self.restarts += 1
+        self.restarts_of[index] = self.restarts_of.get(index, 0) + 1
         log.warn(
             "worker {index} ended ({how}) after {ran:.1f} s; starting it again in {delay} s",
             index=index,
@@ -175,6 +238,10 @@ class WorkerPool(service.Service):
         timer = self.reactor.callLater(self.stop_grace, too_slow)
         done.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
         return done
+
+
+def _json_line(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def worker_argv(options: Any, index: int, port: int) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import internet, service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -28,12 +28,13 @@ from chatserver.identity import IdentityError, load_or_create
 from chatserver.logs import LogFiles
 from chatserver.metrics import Metrics
 from chatserver.monitoring import Monitoring
-from chatserver.prometheus import metrics_service
+from chatserver.prometheus import ChatCollector, WorkersCollector, metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.storage.sqlite import SqliteStorage, UnusableDatabase, had_database
 from chatserver.supervisor import WorkerPool, worker_argv
 from chatserver.tickets import Tickets
+from chatserver.worker_reports import WorkerLink
 from chatserver.workers import CryptoPool, threads_per_kind
 
 log = Logger(namespace="chatserver.tap")
@@ -70,6 +71,10 @@ class Options(usage.Options):
             workers=1,
             log_dir=str(Path(settings.log_dir) / f"worker-{index}"),
             hub_name=f"{name}:w{index}",
+            # The main process runs the monitor and serves /metrics, for
+            # all workers (worker_reports.py).
+            monitor_enabled=False,
+            metrics_enabled=False,
         )
 
     optParameters = [
@@ -436,11 +441,36 @@ def log_files(settings: Settings) -> LogFiles:
 
 
 class MainProcess(service.MultiService):
-    """The main process of ``[server] workers = N``: logs and the workers."""
+    """The main process of ``[server] workers = N``: logs, the workers, the
+    monitor child (whose process tree holds them all) and ``/metrics``."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, reactor: Any) -> None:
         super().__init__()
         self.pool = pool
+        self.reactor = reactor
+        self.started = reactor.seconds()
+        self.monitoring: Monitoring | None = None
+        #: /metrics, listening from the build on (not a child service:
+        #: started early, so a busy port stops the start with one line).
+        self.metrics_listener: Any = None
+
+    def stopService(self) -> Any:
+        stopping = super().stopService()
+        if self.metrics_listener is not None and self.metrics_listener.running:
+            return DeferredList([stopping, maybeDeferred(self.metrics_listener.stopService)])
+        return stopping
+
+    def tell_workers(self) -> None:
+        """Every worker's numbers and the monitor's, to every worker."""
+        monitoring = self.monitoring
+        picture = {
+            "type": "picture",
+            "uptime": self.reactor.seconds() - self.started,
+            "workers": self.pool.states(),
+            "sample": monitoring.latest if monitoring is not None else None,
+            "monitor": monitoring.health() if monitoring is not None else {"up": False, "enabled": False},
+        }
+        self.pool.tell(picture, list(monitoring.history) if monitoring is not None else [])
 
     def reload(self) -> None:
         logs: LogFiles = self.getServiceNamed("log-files")
@@ -478,10 +508,23 @@ def build_main_process(
         lambda index: worker_argv(options, index, port_number),
         stop_grace=settings.shutdown_grace + 5.0,
     )
-    top = MainProcess(pool)
+    top = MainProcess(pool, reactor)
     log_files(settings).setServiceParent(top)
     pool.setServiceParent(top)
     top.held = held  # type: ignore[attr-defined]  # holds the port (an ephemeral one too)
+    if settings.monitor_enabled:
+        top.monitoring = Monitoring(reactor, settings.monitor_interval)
+        top.monitoring.setServiceParent(top)
+    if settings.metrics_enabled:
+        scrape = metrics_service(settings.metrics_endpoint, WorkersCollector(pool, top.monitoring), reactor)
+        try:
+            scrape.startService()  # now: a busy port is an operator's mistake, said at start
+        except Exception as e:
+            raise SystemExit(
+                f"chatserver: cannot listen on {settings.metrics_endpoint}: {_reason(e)}"
+            ) from None
+        top.metrics_listener = scrape
+    internet.TimerService(settings.monitor_interval, top.tell_workers).setServiceParent(top)
     if real:
         reactor.callWhenRunning(
             lambda: (
@@ -591,11 +634,19 @@ def build_service(
         monitoring.setServiceParent(top)
         factory.monitoring = monitoring
     if settings.metrics_enabled:
-        scrape = metrics_service(settings.metrics_endpoint, factory, reactor)
+        scrape = metrics_service(settings.metrics_endpoint, ChatCollector(factory), reactor)
         core.add_listener(settings.metrics_endpoint, scrape)
         top.metrics_listener = scrape  # type: ignore[attr-defined]
-    # Subscribed admins get a stats frame every interval, monitor or not.
-    internet.TimerService(settings.monitor_interval, factory.push_stats).setServiceParent(top)
+    if options.get("worker-index") is not None:
+        # Its numbers go to the main process and everyone's come back; it
+        # pushes its subscribers' stats frames right after each report.
+        link = WorkerLink(factory, reactor, int(options["worker-index"]), settings.monitor_interval)
+        link.setServiceParent(top)
+        factory.worker_link = link
+        factory.monitoring = link.monitor
+    else:
+        # Subscribed admins get a stats frame every interval, monitor or not.
+        internet.TimerService(settings.monitor_interval, factory.push_stats).setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     top.core = core  # type: ignore[attr-defined]
     top.identity = identity  # type: ignore[attr-defined]

@@ -89,16 +89,16 @@ class SettingsTests(unittest.TestCase):
                 "letters, digits", str(self.assertRaises(ConfigError, load_settings, **{field: "a b"}))
             )
 
-    def test_workers_need_postgresql_and_redis_and_no_metrics_yet(self) -> None:
+    def test_workers_need_postgresql_and_redis(self) -> None:
         self.assertEqual(Settings().workers, 1)
         for overrides in ({}, {"database": "postgresql://h/chat"}, {"hub_url": "redis://h"}):
             error = str(self.assertRaises(ConfigError, load_settings, workers="2", **overrides))
             self.assertIn("[server] workers = 2 needs [store] database = postgresql://", error)
         both = {"database": "postgresql://h/chat", "hub_url": "redis://h"}
         self.assertEqual(load_settings(workers="3", **both).workers, 3)
+        # The main process serves /metrics for all of them.
         path = self.write("[metrics]\nenabled = true\n")
-        error = str(self.assertRaises(ConfigError, load_settings, path, workers="2", **both))
-        self.assertIn("does not work with [server] workers = 2 yet", error)
+        self.assertTrue(load_settings(path, workers="2", **both).metrics_enabled)
         self.assertIn("must be", str(self.assertRaises(ConfigError, load_settings, workers="0")))
 
     def test_a_database_password_is_never_taken_from_the_settings(self) -> None:

@@ -22,7 +22,7 @@ try:
     from PyQt6.QtGui import QColor, QImage, QPalette
     from PyQt6.QtWidgets import QApplication, QLabel, QTableWidget
 
-    from chatclient.gui.stats_panel import MIB, StatsPanel
+    from chatclient.gui.stats_panel import MIB, TEXT_COLUMNS, StatsPanel
 except ImportError:  # pragma: no cover - the gui extra is part of make test
     StatsPanel = None  # type: ignore[assignment,misc]
     APP = None
@@ -151,8 +151,11 @@ class StatsPanelTests(unittest.TestCase):
         rows = {int(row[0]): row for row in table_rows(panel)}
         self.assertIn(os.getpid(), rows)
         own = next(p for p in answer["sample"]["processes"] if p["pid"] == os.getpid())
-        self.assertEqual(rows[os.getpid()][1], own["name"])
-        self.assertEqual(float(rows[os.getpid()][4]), round(own["rss_bytes"] / MIB, 1))
+        # One process serves alone: it is the server, with the app's numbers.
+        self.assertEqual(rows[os.getpid()][1:3], ["server", own["name"]])
+        self.assertEqual(float(rows[os.getpid()][5]), round(own["rss_bytes"] / MIB, 1))
+        self.assertEqual(rows[os.getpid()][8], str(answer["app"]["connections"]))
+        self.assertFalse(panel.findChild(QLabel, "workers").isVisibleTo(panel))
         self.assertEqual(label(panel, "monitor"), f"monitor up, pid {answer['monitor']['pid']}, restarts 0")
         self.assertEqual(label(panel, "users_online"), "Users online 1")
         self.assertRegex(label(panel, "uptime"), r"^Uptime \d+s$")
@@ -187,21 +190,21 @@ class StatsPanelTests(unittest.TestCase):
         rows = table_rows(panel)
         self.assertLessEqual(pids | {os.getpid()}, {int(row[0]) for row in rows})
         # The busiest process first by default.
-        cpu = [float(row[3]) for row in rows]
+        cpu = [float(row[4]) for row in rows]
         self.assertEqual(cpu, sorted(cpu, reverse=True))
 
-        table.sortByColumn(6, Qt.SortOrder.AscendingOrder)
-        fds = [row[6] for row in table_rows(panel)]
+        table.sortByColumn(7, Qt.SortOrder.AscendingOrder)
+        fds = [row[7] for row in table_rows(panel)]
         self.assertEqual(fds, sorted(fds, key=int))
         self.assertNotEqual(fds, sorted(fds))  # the order as text would differ
-        table.sortByColumn(4, Qt.SortOrder.DescendingOrder)
-        rss = [float(row[4]) for row in table_rows(panel)]
+        table.sortByColumn(5, Qt.SortOrder.DescendingOrder)
+        rss = [float(row[5]) for row in table_rows(panel)]
         self.assertEqual(rss, sorted(rss, reverse=True))
         for column in range(table.columnCount()):
             item = table.item(0, column)
             self.assertFalse(item.flags() & Qt.ItemFlag.ItemIsEditable)
             right = bool(item.textAlignment() & Qt.AlignmentFlag.AlignRight.value)
-            self.assertEqual(right, column not in (1, 2), column)
+            self.assertEqual(right, column not in TEXT_COLUMNS, column)
 
     async def test_a_pushed_frame_adds_one_point_to_every_series(self) -> None:
         server = await monitored_server(self)
@@ -291,7 +294,7 @@ class StatsPanelTests(unittest.TestCase):
         self.assertEqual(label(panel, "monitor"), "monitor \u2014")
         rows = table_rows(panel)
         self.assertEqual(len(rows), 2)
-        self.assertIn(["", "", "", "", "", "", ""], rows)
+        self.assertIn([""] * 11, rows)
         for junk in (None, "stats", [], {"app": 5, "sample": "x", "monitor": None}):
             panel.add(junk)
         self.assertEqual(panel.points_added, 2)

@@ -11,21 +11,28 @@ import psutil
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from chatclient.session import connect
 from tests import backends
 from tests.processes import chatserver_argv, spawn
 from tests.support import install_identity, postgres_only, until
 from tests.test_faults import Sender
+from tests.test_nodes import urlsafe
 
 
 class WorkerProcessTests(unittest.TestCase):
     skip = backends.missing() or postgres_only("worker processes on PostgreSQL and Redis")
     timeout = 120
 
-    async def start(self, workers: int = 2) -> tuple[Any, int]:
+    async def start(self, workers: int = 2, config: str = "") -> tuple[Any, int]:
+        """``config``: an INI file's text, given with ``--config``."""
         base = Path(self.mktemp()).resolve()
         base.mkdir()
         install_identity(base / "data")
-        url = backends.postgres_url()
+        url = self.database = backends.postgres_url()
+        # A prefix of its own on the run's Redis: pub/sub channels are
+        # shared by every database number, and other tests run alongside.
+        (base / "chatserver.ini").write_text(f"[hub]\nprefix = {urlsafe(url)}\n{config}")
+        extra = ["--config", str(base / "chatserver.ini")]
         argv = chatserver_argv(
             "--endpoint",
             "tcp:0:interface=127.0.0.1",
@@ -39,6 +46,7 @@ class WorkerProcessTests(unittest.TestCase):
             backends.redis_url(),
             "--workers",
             str(workers),
+            *extra,
         )
         main = spawn(self, "twistd-main", argv, cwd=str(base))
         port = int((await main.wait_for(r"listening on (\d+) with \d+ workers")).group(1))
@@ -123,7 +131,14 @@ class WorkerProcessTests(unittest.TestCase):
         acked = sorted(m for s in senders[:4] for m in s.acked)
         self.assertGreater(len(acked), 40)
         for member in senders:
-            await until(lambda member=member: set(acked) <= set(member.received), timeout=20)
+            try:
+                await until(lambda member=member: set(acked) <= set(member.received), timeout=20)
+            except AssertionError:
+                missing = sorted(set(acked) - set(member.received))
+                raise AssertionError(
+                    f"{member.user} lacks {len(missing)} of {len(acked)}: {missing[:10]}; "
+                    f"received {len(member.received)}, last {member.received[-3:]}"
+                ) from None
             mine = sorted(m for m in member.received if m in set(acked))
             self.assertEqual(mine, acked)
             ids = [i for i, _ in member.received]
@@ -133,6 +148,171 @@ class WorkerProcessTests(unittest.TestCase):
         # SIGTERM stops the workers and the main process, cleanly.
         main.signal("TERM")
         self.assertEqual(await main.ended.addTimeout(60, reactor), 0)
+
+    async def test_stats_metrics_and_the_monitor_cover_every_worker(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+        from twisted.web.client import Agent, readBody
+
+        from chatserver import accounts
+        from chatserver.storage.direct import open_direct
+        from tests.support import PASSWORD, make_settings
+        from tests.test_durability import free_port
+
+        metrics_port = free_port()
+        main, port = await self.start(
+            config=(
+                "[monitor]\nenabled = true\ninterval = 0.3\n"
+                f"[metrics]\nenabled = true\nendpoint = tcp:{metrics_port}:interface=127.0.0.1\n"
+            )
+        )
+        await self.listening(main, port, 2)
+        db = open_direct(make_settings(self.base, database=self.database))
+        try:
+            self.assertTrue(accounts.add_user_now(db, "root", PASSWORD, "admin", 10))
+        finally:
+            db.close()
+        senders = [Sender(self, port, f"user{n}") for n in range(6)]
+        for sender in senders:
+            await sender.client.when_online()
+        await defer.gatherResults([defer.ensureDeferred(s.send(count=5, pause=0.05)) for s in senders])
+        sent = sum(len(s.acked) for s in senders)
+        worker_pids = {w.pid for w in self.workers(main)}
+
+        def serving(pid: int) -> int:
+            return sum(
+                1
+                for c in psutil.Process(pid).net_connections("tcp")
+                if c.status == "ESTABLISHED" and c.laddr.port == port
+            )
+
+        # The kernel spread the clients over both workers.
+        self.assertTrue(all(serving(pid) for pid in worker_pids), {p: serving(p) for p in worker_pids})
+
+        # An admin, on whichever worker, sees every worker's numbers.
+        admin = await connect(reactor, f"tcp:host=127.0.0.1:port={port}", lambda fp: True)
+        self.addCleanup(admin.close)
+        await admin.login("root", PASSWORD)
+        frames = []
+
+        async def covered() -> bool:
+            frame = await admin.request({"type": "stats"})
+            frames.append(frame)
+            return (
+                (frame["app"]["totals"]["messages_in"], frame["app"]["connections"]) == (sent, 7)
+                and frame["app"]["totals"]["messages_out"] >= sent * 6
+                and frame["sample"] is not None
+                and ({p["pid"] for p in frame["sample"]["processes"]} >= worker_pids)
+            )
+
+        for _ in range(50):
+            if await covered():
+                break
+            await task.deferLater(reactor, 0.2, lambda: None)
+        frame = frames[-1]
+        self.assertEqual(frame["app"]["totals"]["messages_in"], sent)
+        # Every message went to the six senders' sessions (and the lobby's
+        # admin), each delivered by the worker that holds the member.
+        self.assertGreaterEqual(frame["app"]["totals"]["messages_out"], sent * 6)
+        self.assertEqual(frame["app"]["connections"], 7)
+        self.assertEqual(frame["app"]["users_online"], 7)
+        workers = frame["workers"]
+        self.assertEqual([w["index"] for w in workers], [1, 2])
+        self.assertEqual({w["pid"] for w in workers}, worker_pids)
+        self.assertTrue(all(w["up"] and w["hub_up"] for w in workers), workers)
+        self.assertEqual(sorted(w["connections"] for w in workers), sorted(serving(p) for p in worker_pids))
+        self.assertEqual(frame["sample"]["server_pid"], main.transport.pid)
+        # The service's uptime is the main process's, which started first.
+        self.assertGreaterEqual(frame["app"]["uptime"], max(w["uptime"] for w in workers))
+        self.assertTrue(frame["monitor"]["up"])
+        self.assertGreater(len(frame["history"]), 0)
+        self.assertIsInstance(frame["workers"][0]["messages_out"], float)
+
+        # The statistics panel names each process by its role.
+        try:
+            from tests.test_gui_stats_panel import StatsPanel, table_rows
+        except ImportError:  # pragma: no cover - the gui extra is part of make test
+            StatsPanel = None
+        if StatsPanel is not None:
+            from PyQt6.QtWidgets import QLabel
+
+            panel = StatsPanel()
+            self.addCleanup(panel.close)
+            panel.resize(1000, 700)
+            panel.load(frame)
+            roles = {int(row[0]): row for row in table_rows(panel)}
+            self.assertEqual(roles[main.transport.pid][1], "main")
+            for worker in workers:
+                row = roles[worker["pid"]]
+                self.assertEqual(row[1], f"worker {worker['index']}")
+                self.assertEqual(row[8], str(worker["connections"]))
+            self.assertEqual(panel.findChild(QLabel, "workers").text(), "Workers 2/2 up, restarts 0")
+            self.assertTrue(panel.grab().save(str(self.base / "panel.png")))
+
+        # /metrics, from the main process: each worker's series by label.
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{metrics_port}/metrics".encode())
+        self.assertEqual(response.code, 200)
+        samples = [
+            sample
+            for family in text_string_to_metric_families((await readBody(response)).decode())
+            for sample in family.samples
+        ]
+        messages_in = {
+            s.labels["worker"]: s.value for s in samples if s.name == "chatserver_messages_in_total"
+        }
+        self.assertEqual(set(messages_in), {"1", "2"})
+        self.assertEqual(sum(messages_in.values()), sent)
+        up = {s.labels["worker"]: s.value for s in samples if s.name == "chatserver_worker_up"}
+        self.assertEqual(up, {"1": 1, "2": 1})
+        hub_up = {s.labels["worker"]: s.value for s in samples if s.name == "chatserver_hub_up"}
+        self.assertEqual(hub_up, {"1": 1, "2": 1})
+        self.assertIn("chatserver_process_resident_memory_bytes", {s.name for s in samples})
+        self.assertEqual([s.value for s in samples if s.name == "chatserver_monitor_up"], [1])
+
+        # A worker killed: the stats say so, and count its restart.
+        # (The one the admin is not on.)
+        admin_port = admin.protocol.transport.getHost().port
+        victim = next(
+            w
+            for w in workers
+            if not any(
+                c.raddr and c.raddr.port == admin_port
+                for c in psutil.Process(w["pid"]).net_connections("tcp")
+            )
+        )
+        psutil.Process(victim["pid"]).kill()
+        await until(
+            lambda: len(self.workers(main)) == 2 and victim["pid"] not in {w.pid for w in self.workers(main)},
+            timeout=30,
+        )
+
+        async def restarted() -> bool:
+            frame = await admin.request({"type": "stats"})
+            return [w["restarts"] for w in frame["workers"]] == [
+                int(w["index"] == victim["index"]) for w in workers
+            ] and all(w["up"] for w in frame["workers"])
+
+        for _ in range(50):
+            if await restarted():
+                break
+            await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertTrue(await restarted())
+
+        # The main process SIGKILLed: its workers stop by themselves
+        # rather than serve on outside any supervision.
+        pids = {w.pid for w in self.workers(main)}
+        main.signal("KILL")
+        await main.ended.addTimeout(30, reactor)
+
+        def gone() -> bool:
+            alive = []
+            for pid in pids:
+                try:
+                    alive.append(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+                except psutil.NoSuchProcess:
+                    pass
+            return not any(alive)
+
+        await until(gone, timeout=20)
 
     def test_more_than_one_worker_needs_postgresql_and_redis(self) -> None:
         import subprocess

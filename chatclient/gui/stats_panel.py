@@ -87,7 +87,10 @@ _RESTYLE_EVENTS = (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChan
 # Qt 6.6 and later announce a new device pixel ratio.
 _DPR_CHANGE = getattr(QEvent.Type, "DevicePixelRatioChange", None)
 
-_COLUMNS = ("PID", "Name", "Status", "CPU %", "RSS MiB", "Threads", "FDs")
+_COLUMNS = ("PID", "Role", "Name", "Status", "CPU %", "RSS MiB", "Threads", "FDs", "Conns", "In/s", "Out/s")
+#: The columns of text, left-aligned; the others are numbers.
+TEXT_COLUMNS = (1, 2, 3)
+CPU_COLUMN = 4
 
 
 def number(value: Any) -> float | None:
@@ -149,6 +152,47 @@ def monitor_text(monitor: Any) -> str:
     if monitor.get("up") is True:
         return f"monitor up, pid {_count_text(monitor.get('pid'))}, restarts {restarts}"
     return f"monitor down, restarts {restarts}"
+
+
+def workers_text(workers: Any) -> str:
+    """``"Workers 2/2 up, restarts 3"`` from a frame's ``workers``."""
+    entries = [w for w in workers if isinstance(w, dict)] if isinstance(workers, list) else []
+    up = sum(1 for w in entries if w.get("up") is True)
+    restarts = sum(int(n) for n in (number(w.get("restarts")) for w in entries) if n is not None)
+    return f"Workers {up}/{len(entries)} up, restarts {restarts}"
+
+
+def process_roles(stats: Any) -> dict[int, dict[str, Any]]:
+    """pid -> what the frame says of that process: its role (``server``,
+    or with workers ``main`` and ``worker N``) and, for a process that
+    serves clients, its connections and message rates.  (The monitor
+    leaves itself out of its samples.)"""
+    roles: dict[int, dict[str, Any]] = {}
+    workers = member(stats, "workers")
+    workers = [w for w in workers if isinstance(w, dict)] if isinstance(workers, list) else []
+    server = number(member(stats, "sample", "server_pid"))
+    if server is not None:
+        app = member(stats, "app")
+        roles[int(server)] = (
+            {"role": "main"}
+            if workers
+            else {
+                "role": "server",
+                "connections": member(app, "connections"),
+                "in": member(app, "per_second", "messages_in"),
+                "out": member(app, "per_second", "messages_out"),
+            }
+        )
+    for worker in workers:
+        pid, index = number(worker.get("pid")), number(worker.get("index"))
+        if pid is not None and index is not None:
+            roles[int(pid)] = {
+                "role": f"worker {index:.0f}",
+                "connections": worker.get("connections"),
+                "in": worker.get("messages_in"),
+                "out": worker.get("messages_out"),
+            }
+    return roles
 
 
 class _SortItem(QTableWidgetItem):
@@ -219,7 +263,7 @@ class StatsPanel(QWidget):
         self._labels: dict[str, QLabel] = {}
         summary = QHBoxLayout()
         summary.setSpacing(18)
-        for key in ("uptime", "users_online", "rooms", "db_commit", "crypto_queue", "monitor"):
+        for key in ("uptime", "users_online", "rooms", "db_commit", "crypto_queue", "monitor", "workers"):
             label = QLabel()
             label.setObjectName(key)
             # Values come from the network: never let them be markup.
@@ -237,10 +281,10 @@ class StatsPanel(QWidget):
         present(self.table.verticalHeader()).setVisible(False)
         header = present(self.table.horizontalHeader())
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.table.setSortingEnabled(True)
         # The busiest process first until the user picks another order.
-        self.table.sortByColumn(3, Qt.SortOrder.DescendingOrder)
+        self.table.sortByColumn(CPU_COLUMN, Qt.SortOrder.DescendingOrder)
 
         bottom = QWidget()
         bottom_layout = QVBoxLayout(bottom)
@@ -300,16 +344,18 @@ class StatsPanel(QWidget):
             self._append(name, x, member(app, "per_second", name))
         self.points_added += 1
         self._redraw()
-        self._show_summary(app, stats.get("monitor"))
-        self._show_processes(sample.get("processes") if isinstance(sample, dict) else None)
+        self._show_summary(app, stats.get("monitor"), stats.get("workers"))
+        self._show_processes(
+            sample.get("processes") if isinstance(sample, dict) else None, process_roles(stats)
+        )
 
     def clear(self) -> None:
         for points in self._data.values():
             points.clear()
         self.points_added = 0
         self._redraw()
-        self._show_summary({}, None)
-        self._show_processes(None)
+        self._show_summary({}, None, None)
+        self._show_processes(None, {})
 
     def series(self, name: str) -> list[float]:
         """The y values of a series, oldest first (KeyError for an unknown name)."""
@@ -379,7 +425,7 @@ class StatsPanel(QWidget):
                 plot.getAxis("left").setTickSpacing(step, step)
             plot.setXRange(left - margin, right + margin, padding=0)
 
-    def _show_summary(self, app: Any, monitor: Any) -> None:
+    def _show_summary(self, app: Any, monitor: Any, workers: Any) -> None:
         db = number(member(app, "db_commit_ms_avg"))
         texts = {
             "uptime": f"Uptime {format_uptime(member(app, 'uptime'))}",
@@ -388,23 +434,28 @@ class StatsPanel(QWidget):
             "db_commit": f"DB commit avg {DASH if db is None else f'{db:.1f} ms'}",
             "crypto_queue": f"Crypto queue {_count_text(member(app, 'crypto_queue'))}",
             "monitor": monitor_text(monitor),
+            "workers": workers_text(workers),
         }
         for key, text in texts.items():
             self._labels[key].setText(text)
+        # One process serves alone unless the frame lists workers.
+        self._labels["workers"].setVisible(isinstance(workers, list))
 
-    def _show_processes(self, processes: Any) -> None:
+    def _show_processes(self, processes: Any, roles: dict[int, dict[str, Any]]) -> None:
         rows = [p for p in processes if isinstance(p, dict)] if isinstance(processes, list) else []
         table = self.table
         # Sorting while filling would move rows under the loop's feet.
         table.setSortingEnabled(False)
         table.setRowCount(len(rows))
         for row, process in enumerate(rows):
-            for column, item in enumerate(self._process_cells(process)):
+            pid = number(process.get("pid"))
+            role = roles.get(int(pid), {}) if pid is not None else {}
+            for column, item in enumerate(self._process_cells(process, role)):
                 table.setItem(row, column, item)
         table.setSortingEnabled(True)
 
     @staticmethod
-    def _process_cells(process: dict) -> Iterable[QTableWidgetItem]:
+    def _process_cells(process: dict, role: dict[str, Any]) -> Iterable[QTableWidgetItem]:
         def text(value: Any) -> QTableWidgetItem:
             return QTableWidgetItem(value if isinstance(value, str) else "")
 
@@ -417,12 +468,16 @@ class StatsPanel(QWidget):
 
         cells = [
             numeric(process.get("pid")),
+            text(role.get("role")),
             text(process.get("name")),
             text(process.get("status")),
             numeric(process.get("cpu_percent"), digits=1),
             numeric(process.get("rss_bytes"), MIB, 1),
             numeric(process.get("threads")),
             numeric(process.get("fds")),
+            numeric(role.get("connections")),
+            numeric(role.get("in"), digits=1),
+            numeric(role.get("out"), digits=1),
         ]
         for cell in cells:
             cell.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
