@@ -204,8 +204,10 @@ class ChatService:
         self.welcomed = yield self.storage.load_welcomed()
         if self.default_room not in records:
             now = self._now()
-            yield self.storage.write([("create_room", (self.default_room, "public", None, "", now))])
-            records[self.default_room] = RoomRecord(self.default_room, "public", None, "", {}, set(), {})
+            # Another process on the same new database may make it first
+            # (workers start together): then theirs stands, read back.
+            yield self.storage.write([("ensure_room", (self.default_room, "public", None, "", now))])
+            records = yield self.storage.load_rooms()
         self.rooms = {name: Room(record) for name, record in records.items()}
         for room in self.rooms.values():
             for user in room.members:

@@ -86,6 +86,14 @@ class StorageContract:
         self.assertLessEqual(self.commits(storage) - before, 2)
         self.assertEqual(len(await storage.history("room:a", 0, None, 100)), 50)
 
+    async def test_ensure_room_makes_a_room_once_and_keeps_the_first(self) -> None:
+        storage = await self.make_storage()
+        await storage.write([("ensure_room", ("hall", "public", None, "first", 1))])
+        # A second process making it too: no error, the first one stands.
+        await storage.write([("ensure_room", ("hall", "private", "bob", "second", 2))])
+        record = (await storage.load_rooms())["hall"]
+        self.assertEqual((record.kind, record.owner, record.topic), ("public", None, "first"))
+
     async def test_a_failed_commit_stores_nothing_and_gives_its_id_back(self) -> None:
         storage = await self.make_storage()
         await storage.write([("create_room", ("real", "public", None, "", 1))])

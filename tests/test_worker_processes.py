@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.trial import unittest
 
 from chatclient.session import connect
@@ -74,6 +74,59 @@ class WorkerProcessTests(unittest.TestCase):
                 return False
 
         await until(ready, timeout=30)
+        # Listening is not yet accepting: a worker whose reactor is still
+        # busy starting leaves its share of new connections in its backlog,
+        # and clients that give up on it reconnect to the other.  Probe
+        # until every worker has accepted one (each probe lands on a worker
+        # by the kernel's hash of its source port).
+        accepted: set[int] = set()
+        for _ in range(200):
+            probe = await endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+                protocol.Factory.forProtocol(protocol.Protocol)
+            )
+            source = probe.transport.getHost().port
+            for _ in range(100):
+                owner = [
+                    w.pid
+                    for w in self.workers(main)
+                    if any(c.raddr and c.raddr.port == source for c in w.net_connections("tcp"))
+                ]
+                if owner:
+                    accepted.update(owner)
+                    break
+                await task.deferLater(reactor, 0.02, lambda: None)
+            probe.transport.loseConnection()
+            if len(accepted) == count:
+                return
+        raise AssertionError(f"only {len(accepted)} of {count} workers accept connections")
+
+    async def spread(self, main: Any, port: int, senders: list[Any]) -> None:
+        """Until every worker serves at least one of ``senders``.  The
+        kernel picks a worker by a hash of each connection's source port,
+        so all of a few clients can land on one (6 on 2 workers: 1 in 32);
+        a client of the busiest worker is moved by a reconnection, to
+        wherever its new source port hashes."""
+
+        def by_worker() -> dict[int, list[Any]]:
+            ports = {
+                w.pid: {c.raddr.port for c in w.net_connections("tcp") if c.raddr and c.laddr.port == port}
+                for w in self.workers(main)
+            }
+            return {
+                pid: [s for s in senders if s.client.session.protocol.transport.getHost().port in held]
+                for pid, held in ports.items()
+            }
+
+        for _ in range(30):
+            await until(lambda: sum(len(v) for v in by_worker().values()) == len(senders), timeout=10)
+            served = by_worker()
+            if all(served.values()):
+                return
+            moved = max(served.values(), key=len)[0]
+            moved.client.session.protocol.transport.loseConnection()
+            await until(lambda moved=moved: moved.client.state != "online", timeout=10)
+            await moved.client.when_online()
+        raise AssertionError("the clients stayed on one worker")
 
     def workers(self, main: Any) -> list[psutil.Process]:
         """The main process's live workers."""
@@ -92,6 +145,7 @@ class WorkerProcessTests(unittest.TestCase):
         senders = [Sender(self, port, f"user{n}") for n in range(8)]
         for sender in senders:
             await sender.client.when_online()
+        await self.spread(main, port, senders)
 
         # The kernel spread them over both workers.
         def connections() -> dict[int, int]:
@@ -174,6 +228,7 @@ class WorkerProcessTests(unittest.TestCase):
         senders = [Sender(self, port, f"user{n}") for n in range(6)]
         for sender in senders:
             await sender.client.when_online()
+        await self.spread(main, port, senders)
         await defer.gatherResults([defer.ensureDeferred(s.send(count=5, pause=0.05)) for s in senders])
         sent = sum(len(s.acked) for s in senders)
         worker_pids = {w.pid for w in self.workers(main)}

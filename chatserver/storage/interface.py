@@ -36,6 +36,7 @@ Changes = Sequence[Change]
 #: The state changes an event (or ``write``) may carry, with their arguments.
 CHANGES = {
     "create_room": "(name, kind, owner or None, topic, now ms)",
+    "ensure_room": "(name, kind, owner or None, topic, now ms); nothing if the room exists",
     "set_member": "(room, user, role or None to remove, now ms); also drops the user's invite",
     "set_owner": "(room, owner or None)",
     "set_topic": "(room, topic)",

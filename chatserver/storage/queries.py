@@ -93,6 +93,16 @@ def create_room(cursor: Any, name: str, kind: str, owner: str | None, topic: str
     )
 
 
+def ensure_room(cursor: Any, name: str, kind: str, owner: str | None, topic: str, now: int) -> None:
+    """``create_room`` unless the room exists: processes starting together
+    on one new database each make the default room, and one of them wins."""
+    cursor.execute(
+        "INSERT INTO rooms (name, kind, owner, topic, created_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (name) DO NOTHING",
+        (name, kind, owner, topic, now),
+    )
+
+
 def set_member(cursor: Any, room: str, user: str, role: str | None, now: int) -> None:
     """Add, re-role (role given) or remove (role None) a member."""
     if role is None:
@@ -400,6 +410,7 @@ def revoke_registration_invite(
 #: The queries that apply interface.CHANGES, by name.
 CHANGE_QUERIES: dict[str, Callable[..., None]] = {
     "create_room": create_room,
+    "ensure_room": ensure_room,
     "set_member": set_member,
     "set_owner": set_owner,
     "set_topic": set_topic,
