@@ -167,3 +167,8 @@ class Monitoring(service.Service):
             "bad_lines": self.bad_lines,
             "interval": self.interval,
         }
+
+
+def health_of(monitoring: Monitoring | None) -> dict[str, Any]:
+    """The monitor child's health, or what a turned-off monitor says."""
+    return monitoring.health() if monitoring is not None else {"up": False, "enabled": False}

@@ -35,6 +35,7 @@ from chatserver.cookies import Cookies
 from chatserver.identity import Identity
 from chatserver.lowpriority import LowPriority
 from chatserver.metrics import Metrics
+from chatserver.monitoring import health_of
 from chatserver.ratelimit import Limits as RateLimits
 from chatserver.ratelimit import network_prefix
 from chatserver.session import Session
@@ -820,7 +821,7 @@ class ChatFactory(ServerFactory):
             "type": "stats",
             "app": self.metrics.snapshot(gauges),
             "sample": monitoring.latest if monitoring is not None else None,
-            "monitor": monitoring.health() if monitoring is not None else {"up": False, "enabled": False},
+            "monitor": health_of(monitoring),
         }
 
     def push_stats(self) -> None:

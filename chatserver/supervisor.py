@@ -106,9 +106,7 @@ class WorkerPool(service.Service):
         self._quick_ends: dict[int, int] = {}
         self._pending: dict[int, Any] = {}  # index -> DelayedCall of a restart
         self._stopped: list[Deferred[None]] = []
-        #: Worker restarts since the start (for the metrics), in all and
-        #: per worker.
-        self.restarts = 0
+        #: Worker restarts since the start, per worker (for the metrics).
         self.restarts_of: dict[int, int] = dict.fromkeys(range(1, count + 1), 0)
         #: index -> the worker's latest report (kept after it ended: its
         #: last numbers, until the next run reports)
@@ -200,7 +198,6 @@ class WorkerPool(service.Service):
         quick = 0 if ran >= STABLE_SECONDS else self._quick_ends.get(index, 0) + 1
         self._quick_ends[index] = quick
         delay = RESTART_DELAYS[min(max(quick - 1, 0), len(RESTART_DELAYS) - 1)]
-        self.restarts += 1
         self.restarts_of[index] = self.restarts_of.get(index, 0) + 1
         log.warn(
             "worker {index} ended ({how}) after {ran:.1f} s; starting it again in {delay} s",

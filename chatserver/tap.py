@@ -27,7 +27,7 @@ from chatserver.hub.local import LocalHub
 from chatserver.identity import IdentityError, load_or_create
 from chatserver.logs import LogFiles
 from chatserver.metrics import Metrics
-from chatserver.monitoring import Monitoring
+from chatserver.monitoring import Monitoring, health_of
 from chatserver.prometheus import ChatCollector, WorkersCollector, metrics_service
 from chatserver.protocol import ChatFactory, rate_rules
 from chatserver.ratelimit import Limits as RateLimits
@@ -468,7 +468,7 @@ class MainProcess(service.MultiService):
             "uptime": self.reactor.seconds() - self.started,
             "workers": self.pool.states(),
             "sample": monitoring.latest if monitoring is not None else None,
-            "monitor": monitoring.health() if monitoring is not None else {"up": False, "enabled": False},
+            "monitor": health_of(monitoring),
         }
         self.pool.tell(picture, list(monitoring.history) if monitoring is not None else [])
 

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from chatserver.metrics import COUNTERS
+from chatserver.monitoring import health_of
 
 log = Logger(namespace="chatserver.workers")
 
@@ -140,7 +141,7 @@ class MonitorView:
         self.reactor = reactor
         self.latest: dict[str, Any] | None = None
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
-        self._health: dict[str, Any] = {"up": False, "enabled": False}
+        self._health: dict[str, Any] = health_of(None)
         self._told_at = reactor.seconds()
 
     def seen(self, picture: dict[str, Any]) -> None:
