@@ -175,10 +175,11 @@ class Limits:
         for action, key in keys:
             rate, burst = self.rules[action]
             takes.append((f"{action}:{key[0]}:{key[1]}", rate, burst, batch[(action, key)]))
-        d: Deferred[Any] = self._shared.take(self._clock.seconds(), takes)
-        return d.addCallbacks(self._synced, self._sync_failed, callbackArgs=(keys,))
+        sent = self._clock.seconds()
+        d: Deferred[Any] = self._shared.take(sent, takes)
+        return d.addCallbacks(self._synced, self._sync_failed, callbackArgs=(keys, sent))
 
-    def _synced(self, tokens: list[float], keys: list[tuple[str, Any]]) -> None:
+    def _synced(self, tokens: list[float], keys: list[tuple[str, Any]], sent: float) -> None:
         self.stats["syncs"] += 1
         if self._sync_failing:
             self._sync_failing = False
@@ -193,8 +194,10 @@ class Limits:
                 if shared_tokens >= rule[1]:
                     continue  # full: a new bucket would be the same
                 bucket = self._buckets[bucket_key] = TokenBucket(rule[0], rule[1], now)
-            # What was taken here since this exchange left is not in its answer.
-            bucket.tokens = shared_tokens - self._unsynced.get(bucket_key, 0)
+            # The answer is the bucket as it was when the exchange left: it
+            # has refilled since, and what was taken here since is not in it.
+            refilled = min(rule[1], shared_tokens + max(0.0, now - sent) * rule[0])
+            bucket.tokens = refilled - self._unsynced.get(bucket_key, 0)
             bucket.stamp = now
 
     def _sync_failed(self, failure: Any) -> None:

@@ -105,6 +105,35 @@ class SharedCountsTests(unittest.TestCase):
         await two.load([("messages", ALICE)])
         self.assertEqual(self.takes(two, 2), [True, False])
 
+    async def test_an_answer_is_refilled_by_the_time_it_took(self) -> None:
+        """The shared count answers for the moment the exchange left; a
+        take here while it was on its way still counts once, and the
+        time that passed meanwhile refills the copy (a CI run once read a
+        debt of one token here: 2 s to wait instead of 1)."""
+        one = self.limits(self.hubs[0])
+        self.assertEqual(self.takes(one, 5), [True] * 5)
+        await self.synced(one)  # the shared bucket: empty, now
+        answer = one.load([("messages", ALICE)])  # leaves now...
+        self.clock.advance(1)
+        self.assertEqual(self.takes(one, 1), [True])  # ...a token refilled and taken here
+        await answer  # ...and answers "empty" as of a second ago
+        self.assertAlmostEqual(one.check("messages", ALICE), 1.0, places=3)
+        await self.synced(one)  # the take shared: the same there
+        self.assertAlmostEqual(one.check("messages", ALICE), 1.0, places=3)
+
+    async def test_a_clock_behind_does_not_refill_twice(self) -> None:
+        one, two = self.limits(self.hubs[0]), self.limits(self.hubs[1])
+        behind = task.Clock()
+        behind.advance(self.clock.seconds() - 0.5)
+        two._clock = behind
+        self.assertEqual(self.takes(one, 5), [True] * 5)
+        await self.synced(one)  # empty at T
+        await two.load([("messages", ALICE)])  # read at T - 0.5: no refill, nor a stamp moved back
+        self.clock.advance(1)
+        await one.load([("messages", ALICE)])  # at T + 1: one second's refill, not 1.5
+        self.assertEqual(self.takes(one, 1), [True])
+        self.assertAlmostEqual(one.check("messages", ALICE), 1.0, places=3)  # not 0.5
+
     async def test_a_third_process_sees_the_sum(self) -> None:
         all_limits = [self.limits(hub, rate=0.1, burst=9) for hub in self.hubs]
         for limits in all_limits:

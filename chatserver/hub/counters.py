@@ -12,7 +12,8 @@ change is atomic whoever else changes the key:
 Times are the calling process's clock (the server's, a test's fake one),
 which NTP keeps within milliseconds of the others' on any server; a
 clock behind the others' reads no refill until it catches up (elapsed
-time is never negative), one ahead reads at most its lead times the rate.
+time is never negative, and a bucket's stamp never moves back, so no
+refill is counted twice), one ahead reads at most its lead times the rate.
 
 Every key expires once it carries no state (a bucket full again, a
 window's newest failure older than its period), so Redis holds only the
@@ -37,14 +38,16 @@ for i, key in ipairs(KEYS) do
   local burst = tonumber(ARGV[3 * i])
   local taken = tonumber(ARGV[3 * i + 1])
   local tokens = burst
+  local stamp = now
   local held = redis.call('HMGET', key, 't', 's')
   if held[1] then
     local elapsed = math.max(0, now - tonumber(held[2]))
     tokens = math.min(burst, tonumber(held[1]) + elapsed * rate)
+    stamp = math.max(now, tonumber(held[2]))
   end
   tokens = math.max(tokens - taken, -burst)
   if tokens < burst then
-    redis.call('HSET', key, 't', tostring(tokens), 's', tostring(now))
+    redis.call('HSET', key, 't', tostring(tokens), 's', tostring(stamp))
     redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
   else
     redis.call('DEL', key)
