@@ -101,6 +101,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import admission  # noqa: E402
 import chat_scenarios  # noqa: E402
 import lean  # noqa: E402
+import scale_out  # noqa: E402
 from harness import (  # noqa: E402
     BODY_SIZE,
     PASSWORD,
@@ -203,6 +204,7 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
         "flood_49": "flood_49",
         "reconnect_1k": "reconnect_1k",
         "catchup": f"catchup_{args.catchup_clients}",
+        **{name: name for name in SCALE_OUT},
     }
 
 
@@ -222,9 +224,25 @@ SCENARIOS = (
     "flood_49",
     "reconnect_1k",
     "catchup",
+    "fanout_r10_pg_w1",
+    "fanout_r10_pg_w2",
+    "fanout_r100_pg_w1",
+    "fanout_r100_pg_w2",
+    "fanout_r1000_pg_w1",
+    "fanout_r1000_pg_w2",
 )
-#: The lean generator's cases (names and parameters of ../shared/bench-peers).
-LEAN_FANOUT = {"fanout_r10": 10, "fanout_r100": 100}
+#: The scale-out cases: the lean fan-out on PostgreSQL and Redis, with this
+#: many workers (1: the one process serves, as on SQLite).
+SCALE_OUT = {
+    f"fanout_r{receivers}_pg_w{workers}": workers for receivers in (10, 100, 1000) for workers in (1, 2)
+}
+#: The lean generator's cases (names and parameters of ../shared/bench-peers),
+#: by receivers.
+LEAN_FANOUT = {
+    "fanout_r10": 10,
+    "fanout_r100": 100,
+    **{name: int(name.split("_")[1][1:]) for name in SCALE_OUT},
+}
 
 
 async def one_run(
@@ -235,6 +253,7 @@ async def one_run(
     key_pem: bytes,
     fingerprint: str,
     cpus: tuple[int | None, int | None],
+    backends: scale_out.Backends | None = None,
 ) -> dict[str, Any]:
     # Only handshake_login measures password hashing; the others register
     # their accounts at a low cost to keep the set-up short.
@@ -246,6 +265,7 @@ async def one_run(
         cpus[0],
         default_handshake_limits=scenario == "flood_49",
         pad_block=args.pad_block,
+        scale=(SCALE_OUT[scenario], *backends.fresh("bench")) if backends and scenario in SCALE_OUT else None,
     )
     if args.profile_dir:
         Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
@@ -257,14 +277,29 @@ async def one_run(
         await server.start(reactor)
         assert server.proc is not None
         clients = Clients(reactor, server, fingerprint)
-        meter = Meter(server.proc, cpus, server)
+        # The lean fan-outs count every server-side process's CPU (the
+        # monitor child, and the workers, PostgreSQL and Redis if any).
+        counted = backends if scenario in SCALE_OUT else None
+        proc = server.proc
+        meter = Meter(
+            proc,
+            cpus,
+            server,
+            server_side=(lambda: scale_out.cpu_snapshot(proc, counted)) if scenario in LEAN_FANOUT else None,
+        )
         if scenario == "handshake_login":
             result = await scenario_handshake_login(reactor, args, clients, meter)
         elif scenario == "fanout":
             result = await scenario_fanout(reactor, args, clients, meter)
         elif scenario in LEAN_FANOUT:
             result = await lean.scenario_fanout(
-                reactor, args, clients, meter, scenario, LEAN_FANOUT[scenario]
+                reactor,
+                args,
+                clients,
+                meter,
+                scenario,
+                LEAN_FANOUT[scenario],
+                server if scenario in SCALE_OUT else None,
             )
         elif scenario in ("idle_5k", "idle_10k"):
             result = await lean.scenario_idle(reactor, args, clients, server, 1000 * int(scenario[5:-1]))
@@ -403,6 +438,32 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
     ],
 }
 METRICS["reconnect_1k"] = METRICS["catchup"]
+#: The scale-out cases: per CPU-second of every server-side process, and
+#: where that CPU went.
+SCALE_METRICS: list[tuple[str, tuple[str, ...], str]] = [
+    ("deliveries /CPU-s, all server-side", ("deliveries_per_all_cpu_s",), "{:.0f}"),
+    ("deliveries /s (wall)", ("deliveries_per_s",), "{:.0f}"),
+    ("messages /s (all receivers got it)", ("messages_per_s",), "{:.1f}"),
+    ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
+    ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
+    ("all server-side CPU util", ("all_cpu_util",), "{:.2f}"),
+    *(
+        (f"CPU util, {part}", ("util_by_part", part), "{:.3f}")
+        for part in ("main", "worker 1", "worker 2", "monitor", "postgres", "redis")
+    ),
+    ("connections on worker 1", ("connections_by_process", "worker 1"), "{:.0f}"),
+    ("connections on worker 2", ("connections_by_process", "worker 2"), "{:.0f}"),
+    ("generator CPU util", ("generator_cpu_util",), "{:.2f}"),
+    ("order errors / lost / stuck", ("problems",), "{:.0f}"),
+    *COMMIT_METRICS,
+    ("calibrated window", ("window",), "{:.0f}"),
+]
+METRICS.update({name: SCALE_METRICS for name in SCALE_OUT})
+# The peers' cases also count every server-side process (with the monitor).
+for case in ("fanout_r10", "fanout_r100"):
+    METRICS[case] = METRICS[case] + [
+        ("deliveries /CPU-s, with the monitor", ("deliveries_per_all_cpu_s",), "{:.0f}")
+    ]
 METRICS["connrate_c10_resumed"] = [
     (label.replace("handshakes+", "resumptions+"), path, fmt) for label, path, fmt in METRICS["connrate_c10"]
 ]
@@ -582,14 +643,25 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     raw: dict[str, list[dict[str, Any]]] = {labels[s]: [] for s in args.scenarios}
     failures: list[str] = []
     started = time.time()
+    backends = None
     try:
+        if any(s in SCALE_OUT for s in args.scenarios):
+            backends = scale_out.Backends(cpus[0])
+            backends.start()
         for scenario in args.scenarios:
             for run in range(args.runs):
                 print(f"bench: {labels[scenario]} run {run + 1}/{args.runs} ...", end=" ", flush=True)
                 t0 = time.perf_counter()
                 try:
                     result = await one_run(
-                        reactor, args, scenario, tmp / f"{scenario}-{run}", key_pem, fingerprint, cpus
+                        reactor,
+                        args,
+                        scenario,
+                        tmp / f"{scenario}-{run}",
+                        key_pem,
+                        fingerprint,
+                        cpus,
+                        backends,
                     )
                 except Exception as e:
                     print(f"FAILED: {e}", flush=True)
@@ -600,6 +672,8 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
                 print(f"{time.perf_counter() - t0:.1f} s{_run_note(scenario, result)}", flush=True)
     finally:
         kill_live_servers()
+        if backends is not None:
+            backends.stop()
     peers = run_peers(args, Path(args.results_dir)) if args.peers else None
 
     summaries = {s: summarize(s, raw[labels[s]]) for s in args.scenarios if raw[labels[s]]}
@@ -630,6 +704,11 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     )
     print()
     print(table(labels, summaries) if summaries else "(no run completed)")
+    efficiency = scale_out_efficiency(summaries)
+    for case, ratio in efficiency.items():
+        print(
+            f"scale-out efficiency {case}: 2 workers / 1 worker, per CPU-second of all server-side processes: {ratio:.3f}"
+        )
     if peers is not None:
         print()
         print(peers_table(peers, summaries))
@@ -654,6 +733,7 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
             "cpu_other": "cpu_busy minus our process's util: load from other programs on that CPU (plus some kernel work)",
         },
         "summary": {labels[s]: summaries[s] for s in summaries},
+        "scale_out_efficiency": efficiency,
         "peers": peers,
         "runs": raw,
         "warnings": warnings,
@@ -667,6 +747,20 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     if failures:
         raise SystemExit(1)
     return 0
+
+
+def scale_out_efficiency(summaries: dict[str, Any]) -> dict[str, float]:
+    """Case -> (2 workers' deliveries per CPU-second) / (1 worker's), from
+    the medians, for each case measured both ways."""
+    label = SCALE_METRICS[0][0]
+    out: dict[str, float] = {}
+    for name in SCALE_OUT:
+        if not name.endswith("_w1"):
+            continue
+        one, two = summaries.get(name), summaries.get(name[:-1] + "2")
+        if one and two and one[label]["median"] and two[label]["median"]:
+            out[name[: -len("_w1")]] = two[label]["median"] / one[label]["median"]
+    return out
 
 
 #: The peer harness's cases run by --peers, and ours they stand next to.

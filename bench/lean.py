@@ -33,7 +33,7 @@ import json
 import select
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness import (
     BODY_SIZE,
@@ -43,10 +43,12 @@ from harness import (
     Meter,
     bounded_pool,
     latency_ms,
+    py_spy,
     rate_figures,
     sleep,
     within,
 )
+from scale_out import connections_by_worker, server_part
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
@@ -267,11 +269,17 @@ class LeanFanout:
             self.drained.callback(None)
         return self.drained
 
-    async def run(self, meter: Meter, warmup: float, duration: float) -> dict[str, Any]:
+    async def run(
+        self, meter: Meter, warmup: float, duration: float, measuring: Callable[[float], Any] | None = None
+    ) -> dict[str, Any]:
+        """``measuring(duration)`` is called as the measured window opens
+        (to start a profiler for it)."""
         reactor = self.reactor
         self.send(self.window)
         await sleep(reactor, warmup)
         meter.start()
+        if measuring is not None:
+            measuring(duration)
         self.measuring = True
         await sleep(reactor, duration)
         self.measuring = False
@@ -293,6 +301,9 @@ class LeanFanout:
             deliveries_per_s=self.deliveries / wall,
             deliveries_per_server_cpu_s=self.deliveries / figures["server_cpu_s"]
             if figures["server_cpu_s"] > 0
+            else None,
+            deliveries_per_all_cpu_s=self.deliveries / figures["all_cpu_s"]
+            if figures.get("all_cpu_s")
             else None,
             messages_completed=self.messages_completed,
             messages_per_s=self.messages_completed / wall,
@@ -333,7 +344,14 @@ async def _sessions(clients: Any, receivers: int, senders: int) -> tuple[list, l
     t0 = time.perf_counter()
     sessions = await clients.register_all(names)
     setup_s = time.perf_counter() - t0
-    members = await clients.wait(sessions[-1].who(ROOM), "who")
+    # With workers, a process learns of members who joined on another
+    # through the hub: asked at once, it may not list them yet.
+    deadline = time.monotonic() + 10.0
+    while True:
+        members = await clients.wait(sessions[-1].who(ROOM), "who")
+        if len(members) == len(names) or time.monotonic() > deadline:
+            break
+        await sleep(clients.reactor, 0.1)
     if len(members) != len(names):
         await clients.close_all(sessions)
         raise RuntimeError(f"expected {len(names)} lobby members, the server lists {len(members)}")
@@ -341,11 +359,20 @@ async def _sessions(clients: Any, receivers: int, senders: int) -> tuple[list, l
 
 
 async def scenario_fanout(
-    reactor: Any, args: Any, clients: Any, meter: Meter, case: str, receivers: int
+    reactor: Any, args: Any, clients: Any, meter: Meter, case: str, receivers: int, server: Any = None
 ) -> dict[str, Any]:
     """``fanout_rN``: N receivers, ``args.senders`` senders, closed loop
-    with a window calibrated once per case (first run)."""
+    with a window calibrated once per case (first run).  With ``server``
+    (a scale-out run): how the connections are spread over its processes,
+    and with ``--profile-dir`` a py-spy profile of each serving process
+    over the measured window."""
     recv, send, setup_s = await _sessions(clients, receivers, args.senders)
+    spread: dict[str, int] = {}
+    measuring = None
+    if server is not None:
+        spread = connections_by_worker(server.proc, server.port)
+        if args.profile_dir:
+            measuring = lambda seconds: profile_serving(server, Path(args.profile_dir), case, seconds)  # noqa: E731
     try:
         calibration: list[dict[str, Any]] = []
         if case not in CALIBRATED:
@@ -359,8 +386,10 @@ async def scenario_fanout(
                     CALIBRATION_WINDOWS,
                 )
         loop = LeanFanout(reactor, recv, send, CALIBRATED[case], args.sample)
-        figures = await loop.run(meter, args.warmup, args.duration)
+        figures = await loop.run(meter, args.warmup, args.duration, measuring)
         figures.update(setup_s=setup_s, calibration=calibration)
+        if spread:
+            figures["connections_by_process"] = spread
         return figures
     finally:
         await clients.close_all(recv + send)
@@ -582,3 +611,15 @@ async def scenario_connrate(
         return figures
     finally:
         await clients.close_all(sessions)
+
+
+def profile_serving(server: Any, directory: Path, case: str, seconds: float) -> None:
+    """py-spy on every serving process (the one, or each worker) for
+    ``seconds``, into ``directory/<case>-<part>-<pid>.txt`` (collapsed stacks)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    procs = [server.proc] if server.workers == 1 else server.proc.children()
+    for proc in procs:
+        part = server_part(proc, server.proc.pid)
+        if part == "monitor":
+            continue
+        py_spy(proc.pid, directory / f"{case}-{part.replace(' ', '')}-{proc.pid}.txt", seconds)

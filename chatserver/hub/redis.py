@@ -23,7 +23,8 @@ link is down is gone.  So nothing relies on it alone:
 
 - Every event is committed before it is published, and each stream's ids
   have no gaps.  ``InOrder`` (ordering.py) drops duplicates and holds an
-  early event until the gap before it has been read from storage.
+  early event until the gap before it has arrived, or, if it is still
+  open after ``GAP_GRACE``, has been read from storage.
 - On every (re)connection the subscriber first subscribes, then replays
   from storage everything after the last id delivered of each stream it
   follows: what was published while it was away arrives late, never not
@@ -119,6 +120,14 @@ def _command_bytes(*args: bytes | str) -> bytes:
 
 def _factories() -> tuple[type, type]:
     import txredisapi
+
+    if txredisapi.hiredis is None:
+        # It still works, at about half the deliveries per CPU-second of
+        # several processes (txredisapi's own parser waits a reactor turn
+        # for every bulk string of every message).
+        log.warn(
+            "hiredis is not installed: Redis replies are parsed slowly (pip install 'chatserver[scale]')"
+        )
 
     class Subscriber(txredisapi.SubscriberProtocol):
         """The subscribed link.  Every reply on it is an array: a
@@ -277,7 +286,9 @@ class RedisHub:
         self._receiver = receiver
         # Positions are known only for streams followed here; the others
         # are read when they are followed (see follow).
-        self._order = InOrder(receiver, self._fetch, {})
+        # Other processes' publications overtake each other: a gap is
+        # read from storage only if it stays open (ordering.GAP_GRACE).
+        self._order = InOrder(receiver, self._fetch, {}, clock=self.reactor)
         self._started = Deferred()
         for factory_class in (Factory, SubscriberFactory):
             factory = factory_class(
@@ -321,6 +332,8 @@ class RedisHub:
         self._stopping = True
         if self._beat is not None and self._beat.running:
             self._beat.stop()
+        if self._order is not None:
+            self._order.stop()
         if self._commands is not None:
             try:
                 yield self._command("DEL", self._presence_key(self.name), self._alive_key(self.name))
