@@ -447,6 +447,7 @@ SCALE_METRICS: list[tuple[str, tuple[str, ...], str]] = [
     ("delivery latency p50 ms", ("latency", "p50_ms"), "{:.2f}"),
     ("delivery latency p99 ms", ("latency", "p99_ms"), "{:.2f}"),
     ("all server-side CPU util", ("all_cpu_util",), "{:.2f}"),
+    ("messages per record a receiver got", ("deliveries_per_record",), "{:.1f}"),
     *(
         (f"CPU util, {part}", ("util_by_part", part), "{:.3f}")
         for part in ("main", "worker 1", "worker 2", "monitor", "postgres", "redis")

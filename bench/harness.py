@@ -137,7 +137,7 @@ class Meter:
         server: psutil.Process,
         cpus: tuple[int | None, int | None],
         process: "ServerProcess | None" = None,
-        server_side: Callable[[], dict[tuple[str, int], float]] | None = None,
+        server_side: Callable[[], dict[tuple[str, int], tuple[float, int]]] | None = None,
     ) -> None:
         """``server_side``: a snapshot of every server-side process's CPU
         seconds by part (``scale_out.cpu_snapshot``), if they are counted
@@ -148,7 +148,7 @@ class Meter:
         self.process = process  # scraped for its group commits, if given
         self.commits0: dict[Any, float] = {}
         self.server_side = server_side
-        self.parts0: dict[tuple[str, int], float] = {}
+        self.parts0: dict[tuple[str, int], tuple[float, int]] = {}
 
     def start(self) -> None:
         if self.process is not None:
@@ -182,8 +182,11 @@ class Meter:
         if self.server_side is not None:
             from scale_out import cpu_by_part
 
-            parts = cpu_by_part(self.parts0, self.server_side())
+            parts1 = self.server_side()
+            parts = cpu_by_part(self.parts0, parts1)
             figures["cpu_by_part"] = parts
+            # Every process shares the server's CPU: how often it changed hands.
+            figures["switches_by_part"] = cpu_by_part(self.parts0, parts1, field=1)
             figures["util_by_part"] = {k: v / wall if wall > 0 else 0.0 for k, v in parts.items()}
             figures["all_cpu_s"] = sum(parts.values())
             figures["all_cpu_util"] = server_side_util = figures["all_cpu_s"] / wall if wall > 0 else 0.0

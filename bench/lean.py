@@ -99,6 +99,7 @@ class _Reader:
             self.count += got
             if loop.measuring:
                 loop.deliveries += got
+                loop.records += len(lines)
             loop.changed()
 
 
@@ -178,6 +179,10 @@ class LeanFanout:
         self.measuring = False
         self.stopping = False
         self.deliveries = 0
+        #: Records the receivers got (with messages) while measuring: the
+        #: server's per-record costs (sealing, writing) are shared by the
+        #: messages of a record.
+        self.records = 0
         self.messages_completed = 0
         self.latencies: list[int] = []
         self.order_errors = 0
@@ -299,6 +304,7 @@ class LeanFanout:
             window=self.window,
             deliveries=self.deliveries,
             deliveries_per_s=self.deliveries / wall,
+            deliveries_per_record=self.deliveries / self.records if self.records else None,
             deliveries_per_server_cpu_s=self.deliveries / figures["server_cpu_s"]
             if figures["server_cpu_s"] > 0
             else None,

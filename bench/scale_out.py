@@ -16,16 +16,17 @@ from typing import Any, Callable
 
 import psutil
 
-#: (part, pid) -> CPU seconds so far (user + system).
-Snapshot = dict[tuple[str, int], float]
+#: (part, pid) -> (CPU seconds so far (user + system), context switches so far).
+Snapshot = dict[tuple[str, int], tuple[float, int]]
 
 
-def _cpu(proc: psutil.Process) -> float | None:
+def _cpu(proc: psutil.Process) -> tuple[float, int] | None:
     try:
         t = proc.cpu_times()
+        switches = proc.num_ctx_switches()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return t.user + t.system
+    return t.user + t.system, switches.voluntary + switches.involuntary
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -112,14 +113,16 @@ def cpu_snapshot(server: psutil.Process, backends: Backends | None) -> Snapshot:
     return out
 
 
-def cpu_by_part(before: Snapshot, after: Snapshot) -> dict[str, float]:
-    """CPU seconds of each part between two snapshots.  A process started
-    meanwhile counts from zero; one that ended meanwhile is not counted
-    (none does in a measured window: the workers, the monitor and the
-    pool's PostgreSQL backends live as long as the server)."""
+def cpu_by_part(before: Snapshot, after: Snapshot, field: int = 0) -> dict[str, float]:
+    """CPU seconds (``field`` 1: context switches) of each part between two
+    snapshots.  A process started meanwhile counts from zero; one that
+    ended meanwhile is not counted (none does in a measured window: the
+    workers, the monitor and the pool's PostgreSQL backends live as long
+    as the server)."""
     parts: dict[str, float] = {}
-    for (part, pid), cpu in after.items():
-        parts[part] = parts.get(part, 0.0) + cpu - before.get((part, pid), 0.0)
+    for key, values in after.items():
+        start = before.get(key)
+        parts[key[0]] = parts.get(key[0], 0.0) + values[field] - (start[field] if start else 0.0)
     return dict(sorted(parts.items()))
 
 

@@ -68,12 +68,21 @@ class HubContract:
         return hubs, recorders, storage
 
     async def _settle(self, hub: Hub) -> None:
-        """Give asynchronous delivery its time: a published marker comes
-        back to its own publisher after what was published before it."""
-        marker = f"marker:{id(hub)}"
+        """Give asynchronous delivery its time: a marker published after
+        everything else reaches another process after all of it (its own
+        publisher has it at once, before anything has gone out: a hub may
+        send at the end of the reactor turn)."""
+        self._markers = getattr(self, "_markers", 0) + 1
+        marker = f"marker:{id(hub)}:{self._markers}"
+        others = [h for h in self._receivers if h is not hub]
+        witness = others[0] if others else hub
+        if others:
+            await witness.follow(marker)
         hub.publish(marker, 1, _encoded(marker, 1))
-        receiver = self._receivers[hub]
+        receiver = self._receivers[witness]
         await until(lambda: any(s == marker for s, _, _ in receiver.events))
+        if others:
+            witness.unfollow(marker)
 
     async def _hubs(self, count: int) -> tuple[list[Hub], list[Recorder], SqliteStorage]:
         hubs, recorders, storage = await self._setup(count)

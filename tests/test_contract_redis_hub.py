@@ -50,6 +50,64 @@ class RedisHubContractTests(HubContract, unittest.TestCase):
         return make_redis_hubs(self, count, storage, backends.redis_url())
 
 
+class BatchTests(unittest.TestCase):
+    """What one reactor turn publishes to a channel goes out as one
+    message (hub/redis.py, ``BATCH_BYTES``), and arrives as the events it
+    holds, in order, each once."""
+
+    skip = backends.missing()
+
+    async def setUp(self) -> None:
+        path = Path(self.mktemp()) / "hub.sqlite3"
+        path.parent.mkdir()
+        storage = SqliteStorage(path, "NORMAL", create=True, reactor=reactor)
+        storage.startService()
+        self.addCleanup(storage.stopService)
+        self.hubs: list[Any] = make_redis_hubs(self, 2, storage, backends.redis_url())
+        self.receivers = [Recorder() for _ in self.hubs]
+        for hub, receiver in zip(self.hubs, self.receivers, strict=True):
+            await hub.start(receiver, {})
+        await self.hubs[1].follow("room:b")
+        await self.hubs[1].arrived("bob")
+
+    def encoded(self, stream: str, n: int, size: int = 0) -> bytes:
+        # A body with what JSON escapes: a newline in it must not split the batch.
+        body = "line\none " + "x" * size
+        return json.dumps(
+            {"type": "msg", "stream": stream, "id": n, "body": body}, separators=(",", ":")
+        ).encode()
+
+    async def test_one_turns_events_are_one_publication_and_arrive_in_order(self) -> None:
+        one, two = self.hubs
+        before = one.stats["publications"]
+        for n in range(1, 101):
+            one.publish("room:b", n, self.encoded("room:b", n))
+        for n in range(1, 4):
+            one.publish("dm:alice:bob", n, self.encoded("dm:alice:bob", n), users=("alice", "bob"))
+        # The channels of room:b, of the DM stream, of alice and of bob:
+        # four publications for 103 events.
+        await until(lambda: one.stats["publications"] == before + 4)
+        await until(
+            lambda: len(self.receivers[1].ids("room:b")) == 100 and self.receivers[1].ids("dm:alice:bob")
+        )
+        self.assertEqual(self.receivers[1].ids("room:b"), list(range(1, 101)))
+        await until(lambda: self.receivers[1].ids("dm:alice:bob") == [1, 2, 3])
+        got = {i: e for s, i, e in self.receivers[1].events if s == "room:b"}
+        self.assertEqual(got[7], self.encoded("room:b", 7))  # each event as it was published
+
+    async def test_a_batch_over_its_size_goes_out_at_once_in_parts(self) -> None:
+        from chatserver.hub.redis import BATCH_BYTES
+
+        one, _ = self.hubs
+        before = one.stats["publications"]
+        size = BATCH_BYTES // 4
+        for n in range(1, 11):
+            one.publish("room:b", n, self.encoded("room:b", n, size))
+        self.assertGreaterEqual(one.stats["publications"], before + 2)  # not waiting for the turn's end
+        await until(lambda: len(self.receivers[1].ids("room:b")) == 10)
+        self.assertEqual(self.receivers[1].ids("room:b"), list(range(1, 11)))
+
+
 def _event(stream: str, n: int) -> dict[str, Any]:
     return {"type": "msg", "stream": stream, "id": 0, "ts": n, "body": f"m{n}"}
 
