@@ -61,6 +61,19 @@ flight, 20 s at most, all staying connected; per server CPU-second).
 clients (they resume: ``ReconnectingClient`` keeps its ticket); the other
 chat scenarios are there too.
 
+``fanout_rN_pg_wW`` (``scale_out.py``)
+    The lean fan-out with N = 10, 100 or 1,000 receivers on PostgreSQL and
+    Redis (one cluster and one redis-server for the whole bench, started
+    by ``tests/backends.py``; a fresh database and hub prefix per run),
+    with W = 1 (one process serves, as on SQLite) or 2 workers (the
+    kernel spreads the connections over them: the table shows how).
+    Every server-side process (main, workers, monitor, PostgreSQL with its
+    backends, Redis) is pinned to the server's CPU, and the figure is
+    deliveries per CPU-second of all of them together, with each part's
+    share; the report ends with the efficiency, 2 workers' figure over
+    1 worker's.  ``--profile-dir`` also records py-spy profiles of each
+    serving process over the measured window.
+
 Options that change the server for every scenario of a bench: ``--pad-block
 N`` (``[server] pad_block``; to measure padding, alternate runs with 32 and
 0).  ``--peers`` (the default when a connrate scenario runs, so in ``make

@@ -804,6 +804,8 @@ class ChatService:
     def say(
         self, member: Member, name: str, body: str, txn_id: str | None = None, resend: bool = False
     ) -> Deferred[dict]:
+        if txn_id is None:
+            return self._say(member, name, body, None)  # no id: nothing to send once (the hot path)
         user = member.user
         assert user is not None
         return self.send_once(user, txn_id, resend, lambda txn: self._say(member, name, body, txn))

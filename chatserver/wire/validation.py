@@ -292,6 +292,13 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
 PRE_LOGIN = frozenset(("register", "login", "ping"))
 
 
+#: Each request's members, "type" and "ref" included (made once: validate
+#: runs for every request).
+_ALLOWED: dict[str, frozenset[str]] = {
+    kind: frozenset(schema) | {"type", "ref"} for kind, schema in REQUESTS.items()
+}
+
+
 def validate(event: dict[str, Any], limits: Limits) -> dict[str, Any]:
     """Return a cleaned copy of ``event`` or raise :class:`RequestError`."""
     kind = event["type"]
@@ -308,7 +315,7 @@ def validate(event: dict[str, Any], limits: Limits) -> dict[str, Any]:
             clean[field] = check(event[field], limits)
         elif required:
             raise RequestError("missing_field", f"{kind} needs the field {field!r}", field)
-    extra = set(event) - set(schema) - {"type", "ref"}
+    extra = event.keys() - _ALLOWED[kind]
     if extra:
         name = sorted(extra)[0]
         raise RequestError("unknown_field", f"{kind} has no field {name[:40]!r}", name[:40])
