@@ -101,6 +101,12 @@ class Limits:
         self._reactor: Any = None
         #: (action, key) -> tokens taken here since the last sync
         self._unsynced: dict[tuple[str, Any], int] = {}
+        #: When the first of them was taken: the batch is counted in the
+        #: shared buckets as of then.  Counted as of its sending, takes from
+        #: a full bucket would lose the refill between (a bucket is never
+        #: above its burst), and a late sync would leave every process
+        #: short of tokens it has.
+        self._unsynced_since = 0.0
         self._sync_call: Any = None
         self._syncing = False
         self._sync_failing = False
@@ -125,12 +131,14 @@ class Limits:
             bucket = self._buckets[(action, key)] = TokenBucket(rule[0], rule[1], now)
         wait = bucket.take(now)
         if not wait and self._shared is not None and type(key) is tuple and key[0] in SHARED_KINDS:
-            self._taken_here((action, key))
+            self._taken_here((action, key), now)
         return wait
 
     # --- sharing -------------------------------------------------------------------
 
-    def _taken_here(self, bucket_key: tuple[str, Any]) -> None:
+    def _taken_here(self, bucket_key: tuple[str, Any], now: float) -> None:
+        if not self._unsynced:
+            self._unsynced_since = now
         taken = self._unsynced.get(bucket_key)
         if taken is not None:
             self._unsynced[bucket_key] = taken + 1
@@ -159,6 +167,7 @@ class Limits:
         batch, self._unsynced = self._unsynced, {}
         if not batch:
             return
+        since = self._unsynced_since
         self._syncing = True
 
         def done(_: Any) -> None:
@@ -166,16 +175,18 @@ class Limits:
             if self._unsynced and self._sync_call is None and self._shared is not None:
                 self._sync_call = self._reactor.callLater(SYNC_SECONDS, self._sync)
 
-        self._exchange(batch).addCallback(done)
+        self._exchange(batch, since).addCallback(done)
 
-    def _exchange(self, batch: dict[tuple[str, Any], int]) -> Deferred[None]:
+    def _exchange(self, batch: dict[tuple[str, Any], int], at: float | None = None) -> Deferred[None]:
+        """Send ``batch``'s takes, counted as of ``at`` (now if None); the
+        answer is each bucket as of then."""
         assert self._shared is not None
         keys = list(batch)
         takes = []
         for action, key in keys:
             rate, burst = self.rules[action]
             takes.append((f"{action}:{key[0]}:{key[1]}", rate, burst, batch[(action, key)]))
-        sent = self._clock.seconds()
+        sent = self._clock.seconds() if at is None else at
         d: Deferred[Any] = self._shared.take(sent, takes)
         return d.addCallbacks(self._synced, self._sync_failed, callbackArgs=(keys, sent))
 

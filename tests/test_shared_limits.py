@@ -121,6 +121,18 @@ class SharedCountsTests(unittest.TestCase):
         await self.synced(one)  # the take shared: the same there
         self.assertAlmostEqual(one.check("messages", ALICE), 1.0, places=3)
 
+    async def test_a_late_sync_loses_no_refill(self) -> None:
+        """Takes are counted as of when they were made, not when they were
+        shared (a CI run, whose sync left after the test's clock moved on,
+        was refused a token it had)."""
+        one = self.limits(self.hubs[0])
+        self.assertEqual(self.takes(one, 5), [True] * 5)  # a full bucket emptied at T
+        self.clock.advance(0.5)  # before the sync leaves (0.1 s of the real clock)
+        await self.synced(one)
+        self.assertAlmostEqual(one.check("messages", ALICE), 0.5, places=3)  # half a token back, not none
+        self.clock.advance(0.5)
+        self.assertEqual(self.takes(one, 2), [True, False])
+
     async def test_a_clock_behind_does_not_refill_twice(self) -> None:
         one, two = self.limits(self.hubs[0]), self.limits(self.hubs[1])
         behind = task.Clock()
