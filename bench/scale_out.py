@@ -12,7 +12,7 @@ process that serves the load, and the generator keeps its own CPU.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -143,6 +143,3 @@ def connections_by_worker(server: psutil.Process, port: int) -> dict[str, int]:
         if count or part.startswith("worker"):
             out[part] = count
     return out
-
-
-SnapshotFn = Callable[[], Snapshot]

@@ -27,12 +27,10 @@ class RoomHandlers:
         }
 
     def say(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        if "txn_id" in request or "resend" in request:
-            txn_id, resend = sent_once(request)
-            d = self.chat.say(session, request["room"], request["body"], txn_id, resend)
-        else:  # the usual say, and the hot path: no id to look at
-            d = self.chat.say(session, request["room"], request["body"])
-        return d.addCallback(session.ack)
+        txn_id, resend = sent_once(request)
+        return self.chat.say(session, request["room"], request["body"], txn_id, resend).addCallback(
+            session.ack
+        )
 
     def who(self, session: Session, request: dict[str, Any]) -> dict[str, Any]:
         members, more = self.chat.who(

@@ -64,7 +64,7 @@ class InOrder:
         self._held: dict[str, dict[int, bytes]] = {}
         #: stream -> the call that reads its gap, if it is still open then
         self._waiting: dict[str, Any] = {}
-        #: For the metrics and the tests: gaps opened, and gaps read from storage.
+        #: Gaps opened, and gaps read from storage (for the tests).
         self.stats = {"gaps": 0, "fills": 0}
 
     def offer(self, stream: str, event_id: int, encoded: bytes) -> None:
