@@ -262,3 +262,107 @@ class StorageContract:
         self.assertTrue(taken)
         record, taken = await storage.ticket_state(b"ticket-3", "gone", 200)
         self.assertEqual((record, taken), (None, False))
+
+    # --- the device directory ----------------------------------------------
+
+    async def test_a_device_is_added_with_its_keys_and_listed(self) -> None:
+        storage = await self.make_storage()
+        identity = ("C" * 43, "E" * 43, "S" * 86)
+        keys = [("AAAAAAAAAAA", "K" * 43, "s" * 86), ("AAAAAAAAAAE", "L" * 43, "t" * 86)]
+        answer = await storage.put_device("alice", "DEV1", "laptop", identity, keys, None, 5000, 20, 100)
+        self.assertEqual(answer, ("ok", 2))
+        found = await storage.devices(["alice", "bob"])
+        self.assertEqual(list(found), ["alice"])  # no devices, no entry
+        (record,) = found["alice"]
+        self.assertEqual(
+            (record.user, record.device, record.name, record.curve25519, record.ed25519, record.signature),
+            ("alice", "DEV1", "laptop", "C" * 43, "E" * 43, "S" * 86),
+        )
+        self.assertEqual(record.created_at, 5000)
+        # Again, with one key it has and one it has not: only the new one counts.
+        more = [keys[1], ("AAAAAAAAAAI", "M" * 43, "u" * 86)]
+        self.assertEqual(
+            await storage.put_device("alice", "DEV1", None, None, more, None, 6000, 20, 100), ("ok", 3)
+        )
+        self.assertEqual((await storage.devices(["alice"]))["alice"][0].name, "laptop")  # no name: kept
+
+    async def test_a_device_keeps_its_identity_and_the_limits_change_nothing(self) -> None:
+        storage = await self.make_storage()
+        identity = ("C" * 43, "E" * 43, "S" * 86)
+        self.assertEqual(await storage.put_device("alice", "D", "", identity, [], None, 1, 2, 3), ("ok", 0))
+        other = ("X" * 43, "E" * 43, "S" * 86)
+        self.assertEqual(
+            await storage.put_device("alice", "D", "", other, [], None, 1, 2, 3), ("conflict", 0)
+        )
+        self.assertEqual(
+            await storage.put_device("alice", "NEW", "", None, [], None, 1, 2, 3), ("unknown", 0)
+        )
+        keys = [(f"k{i}", "K" * 43, "s" * 86) for i in range(4)]
+        self.assertEqual(
+            await storage.put_device("alice", "D", "x", None, keys, None, 1, 2, 3), ("too_many_keys", 0)
+        )
+        self.assertEqual((await storage.devices(["alice"]))["alice"][0].name, "")  # refused whole
+        self.assertEqual(await storage.put_device("alice", "D2", "", identity, [], None, 1, 2, 3), ("ok", 0))
+        self.assertEqual(
+            await storage.put_device("alice", "D3", "", identity, [], None, 1, 2, 3), ("too_many_devices", 0)
+        )
+        self.assertEqual([d.device for d in (await storage.devices(["alice"]))["alice"]], ["D", "D2"])
+
+    async def test_a_one_time_key_is_claimed_once_then_the_fallback_key_is_given(self) -> None:
+        storage = await self.make_storage()
+        identity = ("C" * 43, "E" * 43, "S" * 86)
+        keys = [("k1", "A" * 43, "a" * 86), ("k2", "B" * 43, "b" * 86)]
+        fallback = ("f1", "F" * 43, "f" * 86)
+        await storage.put_device("bob", "D", "", identity, keys, fallback, 1, 20, 100)
+        first = await storage.claim_keys([("bob", "D"), ("bob", "NONE"), ("carol", "D")])
+        self.assertEqual(
+            [(k.user, k.device, k.key_id, k.fallback) for k in first], [("bob", "D", "k1", False)]
+        )
+        self.assertEqual((first[0].key, first[0].signature), ("A" * 43, "a" * 86))
+        second = await storage.claim_keys([("bob", "D")])
+        self.assertEqual([(k.key_id, k.fallback) for k in second], [("k2", False)])
+        for _ in range(2):  # the fallback key stays until it is replaced
+            third = await storage.claim_keys([("bob", "D")])
+            self.assertEqual([(k.key_id, k.key, k.fallback) for k in third], [("f1", "F" * 43, True)])
+        await storage.put_device("bob", "D", None, None, [], ("f2", "G" * 43, "g" * 86), 1, 20, 100)
+        self.assertEqual([k.key_id for k in await storage.claim_keys([("bob", "D")])], ["f2"])
+
+    async def test_removing_a_device_drops_its_keys_and_its_inbox(self) -> None:
+        storage = await self.make_storage()
+        identity = ("C" * 43, "E" * 43, "S" * 86)
+        await storage.put_device("bob", "D", "", identity, [("k1", "A" * 43, "a" * 86)], None, 1, 20, 100)
+        await storage.put_device("bob", "E", "", identity, [("k1", "A" * 43, "a" * 86)], None, 1, 20, 100)
+        inbox = dict(_event("device:bob:D", "x"), type="to_device")
+        kept = await storage.append(dict(_event("device:bob:E", "y"), type="to_device"))
+        await storage.append(inbox)
+        await storage.append(dict(_event("device:bob:D", "z"), type="to_device"))
+        await storage.write([("drop_inbox", ("device:bob:D", 1))])
+        self.assertEqual(
+            [json.loads(t)["body"] for t in await storage.history("device:bob:D", 0, None, 10)], ["z"]
+        )
+        self.assertTrue(
+            await storage.remove_device(
+                "bob", "D", ("add_audit", (1, "bob", "device_remove", None, "bob", "D"))
+            )
+        )
+        self.assertFalse(await storage.remove_device("bob", "D", None))
+        self.assertEqual([d.device for d in (await storage.devices(["bob"]))["bob"]], ["E"])
+        self.assertEqual(await storage.claim_keys([("bob", "D")]), [])
+        self.assertEqual(await storage.history("device:bob:D", 0, None, 10), [])
+        self.assertEqual(await storage.history("device:bob:E", 0, None, 10), [kept])
+        # The stream's ids go on: a later device of that id is not mistaken for the old one.
+        again = dict(_event("device:bob:D", "w"), type="to_device")
+        await storage.append(again)
+        self.assertEqual(again["id"], 3)
+
+    async def test_an_encrypted_room_loads_back_as_one(self) -> None:
+        storage = await self.make_storage()
+        await storage.write(
+            [
+                ("create_room", ("secret", "private", "alice", "", 1, True)),
+                ("create_room", ("plain", "public", None, "", 1)),
+            ]
+        )
+        rooms = await storage.load_rooms()
+        self.assertTrue(rooms["secret"].encrypted)
+        self.assertFalse(rooms["plain"].encrypted)

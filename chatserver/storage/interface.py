@@ -45,6 +45,7 @@ CHANGES = {
     "mark_welcomed": "(user,): the first login has happened",
     "set_dm_stream": "(user, peer, stream, delivered id); the delivered id only grows",
     "add_audit": "(now ms, actor, action, room or None, target or None, detail)",
+    "drop_inbox": "(stream, up to id): a device confirmed its inbox's events up to that id",
 }
 
 
@@ -89,6 +90,7 @@ class RoomRecord:
     members: dict[str, str]  # user -> role, in joining order
     invites: set[str]
     sanctions: dict[tuple[str, str], int | None]  # (kind, user) -> until (ms) or None
+    encrypted: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +114,37 @@ class InviteRecord:
         if self.expires_at <= now:
             return "expired"
         return "usable"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceRecord:
+    """A device in the directory: its public identity keys as it signed
+    them (the server checked the signature; clients check it again)."""
+
+    user: str
+    device: str
+    name: str
+    curve25519: str
+    ed25519: str
+    signature: str
+    created_at: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedKey:
+    """A device's one-time key (or its fallback key), handed out for one
+    Olm session."""
+
+    user: str
+    device: str
+    key_id: str
+    key: str
+    signature: str
+    fallback: bool
+
+
+#: Keys as a device uploads them: (key id, key, signature).
+SignedKey = tuple[str, str, str]
 
 
 #: A ticket key: (id, secret, created_at).
@@ -205,6 +238,45 @@ class Storage(Protocol):
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
         """Whether the first login has happened (True for no such user)."""
+        ...
+
+    # --- the device directory (end-to-end encryption) ---------------------
+
+    def devices(self, users: Sequence[str]) -> Deferred[dict[str, list[DeviceRecord]]]:
+        """The devices of each of ``users`` (oldest first; a user with none,
+        or no such user, is absent)."""
+        ...
+
+    def put_device(
+        self,
+        user: str,
+        device: str,
+        name: str | None,
+        identity: tuple[str, str, str] | None,
+        keys: Sequence[SignedKey],
+        fallback: SignedKey | None,
+        now: int,
+        max_devices: int,
+        max_keys: int,
+    ) -> Deferred[tuple[str, int]]:
+        """In one transaction: add the device (``identity`` is (Curve25519,
+        Ed25519, signature)) or find it, set its name if given, add the
+        one-time keys it does not have and replace its fallback key.
+        (``ok``, its one-time keys now); (``conflict``, 0) if it exists with
+        other identity keys, (``unknown``, 0) if it does not exist and no
+        identity came, (``too_many_devices``, 0) if the user has
+        ``max_devices`` already, (``too_many_keys``, n) if it would hold
+        more than ``max_keys``: then nothing changed."""
+        ...
+
+    def claim_keys(self, wanted: Sequence[tuple[str, str]]) -> Deferred[list[ClaimedKey]]:
+        """For each (user, device): one of its one-time keys, which no one
+        else will get, or else its fallback key; none if it has neither."""
+        ...
+
+    def remove_device(self, user: str, device: str, audit: Change | None) -> Deferred[bool]:
+        """Delete a device, its keys and its inbox's events, with its audit
+        row, in one transaction; False if there was no such device."""
         ...
 
     # --- the event log ---------------------------------------------------

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import defer, threads
@@ -45,8 +45,11 @@ from chatserver.storage import queries
 from chatserver.storage.group_commit import EventLog, EventLogMethods
 from chatserver.storage.interface import (  # noqa: F401 (DatabaseUnreachable: raised here, for callers)
     Change,
+    ClaimedKey,
     DatabaseUnreachable,
+    DeviceRecord,
     RoomRecord,
+    SignedKey,
     StoreClosed,
     TicketKey,
     UnusableDatabase,
@@ -513,6 +516,31 @@ class PostgresStorage(EventLogMethods, Service):
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
         return self.read(queries.is_welcomed, name)
+
+    def devices(self, users: Sequence[str]) -> Deferred[dict[str, list[DeviceRecord]]]:
+        return self.read(queries.devices, list(users))
+
+    def put_device(
+        self,
+        user: str,
+        device: str,
+        name: str | None,
+        identity: tuple[str, str, str] | None,
+        keys: Sequence[SignedKey],
+        fallback: SignedKey | None,
+        now: int,
+        max_devices: int,
+        max_keys: int,
+    ) -> Deferred[tuple[str, int]]:
+        return self.run(
+            queries.put_device, user, device, name, identity, list(keys), fallback, now, max_devices, max_keys
+        )
+
+    def claim_keys(self, wanted: Sequence[tuple[str, str]]) -> Deferred[list[ClaimedKey]]:
+        return self.run(queries.claim_keys, list(wanted))
+
+    def remove_device(self, user: str, device: str, audit: Change | None) -> Deferred[bool]:
+        return self.run(queries.remove_device, user, device, audit)
 
     def find_sent(self, txn: str) -> Deferred[str | None]:
         return self.read(queries.find_sent, txn)

@@ -18,7 +18,16 @@ import time
 from typing import Any, Callable
 
 from chatserver.storage.group_commit import Row
-from chatserver.storage.interface import Change, InviteRecord, RoomRecord, TicketKey, UserRecord
+from chatserver.storage.interface import (
+    Change,
+    ClaimedKey,
+    DeviceRecord,
+    InviteRecord,
+    RoomRecord,
+    SignedKey,
+    TicketKey,
+    UserRecord,
+)
 
 
 class InviteRace(Exception):
@@ -45,9 +54,9 @@ def add_user(cursor: Any, name: str, password_hash: str, role: str) -> bool:
 
 def load_rooms(cursor: Any) -> dict[str, RoomRecord]:
     rooms: dict[str, RoomRecord] = {}
-    cursor.execute("SELECT name, kind, owner, topic FROM rooms")
-    for name, kind, owner, topic in cursor.fetchall():
-        rooms[name] = RoomRecord(name, kind, owner, topic, {}, set(), {})
+    cursor.execute("SELECT name, kind, owner, topic, encrypted FROM rooms")
+    for name, kind, owner, topic, encrypted in cursor.fetchall():
+        rooms[name] = RoomRecord(name, kind, owner, topic, {}, set(), {}, bool(encrypted))
     cursor.execute("SELECT room, user, role FROM room_members ORDER BY joined_at, rowid")
     for room, user, role in cursor.fetchall():
         rooms[room].members[user] = role
@@ -86,11 +95,17 @@ def set_owner(cursor: Any, room: str, owner: str | None) -> None:
     cursor.execute("UPDATE rooms SET owner = ? WHERE name = ?", (owner, room))
 
 
-def create_room(cursor: Any, name: str, kind: str, owner: str | None, topic: str, now: int) -> None:
+def create_room(
+    cursor: Any, name: str, kind: str, owner: str | None, topic: str, now: int, encrypted: bool = False
+) -> None:
     cursor.execute(
         "INSERT INTO rooms (name, kind, owner, topic, created_at) VALUES (?, ?, ?, ?, ?)",
         (name, kind, owner, topic, now),
     )
+    if encrypted:
+        # Apart, so that the query stays good for databases older than
+        # encrypted rooms (the migration tests seed those with it).
+        cursor.execute("UPDATE rooms SET encrypted = 1 WHERE name = ?", (name,))
 
 
 def ensure_room(cursor: Any, name: str, kind: str, owner: str | None, topic: str, now: int) -> None:
@@ -407,6 +422,146 @@ def revoke_registration_invite(
     return invite_id
 
 
+# --- the device directory ---------------------------------------------------
+
+
+def devices(cursor: Any, users: list[str]) -> dict[str, list[DeviceRecord]]:
+    found: dict[str, list[DeviceRecord]] = {}
+    if not users:
+        return found
+    marks = ", ".join("?" * len(users))
+    cursor.execute(
+        "SELECT user, device, name, curve25519, ed25519, signature, created_at FROM devices "
+        f"WHERE user IN ({marks}) ORDER BY created_at, device",
+        tuple(users),
+    )
+    for row in cursor.fetchall():
+        found.setdefault(row[0], []).append(DeviceRecord(*row))
+    return found
+
+
+def _key_count(cursor: Any, user: str, device: str) -> int:
+    cursor.execute(
+        "SELECT COUNT(*) FROM device_keys WHERE user = ? AND device = ? AND fallback = 0", (user, device)
+    )
+    return int(cursor.fetchone()[0])
+
+
+def put_device(
+    cursor: Any,
+    user: str,
+    device: str,
+    name: str | None,
+    identity: tuple[str, str, str] | None,
+    keys: list[SignedKey],
+    fallback: SignedKey | None,
+    now: int,
+    max_devices: int,
+    max_keys: int,
+) -> tuple[str, int]:
+    """See ``Storage.put_device``."""
+    cursor.execute(
+        "SELECT curve25519, ed25519, signature FROM devices WHERE user = ? AND device = ?", (user, device)
+    )
+    row = cursor.fetchone()
+    if row is None and identity is None:
+        return ("unknown", 0)
+    if row is not None and identity is not None and tuple(row[:2]) != identity[:2]:
+        return ("conflict", 0)
+    held = 0
+    fresh = keys
+    if row is not None:
+        held = _key_count(cursor, user, device)
+        cursor.execute(
+            "SELECT key_id FROM device_keys WHERE user = ? AND device = ? AND fallback = 0", (user, device)
+        )
+        have = {key_id for (key_id,) in cursor.fetchall()}
+        fresh = [key for key in keys if key[0] not in have]
+    if held + len(fresh) > max_keys:
+        return ("too_many_keys", held)
+    if row is None:
+        assert identity is not None
+        cursor.execute("SELECT COUNT(*) FROM devices WHERE user = ?", (user,))
+        if cursor.fetchone()[0] >= max_devices:
+            return ("too_many_devices", 0)
+        cursor.execute(
+            "INSERT INTO devices (user, device, name, curve25519, ed25519, signature, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (user, device, name or "", *identity, now),
+        )
+    elif name is not None:
+        cursor.execute("UPDATE devices SET name = ? WHERE user = ? AND device = ?", (name, user, device))
+    if fresh:
+        cursor.executemany(
+            "INSERT INTO device_keys (user, device, key_id, key, signature, fallback) "
+            "VALUES (?, ?, ?, ?, ?, 0)",
+            [(user, device, *key) for key in fresh],
+        )
+    if fallback is not None:
+        cursor.execute(
+            "DELETE FROM device_keys WHERE user = ? AND device = ? AND fallback = 1", (user, device)
+        )
+        cursor.execute(
+            "INSERT INTO device_keys (user, device, key_id, key, signature, fallback) "
+            "VALUES (?, ?, ?, ?, ?, 1)",
+            (user, device, *fallback),
+        )
+    return ("ok", held + len(fresh))
+
+
+def claim_keys(cursor: Any, wanted: list[tuple[str, str]]) -> list[ClaimedKey]:
+    """See ``Storage.claim_keys``.  A one-time key is deleted as it is
+    handed out; if another transaction deleted it first (PostgreSQL), the
+    next one is taken."""
+    claimed = []
+    for user, device in wanted:
+        for _ in range(8):
+            cursor.execute(
+                "SELECT key_id, key, signature FROM device_keys "
+                "WHERE user = ? AND device = ? AND fallback = 0 ORDER BY key_id LIMIT 1",
+                (user, device),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                break
+            cursor.execute(
+                "DELETE FROM device_keys WHERE user = ? AND device = ? AND fallback = 0 AND key_id = ?",
+                (user, device, row[0]),
+            )
+            if cursor.rowcount == 1:
+                claimed.append(ClaimedKey(user, device, row[0], row[1], row[2], False))
+                break
+        else:
+            row = None
+        if row is None:
+            cursor.execute(
+                "SELECT key_id, key, signature FROM device_keys "
+                "WHERE user = ? AND device = ? AND fallback = 1",
+                (user, device),
+            )
+            fallback = cursor.fetchone()
+            if fallback is not None:
+                claimed.append(ClaimedKey(user, device, fallback[0], fallback[1], fallback[2], True))
+    return claimed
+
+
+def remove_device(cursor: Any, user: str, device: str, audit: Change | None = None) -> bool:
+    cursor.execute("DELETE FROM devices WHERE user = ? AND device = ?", (user, device))
+    if cursor.rowcount == 0:
+        return False
+    cursor.execute("DELETE FROM device_keys WHERE user = ? AND device = ?", (user, device))
+    # The stream's row stays: its ids go on from where they were, so no
+    # process mistakes a later event of a device of that id for an old one.
+    cursor.execute("DELETE FROM events WHERE stream = ?", (f"device:{user}:{device}",))
+    if audit is not None:
+        apply(cursor, audit)
+    return True
+
+
+def drop_inbox(cursor: Any, stream: str, upto: int) -> None:
+    cursor.execute("DELETE FROM events WHERE stream = ? AND id <= ?", (stream, upto))
+
+
 #: The queries that apply interface.CHANGES, by name.
 CHANGE_QUERIES: dict[str, Callable[..., None]] = {
     "create_room": create_room,
@@ -420,4 +575,5 @@ CHANGE_QUERIES: dict[str, Callable[..., None]] = {
     "set_dm_stream": set_dm_stream,
     "add_audit": add_audit,
     "set_txn": set_txn,
+    "drop_inbox": drop_inbox,
 }

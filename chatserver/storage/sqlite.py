@@ -15,7 +15,7 @@ import os
 import sqlite3
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -27,9 +27,12 @@ from chatserver import schema
 from chatserver.storage.group_commit import EventLog, EventLogMethods, Row
 from chatserver.storage.interface import (
     Change,
+    ClaimedKey,
     DatabaseLost,
+    DeviceRecord,
     InviteRecord,
     RoomRecord,
+    SignedKey,
     StoreClosed,
     TicketKey,
     UnusableDatabase,
@@ -46,8 +49,10 @@ from chatserver.storage.queries import (  # noqa: F401 (the admin tool and tests
     add_user,
     append_events,
     apply,
+    claim_keys,
     commit_batch,
     create_room,
+    devices,
     dm_streams,
     find_sent,
     get_user,
@@ -60,7 +65,9 @@ from chatserver.storage.queries import (  # noqa: F401 (the admin tool and tests
     load_stream_ids,
     load_welcomed,
     mark_welcomed,
+    put_device,
     register_with_invite,
+    remove_device,
     revoke_registration_invite,
     revoke_tokens,
     rotate_ticket_keys,
@@ -540,6 +547,31 @@ class SqliteStorage(EventLogMethods, Service):
 
     def is_welcomed(self, name: str) -> Deferred[bool]:
         return self.read(is_welcomed, name)
+
+    def devices(self, users: Sequence[str]) -> Deferred[dict[str, list[DeviceRecord]]]:
+        return self.read(devices, list(users))
+
+    def put_device(
+        self,
+        user: str,
+        device: str,
+        name: str | None,
+        identity: tuple[str, str, str] | None,
+        keys: Sequence[SignedKey],
+        fallback: SignedKey | None,
+        now: int,
+        max_devices: int,
+        max_keys: int,
+    ) -> Deferred[tuple[str, int]]:
+        return self.run(
+            put_device, user, device, name, identity, list(keys), fallback, now, max_devices, max_keys
+        )
+
+    def claim_keys(self, wanted: Sequence[tuple[str, str]]) -> Deferred[list[ClaimedKey]]:
+        return self.run(claim_keys, list(wanted))
+
+    def remove_device(self, user: str, device: str, audit: Change | None) -> Deferred[bool]:
+        return self.run(remove_device, user, device, audit)
 
     def find_sent(self, txn: str) -> Deferred[str | None]:
         # Only on a resend (rare), and by an index: a point read.

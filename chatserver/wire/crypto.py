@@ -15,9 +15,9 @@ import hmac
 import os
 import secrets
 
-from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
@@ -41,6 +41,7 @@ __all__ = [
     "rsa_encrypt",
     "rsa_decrypt",
     "fingerprint",
+    "ed25519_verify",
     "hash_password",
     "verify_password",
 ]
@@ -231,6 +232,17 @@ def fingerprint(public_der: bytes) -> str:
 
 _SCRYPT_R = 8
 _SCRYPT_P = 1
+
+
+def ed25519_verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``message``
+    under the 32-byte ``public`` key (RFC 8032).  Any malformed input is
+    simply not valid."""
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def hash_password(password: str, log2_n: int) -> str:

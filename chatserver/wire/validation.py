@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from chatserver.wire import e2e
 from chatserver.wire.errors import Refused
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
@@ -234,6 +235,208 @@ def _flag(field: str) -> Check:
         return value
 
     return check
+
+
+# --- end-to-end encryption: the device directory and the ciphertexts --------
+
+
+def _bad(field: str, what: str) -> RequestError:
+    return RequestError("bad_field", f"{field}: {what}", field)
+
+
+def _object(value: Any, field: str, members: dict[str, bool]) -> dict[str, Any]:
+    """A JSON object with exactly these members (name -> required)."""
+    if not isinstance(value, dict):
+        raise _bad(field, "must be an object")
+    for name, required in members.items():
+        if required and name not in value:
+            raise _bad(field, f"needs the member {name!r}")
+    extra = value.keys() - members.keys()
+    if extra:
+        raise _bad(field, f"has no member {sorted(extra)[0][:40]!r}")
+    return value
+
+
+def _key(value: Any, field: str) -> str:
+    if not isinstance(value, str) or len(value) != e2e.KEY_LENGTH or not e2e.B64.fullmatch(value):
+        raise _bad(field, "a key is 43 characters of unpadded base64")
+    return value
+
+
+def _signature(value: Any, field: str) -> str:
+    if not isinstance(value, str) or len(value) != e2e.SIGNATURE_LENGTH or not e2e.B64.fullmatch(value):
+        raise _bad(field, "a signature is 86 characters of unpadded base64")
+    return value
+
+
+def _ciphertext(value: Any, field: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > e2e.MAX_CIPHERTEXT
+        or not e2e.B64.fullmatch(value)
+    ):
+        raise _bad(field, f"ciphertext is 1 to {e2e.MAX_CIPHERTEXT} characters of unpadded base64")
+    return value
+
+
+def e2e_device_id(value: Any, limits: Limits | None = None, field: str = "device") -> str:
+    if not isinstance(value, str) or not e2e.DEVICE_ID.fullmatch(value):
+        raise _bad(field, "a device id is 1 to 32 letters, digits, - or _")
+    return value
+
+
+def device_name(value: Any, limits: Limits | None = None) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > e2e.MAX_DEVICE_NAME
+        or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
+    ):
+        raise _bad("name", f"a device name is at most {e2e.MAX_DEVICE_NAME} characters, no controls")
+    return value
+
+
+def identity(value: Any, limits: Limits | None = None) -> dict[str, str]:
+    """A device's identity keys with its signature (checked against the
+    user and device later, by who knows them)."""
+    value = _object(value, "identity", {"curve25519": True, "ed25519": True, "signature": True})
+    return {
+        "curve25519": _key(value["curve25519"], "identity"),
+        "ed25519": _key(value["ed25519"], "identity"),
+        "signature": _signature(value["signature"], "identity"),
+    }
+
+
+def _signed_key(value: Any, field: str) -> dict[str, str]:
+    value = _object(value, field, {"key_id": True, "key": True, "signature": True})
+    if not isinstance(value["key_id"], str) or not e2e.KEY_ID.fullmatch(value["key_id"]):
+        raise _bad(field, "a key id is 1 to 32 characters of base64")
+    return {
+        "key_id": value["key_id"],
+        "key": _key(value["key"], field),
+        "signature": _signature(value["signature"], field),
+    }
+
+
+def one_time_keys(value: Any, limits: Limits | None = None) -> list[dict[str, str]]:
+    if not isinstance(value, list) or len(value) > e2e.MAX_ONE_TIME_KEYS:
+        raise _bad("one_time_keys", f"a list of at most {e2e.MAX_ONE_TIME_KEYS} keys")
+    keys = [_signed_key(item, "one_time_keys") for item in value]
+    if len({key["key_id"] for key in keys}) != len(keys):
+        raise _bad("one_time_keys", "two keys have the same id")
+    return keys
+
+
+def fallback_key(value: Any, limits: Limits | None = None) -> dict[str, str]:
+    return _signed_key(value, "fallback_key")
+
+
+def _user_in(value: Any, field: str) -> str:
+    try:
+        return username(value)
+    except RequestError as e:
+        raise RequestError(e.code, e.message, field) from None
+
+
+def users(value: Any, limits: Limits | None = None) -> list[str]:
+    if not isinstance(value, list) or not 1 <= len(value) <= e2e.MAX_LISTED:
+        raise _bad("users", f"a list of 1 to {e2e.MAX_LISTED} usernames")
+    names = [_user_in(item, "users") for item in value]
+    return list(dict.fromkeys(names))
+
+
+def claims(value: Any, limits: Limits | None = None) -> list[tuple[str, str]]:
+    """The devices whose one-time keys are claimed: [{"user", "device"}]."""
+    if not isinstance(value, list) or not 1 <= len(value) <= e2e.MAX_LISTED:
+        raise _bad("devices", f"a list of 1 to {e2e.MAX_LISTED} devices")
+    wanted = []
+    for item in value:
+        item = _object(item, "devices", {"user": True, "device": True})
+        wanted.append((_user_in(item["user"], "devices"), e2e_device_id(item["device"], field="devices")))
+    return list(dict.fromkeys(wanted))
+
+
+def to_device_messages(value: Any, limits: Limits | None = None) -> list[dict[str, Any]]:
+    """[{"user", "device", "body": object}], each body opaque to the server."""
+    if not isinstance(value, list) or not 1 <= len(value) <= e2e.MAX_LISTED:
+        raise _bad("messages", f"a list of 1 to {e2e.MAX_LISTED} messages")
+    messages = []
+    for item in value:
+        item = _object(item, "messages", {"user": True, "device": True, "body": True})
+        body = item["body"]
+        if not isinstance(body, dict) or len(e2e.canonical_json(body)) > e2e.MAX_TO_DEVICE_BODY:
+            raise _bad("messages", f"a body is an object of at most {e2e.MAX_TO_DEVICE_BODY} bytes")
+        messages.append(
+            {
+                "user": _user_in(item["user"], "messages"),
+                "device": e2e_device_id(item["device"], field="messages"),
+                "body": body,
+            }
+        )
+    return messages
+
+
+def olm_payload(value: Any, limits: Limits | None = None) -> dict[str, Any]:
+    """A direct message's ``e2e``: one Olm ciphertext per device,
+    ``ciphertext`` {user: {device: {"type": 0 | 1, "body": base64}}}."""
+    value = _object(
+        value, "e2e", {"algorithm": True, "sender_key": True, "device": True, "ciphertext": True}
+    )
+    if value["algorithm"] != e2e.OLM:
+        raise _bad("e2e", f"the algorithm of a direct message is {e2e.OLM!r}")
+    per_user = value["ciphertext"]
+    if not isinstance(per_user, dict) or not per_user:
+        raise _bad("e2e", "ciphertext is an object of users")
+    total = 0
+    clean: dict[str, dict[str, dict[str, Any]]] = {}
+    for user, per_device in per_user.items():
+        name = _user_in(user, "e2e")
+        if name != user or not isinstance(per_device, dict) or not per_device:
+            raise _bad("e2e", "ciphertext maps usernames to objects of devices")
+        for device, message in per_device.items():
+            e2e_device_id(device, field="e2e")
+            message = _object(message, "e2e", {"type": True, "body": True})
+            if message["type"] not in (0, 1) or isinstance(message["type"], bool):
+                raise _bad("e2e", "an Olm message's type is 0 (pre-key) or 1")
+            total += len(_ciphertext(message["body"], "e2e"))
+            clean.setdefault(name, {})[device] = {"type": message["type"], "body": message["body"]}
+    if total > e2e.MAX_CIPHERTEXT:
+        raise _bad("e2e", f"more than {e2e.MAX_CIPHERTEXT} characters of ciphertext")
+    return {
+        "algorithm": e2e.OLM,
+        "sender_key": _key(value["sender_key"], "e2e"),
+        "device": e2e_device_id(value["device"], field="e2e"),
+        "ciphertext": clean,
+    }
+
+
+def megolm_payload(value: Any, limits: Limits | None = None) -> dict[str, Any]:
+    """A room message's ``e2e``: one Megolm ciphertext, and the digest of
+    the devices its session key went to."""
+    value = _object(
+        value,
+        "e2e",
+        {
+            "algorithm": True,
+            "sender_key": True,
+            "device": True,
+            "session_id": True,
+            "ciphertext": True,
+            "devices": True,
+        },
+    )
+    if value["algorithm"] != e2e.MEGOLM:
+        raise _bad("e2e", f"the algorithm of a room message is {e2e.MEGOLM!r}")
+    if not isinstance(value["devices"], str) or not e2e.DIGEST.fullmatch(value["devices"]):
+        raise _bad("e2e", "devices is a SHA-256 digest in lowercase hex")
+    return {
+        "algorithm": e2e.MEGOLM,
+        "sender_key": _key(value["sender_key"], "e2e"),
+        "device": e2e_device_id(value["device"], field="e2e"),
+        "session_id": _key(value["session_id"], "e2e"),
+        "ciphertext": _ciphertext(value["ciphertext"], "e2e"),
+        "devices": value["devices"],
+    }
 
 
 # type -> {field: (check, required)}
