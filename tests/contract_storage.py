@@ -342,15 +342,19 @@ class StorageContract:
         )
         self.assertTrue(
             await storage.remove_device(
-                "bob", "D", ("add_audit", (1, "bob", "device_remove", None, "bob", "D"))
+                "bob", "D", 9, ("add_audit", (1, "bob", "device_remove", None, "bob", "D"))
             )
         )
-        self.assertFalse(await storage.remove_device("bob", "D", None))
+        self.assertFalse(await storage.remove_device("bob", "D", 9, None))
+        # Its id cannot come back, with its old keys or others.
+        self.assertEqual(
+            await storage.put_device("bob", "D", "", identity, [], None, 1, 20, 100), ("removed", 0)
+        )
         self.assertEqual([d.device for d in (await storage.devices(["bob"]))["bob"]], ["E"])
         self.assertEqual(await storage.claim_keys([("bob", "D")]), [])
         self.assertEqual(await storage.history("device:bob:D", 0, None, 10), [])
         self.assertEqual(await storage.history("device:bob:E", 0, None, 10), [kept])
-        # The stream's ids go on: a later device of that id is not mistaken for the old one.
+        # The stream's ids go on.
         again = dict(_event("device:bob:D", "w"), type="to_device")
         await storage.append(again)
         self.assertEqual(again["id"], 3)

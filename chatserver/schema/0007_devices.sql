@@ -13,6 +13,10 @@ CREATE TABLE devices (
     ed25519    TEXT NOT NULL,
     signature  TEXT NOT NULL,       -- the device's signature of its identity
     created_at INTEGER NOT NULL,
+    -- A removed device stays as a tombstone: its id cannot be registered
+    -- again, so a device that was removed (lost, logged out) cannot come
+    -- back as itself; it must be a new device, which its peers are told of.
+    removed_at INTEGER,
     PRIMARY KEY (user, device)
 );
 

@@ -262,7 +262,8 @@ class Storage(Protocol):
         """In one transaction: add the device (``identity`` is (Curve25519,
         Ed25519, signature)) or find it, set its name if given, add the
         one-time keys it does not have and replace its fallback key.
-        (``ok``, its one-time keys now); (``conflict``, 0) if it exists with
+        (``ok``, its one-time keys now); (``removed``, 0) for a removed
+        device's id; (``conflict``, 0) if it exists with
         other identity keys, (``unknown``, 0) if it does not exist and no
         identity came, (``too_many_devices``, 0) if the user has
         ``max_devices`` already, (``too_many_keys``, n) if it would hold
@@ -274,9 +275,11 @@ class Storage(Protocol):
         else will get, or else its fallback key; none if it has neither."""
         ...
 
-    def remove_device(self, user: str, device: str, audit: Change | None) -> Deferred[bool]:
-        """Delete a device, its keys and its inbox's events, with its audit
-        row, in one transaction; False if there was no such device."""
+    def remove_device(self, user: str, device: str, now: int, audit: Change | None) -> Deferred[bool]:
+        """Remove a device: delete its keys and its inbox's events and keep
+        it as a tombstone (``put_device`` answers ``removed`` for its id
+        from now on), with its audit row, in one transaction; False if
+        there was no such device (or it was removed before)."""
         ...
 
     # --- the event log ---------------------------------------------------

@@ -539,8 +539,8 @@ class PostgresStorage(EventLogMethods, Service):
     def claim_keys(self, wanted: Sequence[tuple[str, str]]) -> Deferred[list[ClaimedKey]]:
         return self.run(queries.claim_keys, list(wanted))
 
-    def remove_device(self, user: str, device: str, audit: Change | None) -> Deferred[bool]:
-        return self.run(queries.remove_device, user, device, audit)
+    def remove_device(self, user: str, device: str, now: int, audit: Change | None) -> Deferred[bool]:
+        return self.run(queries.remove_device, user, device, now, audit)
 
     def find_sent(self, txn: str) -> Deferred[str | None]:
         return self.read(queries.find_sent, txn)

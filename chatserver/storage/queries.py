@@ -432,7 +432,7 @@ def devices(cursor: Any, users: list[str]) -> dict[str, list[DeviceRecord]]:
     marks = ", ".join("?" * len(users))
     cursor.execute(
         "SELECT user, device, name, curve25519, ed25519, signature, created_at FROM devices "
-        f"WHERE user IN ({marks}) ORDER BY created_at, device",
+        f"WHERE user IN ({marks}) AND removed_at IS NULL ORDER BY created_at, device",
         tuple(users),
     )
     for row in cursor.fetchall():
@@ -461,9 +461,11 @@ def put_device(
 ) -> tuple[str, int]:
     """See ``Storage.put_device``."""
     cursor.execute(
-        "SELECT curve25519, ed25519, signature FROM devices WHERE user = ? AND device = ?", (user, device)
+        "SELECT curve25519, ed25519, removed_at FROM devices WHERE user = ? AND device = ?", (user, device)
     )
     row = cursor.fetchone()
+    if row is not None and row[2] is not None:
+        return ("removed", 0)
     if row is None and identity is None:
         return ("unknown", 0)
     if row is not None and identity is not None and tuple(row[:2]) != identity[:2]:
@@ -481,7 +483,7 @@ def put_device(
         return ("too_many_keys", held)
     if row is None:
         assert identity is not None
-        cursor.execute("SELECT COUNT(*) FROM devices WHERE user = ?", (user,))
+        cursor.execute("SELECT COUNT(*) FROM devices WHERE user = ? AND removed_at IS NULL", (user,))
         if cursor.fetchone()[0] >= max_devices:
             return ("too_many_devices", 0)
         cursor.execute(
@@ -545,13 +547,16 @@ def claim_keys(cursor: Any, wanted: list[tuple[str, str]]) -> list[ClaimedKey]:
     return claimed
 
 
-def remove_device(cursor: Any, user: str, device: str, audit: Change | None = None) -> bool:
-    cursor.execute("DELETE FROM devices WHERE user = ? AND device = ?", (user, device))
+def remove_device(cursor: Any, user: str, device: str, now: int, audit: Change | None = None) -> bool:
+    cursor.execute(
+        "UPDATE devices SET removed_at = ?, name = '' WHERE user = ? AND device = ? AND removed_at IS NULL",
+        (now, user, device),
+    )
     if cursor.rowcount == 0:
         return False
     cursor.execute("DELETE FROM device_keys WHERE user = ? AND device = ?", (user, device))
-    # The stream's row stays: its ids go on from where they were, so no
-    # process mistakes a later event of a device of that id for an old one.
+    # The stream's row stays (as the device's does): its ids go on from
+    # where they were.
     cursor.execute("DELETE FROM events WHERE stream = ?", (f"device:{user}:{device}",))
     if audit is not None:
         apply(cursor, audit)

@@ -570,8 +570,8 @@ class SqliteStorage(EventLogMethods, Service):
     def claim_keys(self, wanted: Sequence[tuple[str, str]]) -> Deferred[list[ClaimedKey]]:
         return self.run(claim_keys, list(wanted))
 
-    def remove_device(self, user: str, device: str, audit: Change | None) -> Deferred[bool]:
-        return self.run(remove_device, user, device, audit)
+    def remove_device(self, user: str, device: str, now: int, audit: Change | None) -> Deferred[bool]:
+        return self.run(remove_device, user, device, now, audit)
 
     def find_sent(self, txn: str) -> Deferred[str | None]:
         # Only on a resend (rare), and by an index: a point read.

@@ -379,9 +379,7 @@ def to_device_messages(value: Any, limits: Limits | None = None) -> list[dict[st
 def olm_payload(value: Any, limits: Limits | None = None) -> dict[str, Any]:
     """A direct message's ``e2e``: one Olm ciphertext per device,
     ``ciphertext`` {user: {device: {"type": 0 | 1, "body": base64}}}."""
-    value = _object(
-        value, "e2e", {"algorithm": True, "sender_key": True, "device": True, "ciphertext": True}
-    )
+    value = _object(value, "e2e", {"algorithm": True, "sender_key": True, "device": True, "ciphertext": True})
     if value["algorithm"] != e2e.OLM:
         raise _bad("e2e", f"the algorithm of a direct message is {e2e.OLM!r}")
     per_user = value["ciphertext"]
