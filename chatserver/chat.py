@@ -34,9 +34,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatserver.devices import DeviceDirectory
 from chatserver.hub.interface import Hub
+from chatserver.inboxes import Inboxes
 from chatserver.storage.interface import Change, Changes, RoomRecord, Storage, StoreClosed, UserRecord
 from chatserver.wire import channel, safetext
+from chatserver.wire import e2e as e2e_names
 from chatserver.wire.errors import Refused
 from chatserver.wire.names import RANK, dm_stream, room_stream
 
@@ -68,6 +71,8 @@ def fit(items: list[str], budget: int, newest_last: bool = False) -> int:
 class Member(Protocol):
     user: str | None
     role: str
+    #: The device this connection declared (end-to-end encryption), if any.
+    device: str | None
 
     def deliver(self, encoded: bytes) -> None:
         """One event as compact JSON, encoded once for all recipients."""
@@ -114,6 +119,15 @@ def _page(entries: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[
     return entries[:count], len(entries) > count
 
 
+def content(request: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """A say's or dm's ``body`` or ``e2e``: exactly one of the two."""
+    body = request.get("body")
+    e2e = request.get("e2e")
+    if (body is None) == (e2e is None):
+        raise ChatError("missing_field", "a message has a body or an e2e payload (not both)", "body")
+    return body, e2e
+
+
 def sent_once(request: dict[str, Any]) -> tuple[str | None, bool]:
     """A say's or dm's sender id and resend flag (see ``send_once``)."""
     txn_id = request.get("txn_id")
@@ -135,6 +149,8 @@ class Room:
         "online",
         "stream",
         "changes",
+        "encrypted",
+        "devices_digest",
     )
 
     def __init__(self, record: RoomRecord) -> None:
@@ -150,12 +166,24 @@ class Room:
         #: State changes made here (a reload read before one of them must
         #: not undo it: see ChatService.room_changed).
         self.changes = 0
+        #: End-to-end encrypted: messages are Megolm ciphertext only.
+        self.encrypted = record.encrypted
+        #: The digest of the members' devices (wire.e2e.devices_digest),
+        #: read when an encrypted message needs it, forgotten at every
+        #: change of the members or of their devices.
+        self.devices_digest: tuple[str, dict[tuple[str, str], str]] | None = None
 
     def listed(self) -> bool:
         return self.kind != "private"
 
     def summary(self) -> dict[str, Any]:
-        return {"room": self.name, "kind": self.kind, "topic": self.topic, "members": len(self.members)}
+        return {
+            "room": self.name,
+            "kind": self.kind,
+            "topic": self.topic,
+            "members": len(self.members),
+            "encrypted": self.encrypted,
+        }
 
 
 class ChatService:
@@ -170,6 +198,8 @@ class ChatService:
     ) -> None:
         self.storage = db
         self.hub = hub
+        self.devices = DeviceDirectory(db, clock)
+        self.inboxes = Inboxes(db, hub, clock)
         self.metrics: Any = None  # set by the server (chatserver.metrics.Metrics)
         self._clock = clock
         self.default_room = default_room
@@ -270,6 +300,7 @@ class ChatService:
             room = self.rooms.get(stream[5:])
             if room is not None:
                 room.changes += 1
+                room.devices_digest = None
         d = self.storage.append(event, changes)
 
         def committed(text: str) -> dict[str, Any]:
@@ -349,6 +380,9 @@ class ChatService:
         follow ``stream``."""
         if event_id > self.last_ids.get(stream, 0):
             self.last_ids[stream] = event_id
+        if stream.startswith("device:"):
+            self.inboxes.deliver(stream, event_id, encoded)
+            return
         if stream.startswith("room:"):
             room = self.rooms.get(stream[5:])
             members = list(room.online) if room is not None else []
@@ -400,6 +434,7 @@ class ChatService:
         if room is None:
             room = self.rooms[name] = Room(record)
         before = set(room.members)
+        room.devices_digest = None  # its members or their devices changed
         room.kind, room.owner, room.topic = record.kind, record.owner, record.topic
         room.members, room.invites, room.sanctions = record.members, record.invites, record.sanctions
         for user in before - set(room.members):
@@ -519,6 +554,8 @@ class ChatService:
         if user is None:
             return
         self._syncing.pop(member, None)
+        if member.device is not None:
+            self.inboxes.unbind(member, member.device)
         conns = self.online.get(user)
         if conns is None or member not in conns:
             return  # never connected, or already gone
@@ -620,16 +657,18 @@ class ChatService:
 
         return d.addCallback(drop_connections)
 
-    def create_room(self, member: Member, name: str, kind: str, topic: str) -> Deferred[dict]:
+    def create_room(
+        self, member: Member, name: str, kind: str, topic: str, encrypted: bool = False
+    ) -> Deferred[dict]:
         user = member.user
         assert user is not None
         if name in self.rooms:
             raise ChatError("room_exists", f"room {name!r} exists already", "room")
         if len(self.user_rooms.get(user, ())) >= self.max_rooms_per_user:
             raise ChatError("too_many_rooms", f"you are in {self.max_rooms_per_user} rooms already")
-        record = RoomRecord(name, kind, user, topic, {}, set(), {})
+        record = RoomRecord(name, kind, user, topic, {}, set(), {}, encrypted)
         room = self.rooms[name] = Room(record)
-        audit = self._audit(user, "create", name, None, kind)
+        audit = self._audit(user, "create", name, None, kind + (" encrypted" if encrypted else ""))
 
         def put_back() -> None:
             if self.rooms.get(name) is room:
@@ -640,7 +679,7 @@ class ChatService:
             room,
             user,
             "owner",
-            [("create_room", (name, kind, user, topic, self._now())), audit.row()],
+            [("create_room", (name, kind, user, topic, self._now(), encrypted)), audit.row()],
             put_back,
         )
         return d.addCallback(audit.logged)
@@ -802,15 +841,24 @@ class ChatService:
         return _page(members, limit, budget // 2)
 
     def say(
-        self, member: Member, name: str, body: str, txn_id: str | None = None, resend: bool = False
+        self,
+        member: Member,
+        name: str,
+        body: str | None,
+        txn_id: str | None = None,
+        resend: bool = False,
+        e2e: dict[str, Any] | None = None,
     ) -> Deferred[dict]:
+        """Post ``body``, or in an encrypted room the Megolm payload ``e2e``."""
         if txn_id is None:
-            return self._say(member, name, body, None)  # no id: nothing to send once (the hot path)
+            return self._say(member, name, body, None, e2e)  # no id: nothing to send once (the hot path)
         user = member.user
         assert user is not None
-        return self.send_once(user, txn_id, resend, lambda txn: self._say(member, name, body, txn))
+        return self.send_once(user, txn_id, resend, lambda txn: self._say(member, name, body, txn, e2e))
 
-    def _say(self, member: Member, name: str, body: str, txn: str | None) -> Deferred[dict]:
+    def _say(
+        self, member: Member, name: str, body: str | None, txn: str | None, e2e: dict[str, Any] | None
+    ) -> Deferred[dict]:
         user = member.user
         assert user is not None
         room = self._room(name, member)
@@ -820,7 +868,83 @@ class ChatService:
             raise ChatError("muted", f"you are muted in {name!r}", "room")
         if room.kind == "readonly" and self._rank(member, room) < RANK["moderator"]:
             raise ChatError("read_only", f"{name!r} is read-only", "room")
-        return self._publish_room(room, {"type": "msg", "from": user, "body": body}, txn=txn)
+        if e2e is None:
+            if room.encrypted:
+                raise ChatError("encrypted_room", f"{name!r} is end-to-end encrypted: send e2e", "body")
+            return self._publish_room(room, {"type": "msg", "from": user, "body": body}, txn=txn)
+        if not room.encrypted:
+            raise ChatError("not_encrypted", f"{name!r} is not an encrypted room", "e2e")
+        self._check_device(member, e2e)
+        return self._room_devices(room).addCallback(self._say_encrypted, member, room, e2e, txn)
+
+    def _check_device(self, member: Member, e2e: dict[str, Any]) -> None:
+        if member.device is None:
+            raise ChatError("no_device", "declare this connection's device (keys) first", "e2e")
+        if e2e["device"] != member.device:
+            raise ChatError("bad_field", "e2e: device is not this connection's device", "e2e")
+
+    def _room_devices(self, room: Room) -> Deferred[tuple[str, dict[tuple[str, str], str]]]:
+        """(digest, {(user, device): Curve25519 key}) of the room's members'
+        devices: remembered until the members or their devices change."""
+        if room.devices_digest is not None:
+            return defer.succeed(room.devices_digest)
+        seen = room.changes
+
+        def read(found: dict[str, dict[str, str]]) -> tuple[str, dict[tuple[str, str], str]]:
+            keys = {(user, device): key for user, devices in found.items() for device, key in devices.items()}
+            answer = (e2e_names.devices_digest((u, d, k) for (u, d), k in keys.items()), keys)
+            if room.changes == seen:  # nothing changed while it was read
+                room.devices_digest = answer
+            return answer
+
+        return self.devices.keys_of(list(room.members)).addCallback(read)
+
+    def _say_encrypted(
+        self,
+        devices: tuple[str, dict[tuple[str, str], str]],
+        member: Member,
+        room: Room,
+        e2e: dict[str, Any],
+        txn: str | None,
+    ) -> Deferred[dict]:
+        user = member.user
+        assert user is not None
+        digest, keys = devices
+        own = keys.get((user, e2e["device"]))
+        if own is None:
+            raise ChatError("device_removed", "this device is not in the directory", "e2e")
+        if own != e2e["sender_key"]:
+            raise ChatError("bad_field", "e2e: sender_key is not this device's key", "e2e")
+        if e2e["devices"] != digest:
+            raise ChatError("devices_changed", "the room's devices changed: share the room key again", "e2e")
+        payload = {key: e2e[key] for key in ("algorithm", "sender_key", "device", "session_id", "ciphertext")}
+        return self._publish_room(room, {"type": "msg", "from": user, "e2e": payload}, txn=txn)
+
+    def room_of(self, member: Member, name: str) -> Room:
+        """A room whose members ``member`` may know: theirs (or any, for an admin)."""
+        room = self._room(name, member)
+        if member.user not in room.members and member.role != "admin":
+            raise ChatError("not_member", "you are not in that room", "room")
+        return room
+
+    def connections_of(self, user: str) -> list[Member]:
+        """``user``'s logged-in connections on this process."""
+        return list(self.online.get(user, ()))
+
+    def audit_of(
+        self, actor: str, action: str, room: str | None, target: str | None, detail: str = ""
+    ) -> Audit:
+        return self._audit(actor, action, room, target, detail)
+
+    def devices_changed(self, user: str) -> None:
+        """``user`` added or removed a device: every room of theirs, here
+        and on the other processes, forgets its devices' digest."""
+        for name in self.user_rooms.get(user, ()):
+            room = self.rooms.get(name)
+            if room is not None:
+                room.devices_digest = None
+                room.changes += 1  # a digest being read now is of before
+                self.hub.invalidate(name)
 
     # --- direct messages --------------------------------------------------------
 
@@ -830,13 +954,43 @@ class ChatService:
         return peer in self.dms.get(user, {})
 
     def direct(
-        self, member: Member, to: str, body: str, txn_id: str | None = None, resend: bool = False
+        self,
+        member: Member,
+        to: str,
+        body: str | None,
+        txn_id: str | None = None,
+        resend: bool = False,
+        e2e: dict[str, Any] | None = None,
     ) -> Deferred[dict]:
+        """Send ``body``, or the Olm payload ``e2e`` (one ciphertext per
+        device of the two users but the sender's own)."""
         sender = member.user
         assert sender is not None
-        return self.send_once(sender, txn_id, resend, lambda txn: self._direct(member, to, body, txn))
+        return self.send_once(sender, txn_id, resend, lambda txn: self._direct(member, to, body, txn, e2e))
 
-    def _direct(self, member: Member, to: str, body: str, txn: str | None) -> Deferred[dict]:
+    def _direct_devices(self, member: Member, to: str, e2e: dict[str, Any]) -> Deferred[None]:
+        """Fires if ``e2e`` has a ciphertext for exactly the devices it must."""
+        sender = member.user
+        assert sender is not None
+        self._check_device(member, e2e)
+
+        def check(found: dict[str, dict[str, str]]) -> None:
+            own = found[sender].get(e2e["device"])
+            if own is None:
+                raise ChatError("device_removed", "this device is not in the directory", "e2e")
+            if own != e2e["sender_key"]:
+                raise ChatError("bad_field", "e2e: sender_key is not this device's key", "e2e")
+            wanted = {(to, device) for device in found[to]}
+            wanted |= {(sender, device) for device in found[sender] if device != e2e["device"]}
+            given = {(user, device) for user, devices in e2e["ciphertext"].items() for device in devices}
+            if given != wanted:
+                raise ChatError("devices_changed", "the devices of this conversation changed", "e2e")
+
+        return self.devices.keys_of([sender, to]).addCallback(check)
+
+    def _direct(
+        self, member: Member, to: str, body: str | None, txn: str | None, e2e: dict[str, Any] | None
+    ) -> Deferred[dict]:
         sender = member.user
         assert sender is not None
         if to == sender:
@@ -845,9 +999,14 @@ class ChatService:
         known = to in self.dms.get(sender, {})
         d = defer.succeed(True) if known else self.storage.user_exists(to)
 
-        def send(exists: bool) -> Deferred[dict]:
+        def checked(exists: bool) -> Any:
             if not exists:
                 raise ChatError("no_such_user", f"there is no user {to!r}", "to")
+            if e2e is not None:
+                return self._direct_devices(member, to, e2e)
+            return None
+
+        def send(_: Any) -> Deferred[dict]:
             changes: list[Change] = []
             added: list[tuple[str, str]] = []
             for a, b in ((sender, to), (to, sender)):
@@ -865,7 +1024,11 @@ class ChatService:
                     if self.dms.get(a, {}).get(b) == (stream, 0):
                         del self.dms[a][b]
 
-            event = {"type": "dm", "from": sender, "to": to, "body": body}
+            event: dict[str, Any] = {"type": "dm", "from": sender, "to": to}
+            if e2e is None:
+                event["body"] = body
+            else:
+                event["e2e"] = e2e
             published = self.publish(stream, event, changes, put_back, users=(sender, to), txn=txn)
 
             def delivered(event: dict[str, Any]) -> dict[str, Any]:
@@ -876,7 +1039,7 @@ class ChatService:
 
             return published.addCallback(delivered)
 
-        return d.addCallback(send)
+        return d.addCallback(checked).addCallback(send)
 
     # --- history ------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ connections_log = Logger(namespace="chatserver.connections")
 RATE_LIMITED = {
     "say": "messages",
     "dm": "messages",
+    "to_device": "messages",
+    "claim": "lookups",
     "join": "joins",
     "create": "rooms",
     "login": "logins",
@@ -151,6 +153,7 @@ class Session:
         "factory",
         "link",
         "user",
+        "device",
         "account",
         "role",
         "token",
@@ -171,6 +174,8 @@ class Session:
         self.factory = factory
         self.link = link
         self.user: str | None = None
+        #: The device this connection declared with ``keys``, if any.
+        self.device: str | None = None
         self.account: Account | None = None
         self.role = "user"
         self.token: str | None = None

@@ -94,7 +94,14 @@ class PublicRoomTests(Helpers):
             listed = room_entry(await session.request({"type": "rooms"}), "games")
             self.assertEqual(
                 listed,
-                {"room": "games", "kind": "public", "topic": "board games", "members": 1, "member": mine},
+                {
+                    "room": "games",
+                    "kind": "public",
+                    "topic": "board games",
+                    "members": 1,
+                    "encrypted": False,
+                    "member": mine,
+                },
             )
 
         # A message before bob joins does not reach him.
@@ -175,7 +182,15 @@ class PrivateRoomTests(Helpers):
         await alice.request({"type": "create", "room": "secret", "kind": "private", "topic": "shh"})
         listed = room_entry(await alice.request({"type": "rooms"}), "secret")
         self.assertEqual(
-            listed, {"room": "secret", "kind": "private", "topic": "shh", "members": 1, "member": True}
+            listed,
+            {
+                "room": "secret",
+                "kind": "private",
+                "topic": "shh",
+                "members": 1,
+                "encrypted": False,
+                "member": True,
+            },
         )
         await alice.request({"type": "say", "room": "secret", "body": "private thoughts"})
 

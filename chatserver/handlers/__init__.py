@@ -6,6 +6,7 @@ one handler, and every type the validator admits has one."""
 from __future__ import annotations
 
 from chatserver.handlers.accounts import AccountHandlers
+from chatserver.handlers.devices import DeviceHandlers
 from chatserver.handlers.direct import DirectHandlers
 from chatserver.handlers.moderation import ModerationHandlers
 from chatserver.handlers.rooms import RoomHandlers
@@ -18,9 +19,10 @@ def table(factory: Services) -> dict[str, Handler]:
     """Every request type's handler, from the factory's services."""
     joined: dict[str, Handler] = {}
     for handlers in (
-        AccountHandlers(factory.accounts),
+        AccountHandlers(factory.accounts, factory.chat),
         RoomHandlers(factory.chat),
         DirectHandlers(factory.chat),
+        DeviceHandlers(factory.chat),
         ModerationHandlers(factory.chat, factory.sessions),
         StatsHandlers(factory),
     ):

@@ -7,14 +7,15 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from chatserver.accounts import Accounts
-from chatserver.chat import ChatError
+from chatserver.chat import ChatError, ChatService
 from chatserver.session import Handler, Session
 from chatserver.wire.validation import RequestError
 
 
 class AccountHandlers:
-    def __init__(self, accounts: Accounts) -> None:
+    def __init__(self, accounts: Accounts, chat: ChatService | None = None) -> None:
         self.accounts = accounts
+        self.chat = chat
         self.requests: dict[str, Handler] = {
             "ping": self.ping,
             "login": self.login,
@@ -52,4 +53,16 @@ class AccountHandlers:
         # (see Session._fill): nothing asked before the logout goes unanswered.
         assert session.token is not None  # set with the account, before any request after login
         d: Deferred[Any] = self.accounts.revoke_token(session.token)
+        if session.device is not None and self.chat is not None:
+            # A device that logs out is gone: its keys go with it, and its
+            # id cannot come back (docs/protocol.rst, "Devices").
+            d.addCallback(lambda _: self._remove_device(session))
         return d.addCallback(lambda _: {"type": "logged_out"})
+
+    def _remove_device(self, session: Session) -> Deferred[Any]:
+        chat = self.chat
+        assert chat is not None and session.user is not None and session.device is not None
+        user, device = session.user, session.device
+        audit = chat.audit_of(user, "device_remove", None, user, f"{device} (logout)")
+        d = chat.devices.remove(user, device, audit.row())
+        return d.addCallback(audit.logged).addCallback(lambda _: chat.devices_changed(user))

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from chatserver.chat import ChatService, sent_once
+from chatserver.chat import ChatService, content, sent_once
 from chatserver.session import Handler, Session
 
 
@@ -16,7 +16,6 @@ class DirectHandlers:
         self.requests: dict[str, Handler] = {"dm": self.dm}
 
     def dm(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        body, e2e = content(request)
         txn_id, resend = sent_once(request)
-        return self.chat.direct(session, request["to"], request["body"], txn_id, resend).addCallback(
-            session.ack
-        )
+        return self.chat.direct(session, request["to"], body, txn_id, resend, e2e).addCallback(session.ack)

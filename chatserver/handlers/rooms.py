@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from chatserver.chat import LIST_PAGE_MAX, ChatService, sent_once
+from chatserver.chat import LIST_PAGE_MAX, ChatService, content, sent_once
 from chatserver.session import Handler, Session
 
 
@@ -27,10 +27,9 @@ class RoomHandlers:
         }
 
     def say(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        body, e2e = content(request)
         txn_id, resend = sent_once(request)
-        return self.chat.say(session, request["room"], request["body"], txn_id, resend).addCallback(
-            session.ack
-        )
+        return self.chat.say(session, request["room"], body, txn_id, resend, e2e).addCallback(session.ack)
 
     def who(self, session: Session, request: dict[str, Any]) -> dict[str, Any]:
         members, more = self.chat.who(
@@ -50,7 +49,11 @@ class RoomHandlers:
 
     def create(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         d = self.chat.create_room(
-            session, request["room"], request.get("kind", "public"), request.get("topic", "")
+            session,
+            request["room"],
+            request.get("kind", "public"),
+            request.get("topic", ""),
+            request.get("encrypted", False),
         )
         return d.addCallback(session.ack)
 

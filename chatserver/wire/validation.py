@@ -449,7 +449,8 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "ping": {},
     "say": {
         "room": (room, True),
-        "body": (body, True),
+        "body": (body, False),
+        "e2e": (megolm_payload, False),
         "txn_id": (txn_id, False),
         "resend": (_flag("resend"), False),
     },
@@ -458,6 +459,7 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
         "room": (room, True),
         "kind": (_choice("kind", ("public", "private", "readonly")), False),
         "topic": (_short_text("topic", 300), False),
+        "encrypted": (_flag("encrypted"), False),
     },
     "join": {"room": (room, True)},
     "part": {"room": (room, True)},
@@ -466,7 +468,8 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "invite": {"room": (room, True), "user": (_target, True)},
     "dm": {
         "to": (_recipient, True),
-        "body": (body, True),
+        "body": (body, False),
+        "e2e": (olm_payload, False),
         "txn_id": (txn_id, False),
         "resend": (_flag("resend"), False),
     },
@@ -487,6 +490,19 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "stats": {"subscribe": (_flag("subscribe"), False)},
     "disable": {"user": (_target, True)},
     "enable": {"user": (_target, True)},
+    # End-to-end encryption: the device directory and device inboxes.
+    "keys": {
+        "device": (e2e_device_id, True),
+        "name": (device_name, False),
+        "identity": (identity, False),
+        "one_time_keys": (one_time_keys, False),
+        "fallback_key": (fallback_key, False),
+    },
+    "devices": {"users": (users, False), "room": (room, False)},
+    "claim": {"devices": (claims, True)},
+    "remove_device": {"device": (e2e_device_id, True)},
+    "to_device": {"messages": (to_device_messages, True)},
+    "to_device_ack": {"upto": (event_id("upto"), True)},
 }
 
 #: Requests accepted before login.

@@ -1,0 +1,111 @@
+"""End-to-end encryption: the device directory and device inboxes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from chatserver.chat import ChatError, ChatService
+from chatserver.session import Handler, Session
+
+
+class DeviceHandlers:
+    def __init__(self, chat: ChatService) -> None:
+        self.chat = chat
+        self.directory = chat.devices
+        self.requests: dict[str, Handler] = {
+            "keys": self.keys,
+            "devices": self.devices,
+            "claim": self.claim,
+            "remove_device": self.remove_device,
+            "to_device": self.to_device,
+            "to_device_ack": self.to_device_ack,
+        }
+
+    @defer.inlineCallbacks
+    def keys(self, session: Session, request: dict[str, Any]) -> Any:
+        device = request["device"]
+        if session.device is not None and session.device != device:
+            raise ChatError("bad_field", "this connection is another device", "device")
+        user = session.user
+        assert user is not None
+        count = yield self.directory.upload(
+            user,
+            device,
+            request.get("name"),
+            request.get("identity"),
+            request.get("one_time_keys", []),
+            request.get("fallback_key"),
+        )
+        if "identity" in request:
+            self.chat.devices_changed(user)  # a new device (or the same again)
+        if session.device is None and not session.closed:
+            session.device = device
+            # The inbox's backlog follows the answer (it is sent after it:
+            # it is produced once the answer has its slot filled).
+            self.chat.inboxes.bind(session, device).addErrback(
+                lambda f: session.close("internal_error", "inbox unavailable")
+            )
+        return {"type": "keys", "device": device, "one_time_keys": count}
+
+    def devices(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        if ("users" in request) == ("room" in request):
+            raise ChatError("missing_field", "devices needs users or a room (not both)", "users")
+        if "room" in request:
+            room = self.chat.room_of(session, request["room"])
+            users = list(room.members)
+        else:
+            users = request["users"]
+        answer = self.directory.listing(users)
+        return answer.addCallback(lambda found: {"type": "devices", "devices": found})
+
+    def claim(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return self.directory.claim(request["devices"]).addCallback(
+            lambda keys: {"type": "claimed", "keys": keys}
+        )
+
+    @defer.inlineCallbacks
+    def remove_device(self, session: Session, request: dict[str, Any]) -> Any:
+        user = session.user
+        assert user is not None
+        device = request["device"]
+        audit = self.chat.audit_of(user, "device_remove", None, user, device)
+        removed = yield self.directory.remove(user, device, audit.row())
+        if not removed:
+            raise ChatError("no_such_device", "you have no such device", "device")
+        audit.logged(None)
+        self.chat.devices_changed(user)
+        for conn in self.chat.connections_of(user):
+            if getattr(conn, "device", None) == device and conn is not session:
+                conn.close("device_removed", "this device was removed")
+        if session.device == device:
+            session.device = None
+            self.chat.inboxes.unbind(session, device)
+        return {"type": "device_removed", "device": device}
+
+    @defer.inlineCallbacks
+    def to_device(self, session: Session, request: dict[str, Any]) -> Any:
+        if session.device is None:
+            raise ChatError("no_device", "declare this connection's device (keys) first")
+        user = session.user
+        assert user is not None
+        messages = request["messages"]
+        found = yield self.directory.keys_of(sorted({m["user"] for m in messages}))
+        existing = {(u, d) for u, devices in found.items() for d in devices}
+        sent = yield self.chat.inboxes.send(user, session.device, messages, existing)
+        missing = [
+            {"user": m["user"], "device": m["device"]}
+            for m in messages
+            if (m["user"], m["device"]) not in existing
+        ]
+        return {"type": "to_device_sent", "sent": len(sent), "missing": missing}
+
+    def to_device_ack(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        if session.device is None:
+            raise ChatError("no_device", "declare this connection's device (keys) first")
+        user = session.user
+        assert user is not None
+        d = self.chat.inboxes.acknowledge(user, session.device, request["upto"])
+        return d.addCallback(lambda _: {"type": "to_device_acked", "upto": request["upto"]})
