@@ -1,0 +1,190 @@
+"""The device directory and device inboxes (docs/protocol.rst, "Devices"),
+through real sessions to a real server, with real vodozemac keys: what
+the server stores, hands out and refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial import unittest
+
+from chatclient.e2e.device import Device
+from chatclient.session import ChatSession, ServerError
+from tests.support import EventQueue, logged_in, start_server
+
+
+async def upload(session: ChatSession, device: Device, keys: int = 3, **extra: Any) -> dict[str, Any]:
+    request = {
+        "type": "keys",
+        "device": device.device_id,
+        "name": "test device",
+        "identity": device.identity(),
+        "one_time_keys": device.one_time_keys(keys),
+        "fallback_key": device.fallback_key(),
+    }
+    request.update(extra)
+    answer = await session.request({k: v for k, v in request.items() if v is not None})
+    device.published()
+    return answer
+
+
+class DirectoryTests(unittest.TestCase):
+    async def refused(self, session: ChatSession, request: dict[str, Any]) -> dict[str, Any]:
+        with self.assertRaises(ServerError) as caught:
+            await session.request(request)
+        return caught.exception.event
+
+    async def test_a_device_is_listed_with_its_signed_keys_and_its_one_time_keys_claimed_once(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        bob = await logged_in(self, server, "bob")
+        laptop = Device.new("alice")
+        answer = await upload(alice, laptop, keys=2)
+        self.assertEqual(
+            dict(answer, ref=None),
+            {"type": "keys", "device": laptop.device_id, "one_time_keys": 2, "ref": None},
+        )
+        listing = await bob.request({"type": "devices", "users": ["alice", "carol", "nobody"]})
+        self.assertEqual(listing["devices"]["carol"], [])  # no such user looks like no devices
+        (entry,) = listing["devices"]["alice"]
+        identity = laptop.identity()
+        self.assertEqual(
+            {k: entry[k] for k in ("device", "name", "curve25519", "ed25519")},
+            {
+                "device": laptop.device_id,
+                "name": "test device",
+                "curve25519": identity["curve25519"],
+                "ed25519": identity["ed25519"],
+            },
+        )
+        want = {"type": "claim", "devices": [{"user": "alice", "device": laptop.device_id}]}
+        claimed = [(await bob.request(want))["keys"][0] for _ in range(3)]
+        self.assertEqual([k["fallback"] for k in claimed], [False, False, True])
+        self.assertNotEqual(claimed[0]["key"], claimed[1]["key"])
+        # Topping up: the answer says how many are left.
+        again = await alice.request(
+            {"type": "keys", "device": laptop.device_id, "one_time_keys": laptop.one_time_keys(5)}
+        )
+        self.assertEqual(again["one_time_keys"], 5)
+
+    async def test_forged_and_conflicting_uploads_are_refused(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        mallory = await logged_in(self, server, "mallory")
+        laptop = Device.new("alice")
+        # Alice's keys uploaded as mallory's: the signature covers the user.
+        error = await self.refused(
+            mallory, {"type": "keys", "device": laptop.device_id, "identity": laptop.identity()}
+        )
+        self.assertEqual((error["code"], error["field"]), ("bad_signature", "identity"))
+        await upload(alice, laptop)
+        other = Device("alice", laptop.device_id, Device.new("alice").account)
+        second = await logged_in(self, server, "alice", register=False)
+        error = await self.refused(
+            second, {"type": "keys", "device": laptop.device_id, "identity": other.identity()}
+        )
+        self.assertEqual((error["code"], error["field"]), ("device_conflict", "identity"))
+        # A key signed by another device's key.
+        forged = other.one_time_keys(1)
+        error = await self.refused(
+            alice, {"type": "keys", "device": laptop.device_id, "one_time_keys": forged}
+        )
+        self.assertEqual((error["code"], error["field"]), ("bad_signature", "one_time_keys"))
+        # One connection is one device.
+        error = await self.refused(
+            alice, {"type": "keys", "device": "OTHERDEVICE", "identity": laptop.identity()}
+        )
+        self.assertEqual((error["code"], error["field"]), ("bad_field", "device"))
+        error = await self.refused(second, {"type": "keys", "device": "NEWDEVICE"})
+        self.assertEqual((error["code"], error["field"]), ("unknown_device", "device"))
+
+    async def test_a_removed_device_is_gone_for_good_and_its_connections_closed(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        phone_session = await logged_in(self, server, "alice", register=False)
+        laptop, phone = Device.new("alice"), Device.new("alice")
+        await upload(alice, laptop)
+        await upload(phone_session, phone)
+        answer = await alice.request({"type": "remove_device", "device": phone.device_id})
+        self.assertEqual((answer["type"], answer["device"]), ("device_removed", phone.device_id))
+        listing = await alice.request({"type": "devices", "users": ["alice"]})
+        self.assertEqual([d["device"] for d in listing["devices"]["alice"]], [laptop.device_id])
+        claimed = await alice.request(
+            {"type": "claim", "devices": [{"user": "alice", "device": phone.device_id}]}
+        )
+        self.assertEqual(claimed["keys"], [])
+        error = await self.refused(alice, {"type": "remove_device", "device": phone.device_id})
+        self.assertEqual(error["code"], "no_such_device")
+        # The phone's connection was closed, and its id cannot come back.
+        lost = await phone_session.closed
+        self.assertEqual((lost.clean, lost.code), (True, "device_removed"))
+        again = await logged_in(self, server, "alice", register=False)
+        error = await self.refused(
+            again, {"type": "keys", "device": phone.device_id, "identity": phone.identity()}
+        )
+        self.assertEqual(error["code"], "device_removed")
+
+    async def test_logging_out_removes_the_device(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        bob = await logged_in(self, server, "bob")
+        laptop = Device.new("alice")
+        await upload(alice, laptop)
+        await alice.request({"type": "logout"})
+        listing = await bob.request({"type": "devices", "users": ["alice"]})
+        self.assertEqual(listing["devices"]["alice"], [])
+
+
+class InboxTests(unittest.TestCase):
+    async def test_messages_to_a_device_wait_for_it_and_go_once_confirmed(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        bob = await logged_in(self, server, "bob")
+        laptop, phone = Device.new("alice"), Device.new("bob")
+        await upload(alice, laptop)
+        await upload(bob, phone)
+        await bob.close()
+        sent = await alice.request(
+            {
+                "type": "to_device",
+                "messages": [
+                    {"user": "bob", "device": phone.device_id, "body": {"n": 1}},
+                    {"user": "bob", "device": phone.device_id, "body": {"n": 2}},
+                    {"user": "bob", "device": "NOSUCHDEVICE", "body": {"n": 3}},
+                ],
+            }
+        )
+        self.assertEqual(sent["sent"], 2)
+        self.assertEqual(sent["missing"], [{"user": "bob", "device": "NOSUCHDEVICE"}])
+        # Bob's phone comes back: the backlog, in order, after the answer.
+        bob = await logged_in(self, server, "bob", register=False)
+        queue = EventQueue(bob)
+        await bob.request({"type": "keys", "device": phone.device_id})
+        first = await queue.next(lambda e: e["type"] == "to_device")
+        second = await queue.next(lambda e: e["type"] == "to_device")
+        self.assertEqual([first["body"], second["body"]], [{"n": 1}, {"n": 2}])
+        self.assertEqual((first["from"], first["from_device"]), ("alice", laptop.device_id))
+        self.assertEqual(second["id"], first["id"] + 1)
+        # Live, too.
+        await alice.request(
+            {"type": "to_device", "messages": [{"user": "bob", "device": phone.device_id, "body": {"n": 4}}]}
+        )
+        live = await queue.next(lambda e: e["type"] == "to_device")
+        self.assertEqual(live["body"], {"n": 4})
+        # Confirmed up to the second: only the live one comes again.
+        await bob.request({"type": "to_device_ack", "upto": second["id"]})
+        await bob.close()
+        bob = await logged_in(self, server, "bob", register=False)
+        queue = EventQueue(bob)
+        await bob.request({"type": "keys", "device": phone.device_id})
+        again = await queue.next(lambda e: e["type"] == "to_device")
+        self.assertEqual(again["body"], {"n": 4})
+
+    async def test_a_connection_without_a_device_has_no_inbox(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        with self.assertRaises(ServerError) as caught:
+            await alice.request(
+                {"type": "to_device", "messages": [{"user": "bob", "device": "X", "body": {}}]}
+            )
+        self.assertEqual(caught.exception.event["code"], "no_device")
