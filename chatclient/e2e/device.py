@@ -61,9 +61,11 @@ class Device:
 
     def fallback_key(self) -> dict[str, str]:
         """The signed fallback key, made if there is none unpublished."""
-        if not self.account.fallback_key:
-            self.account.generate_fallback_key()
-        ((key_id, key),) = self.account.fallback_key.items()
+        # (vodozemac's type stubs lack the fallback key's two members.)
+        account: Any = self.account
+        if not account.fallback_key:
+            account.generate_fallback_key()
+        ((key_id, key),) = account.fallback_key.items()
         return self._signed(key_id, key, True)
 
     def published(self) -> None:

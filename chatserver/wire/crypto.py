@@ -26,6 +26,7 @@ __all__ = [
     "AEAD",
     "random_bytes",
     "sha256",
+    "sha512",
     "hmac_sha256",
     "hmac_equal",
     "hkdf",
@@ -42,6 +43,7 @@ __all__ = [
     "rsa_decrypt",
     "fingerprint",
     "ed25519_verify",
+    "passphrase_key",
     "hash_password",
     "verify_password",
 ]
@@ -67,6 +69,10 @@ def random_bytes(n: int) -> bytes:
 
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def sha512(data: bytes) -> bytes:
+    return hashlib.sha512(data).digest()
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
@@ -274,6 +280,11 @@ def verify_password(password: str, encoded: str) -> bool:
         # not a match; it must never take the login path down.
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def passphrase_key(passphrase: str, salt: bytes, log2_n: int) -> bytes:
+    """A 32-byte key from a passphrase: scrypt (RFC 7914) with r=8, p=1."""
+    return _scrypt(passphrase, salt, log2_n, _SCRYPT_R, _SCRYPT_P)
 
 
 def _scrypt(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
