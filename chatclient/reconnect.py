@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import secrets
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -31,6 +31,9 @@ from zope.interface import implementer
 from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, Proven, ServerError, Verifier
 from chatserver.wire import channel
 from chatserver.wire.safetext import log_text
+
+if TYPE_CHECKING:
+    from chatclient.e2e.client import EndToEnd
 
 log = Logger(namespace="chatclient.reconnect")
 
@@ -104,6 +107,8 @@ class ReconnectingClient:
         #: The rooms we are in, as of the last welcome and our own events.
         self.rooms: set[str] = set()
         self.session: ChatSession | None = None
+        #: End-to-end encryption for this device (``chatclient.e2e``), if on.
+        self.e2e: EndToEnd | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._state_listeners: list[Callable[[str, Any], None]] = []
         self._online_waiters: list[Deferred[ChatSession]] = []
@@ -167,6 +172,11 @@ class ReconnectingClient:
             if event_id <= self.last_ids.get(stream, 0):
                 return  # seen already (catch-up overlap, offline push)
             self.last_ids[stream] = event_id
+        if self.e2e is not None:
+            shown = self.e2e.incoming(event)
+            if shown is None:
+                return  # its own business (a room key ...)
+            event = shown
         self._track_rooms(event)
         for listener in list(self._listeners):
             try:
@@ -194,6 +204,8 @@ class ReconnectingClient:
         self._service.startService()
 
     def stop(self) -> Deferred[None]:
+        if self.e2e is not None:
+            self.e2e.stop()
         session = self.session
         if session is not None and not session.closed.called:
             session.close()
@@ -304,6 +316,10 @@ class ReconnectingClient:
         self.role = welcome.get("role")
         self.token = welcome.get("token", self.token)
         streams: dict[str, int] = dict(welcome.get("streams", {}))
+        if self.e2e is not None:
+            # This device first (its inbox's room keys come next), then
+            # the catch-up, whose messages may need them.
+            yield self.e2e.setup(session, welcome)
         # The server keeps memberships, so the welcome's rooms are the rooms
         # we are back in.  A room we knew that it no longer lists (kicked or
         # banned while away) gets one catch-up attempt below, so the event
@@ -399,7 +415,20 @@ class ReconnectingClient:
         message (``say``, ``dm``) is sent exactly once: see ``send_once``."""
         if event.get("type") in SENT_ONCE:
             return self.send_once(event)
-        return self.when_online().addCallback(lambda session: session.request(event))
+        d = self.when_online().addCallback(lambda session: session.request(event))
+        if event.get("type") == "history" and self.e2e is not None:
+            d.addCallback(self._decrypted_page)
+        return d
+
+    def _decrypted_page(self, page: dict[str, Any]) -> dict[str, Any]:
+        e2e = self.e2e
+        assert e2e is not None
+        events = []
+        for event in page.get("events", []):
+            shown = e2e.incoming(event) if isinstance(event, dict) else event
+            if shown is not None:
+                events.append(shown)
+        return dict(page, events=events)
 
     def send_once(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """Send a message with an id of its own (``txn_id``), and if the
@@ -433,9 +462,16 @@ class ReconnectingClient:
         return answer
 
     def say(self, room: str, body: str) -> Deferred[dict[str, Any]]:
+        if self.e2e is not None and self.e2e.is_encrypted(room):
+            d: Deferred[dict[str, Any]] = self.e2e.send_say(room, body)
+            return d
         return self.request({"type": "say", "room": room, "body": body})
 
     def dm(self, to: str, body: str) -> Deferred[dict[str, Any]]:
+        """End to end encrypted if this client has a device (``e2e``)."""
+        if self.e2e is not None:
+            d: Deferred[dict[str, Any]] = self.e2e.send_dm(to, body)
+            return d
         return self.request({"type": "dm", "to": to, "body": body})
 
 

@@ -547,7 +547,12 @@ class ChatService:
         }
         for stream, _ in self.dms.get(user, {}).values():
             streams[stream] = self.last_ids.get(stream, 0)
-        return {"rooms": sorted(self.user_rooms.get(user, ())), "streams": streams}
+        rooms = sorted(self.user_rooms.get(user, ()))
+        return {
+            "rooms": rooms,
+            "streams": streams,
+            "encrypted_rooms": [name for name in rooms if self.rooms[name].encrypted],
+        }
 
     def disconnect(self, member: Member) -> None:
         user = member.user
@@ -617,9 +622,12 @@ class ChatService:
             if undo is not None:
                 undo()
 
+        joined: dict[str, Any] = {"type": "joined", "user": user}
+        if room.encrypted:
+            joined["encrypted"] = True  # so a new member's client knows before it sends
         return self._publish_room(
             room,
-            {"type": "joined", "user": user},
+            joined,
             [*changes, ("set_member", (room.name, user, role, self._now()))],
             put_back,
         )

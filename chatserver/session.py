@@ -418,6 +418,7 @@ class Session:
             "server": f"chatserver/{__version__}",
             "rooms": snapshot["rooms"],
             "streams": snapshot["streams"],
+            "encrypted_rooms": snapshot["encrypted_rooms"],
             "token": token,
             # Clients keep the connection alive within this.
             "idle_timeout": factory.settings.idle_timeout,

@@ -45,6 +45,14 @@ class StoreError(Exception):
     keyring, a damaged file.  The message is one line for the user."""
 
 
+def open_store(
+    directory: Path, passphrase: Callable[[], str] | None = None, prefer: str = "auto", **options: Any
+) -> DeviceStore:
+    """The device store in ``directory``, made if there is none."""
+    key, _ = StoreKey(directory, passphrase, **options).open_or_make(prefer)
+    return DeviceStore(directory, key)
+
+
 def default_root() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "chatclient" / "devices"
@@ -82,11 +90,15 @@ def _write_private(path: Path, data: bytes) -> None:
 class StoreKey:
     """Finds, or makes, the key of the store in ``directory``."""
 
-    def __init__(self, directory: Path, passphrase: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self, directory: Path, passphrase: Callable[[], str] | None = None, log2_n: int = PASSPHRASE_LOG2_N
+    ) -> None:
         """``passphrase()`` is asked only if the store uses one (or a new
-        store must, having no keyring)."""
+        store must, having no keyring).  ``log2_n``: scrypt's cost for a
+        new store (an existing one keeps its own)."""
         self.directory = directory
         self._passphrase = passphrase
+        self._log2_n = log2_n
 
     @property
     def _meta_path(self) -> Path:
@@ -127,8 +139,8 @@ class StoreKey:
                 raise StoreError(f"the keyring refused the store key: {e}") from None
         elif method == "passphrase":
             salt = crypto.random_bytes(16)
-            key = crypto.passphrase_key(self._ask(new=True), salt, PASSPHRASE_LOG2_N)
-            meta.update(salt=e2e.b64encode(salt), log2_n=PASSPHRASE_LOG2_N)
+            key = crypto.passphrase_key(self._ask(new=True), salt, self._log2_n)
+            meta.update(salt=e2e.b64encode(salt), log2_n=self._log2_n)
         else:
             raise StoreError(f"unknown way to keep the store key: {method}")
         nonce = crypto.random_bytes(12)

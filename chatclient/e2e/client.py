@@ -1,0 +1,521 @@
+"""End-to-end encryption for one logged-in device, over a client
+connection (``ReconnectingClient``): what it asks of the server, and
+what becomes of the events it gets.
+
+- At every connection: declare this device (``keys``), with its identity
+  and enough one-time keys; its inbox (room keys, verification) follows.
+- Sending a direct message: the devices of both users from the server,
+  each checked (signature, trust), an Olm session with every one (a
+  claimed one-time key, its signature checked), one ciphertext each.
+- Sending in an encrypted room: this device's Megolm session, rotated by
+  the rules of ``megolm``, its key shared over Olm with every member
+  device that lacks it, then one ciphertext.
+- Receiving: a direct message or room message is decrypted (and the
+  plaintext kept, so history reads again after a restart); what cannot
+  be read says why, in place of its body.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import vodozemac
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from chatclient.e2e.device import Device
+from chatclient.e2e.megolm import MegolmError, RoomKeys
+from chatclient.e2e.olm import OlmError, OlmSessions
+from chatclient.e2e.store import DeviceStore
+from chatclient.e2e.trust import DeviceBook, Notice, safety_number
+from chatserver.wire import crypto, e2e
+
+if TYPE_CHECKING:
+    from chatclient.reconnect import ReconnectingClient
+    from chatclient.session import ChatSession
+
+log = Logger(namespace="chatclient.e2e")
+
+#: One-time keys this device keeps on the server, and the level at which
+#: it tops them up.
+ONE_TIME_KEYS = 50
+TOP_UP_BELOW = 25
+#: How often a message is encrypted again when the server says the
+#: devices changed meanwhile.
+RETRIES = 3
+
+#: Why a message reads as it does, in place of its body.
+REASONS = {
+    "before_device": "sent before this device was added",
+    "not_for_device": "not encrypted for this device",
+    "no_key": "the room key for this message has not arrived",
+    "undecryptable": "sent before this device could read the room",
+    "replayed": "refused: a replayed message",
+    "misdirected": "refused: this message was meant for another device",
+    "wrong_sender": "refused: not encrypted by its sender",
+    "not_member": "refused: its sender's device was not a member",
+    "mismatch": "refused: the sender's device keys do not match",
+    "malformed": "could not be read: malformed",
+    "no_session": "could not be read: no session with the sender's device",
+    "conflict": "refused: the room key belongs to another sender",
+    "bad_signature": "refused: a bad signature",
+    "wrong_room": "refused: encrypted for another room",
+}
+
+
+class SendBlocked(Exception):
+    """Sending to this user is held back: a verified device of theirs
+    changed (the user must look first, ``acknowledge``), or they have no
+    device that can read an encrypted message."""
+
+
+def digest_of(listing: dict[str, list[dict[str, Any]]]) -> str:
+    return e2e.devices_digest(
+        (user, entry["device"], entry["curve25519"]) for user, entries in listing.items() for entry in entries
+    )
+
+
+class EndToEnd:
+    def __init__(self, store: DeviceStore, user: str, clock: Any) -> None:
+        self.store = store
+        self.user = user
+        self._clock = clock
+        saved = store.get("account")
+        if saved is None:
+            self.device = Device.new(user)
+            self.created = self._now()
+            self._save_account()
+        else:
+            account = vodozemac.Account.from_pickle(saved["pickle"], store.key)
+            self.device = Device(user, saved["device"], account)
+            self.created = int(saved["created"])
+        self.olm = OlmSessions(self.device, store, self._save_account)
+        self.rooms = RoomKeys(self.device, store)
+        self.book = DeviceBook(store)
+        self.client: ReconnectingClient | None = None
+        #: Events the front ends should see that are no server's: notices.
+        self.emit: Callable[[dict[str, Any]], None] = lambda event: None
+        #: Room devices as the server listed them (per room), until a change.
+        self._room_devices: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._topping_up = False
+        #: Highest inbox id handled and not yet confirmed to the server.
+        self._inbox_done = 0
+        self._confirm_call: Any = None
+        self._learning: set[str] = set()
+
+    def _now(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def _save_account(self) -> None:
+        self.store.put(
+            "account",
+            {
+                "pickle": self.device.account.pickle(self.store.key),
+                "device": self.device.device_id,
+                "created": self.created,
+            },
+        )
+
+    @property
+    def device_id(self) -> str:
+        return self.device.device_id
+
+    # --- the connection ----------------------------------------------------
+
+    def attach(self, client: ReconnectingClient) -> None:
+        self.client = client
+        client.e2e = self
+        self.emit = client._emit
+
+    def setup(self, session: ChatSession, welcome: dict[str, Any]) -> Deferred[Any]:
+        """Declare this device on a new connection (its inbox follows)."""
+        for room in welcome.get("encrypted_rooms", []):
+            self.mark_encrypted(room)
+        request = {
+            "type": "keys",
+            "device": self.device_id,
+            "name": self.store.get("name", "chatclient"),
+            "identity": self.device.identity(),
+            "fallback_key": self.device.fallback_key(),
+        }
+        d = session.request(request)
+
+        def declared(answer: dict[str, Any]) -> Any:
+            self.device.published()
+            self._save_account()
+            return self._top_up(session, int(answer.get("one_time_keys", 0)))
+
+        return d.addCallback(declared)
+
+    @defer.inlineCallbacks
+    def _top_up(self, session: ChatSession, count: int) -> Any:
+        if count >= TOP_UP_BELOW or self._topping_up:
+            return
+        self._topping_up = True
+        try:
+            keys = self.device.one_time_keys(ONE_TIME_KEYS - count)
+            if keys:
+                yield session.request({"type": "keys", "device": self.device_id, "one_time_keys": keys})
+                self.device.published()
+                self._save_account()
+        finally:
+            self._topping_up = False
+
+    def _request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        assert self.client is not None
+        return self.client.request(event)
+
+    # --- devices ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def devices_of(self, users: list[str]) -> Any:
+        """{user: {device: entry}} the server lists and this device accepts;
+        notices of changes are emitted on the way."""
+        answer = yield self._request({"type": "devices", "users": users})
+        return self._accept(answer["devices"])
+
+    def _accept(self, listing: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+        usable = {}
+        for user, entries in listing.items():
+            accepted, notices = self.book.update(user, entries)
+            if user == self.user:
+                accepted.pop(self.device_id, None)
+                notices = [n for n in notices if n.device != self.device_id]
+            usable[user] = accepted
+            for notice in notices:
+                self._notice(notice)
+        return usable
+
+    def _notice(self, notice: Notice) -> None:
+        log.info(
+            "device notice: {kind} {user} {device}", kind=notice.kind, user=notice.user, device=notice.device
+        )
+        self.emit(notice.event())
+
+    @defer.inlineCallbacks
+    def _ensure_sessions(self, targets: list[tuple[str, str, dict[str, Any]]]) -> Any:
+        """An Olm session with each (user, device, entry), claiming a
+        one-time key for those without one.  The devices that have one."""
+        missing = [(u, d, entry) for u, d, entry in targets if not self.olm.has_session(entry["curve25519"])]
+        for start in range(0, len(missing), e2e.MAX_LISTED):
+            batch = missing[start : start + e2e.MAX_LISTED]
+            answer = yield self._request(
+                {"type": "claim", "devices": [{"user": u, "device": d} for u, d, _ in batch]}
+            )
+            entries = {(u, d): entry for u, d, entry in batch}
+            for key in answer["keys"]:
+                entry = entries.get((key.get("user"), key.get("device")))
+                if entry is None:
+                    continue
+                content = e2e.one_time_key_content(
+                    key["user"], key["device"], key["key_id"], key["key"], bool(key["fallback"])
+                )
+                if not e2e.signed_by(entry["ed25519"], key["signature"], content):
+                    self._notice(Notice("bad_signature", key["user"], key["device"], entry.get("name", "")))
+                    continue
+                self.olm.start(entry["curve25519"], key["key"])
+        return [(u, d, entry) for u, d, entry in targets if self.olm.has_session(entry["curve25519"])]
+
+    # --- direct messages ---------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def dm_request(self, to: str) -> Any:
+        """The devices a direct message to ``to`` goes to: [(user, device, entry)]."""
+        if self.book.blocked(to):
+            raise SendBlocked(f"a verified device of {to} changed: look at their devices first")
+        found = yield self.devices_of(sorted({to, self.user}))
+        if not found.get(to):
+            raise SendBlocked(f"{to} has no device that can read an encrypted message")
+        targets = [(u, d, entry) for u in sorted(found) for d, entry in sorted(found[u].items())]
+        ready = yield self._ensure_sessions(targets)
+        return ready
+
+    def encrypt_dm(
+        self, to: str, body: str, targets: list[tuple[str, str, dict[str, Any]]]
+    ) -> dict[str, Any]:
+        ciphertext: dict[str, dict[str, Any]] = {}
+        for user, device, entry in targets:
+            envelope = self.olm.envelope("dm", {"body": body, "to": to}, user, device, entry["ed25519"])
+            ciphertext.setdefault(user, {})[device] = self.olm.encrypt(entry["curve25519"], envelope)
+        payload = {
+            "algorithm": e2e.OLM,
+            "sender_key": self.device.curve25519,
+            "device": self.device_id,
+            "ciphertext": ciphertext,
+        }
+        # This device is not among its own recipients: it keeps what it sent.
+        self.store.put(f"sent:{_fingerprint(payload)}", body)
+        return payload
+
+    @defer.inlineCallbacks
+    def send_dm(self, to: str, body: str) -> Any:
+        """Encrypt and send; fires with the ``ack``."""
+        assert self.client is not None
+        for attempt in range(RETRIES):
+            targets = yield self.dm_request(to)
+            payload = self.encrypt_dm(to, body, targets)
+            try:
+                ack = yield self.client.send_once({"type": "dm", "to": to, "e2e": payload})
+            except Exception as e:
+                if getattr(e, "code", None) == "devices_changed" and attempt + 1 < RETRIES:
+                    continue
+                raise
+            self.store.put(f"plain:{ack['stream']}:{ack['id']}", {"body": body, "own": True})
+            return ack
+        raise AssertionError("unreachable")
+
+    # --- encrypted rooms -----------------------------------------------------------
+
+    def mark_encrypted(self, room: str) -> None:
+        """Once seen encrypted, a room stays encrypted here: a server that
+        says otherwise later is not believed."""
+        if not self.store.get(f"encrypted:{room}"):
+            self.store.put(f"encrypted:{room}", True)
+
+    def is_encrypted(self, room: str) -> bool:
+        return bool(self.store.get(f"encrypted:{room}"))
+
+    @defer.inlineCallbacks
+    def send_say(self, room: str, body: str) -> Any:
+        assert self.client is not None
+        for attempt in range(RETRIES):
+            listing = self._room_devices.get(room)
+            if listing is None:
+                answer = yield self._request({"type": "devices", "room": room})
+                listing = self._room_devices[room] = answer["devices"]
+            found = self._accept(listing)
+            now = self._now()
+            everyone = {f"{u} {d}" for u, devices in found.items() for d in devices}
+            if self.rooms.must_rotate(room, now, everyone):
+                self.rooms.new_outbound(room, now)
+            targets = [
+                (u, d, entry)
+                for u in sorted(found)
+                for d, entry in sorted(found[u].items())
+                if f"{u} {d}" not in self.rooms.shared_with(room)
+            ]
+            if targets:
+                yield self._share(room, targets)
+            session_id, ciphertext = self.rooms.encrypt(room, body)
+            payload = {
+                "algorithm": e2e.MEGOLM,
+                "sender_key": self.device.curve25519,
+                "device": self.device_id,
+                "session_id": session_id,
+                "ciphertext": ciphertext,
+                "devices": digest_of(listing),
+            }
+            try:
+                ack = yield self.client.send_once({"type": "say", "room": room, "e2e": payload})
+            except Exception as e:
+                if getattr(e, "code", None) == "devices_changed" and attempt + 1 < RETRIES:
+                    self._room_devices.pop(room, None)
+                    continue
+                raise
+            return ack
+        raise AssertionError("unreachable")
+
+    @defer.inlineCallbacks
+    def _share(self, room: str, targets: list[tuple[str, str, dict[str, Any]]]) -> Any:
+        """Send this device's room key to ``targets`` over Olm."""
+        ready = yield self._ensure_sessions(targets)
+        content = self.rooms.share(room)
+        messages = []
+        for user, device, entry in ready:
+            envelope = self.olm.envelope("room_key", content, user, device, entry["ed25519"])
+            body = {
+                "algorithm": e2e.OLM,
+                "sender_key": self.device.curve25519,
+                "ciphertext": self.olm.encrypt(entry["curve25519"], envelope),
+            }
+            messages.append({"user": user, "device": device, "body": body})
+        for start in range(0, len(messages), e2e.MAX_LISTED):
+            yield self._request({"type": "to_device", "messages": messages[start : start + e2e.MAX_LISTED]})
+        self.rooms.mark_shared(room, [f"{u} {d}" for u, d, _ in ready])
+
+    # --- what comes in -----------------------------------------------------------------
+
+    def incoming(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """The event as the front ends should see it (None: not for them)."""
+        kind = event.get("type")
+        if kind == "to_device":
+            self._inbox(event)
+            return None
+        if kind in ("joined", "left", "kicked", "banned") and isinstance(event.get("room"), str):
+            room = event["room"]
+            self._room_devices.pop(room, None)
+            if kind == "joined" and event.get("encrypted") and event.get("user") == self.user:
+                self.mark_encrypted(room)
+            if kind != "joined":
+                self.rooms.rotate_later(room)
+            return event
+        if isinstance(event.get("e2e"), dict) and kind in ("dm", "msg"):
+            return self.decrypt(event)
+        return event
+
+    def decrypt(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A copy of an encrypted ``dm`` or ``msg`` with its ``body``, and an
+        ``e2e`` member that says how it was read: ``{"ok": true, "trust":
+        "verified" | "unverified" | "unknown" | "own", "device": id}`` or
+        ``{"ok": false, "reason": word}`` (the body then says why)."""
+        name = f"plain:{event.get('stream')}:{event.get('id')}"
+        kept = self.store.get(name)
+        if kept is not None:
+            return self._shown(event, kept)
+        try:
+            if event["type"] == "dm":
+                kept = self._decrypt_dm(event)
+            else:
+                body, sender = self.rooms.decrypt(event)
+                kept = {
+                    "body": body,
+                    "device": sender["device"],
+                    "curve25519": sender["curve25519"],
+                    "ed25519": sender["ed25519"],
+                }
+        except (OlmError, MegolmError) as e:
+            return self._shown(event, {"error": e.reason})
+        self.store.put(name, kept)
+        return self._shown(event, kept)
+
+    def _decrypt_dm(self, event: dict[str, Any]) -> dict[str, Any]:
+        payload = event["e2e"]
+        mine = payload.get("ciphertext", {}).get(self.user, {}).get(self.device_id)
+        if mine is None:
+            if event.get("from") == self.user:
+                sent = self.store.get(f"sent:{_fingerprint(payload)}")
+                if sent is not None:
+                    return {"body": sent, "own": True}
+            reason = "before_device" if int(event.get("ts", 0)) < self.created else "not_for_device"
+            raise OlmError(reason, REASONS[reason])
+        envelope = self.olm.decrypt(str(payload.get("sender_key")), mine)
+        if mine.get("type") == 0:
+            self._confirm_later()  # a one-time key may have gone: top up soon
+        sender, device = envelope.get("sender"), envelope.get("sender_device")
+        ed25519 = envelope["keys"].get("ed25519")
+        content = envelope["content"]
+        if (
+            envelope.get("type") != "dm"
+            or sender != event.get("from")
+            or device != payload.get("device")
+            or content.get("to") != event.get("to")
+            or not isinstance(content.get("body"), str)
+        ):
+            raise OlmError("wrong_sender", REASONS["wrong_sender"])
+        if (
+            self.book.trust_of(str(sender), str(device), str(payload.get("sender_key")), str(ed25519))
+            == "mismatch"
+        ):
+            raise OlmError("mismatch", REASONS["mismatch"])
+        return {
+            "body": content["body"],
+            "device": device,
+            "curve25519": payload["sender_key"],
+            "ed25519": ed25519,
+        }
+
+    def _shown(self, event: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
+        """What the front ends get; the trust is as of now (a device
+        verified later shows so in history too)."""
+        shown = {k: v for k, v in event.items() if k != "e2e"}
+        if "error" in kept:
+            shown["body"] = REASONS.get(kept["error"], "could not be read")
+            shown["e2e"] = {"ok": False, "reason": kept["error"]}
+            return shown
+        shown["body"] = kept["body"]
+        sender, device = str(event.get("from")), kept.get("device")
+        if kept.get("own") or (sender == self.user and device == self.device_id):
+            trust = "own"
+        else:
+            trust = self.book.trust_of(
+                sender, str(device), str(kept.get("curve25519")), str(kept.get("ed25519"))
+            )
+            if trust == "unknown":
+                self._learn(sender)
+        shown["e2e"] = {"ok": True, "trust": trust, "device": device}
+        return shown
+
+    def _learn(self, user: str) -> None:
+        """A device never listed wrote: read the user's devices (the next
+        messages, and history, then show how far it is trusted)."""
+        if user in self._learning or self.client is None or self.client.state != "online":
+            return
+        self._learning.add(user)
+        d = self.devices_of([user])
+        d.addErrback(lambda f: None)
+        d.addBoth(lambda _: self._learning.discard(user))
+
+    def _inbox(self, event: dict[str, Any]) -> None:
+        """One inbox event: a room key (or, later, verification), over Olm."""
+        body = event.get("body")
+        sender, device = event.get("from"), event.get("from_device")
+        try:
+            if not isinstance(body, dict) or body.get("algorithm") != e2e.OLM:
+                raise OlmError("malformed", "not an Olm message")
+            envelope = self.olm.decrypt(str(body.get("sender_key")), body["ciphertext"])
+            if envelope.get("sender") != sender or envelope.get("sender_device") != device:
+                raise OlmError("wrong_sender", REASONS["wrong_sender"])
+            ed25519 = str(envelope["keys"].get("ed25519"))
+            trust = self.book.trust_of(str(sender), str(device), str(body.get("sender_key")), ed25519)
+            if trust == "mismatch":
+                raise OlmError("mismatch", REASONS["mismatch"])
+            if envelope.get("type") == "room_key":
+                self.rooms.receive(
+                    envelope["content"], str(sender), str(device), str(body["sender_key"]), ed25519
+                )
+        except (OlmError, MegolmError, KeyError, TypeError) as e:
+            log.info(
+                "inbox message from {user}/{device} refused: {why}",
+                user=str(sender)[:40],
+                device=str(device)[:40],
+                why=getattr(e, "reason", "malformed"),
+            )
+        event_id = event.get("id")
+        if isinstance(event_id, int) and event_id > self._inbox_done:
+            self._inbox_done = event_id
+            self._confirm_later()
+
+    def stop(self) -> None:
+        """The client stopped: nothing more is due."""
+        if self._confirm_call is not None and self._confirm_call.active():
+            self._confirm_call.cancel()
+        self._confirm_call = None
+
+    def _confirm_later(self) -> None:
+        # One confirmation for a backlog's worth of events.
+        if self._confirm_call is None:
+            self._confirm_call = self._clock.callLater(0.2, self._confirm)
+
+    def _confirm(self) -> None:
+        self._confirm_call = None
+        if self.client is None or self.client.session is None:
+            return
+        if self._inbox_done:
+            self.client.session.request({"type": "to_device_ack", "upto": self._inbox_done}).addErrback(
+                lambda f: None  # unconfirmed events come again: handled again, harmlessly
+            )
+        self._after_inbox()
+
+    def _after_inbox(self) -> None:
+        """Pre-key messages used up one-time keys: top up if need be."""
+        if self.client is None or self.client.session is None:
+            return
+        session = self.client.session
+        d = session.request({"type": "keys", "device": self.device_id})
+        d.addCallback(lambda answer: self._top_up(session, int(answer.get("one_time_keys", 0))))
+        d.addErrback(lambda f: None)
+
+    # --- trust -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def safety_number(self, peer: str) -> Any:
+        found = yield self.devices_of(sorted({peer, self.user}))
+        mine = [e["ed25519"] for e in found.get(self.user, {}).values()] + [self.device.ed25519]
+        theirs = [e["ed25519"] for e in found.get(peer, {}).values()]
+        return safety_number(self.user, mine, peer, theirs)
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    """What identifies a sent payload when it comes back."""
+    return crypto.sha256(e2e.canonical_json(payload["ciphertext"])).hex()
