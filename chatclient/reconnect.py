@@ -107,6 +107,7 @@ class ReconnectingClient:
         #: The rooms we are in, as of the last welcome and our own events.
         self.rooms: set[str] = set()
         self.session: ChatSession | None = None
+        self._stopping: Deferred[None] | None = None
         #: End-to-end encryption for this device (``chatclient.e2e``), if on.
         self.e2e: EndToEnd | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -200,16 +201,19 @@ class ReconnectingClient:
     # --- lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping = None
         self._set_state("connecting")
         self._service.startService()
 
     def stop(self) -> Deferred[None]:
+        if self._stopping is not None:
+            return self._stopping  # stopped before (again at a test's cleanup is fine)
         if self.e2e is not None:
             self.e2e.stop()
         session = self.session
         if session is not None and not session.closed.called:
             session.close()
-        d = self._service.stopService()
+        d = self._stopping = self._service.stopService()
         self._set_state("stopped")
         for waiter in self._online_waiters:
             waiter.errback(ConnectionClosed(True, "stopped", "client stopped"))

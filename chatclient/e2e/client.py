@@ -49,7 +49,7 @@ RETRIES = 3
 REASONS = {
     "before_device": "sent before this device was added",
     "not_for_device": "not encrypted for this device",
-    "no_key": "the room key for this message has not arrived",
+    "no_key": "the room key of this message is not on this device",
     "undecryptable": "sent before this device could read the room",
     "replayed": "refused: a replayed message",
     "misdirected": "refused: this message was meant for another device",

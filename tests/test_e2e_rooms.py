@@ -1,0 +1,84 @@
+"""Encrypted rooms: Megolm between real clients through a real server
+(docs/protocol.rst, "Encrypted rooms")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from chatclient.e2e.megolm import MegolmError
+from tests.e2e_support import e2e_client
+from tests.support import direct, start_server
+
+
+def is_msg(event: dict) -> bool:
+    return event.get("type") == "msg"
+
+
+class EncryptedRoomTests(unittest.TestCase):
+    async def test_members_read_from_when_they_joined_and_a_removed_member_reads_nothing_after(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, alice_events = await e2e_client(self, server, "alice", base / "alice")
+        bob, bob_device, bob_events = await e2e_client(self, server, "bob", base / "bob")
+        await alice.request({"type": "create", "room": "secret", "encrypted": True})
+        await bob.request({"type": "join", "room": "secret"})
+        self.assertTrue(bob.e2e.is_encrypted("secret"))  # from its own joined event
+        await alice.say("secret", "hello bob")
+        got = await bob_events.next(is_msg)
+        self.assertEqual((got["from"], got["body"], got["e2e"]["ok"]), ("alice", "hello bob", True))
+        await bob.say("secret", "hello alice")
+        back = await alice_events.next(lambda e: is_msg(e) and e["from"] == "bob")
+        self.assertEqual(back["body"], "hello alice")
+        # Carol joins later: she reads from her join on, not before.
+        carol, _, carol_events = await e2e_client(self, server, "carol", base / "carol")
+        await carol.request({"type": "join", "room": "secret"})
+        await alice.say("secret", "welcome carol")
+        seen = await carol_events.next(is_msg)
+        self.assertEqual(seen["body"], "welcome carol")
+        page = await carol.request({"type": "history", "stream": "room:secret"})
+        read = [(e["body"], e["e2e"]) for e in page["events"] if e["type"] == "msg"]
+        self.assertEqual(read[-1][0], "welcome carol")
+        # Alice's session reached carol at a later index; bob's never did.
+        self.assertEqual(
+            [e2e for _, e2e in read[:2]],
+            [
+                {"ok": False, "reason": "undecryptable"},
+                {"ok": False, "reason": "no_key"},
+            ],
+        )
+        # Bob is kicked: alice's next message is in a new session he never gets.
+        await alice.request({"type": "kick", "room": "secret", "user": "bob"})
+        await alice.say("secret", "bob is gone")
+        self.assertEqual(
+            (await carol_events.next(lambda e: is_msg(e) and e["body"] == "bob is gone"))["e2e"]["ok"], True
+        )
+        db = direct(server)
+        try:
+            rows = db.run(
+                lambda c: c.execute("SELECT event FROM events WHERE stream = 'room:secret'").fetchall()
+            )
+        finally:
+            db.close()
+        events = [json.loads(row[0]) for row in rows]
+        last = [e for e in events if e["type"] == "msg"][-1]
+        with self.assertRaises(MegolmError) as caught:
+            bob_device.rooms.decrypt(last)
+        self.assertEqual(caught.exception.reason, "no_key")
+        # Nor any stored event, including every inbox message (room keys) kept.
+        for event in events:
+            self.assertNotIn("bob is gone", json.dumps(event))
+
+    async def test_a_plaintext_message_to_an_encrypted_room_is_refused(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, _ = await e2e_client(self, server, "alice", base / "alice")
+        await alice.request({"type": "create", "room": "secret", "encrypted": True})
+        session = await alice.when_online()
+        from chatclient.session import ServerError
+
+        with self.assertRaises(ServerError) as caught:
+            await session.request({"type": "say", "room": "secret", "body": "in the clear"})
+        self.assertEqual(caught.exception.code, "encrypted_room")
