@@ -31,6 +31,7 @@ class Member:
     def __init__(self, user: str, role: str = "user") -> None:
         self.user: str | None = user
         self.role = role
+        self.device: str | None = None
         self.received: list[dict[str, Any]] = []
         self.closed: tuple[str, str] | None = None
 

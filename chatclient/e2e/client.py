@@ -29,6 +29,7 @@ from chatclient.e2e.megolm import MegolmError, RoomKeys
 from chatclient.e2e.olm import OlmError, OlmSessions
 from chatclient.e2e.store import DeviceStore
 from chatclient.e2e.trust import DeviceBook, Notice, safety_number
+from chatclient.e2e.verification import Verifications
 from chatserver.wire import crypto, e2e
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class EndToEnd:
         self.olm = OlmSessions(self.device, store, self._save_account)
         self.rooms = RoomKeys(self.device, store)
         self.book = DeviceBook(store)
+        self.verifications = Verifications(self.device, self.book, self._send_plain, lambda e: self.emit(e))
         self.client: ReconnectingClient | None = None
         #: Events the front ends should see that are no server's: notices.
         self.emit: Callable[[dict[str, Any]], None] = lambda event: None
@@ -447,34 +449,66 @@ class EndToEnd:
         d.addBoth(lambda _: self._learning.discard(user))
 
     def _inbox(self, event: dict[str, Any]) -> None:
-        """One inbox event: a room key (or, later, verification), over Olm."""
+        """One inbox event: a room key over Olm, or a verification step."""
         body = event.get("body")
-        sender, device = event.get("from"), event.get("from_device")
+        sender, device = str(event.get("from")), str(event.get("from_device"))
         try:
-            if not isinstance(body, dict) or body.get("algorithm") != e2e.OLM:
-                raise OlmError("malformed", "not an Olm message")
-            envelope = self.olm.decrypt(str(body.get("sender_key")), body["ciphertext"])
-            if envelope.get("sender") != sender or envelope.get("sender_device") != device:
-                raise OlmError("wrong_sender", REASONS["wrong_sender"])
-            ed25519 = str(envelope["keys"].get("ed25519"))
-            trust = self.book.trust_of(str(sender), str(device), str(body.get("sender_key")), ed25519)
-            if trust == "mismatch":
-                raise OlmError("mismatch", REASONS["mismatch"])
-            if envelope.get("type") == "room_key":
-                self.rooms.receive(
-                    envelope["content"], str(sender), str(device), str(body["sender_key"]), ed25519
-                )
+            if isinstance(body, dict) and "verify" in body:
+                # Verification is not secret (the SAS is what stops a man in
+                # the middle), so it travels in the clear.
+                self.verifications.received(sender, device, body["verify"])
+            else:
+                self._inbox_olm(sender, device, body)
         except (OlmError, MegolmError, KeyError, TypeError) as e:
             log.info(
                 "inbox message from {user}/{device} refused: {why}",
-                user=str(sender)[:40],
-                device=str(device)[:40],
+                user=sender[:40],
+                device=device[:40],
                 why=getattr(e, "reason", "malformed"),
             )
         event_id = event.get("id")
         if isinstance(event_id, int) and event_id > self._inbox_done:
             self._inbox_done = event_id
             self._confirm_later()
+
+    def _inbox_olm(self, sender: str, device: str, body: Any) -> None:
+        if not isinstance(body, dict) or body.get("algorithm") != e2e.OLM:
+            raise OlmError("malformed", "not an Olm message")
+        envelope = self.olm.decrypt(str(body.get("sender_key")), body["ciphertext"])
+        if envelope.get("sender") != sender or envelope.get("sender_device") != device:
+            raise OlmError("wrong_sender", REASONS["wrong_sender"])
+        ed25519 = str(envelope["keys"].get("ed25519"))
+        if self.book.trust_of(sender, device, str(body.get("sender_key")), ed25519) == "mismatch":
+            raise OlmError("mismatch", REASONS["mismatch"])
+        if envelope.get("type") == "room_key":
+            self.rooms.receive(envelope["content"], sender, device, str(body["sender_key"]), ed25519)
+
+    def _send_plain(self, user: str, device: str, body: dict[str, Any]) -> None:
+        d = self._request({"type": "to_device", "messages": [{"user": user, "device": device, "body": body}]})
+        d.addErrback(
+            lambda f: log.info("a verification message was not sent: {why}", why=f.getErrorMessage())
+        )
+
+    # --- verification ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def verify(self, user: str, device: str | None = None) -> Any:
+        """Start verifying a device of ``user`` (the only one, if no
+        ``device`` is named); fires with the exchange's ``txn``.  Its
+        progress comes as ``e2e_verify`` events."""
+        found = yield self.devices_of([user])
+        devices = found.get(user, {})
+        if device is None:
+            if len(devices) != 1:
+                names = ", ".join(sorted(devices)) or "none"
+                raise SendBlocked(f"{user} has {len(devices)} devices ({names}): name one")
+            (device,) = devices
+        elif device not in devices:
+            raise SendBlocked(f"{user} has no device {device}")
+        return self.verifications.start(user, device)
+
+    def confirm(self, txn: str, match: bool) -> None:
+        self.verifications.confirm(txn, match)
 
     def stop(self) -> None:
         """The client stopped: nothing more is due."""
@@ -484,6 +518,8 @@ class EndToEnd:
 
     def _confirm_later(self) -> None:
         # One confirmation for a backlog's worth of events.
+        if self.client is not None and self.client.state in ("stopped", "failed"):
+            return
         if self._confirm_call is None:
             self._confirm_call = self._clock.callLater(0.2, self._confirm)
 

@@ -14,7 +14,6 @@ from chatserver.session import Handler, Session
 class DeviceHandlers:
     def __init__(self, chat: ChatService) -> None:
         self.chat = chat
-        self.directory = chat.devices
         self.requests: dict[str, Handler] = {
             "keys": self.keys,
             "devices": self.devices,
@@ -31,7 +30,7 @@ class DeviceHandlers:
             raise ChatError("bad_field", "this connection is another device", "device")
         user = session.user
         assert user is not None
-        count = yield self.directory.upload(
+        count = yield self.chat.devices.upload(
             user,
             device,
             request.get("name"),
@@ -58,11 +57,11 @@ class DeviceHandlers:
             users = list(room.members)
         else:
             users = request["users"]
-        answer = self.directory.listing(users)
+        answer = self.chat.devices.listing(users)
         return answer.addCallback(lambda found: {"type": "devices", "devices": found})
 
     def claim(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return self.directory.claim(request["devices"]).addCallback(
+        return self.chat.devices.claim(request["devices"]).addCallback(
             lambda keys: {"type": "claimed", "keys": keys}
         )
 
@@ -72,7 +71,7 @@ class DeviceHandlers:
         assert user is not None
         device = request["device"]
         audit = self.chat.audit_of(user, "device_remove", None, user, device)
-        removed = yield self.directory.remove(user, device, audit.row())
+        removed = yield self.chat.devices.remove(user, device, audit.row())
         if not removed:
             raise ChatError("no_such_device", "you have no such device", "device")
         audit.logged(None)
@@ -92,7 +91,7 @@ class DeviceHandlers:
         user = session.user
         assert user is not None
         messages = request["messages"]
-        found = yield self.directory.keys_of(sorted({m["user"] for m in messages}))
+        found = yield self.chat.devices.keys_of(sorted({m["user"] for m in messages}))
         existing = {(u, d) for u, devices in found.items() for d in devices}
         sent = yield self.chat.inboxes.send(user, session.device, messages, existing)
         missing = [
