@@ -206,9 +206,11 @@ def spec_requests() -> dict[str, dict[str, bool]]:
         kind = re.fullmatch(r"`([a-z_]+)`_", first)
         assert kind is not None, first
         table[kind.group(1)] = {
-            name: star == "\\*" for name, star in re.findall(r"``([a-z_]+)``(\\\*)?", members)
+            name: star == "\\*" for name, star in re.findall(r"``([a-z0-9_]+)``(\\\*)?", members)
         }
-    assert table["say"] == {"room": True, "body": True, "txn_id": False, "resend": False}, table["say"]
+    assert table["say"] == {"room": True, "body": False, "e2e": False, "txn_id": False, "resend": False}, (
+        table["say"]
+    )
     return table
 
 
@@ -244,6 +246,17 @@ MEMBER_KINDS = {
     "subscribe": "flag",
     "txn_id": "txn_id",
     "resend": "flag",
+    "encrypted": "flag",
+    "device": "device_id",
+    "name": "device_name",
+    "identity": "identity",
+    "one_time_keys": "one_time_keys",
+    "fallback_key": "signed_key",
+    "users": "users",
+    "devices": "claims",
+    "messages": "to_device",
+    "upto": "event_id",
+    "e2e": "megolm_payload",  # in a say; a dm's is below
 }
 
 #: Members whose kind depends on the request: the cursors and page sizes
@@ -253,6 +266,8 @@ REQUEST_MEMBER_KINDS = {
     ("rooms", "after"): "room",
     ("who", "limit"): "list_limit",
     ("rooms", "limit"): "list_limit",
+    ("say", "e2e"): "megolm_payload",
+    ("dm", "e2e"): "olm_payload",
 }
 
 
@@ -327,6 +342,76 @@ def bodies(max_length: int = MAX_BODY) -> st.SearchStrategy[str]:
     )
 
 
+_B64_CHARS = "ABCXYZabcxyz0189+/"
+_DEVICE_CHARS = "ABCXYZabcxyz0189_-"
+b64_keys = st.text(_B64_CHARS, min_size=43, max_size=43)
+b64_signatures = st.text(_B64_CHARS, min_size=86, max_size=86)
+device_ids = st.text(_DEVICE_CHARS, min_size=1, max_size=32)
+signed_keys = st.fixed_dictionaries(
+    {"key_id": st.text(_B64_CHARS, min_size=1, max_size=32), "key": b64_keys, "signature": b64_signatures}
+)
+#: Any small JSON object (a to_device body: opaque to the server).
+json_objects = st.dictionaries(st.text(chars, max_size=8), json_values, max_size=4)
+
+
+def _e2e_values(kind: str) -> st.SearchStrategy[Any] | None:
+    """Valid values of the end-to-end encryption members (section
+    "End-to-end encryption"), or None for another kind."""
+    if kind == "device_id":
+        return device_ids
+    if kind == "device_name":
+        return st.text(text_chars.filter(lambda c: c not in "\t\n"), max_size=64)
+    if kind == "identity":
+        return st.fixed_dictionaries(
+            {"curve25519": b64_keys, "ed25519": b64_keys, "signature": b64_signatures}
+        )
+    if kind == "signed_key":
+        return signed_keys
+    if kind == "one_time_keys":
+        return st.lists(signed_keys, max_size=5, unique_by=lambda k: k["key_id"])
+    if kind == "users":
+        return st.lists(usernames, min_size=1, max_size=5)
+    if kind == "claims":
+        return st.lists(
+            st.fixed_dictionaries({"user": usernames, "device": device_ids}), min_size=1, max_size=5
+        )
+    if kind == "to_device":
+        return st.lists(
+            st.fixed_dictionaries({"user": usernames, "device": device_ids, "body": json_objects}),
+            min_size=1,
+            max_size=5,
+        )
+    if kind == "olm_payload":
+        message = st.fixed_dictionaries(
+            {"type": st.sampled_from([0, 1]), "body": st.text(_B64_CHARS, min_size=1, max_size=60)}
+        )
+        return st.fixed_dictionaries(
+            {
+                "algorithm": st.just("olm.v1"),
+                "sender_key": b64_keys,
+                "device": device_ids,
+                "ciphertext": st.dictionaries(
+                    lower_usernames,
+                    st.dictionaries(device_ids, message, min_size=1, max_size=2),
+                    min_size=1,
+                    max_size=2,
+                ),
+            }
+        )
+    if kind == "megolm_payload":
+        return st.fixed_dictionaries(
+            {
+                "algorithm": st.just("megolm.v1"),
+                "sender_key": b64_keys,
+                "device": device_ids,
+                "session_id": b64_keys,
+                "ciphertext": st.text(_B64_CHARS, min_size=1, max_size=200),
+                "devices": st.text("0123456789abcdef", min_size=64, max_size=64),
+            }
+        )
+    return None
+
+
 def valid_values(
     kind: str, request: str, pools: dict[str, list[str]] | None = None
 ) -> st.SearchStrategy[Any]:
@@ -375,6 +460,9 @@ def valid_values(
         return st.integers(1, TEN_YEARS) | st.floats(0, TEN_YEARS, exclude_min=True)
     if kind == "flag":
         return st.booleans()
+    e2e_values = _e2e_values(kind)
+    if e2e_values is not None:
+        return e2e_values
     raise AssertionError(f"no strategy for values of kind {kind!r}: add one to tests/fuzzing.py")
 
 
@@ -384,6 +472,12 @@ def normalized(kind: str, value: Any) -> Any:
         return value.lower()
     if kind == "duration":
         return float(value)
+    if kind == "users":
+        return list(dict.fromkeys(name.lower() for name in value))
+    if kind == "claims":
+        return list(dict.fromkeys((item["user"].lower(), item["device"]) for item in value))
+    if kind == "to_device":
+        return [dict(item, user=item["user"].lower()) for item in value]
     return value
 
 
@@ -426,6 +520,11 @@ def invalid_values(kind: str, request: str) -> st.SearchStrategy[tuple[Any, str]
         wrong = _wrong_types(numbers)
     elif kind == "flag":
         wrong = _wrong_types((bool,)) | st.sampled_from([0, 1, "true"])
+    elif kind in _E2E_BAD:
+        wrong = _wrong_types(_E2E_TYPES[kind])
+        return wrong.map(lambda v: (v, "bad_field")) | st.sampled_from(_E2E_BAD[kind]).map(
+            lambda v: (v, "bad_field")
+        )
     else:
         raise AssertionError(f"no strategy for values of kind {kind!r}")
     out = wrong.map(lambda v: (v, "bad_field"))
@@ -521,6 +620,92 @@ def invalid_values(kind: str, request: str) -> st.SearchStrategy[tuple[Any, str]
         return out
     return out | bad.map(lambda v: (v, code))
 
+
+_KEY = "A" * 43
+_SIG = "B" * 86
+_SIGNED = {"key_id": "AAAAAAAAAAA", "key": _KEY, "signature": _SIG}
+#: The JSON types each end-to-end member takes, and values of the right
+#: type that break one rule (each is ``bad_field``).
+_E2E_TYPES: dict[str, tuple[type, ...]] = {
+    "device_id": (str,),
+    "device_name": (str,),
+    "identity": (dict,),
+    "signed_key": (dict,),
+    "one_time_keys": (list,),
+    "users": (list,),
+    "claims": (list,),
+    "to_device": (list,),
+    "olm_payload": (dict,),
+    "megolm_payload": (dict,),
+}
+_E2E_BAD: dict[str, list[Any]] = {
+    "device_id": ["", "x" * 33, "A B", "é"],
+    "device_name": ["x" * 65, "a\nb", "a\x85"],
+    "identity": [
+        {"curve25519": _KEY, "ed25519": _KEY},
+        {"curve25519": _KEY[:-1], "ed25519": _KEY, "signature": _SIG},
+        {"curve25519": _KEY, "ed25519": _KEY, "signature": _SIG, "extra": 1},
+        {"curve25519": _KEY, "ed25519": "=" * 43, "signature": _SIG},
+    ],
+    "signed_key": [dict(_SIGNED, key_id=""), dict(_SIGNED, signature=_SIG + "A"), {"key": _KEY}],
+    "one_time_keys": [[_SIGNED, _SIGNED], [dict(_SIGNED, key_id=str(i)) for i in range(51)], ["key"]],
+    "users": [[], ["alice"] * 101, [1]],
+    "claims": [[], [{"user": "alice"}], [{"user": "alice", "device": ""}], ["alice"]],
+    "to_device": [
+        [],
+        [{"user": "alice", "device": "D"}],
+        [{"user": "alice", "device": "D", "body": "text"}],
+        [{"user": "alice", "device": "D", "body": {"x": "y" * 16001}}],
+    ],
+    "olm_payload": [
+        {
+            "algorithm": "megolm.v1",
+            "sender_key": _KEY,
+            "device": "D",
+            "ciphertext": {"bob": {"D": {"type": 0, "body": "QQ"}}},
+        },
+        {"algorithm": "olm.v1", "sender_key": _KEY, "device": "D", "ciphertext": {}},
+        {
+            "algorithm": "olm.v1",
+            "sender_key": _KEY,
+            "device": "D",
+            "ciphertext": {"bob": {"D": {"type": 2, "body": "QQ"}}},
+        },
+        {
+            "algorithm": "olm.v1",
+            "sender_key": _KEY,
+            "device": "D",
+            "ciphertext": {"Bob": {"D": {"type": 0, "body": "QQ"}}},
+        },
+        {"algorithm": "olm.v1", "sender_key": _KEY, "device": "D"},
+    ],
+    "megolm_payload": [
+        {
+            "algorithm": "olm.v1",
+            "sender_key": _KEY,
+            "device": "D",
+            "session_id": _KEY,
+            "ciphertext": "QQ",
+            "devices": "0" * 64,
+        },
+        {
+            "algorithm": "megolm.v1",
+            "sender_key": _KEY,
+            "device": "D",
+            "session_id": _KEY,
+            "ciphertext": "QQ",
+            "devices": "0" * 63,
+        },
+        {
+            "algorithm": "megolm.v1",
+            "sender_key": _KEY,
+            "device": "D",
+            "session_id": _KEY,
+            "ciphertext": "",
+            "devices": "0" * 64,
+        },
+    ],
+}
 
 refs = st.text(chars, max_size=64) | st.integers(0, MAX_SAFE)
 #: (ref, whether the answer carries it) for refs the server must refuse.
