@@ -8,9 +8,10 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from chatclient.e2e.client import SendBlocked
 from chatclient.e2e.megolm import MegolmError
 from tests.e2e_support import e2e_client
-from tests.support import direct, start_server
+from tests.support import direct, start_server, until
 
 
 def is_msg(event: dict) -> bool:
@@ -82,3 +83,47 @@ class EncryptedRoomTests(unittest.TestCase):
         with self.assertRaises(ServerError) as caught:
             await session.request({"type": "say", "room": "secret", "body": "in the clear"})
         self.assertEqual(caught.exception.code, "encrypted_room")
+
+    async def test_room_keys_move_to_a_new_device_with_an_export(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, _ = await e2e_client(self, server, "alice", base / "alice")
+        bob, bob_laptop, _ = await e2e_client(self, server, "bob", base / "bob-laptop")
+        await alice.request({"type": "create", "room": "secret", "encrypted": True})
+        await bob.request({"type": "join", "room": "secret"})
+        await alice.say("secret", "old news")
+        await until(lambda: any(True for _ in bob_laptop.store.items("inbound:")))
+        exported = bob_laptop.export_keys("export passphrase", log2_n=10)
+        self.assertNotIn("old news", exported)
+        phone, phone_device, _ = await e2e_client(self, server, "bob", base / "bob-phone", register=False)
+        before = await phone.request({"type": "history", "stream": "room:secret"})
+        self.assertFalse([e for e in before["events"] if e["type"] == "msg"][0]["e2e"]["ok"])
+        with self.assertRaises(SendBlocked):
+            phone_device.import_keys(exported, "wrong passphrase")
+        self.assertGreaterEqual(phone_device.import_keys(exported, "export passphrase"), 1)
+        after = await phone.request({"type": "history", "stream": "room:secret"})
+        self.assertEqual([e["body"] for e in after["events"] if e["type"] == "msg"], ["old news"])
+
+    async def test_a_message_from_someone_who_is_not_a_member_is_refused(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, _ = await e2e_client(self, server, "alice", base / "alice")
+        bob, bob_device, bob_events = await e2e_client(self, server, "bob", base / "bob")
+        await alice.request({"type": "create", "room": "secret", "encrypted": True})
+        await bob.request({"type": "join", "room": "secret"})
+        await bob.say("secret", "bob lists the members")  # a sender knows the room's members
+        await alice.say("secret", "real")
+        real = await bob_events.next(lambda e: is_msg(e) and e["from"] == "alice")
+        self.assertTrue(real["e2e"]["ok"])
+        # What a server could deliver: alice's ciphertext again, said to be
+        # from a user who is not in the room, as the next event.
+        raw = (await (await bob.when_online()).request({"type": "history", "stream": "room:secret"}))[
+            "events"
+        ]
+        forged = dict([e for e in raw if e["type"] == "msg" and e["from"] == "alice"][-1])
+        forged.update({"from": "mallory", "id": bob.last_ids["room:secret"] + 1})
+        shown = bob_device.incoming(forged)
+        self.assertEqual(shown["e2e"], {"ok": False, "reason": "not_member"})
+        # And the same ciphertext again under a new id, from alice: a replay.
+        replay = dict(forged, **{"from": "alice"})
+        self.assertEqual(bob_device.incoming(replay)["e2e"], {"ok": False, "reason": "replayed"})

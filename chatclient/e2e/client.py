@@ -17,6 +17,7 @@ what becomes of the events it gets.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Callable
 
 import vodozemac
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 from chatclient.e2e.device import Device
 from chatclient.e2e.megolm import MegolmError, RoomKeys
 from chatclient.e2e.olm import OlmError, OlmSessions
-from chatclient.e2e.store import DeviceStore
+from chatclient.e2e.store import PASSPHRASE_LOG2_N, DeviceStore
 from chatclient.e2e.trust import DeviceBook, Notice, safety_number
 from chatclient.e2e.verification import Verifications
 from chatserver.wire import crypto, e2e
@@ -46,6 +47,9 @@ TOP_UP_BELOW = 25
 #: devices changed meanwhile.
 RETRIES = 3
 
+#: The associated data of a key export's seal.
+EXPORT_AAD = b"chatserver-key-export-v1"
+
 #: Why a message reads as it does, in place of its body.
 REASONS = {
     "before_device": "sent before this device was added",
@@ -55,7 +59,7 @@ REASONS = {
     "replayed": "refused: a replayed message",
     "misdirected": "refused: this message was meant for another device",
     "wrong_sender": "refused: not encrypted by its sender",
-    "not_member": "refused: its sender's device was not a member",
+    "not_member": "refused: its sender was not a member then",
     "mismatch": "refused: the sender's device keys do not match",
     "malformed": "could not be read: malformed",
     "no_session": "could not be read: no session with the sender's device",
@@ -105,6 +109,8 @@ class EndToEnd:
         self._inbox_done = 0
         self._confirm_call: Any = None
         self._learning: set[str] = set()
+        #: room -> (the stream id it is known at, the members then)
+        self._members: dict[str, tuple[int, set[str]]] = {}
 
     def _now(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -286,6 +292,7 @@ class EndToEnd:
             if listing is None:
                 answer = yield self._request({"type": "devices", "room": room})
                 listing = self._room_devices[room] = answer["devices"]
+                self._know_members(room, set(listing))
             found = self._accept(listing)
             now = self._now()
             everyone = {f"{u} {d}" for u, devices in found.items() for d in devices}
@@ -338,6 +345,20 @@ class EndToEnd:
 
     # --- what comes in -----------------------------------------------------------------
 
+    def _know_members(self, room: str, members: set[str]) -> None:
+        """The room's members as of now (a ``devices`` listing names them
+        all): later events move the set, in order."""
+        assert self.client is not None
+        self._members[room] = (self.client.last_ids.get(f"room:{room}", 0), members)
+
+    def _member_then(self, event: dict[str, Any]) -> bool | None:
+        """Whether the sender of a room event was a member at that point,
+        or None if this client cannot tell (before what it knows)."""
+        known = self._members.get(str(event.get("room")))
+        if known is None or not isinstance(event.get("id"), int) or event["id"] <= known[0]:
+            return None
+        return event.get("from") in known[1]
+
     def incoming(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event as the front ends should see it (None: not for them)."""
         kind = event.get("type")
@@ -346,6 +367,11 @@ class EndToEnd:
             return None
         if kind in ("joined", "left", "kicked", "banned") and isinstance(event.get("room"), str):
             room = event["room"]
+            known = self._members.get(room)
+            if known is not None and isinstance(event.get("id"), int) and event["id"] > known[0]:
+                users = set(known[1])
+                (users.add if kind == "joined" else users.discard)(str(event.get("user")))
+                self._members[room] = (event["id"], users)
             self._room_devices.pop(room, None)
             if kind == "joined" and event.get("encrypted") and event.get("user") == self.user:
                 self.mark_encrypted(room)
@@ -353,6 +379,10 @@ class EndToEnd:
                 self.rooms.rotate_later(room)
             return event
         if isinstance(event.get("e2e"), dict) and kind in ("dm", "msg"):
+            if kind == "msg" and self._member_then(event) is False:
+                # A server may deliver anything; a member's device sent this
+                # or no one did.
+                return self._shown(event, {"error": "not_member"})
             return self.decrypt(event)
         return event
 
@@ -541,6 +571,47 @@ class EndToEnd:
         d = session.request({"type": "keys", "device": self.device_id})
         d.addCallback(lambda answer: self._top_up(session, int(answer.get("one_time_keys", 0))))
         d.addErrback(lambda f: None)
+
+    # --- moving room keys to another device -----------------------------------------
+
+    def export_keys(self, passphrase: str, log2_n: int = PASSPHRASE_LOG2_N) -> str:
+        """Every room key this device holds, sealed under ``passphrase``
+        (docs/protocol.rst, "Key export"): a JSON text for a file."""
+        if len(passphrase) < 8:
+            raise SendBlocked("an export passphrase is at least 8 characters")
+        salt, nonce = crypto.random_bytes(16), crypto.random_bytes(12)
+        key = crypto.passphrase_key(passphrase, salt, log2_n)
+        sealed = crypto.AEAD(key).seal(nonce, e2e.canonical_json(self.rooms.export()), EXPORT_AAD)
+        return json.dumps(
+            {
+                "version": 1,
+                "kdf": "scrypt",
+                "log2_n": log2_n,
+                "salt": e2e.b64encode(salt),
+                "nonce": e2e.b64encode(nonce),
+                "ciphertext": e2e.b64encode(sealed),
+            },
+            indent=1,
+        )
+
+    def import_keys(self, text: str, passphrase: str) -> int:
+        """Room keys from ``export_keys``; how many were new here."""
+        try:
+            sealed = json.loads(text)
+            if sealed.get("version") != 1 or sealed.get("kdf") != "scrypt":
+                raise ValueError("not a key export this client knows")
+            log2_n = int(sealed["log2_n"])
+            if not 10 <= log2_n <= 22:
+                raise ValueError("an unreasonable scrypt cost")
+            key = crypto.passphrase_key(passphrase, e2e.b64decode(sealed["salt"]), log2_n)
+            plain = crypto.AEAD(key).open(
+                e2e.b64decode(sealed["nonce"]), e2e.b64decode(sealed["ciphertext"]), EXPORT_AAD
+            )
+        except crypto.CryptoError:
+            raise SendBlocked("wrong passphrase, or the export was changed") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SendBlocked(f"not a key export: {e}") from None
+        return self.rooms.import_sessions(json.loads(plain))
 
     # --- trust -----------------------------------------------------------------------
 
