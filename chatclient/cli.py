@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
+import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +32,8 @@ from twisted.protocols.basic import LineReceiver
 
 from chatclient import commands
 from chatclient.commands import Command
+from chatclient.e2e.client import EndToEnd, SendBlocked
+from chatclient.e2e.store import DeviceStore, StoreError, StoreKey, default_root, store_dir
 from chatclient.endpoints import BadHostList, FailoverEndpoint, parse_hosts
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.reconnect import ReconnectingClient
@@ -74,6 +78,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"messages of history to show on joining a room (default: {commands.DEFAULT_HISTORY})",
     )
     p.add_argument(
+        "--no-e2e",
+        action="store_true",
+        help="no end-to-end encryption: direct messages the server can read, and no encrypted rooms",
+    )
+    p.add_argument(
+        "--device-dir",
+        type=Path,
+        metavar="DIR",
+        help="where this client keeps its devices' keys (default: ~/.local/share/chatclient/devices)",
+    )
+    p.add_argument(
+        "--store-key",
+        choices=("auto", "keyring", "passphrase"),
+        default="auto",
+        help="for a new device: keep its store's key in the desktop keyring, or derive it from a "
+        "passphrase (auto: the keyring if there is one)",
+    )
+    p.add_argument(
+        "--store-passphrase-file",
+        type=Path,
+        metavar="FILE",
+        help="the device store's passphrase (first line), where it has one; else it is asked for",
+    )
+    p.add_argument(
         "--connect-attempts",
         type=int,
         default=1,
@@ -94,6 +122,87 @@ def read_password(args: argparse.Namespace) -> str:
     # getpass reads the terminal, not standard input, so piped messages
     # stay messages.
     return getpass.getpass(f"password for {args.user}: ")
+
+
+def open_device(args: argparse.Namespace, server: str, reactor: Any) -> EndToEnd:
+    """This installation's device for ``args.user`` on ``server``: its
+    store opened (or made), its key from the keyring or a passphrase."""
+    directory = store_dir(args.device_dir or default_root(), server, args.user)
+    new = not (directory / "store.json").exists()
+
+    def passphrase() -> str:
+        if args.store_passphrase_file is not None:
+            lines = args.store_passphrase_file.read_text(encoding="utf-8").splitlines()
+            return lines[0] if lines else ""
+        if not sys.stdin.isatty():
+            raise StoreError(
+                "this device's keys need a passphrase (no keyring here): "
+                "give --store-passphrase-file, or --no-e2e"
+            )
+        first = getpass.getpass(f"passphrase for {args.user}'s device keys: ")
+        if new and getpass.getpass("the same passphrase again: ") != first:
+            raise StoreError("the two passphrases differ")
+        return first
+
+    try:
+        key, method = StoreKey(directory, passphrase).open_or_make(args.store_key)
+    except OSError as e:
+        raise StoreError(f"cannot open {directory}: {e.strerror or e}") from None
+    store = DeviceStore(directory, key)
+    device = EndToEnd(store, args.user, reactor)
+    if new:
+        store.put("name", f"chatclient-cli on {socket.gethostname()}"[:64])
+        notice(f"new device {device.device_id} for {args.user}; its keys are kept under the {method}")
+    return device
+
+
+_TRUST = {"verified": "🔒 ", "own": "🔒 ", "unverified": "🔒 ", "unknown": "🔒? "}
+
+
+def _lock(event: dict[str, Any]) -> str:
+    """How an encrypted message was read, before its line: a padlock, or
+    a warning sign where it could not be (the body then says why)."""
+    e2e = event.get("e2e")
+    if not isinstance(e2e, dict):
+        return ""
+    if not e2e.get("ok"):
+        return "⚠ "
+    return _TRUST.get(str(e2e.get("trust")), "🔒? ")
+
+
+_NOTICES = {
+    "new_device": "{user} has a new device {device} {name}: check it with /verify {user} {device}",
+    "changed_device": "the keys of {user}'s device {device} changed: it is not used",
+    "removed_device": "{user} removed the device {device} {name}",
+    "bad_signature": "the server listed a device {device} of {user} whose signature is false: not used",
+}
+
+
+def format_e2e(event: dict[str, Any]) -> str:
+    kind = event.get("type")
+    user, device = _name(event.get("user")), _name(event.get("device"))
+    if kind == "e2e_notice":
+        text = _NOTICES.get(str(event.get("kind")), "{user}'s device {device}: " + _name(event.get("kind")))
+        line = "! " + text.format(user=user, device=device, name=f"({_name(event.get('name'))})")
+        if event.get("blocking"):
+            line += f"; a verified device changed: nothing is sent to {user} until /trust {user}"
+        return line
+    state = event.get("state")
+    if state == "started":
+        who = "verifying" if event.get("initiator") else "verification asked by"
+        return f"* {who} {user}'s device {device}; wait for the emoji"
+    if state == "sas":
+        emoji = "  ".join(f"{_name(e[0])} {_name(e[1])}" for e in event.get("emoji", []))
+        numbers = " ".join(_name(n) for n in event.get("decimals", []))
+        return (
+            f"* compare with {user} ({device}): {emoji}\n"
+            f"    or the numbers {numbers}; /match if they are the same, /nomatch if not"
+        )
+    if state == "confirmed":
+        return f"* waiting for {user} to compare"
+    if state == "done":
+        return f"* {user}'s device {device} is verified"
+    return f"! verification with {user}'s device {device} failed: {_name(event.get('code'))}"
 
 
 def _time(ts: Any) -> str:
@@ -144,9 +253,13 @@ def format_event(event: dict[str, Any]) -> str:
     user = _name(event.get("user"))
     by = _name(event.get("by"))
     if kind == "msg":
-        return _text(f"{when}{at}{_name(event['from'])}: ", event["body"])
+        return _text(f"{_lock(event)}{when}{at}{_name(event['from'])}: ", event["body"])
     if kind == "dm":
-        return _text(f"{when}[dm] {_name(event['from'])} -> {_name(event['to'])}: ", event["body"])
+        return _text(
+            f"{_lock(event)}{when}[dm] {_name(event['from'])} -> {_name(event['to'])}: ", event["body"]
+        )
+    if kind in ("e2e_notice", "e2e_verify"):
+        return format_e2e(event)
     if kind == "joined":
         return f"{at}* {user} joined"
     if kind == "left":
@@ -298,6 +411,10 @@ class InputLines(LineReceiver):
         self.done: Deferred[None] = Deferred()
         self._outstanding: list[Deferred[Any]] = []
         self._quitting = False
+        #: The verification whose emoji were shown last (``/match`` answers it).
+        self._verifying: str | None = None
+        #: Who takes the next line instead of sending it (a passphrase).
+        self._secret: Any = None
 
     def _send(self, command: Command) -> Deferred[Any]:
         assert command.request is not None
@@ -328,6 +445,10 @@ class InputLines(LineReceiver):
 
     def lineReceived(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
+        if self._secret is not None:
+            take, self._secret = self._secret, None
+            take(line)
+            return
         if not line.strip() or self._quitting:
             return
         commands.run(line, self.room, self)
@@ -382,8 +503,104 @@ class InputLines(LineReceiver):
         d.addCallback(lambda answer: None if answer.get("type") == "ack" else self.printer(answer))
         d.addErrback(self._report, command)
 
+    def e2e(self, command: Command) -> None:
+        device = self.client.e2e
+        if device is None:
+            notice("end-to-end encryption is off (--no-e2e)")
+            return
+        op, args = command.e2e, command.args
+        d: Deferred[Any]
+        if op == "devices":
+            user = args[0].lower() if args else self.client.user
+            d = device.devices_of([user]).addCallback(
+                lambda found: self._show_devices(device, user, found[user])
+            )
+        elif op == "verify":
+            d = device.verify(args[0].lower(), args[1] if len(args) > 1 else None)
+        elif op in ("match", "nomatch"):
+            if self._verifying is None:
+                notice("no verification is waiting for an answer")
+                return
+            device.confirm(self._verifying, op == "match")
+            return
+        elif op == "safety":
+            d = device.safety_number(args[0].lower()).addCallback(
+                lambda number: notice(f"safety number with {log_text(args[0])}: {number}")
+            )
+        elif op == "trust":
+            device.book.acknowledge(args[0].lower())
+            notice(f"sending to {log_text(args[0])} again")
+            return
+        else:
+            path = Path(args[0]).expanduser()
+            notice("passphrase for the keys file (the next line, not sent):")
+            self._secret = lambda phrase: self._keys_file(device, op, path, phrase)
+            return
+        self._outstanding.append(d)
+        d.addBoth(self._answered, d)
+        d.addErrback(self._e2e_failed)
+
+    def _e2e_failed(self, failure: Any) -> None:
+        if failure.check(SendBlocked):
+            notice(log_text(str(failure.value)))
+        elif failure.check(ServerError):
+            self.printer(failure.value.event)
+        else:
+            notice(log_text(failure.getErrorMessage()))
+
+    def _keys_file(self, device: EndToEnd, op: str | None, path: Path, phrase: str) -> None:
+        try:
+            if op == "export":
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(device.export_keys(phrase) + "\n")
+                notice(f"room keys written to {log_text(str(path))}")
+            else:
+                count = device.import_keys(path.read_text(encoding="utf-8"), phrase)
+                notice(f"{count} room keys read from {log_text(str(path))}")
+        except SendBlocked as e:
+            notice(log_text(str(e)))
+        except OSError as e:
+            notice(f"cannot use {log_text(str(path))}: {log_text(e.strerror or str(e))}")
+
+    def _show_devices(self, device: EndToEnd, user: str, found: dict[str, dict[str, Any]]) -> None:
+        rows: list[tuple[str, dict[str, Any]]] = []
+        if user == self.client.user:
+            me = {"curve25519": device.device.curve25519, "ed25519": device.device.ed25519}
+            rows.append((device.device_id, dict(me, name="this device", verified=True)))
+        rows += sorted(found.items())
+        if self.printer.as_json:
+            entries = [
+                {
+                    "device": d,
+                    "name": e.get("name", ""),
+                    "ed25519": e["ed25519"],
+                    "verified": bool(e.get("verified")),
+                    "this_device": d == device.device_id,
+                }
+                for d, e in rows
+            ]
+            self.printer({"type": "devices", "user": user, "devices": entries})
+            return
+        lines = [f"* {_name(user)}: {len(rows)} devices"]
+        for d, e in rows:
+            state = (
+                "this device"
+                if d == device.device_id
+                else ("verified" if e.get("verified") else "unverified")
+            )
+            key = " ".join(e["ed25519"][i : i + 4] for i in range(0, 43, 4))
+            lines.append(f"  {_name(d)}  {_name(e.get('name', ''))}  [{state}]  {_name(key)}")
+        self.printer.out.write("\n".join(lines) + "\n")
+        self.printer.out.flush()
+
     def event(self, event: dict[str, Any]) -> None:
         """Leave the current room behind when we are put out of it."""
+        if event.get("type") == "e2e_verify":
+            if event.get("state") == "sas":
+                self._verifying = event.get("txn")
+            elif event.get("state") in ("done", "cancelled") and self._verifying == event.get("txn"):
+                self._verifying = None
         if (
             event.get("type") in ("kicked", "banned")
             and event.get("user") == self.client.user
@@ -507,6 +724,13 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
         connect_attempts=max(1, args.connect_attempts),
         proven=proven,
     )
+    if not args.no_e2e:
+        try:
+            device = open_device(args, server, reactor)
+        except StoreError as e:
+            sys.stderr.write(f"error: {log_text(str(e))}\n")
+            return 2
+        device.attach(client)
     printer = Printer(sys.stdout, args.json)
     client.add_listener(printer)
     lines = InputLines(client, args.room, printer, args.history)

@@ -25,11 +25,11 @@ HELP = """commands (ROOM defaults to the current room):
   /part [ROOM]                   leave a room
   /switch ROOM                   talk in another room you are in
   /rooms                         list the rooms you can see
-  /create [--private|--readonly] ROOM [TOPIC]
-                                 create a room (you own it)
+  /create [--private|--readonly] [--encrypted] ROOM [TOPIC]
+                                 create a room (you own it); --encrypted: end to end
   /topic [TEXT]                  show or set the current room's topic
   /invite USER [ROOM]            invite a user to a private room
-  /msg USER TEXT                 send a direct message
+  /msg USER TEXT                 send a direct message (end-to-end encrypted)
   /history [N]                   the last N messages of the current room (default 20)
   /who [ROOM]                    list a room's members
   /kick USER [REASON]            remove a user from the current room
@@ -41,7 +41,13 @@ HELP = """commands (ROOM defaults to the current room):
   /disable USER, /enable USER    (server admins) lock or unlock an account
   /info                          the server's version, uptime and users online
   /stats [--watch|--stop]        (server admins) server statistics, once or every interval
-  /logout                        end this session everywhere it is saved
+  /devices [USER]                a user's devices (yours by default), and how far each is trusted
+  /verify USER [DEVICE]          verify a device by comparing emoji; then /match or /nomatch
+  /safety USER                   the safety number to compare with USER out of band
+  /trust USER                    you have looked at USER's changed device: send to them again
+  /export-keys FILE              save this device's room keys, under a passphrase (asked next)
+  /import-keys FILE              read room keys saved by another device of yours
+  /logout                        end this session everywhere it is saved (and remove this device)
   /help                          this help
   /quit                          say goodbye and exit
 anything else is sent as a message to the current room"""
@@ -63,12 +69,17 @@ class Command:
     ``action``: ``say`` (plain text), ``request`` (send and show the
     answer), ``join`` (send; on success switch to ``room`` and show its
     history), ``part``, ``switch``, ``history``, ``topic`` (show it),
-    ``help``, ``quit``.
+    ``help``, ``quit``, ``e2e`` (end-to-end encryption: ``e2e`` says which
+    operation, ``args`` its arguments).
     """
 
     action: str
     request: dict[str, Any] | None = None
     room: str | None = None
+    #: For ``e2e``: ``devices``, ``verify``, ``match``, ``nomatch``,
+    #: ``safety``, ``trust``, ``export`` or ``import``, and its arguments.
+    e2e: str | None = None
+    args: tuple[str, ...] = ()
 
 
 def parse_duration(text: str) -> float:
@@ -121,14 +132,22 @@ def parse(line: str, room: str) -> Command:
         return Command("request", {"type": "rooms"})
     if name == "create":
         kind = "public"
+        encrypted = False
         while words and words[0].startswith("--"):
             flag = words.pop(0)
+            if flag == "--encrypted":
+                encrypted = True
+                continue
             if flag not in ("--private", "--readonly", "--public"):
-                raise CommandError(f"unknown option {flag}; /create takes --private or --readonly")
+                raise CommandError(
+                    f"unknown option {flag}; /create takes --private, --readonly or --encrypted"
+                )
             kind = flag[2:]
         if not words:
-            raise CommandError("usage: /create [--private|--readonly] ROOM [TOPIC]")
+            raise CommandError("usage: /create [--private|--readonly] [--encrypted] ROOM [TOPIC]")
         request: dict[str, Any] = {"type": "create", "room": words[0], "kind": kind}
+        if encrypted:
+            request["encrypted"] = True
         if len(words) > 1:
             request["topic"] = " ".join(words[1:])
         return Command("join", request, words[0])
@@ -187,6 +206,19 @@ def parse(line: str, room: str) -> Command:
         return Command("request", request)
     if name == "logout":
         return Command("request", {"type": "logout"})
+    if name == "devices":
+        return Command("e2e", e2e="devices", args=tuple(words[:1]))
+    if name == "verify":
+        need(1, "USER [DEVICE]")
+        return Command("e2e", e2e="verify", args=tuple(words[:2]))
+    if name in ("match", "nomatch"):
+        return Command("e2e", e2e=name)
+    if name in ("safety", "trust"):
+        need(1, "USER")
+        return Command("e2e", e2e=name, args=(words[0],))
+    if name in ("export-keys", "import-keys"):
+        need(1, "FILE")
+        return Command("e2e", e2e=name.split("-")[0], args=(rest.strip(),))
     raise CommandError(f"unknown command /{name}; /help lists them")
 
 
@@ -227,6 +259,9 @@ class Frontend(Protocol):
 
     def request(self, command: Command) -> None: ...
 
+    def e2e(self, command: Command) -> None:
+        """An end-to-end encryption command (``command.e2e``)."""
+
     def help(self, text: str) -> None: ...
 
     def quit(self) -> None: ...
@@ -264,6 +299,7 @@ def dispatch(command: Command, room: str, frontend: Frontend) -> None:
         "switch": switch,
         "history": frontend.history,
         "topic": frontend.topic,
+        "e2e": frontend.e2e,
         "help": lambda _: frontend.help(HELP),
         "quit": lambda _: frontend.quit(),
     }

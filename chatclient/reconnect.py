@@ -416,8 +416,19 @@ class ReconnectingClient:
 
     def request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """Send when online (waiting for the connection if need be).  A
-        message (``say``, ``dm``) is sent exactly once: see ``send_once``."""
-        if event.get("type") in SENT_ONCE:
+        message (``say``, ``dm``) is sent exactly once: see ``send_once``;
+        with a device (``e2e``), a direct message, and a message to an
+        encrypted room, is encrypted first."""
+        kind = event.get("type")
+        e2e = self.e2e
+        if e2e is not None and isinstance(event.get("body"), str):
+            if kind == "dm":
+                sent: Deferred[dict[str, Any]] = e2e.send_dm(event["to"], event["body"])
+                return sent
+            if kind == "say" and e2e.is_encrypted(str(event.get("room"))):
+                said: Deferred[dict[str, Any]] = e2e.send_say(event["room"], event["body"])
+                return said
+        if kind in SENT_ONCE:
             return self.send_once(event)
         d = self.when_online().addCallback(lambda session: session.request(event))
         if event.get("type") == "history" and self.e2e is not None:
@@ -466,16 +477,10 @@ class ReconnectingClient:
         return answer
 
     def say(self, room: str, body: str) -> Deferred[dict[str, Any]]:
-        if self.e2e is not None and self.e2e.is_encrypted(room):
-            d: Deferred[dict[str, Any]] = self.e2e.send_say(room, body)
-            return d
         return self.request({"type": "say", "room": room, "body": body})
 
     def dm(self, to: str, body: str) -> Deferred[dict[str, Any]]:
         """End to end encrypted if this client has a device (``e2e``)."""
-        if self.e2e is not None:
-            d: Deferred[dict[str, Any]] = self.e2e.send_dm(to, body)
-            return d
         return self.request({"type": "dm", "to": to, "body": body})
 
 

@@ -141,10 +141,35 @@ async def stop_twistd(server: LineProcess) -> int:
 
 
 def cli(testcase: Any, name: str, port: int, user: str, *extra: str) -> LineProcess:
+    """A terminal client.  Its devices live in the test's directory (one
+    for all its clients, so a user's second client is the same device),
+    under a passphrase (there is no keyring here)."""
+    devices = getattr(testcase, "_cli_devices", None)
+    if devices is None:
+        devices = testcase._cli_devices = Path(testcase.mktemp()).resolve()
+        devices.mkdir(parents=True)
+        (devices / "passphrase").write_text("a store passphrase\n")
+    e2e = (
+        []
+        if "--no-e2e" in extra
+        else ["--device-dir", str(devices), "--store-passphrase-file", str(devices / "passphrase")]
+    )
     return spawn(
         testcase,
         name,
-        [PYTHON, "-m", "chatclient.cli", "--host", "127.0.0.1", "--port", str(port), "--user", user, *extra],
+        [
+            PYTHON,
+            "-m",
+            "chatclient.cli",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--user",
+            user,
+            *e2e,
+            *extra,
+        ],
     )
 
 

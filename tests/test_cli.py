@@ -106,7 +106,7 @@ class RoomCommandTests(CliTestCase):
         alice.write_line("/join bad!name")
         await alice.wait_for(r"^! bad_room: ")
         alice.write_line("/msg nobody hello")
-        await alice.wait_for(r"^! no_such_user: ")
+        await alice.wait_for(r"nobody has no device that can read an encrypted message", fd=2)
         alice.write_line("/help")
         await alice.wait_for(r"/ban USER \[DURATION\] \[REASON\]", fd=2)
         alice.write_line("still here")
@@ -419,7 +419,9 @@ class ForgedLineTests(CliTestCase):
             pushed=pushed,
             close_message="bye\r* " + FORGED + "\x1b[31m\x07",
         ).start(self)
-        alice = await self.client("alice", hostile.port)
+        # This server speaks no end-to-end encryption (its CLOSE comes
+        # before a device could be declared): the strings are the point.
+        alice = await self.client("alice", hostile.port, "--no-e2e")
         await alice.wait_for(r"connection to .* lost", fd=2)
         await alice.wait_for(r"surprise")
         alice.signal("KILL")
@@ -676,3 +678,37 @@ class BitFlipProxy:
         testcase.addCleanup(listening.stopListening)
         self.port = listening.getHost().port
         return self
+
+
+class EndToEndTests(CliTestCase):
+    async def test_encrypted_messages_devices_and_verification_in_the_terminal(self) -> None:
+        server = await start_server(self)
+        alice = await self.client("alice", server.port)
+        bob = await self.client("bob", server.port)
+        alice.write_line("/msg bob only for bob")
+        await bob.wait_for(r"^🔒\?? \d\d:\d\d \[dm\] alice -> bob: only for bob$")
+        await alice.wait_for(r"^🔒 \d\d:\d\d \[dm\] alice -> bob: only for bob$")
+        alice.write_line("/devices bob")
+        await alice.wait_for(r"^\* bob: 1 devices$")
+        listed = await alice.wait_for(r"^  ([A-Z]{10})  chatclient-cli on .*\[unverified\]")
+        alice.write_line("/verify bob")
+        shown = await alice.wait_for(r"^\* compare with bob \(([A-Z]{10})\): (.*)$")
+        self.assertEqual(shown.group(1), listed.group(1))
+        theirs = await bob.wait_for(r"^\* compare with alice \([A-Z]{10}\): (.*)$")
+        self.assertEqual(shown.group(2), theirs.group(1))  # the same seven emoji and names
+        self.assertEqual(len(shown.group(2).split("  ")), 7)
+        alice.write_line("/match")
+        bob.write_line("/match")
+        await alice.wait_for(r"^\* bob's device [A-Z]{10} is verified$")
+        await bob.wait_for(r"^\* alice's device [A-Z]{10} is verified$")
+        alice.write_line("/devices bob")
+        await alice.wait_for(r"\[verified\]")
+        # An encrypted room.
+        alice.write_line("/create --encrypted den")
+        await alice.wait_for(r"talking in den", fd=2)
+        bob.write_line("/join den")
+        await bob.wait_for(r"talking in den", fd=2)
+        bob.write_line("sealed words")
+        await alice.wait_for(r"^🔒 \d\d:\d\d \[den\] bob: sealed words$")
+        await self.quit(alice)
+        await self.quit(bob)

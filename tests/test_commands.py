@@ -143,6 +143,25 @@ CASES: list[tuple[str, Command]] = [
     ("/stats", Command("request", req("stats"))),
     ("/stats --watch", Command("request", req("stats", subscribe=True))),
     ("/stats --stop", Command("request", req("stats", subscribe=False))),
+    # end-to-end encryption
+    (
+        "/create --encrypted den",
+        Command("join", req("create", room="den", kind="public", encrypted=True), "den"),
+    ),
+    (
+        "/create --private --encrypted den hush",
+        Command("join", req("create", room="den", kind="private", encrypted=True, topic="hush"), "den"),
+    ),
+    ("/devices", Command("e2e", e2e="devices")),
+    ("/devices bob", Command("e2e", e2e="devices", args=("bob",))),
+    ("/verify bob", Command("e2e", e2e="verify", args=("bob",))),
+    ("/verify bob PHONEDEVICE", Command("e2e", e2e="verify", args=("bob", "PHONEDEVICE"))),
+    ("/match", Command("e2e", e2e="match")),
+    ("/nomatch", Command("e2e", e2e="nomatch")),
+    ("/safety bob", Command("e2e", e2e="safety", args=("bob",))),
+    ("/trust bob", Command("e2e", e2e="trust", args=("bob",))),
+    ("/export-keys ~/room keys.json", Command("e2e", e2e="export", args=("~/room keys.json",))),
+    ("/import-keys keys.json", Command("e2e", e2e="import", args=("keys.json",))),
     ("/help", Command("help")),
     ("/quit", Command("quit")),
     ("/exit", Command("quit")),
@@ -180,7 +199,7 @@ class CommandTests(unittest.TestCase):
 
     def test_table_covers_help(self) -> None:
         """Each command HELP advertises has at least one line in the table; a new command needs a row."""
-        advertised = set(re.findall(r"(?<![\w/])/([a-z]+)", commands.HELP))
+        advertised = set(re.findall(r"(?<![\w/])/([a-z][a-z-]*)", commands.HELP))
         slashed = [line for line, _ in CASES if line.startswith("/") and not line.startswith("//")]
         tested = {line[1:].split()[0].lower() for line in slashed}
         self.assertTrue(advertised)
@@ -223,9 +242,13 @@ class CommandTests(unittest.TestCase):
         self.assertCommandError("/switch", "usage: /switch ROOM")
 
     def test_create_errors(self) -> None:
-        self.assertCommandError("/create", "usage: /create [--private|--readonly] ROOM [TOPIC]")
+        self.assertCommandError("/create", "usage: /create [--private|--readonly] [--encrypted] ROOM [TOPIC]")
+        self.assertCommandError("/verify", "usage: /verify USER [DEVICE]")
+        self.assertCommandError("/export-keys", "usage: /export-keys FILE")
         self.assertCommandError("/create --private", "usage: /create")
-        self.assertCommandError("/create --secret den", "unknown option --secret", "--private or --readonly")
+        self.assertCommandError(
+            "/create --secret den", "unknown option --secret", "--private, --readonly or --encrypted"
+        )
         self.assertCommandError("/create --private --hidden den", "unknown option --hidden")
 
     def test_create_switches_to_the_new_room(self) -> None:
@@ -362,6 +385,9 @@ class Transcript:
 
     def request(self, command: Command) -> None:
         self.calls.append(("request", command.request))
+
+    def e2e(self, command: Command) -> None:
+        self.calls.append(("e2e", (command.e2e, command.args)))
 
 
 class DispatchTests(unittest.TestCase):

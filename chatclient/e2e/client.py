@@ -234,7 +234,7 @@ class EndToEnd:
             raise SendBlocked(f"a verified device of {to} changed: look at their devices first")
         found = yield self.devices_of(sorted({to, self.user}))
         if not found.get(to):
-            raise SendBlocked(f"{to} has no device that can read an encrypted message")
+            raise SendBlocked(f"{to} has no device that can read an encrypted message (or no such user)")
         targets = [(u, d, entry) for u in sorted(found) for d, entry in sorted(found[u].items())]
         ready = yield self._ensure_sessions(targets)
         return ready

@@ -58,11 +58,11 @@ def default_root() -> Path:
     return Path(base) / "chatclient" / "devices"
 
 
-def store_dir(root: Path, fingerprint: str, user: str) -> Path:
-    """The directory of this user's device on the server with that
-    identity key (a deployment of several nodes shares one)."""
-    short = "".join(c for c in fingerprint.lower() if c in "0123456789abcdef")[:16]
-    return root / f"{user}@{short}"
+def store_dir(root: Path, server: str, user: str) -> Path:
+    """The directory of this user's device on ``server`` (the name of the
+    deployment, as the known hosts file has it: its first node)."""
+    safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in server)
+    return root / f"{user}@{safe}"
 
 
 def keyring_usable() -> bool:

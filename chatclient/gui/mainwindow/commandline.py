@@ -49,6 +49,8 @@ class CommandWindow(Protocol):
 
     def logged_out(self) -> None: ...
 
+    def e2e_command(self, command: Command) -> None: ...
+
     def close(self) -> Any: ...
 
 
@@ -77,6 +79,10 @@ class WindowCommands:
             self.window.input.clear()
 
     # --- commands.Frontend ---------------------------------------------------------
+
+    def e2e(self, command: Command) -> None:
+        self._take()
+        self.window.e2e_command(command)
 
     def refuse(self, text: str) -> None:
         self.window.notice(text, error=True)
