@@ -150,6 +150,7 @@ def open_device(args: argparse.Namespace, server: str, reactor: Any) -> EndToEnd
         raise StoreError(f"cannot open {directory}: {e.strerror or e}") from None
     store = DeviceStore(directory, key)
     device = EndToEnd(store, args.user, reactor)
+    device.store_key_method = method
     if new:
         store.put("name", f"chatclient-cli on {socket.gethostname()}"[:64])
         notice(f"new device {device.device_id} for {args.user}; its keys are kept under the {method}")

@@ -430,8 +430,19 @@ class ReconnectingClient:
                 return said
         if kind in SENT_ONCE:
             return self.send_once(event)
+        if kind == "logout" and e2e is not None:
+            # The server removes the device with the session: so does this side.
+            device = e2e
+
+            def forgotten(answer: dict[str, Any]) -> dict[str, Any]:
+                device.forget()
+                return answer
+
+            return (
+                self.when_online().addCallback(lambda session: session.request(event)).addCallback(forgotten)
+            )
         d = self.when_online().addCallback(lambda session: session.request(event))
-        if event.get("type") == "history" and self.e2e is not None:
+        if kind == "history" and e2e is not None:
             d.addCallback(self._decrypted_page)
         return d
 

@@ -110,7 +110,14 @@ def main() -> None:
     from twisted.internet import stdio, task
     from twisted.protocols.basic import LineReceiver
 
-    controller = gui_app.App(reactor, KnownHosts(args.known_hosts), args.servers)
+    controller = gui_app.App(
+        reactor,
+        KnownHosts(args.known_hosts),
+        args.servers,
+        devices=args.device_dir,
+        passphrase_file=args.store_passphrase_file,
+        e2e=not args.no_e2e,
+    )
     controller.show_connect()
     scope = namespace(qt_app, controller, reactor)
 

@@ -81,8 +81,19 @@ class Gui:
         return await self.eval("window().view.toPlainText()")
 
 
+def _passphrase_file(home: Path) -> Path:
+    path = home / "store-passphrase"
+    path.write_text("a store passphrase\n")
+    return path
+
+
 async def start_gui(
-    testcase: Any, home: Path | None = None, theme: str = "light", scale: str = "1", verbose: bool = False
+    testcase: Any,
+    home: Path | None = None,
+    theme: str = "light",
+    scale: str = "1",
+    verbose: bool = False,
+    e2e: bool = True,
 ) -> Gui:
     """``verbose``: the application logs to its stderr (``--verbose``)."""
     home = home or Path(testcase.mktemp()).resolve()
@@ -93,6 +104,12 @@ async def start_gui(
         "tests.gui_remote",
         "--known-hosts",
         str(home / "known_hosts"),
+        # Its devices' keys in the test's directory, under a passphrase
+        # (no keyring here).
+        "--device-dir",
+        str(home / "devices"),
+        "--store-passphrase-file",
+        str(_passphrase_file(home)),
         "--servers",
         str(home / "servers.json"),
         "--theme",
@@ -100,6 +117,8 @@ async def start_gui(
     ]
     if verbose:
         argv.append("--verbose")
+    if not e2e:
+        argv.append("--no-e2e")
     if scale != "1":
         argv = ["/usr/bin/env", f"QT_SCALE_FACTOR={scale}", *argv]
     process = spawn(testcase, "gui", argv)

@@ -18,6 +18,7 @@ from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ServerError
+from tests.e2e_support import e2e_client
 from tests.gui_support import GUI_MISSING, start_gui
 from tests.processes import spawn, start_twistd
 from tests.support import (
@@ -75,8 +76,8 @@ class GuiTests(unittest.TestCase):
 
     async def test_switch_rooms_send_a_dm_and_load_history_on_scroll_up(self) -> None:
         server = await start_server(self)
-        bob = await logged_in(self, server, "bob")
-        bob_events = EventQueue(bob)
+        # A client with a device: the GUI's direct messages are end to end.
+        bob, _, bob_events = await e2e_client(self, server, "bob", Path(self.mktemp()))
         await bob.request({"type": "create", "room": "design", "kind": "public", "topic": "Mock-ups"})
         # More than one page of history, so the oldest must be scrolled for.
         for n in range(120):
@@ -129,8 +130,12 @@ class GuiTests(unittest.TestCase):
         await gui.exec("type_text(window().input, 'line two')\npress(window().input, 'Return')")
         dm = await bob_events.next(lambda e: e.get("type") == "dm", timeout=30)
         self.assertEqual((dm["from"], dm["to"], dm["body"]), ("alice", "bob", "line one\nline two"))
-        await bob.request({"type": "dm", "to": "alice", "body": "got it"})
+        self.assertTrue(dm["e2e"]["ok"])
+        await bob.dm("alice", "got it")
         await gui.wait("'got it' in window().view.toPlainText()")
+        # The conversation and its messages carry the padlock.
+        self.assertIn("🔒", await gui.eval("window().header.text()"))
+        self.assertIn("🔒", await gui.eval("window().view.toPlainText()"))
         self.assertEqual(await gui.eval("texts(window().dm_list)"), ["bob"])
 
     async def test_room_creation_invitation_and_moderation_from_the_member_menu(self) -> None:
@@ -352,7 +357,8 @@ class GuiTests(unittest.TestCase):
             await HostileServer(alert="no" + forged).start(self),
             await HostileServer(login_error={"code": "odd" + forged, "message": "m" + forged}).start(self),
         ]
-        gui = await start_gui(self, verbose=True)
+        # These servers speak no end-to-end encryption: the strings are the point.
+        gui = await start_gui(self, verbose=True, e2e=False)
         for n, hostile in enumerate(servers):
             await gui.connect(hostile.port, "alice", PASSWORD)
             if hostile.alert is None:  # (an alert comes before the key)

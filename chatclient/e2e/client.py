@@ -95,11 +95,12 @@ class EndToEnd:
             account = vodozemac.Account.from_pickle(saved["pickle"], store.key)
             self.device = Device(user, saved["device"], account)
             self.created = int(saved["created"])
-        self.olm = OlmSessions(self.device, store, self._save_account)
-        self.rooms = RoomKeys(self.device, store)
         self.book = DeviceBook(store)
-        self.verifications = Verifications(self.device, self.book, self._send_plain, lambda e: self.emit(e))
+        self._build()
         self.client: ReconnectingClient | None = None
+        #: Where the store's key is kept (``keyring`` or ``passphrase``), as
+        #: whoever opened the store says.
+        self.store_key_method = "passphrase"
         #: Events the front ends should see that are no server's: notices.
         self.emit: Callable[[dict[str, Any]], None] = lambda event: None
         #: Room devices as the server listed them (per room), until a change.
@@ -111,6 +112,27 @@ class EndToEnd:
         self._learning: set[str] = set()
         #: room -> (the stream id it is known at, the members then)
         self._members: dict[str, tuple[int, set[str]]] = {}
+
+    def _build(self) -> None:
+        self.olm = OlmSessions(self.device, self.store, self._save_account)
+        self.rooms = RoomKeys(self.device, self.store)
+        self.verifications = Verifications(self.device, self.book, self._send_plain, lambda e: self.emit(e))
+
+    def forget(self) -> None:
+        """This device is gone (it logged out, or was removed): its keys,
+        sessions and what it decrypted are deleted here too, and the next
+        connection makes a new device (which its peers are told of).  What
+        it knows of other devices, and which rooms are encrypted, stay."""
+        with self.store.transaction():
+            for prefix in ("account", "olm:", "outbound:", "inbound:", "seen:", "plain:", "sent:"):
+                for name, _ in list(self.store.items(prefix)):
+                    self.store.delete(name)
+        self.device = Device.new(self.user)
+        self.created = self._now()
+        self._save_account()
+        self._build()
+        self._room_devices.clear()
+        self._inbox_done = 0
 
     def _now(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -137,9 +159,23 @@ class EndToEnd:
         self.emit = client._emit
 
     def setup(self, session: ChatSession, welcome: dict[str, Any]) -> Deferred[Any]:
-        """Declare this device on a new connection (its inbox follows)."""
+        """Declare this device on a new connection (its inbox follows); a
+        device the server has removed (from another of the user's
+        devices) is forgotten, and a new one declared."""
         for room in welcome.get("encrypted_rooms", []):
             self.mark_encrypted(room)
+        d = self._declare(session)
+
+        def removed(failure: Any) -> Any:
+            if getattr(failure.value, "code", None) != "device_removed":
+                return failure
+            log.info("this device was removed; making a new one")
+            self.forget()
+            return self._declare(session)
+
+        return d.addErrback(removed)
+
+    def _declare(self, session: ChatSession) -> Deferred[Any]:
         request = {
             "type": "keys",
             "device": self.device_id,

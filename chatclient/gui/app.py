@@ -46,6 +46,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--user", help="... and username")
     p.add_argument("-v", "--verbose", action="store_true", help="log connection events to stderr")
     p.add_argument(
+        "--no-e2e",
+        action="store_true",
+        help="no end-to-end encryption: direct messages the server can read, and no encrypted rooms",
+    )
+    p.add_argument("--device-dir", type=Path, help="where this client keeps its devices' keys")
+    p.add_argument(
+        "--store-passphrase-file",
+        type=Path,
+        help="the device store's passphrase (first line), where there is no keyring; else it is asked for",
+    )
+    p.add_argument(
         "--theme",
         choices=("system", "light", "dark"),
         default="system",
@@ -57,10 +68,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class App:
     """Owns the dialogs and the window; one connection at a time."""
 
-    def __init__(self, reactor: Any, known_hosts: KnownHosts, servers: Any) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        known_hosts: KnownHosts,
+        servers: Any,
+        devices: Path | None = None,
+        passphrase_file: Path | None = None,
+        e2e: bool = True,
+    ) -> None:
         from chatclient.gui.servers import RememberedServers
 
         self.reactor = reactor
+        self.devices = devices
+        self.passphrase_file = passphrase_file
+        self.e2e = e2e
+        self.device: Any = None
+        self.passphrase_dialog: Any = None
         self.known_hosts = known_hosts
         self.remembered = RememberedServers(servers)
         self.dialog: Any = None
@@ -85,8 +109,55 @@ class App:
             self.reactor.stop()
 
     def connect(self, login: Any) -> None:
+        """Open this user's device (asking its passphrase first if need be),
+        then connect."""
+        from chatclient.e2e.store import StoreKey, default_root, keyring_usable, store_dir
+        from chatclient.endpoints import parse_hosts
+        from chatclient.gui.connect_dialog import StorePassphraseDialog
+
+        if not self.e2e:
+            self._connect(login, None)
+            return
+        server = login.server
+        directory = store_dir(
+            self.devices or default_root(), server_id(*parse_hosts(server.host, server.port)[0]), server.user
+        )
+        method = StoreKey(directory).method()
+        if self.passphrase_file is not None or method == "keyring" or (method is None and keyring_usable()):
+            self._connect(login, directory)
+            return
+        dialog = self.passphrase_dialog = StorePassphraseDialog(server.user, method is None)
+        dialog.accepted.connect(lambda: self._connect(login, directory, dialog.passphrase()))
+        dialog.rejected.connect(
+            lambda: self.show_connect(prefill={"host": server.host, "port": server.port, "user": server.user})
+        )
+        dialog.open()
+
+    def _open_device(self, directory: Path, user: str, passphrase: str | None) -> Any:
+        from chatclient.e2e.client import EndToEnd
+        from chatclient.e2e.store import DeviceStore, StoreKey
+
+        def ask() -> str:
+            if passphrase is not None:
+                return passphrase
+            assert self.passphrase_file is not None
+            lines = self.passphrase_file.read_text(encoding="utf-8").splitlines()
+            return lines[0] if lines else ""
+
+        key, method = StoreKey(directory, ask).open_or_make()
+        store = DeviceStore(directory, key)
+        device = EndToEnd(store, user, self.reactor)
+        device.store_key_method = method
+        if store.get("name") is None:
+            import socket
+
+            store.put("name", f"chatclient on {socket.gethostname()}"[:64])
+        return device
+
+    def _connect(self, login: Any, directory: Path | None, passphrase: str | None = None) -> None:
         from twisted.internet import endpoints
 
+        from chatclient.e2e.store import StoreError
         from chatclient.endpoints import FailoverEndpoint, parse_hosts
         from chatclient.gui.bridge import ClientBridge
         from chatclient.gui.mainwindow.window import MainWindow
@@ -94,6 +165,16 @@ class App:
         from chatclient.reconnect import ReconnectingClient
 
         server = login.server
+        if directory is not None:
+            try:
+                if self.device is not None:
+                    self.device.store.close()
+                self.device = self._open_device(directory, server.user, passphrase)
+            except (StoreError, OSError) as e:
+                self.device = None
+                prefill = {"host": server.host, "port": server.port, "user": server.user}
+                self.show_connect(f"End-to-end encryption: {e}", prefill=prefill)
+                return
         log.info(
             "connecting to {host}:{port} as {user}", host=server.host, port=server.port, user=server.user
         )
@@ -116,6 +197,8 @@ class App:
             connect_attempts=1,
             proven=self.trust.proven,
         )
+        if directory is not None and self.device is not None:
+            self.device.attach(self.client)
         self.window = MainWindow(ClientBridge(self.reactor, self.client), server)
         self.trust.parent = self.window
         self.client.add_state_listener(self._state)
@@ -224,7 +307,14 @@ def main(argv: list[str] | None = None) -> None:
     app.setDesktopFileName("chatclient")
     apply_theme(app, args.theme)
     reactor, loop = gui_loop.install(app)
-    controller = App(reactor, KnownHosts(args.known_hosts), args.servers)
+    controller = App(
+        reactor,
+        KnownHosts(args.known_hosts),
+        args.servers,
+        devices=args.device_dir,
+        passphrase_file=args.store_passphrase_file,
+        e2e=not args.no_e2e,
+    )
     prefill = {"host": args.host, "port": args.port, "user": args.user}
     controller.show_connect(prefill={k: v for k, v in prefill.items() if v is not None})
     # The reactor's end is the program's end: closing the main window, or

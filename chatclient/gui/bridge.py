@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from PyQt6.QtCore import QObject, pyqtSignal
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from chatclient.gui.rules import Problem
@@ -127,6 +128,30 @@ class ClientBridge(QObject):
                 "drawing the answer to a {kind} request", failure, kind=request.get("type")
             )
         )
+
+    @property
+    def e2e(self) -> Any:
+        """This device's end-to-end encryption (``chatclient.e2e.client.EndToEnd``), or None."""
+        return self.client.e2e
+
+    def call(
+        self, make: Callable[[], Any], answered: Callable[[Any], Any], failed: Failed | None = None
+    ) -> None:
+        """Run ``make()`` (which may return a Deferred: an end-to-end
+        operation) and hand its result to ``answered``, or its failure to
+        ``failed`` as a Problem; never after :meth:`shut_down`."""
+
+        def ok(result: Any) -> None:
+            if not self.closed:
+                answered(result)
+
+        def bad(failure: Any) -> None:
+            if not self.closed and failed is not None:
+                failed(problem(failure.value))
+
+        d = defer.maybeDeferred(make)
+        d.addCallbacks(ok, bad)
+        d.addErrback(lambda failure: log.failure("drawing the result of an end-to-end operation", failure))
 
     def stop(self) -> None:
         """No reconnecting: the window closed, or the user logged out."""

@@ -167,3 +167,57 @@ class ConnectDialog(QDialog):
     def result_request(self) -> LoginRequest:
         server = Server(self.host.text().strip(), self.port.value(), self.user.text().strip().lower())
         return LoginRequest(server, self.password.text(), self.register_mode.isChecked())
+
+
+class StorePassphraseDialog(QDialog):
+    """The passphrase of this device's key store, where there is no
+    keyring: asked once per start (twice, to be sure, for a new device).
+    ``passphrase()`` once accepted."""
+
+    def __init__(self, user: str, new: bool, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("store-passphrase")
+        self.setWindowTitle("Device keys")
+        self.new = new
+        text = (
+            f"A new device for {user}: choose a passphrase for its end-to-end encryption keys "
+            "(there is no keyring on this desktop to keep them in)."
+            if new
+            else f"The passphrase of {user}'s end-to-end encryption keys on this computer:"
+        )
+        intro = QLabel(text)
+        intro.setWordWrap(True)
+        self.first = QLineEdit()
+        self.first.setObjectName("store-passphrase-first")
+        self.first.setEchoMode(QLineEdit.EchoMode.Password)
+        self.second = QLineEdit()
+        self.second.setObjectName("store-passphrase-second")
+        self.second.setEchoMode(QLineEdit.EchoMode.Password)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #d04040")
+        self.error.hide()
+        form = QFormLayout(self)
+        form.addRow(intro)
+        form.addRow("&Passphrase:", self.first)
+        if new:
+            form.addRow("&Again:", self.second)
+        form.addRow(self.error)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self._accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def _accept(self) -> None:
+        if self.new and len(self.first.text()) < 8:
+            self.error.setText("At least 8 characters.")
+        elif self.new and self.first.text() != self.second.text():
+            self.error.setText("The two passphrases differ.")
+        else:
+            self.accept()
+            return
+        self.error.show()
+
+    def passphrase(self) -> str:
+        return self.first.text()

@@ -117,6 +117,15 @@ def notice_text(event: dict[str, Any]) -> str | None:
     return None
 
 
+#: What a message's padlock says about its sender's device.
+TRUST_TIPS = {
+    "verified": "End-to-end encrypted; the sender's device is verified",
+    "unverified": "End-to-end encrypted; the sender's device is trusted on first use, not verified",
+    "own": "End-to-end encrypted, from this device",
+    "unknown": "End-to-end encrypted, by a device not yet listed",
+}
+
+
 class Renderer:
     def __init__(self, palette: QPalette, me: str) -> None:
         self.palette = palette
@@ -147,9 +156,10 @@ class Renderer:
                 name += " (you)"
             elif re.search(rf"(?<![\w@-])@?{re.escape(self.me)}(?![\w-])", str(event.get("body", "")), re.I):
                 background = f' bgcolor="{self.mention_background}"'
+            lock, body = self.e2e_marks(event)
             parts.append(
                 f'<table width="100%" cellspacing="0" cellpadding="3"{background}><tr><td>'
-                f'{when} <span style="{style}">{name}</span><br>{body_html(str(event.get("body", "")))}'
+                f'{when} {lock}<span style="{style}">{name}</span><br>{body}'
                 "</td></tr></table>"
             )
         else:
@@ -160,6 +170,22 @@ class Renderer:
                     f"{when} — {html.escape(text)}</p>"
                 )
         return "".join(parts)
+
+    def e2e_marks(self, event: dict[str, Any]) -> tuple[str, str]:
+        """(the mark before the sender, the body's HTML) of a message: a
+        padlock on one read end to end (its tooltip says how far the
+        sender's device is trusted), a warning sign and the reason, in
+        italics, on one that could not be read."""
+        body = body_html(str(event.get("body", "")))
+        e2e = event.get("e2e")
+        if not isinstance(e2e, dict):
+            return "", body
+        if not e2e.get("ok"):
+            return '<span title="not decrypted">⚠</span> ', f'<i style="color:#c07000">{body}</i>'
+        trust = str(e2e.get("trust", "unknown"))
+        tip = TRUST_TIPS.get(trust, TRUST_TIPS["unknown"])
+        mark = "🔒" if trust in ("verified", "own", "unverified") else "🔒?"
+        return f'<span title="{html.escape(tip, quote=True)}">{mark}</span> ', body
 
     def local_notice(self, text: str, error: bool = False) -> str:
         colour = "#d04040" if error else self.dim

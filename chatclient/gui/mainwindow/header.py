@@ -19,7 +19,12 @@ class ConversationHeader(QLabel):
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
-    def show_conversation(self, conversation: Conversation | None) -> None:
+    def show_conversation(self, conversation: Conversation | None, encrypted: bool = False) -> None:
+        lock = (
+            ' <span title="End-to-end encrypted: the server cannot read what is said here">🔒</span>'
+            if encrypted
+            else ""
+        )
         if conversation is None:
             self.setText("")
         elif conversation.kind == "room":
@@ -29,6 +34,6 @@ class ConversationHeader(QLabel):
                 title += f" — {html.escape(peer(conversation.topic))}"
             if not conversation.joined:
                 title += " <i>(you are no longer a member)</i>"
-            self.setText(title)
+            self.setText(title + lock)
         else:
-            self.setText(f"<b>{html.escape(peer(conversation.name))}</b> — direct messages")
+            self.setText(f"<b>{html.escape(peer(conversation.name))}</b> — direct messages{lock}")

@@ -20,7 +20,13 @@ from chatclient.gui import rules
 from chatclient.gui.history import HistoryLoader
 from chatclient.gui.mainwindow.commandline import WindowCommands
 from chatclient.gui.mainwindow.conversations import ConversationList
-from chatclient.gui.mainwindow.dialogs import CreateRoomDialog, RoomDirectory, ask_text
+from chatclient.gui.mainwindow.dialogs import (
+    CreateRoomDialog,
+    DevicesDialog,
+    RoomDirectory,
+    VerificationDialog,
+    ask_text,
+)
 from chatclient.gui.mainwindow.header import ConversationHeader
 from chatclient.gui.mainwindow.input import InputBar
 from chatclient.gui.mainwindow.members import MemberList, member_menu
@@ -45,6 +51,22 @@ MAX_NOTES = 100
 MEMBERSHIP_EVENTS = ("joined", "left", "kicked", "banned", "role")
 #: Seconds between refreshes of the member list's presence dots.
 PRESENCE_REFRESH = 30.0
+#: The device notices of the client library, as the window says them.
+DEVICE_NOTICES = {
+    "new_device": "{user} has a new device, {name} ({device}). Verify it from the Security menu.",
+    "changed_device": "The keys of {user}'s device {device} changed: it is not used.",
+    "removed_device": "{user} removed the device {name} ({device}).",
+    "bad_signature": "The server listed a device {device} of {user} with a false signature: not used.",
+}
+#: Why a verification ended without one.
+VERIFY_FAILURES = {
+    "mismatch": "the emoji did not match",
+    "key_mismatch": "the device's key is not the one this device was given: someone is in the middle",
+    "commitment": "the other device changed its key during the exchange",
+    "user": "cancelled",
+    "malformed": "the other device sent something malformed",
+    "unknown_device": "this device does not know that device",
+}
 #: Requests asked again once reconnected: a dropped one needs no word.
 ASKED_AGAIN = ("who", "rooms", "history", "stats")
 
@@ -66,6 +88,12 @@ class MainWindow(QMainWindow):
         self.roster = Roster(bridge, self.model, self._show_members, self.report)
         self.my_room_role: str | None = None
         self.stats_dock: StatsDock | None = None
+        #: The verification on screen, and the exchange this device started.
+        self.verification: VerificationDialog | None = None
+        self.verifying: str | None = None
+        self.devices_dialog: DevicesDialog | None = None
+        self.safety_box: Any = None
+        self.keys_dialog: Any = None
         #: This window's notices per conversation: (newest id then, HTML).
         self.notes: dict[str, list[tuple[int, str]]] = {}
         #: Called when the user closes the window (the app ends).
@@ -164,6 +192,14 @@ class MainWindow(QMainWindow):
             QShortcut(QKeySequence(f"Ctrl+{number}"), self, lambda n=number: self.open_nth(n - 1))
         QShortcut(QKeySequence("Ctrl+PgUp"), self, lambda: self.step(-1))
         QShortcut(QKeySequence("Ctrl+PgDown"), self, lambda: self.step(1))
+        security = present(bar.addMenu("&Security"))
+        action(security, "My &devices…", None, lambda: self.show_devices(self.me))
+        action(security, "Devices of this &person…", None, self.show_peer_devices)
+        action(security, "&Verify a device of this person…", None, self.verify_peer)
+        action(security, "&Safety number with this person…", None, self.show_safety_number)
+        security.addSeparator()
+        action(security, "&Export room keys…", None, self.export_keys)
+        action(security, "&Import room keys…", None, self.import_keys)
         view = present(bar.addMenu("&View"))
         self.stats_action = action(view, "Server &statistics", "Ctrl+Shift+S", self.toggle_stats)
         self.stats_action.setEnabled(False)
@@ -258,6 +294,12 @@ class MainWindow(QMainWindow):
         if kind == "stats":
             if self.stats_dock is not None:
                 self.stats_dock.add(event)
+            return
+        if kind == "e2e_notice":
+            self._device_notice(event)
+            return
+        if kind == "e2e_verify":
+            self._verification_step(event)
             return
         if kind == "invited" and "by" in event:
             by, room = str(event["by"]), str(event.get("room"))
@@ -393,9 +435,16 @@ class MainWindow(QMainWindow):
             del kept[:-MAX_NOTES]
         self.view.append_html(note)
 
+    def encrypted(self, conversation: Conversation | None) -> bool:
+        """Whether what is said in ``conversation`` is end-to-end encrypted."""
+        e2e = self.bridge.e2e
+        if conversation is None or e2e is None:
+            return False
+        return conversation.kind == "dm" or e2e.is_encrypted(conversation.name)
+
     def _update_header(self) -> None:
         conversation = self.current()
-        self.header.show_conversation(conversation)
+        self.header.show_conversation(conversation, self.encrypted(conversation))
         in_room = conversation is not None and conversation.kind == "room" and conversation.joined
         for room_action in (self.leave_action, self.invite_action, self.topic_action):
             room_action.setEnabled(in_room)
@@ -582,6 +631,205 @@ class MainWindow(QMainWindow):
         room = self.current_room()
         if room is not None:
             self.commands.dispatch(Command("part", {"type": "part", "room": room}, room))
+
+    # --- end-to-end encryption -----------------------------------------------------------
+
+    def e2e_command(self, command: Command) -> None:
+        """A slash command about devices and keys (see commands.parse)."""
+        op, args = command.e2e, command.args
+        if self.bridge.e2e is None:
+            self.notice("End-to-end encryption is off for this connection.", error=True)
+        elif op == "devices":
+            self.show_devices(args[0].lower() if args else self.me)
+        elif op == "verify":
+            self.verify(args[0].lower(), args[1] if len(args) > 1 else None)
+        elif op in ("match", "nomatch"):
+            dialog = self.verification
+            if dialog is None:
+                self.notice("No verification is waiting for an answer.", error=True)
+            else:
+                dialog._answer(op == "match")
+        elif op == "safety":
+            self.show_safety_number(args[0].lower())
+        elif op == "trust":
+            self.bridge.e2e.book.acknowledge(args[0].lower())
+            self.notice(f"Sending to {peer(args[0])} again.")
+        elif op == "export":
+            self.export_keys(args[0])
+        elif op == "import":
+            self.import_keys(args[0])
+
+    def _dm_peer(self) -> str | None:
+        conversation = self.current()
+        return conversation.name if conversation is not None and conversation.kind == "dm" else None
+
+    def _ask_peer(self, then: Callable[[str], Any]) -> None:
+        name = self._dm_peer()
+        if name is not None:
+            then(name)
+        else:
+            ask_text(self, "Security", "Username:", lambda text: then(text.lower()))
+
+    def show_peer_devices(self) -> None:
+        self._ask_peer(self.show_devices)
+
+    def verify_peer(self) -> None:
+        self._ask_peer(lambda user: self.verify(user, None))
+
+    def show_devices(self, user: str) -> DevicesDialog | None:
+        e2e = self.bridge.e2e
+        if e2e is None:
+            return None
+        dialog = DevicesDialog(user, self)
+        self.devices_dialog = dialog
+        dialog.verify_requested.connect(lambda device: self.verify(user, device))
+
+        def listed(found: dict[str, dict[str, Any]]) -> None:
+            rows = []
+            if user == self.me:
+                rows.append(
+                    {
+                        "device": e2e.device_id,
+                        "name": "this device",
+                        "ed25519": e2e.device.ed25519,
+                        "state": "this device",
+                    }
+                )
+            for device, entry in sorted(found.get(user, {}).items()):
+                state = "verified" if entry.get("verified") else "unverified"
+                rows.append(
+                    {
+                        "device": device,
+                        "name": entry.get("name", ""),
+                        "ed25519": entry["ed25519"],
+                        "state": state,
+                    }
+                )
+            kept = ""
+            if user == self.me:
+                kept = f"This device's keys are kept under its {e2e.store_key_method}."
+            dialog.show_devices(rows, kept)
+
+        self.bridge.call(
+            lambda: e2e.devices_of([user]), listed, lambda problem: self.report(problem, "devices")
+        )
+        dialog.open()
+        return dialog
+
+    def verify(self, user: str, device: str | None) -> None:
+        e2e = self.bridge.e2e
+        if e2e is None:
+            return
+
+        def started(txn: str) -> None:
+            self.verifying = txn
+
+        self.bridge.call(
+            lambda: e2e.verify(user, device), started, lambda problem: self.report(problem, "verify")
+        )
+
+    def _verification_step(self, event: dict[str, Any]) -> None:
+        e2e = self.bridge.e2e
+        txn, state = str(event.get("txn")), event.get("state")
+        dialog = self.verification
+        if state == "started" or dialog is None or dialog.txn != txn:
+            if state not in ("started", "sas"):
+                return
+            dialog = self.verification = VerificationDialog(
+                str(event.get("user")), str(event.get("device")), txn, self
+            )
+            dialog.answered.connect(lambda match: e2e.confirm(txn, match) if e2e is not None else None)
+            dialog.open()
+        if state == "sas":
+            dialog.show_sas([tuple(pair) for pair in event.get("emoji", [])], list(event.get("decimals", [])))
+        elif state == "done":
+            dialog.finished_as(True)
+            self.notice(f"{peer(event.get('user'))}'s device {peer(event.get('device'))} is verified.")
+        elif state == "cancelled":
+            dialog.finished_as(False, VERIFY_FAILURES.get(str(event.get("code")), peer(event.get("code"))))
+
+    def _device_notice(self, event: dict[str, Any]) -> None:
+        user, device, name = peer(event.get("user")), peer(event.get("device")), peer(event.get("name"))
+        text = DEVICE_NOTICES.get(str(event.get("kind")), "{user}'s device {device} changed").format(
+            user=user, device=device, name=name
+        )
+        if event.get("blocking"):
+            text += f" Nothing is sent to {user} until you look (Security menu, or /trust {user})."
+        note = self.renderer.local_notice(text, error=event.get("kind") != "new_device")
+        stream = dm_stream(self.me, str(event.get("user"))) if event.get("user") != self.me else None
+        if stream is not None and stream in self.model.conversations and stream != self.model.current:
+            conversation = self.model.conversations[stream]
+            kept = self.notes.setdefault(stream, [])
+            kept.append((conversation.newest_id, note))
+            del kept[:-MAX_NOTES]
+        self._note(note)
+
+    def show_safety_number(self, user: str | None = None) -> None:
+        e2e = self.bridge.e2e
+        if e2e is None:
+            return
+        if user is None:
+            self._ask_peer(self.show_safety_number)
+            return
+        from PyQt6.QtWidgets import QMessageBox
+
+        def shown(number: str) -> None:
+            box = QMessageBox(self)
+            box.setObjectName("safety-number")
+            box.setWindowTitle(f"Safety number with {user}")
+            box.setText(f"Compare this number with {peer(user)}, in person or on a call:\n\n{number}")
+            box.open()
+            self.safety_box = box
+
+        self.bridge.call(
+            lambda: e2e.safety_number(user), shown, lambda problem: self.report(problem, "safety")
+        )
+
+    def export_keys(self, path: str | None = None) -> None:
+        self._keys_file("export", path)
+
+    def import_keys(self, path: str | None = None) -> None:
+        self._keys_file("import", path)
+
+    def _keys_file(self, op: str, path: str | None) -> None:
+        from PyQt6.QtWidgets import QFileDialog, QInputDialog, QLineEdit
+
+        e2e = self.bridge.e2e
+        if e2e is None:
+            return
+        if path is None:
+            chooser = QFileDialog.getSaveFileName if op == "export" else QFileDialog.getOpenFileName
+            path = chooser(self, "Room keys file", "room-keys.json")[0]
+            if not path:
+                return
+        dialog = QInputDialog(self)
+        dialog.setObjectName("keys-passphrase")
+        dialog.setWindowTitle("Room keys")
+        dialog.setLabelText("Passphrase of the keys file:")
+        dialog.setTextEchoMode(QLineEdit.EchoMode.Password)
+
+        def chosen(phrase: str) -> None:
+            import os
+
+            try:
+                if op == "export":
+                    fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "w", encoding="utf-8") as f:
+                        f.write(e2e.export_keys(phrase) + "\n")
+                    self.notice(f"Room keys written to {path}.")
+                else:
+                    with open(os.path.expanduser(path), encoding="utf-8") as f:
+                        count = e2e.import_keys(f.read(), phrase)
+                    self.notice(f"{count} room keys read from {path}.")
+                    self.render_current()
+            except OSError as e:
+                self.notice(f"Cannot use {path}: {e.strerror or e}", error=True)
+            except Exception as e:  # SendBlocked: a wrong passphrase, not an export
+                self.notice(str(e), error=True)
+
+        dialog.textValueSelected.connect(chosen)
+        dialog.open()
+        self.keys_dialog = dialog
 
     # --- statistics -----------------------------------------------------------------------
 
