@@ -206,6 +206,7 @@ def scenario_names(args: argparse.Namespace) -> dict[str, str]:
         "fanout": f"fanout_{args.receivers}x{args.senders}",
         "fanout_r10": "fanout_r10",
         "fanout_r100": "fanout_r100",
+        "fanout_r100_e2e": "fanout_r100_e2e",
         "latency_r100_1k": "latency_r100_1k",
         "idle_5k": "idle_5k",
         "idle_10k": "idle_10k",
@@ -226,6 +227,7 @@ SCENARIOS = (
     "fanout",
     "fanout_r10",
     "fanout_r100",
+    "fanout_r100_e2e",
     "latency_r100_1k",
     "idle_5k",
     "idle_10k",
@@ -254,6 +256,7 @@ SCALE_OUT = {
 LEAN_FANOUT = {
     "fanout_r10": 10,
     "fanout_r100": 100,
+    "fanout_r100_e2e": 100,
     **{name: int(name.split("_")[1][1:]) for name in SCALE_OUT},
 }
 
@@ -313,6 +316,7 @@ async def one_run(
                 scenario,
                 LEAN_FANOUT[scenario],
                 server if scenario in SCALE_OUT else None,
+                encrypted=scenario.endswith("_e2e"),
             )
         elif scenario in ("idle_5k", "idle_10k"):
             result = await lean.scenario_idle(reactor, args, clients, server, 1000 * int(scenario[5:-1]))
@@ -474,7 +478,8 @@ SCALE_METRICS: list[tuple[str, tuple[str, ...], str]] = [
 ]
 METRICS.update({name: SCALE_METRICS for name in SCALE_OUT})
 # The peers' cases also count every server-side process (with the monitor).
-for case in ("fanout_r10", "fanout_r100"):
+METRICS["fanout_r100_e2e"] = METRICS["fanout_r100"]
+for case in ("fanout_r10", "fanout_r100", "fanout_r100_e2e"):
     METRICS[case] = METRICS[case] + [
         ("deliveries /CPU-s, with the monitor", ("deliveries_per_all_cpu_s",), "{:.0f}")
     ]

@@ -159,9 +159,14 @@ class LeanFanout:
         window: int,
         sample: int,
         room: str = ROOM,
+        sealed: Any = None,
     ) -> None:
+        """``sealed``: for an end-to-end encrypted room, an object with
+        ``request(sender index, room, body)`` (the say request, its body
+        encrypted) and ``body(event)`` (what a sampled receiver reads)."""
         self.reactor = reactor
         self.room = room
+        self.sealed = sealed
         self.window = window
         self.n_receivers = len(receivers)
         step = max(1, len(receivers) // max(1, sample))
@@ -212,7 +217,8 @@ class LeanFanout:
                 continue
             got += 1
             try:
-                s_text, seq_text, sent_text, _ = event["body"].split(" ", 3)
+                text = self.sealed.body(event) if self.sealed is not None else event["body"]
+                s_text, seq_text, sent_text, _ = text.split(" ", 3)
                 s, seq, sent = int(s_text), int(seq_text), int(sent_text)
             except (KeyError, ValueError):
                 self.unexpected += 1
@@ -254,9 +260,11 @@ class LeanFanout:
             seq = self.next_seq[s]
             self.next_seq[s] = seq + 1
             body = f"{s} {seq} {time.perf_counter_ns()} "
-            batches[s].append(
-                {"type": "say", "room": self.room, "body": body + self.pad[: BODY_SIZE - len(body)]}
-            )
+            body += self.pad[: BODY_SIZE - len(body)]
+            if self.sealed is not None:
+                batches[s].append(self.sealed.request(s, self.room, body))
+            else:
+                batches[s].append({"type": "say", "room": self.room, "body": body})
         self.sent_total += count
         for session, batch in zip(self.senders, batches, strict=True):
             if batch:
@@ -365,7 +373,14 @@ async def _sessions(clients: Any, receivers: int, senders: int) -> tuple[list, l
 
 
 async def scenario_fanout(
-    reactor: Any, args: Any, clients: Any, meter: Meter, case: str, receivers: int, server: Any = None
+    reactor: Any,
+    args: Any,
+    clients: Any,
+    meter: Meter,
+    case: str,
+    receivers: int,
+    server: Any = None,
+    encrypted: bool = False,
 ) -> dict[str, Any]:
     """``fanout_rN``: N receivers, ``args.senders`` senders, closed loop
     with a window calibrated once per case (first run).  With ``server``
@@ -373,6 +388,16 @@ async def scenario_fanout(
     and with ``--profile-dir`` a py-spy profile of each serving process
     over the measured window."""
     recv, send, setup_s = await _sessions(clients, receivers, args.senders)
+    room, sealed = ROOM, None
+    if encrypted:
+        # The same members in an end-to-end encrypted room, each with a
+        # device; the senders send real Megolm ciphertext.
+        import e2e_bench
+
+        t0 = time.perf_counter()
+        room = e2e_bench.ROOM
+        sealed = await e2e_bench.Sealed.make(clients, recv, send, room)
+        setup_s += time.perf_counter() - t0
     spread: dict[str, int] = {}
     measuring = None
     if server is not None:
@@ -387,11 +412,11 @@ async def scenario_fanout(
             else:
                 CALIBRATED[case], calibration = await calibrate(
                     reactor,
-                    lambda w: LeanFanout(reactor, recv, send, w, args.sample),
+                    lambda w: LeanFanout(reactor, recv, send, w, args.sample, room, sealed),
                     meter,
                     CALIBRATION_WINDOWS,
                 )
-        loop = LeanFanout(reactor, recv, send, CALIBRATED[case], args.sample)
+        loop = LeanFanout(reactor, recv, send, CALIBRATED[case], args.sample, room, sealed)
         figures = await loop.run(meter, args.warmup, args.duration, measuring)
         figures.update(setup_s=setup_s, calibration=calibration)
         if spread:

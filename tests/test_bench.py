@@ -38,7 +38,7 @@ class BenchSmokeTests(unittest.TestCase):
 
     async def test_lean_scenarios_run_and_report_checked_figures(self) -> None:
         bench, report = await self.bench(
-            "--scenarios", "fanout_r10,latency_r100_1k",
+            "--scenarios", "fanout_r10,fanout_r100_e2e,latency_r100_1k",
             "--duration", "0.5", "--warmup", "0.2",
             "--window-total", "50",  # no calibration
         )  # fmt: skip
@@ -54,6 +54,15 @@ class BenchSmokeTests(unittest.TestCase):
         )
         self.assertGreater(fanout["commits"]["commits"], 0)
         self.assertGreater(fanout["server_cpu_s"], 0)
+
+        # In an encrypted room: real Megolm ciphertext, read by the sampled receivers.
+        (sealed,) = report["runs"]["fanout_r100_e2e"]
+        self.assertEqual(sealed["receivers"], 100)
+        self.assertGreater(sealed["deliveries"], 0)
+        self.assertEqual(
+            (sealed["order_errors"], sealed["unexpected_events"], sealed["stuck_after_drain"], sealed["errors"]),
+            (0, 0, 0, 0),
+        )
 
         (latency,) = report["runs"]["latency_r100_1k"]
         # 10 sampled receivers time every message of the measured half second.

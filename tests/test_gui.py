@@ -611,6 +611,69 @@ class GuiTests(unittest.TestCase):
         self.assertIsNone(await gui.eval("window().stats_dock"))
 
 
+class EndToEndGuiTests(unittest.TestCase):
+    async def test_verify_a_device_with_the_emoji_dialog_and_an_encrypted_room(self) -> None:
+        server = await start_server(self)
+        bob, bob_e2e, bob_events = await e2e_client(self, server, "bob", Path(self.mktemp()))
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await bob_e2e.devices_of(["alice"])
+        # Security → Verify, from the DM with bob: the dialog shows the emoji.
+        await gui.exec("window().open_dm('bob')")
+        await gui.wait("window().model.current == 'dm:alice:bob'")
+        await gui.exec("window().verify_peer()")
+        await gui.wait("window().verification is not None and window().verification.emoji")
+        theirs = await bob_events.next(lambda e: e.get("type") == "e2e_verify" and e.get("state") == "sas")
+        shown = await gui.eval("[list(pair) for pair in window().verification.emoji]")
+        self.assertEqual(shown, theirs["emoji"])
+        self.assertEqual(len(shown), 7)
+        # Each emoji with its name under it, as the other side shows them.
+        self.assertEqual(await gui.eval("window().verification.grid.itemAt(1).widget().text()"), shown[0][1])
+        await gui.exec("click(window().verification.match)")
+        bob_e2e.confirm(theirs["txn"], True)
+        await gui.wait("'is verified' in window().verification.state.text()")
+        self.assertTrue(
+            bob_e2e.book.known("alice")[await gui.eval("window().bridge.e2e.device_id")]["verified"]
+        )
+        # The devices dialog says so.
+        await gui.exec("window().show_devices('bob')")
+        await gui.wait("window().devices_dialog.listing.count() == 1")
+        self.assertIn("verified", await gui.eval("window().devices_dialog.listing.item(0).text()"))
+        # An encrypted room from the New room dialog: the padlock, and bob reads it.
+        await gui.exec("window().create_room()")
+        await gui.wait("modal() and modal().objectName() == 'create-room'")
+        await gui.exec(
+            "type_text(modal().name, 'vault')\nmodal().encrypted.setChecked(True)\nmodal().accept()"
+        )
+        await gui.wait("window().model.current == 'room:vault'")
+        self.assertIn("🔒", await gui.eval("window().header.text()"))
+        await bob.request({"type": "join", "room": "vault"})
+        await gui.wait("'bob joined' in window().view.toPlainText()")
+        await gui.exec("type_text(window().input, 'sealed')\npress(window().input, 'Return')")
+        got = await bob_events.next(lambda e: e.get("type") == "msg" and e.get("room") == "vault")
+        self.assertEqual((got["body"], got["e2e"]["ok"], got["e2e"]["trust"]), ("sealed", True, "verified"))
+        await bob.say("vault", "read you")
+        await gui.wait("'read you' in window().view.toPlainText()")
+
+    async def test_a_mismatch_in_the_dialog_verifies_nothing(self) -> None:
+        server = await start_server(self)
+        _, bob_e2e, bob_events = await e2e_client(self, server, "bob", Path(self.mktemp()))
+        gui = await start_gui(self)
+        await gui.log_in(server.port, "alice", PASSWORD)
+        await bob_e2e.devices_of(["alice"])
+        await gui.exec("window().verify('bob', None)")
+        await gui.wait("window().verification is not None and window().verification.emoji")
+        await gui.exec("click(window().verification.mismatch)")
+        cancelled = await bob_events.next(
+            lambda e: e.get("type") == "e2e_verify" and e.get("state") == "cancelled"
+        )
+        self.assertEqual(cancelled["code"], "mismatch")
+        await gui.wait("'Not verified' in window().verification.state.text()")
+        self.assertFalse(
+            await gui.eval("window().bridge.e2e.book.known('bob')[%r]['verified']" % bob_e2e.device_id)
+        )
+
+
 class StartTests(unittest.TestCase):
     if GUI_MISSING:
         skip = GUI_MISSING

@@ -4,7 +4,8 @@ Starts a real server (``twistd chatserver``, monitor on), fills it with a small,
 through the client library (several users, rooms, a direct message, a
 moderator), then drives the real desktop client offscreen
 (``tests.gui_remote``) and saves ``docs/screenshots/*.png``: the connect
-dialog, the main window (light and dark) and the statistics panel.
+dialog, the main window (light and dark), the statistics panel, an
+end-to-end encrypted room and the verification dialog.
 """
 
 from __future__ import annotations
@@ -189,6 +190,36 @@ async def shoot(scope: Scope) -> None:
     await dark.wait("window().members and len(window().members) >= 3")
     await pause(0.5)
     print("main window, dark:", await dark.eval(f"shot(window(), {str(OUT / 'main-window-dark.png')!r})"))
+    await shoot_e2e(scope, server, gui)
+
+
+async def shoot_e2e(scope: Scope, server: Server, gui: Any) -> None:
+    """An encrypted room, and verifying a device by its emoji."""
+    from tests.e2e_support import e2e_client
+
+    frank, frank_e2e, frank_events = await e2e_client(scope, server, "frank", scope.base / "frank")  # type: ignore[arg-type]
+    await frank_e2e.devices_of(["alice"])
+    await frank.request({"type": "create", "room": "board", "encrypted": True, "topic": "Acquisition talks"})
+    await frank.request({"type": "invite", "room": "board", "user": "alice"})
+    await gui.exec("window().join('board')")
+    await gui.wait("window().model.current == 'room:board'")
+    await frank.say("board", "The term sheet is in; nothing leaves this room.")
+    await gui.wait("'term sheet' in window().view.toPlainText()")
+    await gui.exec("type_text(window().input, 'Understood. Only our devices can read this.')")
+    await gui.exec("press(window().input, 'Return')")
+    await frank.say("board", "Exactly: the server stores ciphertext only.")
+    await gui.wait("'ciphertext only' in window().view.toPlainText()")
+    await pause(0.5)
+    print("encrypted room:", await gui.eval(f"shot(window(), {str(OUT / 'encrypted-room.png')!r})"))
+    await gui.exec("window().verify('frank', None)")
+    await gui.wait("window().verification is not None and window().verification.emoji")
+    await gui.exec("window().verification.adjustSize()")
+    await pause(0.5)
+    print(
+        "verification:",
+        await gui.eval(f"shot(window().verification, {str(OUT / 'verification-dialog.png')!r})"),
+    )
+    del frank_events
 
 
 def main() -> None:
