@@ -642,7 +642,7 @@ async def bench(reactor: Any, args: argparse.Namespace, tmp: Path) -> int:
     args.modulus_bytes = key.key_size // 8  # the flooder's junk KEY_EXCHANGE
     fingerprint = crypto.fingerprint(crypto.rsa_public_der(key))
     params = {k: v for k, v in vars(args).items() if k not in ("results_dir", "busy_before", "modulus_bytes")}
-    params.update(body_size=BODY_SIZE, room=ROOM, setup_concurrency=SETUP_CONCURRENCY)
+    params.update(body_size=args.body_size, room=ROOM, setup_concurrency=SETUP_CONCURRENCY)
     machine = machine_info(cpus)
     machine["cpu_affinity"] = affinity  # before pinning ourselves
     machine["cpu_busy_before_start"] = args.busy_before
@@ -974,6 +974,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--receivers", type=int, default=50, help="fan-out receivers (default 50)")
     p.add_argument("--senders", type=int, default=5, help="fan-out senders (default 5)")
     p.add_argument("--window", type=int, default=4, help="outstanding messages per sender (default 4)")
+    p.add_argument(
+        "--body-size",
+        type=int,
+        default=BODY_SIZE,
+        help=f"characters per message body in the lean fan-outs (default {BODY_SIZE}); e.g. to compare "
+        "an unencrypted room with messages as long on the wire as fanout_r100_e2e's",
+    )
     p.add_argument(
         "--window-total",
         type=int,

@@ -56,6 +56,10 @@ from chatclient.session import ChatSession
 
 MSG = b'"type":"msg"'
 ERROR = b'"type":"error"'
+#: Bytes of requests the senders put in one record (the line limit
+#: allows 49135 of plaintext), and about what one encrypted say takes.
+RECORD_BYTES = 40000
+SEALED_REQUEST_BYTES = 700
 
 
 class _Reader:
@@ -160,6 +164,7 @@ class LeanFanout:
         sample: int,
         room: str = ROOM,
         sealed: Any = None,
+        body_size: int = BODY_SIZE,
     ) -> None:
         """``sealed``: for an end-to-end encrypted room, an object with
         ``request(sender index, room, body)`` (the say request, its body
@@ -196,7 +201,8 @@ class LeanFanout:
         self._pending_check = False
         self._next_sender = 0
         self.drained: Deferred | None = None
-        self.pad = "x" * BODY_SIZE
+        self.body_size = body_size
+        self.pad = "x" * body_size
         for session in receivers + senders:
             session.closed.addCallback(self._lost)
         self.lost_sessions = 0
@@ -260,16 +266,20 @@ class LeanFanout:
             seq = self.next_seq[s]
             self.next_seq[s] = seq + 1
             body = f"{s} {seq} {time.perf_counter_ns()} "
-            body += self.pad[: BODY_SIZE - len(body)]
+            body += self.pad[: self.body_size - len(body)]
             if self.sealed is not None:
                 batches[s].append(self.sealed.request(s, self.room, body))
             else:
                 batches[s].append({"type": "say", "room": self.room, "body": body})
         self.sent_total += count
         for session, batch in zip(self.senders, batches, strict=True):
-            if batch:
-                protocol = session.protocol
-                protocol.transport.write(protocol.channel.seal_events(batch))
+            protocol = session.protocol
+            # Records within the line limit (larger bodies, and encrypted
+            # requests, take more records).
+            each = SEALED_REQUEST_BYTES if self.sealed is not None else self.body_size + 60
+            step = max(1, RECORD_BYTES // each)
+            for start in range(0, len(batch), step):
+                protocol.transport.write(protocol.channel.seal_events(batch[start : start + step]))
 
     def finish(self) -> None:
         """Back to the reactor's reading (the sessions outlive this loop)."""
@@ -412,11 +422,11 @@ async def scenario_fanout(
             else:
                 CALIBRATED[case], calibration = await calibrate(
                     reactor,
-                    lambda w: LeanFanout(reactor, recv, send, w, args.sample, room, sealed),
+                    lambda w: LeanFanout(reactor, recv, send, w, args.sample, room, sealed, args.body_size),
                     meter,
                     CALIBRATION_WINDOWS,
                 )
-        loop = LeanFanout(reactor, recv, send, CALIBRATED[case], args.sample, room, sealed)
+        loop = LeanFanout(reactor, recv, send, CALIBRATED[case], args.sample, room, sealed, args.body_size)
         figures = await loop.run(meter, args.warmup, args.duration, measuring)
         figures.update(setup_s=setup_s, calibration=calibration)
         if spread:

@@ -883,6 +883,9 @@ class ChatService:
         if not room.encrypted:
             raise ChatError("not_encrypted", f"{name!r} is not an encrypted room", "e2e")
         self._check_device(member, e2e)
+        if room.devices_digest is not None:
+            # The usual case: the digest is known, no Deferred to chain.
+            return self._say_encrypted(room.devices_digest, member, room, e2e, txn)
         return self._room_devices(room).addCallback(self._say_encrypted, member, room, e2e, txn)
 
     def _check_device(self, member: Member, e2e: dict[str, Any]) -> None:

@@ -60,7 +60,12 @@ class BenchSmokeTests(unittest.TestCase):
         self.assertEqual(sealed["receivers"], 100)
         self.assertGreater(sealed["deliveries"], 0)
         self.assertEqual(
-            (sealed["order_errors"], sealed["unexpected_events"], sealed["stuck_after_drain"], sealed["errors"]),
+            (
+                sealed["order_errors"],
+                sealed["unexpected_events"],
+                sealed["stuck_after_drain"],
+                sealed["errors"],
+            ),
             (0, 0, 0, 0),
         )
 

@@ -432,20 +432,25 @@ class EndToEnd:
         if kept is not None:
             return self._shown(event, kept)
         try:
-            if event["type"] == "dm":
-                kept = self._decrypt_dm(event)
-            else:
-                body, sender = self.rooms.decrypt(event)
-                kept = {
-                    "body": body,
-                    "device": sender["device"],
-                    "curve25519": sender["curve25519"],
-                    "ed25519": sender["ed25519"],
-                }
+            with self.store.transaction():  # its replay mark and its plaintext: one commit
+                kept = self._decrypt(event)
         except (OlmError, MegolmError) as e:
             return self._shown(event, {"error": e.reason})
-        self.store.put(name, kept)
         return self._shown(event, kept)
+
+    def _decrypt(self, event: dict[str, Any]) -> dict[str, Any]:
+        if event["type"] == "dm":
+            kept = self._decrypt_dm(event)
+        else:
+            body, sender = self.rooms.decrypt(event)
+            kept = {
+                "body": body,
+                "device": sender["device"],
+                "curve25519": sender["curve25519"],
+                "ed25519": sender["ed25519"],
+            }
+        self.store.put(f"plain:{event.get('stream')}:{event.get('id')}", kept)
+        return kept
 
     def _decrypt_dm(self, event: dict[str, Any]) -> dict[str, Any]:
         payload = event["e2e"]

@@ -51,6 +51,9 @@ class RoomKeys:
     def __init__(self, device: Device, store: DeviceStore) -> None:
         self.device = device
         self.store = store
+        #: Inbound sessions unpickled, by id: every message of a room
+        #: would otherwise open its session from the store again.
+        self._inbound: dict[str, tuple[vodozemac.InboundGroupSession, dict[str, Any]]] = {}
 
     # --- this device's outbound sessions ---------------------------------
 
@@ -142,6 +145,7 @@ class RoomKeys:
             old = vodozemac.InboundGroupSession.from_pickle(known["pickle"], self.store.key)
             if old.first_known_index <= session.first_known_index:
                 return  # what we have opens as much or more
+        self._inbound.pop(str(session.session_id), None)
         self.store.put(
             name,
             {
@@ -202,6 +206,7 @@ class RoomKeys:
                 old = vodozemac.InboundGroupSession.from_pickle(known["pickle"], self.store.key)
                 if old.first_known_index <= session.first_known_index:
                     continue
+            self._inbound.pop(str(session.session_id), None)
             self.store.put(
                 name,
                 {
@@ -221,9 +226,17 @@ class RoomKeys:
         ``e2e`` is Megolm: refused if its session is unknown, of another
         room or sender, or if its index was seen on another event."""
         payload = event["e2e"]
-        known = self.store.get(f"inbound:{payload.get('session_id')}")
-        if known is None:
-            raise MegolmError("no_key", "the room key of this message has not arrived")
+        session_id = str(payload.get("session_id"))
+        cached = self._inbound.get(session_id)
+        if cached is None:
+            known = self.store.get(f"inbound:{session_id}")
+            if known is None:
+                raise MegolmError("no_key", "the room key of this message has not arrived")
+            cached = self._inbound[session_id] = (
+                vodozemac.InboundGroupSession.from_pickle(known["pickle"], self.store.key),
+                known,
+            )
+        session, known = cached
         if (
             known["room"] != event.get("room")
             or known["sender"] != event.get("from")
@@ -231,7 +244,6 @@ class RoomKeys:
             or known["curve25519"] != payload.get("sender_key")
         ):
             raise MegolmError("wrong_sender", "the message's session is another sender's or room's")
-        session = vodozemac.InboundGroupSession.from_pickle(known["pickle"], self.store.key)
         try:
             message = vodozemac.MegolmMessage.from_base64(payload["ciphertext"])
             decrypted = session.decrypt(message)
