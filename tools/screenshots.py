@@ -203,6 +203,10 @@ async def shoot_e2e(scope: Scope, server: Server, gui: Any) -> None:
     await frank.request({"type": "invite", "room": "board", "user": "alice"})
     await gui.exec("window().join('board')")
     await gui.wait("window().model.current == 'room:board'")
+    # As after a first conversation: alice's device knows frank's.
+    await gui.exec("window().bridge.e2e.devices_of(['frank'])")
+    await gui.wait("window().bridge.e2e.book.known('frank')")
+    await gui.exec("window().input.clear()")
     await frank.say("board", "The term sheet is in; nothing leaves this room.")
     await gui.wait("'term sheet' in window().view.toPlainText()")
     await gui.exec("type_text(window().input, 'Understood. Only our devices can read this.')")

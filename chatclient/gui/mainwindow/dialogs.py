@@ -264,6 +264,7 @@ class VerificationDialog(QDialog):
         layout.addWidget(self.numbers)
         layout.addLayout(row)
         self.emoji: list[tuple[str, str]] = []
+        self.setMinimumWidth(self.fontMetrics().horizontalAdvance("M") * 40)
 
     def show_sas(self, emoji: list[tuple[str, str]], numbers: list[int]) -> None:
         self.emoji = [(str(symbol), str(name)) for symbol, name in emoji]
