@@ -435,6 +435,7 @@ class ChatService:
             room = self.rooms[name] = Room(record)
         before = set(room.members)
         room.devices_digest = None  # its members or their devices changed
+        room.changes += 1  # and a digest being read now is of before
         room.kind, room.owner, room.topic = record.kind, record.owner, record.topic
         room.members, room.invites, room.sanctions = record.members, record.invites, record.sanctions
         for user in before - set(room.members):

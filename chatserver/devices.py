@@ -79,22 +79,22 @@ class DeviceDirectory:
         one_time_keys: Sequence[dict[str, str]],
         fallback: dict[str, str] | None,
     ) -> Any:
-        """Add or update a device; fires with how many one-time keys it has
-        on the server now.  Every signature is checked first, in the
-        order of the request's members: the identity's, then each key's."""
+        """Add or update a device; fires with (how many one-time keys it has
+        on the server now, whether it is new).  Every signature is checked
+        first, in the order of the request's members: the identity's, then
+        each key's."""
+        known = yield self.storage.devices([user])
+        record = next((d for d in known.get(user, ()) if d.device == device), None)
         if identity is not None:
             content = e2e.device_content(user, device, identity["curve25519"], identity["ed25519"])
             if not e2e.signed_by(identity["ed25519"], identity["signature"], content):
                 raise DeviceError("bad_signature", "the identity's signature is not valid", "identity")
             signer = identity["ed25519"]
+        elif record is None:
+            # A removed device's id is refused below, by the storage.
+            signer = ""
         else:
-            known = yield self.storage.devices([user])
-            record = next((d for d in known.get(user, ()) if d.device == device), None)
-            if record is None:
-                # A removed device's id is refused below, by the storage.
-                signer = ""
-            else:
-                signer = record.ed25519
+            signer = record.ed25519
         keys: list[SignedKey] = []
         for field, items, is_fallback in (
             ("one_time_keys", one_time_keys, False),
@@ -120,7 +120,7 @@ class DeviceDirectory:
         if status != "ok":
             code, field, message = _REFUSALS[status]
             raise DeviceError(code, message, field)
-        return count
+        return count, record is None
 
     def listing(self, users: Sequence[str]) -> Deferred[dict[str, list[dict[str, Any]]]]:
         """Every one of ``users`` with its devices (an empty list for a user

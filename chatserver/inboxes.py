@@ -68,11 +68,15 @@ class Inboxes:
         live events, each once and in id order."""
         assert conn.user is not None
         stream = inbox_stream(conn.user, device)
-        self.online.setdefault(stream, {})[conn] = None
+        conns = self.online.setdefault(stream, {})
+        first = not conns
+        conns[conn] = None
         held = self._catching_up[conn] = []
         # Follow first, read second: an event committed in between is in
-        # both, and is sent once (by its id).
-        yield self.hub.follow(stream)
+        # both, and is sent once (by its id).  One follow per stream here,
+        # as ``unbind`` unfollows once its last connection goes.
+        if first:
+            yield self.hub.follow(stream)
         sent = 0
         while conn in self._catching_up:
             texts = yield self.storage.history(stream, sent, None, PAGE)

@@ -42,6 +42,7 @@ RATE_LIMITED = {
     "dm": "messages",
     "to_device": "messages",
     "claim": "lookups",
+    "keys": "lookups",
     "join": "joins",
     "create": "rooms",
     "login": "logins",

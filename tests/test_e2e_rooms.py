@@ -127,3 +127,26 @@ class EncryptedRoomTests(unittest.TestCase):
         # And the same ciphertext again under a new id, from alice: a replay.
         replay = dict(forged, **{"from": "alice"})
         self.assertEqual(bob_device.incoming(replay)["e2e"], {"ok": False, "reason": "replayed"})
+
+    async def test_a_kept_plaintext_is_not_shown_for_another_event_at_its_place(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, _ = await e2e_client(self, server, "alice", base / "alice")
+        bob, bob_device, bob_events = await e2e_client(self, server, "bob", base / "bob")
+        await e2e_client(self, server, "carol", base / "carol")
+        await alice.request({"type": "create", "room": "secret", "encrypted": True})
+        await bob.request({"type": "join", "room": "secret"})
+        await alice.say("secret", "from alice")
+        real = await bob_events.next(lambda e: is_msg(e) and e["from"] == "alice")
+        self.assertTrue(real["e2e"]["ok"])
+        raw = (await (await bob.when_online()).request({"type": "history", "stream": "room:secret"}))[
+            "events"
+        ]
+        event = [e for e in raw if e["type"] == "msg"][-1]
+        # The same place and ciphertext, said by the server to be carol's.
+        forged = dict(event, **{"from": "carol"})
+        shown = bob_device.incoming(forged)
+        self.assertFalse(shown["e2e"]["ok"])
+        self.assertNotEqual(shown["body"], "from alice")
+        # The real event still reads from what was kept.
+        self.assertEqual(bob_device.incoming(event)["body"], "from alice")

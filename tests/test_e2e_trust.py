@@ -129,3 +129,66 @@ class SubstitutionTests(unittest.TestCase):
         self.assertEqual(cancelled["code"], "key_mismatch")
         self.assertFalse(alice_e2e.book.known("bob")[bob_e2e.device_id]["verified"])
         del alice
+
+
+class AddingDirectory(ReconnectingClient):
+    """A directory that lists one more user than was asked for, with a
+    validly signed device of the server's own."""
+
+    extra: Device | None = None
+
+    def request(self, event: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        d = super().request(event)
+        if event.get("type") == "devices" and self.extra is not None:
+            extra = self.extra
+
+            def added(answer: dict[str, Any]) -> dict[str, Any]:
+                identity = extra.identity()
+                entry = {"device": extra.device_id, "name": "", "created": 0, **identity}
+                answer["devices"]["mallory"] = [entry]
+                return answer
+
+            d.addCallback(added)
+        return d
+
+
+class DirectoryAnswerTests(unittest.TestCase):
+    async def test_a_user_the_client_did_not_ask_for_is_not_a_recipient(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        _, _, bob_events = await e2e_client(self, server, "bob", base / "bob")
+        mallory = Device.new("mallory")
+        AddingDirectory.extra = mallory
+        alice, alice_e2e, _ = await e2e_client(
+            self, server, "alice", base / "alice", client_class=AddingDirectory
+        )
+        await alice.dm("bob", "for bob alone")
+        got = await bob_events.next(lambda e: e.get("type") == "dm")
+        self.assertEqual(got["body"], "for bob alone")
+        self.assertFalse(alice_e2e.olm.has_session(mallory.curve25519))
+        self.assertEqual(alice_e2e.book.known("mallory"), {})
+
+    def test_a_removed_device_listed_again_with_other_keys_is_a_changed_device(self) -> None:
+        from chatclient.e2e.store import DeviceStore
+        from chatclient.e2e.trust import DeviceBook
+
+        directory = Path(self.mktemp())
+        store = DeviceStore(directory, bytes(32))
+        self.addCleanup(store.close)
+        book = DeviceBook(store)
+        phone = Device.new("bob")
+
+        def entry(device: Device, device_id: str) -> dict[str, Any]:
+            signed = Device("bob", device_id, device.account)
+            return {"device": device_id, "name": "phone", **signed.identity()}
+
+        book.update("bob", [entry(phone, "PHONE")])
+        self.assertTrue(book.set_verified("bob", "PHONE", phone.ed25519))
+        _, notices = book.update("bob", [])
+        self.assertEqual([n.kind for n in notices], ["removed_device"])
+        self.assertEqual(book.trust_of("bob", "PHONE", phone.curve25519, phone.ed25519), "removed")
+        impostor = Device.new("bob")
+        usable, notices = book.update("bob", [entry(impostor, "PHONE")])
+        self.assertEqual(usable, {})
+        self.assertEqual([(n.kind, n.blocking) for n in notices], [("changed_device", True)])
+        self.assertTrue(book.blocked("bob"))

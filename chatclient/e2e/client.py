@@ -43,6 +43,8 @@ log = Logger(namespace="chatclient.e2e")
 #: it tops them up.
 ONE_TIME_KEYS = 50
 TOP_UP_BELOW = 25
+#: How often a device replaces its fallback key.
+FALLBACK_ROTATION_MS = 7 * 24 * 3600 * 1000
 #: How often a message is encrypted again when the server says the
 #: devices changed meanwhile.
 RETRIES = 3
@@ -109,6 +111,8 @@ class EndToEnd:
         #: Highest inbox id handled and not yet confirmed to the server.
         self._inbox_done = 0
         self._confirm_call: Any = None
+        #: A pre-key message came (a one-time key of ours may be used up).
+        self._used_one_time_key = False
         self._learning: set[str] = set()
         #: room -> (the stream id it is known at, the members then)
         self._members: dict[str, tuple[int, set[str]]] = {}
@@ -181,13 +185,18 @@ class EndToEnd:
             "device": self.device_id,
             "name": self.store.get("name", "chatclient"),
             "identity": self.device.identity(),
-            "fallback_key": self.device.fallback_key(),
         }
+        # A new fallback key once a week, not at every connection: vodozemac
+        # keeps only the last two, and a session may start on an older one.
+        if self._now() - int(self.store.get("fallback_at", 0)) >= FALLBACK_ROTATION_MS:
+            request["fallback_key"] = self.device.fallback_key()
         d = session.request(request)
 
         def declared(answer: dict[str, Any]) -> Any:
             self.device.published()
             self._save_account()
+            if "fallback_key" in request:
+                self.store.put("fallback_at", self._now())
             return self._top_up(session, int(answer.get("one_time_keys", 0)))
 
         return d.addCallback(declared)
@@ -217,11 +226,18 @@ class EndToEnd:
         """{user: {device: entry}} the server lists and this device accepts;
         notices of changes are emitted on the way."""
         answer = yield self._request({"type": "devices", "users": users})
-        return self._accept(answer["devices"])
+        return self._accept(answer["devices"], users)
 
-    def _accept(self, listing: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
-        usable = {}
+    def _accept(self, listing: Any, users: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+        """The devices of ``listing`` this device accepts.  Only the users
+        asked for (``users``; for a room: its members, as listed) count: a
+        server that adds someone to a conversation adds no one."""
+        usable: dict[str, dict[str, dict[str, Any]]] = {}
+        if not isinstance(listing, dict):
+            return usable
         for user, entries in listing.items():
+            if (users is not None and user not in users) or not isinstance(entries, list):
+                continue
             accepted, notices = self.book.update(user, entries)
             if user == self.user:
                 accepted.pop(self.device_id, None)
@@ -249,16 +265,26 @@ class EndToEnd:
             )
             entries = {(u, d): entry for u, d, entry in batch}
             for key in answer["keys"]:
-                entry = entries.get((key.get("user"), key.get("device")))
+                if not isinstance(key, dict):
+                    continue
+                entry = entries.get((str(key.get("user")), str(key.get("device"))))
                 if entry is None:
                     continue
-                content = e2e.one_time_key_content(
-                    key["user"], key["device"], key["key_id"], key["key"], bool(key["fallback"])
-                )
-                if not e2e.signed_by(entry["ed25519"], key["signature"], content):
+                try:
+                    content = e2e.one_time_key_content(
+                        key["user"],
+                        key["device"],
+                        str(key["key_id"]),
+                        str(key["key"]),
+                        key["fallback"] is True,
+                    )
+                    ok = e2e.signed_by(entry["ed25519"], str(key["signature"]), content)
+                    if ok:
+                        self.olm.start(entry["curve25519"], key["key"])
+                except Exception:  # a claimed key that does not parse is no key
+                    ok = False
+                if not ok:
                     self._notice(Notice("bad_signature", key["user"], key["device"], entry.get("name", "")))
-                    continue
-                self.olm.start(entry["curve25519"], key["key"])
         return [(u, d, entry) for u, d, entry in targets if self.olm.has_session(entry["curve25519"])]
 
     # --- direct messages ---------------------------------------------------------
@@ -269,6 +295,7 @@ class EndToEnd:
         if self.book.blocked(to):
             raise SendBlocked(f"a verified device of {to} changed: look at their devices first")
         found = yield self.devices_of(sorted({to, self.user}))
+        found = {user: found.get(user, {}) for user in {to, self.user}}
         if not found.get(to):
             raise SendBlocked(f"{to} has no device that can read an encrypted message (or no such user)")
         targets = [(u, d, entry) for u in sorted(found) for d, entry in sorted(found[u].items())]
@@ -305,7 +332,11 @@ class EndToEnd:
                 if getattr(e, "code", None) == "devices_changed" and attempt + 1 < RETRIES:
                     continue
                 raise
-            self.store.put(f"plain:{ack['stream']}:{ack['id']}", {"body": body, "own": True})
+            # What this device sent, at the place the server says it went:
+            # bound to that event, so it shows only for the very event.
+            sent = {"type": "dm", "from": self.user, "to": to, "e2e": payload}
+            kept = {"body": body, "own": True, "bound": _bound(sent)}
+            self.store.put(f"plain:{ack['stream']}:{ack['id']}", kept)
             return ack
         raise AssertionError("unreachable")
 
@@ -429,13 +460,18 @@ class EndToEnd:
         ``{"ok": false, "reason": word}`` (the body then says why)."""
         name = f"plain:{event.get('stream')}:{event.get('id')}"
         kept = self.store.get(name)
-        if kept is not None:
+        if isinstance(kept, dict) and kept.get("bound") == _bound(event):
             return self._shown(event, kept)
+        # (A kept plaintext of another event at that place: a server
+        # passing an old message off under another sender or room.  What
+        # the event itself decrypts to is shown instead, or its refusal.)
         try:
-            with self.store.transaction():  # its replay mark and its plaintext: one commit
-                kept = self._decrypt(event)
+            kept = self._decrypt(event)
         except (OlmError, MegolmError) as e:
             return self._shown(event, {"error": e.reason})
+        except Exception as e:  # anything a hostile server could make of an event
+            log.info("an encrypted event could not be read: {kind}", kind=type(e).__name__)
+            return self._shown(event, {"error": "malformed"})
         return self._shown(event, kept)
 
     def _decrypt(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -449,21 +485,27 @@ class EndToEnd:
                 "curve25519": sender["curve25519"],
                 "ed25519": sender["ed25519"],
             }
+        kept["bound"] = _bound(event)
         self.store.put(f"plain:{event.get('stream')}:{event.get('id')}", kept)
         return kept
 
     def _decrypt_dm(self, event: dict[str, Any]) -> dict[str, Any]:
         payload = event["e2e"]
-        mine = payload.get("ciphertext", {}).get(self.user, {}).get(self.device_id)
+        ciphertext = payload.get("ciphertext")
+        mine = None
+        if isinstance(ciphertext, dict) and isinstance(ciphertext.get(self.user), dict):
+            mine = ciphertext[self.user].get(self.device_id)
         if mine is None:
             if event.get("from") == self.user:
                 sent = self.store.get(f"sent:{_fingerprint(payload)}")
                 if sent is not None:
                     return {"body": sent, "own": True}
-            reason = "before_device" if int(event.get("ts", 0)) < self.created else "not_for_device"
+            ts = event.get("ts")
+            reason = "before_device" if isinstance(ts, int) and ts < self.created else "not_for_device"
             raise OlmError(reason, REASONS[reason])
         envelope = self.olm.decrypt(str(payload.get("sender_key")), mine)
         if mine.get("type") == 0:
+            self._used_one_time_key = True
             self._confirm_later()  # a one-time key may have gone: top up soon
         sender, device = envelope.get("sender"), envelope.get("sender_device")
         ed25519 = envelope["keys"].get("ed25519")
@@ -545,14 +587,17 @@ class EndToEnd:
     def _inbox_olm(self, sender: str, device: str, body: Any) -> None:
         if not isinstance(body, dict) or body.get("algorithm") != e2e.OLM:
             raise OlmError("malformed", "not an Olm message")
+        if isinstance(body.get("ciphertext"), dict) and body["ciphertext"].get("type") == 0:
+            self._used_one_time_key = True
         envelope = self.olm.decrypt(str(body.get("sender_key")), body["ciphertext"])
         if envelope.get("sender") != sender or envelope.get("sender_device") != device:
             raise OlmError("wrong_sender", REASONS["wrong_sender"])
         ed25519 = str(envelope["keys"].get("ed25519"))
         if self.book.trust_of(sender, device, str(body.get("sender_key")), ed25519) == "mismatch":
             raise OlmError("mismatch", REASONS["mismatch"])
-        if envelope.get("type") == "room_key":
-            self.rooms.receive(envelope["content"], sender, device, str(body["sender_key"]), ed25519)
+        if envelope.get("type") != "room_key":
+            raise OlmError("wrong_sender", "an inbox message that is not a room key")
+        self.rooms.receive(envelope["content"], sender, device, str(body["sender_key"]), ed25519)
 
     def _send_plain(self, user: str, device: str, body: dict[str, Any]) -> None:
         d = self._request({"type": "to_device", "messages": [{"user": user, "device": device, "body": body}]})
@@ -606,8 +651,9 @@ class EndToEnd:
 
     def _after_inbox(self) -> None:
         """Pre-key messages used up one-time keys: top up if need be."""
-        if self.client is None or self.client.session is None:
+        if self.client is None or self.client.session is None or not self._used_one_time_key:
             return
+        self._used_one_time_key = False
         session = self.client.session
         d = session.request({"type": "keys", "device": self.device_id})
         d.addCallback(lambda answer: self._top_up(session, int(answer.get("one_time_keys", 0))))
@@ -652,7 +698,10 @@ class EndToEnd:
             raise SendBlocked("wrong passphrase, or the export was changed") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SendBlocked(f"not a key export: {e}") from None
-        return self.rooms.import_sessions(json.loads(plain))
+        try:
+            return self.rooms.import_sessions(json.loads(plain))
+        except Exception as e:  # a damaged list, a key vodozemac refuses
+            raise SendBlocked(f"the export's keys could not be read: {type(e).__name__}") from None
 
     # --- trust -----------------------------------------------------------------------
 
@@ -662,6 +711,21 @@ class EndToEnd:
         mine = [e["ed25519"] for e in found.get(self.user, {}).values()] + [self.device.ed25519]
         theirs = [e["ed25519"] for e in found.get(peer, {}).values()]
         return safety_number(self.user, mine, peer, theirs)
+
+
+def _bound(event: dict[str, Any]) -> str:
+    """What ties a kept plaintext to its event: the digest of who sent it,
+    to whom or where, and its ciphertext (never the plaintext)."""
+    e2e_part = event.get("e2e")
+    if isinstance(e2e_part, dict):
+        e2e_part = {k: v for k, v in e2e_part.items() if k != "devices"}
+    facts = {
+        "type": event.get("type"),
+        "from": event.get("from"),
+        "to": event.get("to"),
+        "room": event.get("room"),
+    }
+    return crypto.sha256(e2e.canonical_json({"event": facts, "e2e": e2e_part})).hex()
 
 
 def _fingerprint(payload: dict[str, Any]) -> str:

@@ -3,9 +3,10 @@
 Devices are trusted on first use, as the server's key is: the first list
 of a user's devices that this device sees is taken as theirs.  After
 that, a device that appears, changes its keys or goes is a *notice* in
-the conversation, and a device that was verified (by SAS, or by
-comparing the safety number) and then changes blocks sending to that
-user until the user has looked (``acknowledge``).  Every device entry's
+the conversation, and a device that was verified (by SAS) and then
+changes blocks sending to that
+user until the user has looked (``acknowledge``); a removed device that comes back
+with other keys is a changed device too.  Every device entry's
 signature is checked here, whatever the server says.
 """
 
@@ -105,7 +106,20 @@ class DeviceBook:
                 continue
             mine = known.get(device)
             name = str(entry.get("name", ""))
-            if mine is None or mine.get("removed"):
+            if mine is not None and mine.get("removed"):
+                if (mine["curve25519"], mine["ed25519"]) == (entry["curve25519"], entry["ed25519"]):
+                    # Listed again as it was (a listing that missed it).
+                    del mine["removed"]
+                    usable[device] = mine
+                    continue
+                # A removed id never comes back on a real server: another
+                # key under it is a substitution, like any changed key.
+                blocking = bool(mine.get("verified"))
+                notices.append(Notice("changed_device", user, device, name, blocking))
+                if blocking:
+                    self.store.put(f"blocked:{user}", True)
+                continue
+            if mine is None:
                 known[device] = {
                     "curve25519": entry["curve25519"],
                     "ed25519": entry["ed25519"],
@@ -134,13 +148,15 @@ class DeviceBook:
 
     def trust_of(self, user: str, device: str, curve: str, ed25519: str) -> str:
         """``verified``, ``unverified`` (trusted on first use), ``unknown``
-        (not in any list seen) or ``mismatch`` (other keys than the ones
-        known for that device)."""
+        (not in any list seen), ``removed`` (no longer listed) or
+        ``mismatch`` (other keys than the ones known for that device)."""
         mine = self.known(user).get(device)
         if mine is None:
             return "unknown"
         if (mine["curve25519"], mine["ed25519"]) != (curve, ed25519):
             return "mismatch"
+        if mine.get("removed"):
+            return "removed"
         return "verified" if mine.get("verified") else "unverified"
 
     def set_verified(self, user: str, device: str, ed25519: str, verified: bool = True) -> bool:

@@ -31,6 +31,11 @@ from chatclient.e2e.trust import DeviceBook
 from chatserver.wire import crypto, e2e
 
 SAS_INFO = "CHATSERVER_SAS_V1"
+#: Exchanges open at once (a flood of starts is not answered), finished
+#: ones remembered, and the longest ``txn``.
+MAX_OPEN = 8
+KEEP_FINISHED = 16
+MAX_TXN = 64
 MAC_INFO = "CHATSERVER_SAS_MAC_V1"
 
 #: The 64 SAS emoji and their names, as the Matrix specification numbers
@@ -148,13 +153,20 @@ class Verifications:
         if not isinstance(content, dict) or not isinstance(content.get("txn"), str):
             return
         step, txn = content.get("step"), content["txn"]
+        if not 1 <= len(txn) <= MAX_TXN:
+            return
         x = self.exchanges.get(txn)
         if step == "start" and x is None:
+            self._forget_finished()
+            if sum(1 for e in self.exchanges.values() if e.state not in ("done", "cancelled")) >= MAX_OPEN:
+                return  # a flood of starts gets no answers
             self._started(sender, sender_device, content)
             return
         if x is None or (x.user, x.device) != (sender, sender_device) or x.state in ("done", "cancelled"):
             return
         try:
+            if step == "key" and x.initiator and x.commitment is None:
+                raise ValueError("a key before the accept")
             if step == "accept" and x.initiator and x.commitment is None:
                 x.commitment = str(content["commitment"])
                 x.sas = vodozemac.Sas()
@@ -168,7 +180,7 @@ class Verifications:
                 self._cancel(x, str(content.get("code", "cancelled"))[:40], tell_peer=False)
             elif step == "done":
                 pass
-        except (KeyError, TypeError, ValueError, vodozemac.KeyException, vodozemac.SasException):
+        except Exception:  # any step out of order or malformed ends the exchange
             self._cancel(x, "malformed", tell_peer=True)
 
     def _started(self, sender: str, sender_device: str, start: dict[str, Any]) -> None:
@@ -178,8 +190,14 @@ class Verifications:
         self._message(x, "accept", commitment=_commitment(x.sas.public_key.to_base64(), start))
         self._tell(x)
 
+    def _forget_finished(self) -> None:
+        finished = [t for t, e in self.exchanges.items() if e.state in ("done", "cancelled")]
+        for txn in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.exchanges[txn]
+
     def _their_key(self, x: Exchange, key: str) -> None:
-        assert x.sas is not None and x.start is not None
+        if x.sas is None or x.start is None:
+            raise ValueError("a key before the exchange began")
         mine = x.sas.public_key.to_base64()
         if x.initiator and _commitment(key, x.start) != x.commitment:
             self._cancel(x, "commitment", tell_peer=True)

@@ -30,7 +30,7 @@ class DeviceHandlers:
             raise ChatError("bad_field", "this connection is another device", "device")
         user = session.user
         assert user is not None
-        count = yield self.chat.devices.upload(
+        count, added = yield self.chat.devices.upload(
             user,
             device,
             request.get("name"),
@@ -38,8 +38,8 @@ class DeviceHandlers:
             request.get("one_time_keys", []),
             request.get("fallback_key"),
         )
-        if "identity" in request:
-            self.chat.devices_changed(user)  # a new device (or the same again)
+        if added:
+            self.chat.devices_changed(user)  # its rooms' devices digests are stale
         if session.device is None and not session.closed:
             session.device = device
             # The inbox's backlog follows the answer (it is sent after it:
