@@ -111,7 +111,8 @@ class EncryptedRoomTests(unittest.TestCase):
         bob, bob_device, bob_events = await e2e_client(self, server, "bob", base / "bob")
         await alice.request({"type": "create", "room": "secret", "encrypted": True})
         await bob.request({"type": "join", "room": "secret"})
-        await bob.say("secret", "bob lists the members")  # a sender knows the room's members
+        # Bob's client lists the room's members when it joins (it has sent nothing).
+        await until(lambda: "secret" in bob_device._members)
         await alice.say("secret", "real")
         real = await bob_events.next(lambda e: is_msg(e) and e["from"] == "alice")
         self.assertTrue(real["e2e"]["ok"])

@@ -169,6 +169,16 @@ class EndToEnd:
         for room in welcome.get("encrypted_rooms", []):
             self.mark_encrypted(room)
         d = self._declare(session)
+        rooms = list(welcome.get("encrypted_rooms", []))
+
+        def listed(result: Any) -> Any:
+            # Their members, so that a message from a non-member is refused
+            # from the start (not only once this device has sent there).
+            for room in rooms:
+                self.list_room(room).addErrback(lambda f: None)
+            return result
+
+        d.addCallback(listed)
 
         def removed(failure: Any) -> Any:
             if getattr(failure.value, "code", None) != "device_removed":
@@ -357,9 +367,7 @@ class EndToEnd:
         for attempt in range(RETRIES):
             listing = self._room_devices.get(room)
             if listing is None:
-                answer = yield self._request({"type": "devices", "room": room})
-                listing = self._room_devices[room] = answer["devices"]
-                self._know_members(room, set(listing))
+                listing = yield self.list_room(room)
             found = self._accept(listing)
             now = self._now()
             everyone = {f"{u} {d}" for u, devices in found.items() for d in devices}
@@ -412,11 +420,25 @@ class EndToEnd:
 
     # --- what comes in -----------------------------------------------------------------
 
-    def _know_members(self, room: str, members: set[str]) -> None:
-        """The room's members as of now (a ``devices`` listing names them
-        all): later events move the set, in order."""
-        assert self.client is not None
-        self._members[room] = (self.client.last_ids.get(f"room:{room}", 0), members)
+    @defer.inlineCallbacks
+    def list_room(self, room: str) -> Any:
+        """The room's devices as the server lists them, kept until its
+        members or their devices change; its members are known from then
+        on (as of the stream position the answer gives)."""
+        answer = yield self._request({"type": "devices", "room": room})
+        listing = answer.get("devices") if isinstance(answer.get("devices"), dict) else {}
+        self._room_devices[room] = listing
+        at = answer.get("at")
+        if isinstance(at, int) and not isinstance(at, bool):
+            self._know_members(room, set(listing), at)
+        return listing
+
+    def _know_members(self, room: str, members: set[str], at: int) -> None:
+        """The room's members as of stream id ``at``: later events move
+        the set, in order."""
+        known = self._members.get(room)
+        if known is None or known[0] <= at:
+            self._members[room] = (at, members)
 
     def _member_then(self, event: dict[str, Any]) -> bool | None:
         """Whether the sender of a room event was a member at that point,
@@ -442,6 +464,8 @@ class EndToEnd:
             self._room_devices.pop(room, None)
             if kind == "joined" and event.get("encrypted") and event.get("user") == self.user:
                 self.mark_encrypted(room)
+                if self.client is not None and self.client.state == "online":
+                    self.list_room(room).addErrback(lambda f: None)
             if kind != "joined":
                 self.rooms.rotate_later(room)
             return event

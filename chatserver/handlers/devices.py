@@ -52,13 +52,18 @@ class DeviceHandlers:
     def devices(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         if ("users" in request) == ("room" in request):
             raise ChatError("missing_field", "devices needs users or a room (not both)", "users")
+        extra: dict[str, Any] = {}
         if "room" in request:
             room = self.chat.room_of(session, request["room"])
             users = list(room.members)
+            # Where the room's stream was when its members were taken: its
+            # later events move the membership, in order (the client's
+            # check of a message's sender needs both).
+            extra["at"] = self.chat.last_ids.get(room.stream, 0)
         else:
             users = request["users"]
         answer = self.chat.devices.listing(users)
-        return answer.addCallback(lambda found: {"type": "devices", "devices": found})
+        return answer.addCallback(lambda found: {"type": "devices", "devices": found, **extra})
 
     def claim(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.chat.devices.claim(request["devices"]).addCallback(
