@@ -261,6 +261,9 @@ def format_event(event: dict[str, Any]) -> str:
         )
     if kind in ("e2e_notice", "e2e_verify"):
         return format_e2e(event)
+    if kind == "e2e_decrypted" and isinstance(event.get("event"), dict):
+        # A message shown before as unreadable, now that its key came.
+        return format_event(event["event"]) + "  (its key came late)"
     if kind == "joined":
         return f"{at}* {user} joined"
     if kind == "left":

@@ -43,6 +43,8 @@ log = Logger(namespace="chatclient.e2e")
 #: it tops them up.
 ONE_TIME_KEYS = 50
 TOP_UP_BELOW = 25
+#: Room messages kept waiting for their keys, in all.
+AWAIT_KEY_MAX = 1000
 #: How often a device replaces its fallback key.
 FALLBACK_ROTATION_MS = 7 * 24 * 3600 * 1000
 #: How often a message is encrypted again when the server says the
@@ -114,6 +116,8 @@ class EndToEnd:
         #: A pre-key message came (a one-time key of ours may be used up).
         self._used_one_time_key = False
         self._learning: set[str] = set()
+        #: Room messages waiting for their key, by session id.
+        self._awaiting: dict[str, list[dict[str, Any]]] = {}
         #: room -> (the stream id it is known at, the members then)
         self._members: dict[str, tuple[int, set[str]]] = {}
 
@@ -492,11 +496,31 @@ class EndToEnd:
         try:
             kept = self._decrypt(event)
         except (OlmError, MegolmError) as e:
+            if e.reason == "no_key":
+                self._await_key(event)
             return self._shown(event, {"error": e.reason})
         except Exception as e:  # anything a hostile server could make of an event
             log.info("an encrypted event could not be read: {kind}", kind=type(e).__name__)
             return self._shown(event, {"error": "malformed"})
         return self._shown(event, kept)
+
+    def _await_key(self, event: dict[str, Any]) -> None:
+        """A room message whose key has not come (it may be in the inbox's
+        backlog, behind the catch-up): read again when it does."""
+        session_id = str(event.get("e2e", {}).get("session_id"))
+        waiting = self._awaiting.setdefault(session_id, [])
+        if len(waiting) < AWAIT_KEY_MAX and all(e.get("id") != event.get("id") for e in waiting):
+            waiting.append(event)
+        while sum(len(v) for v in self._awaiting.values()) > AWAIT_KEY_MAX:
+            del self._awaiting[next(iter(self._awaiting))]
+
+    def _key_arrived(self, session_id: str) -> None:
+        """Messages that waited for this key, told again as they read now
+        (an ``e2e_decrypted`` event holding each)."""
+        for event in self._awaiting.pop(session_id, []):
+            shown = self.decrypt(event)
+            if shown.get("e2e", {}).get("ok"):
+                self.emit({"type": "e2e_decrypted", "event": shown})
 
     def _decrypt(self, event: dict[str, Any]) -> dict[str, Any]:
         if event["type"] == "dm":
@@ -622,6 +646,7 @@ class EndToEnd:
         if envelope.get("type") != "room_key":
             raise OlmError("wrong_sender", "an inbox message that is not a room key")
         self.rooms.receive(envelope["content"], sender, device, str(body["sender_key"]), ed25519)
+        self._key_arrived(str(envelope["content"].get("session_id")))
 
     def _send_plain(self, user: str, device: str, body: dict[str, Any]) -> None:
         d = self._request({"type": "to_device", "messages": [{"user": user, "device": device, "body": body}]})

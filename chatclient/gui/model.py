@@ -45,6 +45,15 @@ class Conversation:
     def newest_id(self) -> int:
         return self.ids[-1] if self.ids else 0
 
+    def replace(self, event: dict[str, Any]) -> bool:
+        """An event held here, as it reads now (a message decrypted once
+        its room key came); False if it is not held."""
+        for at, held in enumerate(self.events):
+            if held.get("id") == event.get("id"):
+                self.events[at] = event
+                return True
+        return False
+
     def insert(self, event: dict[str, Any]) -> int | None:
         """Insert in id order; the index, or None for a duplicate."""
         event_id = event["id"]

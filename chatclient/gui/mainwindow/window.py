@@ -301,6 +301,17 @@ class MainWindow(QMainWindow):
         if kind == "e2e_verify":
             self._verification_step(event)
             return
+        if kind == "e2e_decrypted" and isinstance(event.get("event"), dict):
+            # A message shown as unreadable until its room key came.
+            inner = event["event"]
+            conversation = self.model.conversations.get(str(inner.get("stream")))
+            if (
+                conversation is not None
+                and conversation.replace(inner)
+                and conversation.stream == self.model.current
+            ):
+                self.render_current()
+            return
         if kind == "invited" and "by" in event:
             by, room = str(event["by"]), str(event.get("room"))
             self._note(self.renderer.invitation(by, room))
