@@ -98,3 +98,16 @@ class DirectTests(unittest.TestCase):
         live = await events.next(lambda e: is_dm(e) and e["body"] == "three")
         self.assertTrue(live["e2e"]["ok"])
         self.assertEqual(len(again.store.get(f"olm:{alice.e2e.device.curve25519}")), len(sessions))
+
+    async def test_a_message_too_long_for_its_devices_is_refused_before_it_is_sent(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, _ = await e2e_client(self, server, "alice", base / "alice")
+        for n in range(7):
+            await e2e_client(self, server, "bob", base / f"bob-{n}", register=n == 0)
+        from chatclient.e2e.client import SendBlocked
+
+        with self.assertRaises(SendBlocked) as caught:
+            await alice.dm("bob", "x" * 4000)
+        self.assertIn("too long to encrypt for 7 devices", str(caught.exception))
+        await alice.dm("bob", "short enough")  # and the conversation goes on

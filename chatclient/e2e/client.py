@@ -329,6 +329,13 @@ class EndToEnd:
             "device": self.device_id,
             "ciphertext": ciphertext,
         }
+        size = sum(len(m["body"]) for per_device in ciphertext.values() for m in per_device.values())
+        if size > e2e.MAX_CIPHERTEXT:
+            # One ciphertext per device, all in one event of one record.
+            most = max(1, len(body) * e2e.MAX_CIPHERTEXT // size)
+            raise SendBlocked(
+                f"too long to encrypt for {len(targets)} devices: shorten it to about {most} characters"
+            )
         # This device is not among its own recipients: it keeps what it sent.
         self.store.put(f"sent:{_fingerprint(payload)}", body)
         return payload
