@@ -444,6 +444,18 @@ class ReconnectingClient:
         d = self.when_online().addCallback(lambda session: session.request(event))
         if kind == "history" and e2e is not None:
             d.addCallback(self._decrypted_page)
+        elif kind in ("create", "join") and e2e is not None:
+            room = str(event.get("room"))
+            device = e2e
+
+            def entered(answer: dict[str, Any]) -> dict[str, Any]:
+                # Known before the next message, whichever comes first of
+                # this answer and the room's joined event.
+                if answer.get("encrypted") or (kind == "create" and event.get("encrypted")):
+                    device.mark_encrypted(room)
+                return answer
+
+            d.addCallback(entered)
         return d
 
     def _decrypted_page(self, page: dict[str, Any]) -> dict[str, Any]:

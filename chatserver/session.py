@@ -128,8 +128,14 @@ class Services(Protocol):
 
 
 def _ack(event: dict[str, Any]) -> dict[str, Any]:
-    """The acknowledgement of a published event: where it is in history."""
-    return {"type": "ack", "stream": event["stream"], "id": event["id"], "ts": event["ts"]}
+    """The acknowledgement of a published event: where it is in history
+    (and, for a ``joined`` in an encrypted room, that it is one: the
+    client must know before its next message, whichever comes first of
+    this answer and the event itself)."""
+    ack = {"type": "ack", "stream": event["stream"], "id": event["id"], "ts": event["ts"]}
+    if event.get("encrypted"):
+        ack["encrypted"] = True
+    return ack
 
 
 class _Slot:
