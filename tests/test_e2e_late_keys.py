@@ -72,3 +72,36 @@ class LateKeyTests(unittest.TestCase):
         self.assertEqual([t["type"] for t in told], ["e2e_decrypted"])
         self.assertEqual(told[0]["event"]["body"], "arrived before its key")
         self.assertTrue(told[0]["event"]["e2e"]["ok"])
+
+    def test_a_changed_room_message_reads_as_forged_not_as_old(self) -> None:
+        import base64
+
+        alice, bob = self.device("alice"), self.device("bob")
+        alice.rooms.new_outbound("den", 0)
+        share = alice.rooms.share("den")
+        bob.rooms.receive(share, "alice", alice.device_id, alice.device.curve25519, alice.device.ed25519)
+        session_id, ciphertext = alice.rooms.encrypt("den", "as sent")
+        raw = bytearray(base64.b64decode(ciphertext + "=" * (-len(ciphertext) % 4)))
+        raw[-1] ^= 1  # one bit of the signature
+        changed = base64.b64encode(bytes(raw)).decode().rstrip("=")
+        message = {
+            "type": "msg",
+            "room": "den",
+            "from": "alice",
+            "stream": "room:den",
+            "id": 1,
+            "ts": 1,
+            "e2e": {
+                "algorithm": e2e.MEGOLM,
+                "sender_key": alice.device.curve25519,
+                "device": alice.device_id,
+                "session_id": session_id,
+                "ciphertext": changed,
+            },
+        }
+        shown = bob.incoming(message)
+        assert shown is not None
+        self.assertEqual(shown["e2e"], {"ok": False, "reason": "forged"})
+        self.assertEqual(
+            bob.incoming(dict(message, e2e=dict(message["e2e"], ciphertext=ciphertext)))["body"], "as sent"
+        )

@@ -60,6 +60,7 @@ REASONS = {
     "not_for_device": "not encrypted for this device",
     "no_key": "the room key of this message is not on this device",
     "undecryptable": "sent before this device could read the room",
+    "forged": "refused: not what its sender's device sent (a forged message)",
     "replayed": "refused: a replayed message",
     "misdirected": "refused: this message was meant for another device",
     "wrong_sender": "refused: not encrypted by its sender",

@@ -247,7 +247,10 @@ class RoomKeys:
         try:
             message = vodozemac.MegolmMessage.from_base64(payload["ciphertext"])
             decrypted = session.decrypt(message)
-        except vodozemac.MegolmDecryptionException:
+        except vodozemac.MegolmDecryptionException as e:
+            if "signature" in str(e).lower() or "mac" in str(e).lower():
+                # Not what the session's owner sent: a forgery, not history.
+                raise MegolmError("forged", "the message is not signed by its session's sender") from None
             raise MegolmError("undecryptable", "the message is from before this device got the key") from None
         except (vodozemac.DecodeException, KeyError, TypeError, ValueError):
             raise MegolmError("malformed", "the Megolm message is malformed") from None
