@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import socket
 import sys
 from datetime import datetime, timezone
@@ -33,7 +32,7 @@ from twisted.protocols.basic import LineReceiver
 from chatclient import commands
 from chatclient.commands import Command
 from chatclient.e2e.client import EndToEnd, SendBlocked
-from chatclient.e2e.store import DeviceStore, StoreError, StoreKey, default_root, store_dir
+from chatclient.e2e.store import StoreError, default_root, store_dir
 from chatclient.endpoints import BadHostList, FailoverEndpoint, parse_hosts
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.reconnect import ReconnectingClient
@@ -144,16 +143,13 @@ def open_device(args: argparse.Namespace, server: str, reactor: Any) -> EndToEnd
             raise StoreError("the two passphrases differ")
         return first
 
-    try:
-        key, method = StoreKey(directory, passphrase).open_or_make(args.store_key)
-    except OSError as e:
-        raise StoreError(f"cannot open {directory}: {e.strerror or e}") from None
-    store = DeviceStore(directory, key)
-    device = EndToEnd(store, args.user, reactor)
-    device.store_key_method = method
+    name = f"chatclient-cli on {socket.gethostname()}"
+    device = EndToEnd.open(directory, args.user, reactor, passphrase, name, args.store_key)
     if new:
-        store.put("name", f"chatclient-cli on {socket.gethostname()}"[:64])
-        notice(f"new device {device.device_id} for {args.user}; its keys are kept under the {method}")
+        notice(
+            f"new device {device.device_id} for {args.user}; "
+            f"its keys are kept under the {device.store_key_method}"
+        )
     return device
 
 
@@ -555,12 +551,10 @@ class InputLines(LineReceiver):
     def _keys_file(self, device: EndToEnd, op: str | None, path: Path, phrase: str) -> None:
         try:
             if op == "export":
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(device.export_keys(phrase) + "\n")
+                device.export_keys_file(path, phrase)
                 notice(f"room keys written to {log_text(str(path))}")
             else:
-                count = device.import_keys(path.read_text(encoding="utf-8"), phrase)
+                count = device.import_keys_file(path, phrase)
                 notice(f"{count} room keys read from {log_text(str(path))}")
         except SendBlocked as e:
             notice(log_text(str(e)))

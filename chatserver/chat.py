@@ -119,6 +119,15 @@ def _page(entries: list[dict[str, Any]], limit: int, budget: int) -> tuple[list[
     return entries[:count], len(entries) > count
 
 
+def _check_sender_key(own: str | None, e2e: dict[str, Any]) -> None:
+    """The sending device is in the directory (its Curve25519 key ``own``),
+    and the payload names that key."""
+    if own is None:
+        raise ChatError("device_removed", "this device is not in the directory", "e2e")
+    if own != e2e["sender_key"]:
+        raise ChatError("bad_field", "e2e: sender_key is not this device's key", "e2e")
+
+
 def content(request: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
     """A say's or dm's ``body`` or ``e2e``: exactly one of the two."""
     body = request.get("body")
@@ -922,11 +931,7 @@ class ChatService:
         user = member.user
         assert user is not None
         digest, keys = devices
-        own = keys.get((user, e2e["device"]))
-        if own is None:
-            raise ChatError("device_removed", "this device is not in the directory", "e2e")
-        if own != e2e["sender_key"]:
-            raise ChatError("bad_field", "e2e: sender_key is not this device's key", "e2e")
+        _check_sender_key(keys.get((user, e2e["device"])), e2e)
         if e2e["devices"] != digest:
             raise ChatError("devices_changed", "the room's devices changed: share the room key again", "e2e")
         payload = {key: e2e[key] for key in ("algorithm", "sender_key", "device", "session_id", "ciphertext")}
@@ -987,11 +992,7 @@ class ChatService:
         self._check_device(member, e2e)
 
         def check(found: dict[str, dict[str, str]]) -> None:
-            own = found[sender].get(e2e["device"])
-            if own is None:
-                raise ChatError("device_removed", "this device is not in the directory", "e2e")
-            if own != e2e["sender_key"]:
-                raise ChatError("bad_field", "e2e: sender_key is not this device's key", "e2e")
+            _check_sender_key(found[sender].get(e2e["device"]), e2e)
             wanted = {(to, device) for device in found[to]}
             wanted |= {(sender, device) for device in found[sender] if device != e2e["device"]}
             given = {(user, device) for user, devices in e2e["ciphertext"].items() for device in devices}

@@ -17,6 +17,25 @@ from chatclient.e2e.store import DeviceStore
 from chatserver.wire import crypto, e2e
 
 
+def room_message(sender: EndToEnd, event_id: int, session_id: str, ciphertext: str) -> dict[str, Any]:
+    """A ``msg`` of room ``den`` as the server delivers it."""
+    return {
+        "type": "msg",
+        "room": "den",
+        "from": sender.user,
+        "stream": "room:den",
+        "id": event_id,
+        "ts": 1,
+        "e2e": {
+            "algorithm": e2e.MEGOLM,
+            "sender_key": sender.device.curve25519,
+            "device": sender.device_id,
+            "session_id": session_id,
+            "ciphertext": ciphertext,
+        },
+    }
+
+
 class LateKeyTests(unittest.TestCase):
     def device(self, user: str) -> EndToEnd:
         store = DeviceStore(Path(self.mktemp()), crypto.random_bytes(32))
@@ -36,21 +55,7 @@ class LateKeyTests(unittest.TestCase):
         alice.rooms.new_outbound("den", 0)
         share = alice.rooms.share("den")  # as a sender does: the key first, then the message
         session_id, ciphertext = alice.rooms.encrypt("den", "arrived before its key")
-        message = {
-            "type": "msg",
-            "room": "den",
-            "from": "alice",
-            "stream": "room:den",
-            "id": 7,
-            "ts": 1,
-            "e2e": {
-                "algorithm": e2e.MEGOLM,
-                "sender_key": alice.device.curve25519,
-                "device": alice.device_id,
-                "session_id": session_id,
-                "ciphertext": ciphertext,
-            },
-        }
+        message = room_message(alice, 7, session_id, ciphertext)
         first = bob.incoming(message)
         assert first is not None
         self.assertEqual(first["e2e"], {"ok": False, "reason": "no_key"})
@@ -84,21 +89,7 @@ class LateKeyTests(unittest.TestCase):
         raw = bytearray(base64.b64decode(ciphertext + "=" * (-len(ciphertext) % 4)))
         raw[-1] ^= 1  # one bit of the signature
         changed = base64.b64encode(bytes(raw)).decode().rstrip("=")
-        message = {
-            "type": "msg",
-            "room": "den",
-            "from": "alice",
-            "stream": "room:den",
-            "id": 1,
-            "ts": 1,
-            "e2e": {
-                "algorithm": e2e.MEGOLM,
-                "sender_key": alice.device.curve25519,
-                "device": alice.device_id,
-                "session_id": session_id,
-                "ciphertext": changed,
-            },
-        }
+        message = room_message(alice, 1, session_id, changed)
         shown = bob.incoming(message)
         assert shown is not None
         self.assertEqual(shown["e2e"], {"ok": False, "reason": "forged"})

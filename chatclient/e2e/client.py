@@ -18,6 +18,8 @@ what becomes of the events it gets.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import vodozemac
@@ -28,7 +30,7 @@ from twisted.logger import Logger
 from chatclient.e2e.device import Device
 from chatclient.e2e.megolm import MegolmError, RoomKeys
 from chatclient.e2e.olm import OlmError, OlmSessions
-from chatclient.e2e.store import PASSPHRASE_LOG2_N, DeviceStore
+from chatclient.e2e.store import PASSPHRASE_LOG2_N, DeviceStore, StoreError, StoreKey
 from chatclient.e2e.trust import DeviceBook, Notice, safety_number
 from chatclient.e2e.verification import Verifications
 from chatserver.wire import crypto, e2e
@@ -121,6 +123,31 @@ class EndToEnd:
         self._awaiting: dict[str, list[dict[str, Any]]] = {}
         #: room -> (the stream id it is known at, the members then)
         self._members: dict[str, tuple[int, set[str]]] = {}
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        user: str,
+        clock: Any,
+        passphrase: Callable[[], str] | None,
+        name: str,
+        prefer: str = "auto",
+    ) -> EndToEnd:
+        """The device of ``user`` whose store is in ``directory``, made (and
+        called ``name``) if there is none; ``passphrase()`` is asked only
+        where the store's key comes from one.  StoreError if it cannot be
+        opened."""
+        try:
+            key, method = StoreKey(directory, passphrase).open_or_make(prefer)
+        except OSError as e:
+            raise StoreError(f"cannot open {directory}: {e.strerror or e}") from None
+        store = DeviceStore(directory, key)
+        device = cls(store, user, clock)
+        device.store_key_method = method
+        if store.get("name") is None:
+            store.put("name", name[:64])
+        return device
 
     def _build(self) -> None:
         self.olm = OlmSessions(self.device, self.store, self._save_account)
@@ -737,6 +764,17 @@ class EndToEnd:
             },
             indent=1,
         )
+
+    def export_keys_file(self, path: Path, passphrase: str) -> None:
+        """``export_keys`` into a new 0600 file (OSError, SendBlocked)."""
+        sealed = self.export_keys(passphrase)
+        fd = os.open(path.expanduser(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(sealed + "\n")
+
+    def import_keys_file(self, path: Path, passphrase: str) -> int:
+        """``import_keys`` from a file (OSError, SendBlocked)."""
+        return self.import_keys(path.expanduser().read_text(encoding="utf-8"), passphrase)
 
     def import_keys(self, text: str, passphrase: str) -> int:
         """Room keys from ``export_keys``; how many were new here."""

@@ -134,8 +134,9 @@ class App:
         dialog.open()
 
     def _open_device(self, directory: Path, user: str, passphrase: str | None) -> Any:
+        import socket
+
         from chatclient.e2e.client import EndToEnd
-        from chatclient.e2e.store import DeviceStore, StoreKey
 
         def ask() -> str:
             if passphrase is not None:
@@ -144,15 +145,7 @@ class App:
             lines = self.passphrase_file.read_text(encoding="utf-8").splitlines()
             return lines[0] if lines else ""
 
-        key, method = StoreKey(directory, ask).open_or_make()
-        store = DeviceStore(directory, key)
-        device = EndToEnd(store, user, self.reactor)
-        device.store_key_method = method
-        if store.get("name") is None:
-            import socket
-
-            store.put("name", f"chatclient on {socket.gethostname()}"[:64])
-        return device
+        return EndToEnd.open(directory, user, self.reactor, ask, f"chatclient on {socket.gethostname()}")
 
     def _connect(self, login: Any, directory: Path | None, passphrase: str | None = None) -> None:
         from twisted.internet import endpoints

@@ -82,7 +82,7 @@ class DeviceHandlers:
         audit.logged(None)
         self.chat.devices_changed(user)
         for conn in self.chat.connections_of(user):
-            if getattr(conn, "device", None) == device and conn is not session:
+            if conn.device == device and conn is not session:
                 conn.close("device_removed", "this device was removed")
         if session.device == device:
             session.device = None

@@ -820,17 +820,14 @@ class MainWindow(QMainWindow):
         dialog.setTextEchoMode(QLineEdit.EchoMode.Password)
 
         def chosen(phrase: str) -> None:
-            import os
+            from pathlib import Path
 
             try:
                 if op == "export":
-                    fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    with os.fdopen(fd, "w", encoding="utf-8") as f:
-                        f.write(e2e.export_keys(phrase) + "\n")
+                    e2e.export_keys_file(Path(path), phrase)
                     self.notice(f"Room keys written to {path}.")
                 else:
-                    with open(os.path.expanduser(path), encoding="utf-8") as f:
-                        count = e2e.import_keys(f.read(), phrase)
+                    count = e2e.import_keys_file(Path(path), phrase)
                     self.notice(f"{count} room keys read from {path}.")
                     self.render_current()
             except OSError as e:
