@@ -50,8 +50,15 @@ class Sealed:
             declare = {"type": "keys", "device": device.device_id, "identity": device.identity()}
             await clients.wait(session.request(declare), "keys")
             devices[id(session)] = device
-        listing = await clients.wait(senders[0].request({"type": "devices", "room": room}), "devices")
-        return cls([devices[id(s)] for s in senders], digest_of(listing["devices"]))
+        listing: dict[str, Any] = {}
+        request: dict[str, Any] = {"type": "devices", "room": room}
+        while True:  # the listing comes in pages
+            page = await clients.wait(senders[0].request(request), "devices")
+            listing.update(page["devices"])
+            if not page["more"]:
+                break
+            request["after"] = max(page["devices"])
+        return cls([devices[id(s)] for s in senders], digest_of(listing))
 
     def request(self, s: int, room: str, body: str) -> dict[str, Any]:
         device, session = self.devices[s], self.outbound[s]

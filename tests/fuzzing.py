@@ -264,6 +264,7 @@ MEMBER_KINDS = {
 REQUEST_MEMBER_KINDS = {
     ("who", "after"): "username",
     ("rooms", "after"): "room",
+    ("devices", "after"): "username",
     ("who", "limit"): "list_limit",
     ("rooms", "limit"): "list_limit",
     ("say", "e2e"): "megolm_payload",

@@ -188,3 +188,50 @@ class InboxTests(unittest.TestCase):
                 {"type": "to_device", "messages": [{"user": "bob", "device": "X", "body": {}}]}
             )
         self.assertEqual(caught.exception.event["code"], "no_device")
+
+
+class ListingPageTests(unittest.TestCase):
+    async def test_a_listing_too_long_for_a_record_comes_in_pages_of_whole_users(self) -> None:
+        # A 4096-byte line holds a few device entries: 3 users with 4
+        # devices each cannot come in one answer.
+        server = await start_server(self, max_line_length=4096)
+        devices: dict[str, set[str]] = {}
+        first = None
+        for user in ("alice", "bob", "carol"):
+            for n in range(4):
+                session = await logged_in(self, server, user, register=n == 0)
+                first = first or session
+                device = Device.new(user)
+                await upload(session, device, keys=1)
+                devices.setdefault(user, set()).add(device.device_id)
+            if user != "alice":
+                await session.request({"type": "join", "room": "lobby2"})
+            else:
+                await session.request({"type": "create", "room": "lobby2"})
+        assert first is not None
+        for request in (
+            {"type": "devices", "room": "lobby2"},
+            {"type": "devices", "users": ["carol", "bob", "alice"]},
+        ):
+            pages = []
+            while True:
+                answer = await first.request(request)
+                pages.append(answer)
+                if not answer["more"]:
+                    break
+                request = {**request, "after": max(answer["devices"])}
+            self.assertGreater(len(pages), 1)
+            users = [u for page in pages for u in page["devices"]]
+            self.assertEqual(users, sorted(users))  # in name order, each user once, on one page
+            self.assertEqual(
+                {
+                    u: {e["device"] for e in entries}
+                    for page in pages
+                    for u, entries in page["devices"].items()
+                },
+                devices,
+            )
+            if "room" in request:
+                self.assertEqual(
+                    {p["at"] for p in pages} and all(isinstance(p["at"], int) for p in pages), True
+                )

@@ -9,9 +9,11 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from chatclient.e2e.client import SendBlocked
+from chatclient.e2e.device import Device
 from chatclient.e2e.megolm import MegolmError
+from chatserver.storage import queries
 from tests.e2e_support import e2e_client
-from tests.support import direct, start_server, until
+from tests.support import direct, logged_in, start_server, until
 
 
 def is_msg(event: dict) -> bool:
@@ -153,3 +155,42 @@ class EncryptedRoomTests(unittest.TestCase):
         self.assertNotEqual(shown["body"], "from alice")
         # The real event still reads from what was kept.
         self.assertEqual(bob_device.incoming(event)["body"], "from alice")
+
+    async def test_a_room_whose_devices_take_several_records_reads_as_any_other(self) -> None:
+        # 10 members with 20 devices each: neither the listing of the
+        # room's devices nor the key shares to them fit in one record.
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, _ = await e2e_client(self, server, "alice", base / "alice")
+        bob, _, bob_events = await e2e_client(self, server, "bob", base / "bob")
+        await alice.request({"type": "create", "room": "big", "encrypted": True})
+        await bob.request({"type": "join", "room": "big"})
+        db = direct(server)
+        self.addCleanup(db.close)
+        for n in range(10):
+            user = f"crowd{n}"
+            session = await logged_in(self, server, user)
+            await session.request({"type": "join", "room": "big"})
+            for _ in range(20):
+                device = Device.new(user)
+                identity = device.identity()
+                fallback = device.fallback_key()
+                status, _ = db.run(
+                    queries.put_device,
+                    user,
+                    device.device_id,
+                    None,
+                    (identity["curve25519"], identity["ed25519"], identity["signature"]),
+                    [],
+                    (fallback["key_id"], fallback["key"], fallback["signature"]),
+                    0,
+                    20,
+                    100,
+                )
+                self.assertEqual(status, "ok")
+        first = await alice.request({"type": "devices", "room": "big"})
+        self.assertTrue(first["more"])
+        await alice.say("big", "to all 202 devices")
+        got = await bob_events.next(is_msg)
+        self.assertEqual((got["body"], got["e2e"]["ok"]), ("to all 202 devices", True))
+        self.assertEqual(alice.state, "online")  # never cut off for a request too long

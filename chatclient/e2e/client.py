@@ -52,6 +52,9 @@ FALLBACK_ROTATION_MS = 7 * 24 * 3600 * 1000
 #: How often a message is encrypted again when the server says the
 #: devices changed meanwhile.
 RETRIES = 3
+#: The most pages of one devices listing read (a bound, far above a room of
+#: 1000 members with 20 devices each).
+MAX_PAGES = 1000
 
 #: The associated data of a key export's seal.
 EXPORT_AAD = b"chatserver-key-export-v1"
@@ -112,6 +115,8 @@ class EndToEnd:
         self.emit: Callable[[dict[str, Any]], None] = lambda event: None
         #: Room devices as the server listed them (per room), until a change.
         self._room_devices: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        #: Per room being listed: the membership events seen meanwhile.
+        self._moves_while_listing: dict[str, list[dict[str, Any]]] = {}
         self._topping_up = False
         #: Highest inbox id handled and not yet confirmed to the server.
         self._inbox_done = 0
@@ -267,8 +272,25 @@ class EndToEnd:
     def devices_of(self, users: list[str]) -> Any:
         """{user: {device: entry}} the server lists and this device accepts;
         notices of changes are emitted on the way."""
-        answer = yield self._request({"type": "devices", "users": users})
-        return self._accept(answer["devices"], users)
+        listing, _ = yield self._listing({"type": "devices", "users": users})
+        return self._accept(listing, users)
+
+    @defer.inlineCallbacks
+    def _listing(self, request: dict[str, Any]) -> Any:
+        """(every page of a ``devices`` answer as one {user: entries}, the
+        first page's ``at``): pages follow in name order while ``more``."""
+        listing: dict[str, Any] = {}
+        at = None
+        for _ in range(MAX_PAGES):
+            answer = yield self._request(request)
+            page = answer.get("devices") if isinstance(answer.get("devices"), dict) else {}
+            listing.update(page)
+            if at is None:
+                at = answer.get("at")
+            if answer.get("more") is not True or not page:
+                break
+            request = {**request, "after": max(page)}
+        return listing, at
 
     def _accept(self, listing: Any, users: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         """The devices of ``listing`` this device accepts.  Only the users
@@ -453,8 +475,8 @@ class EndToEnd:
                 "ciphertext": self.olm.encrypt(entry["curve25519"], envelope),
             }
             messages.append({"user": user, "device": device, "body": body})
-        for start in range(0, len(messages), e2e.MAX_LISTED):
-            yield self._request({"type": "to_device", "messages": messages[start : start + e2e.MAX_LISTED]})
+        for batch in e2e.batches(messages):  # each request within a record
+            yield self._request({"type": "to_device", "messages": batch})
         self.rooms.mark_shared(room, [f"{u} {d}" for u, d, _ in ready])
 
     # --- what comes in -----------------------------------------------------------------
@@ -464,12 +486,18 @@ class EndToEnd:
         """The room's devices as the server lists them, kept until its
         members or their devices change; its members are known from then
         on (as of the stream position the answer gives)."""
-        answer = yield self._request({"type": "devices", "room": room})
-        listing = answer.get("devices") if isinstance(answer.get("devices"), dict) else {}
+        # Membership events that come while the pages are read move the
+        # set as of the first page; they are replayed once it is known.
+        moves = self._moves_while_listing.setdefault(room, [])
+        try:
+            listing, at = yield self._listing({"type": "devices", "room": room})
+        finally:
+            self._moves_while_listing.pop(room, None)
         self._room_devices[room] = listing
-        at = answer.get("at")
         if isinstance(at, int) and not isinstance(at, bool):
             self._know_members(room, set(listing), at)
+            for event in moves:
+                self._move_member(room, event)
         return listing
 
     def _know_members(self, room: str, members: set[str], at: int) -> None:
@@ -478,6 +506,14 @@ class EndToEnd:
         known = self._members.get(room)
         if known is None or known[0] <= at:
             self._members[room] = (at, members)
+
+    def _move_member(self, room: str, event: dict[str, Any]) -> None:
+        """A joined, left, kicked or banned event moves the known members."""
+        known = self._members.get(room)
+        if known is not None and isinstance(event.get("id"), int) and event["id"] > known[0]:
+            users = set(known[1])
+            (users.add if event.get("type") == "joined" else users.discard)(str(event.get("user")))
+            self._members[room] = (event["id"], users)
 
     def _member_then(self, event: dict[str, Any]) -> bool | None:
         """Whether the sender of a room event was a member at that point,
@@ -495,11 +531,9 @@ class EndToEnd:
             return None
         if kind in ("joined", "left", "kicked", "banned") and isinstance(event.get("room"), str):
             room = event["room"]
-            known = self._members.get(room)
-            if known is not None and isinstance(event.get("id"), int) and event["id"] > known[0]:
-                users = set(known[1])
-                (users.add if kind == "joined" else users.discard)(str(event.get("user")))
-                self._members[room] = (event["id"], users)
+            if room in self._moves_while_listing:
+                self._moves_while_listing[room].append(event)
+            self._move_member(room, event)
             self._room_devices.pop(room, None)
             if kind == "joined" and event.get("encrypted") and event.get("user") == self.user:
                 self.mark_encrypted(room)

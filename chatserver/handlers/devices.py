@@ -7,8 +7,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from chatserver.chat import ChatError, ChatService
+from chatserver.chat import ChatError, ChatService, fit
 from chatserver.session import Handler, Session
+from chatserver.wire import e2e
+from chatserver.wire.channel import json_text
 
 
 class DeviceHandlers:
@@ -55,15 +57,26 @@ class DeviceHandlers:
         extra: dict[str, Any] = {}
         if "room" in request:
             room = self.chat.room_of(session, request["room"])
-            users = list(room.members)
+            users = sorted(room.members)
             # Where the room's stream was when its members were taken: its
             # later events move the membership, in order (the client's
             # check of a message's sender needs both).
             extra["at"] = self.chat.last_ids.get(room.stream, 0)
         else:
-            users = request["users"]
-        answer = self.chat.devices.listing(users)
-        return answer.addCallback(lambda found: {"type": "devices", "devices": found, **extra})
+            users = sorted(set(request["users"]))
+        after = request.get("after")
+        # A page in name order, of whole users: a room's members, with up
+        # to 20 devices each, need not fit in one record.
+        wanted = [u for u in users if after is None or u > after][: e2e.MAX_LISTED]
+        more = len(wanted) < sum(1 for u in users if after is None or u > after)
+
+        def page(found: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+            texts = [json_text(user) + ":" + json_text(found[user]) for user in wanted]
+            count = fit(texts, session.answer_budget())
+            listed = {user: found[user] for user in wanted[:count]}
+            return {"type": "devices", "devices": listed, "more": more or count < len(wanted), **extra}
+
+        return self.chat.devices.listing(wanted).addCallback(page)
 
     def claim(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         return self.chat.devices.claim(request["devices"]).addCallback(

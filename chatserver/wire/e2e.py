@@ -47,6 +47,26 @@ MAX_ONE_TIME_KEYS = 50  # per keys request
 MAX_LISTED = 100  # users per devices request, devices per claim, messages per to_device
 MAX_TO_DEVICE_BODY = 16000  # characters of one to_device body, as compact JSON
 MAX_DEVICE_NAME = 64
+#: Bytes of JSON a client puts in one request that lists things (to_device's
+#: messages), so that the request fits in a record at the default line
+#: length (49135 bytes of plaintext) with room for its other members.
+REQUEST_BUDGET = 48000
+
+
+def batches(items: list[Any], most: int = MAX_LISTED, budget: int = REQUEST_BUDGET) -> Iterable[list[Any]]:
+    """``items`` in order, cut into lists of at most ``most`` items and
+    ``budget`` bytes of compact JSON (an item larger than that alone)."""
+    batch: list[Any] = []
+    used = 0
+    for item in items:
+        size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
+        if batch and (len(batch) == most or used + size > budget):
+            yield batch
+            batch, used = [], 0
+        batch.append(item)
+        used += size
+    if batch:
+        yield batch
 
 
 def canonical_json(value: Any) -> bytes:

@@ -498,7 +498,7 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
         "one_time_keys": (one_time_keys, False),
         "fallback_key": (fallback_key, False),
     },
-    "devices": {"users": (users, False), "room": (room, False)},
+    "devices": {"users": (users, False), "room": (room, False), "after": (_after_user, False)},
     "claim": {"devices": (claims, True)},
     "remove_device": {"device": (e2e_device_id, True)},
     "to_device": {"messages": (to_device_messages, True)},
