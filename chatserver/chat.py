@@ -54,6 +54,13 @@ LIST_PAGE_MAX = 200
 ANSWER_OVERHEAD = 512
 
 
+#: The texts of the CLOSEs a decision about an account or device sends.
+CLOSINGS = {
+    "account_disabled": "this account was disabled by an admin",
+    "device_removed": "this device was removed",
+}
+
+
 def fit(items: list[str], budget: int, newest_last: bool = False) -> int:
     """How many of the JSON texts ``items`` fit in ``budget`` bytes as
     members of one JSON array: from the front, or with ``newest_last``
@@ -414,6 +421,20 @@ class ChatService:
             member.deliver(encoded)
         if self.metrics is not None:
             self.metrics.count("messages_out", len(members))
+
+    def close_sessions(self, user: str, device: str | None, code: str, keep: Any = None) -> None:
+        """Close ``user``'s sessions here (of ``device`` only, if given;
+        never ``keep``): the hub calls it for another process's decision."""
+        for conn in list(self.online.get(user, ())):
+            if conn is not keep and (device is None or conn.device == device):
+                conn.close(code, CLOSINGS[code])
+
+    def device_removed(self, user: str, device: str, keep: Any = None) -> None:
+        """``user``'s ``device`` is out of the directory: its rooms' digests
+        are stale, and its sessions, on every process, end."""
+        self.devices_changed(user)
+        self.close_sessions(user, device, "device_removed", keep)
+        self.hub.close_sessions(user, device, "device_removed")
 
     def room_changed(self, room: str) -> None:
         """Another process changed ``room``: read it again.
@@ -944,10 +965,6 @@ class ChatService:
             raise ChatError("not_member", "you are not in that room", "room")
         return room
 
-    def connections_of(self, user: str) -> list[Member]:
-        """``user``'s logged-in connections on this process."""
-        return list(self.online.get(user, ()))
-
     def audit_of(
         self, actor: str, action: str, room: str | None, target: str | None, detail: str = ""
     ) -> Audit:
@@ -1230,8 +1247,8 @@ class ChatService:
                 raise ChatError("no_such_user", f"there is no user {target!r}", "user")
             audit.logged(None)
             if disabled:
-                for conn in list(self.online.get(target, ())):
-                    conn.close("account_disabled", "this account was disabled by an admin")
+                self.close_sessions(target, None, "account_disabled")
+                self.hub.close_sessions(target, None, "account_disabled")
             return {"type": "account", "user": target, "disabled": disabled}
 
         return d.addCallback(done)

@@ -28,12 +28,16 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, int, bytes]] = []
         self.rooms_changed: list[str] = []
+        self.closings: list[tuple[str, str | None, str]] = []
 
     def deliver(self, stream: str, event_id: int, encoded: bytes) -> None:
         self.events.append((stream, event_id, encoded))
 
     def room_changed(self, room: str) -> None:
         self.rooms_changed.append(room)
+
+    def close_sessions(self, user: str, device: str | None, code: str) -> None:
+        self.closings.append((user, device, code))
 
     def ids(self, stream: str) -> list[int]:
         return [i for s, i, _ in self.events if s == stream]
@@ -197,6 +201,15 @@ class HubContract:
         await until(lambda: not one.is_online("carol"))
 
     # --- invalidation ------------------------------------------------------------
+
+    async def test_a_closing_reaches_every_other_process(self) -> None:
+        (one, two, three), (mine, at_two, at_three), _ = await self._hubs(3)
+        one.close_sessions("mallory", None, "account_disabled")
+        one.close_sessions("bob", "PHONE_1", "device_removed")
+        want = [("mallory", None, "account_disabled"), ("bob", "PHONE_1", "device_removed")]
+        await until(lambda: at_two.closings == want and at_three.closings == want)
+        await self._settle(one)
+        self.assertEqual(mine.closings, [])
 
     async def test_an_invalidation_reaches_every_other_process(self) -> None:
         (one, two, three), (mine, at_two, at_three), _ = await self._hubs(3)

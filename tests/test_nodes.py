@@ -93,6 +93,26 @@ class TwoNodesTests(unittest.TestCase):
         self.assertEqual((got["room"], got["from"], got["body"]), ("garden", "carol", "from node 2"))
         await until(lambda: two.factory.chat.rooms["garden"].topic == "roses")
 
+    async def test_a_disabled_account_and_a_removed_device_are_cut_off_on_the_other_node(self) -> None:
+        from chatclient.e2e.device import Device
+        from tests.test_device_directory import upload
+        from tests.test_moderation import admin_session
+
+        one, two = self.nodes
+        admin = await admin_session(self, one)
+        mallory = await logged_in(self, two, "mallory")
+        alice = await logged_in(self, one, "alice")
+        phone_session = await logged_in(self, two, "alice", register=False)
+        phone = Device.new("alice")
+        await upload(phone_session, phone)
+        await admin.request({"type": "disable", "user": "mallory"})
+        lost = await mallory.closed
+        self.assertEqual((lost.clean, lost.code), (True, "account_disabled"))
+        await alice.request({"type": "remove_device", "device": phone.device_id})
+        lost = await phone_session.closed
+        self.assertEqual((lost.clean, lost.code), (True, "device_removed"))
+        self.assertEqual((await alice.ping())["type"], "pong")  # the deciding session stays
+
 
 class FailoverTests(unittest.TestCase):
     skip = backends.missing() or postgres_only("several nodes on one PostgreSQL and Redis")

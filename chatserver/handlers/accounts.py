@@ -65,4 +65,6 @@ class AccountHandlers:
         user, device = session.user, session.device
         audit = chat.audit_of(user, "device_remove", None, user, f"{device} (logout)")
         d = chat.devices.remove(user, device, audit.row())
-        return d.addCallback(audit.logged).addCallback(lambda _: chat.devices_changed(user))
+        return d.addCallback(audit.logged).addCallback(
+            lambda _: chat.device_removed(user, device, keep=session)
+        )

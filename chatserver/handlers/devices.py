@@ -93,10 +93,7 @@ class DeviceHandlers:
         if not removed:
             raise ChatError("no_such_device", "you have no such device", "device")
         audit.logged(None)
-        self.chat.devices_changed(user)
-        for conn in self.chat.connections_of(user):
-            if conn.device == device and conn is not session:
-                conn.close("device_removed", "this device was removed")
+        self.chat.device_removed(user, device, keep=session)
         if session.device == device:
             session.device = None
             self.chat.inboxes.unbind(session, device)

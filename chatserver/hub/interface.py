@@ -33,6 +33,9 @@ contract is that of a network, not of a function call:
 * ``invalidate`` tells every *other* process that a room's state (members,
   sanctions, topic) changed under its cache; the process that changed it
   already knows.
+* ``close_sessions`` tells every *other* process to close a user's
+  sessions (a disabled account), or those of one of their devices (a
+  removed device); the process that decided it closes its own.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class Receiver(Protocol):
 
     def room_changed(self, room: str) -> None:
         """Another process changed ``room``'s state: reload it."""
+        ...
+
+    def close_sessions(self, user: str, device: str | None, code: str) -> None:
+        """Another process decided that ``user``'s sessions here (only
+        those of ``device``, if given) end, with CLOSE ``code``."""
         ...
 
 
@@ -111,4 +119,9 @@ class Hub(Protocol):
 
     def invalidate(self, room: str) -> None:
         """``room``'s state changed here: tell the other processes."""
+        ...
+
+    def close_sessions(self, user: str, device: str | None, code: str) -> None:
+        """Tell the other processes to close ``user``'s sessions (only those
+        of ``device``, if given) with CLOSE ``code``."""
         ...

@@ -115,3 +115,8 @@ class LocalHub:
         for hub in self.bus.hubs:
             if hub is not self and hub._receiver is not None:
                 hub._receiver.room_changed(room)
+
+    def close_sessions(self, user: str, device: str | None, code: str) -> None:
+        for hub in self.bus.hubs:
+            if hub is not self and hub._receiver is not None:
+                hub._receiver.close_sessions(user, device, code)

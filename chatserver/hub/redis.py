@@ -18,8 +18,10 @@ deployments, one per database number or prefix):
   goes out as one message, up to ``BATCH_BYTES``: a publication costs the
   publisher, Redis and every subscriber about the same whatever it holds,
   and one per event was a third of a process's CPU per message.
-- ``ctl``: room invalidations (``r <process> <room>``), presence changes
-  (``p <process> <seq> <count> <user>``) and goodbyes (``bye <process>``).
+- ``ctl``: room invalidations (``r <process> <room>``), closings of a
+  user's sessions (``c <process> <code> <user> <device or ->``), presence
+  changes (``p <process> <seq> <count> <user>``) and goodbyes (``bye
+  <process>``).
 - ``presence:<process>``: a hash of the process's users and how many
   sessions each has there (and ``\\0seq``, the number of its last change);
   ``alive:<process>`` and ``procs`` (a set of names).  Both keys expire
@@ -523,6 +525,10 @@ class RedisHub:
             process, _, room = rest.partition(" ")
             if process != self.name and self._receiver is not None:
                 self._receiver.room_changed(room)
+        elif kind == "c":
+            process, code, user, device = rest.split(" ", 3)
+            if process != self.name and self._receiver is not None:
+                self._receiver.close_sessions(user, None if device == "-" else device, code)
         elif kind == "p":
             process, seq, count, user = rest.split(" ", 3)
             if process != self.name:
@@ -647,6 +653,12 @@ class RedisHub:
 
     def invalidate(self, room: str) -> None:
         self._send(self._ctl + b"\0" + room.encode(), f"r {self.name} {room}".encode())
+
+    def close_sessions(self, user: str, device: str | None, code: str) -> None:
+        # Kept until confirmed, like an invalidation: a closing lost while
+        # the link is down would leave a disabled account chatting.
+        key = f"\0c\0{user}\0{device or '-'}".encode()
+        self._send(self._ctl + key, f"c {self.name} {code} {user} {device or '-'}".encode())
 
     # --- presence ---------------------------------------------------------------------
 
