@@ -27,6 +27,9 @@ log = Logger(namespace="chatserver.inboxes")
 
 #: Events read per page of a backlog.
 PAGE = 200
+#: The most messages an inbox holds unconfirmed: a device that never comes
+#: back, or someone who floods it, does not fill the disk.
+MAX_INBOX = 1000
 
 
 class Device(Protocol):
@@ -52,10 +55,11 @@ def _unwrapped(failure: Failure) -> Failure:
 
 
 class Inboxes:
-    def __init__(self, storage: Storage, hub: Hub, clock: Any) -> None:
+    def __init__(self, storage: Storage, hub: Hub, clock: Any, max_inbox: int = MAX_INBOX) -> None:
         self.storage = storage
         self.hub = hub
         self._clock = clock
+        self.max_inbox = max_inbox
         #: inbox stream -> the connections of that device here
         self.online: dict[str, dict[Device, None]] = {}
         #: connections still being sent their backlog -> the live events
@@ -112,21 +116,28 @@ class Inboxes:
             else:
                 conn.deliver(encoded)
 
+    @defer.inlineCallbacks
     def send(
         self,
         sender: str,
         sender_device: str,
         messages: Sequence[dict[str, Any]],
         existing: set[tuple[str, str]],
-    ) -> Deferred[list[dict[str, Any]]]:
+    ) -> Any:
         """Commit one inbox event per message whose device is in
-        ``existing``; fires with the events, once all are committed."""
+        ``existing`` and whose inbox is not full; fires with (the events,
+        once all are committed; the messages refused for a full inbox)."""
+        wanted = [m for m in messages if (m["user"], m["device"]) in existing]
+        held = yield self.storage.event_counts(sorted({inbox_stream(m["user"], m["device"]) for m in wanted}))
+        full = []
         now = int(self._clock.seconds() * 1000)
         sends = []
-        for message in messages:
-            if (message["user"], message["device"]) not in existing:
-                continue
+        for message in wanted:
             stream = inbox_stream(message["user"], message["device"])
+            if held.get(stream, 0) >= self.max_inbox:
+                full.append(message)
+                continue
+            held[stream] = held.get(stream, 0) + 1
             event = {
                 "type": "to_device",
                 "stream": stream,
@@ -137,11 +148,19 @@ class Inboxes:
                 "body": message["body"],
             }
             sends.append(self.storage.append(event).addCallback(self._published, event))
+        if full:
+            log.warn(
+                "inbox full: {count} message(s) from {sender} refused ({streams})",
+                count=len(full),
+                sender=sender,
+                streams=" ".join(sorted({inbox_stream(m["user"], m["device"]) for m in full})),
+            )
         if not sends:
-            return defer.succeed([])
+            return [], full
         gathered: Deferred[list[dict[str, Any]]] = defer.gatherResults(sends, consumeErrors=True)
         # The first failure as itself (a database that went away ...), not wrapped.
-        return gathered.addErrback(_unwrapped)
+        sent = yield gathered.addErrback(_unwrapped)
+        return sent, full
 
     def _published(self, text: str, event: dict[str, Any]) -> dict[str, Any]:
         self.hub.publish(event["stream"], event["id"], text.encode("utf-8"))

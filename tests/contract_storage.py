@@ -327,6 +327,17 @@ class StorageContract:
         await storage.put_device("bob", "D", None, None, [], ("f2", "G" * 43, "g" * 86), 1, 20, 100)
         self.assertEqual([k.key_id for k in await storage.claim_keys([("bob", "D")])], ["f2"])
 
+    async def test_event_counts_count_what_each_stream_holds(self) -> None:
+        storage = await self.make_storage()
+        for body in ("x", "y", "z"):
+            await storage.append(dict(_event("device:bob:D", body), type="to_device"))
+        await storage.append(dict(_event("device:bob:E", "w"), type="to_device"))
+        counts = await storage.event_counts(["device:bob:D", "device:bob:E", "device:bob:F"])
+        self.assertEqual(counts, {"device:bob:D": 3, "device:bob:E": 1})
+        await storage.write([("drop_inbox", ("device:bob:D", 2))])
+        self.assertEqual(await storage.event_counts(["device:bob:D"]), {"device:bob:D": 1})
+        self.assertEqual(await storage.event_counts([]), {})
+
     async def test_removing_a_device_drops_its_keys_and_its_inbox(self) -> None:
         storage = await self.make_storage()
         identity = ("C" * 43, "E" * 43, "S" * 86)

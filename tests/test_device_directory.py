@@ -180,6 +180,24 @@ class InboxTests(unittest.TestCase):
         again = await queue.next(lambda e: e["type"] == "to_device")
         self.assertEqual(again["body"], {"n": 4})
 
+    async def test_a_full_inbox_refuses_more_and_says_so(self) -> None:
+        server = await start_server(self)
+        server.factory.chat.inboxes.max_inbox = 3  # (1000 by default)
+        alice = await logged_in(self, server, "alice")
+        bob = await logged_in(self, server, "bob")
+        await upload(alice, Device.new("alice"))
+        phone = Device.new("bob")
+        await upload(bob, phone)
+        await bob.close()  # nothing is confirmed while he is away
+        message = {"user": "bob", "device": phone.device_id, "body": {"n": 0}}
+        first = await alice.request({"type": "to_device", "messages": [message, message]})
+        self.assertEqual((first["sent"], first["full"]), (2, []))
+        second = await alice.request({"type": "to_device", "messages": [message, message]})
+        gone = {"user": "bob", "device": phone.device_id}
+        self.assertEqual((second["sent"], second["full"], second["missing"]), (1, [gone], []))
+        third = await alice.request({"type": "to_device", "messages": [message]})
+        self.assertEqual((third["sent"], third["full"]), (0, [gone]))
+
     async def test_a_connection_without_a_device_has_no_inbox(self) -> None:
         server = await start_server(self)
         alice = await logged_in(self, server, "alice")

@@ -108,13 +108,14 @@ class DeviceHandlers:
         messages = request["messages"]
         found = yield self.chat.devices.keys_of(sorted({m["user"] for m in messages}))
         existing = {(u, d) for u, devices in found.items() for d in devices}
-        sent = yield self.chat.inboxes.send(user, session.device, messages, existing)
+        sent, full = yield self.chat.inboxes.send(user, session.device, messages, existing)
         missing = [
             {"user": m["user"], "device": m["device"]}
             for m in messages
             if (m["user"], m["device"]) not in existing
         ]
-        return {"type": "to_device_sent", "sent": len(sent), "missing": missing}
+        refused = [{"user": m["user"], "device": m["device"]} for m in full]
+        return {"type": "to_device_sent", "sent": len(sent), "missing": missing, "full": refused}
 
     def to_device_ack(self, session: Session, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         if session.device is None:

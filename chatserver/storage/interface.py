@@ -247,6 +247,11 @@ class Storage(Protocol):
         or no such user, is absent)."""
         ...
 
+    def event_counts(self, streams: Sequence[str]) -> Deferred[dict[str, int]]:
+        """How many committed events each of ``streams`` holds (a stream
+        with none is absent): how full a device inbox is."""
+        ...
+
     def put_device(
         self,
         user: str,

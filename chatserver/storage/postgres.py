@@ -520,6 +520,9 @@ class PostgresStorage(EventLogMethods, Service):
     def devices(self, users: Sequence[str]) -> Deferred[dict[str, list[DeviceRecord]]]:
         return self.read(queries.devices, list(users))
 
+    def event_counts(self, streams: Sequence[str]) -> Deferred[dict[str, int]]:
+        return self.read(queries.event_counts, list(streams))
+
     def put_device(
         self,
         user: str,

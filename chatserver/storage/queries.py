@@ -563,6 +563,17 @@ def remove_device(cursor: Any, user: str, device: str, now: int, audit: Change |
     return True
 
 
+def event_counts(cursor: Any, streams: list[str]) -> dict[str, int]:
+    """See ``Storage.event_counts``."""
+    if not streams:
+        return {}
+    marks = ", ".join("?" * len(streams))
+    cursor.execute(
+        f"SELECT stream, COUNT(*) FROM events WHERE stream IN ({marks}) GROUP BY stream", tuple(streams)
+    )
+    return {row[0]: int(row[1]) for row in cursor.fetchall()}
+
+
 def drop_inbox(cursor: Any, stream: str, upto: int) -> None:
     cursor.execute("DELETE FROM events WHERE stream = ? AND id <= ?", (stream, upto))
 

@@ -54,6 +54,7 @@ from chatserver.storage.queries import (  # noqa: F401 (the admin tool and tests
     create_room,
     devices,
     dm_streams,
+    event_counts,
     find_sent,
     get_user,
     history,
@@ -550,6 +551,9 @@ class SqliteStorage(EventLogMethods, Service):
 
     def devices(self, users: Sequence[str]) -> Deferred[dict[str, list[DeviceRecord]]]:
         return self.read(devices, list(users))
+
+    def event_counts(self, streams: Sequence[str]) -> Deferred[dict[str, int]]:
+        return self.read(event_counts, list(streams))
 
     def put_device(
         self,
