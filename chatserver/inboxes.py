@@ -60,6 +60,9 @@ class Inboxes:
         self.hub = hub
         self._clock = clock
         self.max_inbox = max_inbox
+        #: inbox stream -> messages being committed to it from here (the
+        #: count in storage does not have them yet)
+        self._committing: dict[str, int] = {}
         #: inbox stream -> the connections of that device here
         self.online: dict[str, dict[Device, None]] = {}
         #: connections still being sent their backlog -> the live events
@@ -128,7 +131,10 @@ class Inboxes:
         ``existing`` and whose inbox is not full; fires with (the events,
         once all are committed; the messages refused for a full inbox)."""
         wanted = [m for m in messages if (m["user"], m["device"]) in existing]
-        held = yield self.storage.event_counts(sorted({inbox_stream(m["user"], m["device"]) for m in wanted}))
+        streams = sorted({inbox_stream(m["user"], m["device"]) for m in wanted})
+        held = yield self.storage.event_counts(streams)
+        for stream in streams:  # with what this process has on the way
+            held[stream] = held.get(stream, 0) + self._committing.get(stream, 0)
         full = []
         now = int(self._clock.seconds() * 1000)
         sends = []
@@ -147,7 +153,9 @@ class Inboxes:
                 "from_device": sender_device,
                 "body": message["body"],
             }
-            sends.append(self.storage.append(event).addCallback(self._published, event))
+            self._committing[stream] = self._committing.get(stream, 0) + 1
+            d = self.storage.append(event).addCallback(self._published, event)
+            sends.append(d.addBoth(self._committed, stream))
         if full:
             log.warn(
                 "inbox full: {count} message(s) from {sender} refused ({streams})",
@@ -161,6 +169,14 @@ class Inboxes:
         # The first failure as itself (a database that went away ...), not wrapped.
         sent = yield gathered.addErrback(_unwrapped)
         return sent, full
+
+    def _committed(self, result: Any, stream: str) -> Any:
+        left = self._committing[stream] - 1
+        if left:
+            self._committing[stream] = left
+        else:
+            del self._committing[stream]
+        return result
 
     def _published(self, text: str, event: dict[str, Any]) -> dict[str, Any]:
         self.hub.publish(event["stream"], event["id"], text.encode("utf-8"))

@@ -194,3 +194,20 @@ class EncryptedRoomTests(unittest.TestCase):
         got = await bob_events.next(is_msg)
         self.assertEqual((got["body"], got["e2e"]["ok"]), ("to all 202 devices", True))
         self.assertEqual(alice.state, "online")  # never cut off for a request too long
+
+    async def test_a_device_whose_inbox_was_full_gets_the_room_key_with_the_next_message(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        alice, _, _ = await e2e_client(self, server, "alice", base / "alice")
+        bob, _, bob_events = await e2e_client(self, server, "bob", base / "bob")
+        await alice.request({"type": "create", "room": "secret", "encrypted": True})
+        await bob.request({"type": "join", "room": "secret"})
+        inboxes = server.factory.chat.inboxes
+        inboxes.max_inbox = 0  # every inbox is full: the key share is refused
+        await alice.say("secret", "one")
+        first = await bob_events.next(is_msg)
+        self.assertEqual(first["e2e"], {"ok": False, "reason": "no_key"})
+        inboxes.max_inbox = 1000
+        await alice.say("secret", "two")
+        second = await bob_events.next(lambda e: is_msg(e) and e.get("body") == "two")
+        self.assertEqual(second["e2e"]["ok"], True)

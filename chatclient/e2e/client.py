@@ -475,9 +475,13 @@ class EndToEnd:
                 "ciphertext": self.olm.encrypt(entry["curve25519"], envelope),
             }
             messages.append({"user": user, "device": device, "body": body})
+        unsent = set()
         for batch in e2e.batches(messages):  # each request within a record
-            yield self._request({"type": "to_device", "messages": batch})
-        self.rooms.mark_shared(room, [f"{u} {d}" for u, d, _ in ready])
+            answer = yield self._request({"type": "to_device", "messages": batch})
+            for item in answer.get("full", []) + answer.get("missing", []):
+                unsent.add(f"{item.get('user')} {item.get('device')}")
+        # A device whose inbox was full is shared with again at the next message.
+        self.rooms.mark_shared(room, [f"{u} {d}" for u, d, _ in ready if f"{u} {d}" not in unsent])
 
     # --- what comes in -----------------------------------------------------------------
 
@@ -493,7 +497,8 @@ class EndToEnd:
             listing, at = yield self._listing({"type": "devices", "room": room})
         finally:
             self._moves_while_listing.pop(room, None)
-        self._room_devices[room] = listing
+        if not moves:  # (else its pages are of different moments: listed again at need)
+            self._room_devices[room] = listing
         if isinstance(at, int) and not isinstance(at, bool):
             self._know_members(room, set(listing), at)
             for event in moves:

@@ -237,12 +237,7 @@ class RoomKeys:
                 known,
             )
         session, known = cached
-        if (
-            known["room"] != event.get("room")
-            or known["sender"] != event.get("from")
-            or known["device"] != payload.get("device")
-            or known["curve25519"] != payload.get("sender_key")
-        ):
+        if known["room"] != event.get("room") or known["sender"] != event.get("from"):
             raise MegolmError("wrong_sender", "the message's session is another sender's or room's")
         try:
             message = vodozemac.MegolmMessage.from_base64(payload["ciphertext"])

@@ -19,7 +19,7 @@ deployments, one per database number or prefix):
   publisher, Redis and every subscriber about the same whatever it holds,
   and one per event was a third of a process's CPU per message.
 - ``ctl``: room invalidations (``r <process> <room>``), closings of a
-  user's sessions (``c <process> <code> <user> <device or ->``), presence
+  user's sessions (``c <process> <code> <user> <device or *>``), presence
   changes (``p <process> <seq> <count> <user>``) and goodbyes (``bye
   <process>``).
 - ``presence:<process>``: a hash of the process's users and how many
@@ -528,7 +528,7 @@ class RedisHub:
         elif kind == "c":
             process, code, user, device = rest.split(" ", 3)
             if process != self.name and self._receiver is not None:
-                self._receiver.close_sessions(user, None if device == "-" else device, code)
+                self._receiver.close_sessions(user, None if device == "*" else device, code)
         elif kind == "p":
             process, seq, count, user = rest.split(" ", 3)
             if process != self.name:
@@ -657,8 +657,9 @@ class RedisHub:
     def close_sessions(self, user: str, device: str | None, code: str) -> None:
         # Kept until confirmed, like an invalidation: a closing lost while
         # the link is down would leave a disabled account chatting.
-        key = f"\0c\0{user}\0{device or '-'}".encode()
-        self._send(self._ctl + key, f"c {self.name} {code} {user} {device or '-'}".encode())
+        # "*" (all devices) is no device id.
+        key = f"\0c\0{user}\0{device or '*'}".encode()
+        self._send(self._ctl + key, f"c {self.name} {code} {user} {device or '*'}".encode())
 
     # --- presence ---------------------------------------------------------------------
 
