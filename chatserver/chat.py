@@ -429,6 +429,29 @@ class ChatService:
             if conn is not keep and (device is None or conn.device == device):
                 conn.close(code, CLOSINGS.get(code, code))  # (a newer process's code as itself)
 
+    def recheck_sessions(self) -> None:
+        """The hub's link was down, and another process's closings with it:
+        close the sessions here of accounts now disabled and of devices now
+        removed, as storage has them."""
+        self._recheck_sessions().addErrback(lambda f: log.failure("rechecking the sessions failed", f))
+
+    @defer.inlineCallbacks
+    def _recheck_sessions(self) -> Any:
+        users = sorted(self.online)
+        for user in users:
+            record = yield self.storage.get_user(user)
+            if record is not None and record.disabled:
+                self.close_sessions(user, None, "account_disabled")
+        with_devices = sorted({m.user for ms in self.online.values() for m in ms if m.device and m.user})
+        if not with_devices:
+            return
+        found = yield self.storage.devices(with_devices)
+        for user in with_devices:
+            listed = {record.device for record in found.get(user, ())}
+            for conn in list(self.online.get(user, ())):
+                if conn.device is not None and conn.device not in listed:
+                    conn.close("device_removed", CLOSINGS["device_removed"])
+
     def device_removed(self, user: str, device: str, keep: Any = None) -> None:
         """``user``'s ``device`` is out of the directory: its rooms' digests
         are stale, and its sessions, on every process, end."""

@@ -29,6 +29,7 @@ class Recorder:
         self.events: list[tuple[str, int, bytes]] = []
         self.rooms_changed: list[str] = []
         self.closings: list[tuple[str, str | None, str]] = []
+        self.rechecks = 0
 
     def deliver(self, stream: str, event_id: int, encoded: bytes) -> None:
         self.events.append((stream, event_id, encoded))
@@ -38,6 +39,9 @@ class Recorder:
 
     def close_sessions(self, user: str, device: str | None, code: str) -> None:
         self.closings.append((user, device, code))
+
+    def recheck_sessions(self) -> None:
+        self.rechecks += 1
 
     def ids(self, stream: str) -> list[int]:
         return [i for s, i, _ in self.events if s == stream]

@@ -253,3 +253,27 @@ class ListingPageTests(unittest.TestCase):
                 self.assertEqual(
                     {p["at"] for p in pages} and all(isinstance(p["at"], int) for p in pages), True
                 )
+
+
+class RecheckTests(unittest.TestCase):
+    async def test_a_recheck_closes_what_storage_says_is_disabled_or_removed(self) -> None:
+        # What another process decided while the hub's link was down: the
+        # closings are lost, the records are not.
+        server = await start_server(self)
+        mallory = await logged_in(self, server, "mallory")
+        alice = await logged_in(self, server, "alice")
+        phone_session = await logged_in(self, server, "alice", register=False)
+        laptop, phone = Device.new("alice"), Device.new("alice")
+        await upload(alice, laptop)
+        await upload(phone_session, phone)
+        storage = server.factory.chat.storage
+        await storage.set_disabled(
+            "mallory", True, ("add_audit", (1, "root", "disable", None, "mallory", ""))
+        )
+        await storage.remove_device("alice", phone.device_id, 2, None)
+        server.factory.chat.recheck_sessions()
+        lost = await mallory.closed
+        self.assertEqual(lost.code, "account_disabled")
+        lost = await phone_session.closed
+        self.assertEqual(lost.code, "device_removed")
+        self.assertEqual((await alice.ping())["type"], "pong")  # nothing else is touched

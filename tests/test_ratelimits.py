@@ -561,8 +561,11 @@ class FloodLatencyTests(unittest.TestCase):
         flooded = await median_round_trip(probes)
         elapsed = time.perf_counter() - started
         during = answered() - before
-        # The flood went on during the probes, and the flooder is still there.
-        self.assertGreater(during, 500, flooder.output())
+        # The flood went on during the probes (the flooder reports every 500
+        # answers: at least one report came meanwhile; more than 500 asked
+        # for two, which a slow machine's PostgreSQL pass did not always
+        # give), and the flooder is still there.
+        self.assertGreater(during, 0, flooder.output())
         self.assertNotIn("closed", flooder.output())
         self.assertEqual(len(server.factory.connections), 2)
         # Stop the flood before the server stops, so nothing is in flight then.

@@ -35,7 +35,9 @@ contract is that of a network, not of a function call:
   already knows.
 * ``close_sessions`` tells every *other* process to close a user's
   sessions (a disabled account), or those of one of their devices (a
-  removed device); the process that decided it closes its own.
+  removed device); the process that decided it closes its own.  A
+  process whose link was down may have missed some: the hub then asks it
+  to ``recheck_sessions`` against storage, as it reloads its rooms.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class Receiver(Protocol):
     def close_sessions(self, user: str, device: str | None, code: str) -> None:
         """Another process decided that ``user``'s sessions here (only
         those of ``device``, if given) end, with CLOSE ``code``."""
+        ...
+
+    def recheck_sessions(self) -> None:
+        """Closings sent while this process's link was down may be lost:
+        check the sessions here against storage."""
         ...
 
 

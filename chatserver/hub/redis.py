@@ -457,6 +457,8 @@ class RedisHub:
         if again and self._receiver is not None:
             for stream in [s for s in self._followed if s.startswith("room:")]:
                 self._receiver.room_changed(stream[5:])
+            # So are closings (a disabled account, a removed device).
+            self._receiver.recheck_sessions()
         assert self._order is not None
         positions = dict(self._order.positions)
         for stream in list(self._followed):
