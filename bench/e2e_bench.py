@@ -47,7 +47,12 @@ class Sealed:
         devices = {}
         for session in everyone:
             device = Device.new(session.user)
-            declare = {"type": "keys", "device": device.device_id, "identity": device.identity()}
+            declare = {
+                "type": "keys",
+                "device": device.device_id,
+                "identity": device.identity(),
+                "proof": device.proof(session.device_challenge),
+            }
             await clients.wait(session.request(declare), "keys")
             devices[id(session)] = device
         listing: dict[str, Any] = {}

@@ -258,6 +258,7 @@ class ChatSession:
         self.fingerprint = protocol.fingerprint
         self.user: str | None = None
         self.role: str | None = None
+        self.device_challenge = ""
         self._refs = itertools.count(1)
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -325,6 +326,8 @@ class ChatSession:
     def _logged_in(self, welcome: dict[str, Any]) -> dict[str, Any]:
         self.user = welcome["user"]
         self.role = welcome["role"]
+        #: What this connection's device signs when it declares itself.
+        self.device_challenge = str(welcome.get("device_challenge", ""))
         idle = welcome.get("idle_timeout")
         if isinstance(idle, (int, float)) and idle > 0 and not self.closed.called:
             # The server closes idle connections; a ping at a third of its

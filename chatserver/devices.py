@@ -78,11 +78,14 @@ class DeviceDirectory:
         identity: dict[str, str] | None,
         one_time_keys: Sequence[dict[str, str]],
         fallback: dict[str, str] | None,
+        challenge: str | None = None,
+        proof: str | None = None,
     ) -> Any:
         """Add or update a device; fires with (how many one-time keys it has
         on the server now, whether it is new).  Every signature is checked
         first, in the order of the request's members: the identity's, then
-        each key's."""
+        with a ``challenge`` (the connection declares the device) the
+        ``proof`` over it, then each key's."""
         known = yield self.storage.devices([user])
         record = next((d for d in known.get(user, ()) if d.device == device), None)
         if identity is not None:
@@ -95,6 +98,11 @@ class DeviceDirectory:
             signer = ""
         else:
             signer = record.ed25519
+        if challenge is not None and signer:
+            if proof is None:
+                raise DeviceError("missing_field", "declaring a device needs its proof", "proof")
+            if not e2e.signed_by(signer, proof, e2e.device_proof_content(user, device, challenge)):
+                raise DeviceError("bad_signature", "the proof is not the device's signature", "proof")
         keys: list[SignedKey] = []
         for field, items, is_fallback in (
             ("one_time_keys", one_time_keys, False),

@@ -13,6 +13,7 @@ link, with no socket.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -29,6 +30,7 @@ from chatserver.ratelimit import network_prefix
 from chatserver.storage.interface import DatabaseLost, DatabaseUnreachable, StoreClosed
 from chatserver.tickets import Tickets
 from chatserver.wire import channel, safetext
+from chatserver.wire import e2e as e2e_wire
 from chatserver.wire.errors import Refused
 from chatserver.wire.validation import PRE_LOGIN, Limits, validate
 from chatserver.workers import Busy
@@ -161,6 +163,7 @@ class Session:
         "link",
         "user",
         "device",
+        "device_challenge",
         "account",
         "role",
         "token",
@@ -183,6 +186,9 @@ class Session:
         self.user: str | None = None
         #: The device this connection declared with ``keys``, if any.
         self.device: str | None = None
+        #: What a device declared on this connection signs (the welcome's
+        #: device_challenge): holding its key, not knowing its id, binds it.
+        self.device_challenge = ""
         self.account: Account | None = None
         self.role = "user"
         self.token: str | None = None
@@ -416,6 +422,7 @@ class Session:
             # before connect() finished putting us in our rooms.
             factory.chat.disconnect(self)
             return None
+        self.device_challenge = e2e_wire.b64encode(os.urandom(32))
         # A resumption ticket and offline direct messages follow the
         # welcome: _fill sends them right after it (see _after_welcome).
         return {
@@ -426,6 +433,7 @@ class Session:
             "rooms": snapshot["rooms"],
             "streams": snapshot["streams"],
             "encrypted_rooms": snapshot["encrypted_rooms"],
+            "device_challenge": self.device_challenge,
             "token": token,
             # Clients keep the connection alive within this.
             "idle_timeout": factory.settings.idle_timeout,

@@ -252,6 +252,7 @@ MEMBER_KINDS = {
     "identity": "identity",
     "one_time_keys": "one_time_keys",
     "fallback_key": "signed_key",
+    "proof": "signature",
     "users": "users",
     "devices": "claims",
     "messages": "to_device",
@@ -368,6 +369,8 @@ def _e2e_values(kind: str) -> st.SearchStrategy[Any] | None:
         )
     if kind == "signed_key":
         return signed_keys
+    if kind == "signature":
+        return b64_signatures
     if kind == "one_time_keys":
         return st.lists(signed_keys, max_size=5, unique_by=lambda k: k["key_id"])
     if kind == "users":
@@ -632,6 +635,7 @@ _E2E_TYPES: dict[str, tuple[type, ...]] = {
     "device_name": (str,),
     "identity": (dict,),
     "signed_key": (dict,),
+    "signature": (str,),
     "one_time_keys": (list,),
     "users": (list,),
     "claims": (list,),
@@ -649,6 +653,7 @@ _E2E_BAD: dict[str, list[Any]] = {
         {"curve25519": _KEY, "ed25519": "=" * 43, "signature": _SIG},
     ],
     "signed_key": [dict(_SIGNED, key_id=""), dict(_SIGNED, signature=_SIG + "A"), {"key": _KEY}],
+    "signature": ["", _SIG[:-1], _SIG + "A", "=" * 86],
     "one_time_keys": [[_SIGNED, _SIGNED], [dict(_SIGNED, key_id=str(i)) for i in range(51)], ["key"]],
     "users": [[], ["alice"] * 101, [1]],
     "claims": [[], [{"user": "alice"}], [{"user": "alice", "device": ""}], ["alice"]],

@@ -21,6 +21,8 @@ async def upload(session: ChatSession, device: Device, keys: int = 3, **extra: A
         "identity": device.identity(),
         "one_time_keys": device.one_time_keys(keys),
         "fallback_key": device.fallback_key(),
+        # (checked only where the request declares the connection's device)
+        "proof": device.proof(session.device_challenge),
     }
     request.update(extra)
     answer = await session.request({k: v for k, v in request.items() if v is not None})
@@ -81,7 +83,13 @@ class DirectoryTests(unittest.TestCase):
         other = Device("alice", laptop.device_id, Device.new("alice").account)
         second = await logged_in(self, server, "alice", register=False)
         error = await self.refused(
-            second, {"type": "keys", "device": laptop.device_id, "identity": other.identity()}
+            second,
+            {
+                "type": "keys",
+                "device": laptop.device_id,
+                "identity": other.identity(),
+                "proof": other.proof(second.device_challenge),
+            },
         )
         self.assertEqual((error["code"], error["field"]), ("device_conflict", "identity"))
         # A key signed by another device's key.
@@ -97,6 +105,32 @@ class DirectoryTests(unittest.TestCase):
         self.assertEqual((error["code"], error["field"]), ("bad_field", "device"))
         error = await self.refused(second, {"type": "keys", "device": "NEWDEVICE"})
         self.assertEqual((error["code"], error["field"]), ("unknown_device", "device"))
+
+    async def test_a_connection_binds_a_device_only_with_its_key(self) -> None:
+        server = await start_server(self)
+        alice = await logged_in(self, server, "alice")
+        laptop = Device.new("alice")
+        await upload(alice, laptop)
+        # Another session of the account knows the laptop's id and public
+        # keys (any listing has them), but not its private key.
+        thief = await logged_in(self, server, "alice", register=False)
+        declare = {"type": "keys", "device": laptop.device_id, "identity": laptop.identity()}
+        error = await self.refused(thief, declare)
+        self.assertEqual((error["code"], error["field"]), ("missing_field", "proof"))
+        error = await self.refused(thief, {"type": "keys", "device": laptop.device_id})
+        self.assertEqual((error["code"], error["field"]), ("missing_field", "proof"))
+        # A proof over another connection's challenge, or by another key.
+        stale = laptop.proof(alice.device_challenge)
+        forged = Device("alice", laptop.device_id, Device.new("alice").account).proof(thief.device_challenge)
+        for proof in (stale, forged):
+            error = await self.refused(thief, dict(declare, proof=proof))
+            self.assertEqual((error["code"], error["field"]), ("bad_signature", "proof"))
+        # Nothing was bound: the thief's connection has no inbox.
+        error = await self.refused(thief, {"type": "to_device_ack", "upto": 1})
+        self.assertEqual(error["code"], "no_device")
+        # With the key, a second connection of the device is fine.
+        answer = await thief.request(dict(declare, proof=laptop.proof(thief.device_challenge)))
+        self.assertEqual(answer["device"], laptop.device_id)
 
     async def test_a_removed_device_is_gone_for_good_and_its_connections_closed(self) -> None:
         server = await start_server(self)
@@ -120,7 +154,13 @@ class DirectoryTests(unittest.TestCase):
         self.assertEqual((lost.clean, lost.code), (True, "device_removed"))
         again = await logged_in(self, server, "alice", register=False)
         error = await self.refused(
-            again, {"type": "keys", "device": phone.device_id, "identity": phone.identity()}
+            again,
+            {
+                "type": "keys",
+                "device": phone.device_id,
+                "identity": phone.identity(),
+                "proof": phone.proof(again.device_challenge),
+            },
         )
         self.assertEqual(error["code"], "device_removed")
 
@@ -159,7 +199,9 @@ class InboxTests(unittest.TestCase):
         # Bob's phone comes back: the backlog, in order, after the answer.
         bob = await logged_in(self, server, "bob", register=False)
         queue = EventQueue(bob)
-        await bob.request({"type": "keys", "device": phone.device_id})
+        await bob.request(
+            {"type": "keys", "device": phone.device_id, "proof": phone.proof(bob.device_challenge)}
+        )
         first = await queue.next(lambda e: e["type"] == "to_device")
         second = await queue.next(lambda e: e["type"] == "to_device")
         self.assertEqual([first["body"], second["body"]], [{"n": 1}, {"n": 2}])
@@ -176,7 +218,9 @@ class InboxTests(unittest.TestCase):
         await bob.close()
         bob = await logged_in(self, server, "bob", register=False)
         queue = EventQueue(bob)
-        await bob.request({"type": "keys", "device": phone.device_id})
+        await bob.request(
+            {"type": "keys", "device": phone.device_id, "proof": phone.proof(bob.device_challenge)}
+        )
         again = await queue.next(lambda e: e["type"] == "to_device")
         self.assertEqual(again["body"], {"n": 4})
 

@@ -232,6 +232,7 @@ class EndToEnd:
             "device": self.device_id,
             "name": self.store.get("name", "chatclient"),
             "identity": self.device.identity(),
+            "proof": self.device.proof(session.device_challenge),
         }
         # A new fallback key once a week, not at every connection: vodozemac
         # keeps only the last two, and a session may start on an older one.

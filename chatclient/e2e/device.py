@@ -39,6 +39,11 @@ class Device:
     def sign(self, content: bytes) -> str:
         return str(self.account.sign(content).to_base64())
 
+    def proof(self, challenge: str) -> str:
+        """The ``proof`` member of the ``keys`` that declares this device on
+        a connection: its signature over the welcome's challenge."""
+        return self.sign(e2e.device_proof_content(self.user, self.device_id, challenge))
+
     def identity(self) -> dict[str, str]:
         """The ``identity`` member of ``keys``: the keys and their signature."""
         content = e2e.device_content(self.user, self.device_id, self.curve25519, self.ed25519)

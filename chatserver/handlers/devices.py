@@ -32,6 +32,9 @@ class DeviceHandlers:
             raise ChatError("bad_field", "this connection is another device", "device")
         user = session.user
         assert user is not None
+        # Declaring the connection's device takes its key, not only its id
+        # (else any session of the account could take a device's inbox).
+        challenge = session.device_challenge if session.device is None else None
         count, added = yield self.chat.devices.upload(
             user,
             device,
@@ -39,6 +42,8 @@ class DeviceHandlers:
             request.get("identity"),
             request.get("one_time_keys", []),
             request.get("fallback_key"),
+            challenge,
+            request.get("proof"),
         )
         if added:
             self.chat.devices_changed(user)  # its rooms' devices digests are stale

@@ -30,6 +30,7 @@ MEGOLM = "megolm.v1"
 USAGE_DEVICE = "chatserver.device.v1"
 USAGE_ONE_TIME_KEY = "chatserver.one_time_key.v1"
 USAGE_ROOM_KEY = "chatserver.room_key.v1"
+USAGE_DEVICE_PROOF = "chatserver.device_proof.v1"
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 KEY_ID = re.compile(r"[A-Za-z0-9+/]{1,32}")
@@ -95,6 +96,14 @@ def device_content(user: str, device: str, curve25519: str, ed25519: str) -> byt
     """What a device's identity signature covers."""
     return canonical_json(
         {"curve25519": curve25519, "device": device, "ed25519": ed25519, "usage": USAGE_DEVICE, "user": user}
+    )
+
+
+def device_proof_content(user: str, device: str, challenge: str) -> bytes:
+    """What a connection's proof that it holds the device's Ed25519 key
+    covers: the challenge of its welcome, fresh for each login."""
+    return canonical_json(
+        {"challenge": challenge, "device": device, "usage": USAGE_DEVICE_PROOF, "user": user}
     )
 
 

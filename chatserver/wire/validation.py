@@ -307,6 +307,11 @@ def identity(value: Any, limits: Limits | None = None) -> dict[str, str]:
     }
 
 
+def proof(value: Any, limits: Limits | None = None) -> str:
+    """The signature of ``keys`` over the welcome's device challenge."""
+    return _signature(value, "proof")
+
+
 def _signed_key(value: Any, field: str) -> dict[str, str]:
     value = _object(value, field, {"key_id": True, "key": True, "signature": True})
     if not isinstance(value["key_id"], str) or not e2e.KEY_ID.fullmatch(value["key_id"]):
@@ -497,6 +502,7 @@ REQUESTS: dict[str, dict[str, tuple[Check, bool]]] = {
         "identity": (identity, False),
         "one_time_keys": (one_time_keys, False),
         "fallback_key": (fallback_key, False),
+        "proof": (proof, False),
     },
     "devices": {"users": (users, False), "room": (room, False), "after": (_after_user, False)},
     "claim": {"devices": (claims, True)},
