@@ -211,3 +211,25 @@ class EncryptedRoomTests(unittest.TestCase):
         await alice.say("secret", "two")
         second = await bob_events.next(lambda e: is_msg(e) and e.get("body") == "two")
         self.assertEqual(second["e2e"]["ok"], True)
+
+    async def test_sessions_dropped_from_memory_are_read_again_from_the_store(self) -> None:
+        server = await start_server(self)
+        base = Path(self.mktemp())
+        bob, bob_device, bob_events = await e2e_client(self, server, "bob", base / "bob")
+        bob_device.rooms.inbound_cache = 2  # (500 by default)
+        await bob.request({"type": "create", "room": "many", "encrypted": True})
+        senders = []
+        for name in ("alice", "carol", "dave"):
+            client, _, _ = await e2e_client(self, server, name, base / name)
+            await client.request({"type": "join", "room": "many"})
+            senders.append((name, client))
+        for name, client in senders:
+            await client.say("many", f"from {name}")
+            got = await bob_events.next(lambda e, n=name: is_msg(e) and e["from"] == n)
+            self.assertEqual(got["e2e"]["ok"], True)
+        self.assertEqual(len(bob_device.rooms._inbound), 2)
+        # Alice's session left memory first; her next message still reads.
+        await senders[0][1].say("many", "again")
+        got = await bob_events.next(lambda e: is_msg(e) and e.get("body") == "again")
+        self.assertEqual((got["from"], got["e2e"]["ok"]), ("alice", True))
+        self.assertEqual(len(bob_device.rooms._inbound), 2)

@@ -12,6 +12,7 @@ after ``ROTATE_MS``.
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import Any
 
@@ -22,6 +23,10 @@ from chatclient.e2e.store import DeviceStore
 from chatserver.wire import e2e
 
 ROTATE_MESSAGES = 100
+#: Inbound sessions kept open in memory, the most recently used: a session
+#: rotates every 100 messages per sender, so a long-running client in busy
+#: rooms would otherwise keep thousands (the store has them all).
+INBOUND_CACHE = 500
 ROTATE_MS = 7 * 24 * 3600 * 1000
 
 
@@ -53,7 +58,10 @@ class RoomKeys:
         self.store = store
         #: Inbound sessions unpickled, by id: every message of a room
         #: would otherwise open its session from the store again.
-        self._inbound: dict[str, tuple[vodozemac.InboundGroupSession, dict[str, Any]]] = {}
+        self._inbound: collections.OrderedDict[str, tuple[vodozemac.InboundGroupSession, dict[str, Any]]] = (
+            collections.OrderedDict()
+        )
+        self.inbound_cache = INBOUND_CACHE
 
     # --- this device's outbound sessions ---------------------------------
 
@@ -236,6 +244,10 @@ class RoomKeys:
                 vodozemac.InboundGroupSession.from_pickle(known["pickle"], self.store.key),
                 known,
             )
+            if len(self._inbound) > self.inbound_cache:
+                self._inbound.popitem(last=False)  # read again from the store at need
+        else:
+            self._inbound.move_to_end(session_id)
         session, known = cached
         if known["room"] != event.get("room") or known["sender"] != event.get("from"):
             raise MegolmError("wrong_sender", "the message's session is another sender's or room's")
