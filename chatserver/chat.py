@@ -448,16 +448,21 @@ class ChatService:
         found = yield self.storage.devices(with_devices)
         for user in with_devices:
             listed = {record.device for record in found.get(user, ())}
-            for conn in list(self.online.get(user, ())):
-                if conn.device is not None and conn.device not in listed:
-                    conn.close("device_removed", CLOSINGS["device_removed"])
+            bound = {conn.device for conn in self.online.get(user, ()) if conn.device is not None}
+            for device in sorted(bound - listed):
+                self.close_sessions(user, device, "device_removed")
+
+    def end_sessions(self, user: str, device: str | None, code: str, keep: Any = None) -> None:
+        """Close ``user``'s sessions (of ``device`` only, if given; never
+        ``keep``) here and on every other process."""
+        self.close_sessions(user, device, code, keep)
+        self.hub.close_sessions(user, device, code)
 
     def device_removed(self, user: str, device: str, keep: Any = None) -> None:
         """``user``'s ``device`` is out of the directory: its rooms' digests
         are stale, and its sessions, on every process, end."""
         self.devices_changed(user)
-        self.close_sessions(user, device, "device_removed", keep)
-        self.hub.close_sessions(user, device, "device_removed")
+        self.end_sessions(user, device, "device_removed", keep)
 
     def room_changed(self, room: str) -> None:
         """Another process changed ``room``: read it again.
@@ -1273,8 +1278,7 @@ class ChatService:
                 raise ChatError("no_such_user", f"there is no user {target!r}", "user")
             audit.logged(None)
             if disabled:
-                self.close_sessions(target, None, "account_disabled")
-                self.hub.close_sessions(target, None, "account_disabled")
+                self.end_sessions(target, None, "account_disabled")
             return {"type": "account", "user": target, "disabled": disabled}
 
         return d.addCallback(done)

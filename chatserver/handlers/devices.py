@@ -72,8 +72,9 @@ class DeviceHandlers:
         after = request.get("after")
         # A page in name order, of whole users: a room's members, with up
         # to 20 devices each, need not fit in one record.
-        wanted = [u for u in users if after is None or u > after][: e2e.MAX_LISTED]
-        more = len(wanted) < sum(1 for u in users if after is None or u > after)
+        remaining = [u for u in users if after is None or u > after]
+        wanted = remaining[: e2e.MAX_LISTED]
+        more = len(remaining) > len(wanted)
 
         def page(found: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             texts = [json_text(user) + ":" + json_text(found[user]) for user in wanted]
