@@ -589,6 +589,8 @@ class FloodLatencyTests(unittest.TestCase):
             messages_burst=5,
             abuse_strikes=NEVER,  # keep the flooder connected
         )
+        # This guards LINES_PER_TURN: without the per-turn line budget the
+        # ping waited 69 to 107 ms behind each read of the flood.
         self.assertLess(flooded, 5 * baseline + 0.020, report)
 
     async def test_unlimited_request_flood_does_not_delay_messages(self) -> None:
@@ -597,7 +599,14 @@ class FloodLatencyTests(unittest.TestCase):
         baseline, flooded, report = await self.measure(
             {"type": "history", "stream": "room:lobby", "limit": 1}, total=20_000, probe="say", probes=20
         )
-        self.assertLess(flooded, 5 * baseline + 0.020, report)
+        # What this guards is MAX_UNANSWERED: without it (measured with the
+        # cap at 100000) the probes waited behind the queued database jobs,
+        # 4 to 9 s each on either backend.  Working, they take 3 to 42 ms
+        # on a loaded two-core machine, so the bound sits between the two
+        # with a wide margin each way: a timing bound that tracked the
+        # baseline closely (5 x + 20 ms) failed when a busy CI machine
+        # slowed one run.  The speed itself is the bench's to measure.
+        self.assertLess(flooded, 5 * baseline + 0.500, report)
 
 
 # --- lookups of other users (enumeration) ---------------------------------------
