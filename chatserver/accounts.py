@@ -217,6 +217,7 @@ class Accounts:
             raise AuthError("account_disabled", "this account is disabled")
         self.throttle.succeeded(name)
         audit.info("login {user} from {address}", user=name, address=address)
+        self._logged_in(record.name)
         return Account(record.name, record.role)
 
     def issue_token(self, name: str) -> Any:
@@ -248,7 +249,14 @@ class Accounts:
         if record.disabled:
             raise AuthError("account_disabled", "this account is disabled")
         audit.info("token login {user} from {address}", user=name, address=address)
+        self._logged_in(record.name)
         return Account(record.name, record.role)
+
+    def _logged_in(self, name: str) -> None:
+        # With the next group commit, not a commit of its own: a burst of
+        # logins (a restart's reconnections) costs no extra transactions,
+        # and a later login of the same account replaces one still waiting.
+        self._store.note(("last_login", name), ("set_last_login", (name, int(self._clock.seconds()))))
 
     def revoke_token(self, token: str) -> Any:
         return self._store.revoke_token(token_hash(token))

@@ -1,6 +1,9 @@
-"""Administration from the shell: ``python -m chatserver.admin``.
+"""Administration from the shell: chatserver-admin (python -m chatserver.admin).
 
     chatserver-admin [--config FILE | --data-dir DIR] [--create] add-user NAME [--admin] [--password-file F]
+    chatserver-admin [...] user add|passwd|list|show|set-role|disable|enable|delete|revoke-tokens ... [--json]
+    chatserver-admin [...] room list|show ... [--json]
+    chatserver-admin [...] fingerprint | check | backup DEST [--json]
     chatserver-admin [...] invite [--count N] [--expires DURATION]
     chatserver-admin [...] invite --list | --revoke CODE | --revoke-id ID
     chatserver-admin [...] migrate-store --to postgresql://HOST/DB [--to-password-file F]
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from chatserver import accounts
+from chatserver import __version__, accounts, admin_accounts, admin_server
 from chatserver.config import PASSWORD_ENV, POSTGRES_SCHEMES, ConfigError, check_database_url, load_settings
 from chatserver.storage import queries
 from chatserver.storage.direct import DirectDatabase, UnusableDatabase, open_direct
@@ -31,7 +35,11 @@ from chatserver.wire import validation
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m chatserver.admin", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="chatserver-admin", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"chatserver-admin {__version__}")
+    # Every command takes --json (after its name): one JSON object on stdout.
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
     p.add_argument("--config", help="server configuration file (for data_dir and hash cost)")
     p.add_argument("--data-dir", help="the server's data directory (default: from the config, var/lib)")
     p.add_argument(
@@ -43,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="create the database if it does not exist (a new installation, or starting over on purpose)",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    add = sub.add_parser("add-user", help="create an account")
+    add = sub.add_parser("add-user", parents=[json_flag], help="create an account (as: user add)")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="give the account the admin role")
     add.add_argument("--password-file", type=Path, help="read the password from this file")
@@ -65,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="how long the codes are valid: a number of seconds or e.g. 30m, 12h, 7d, 2w (default 7d)",
     )
+    admin_accounts.add_parsers(sub, json_flag)
+    admin_server.add_parsers(sub, json_flag)
     move = sub.add_parser(
         "migrate-store",
         help="copy the server's SQLite database into an empty PostgreSQL database (the server stopped)",
@@ -244,29 +254,49 @@ def main(argv: list[str] | None = None) -> int:
             return invite(args, db, settings.allow_registration)
         finally:
             db.close()
-    if args.command == "add-user":
+    if args.command in ("add-user", "user", "room"):
+        if args.command == "add-user":
+            args.command, args.action = "user", "add"
+        return _account_command(args, settings)
+    return admin_server.run(args, settings)
+
+
+def _account_command(args: argparse.Namespace, settings: Any) -> int:
+    path = getattr(args, "password_file", None)
+
+    def password() -> str:
         try:
-            name = validation.username(args.name)
-            password = read_new_password(args.password_file)
-            validation.new_password(password)
+            return read_new_password(Path(path) if path else None)
+        except OSError as e:
+            raise admin_accounts.Refused(f"cannot read the password file: {e.strerror}") from None
+
+    given: list[str] = []
+    if args.command == "user" and args.action in ("add", "passwd"):
+        # Checked before the database is opened: a mistake here is the
+        # operator's (exit 2), whatever the state of the database.
+        try:
+            validation.username(args.name)
+            given.append(password())
+            validation.new_password(given[0])
         except validation.RequestError as e:
             print(f"error: {e.message}", file=sys.stderr)
             return 2
-        except OSError as e:
-            print(f"error: cannot read the password file: {e.strerror}", file=sys.stderr)
+        except admin_accounts.Refused as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        db = _open_database(settings, args.create)
-        if db is None:
-            return 1
-        try:
-            role = "admin" if args.admin else "user"
-            if not accounts.add_user_now(db, name, password, role, settings.password_hash_cost):
-                print(f"error: user {name} already exists", file=sys.stderr)
-                return 1
-        finally:
-            db.close()
-        print(f"added {role} {name}")
-    return 0
+    db = _open_database(settings, args.create)
+    if db is None:
+        return 1
+    try:
+        commands = admin_accounts.AccountCommands(db, settings, _who(), args.json, lambda: given[0])
+        return admin_accounts.run(commands, args)
+    except admin_accounts.Refused as e:
+        if args.json:
+            print(json.dumps({"error": str(e)}))
+        print(f"error: {e}", file=sys.stderr)
+        return e.status
+    finally:
+        db.close()
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ ANSWER_OVERHEAD = 512
 CLOSINGS = {
     "account_disabled": "this account was disabled by an admin",
     "device_removed": "this device was removed",
+    "account_changed": "an admin changed this account's role: log in again",
+    "signed_out": "an admin signed this account out",
+    "account_deleted": "this account was deleted by an admin",
 }
 
 
@@ -457,6 +460,23 @@ class ChatService:
         ``keep``) here and on every other process."""
         self.close_sessions(user, device, code, keep)
         self.hub.close_sessions(user, device, code)
+
+    @defer.inlineCallbacks
+    def account_changed(self, user: str, code: str | None, rooms: list[str]) -> Any:
+        """The admin tool changed ``user``'s account in the database: read
+        its server role again, end its sessions everywhere with CLOSE
+        ``code`` (if given; a new login reads the account afresh), and read
+        ``rooms`` again here and on every other process."""
+        record = yield self.storage.get_user(user)
+        if record is not None and record.role == "admin" and not record.disabled:
+            self.admins.add(user)
+        else:
+            self.admins.discard(user)
+        if code is not None:
+            self.end_sessions(user, None, code)
+        for room in rooms:
+            self.room_changed(room)
+            self.hub.invalidate(room)
 
     def device_removed(self, user: str, device: str, keep: Any = None) -> None:
         """``user``'s ``device`` is out of the directory: its rooms' digests

@@ -34,7 +34,27 @@ CONNECTIONS_NAMESPACE = "chatserver.connections"
 AUDIT_NAMESPACE = "chatserver.audit"
 
 
-class _KeptDailyLogFile(DailyLogFile):
+class _Appending:
+    """A log file written with O_APPEND: every line lands at the end of
+    the file as it is now, whoever else writes to it (chatserver-admin's
+    audit lines, a logrotate ``copytruncate``).  Twisted's own files
+    write at their own offset, and would overwrite what another process
+    appended."""
+
+    path: str
+    _file: Any
+
+    def _openFile(self) -> None:
+        super()._openFile()  # type: ignore[misc]  # LogFile's, then
+        self._file.close()
+        self._file = open(self.path, "ab", 0)  # noqa: SIM115 (closed by LogFile.close)
+
+
+class _AppendingLogFile(_Appending, LogFile):
+    pass
+
+
+class _KeptDailyLogFile(_Appending, DailyLogFile):
     """Rotated at the first write after midnight (to NAME.YYYY_M_D), and
     only the newest ``keep`` old files are kept."""
 
@@ -200,7 +220,7 @@ class LogFiles(Service):
         if self.daily:
             logfile = _KeptDailyLogFile(name, str(self.directory), self.rotate_count, defaultMode=0o640)
         else:
-            logfile = LogFile(
+            logfile = _AppendingLogFile(
                 name,
                 str(self.directory),
                 rotateLength=self.rotate_bytes,
@@ -256,3 +276,38 @@ class LogFiles(Service):
         self._observers = []
         self._files = []
         super().stopService()
+
+
+def append_audit_line(
+    directory: Path, json: bool, actor: str, action: str, target: str, detail: str = "", room: str = "-"
+) -> None:
+    """One audit line written by another program than the server (the
+    admin tool), in the server's own format (text or JSON, as ``[log]
+    format`` says) and through O_APPEND, so that it lands whole in the
+    audit.log the server writes too.  Raises OSError."""
+    import time
+
+    from twisted.logger import LogLevel as _Level
+    from twisted.logger import eventAsJSON
+
+    event = {
+        "log_format": "{actor} {action} room={room} target={target} {detail}",
+        "log_namespace": AUDIT_NAMESPACE,
+        "log_level": _Level.info,
+        "log_time": time.time(),
+        "actor": actor,
+        "action": action,
+        "room": room,
+        "target": target,
+        "detail": detail,
+    }
+    if json:
+        line = "\x1e" + eventAsJSON(event) + "\n"
+    else:
+        line = (formatEventAsClassicLogText(event, formatTime=formatTime) or "").rstrip("\n") + "\n"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    fd = os.open(directory / "audit.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)

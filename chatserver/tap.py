@@ -19,7 +19,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from chatserver import twisted_internals
+from chatserver import control, twisted_internals
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
 from chatserver.config import SCHEMA, ConfigError, Settings, load_settings
@@ -629,6 +629,24 @@ def build_service(
         rate_limits=factory.rate_limits,
     )
     core.setServiceParent(top)
+    # Where chatserver-admin tells this process what it changed (control.py).
+    worker_index = options.get("worker-index")
+    control_path = control.socket_path(settings.data_path, worker_index)
+    if len(os.fsencode(control_path)) <= control.MAX_PATH:
+        control.prepare_dir(settings.data_path)
+        core.add_listener(
+            f"the control socket {control_path}",
+            twisted_internals.listener(
+                reactor, control.endpoint_string(control_path), control.ControlFactory(chat, chat.hub.name)
+            ),
+        )
+    else:
+        log.warn(
+            "no control socket: {path} is longer than a UNIX socket path may be ({limit} bytes); "
+            "what chatserver-admin changes applies to live sessions only at their next login",
+            path=str(control_path),
+            limit=control.MAX_PATH,
+        )
     if settings.monitor_enabled:
         monitoring = Monitoring(reactor, settings.monitor_interval)
         monitoring.setServiceParent(top)

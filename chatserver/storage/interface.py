@@ -46,6 +46,7 @@ CHANGES = {
     "set_dm_stream": "(user, peer, stream, delivered id); the delivered id only grows",
     "add_audit": "(now ms, actor, action, room or None, target or None, detail)",
     "drop_inbox": "(stream, up to id): a device confirmed its inbox's events up to that id",
+    "set_last_login": "(user, now s): the account logged in (password or token)",
 }
 
 

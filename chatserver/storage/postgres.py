@@ -550,3 +550,32 @@ class PostgresStorage(EventLogMethods, Service):
 
     def history(self, stream: str, after: int | None, before: int | None, limit: int) -> Deferred[list[str]]:
         return self.read(queries.history, stream, after, before, limit)
+
+
+def newest_version() -> int:
+    return int(schema.numbered("chatserver.schema.postgres")[-1][0])
+
+
+def inspect_now(url: str, password: str | None = None) -> tuple[int, list[str]]:
+    """The admin tool's ``check``, without migrating: the schema version,
+    and what is wrong (every table readable; no stream's events past its
+    last id).  Raises UnusableDatabase if it cannot connect."""
+    import psycopg
+
+    from chatserver.storage import admin_queries
+
+    storage = PostgresStorage(url, password=password, reactor=None)
+    try:
+        with storage._connect() as conn:
+            row = conn.execute(
+                "SELECT MAX(version) FROM schema_version"
+                if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0]
+                else "SELECT 0"
+            ).fetchone()
+            version = int(row[0] or 0)
+            with conn.cursor() as cursor:
+                problems = admin_queries.consistency_problems(PgCursor(cursor))
+    except (psycopg.Error, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnusableDatabase(f"cannot use database {describe(url)}: {first}") from None
+    return version, problems

@@ -282,7 +282,10 @@ def revoke_tokens(cursor: Any, user: str | None = None, token_hash: str | None =
 def set_disabled(cursor: Any, user: str, disabled: bool, audit: Change | None = None) -> bool:
     """Disable (and revoke every token of) or enable an account, with its
     audit row, in one transaction; False if there is no such user."""
-    cursor.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), user))
+    # A deleted account (admin tool) stays disabled: it has no password.
+    cursor.execute(
+        "UPDATE users SET disabled = ? WHERE name = ? AND deleted_at IS NULL", (int(disabled), user)
+    )
     if cursor.rowcount == 0:
         return False
     if disabled:
@@ -290,6 +293,11 @@ def set_disabled(cursor: Any, user: str, disabled: bool, audit: Change | None = 
     if audit is not None:
         apply(cursor, audit)
     return True
+
+
+def set_last_login(cursor: Any, name: str, now: int) -> None:
+    """The account's last login (password or token), in Unix seconds."""
+    cursor.execute("UPDATE users SET last_login_at = ? WHERE name = ?", (now, name))
 
 
 def add_audit(
@@ -580,6 +588,7 @@ def drop_inbox(cursor: Any, stream: str, upto: int) -> None:
 
 #: The queries that apply interface.CHANGES, by name.
 CHANGE_QUERIES: dict[str, Callable[..., None]] = {
+    "set_last_login": set_last_login,
     "create_room": create_room,
     "ensure_room": ensure_room,
     "set_member": set_member,

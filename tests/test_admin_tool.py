@@ -1,0 +1,274 @@
+"""chatserver-admin's account, room and server commands, run as a process
+against a real running server's database (both backends): what they
+print (text and --json), what they change in it, what they write to
+audit.log, and what the running server does about it at once (sessions
+ended, roles applied at the next login, memberships read again).  And
+``backup`` while a client is sending: the copy opens and holds every
+message acknowledged before it started."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor, threads
+from twisted.internet.defer import ensureDeferred
+from twisted.trial import unittest
+
+from chatclient.session import ChatSession, ServerError
+from tests.support import (
+    PASSWORD,
+    PYTHON,
+    RunningServer,
+    backend,
+    logged_in,
+    open_session,
+    python_env,
+    start_server,
+    until,
+)
+
+NEW_PASSWORD = "a much newer password"
+
+
+class AdminToolTests(unittest.TestCase):
+    async def start(self) -> RunningServer:
+        server = await start_server(self)
+        self.server = server
+        base = Path(self.mktemp()).resolve()
+        base.mkdir(parents=True)
+        self.config = base / "chatserver.ini"
+        lines = [
+            "[server]",
+            f"data_dir = {server.settings.data_path.resolve()}",
+            f"log_dir = {server.settings.log_path.resolve()}",
+            "[accounts]",
+            "password_hash_cost = 10",
+        ]
+        if server.settings.uses_postgres:
+            lines += ["[store]", f"database = {server.settings.database}"]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.password_file = base / "password"
+        self.password_file.write_text(PASSWORD + "\n")
+        self.new_password_file = base / "new-password"
+        self.new_password_file.write_text(NEW_PASSWORD + "\n")
+        return server
+
+    async def admin(self, *args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
+        """The tool as a process (in a thread: the server runs in this one)."""
+        done = await threads.deferToThread(
+            subprocess.run,
+            [PYTHON, "-m", "chatserver.admin", "--config", str(self.config), *args],
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(done.returncode, status, done.stderr + done.stdout)
+        return done
+
+    async def admin_json(self, *args: str, status: int = 0) -> dict[str, Any]:
+        done = await self.admin(*args, "--json", status=status)
+        return json.loads(done.stdout)
+
+    def audit_lines(self) -> list[str]:
+        path = self.server.settings.log_path / "audit.log"
+        return [line for line in path.read_text().splitlines() if "chatserver-admin:" in line]
+
+    async def closed_with(self, session: ChatSession, code: str) -> None:
+        info = await session.closed.addTimeout(10, reactor)
+        self.assertTrue(info.clean, info)
+        self.assertEqual(info.code, code)
+
+    async def test_user_commands_reach_the_database_the_log_and_the_running_server(self) -> None:
+        server = await self.start()
+        pw = str(self.password_file)
+        added = await self.admin_json("user", "add", "alice", "--password-file", pw)
+        self.assertEqual(added, {"added": True, "role": "user", "user": "alice"})
+        await self.admin("add-user", "bob", "--password-file", pw)
+        taken = await self.admin_json("user", "add", "bob", "--password-file", pw, status=1)
+        self.assertIn("already exists", taken["error"])
+        bad = await self.admin("user", "add", "No Such Name!", "--password-file", pw, status=2)
+        self.assertIn("error:", bad.stderr)
+
+        alice = await open_session(self, server)
+        await alice.login("alice", PASSWORD)
+        bob = await open_session(self, server)
+        welcome = await bob.login("bob", PASSWORD)
+        self.assertEqual(welcome["role"], "user")
+        token = welcome["token"]
+
+        listing = await self.admin_json("user", "list")
+        by_name = {u["name"]: u for u in listing["users"]}
+        self.assertEqual(set(by_name), {"alice", "bob"})
+        self.assertEqual((by_name["bob"]["role"], by_name["bob"]["state"]), ("user", "active"))
+        self.assertIsNotNone(by_name["bob"]["last_login_at"])  # the login's note committed
+        text = (await self.admin("user", "list")).stdout
+        self.assertIn("bob\tuser\tactive\t", text)
+        shown = await self.admin_json("user", "show", "bob")
+        self.assertEqual(shown["user"]["rooms"], [{"room": "lobby", "role": "member"}])
+        self.assertEqual(shown["user"]["session_tokens"], 1)
+        self.assertNotIn("password_hash", json.dumps(shown))
+
+        # A new role: bob's session ends, and his next login (his token) has it.
+        promoted = await self.admin_json("user", "set-role", "bob", "admin")
+        self.assertEqual((promoted["role"], promoted["was"]), ("admin", "user"))
+        self.assertEqual(promoted["servers_told"], ["main"])
+        await self.closed_with(bob, "account_changed")
+        bob = await open_session(self, server)
+        self.assertEqual(
+            (await bob.request({"type": "login", "user": "bob", "token": token}))["role"], "admin"
+        )
+
+        # Disabled: the session ends and logins are refused; enabled again.
+        await self.admin("user", "disable", "bob")
+        await self.closed_with(bob, "account_disabled")
+        again = await open_session(self, server)
+        error = await self.assertFailure(again.login("bob", PASSWORD), ServerError)
+        self.assertEqual(error.code, "account_disabled")
+        await self.admin("user", "enable", "bob")
+        self.assertEqual((await again.login("bob", PASSWORD))["role"], "admin")
+
+        # A new password: alice is signed out everywhere, the old one fails.
+        changed = await self.admin_json(
+            "user", "passwd", "alice", "--password-file", str(self.new_password_file)
+        )
+        self.assertTrue(changed["signed_out"])
+        await self.closed_with(alice, "signed_out")
+        alice = await open_session(self, server)
+        error = await self.assertFailure(alice.login("alice", PASSWORD), ServerError)
+        self.assertEqual(error.code, "auth_failed")
+        await alice.login("alice", NEW_PASSWORD)
+
+        # revoke-tokens: bob's sessions end and his token no longer works.
+        revoked = await self.admin_json("user", "revoke-tokens", "bob")
+        self.assertGreaterEqual(revoked["revoked"], 1)
+        await self.closed_with(again, "signed_out")
+        third = await open_session(self, server)
+        error = await self.assertFailure(
+            third.request({"type": "login", "user": "bob", "token": token}), ServerError
+        )
+        self.assertEqual(error.code, "auth_failed")
+
+        # Deleted: alice's session ends, she leaves the lobby on the running
+        # server, her message stays, and her name cannot be registered.
+        said = await alice.say("lobby", "before I go")
+        await self.admin("user", "delete", "alice", status=1)  # no terminal, no --yes
+        deleted = await self.admin_json("user", "delete", "alice", "--yes")
+        self.assertEqual(deleted["left_rooms"], ["lobby"])
+        await self.closed_with(alice, "account_deleted")
+        carol = await logged_in(self, server, "carol")
+        self.assertNotIn("alice", await carol.who("lobby"))
+        history = await carol.request({"type": "history", "stream": "room:lobby", "before": said["id"] + 1})
+        self.assertIn("before I go", [e.get("body") for e in history["events"]])
+        error = await self.assertFailure(
+            (await open_session(self, server)).register("alice", PASSWORD), ServerError
+        )
+        self.assertEqual(error.code, "username_taken")
+        gone = await self.admin_json("user", "show", "alice")
+        self.assertEqual(
+            (gone["user"]["state"], gone["user"]["rooms"], gone["user"]["devices"]), ("deleted", [], [])
+        )
+        refused = await self.admin_json("user", "enable", "alice", status=1)
+        self.assertIn("deleted", refused["error"])
+        missing = await self.admin_json("user", "disable", "nobody", status=1)
+        self.assertIn("no user nobody", missing["error"])
+
+        # Every change has its line in audit.log, with who made it.
+        actions = [line.split("chatserver-admin:", 1)[1].split()[1:3] for line in self.audit_lines()]
+        self.assertEqual(
+            [a for a, _ in actions],
+            [
+                "add_user",
+                "add_user",
+                "set_role",
+                "disable",
+                "enable",
+                "passwd",
+                "revoke_tokens",
+                "delete_user",
+            ],
+        )
+        self.assertTrue(all("[chatserver.audit#info]" in line for line in self.audit_lines()))
+        self.assertNotIn(NEW_PASSWORD, (server.settings.log_path / "audit.log").read_text())
+
+    async def test_room_commands_list_and_show(self) -> None:
+        server = await self.start()
+        owner = await logged_in(self, server, "olga")
+        await owner.request({"type": "create", "room": "den", "kind": "private"})
+        rooms = await self.admin_json("room", "list")
+        den = next(r for r in rooms["rooms"] if r["name"] == "den")
+        self.assertEqual(
+            (den["kind"], den["owner"], den["members"], den["encrypted"]), ("private", "olga", 1, False)
+        )
+        shown = await self.admin_json("room", "show", "den")
+        self.assertEqual(shown["room"]["members"], [{"user": "olga", "role": "owner"}])
+        self.assertIn("den\tprivate\tolga\tno\t1\t", (await self.admin("room", "list")).stdout)
+        missing = await self.admin_json("room", "show", "nowhere", status=1)
+        self.assertIn("no room", missing["error"])
+        # An owner cannot be deleted until the room has another owner.
+        refused = await self.admin_json("user", "delete", "olga", "--yes", status=1)
+        self.assertIn("owns den", refused["error"])
+
+    async def test_fingerprint_and_check(self) -> None:
+        server = await self.start()
+        printed = await self.admin_json("fingerprint")
+        self.assertEqual(printed["fingerprint"], server.identity.fingerprint)
+        self.assertEqual((await self.admin("fingerprint")).stdout.strip(), server.identity.fingerprint)
+        checked = await self.admin_json("check")
+        self.assertTrue(checked["ok"], checked)
+        self.assertEqual(checked["schema_version"], checked["newest_schema"])
+        self.assertEqual(checked["problems"], [])
+
+    async def test_backup_while_a_client_sends_holds_everything_acknowledged_before(self) -> None:
+        server = await self.start()
+        sender = await logged_in(self, server, "sender")
+        acked: list[int] = []
+        stop = [False]
+
+        async def send() -> None:
+            for i in range(100_000):  # bounded; stops when the backup is done
+                if stop[0]:
+                    return
+                ack = await sender.say("lobby", f"message {i}")
+                acked.append(ack["id"])
+
+        sending = ensureDeferred(send())
+        await until(lambda: len(acked) >= 50, timeout=30)
+        before = list(acked)
+        dest = Path(self.mktemp()).resolve()
+        done = await self.admin_json("backup", str(dest))
+        stop[0] = True
+        await sending
+        self.assertEqual(oct(dest.stat().st_mode & 0o777), "0o600")
+        ids = self.ids_in_backup(dest)
+        self.assertTrue(set(before) <= ids, sorted(set(before) - ids)[:5])
+        self.assertIsInstance(done["bytes"], int)
+        self.assertGreater(len(acked), len(before), "the client went on sending")
+        # A second backup to the same name is refused, not overwritten.
+        refused = await self.admin_json("backup", str(dest), status=1)
+        self.assertIn("exists", refused["error"])
+
+    def ids_in_backup(self, dest: Path) -> set[int]:
+        if backend() != "postgres":
+            copy = sqlite3.connect(f"file:{dest}?mode=ro", uri=True)
+            try:
+                self.assertEqual(copy.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+                rows = copy.execute("SELECT id FROM events WHERE stream = 'room:lobby'").fetchall()
+            finally:
+                copy.close()
+            return {row[0] for row in rows}
+        from tests import backends
+
+        url = backends.postgres().fresh_database(f"restored_{abs(hash(str(dest))) % 10**8}")
+        subprocess.run(
+            ["pg_restore", "--no-owner", f"--dbname={url}", str(dest)], check=True, capture_output=True
+        )
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT id FROM events WHERE stream = 'room:lobby'").fetchall()
+        return {row[0] for row in rows}
