@@ -270,14 +270,14 @@ def _account_command(args: argparse.Namespace, settings: Any) -> int:
         except OSError as e:
             raise admin_accounts.Refused(f"cannot read the password file: {e.strerror}") from None
 
-    given: list[str] = []
+    new_password = None
     if args.command == "user" and args.action in ("add", "passwd"):
         # Checked before the database is opened: a mistake here is the
         # operator's (exit 2), whatever the state of the database.
         try:
             validation.username(args.name)
-            given.append(password())
-            validation.new_password(given[0])
+            new_password = password()
+            validation.new_password(new_password)
         except validation.RequestError as e:
             print(f"error: {e.message}", file=sys.stderr)
             return 2
@@ -288,7 +288,7 @@ def _account_command(args: argparse.Namespace, settings: Any) -> int:
     if db is None:
         return 1
     try:
-        commands = admin_accounts.AccountCommands(db, settings, _who(), args.json, lambda: given[0])
+        commands = admin_accounts.AccountCommands(db, settings, _who(), args.json, new_password)
         return admin_accounts.run(commands, args)
     except admin_accounts.Refused as e:
         if args.json:

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 from chatserver import control, logs
 from chatserver.accounts import ROLES
@@ -46,6 +46,11 @@ def _when(ts: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
 
 
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    """Tab-separated, a header line first: for people and for ``cut``."""
+    return "\n".join("\t".join(str(cell) for cell in row) for row in [header, *rows])
+
+
 def _name(text: str) -> str:
     try:
         return validation.username(text)
@@ -62,14 +67,16 @@ class AccountCommands:
         settings: Any,
         actor: str,
         as_json: bool,
-        read_password: Callable[[], str],
+        password: str | None = None,
         out: Any = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.actor = actor
         self.as_json = as_json
-        self.read_password = read_password
+        #: The new password of ``add`` and ``passwd``, read and checked by
+        #: the caller before the database was opened.
+        self.password = password
         self.out = out or sys.stdout
 
     # --- output -------------------------------------------------------------
@@ -114,15 +121,14 @@ class AccountCommands:
 
     # --- users ----------------------------------------------------------------
 
+    def _hashed_password(self) -> str:
+        assert self.password is not None, "add and passwd are given the password"
+        return str(crypto.hash_password(self.password, self.settings.password_hash_cost))
+
     def add(self, name: str, admin: bool) -> int:
         name = _name(name)
-        password = self.read_password()
-        try:
-            validation.new_password(password)
-        except validation.RequestError as e:
-            raise Usage(e.message) from None
         role = "admin" if admin else "user"
-        hashed = crypto.hash_password(password, self.settings.password_hash_cost)
+        hashed = self._hashed_password()
         if not self.db.run(admin_queries.add_user, name, hashed, role, self._audit("add_user", name, role)):
             raise Refused(f"user {name} already exists")
         self._changed("add_user", name, role)
@@ -131,12 +137,7 @@ class AccountCommands:
 
     def passwd(self, name: str, keep_sessions: bool) -> int:
         name = _name(name)
-        password = self.read_password()
-        try:
-            validation.new_password(password)
-        except validation.RequestError as e:
-            raise Usage(e.message) from None
-        hashed = crypto.hash_password(password, self.settings.password_hash_cost)
+        hashed = self._hashed_password()
         detail = "sessions kept" if keep_sessions else "signed out everywhere"
         done = self.db.run(
             admin_queries.set_password, name, hashed, not keep_sessions, self._audit("passwd", name, detail)
@@ -153,18 +154,27 @@ class AccountCommands:
     def _found(self, result: Any, name: str) -> None:
         if result is None:
             raise Refused(f"there is no user {name}")
-        if result is False or result == "":
+        if result is False:
             raise Refused(f"user {name} is deleted")
 
     def list(self) -> int:
         users = self.db.run(admin_queries.list_users)
-        lines = ["name\trole\tstate\tlast login\tcreated\trooms\tdevices"]
-        for u in users:
-            lines.append(
-                f"{u['name']}\t{u['role']}\t{u['state']}\t{_when(u['last_login_at'])}\t{_when(u['created_at'])}"
-                f"\t{u['rooms']}\t{u['devices']}"
+        rows = [
+            (
+                u["name"],
+                u["role"],
+                u["state"],
+                _when(u["last_login_at"]),
+                _when(u["created_at"]),
+                u["rooms"],
+                u["devices"],
             )
-        self.emit({"users": users}, "\n".join(lines))
+            for u in users
+        ]
+        self.emit(
+            {"users": users},
+            _table(("name", "role", "state", "last login", "created", "rooms", "devices"), rows),
+        )
         return OK
 
     def show(self, name: str) -> int:
@@ -269,13 +279,20 @@ class AccountCommands:
 
     def rooms(self) -> int:
         rooms = self.db.run(admin_queries.list_rooms)
-        lines = ["name\tkind\towner\tencrypted\tmembers\tmessages up to\tcreated"]
-        for r in rooms:
-            lines.append(
-                f"{r['name']}\t{r['kind']}\t{r['owner'] or '-'}\t{'yes' if r['encrypted'] else 'no'}"
-                f"\t{r['members']}\t{r['last_id']}\t{_when(r['created_at'])}"
+        rows = [
+            (
+                r["name"],
+                r["kind"],
+                r["owner"] or "-",
+                "yes" if r["encrypted"] else "no",
+                r["members"],
+                r["last_id"],
+                _when(r["created_at"]),
             )
-        self.emit({"rooms": rooms}, "\n".join(lines))
+            for r in rooms
+        ]
+        header = ("name", "kind", "owner", "encrypted", "members", "messages up to", "created")
+        self.emit({"rooms": rooms}, _table(header, rows))
         return OK
 
     def room(self, name: str) -> int:

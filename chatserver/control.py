@@ -35,6 +35,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from chatserver.chat import CLOSINGS
+
 log = Logger(namespace="chatserver.control")
 
 # Twisted's UNIX port compares its path with both b"\0" and "\0" (is it
@@ -87,7 +89,7 @@ class ControlProtocol(LineOnlyReceiver):
         d.addCallback(self._reply)
 
     def _failed(self, failure: Any) -> dict[str, Any]:
-        if failure.check(ValueError, KeyError, TypeError):
+        if failure.check(ValueError):  # the request's fault (JSONDecodeError, UnicodeError too)
             return {"ok": False, "error": str(failure.value)}
         log.failure("a control request failed", failure)
         return {"ok": False, "error": "internal error (see chatserver.log)"}
@@ -109,11 +111,13 @@ class ControlProtocol(LineOnlyReceiver):
         if op == "ping":
             return {"ok": True, "process": self.process}
         if op == "account_changed":
-            user, code, rooms = request["user"], request.get("close"), request.get("rooms", [])
+            user, code, rooms = request.get("user"), request.get("close"), request.get("rooms", [])
             if not isinstance(user, str) or not (code is None or isinstance(code, str)):
                 raise ValueError("user is a string, close a string or null")
             if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
                 raise ValueError("rooms is a list of strings")
+            if code is not None and code not in CLOSINGS:
+                raise ValueError(f"close is one of {', '.join(sorted(CLOSINGS))}, or null")
             yield self.chat.account_changed(user, code, rooms)
             log.info(
                 "control: account {user} changed by the admin tool (close={code}, {count} rooms read again)",

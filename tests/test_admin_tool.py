@@ -9,6 +9,7 @@ message acknowledged before it started."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial import unittest
 
 from chatclient.session import ChatSession, ServerError
+from chatserver import control
 from tests.support import (
     PASSWORD,
     PYTHON,
@@ -212,6 +214,44 @@ class AdminToolTests(unittest.TestCase):
         # An owner cannot be deleted until the room has another owner.
         refused = await self.admin_json("user", "delete", "olga", "--yes", status=1)
         self.assertIn("owns den", refused["error"])
+
+    async def test_the_control_socket_answers_bad_requests_with_an_error_and_carries_on(self) -> None:
+        server = await self.start()
+        path = control.socket_path(server.settings.data_path.resolve(), None)
+        self.assertEqual(oct(path.stat().st_mode & 0o777), "0o600")
+        self.assertEqual(oct(path.parent.stat().st_mode & 0o777), "0o700")
+        bob = await logged_in(self, server, "bob")
+
+        def exchange(lines: list[bytes]) -> list[dict[str, Any]]:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            control._connect(sock, path)
+            answers = []
+            try:
+                for line in lines:
+                    sock.sendall(line + b"\n")
+                    answers.append(control._read_line(sock, path))
+            finally:
+                sock.close()
+            return answers
+
+        bad = [
+            b"not json",
+            b"\xff\xfe",
+            b"[1, 2]",
+            b'{"op": "reboot"}',
+            b'{"op": "account_changed"}',
+            b'{"op": "account_changed", "user": "bob", "close": 7}',
+            b'{"op": "account_changed", "user": "bob", "rooms": "lobby"}',
+            b'{"op": "account_changed", "user": "bob", "close": "whatever"}',
+            b'{"op": "ping"}',
+        ]
+        answers = await threads.deferToThread(exchange, bad)
+        self.assertEqual([a["ok"] for a in answers], [False] * 8 + [True])
+        self.assertTrue(all(a["error"] and "internal" not in a["error"] for a in answers[:8]), answers)
+        self.assertEqual(answers[8]["process"], server.factory.chat.hub.name)
+        # Nothing was done to bob, and the server serves on.
+        self.assertEqual((await bob.say("lobby", "still here"))["type"], "ack")
 
     async def test_fingerprint_and_check(self) -> None:
         server = await self.start()

@@ -123,15 +123,15 @@ def set_password(cursor: Any, name: str, password_hash: str, sign_out: bool, aud
     return True
 
 
-def set_role(cursor: Any, name: str, role: str, audit: Change) -> str | None:
+def set_role(cursor: Any, name: str, role: str, audit: Change) -> str | bool | None:
     """Give a live account the server role ``role``: its previous role
-    ("" if the account is deleted, None if there is none)."""
+    (False if the account is deleted, None if there is none)."""
     cursor.execute("SELECT role, deleted_at FROM users WHERE name = ?", (name,))
     row = cursor.fetchone()
     if row is None:
         return None
     if row[1] is not None:
-        return ""
+        return False
     cursor.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
     apply(cursor, audit)
     return str(row[0])
