@@ -22,6 +22,7 @@ import json
 import socket
 import sys
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,7 +42,8 @@ from chatserver.wire.safetext import log_text, terminal_lines, terminal_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m chatclient.cli", description="chatserver terminal client")
+    p = argparse.ArgumentParser(prog="chatclient-cli", description="chatserver terminal client")
+    p.add_argument("--version", action="version", version=f"chatclient-cli {version('chatserver')}")
     p.add_argument(
         "--host",
         default="127.0.0.1",

@@ -19,6 +19,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+import chatserver
+import twisted
 from chatserver import control, twisted_internals
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
@@ -94,6 +96,11 @@ class Options(usage.Options):
         ["worker-index", None, None, "(internal) this worker's number.", int],
         ["worker-port", None, None, "(internal) the port the main process holds.", int],
     ]
+
+    def opt_version(self) -> None:
+        """Print chatserver's version and exit."""
+        print(f"chatserver {chatserver.__version__} (Twisted {twisted.__version__})")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def start_logging(verbose: bool) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="chatclient", description="The chatserver desktop client.")
+    p.add_argument("--version", action="version", version=f"chatclient {version('chatserver')}")
     p.add_argument(
         "--known-hosts", type=Path, help="known hosts file (default: ~/.config/chatserver/known_hosts)"
     )

@@ -113,13 +113,15 @@ def migrate(conn: Any) -> int:
                 f"the database has schema version {current}, newer than this chatserver knows "
                 f"(up to {newest}): run the chatserver release that upgraded it"
             )
+        before = current
         for version, sql in files:
             if version <= current:
                 continue
             conn.execute(sql)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-            log.info("database schema upgraded to version {version}", version=version)
             current = version
+    if current != before:
+        log.info("database schema upgraded from version {old} to version {new}", old=before, new=current)
     return int(current)
 
 

@@ -103,7 +103,7 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
     """Bring the database up to ``target`` (default: the newest); returns
     the version it ends at."""
-    current = schema_version(conn)
+    current = before = schema_version(conn)
     for version, sql in migrations():
         if version <= current or (target is not None and version > target):
             continue
@@ -117,8 +117,10 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
             if conn.in_transaction:
                 conn.rollback()
             raise
-        log.info("database schema upgraded to version {version}", version=version)
         current = version
+    if current != before:
+        # One line per start that upgraded: what the operator had, and has.
+        log.info("database schema upgraded from version {old} to version {new}", old=before, new=current)
     return current
 
 

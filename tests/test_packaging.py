@@ -1,0 +1,119 @@
+"""What an installation gives people: ``python -m chatserver``, ``--version``
+on every command, the LICENSE the metadata names, and the shipped
+logrotate file (read by logrotate itself)."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+import chatserver
+from chatserver.storage import sqlite as store
+from tests.processes import LOOPBACK, spawn, stop_twistd
+from tests.support import PYTHON, python_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, *argv], env=python_env(), capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+class CommandTests(unittest.TestCase):
+    def test_every_command_has_version(self) -> None:
+        for argv, name in (
+            (("-m", "chatserver", "--version"), "chatserver"),
+            (("-m", "chatserver.admin", "--version"), "chatserver-admin"),
+            (("-m", "chatclient.cli", "--version"), "chatclient-cli"),
+            (("-m", "chatclient", "--version"), "chatclient"),
+        ):
+            done = run(*argv)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertEqual(done.stdout.split()[:2], [name, chatserver.__version__], done.stdout)
+
+    async def test_python_m_chatserver_runs_the_server_in_the_foreground(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        base.mkdir(parents=True)
+        server = spawn(
+            self,
+            "python -m chatserver",
+            [
+                PYTHON,
+                "-m",
+                "chatserver",
+                *LOOPBACK,
+                "--data-dir",
+                str(base / "data"),
+                "--log-dir",
+                str(base / "log"),
+            ],
+            cwd=str(base),
+        )
+        await server.wait_for(r"fingerprint (SHA256:\S+)")
+        await server.wait_for(r"ChatFactory starting on (\d+)")
+        self.assertEqual(await stop_twistd(server), 0)
+        self.assertFalse((base / "twistd.pid").exists())  # the foreground: no pid file
+
+    def test_usage_lines_name_the_installed_commands(self) -> None:
+        self.assertIn("usage: chatclient-cli", run("-m", "chatclient.cli", "--help").stdout)
+        self.assertIn("usage: chatserver-admin", run("-m", "chatserver.admin", "--help").stdout)
+
+
+class LicenseTests(unittest.TestCase):
+    def test_the_license_file_is_the_one_the_metadata_names(self) -> None:
+        metadata = configparser.ConfigParser()
+        metadata.read(ROOT / "setup.cfg")
+        self.assertEqual(metadata["metadata"]["license"], "MIT")
+        self.assertTrue((ROOT / "LICENSE").read_text().startswith("MIT License\n"))
+
+
+class LogrotateTests(unittest.TestCase):
+    skip = None if shutil.which("logrotate") else "logrotate is not installed (.ci/run installs it)"
+
+    def test_logrotate_reads_the_shipped_file_without_complaint(self) -> None:
+        # The shipped file, pointed at a log directory with a worker's
+        # files in it too: each file must be named by one entry only.
+        logs = Path(self.mktemp()).resolve()
+        (logs / "worker-1").mkdir(parents=True)
+        for directory in (logs, logs / "worker-1"):
+            for name in ("chatserver.log", "connections.log", "audit.log"):
+                (directory / name).write_text("a line\n")
+        shipped = (ROOT / "etc" / "logrotate.d" / "chatserver").read_text()
+        self.assertIn("/var/log/chatserver/audit.log", shipped)
+        config = logs.parent / "logrotate.conf"
+        config.write_text(shipped.replace("/var/log/chatserver", str(logs)))
+        done = subprocess.run(
+            ["logrotate", "--debug", "--state", str(logs.parent / "state"), str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertNotIn("error", done.stderr.lower(), done.stderr)
+        for directory in (logs, logs / "worker-1"):
+            for name in ("chatserver.log", "connections.log", "audit.log"):
+                self.assertIn(f"considering log {directory / name}", done.stderr)
+
+
+class MigrationLogTests(unittest.TestCase):
+    def test_an_upgrade_is_logged_once_with_the_old_and_new_versions(self) -> None:
+        path = Path(self.mktemp())
+        conn = sqlite3.connect(str(path))
+        self.addCleanup(conn.close)
+        store.migrate(conn, target=3)
+        seen: list[dict] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        newest = store.migrate(conn)
+        upgrades = [e for e in seen if "schema upgraded" in e.get("log_format", "")]
+        self.assertEqual([(e["old"], e["new"]) for e in upgrades], [(3, newest)])
+        store.migrate(conn)  # nothing to do: nothing said
+        self.assertEqual(len([e for e in seen if "schema upgraded" in e.get("log_format", "")]), 1)
