@@ -122,7 +122,16 @@ def read_password(args: argparse.Namespace) -> str:
         return lines[0] if lines else ""
     # getpass reads the terminal, not standard input, so piped messages
     # stay messages.
-    return getpass.getpass(f"password for {args.user}: ")
+    password = getpass.getpass(f"{'new ' if args.register else ''}password for {args.user}: ")
+    if args.register and getpass.getpass("the same password again: ") != password:
+        # Asked twice: a typo made at registration would lock the account
+        # out, with nothing but an admin's passwd to get it back.
+        raise PasswordMismatch("the two passwords differ; nothing was sent")
+    return password
+
+
+class PasswordMismatch(Exception):
+    """The password typed twice at registration was not the same."""
 
 
 def open_device(args: argparse.Namespace, server: str, reactor: Any) -> EndToEnd:
@@ -787,6 +796,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         password = read_password(args)
+    except PasswordMismatch as e:
+        sys.exit(f"error: {e}")
     except (OSError, EOFError) as e:
         sys.exit(f"error: cannot read the password: {e}")
 

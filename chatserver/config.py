@@ -161,6 +161,15 @@ class Settings:
         return min(share, self.max_connections)
 
     @property
+    def listen_endpoint(self) -> str:
+        """``endpoint`` as the server listens on it: with the backlog of the
+        default (``LISTEN_BACKLOG``) unless the string sets its own.  An
+        endpoint without it would get Twisted's 50, and the reconnections
+        after a restart would overflow it (SYNs dropped, clients retrying
+        seconds later)."""
+        return with_backlog(self.endpoint)
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
@@ -457,6 +466,22 @@ SCHEMA: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
 )
 
 _BY_FIELD = {field: (section, key, parse) for section, key, field, parse in SCHEMA}
+
+
+#: The listen backlog of endpoints that do not set one.
+LISTEN_BACKLOG = 4096
+#: The server endpoint types that take a ``backlog`` argument.
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def with_backlog(endpoint: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """A Twisted server endpoint string with ``:backlog=N`` added, if its
+    type takes one and it has none (``\\:`` is an escaped colon)."""
+    parts = re.split(r"(?<!\\):", endpoint)
+    kind = parts[0].strip().lower()
+    if kind not in _BACKLOG_TYPES or any(p.strip().lower().startswith("backlog=") for p in parts[1:]):
+        return endpoint
+    return f"{endpoint}:backlog={backlog}"
 
 
 def load_settings(path: str | Path | None = None, **overrides: str | None) -> Settings:

@@ -495,7 +495,7 @@ def build_main_process(
     # Reachable, and migrated once, before any worker starts.
     open_storage(settings, reactor)
     try:
-        family, interface, wanted, backlog = twisted_internals.tcp_parts(reactor, settings.endpoint)
+        family, interface, wanted, backlog = twisted_internals.tcp_parts(reactor, settings.listen_endpoint)
         held = twisted_internals.reuseport_socket(family, interface, wanted, backlog, listen=False)
     except ValueError as e:
         raise SystemExit(f"chatserver: [server] endpoint {settings.endpoint}: {e}") from None
@@ -615,7 +615,7 @@ def build_service(
         # A worker: its own socket on the main process's port, bound with
         # SO_REUSEPORT beside the other workers' (the kernel spreads the
         # connections); adopted by the reactor.
-        family, interface, _, backlog = twisted_internals.tcp_parts(reactor, settings.endpoint)
+        family, interface, _, backlog = twisted_internals.tcp_parts(reactor, settings.listen_endpoint)
         try:
             sock = twisted_internals.reuseport_socket(
                 family, interface, int(options["worker-port"]), backlog, listen=True
@@ -626,7 +626,7 @@ def build_service(
         listener = twisted_internals.Listener(adopted, factory)
         listener.socket = sock  # type: ignore[attr-defined]  # closed with the process (adopt dups it)
     else:
-        listener = twisted_internals.listener(reactor, settings.endpoint, factory)
+        listener = twisted_internals.listener(reactor, settings.listen_endpoint, factory)
     core = ChatCore(
         chat,
         listener,

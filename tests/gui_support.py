@@ -60,7 +60,9 @@ class Gui:
             f"type_text(d.user, {user!r})\n"
             f"type_text(d.password, {password!r})\n"
             f"d.register_mode.setChecked({register!r})\n"
-            "press(d.password, 'Return')\n"
+            "d.password_again.clear()\n"
+            + (f"type_text(d.password_again, {password!r})\n" if register else "")
+            + "press(d.password, 'Return')\n"
         )
 
     async def log_in(self, port: int, user: str, password: str, register: bool = True) -> None:

@@ -12,12 +12,14 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import endpoints, reactor, task
 from twisted.trial import unittest
 
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ServerError
+from chatserver.storage import queries
 from tests.e2e_support import e2e_client
 from tests.gui_support import GUI_MISSING, start_gui
 from tests.processes import spawn, start_twistd
@@ -26,6 +28,7 @@ from tests.support import (
     PYTHON,
     EventQueue,
     add_admin,
+    direct,
     install_identity,
     logged_in,
     open_session,
@@ -33,6 +36,14 @@ from tests.support import (
     until,
 )
 from tests.test_cli import BitFlipProxy, HostileServer
+
+
+def user_exists(server: Any, name: str) -> bool:
+    db = direct(server)
+    try:
+        return bool(db.run(queries.user_exists, name))
+    finally:
+        db.close()
 
 
 class GuiTests(unittest.TestCase):
@@ -73,6 +84,38 @@ class GuiTests(unittest.TestCase):
         self.assertNotIn('href="javascript', html)
         self.assertNotIn('href="file', html)
         self.assertNotIn("<img", html)
+
+    async def test_registration_asks_for_the_password_twice_and_shows_whether_they_match(self) -> None:
+        server = await start_server(self)
+        gui = await start_gui(self)
+        await gui.wait("controller.dialog and controller.dialog.isVisible()")
+        # Logging in: one password field.
+        self.assertFalse(await gui.eval("controller.dialog.password_again.isVisible()"))
+        await gui.exec(
+            "d = controller.dialog\n"
+            f"d.port.setValue({server.port})\n"
+            "type_text(d.user, 'erin')\n"
+            "type_text(d.password, 'a long new password')\n"
+            "d.register_mode.setChecked(True)\n"
+            "type_text(d.password_again, 'a long new passwore')\n"
+        )
+        self.assertTrue(await gui.eval("controller.dialog.password_again.isVisible()"))
+        self.assertEqual(await gui.eval("controller.dialog.password_match.text()"), "✗ The passwords differ.")
+        shot = Path(self.mktemp()).resolve().with_suffix(".png")
+        self.assertGreater(await gui.eval(f"shot(controller.dialog, {str(shot)!r})"), 1000)
+        await gui.exec("press(controller.dialog.password_again, 'Return')")
+        self.assertEqual(
+            await gui.eval("controller.dialog.error.text()"), "Type the same new password twice."
+        )
+        self.assertTrue(await gui.eval("controller.dialog.isVisible()"))  # nothing was sent
+        self.assertFalse(user_exists(server, "erin"))
+        await gui.exec("d.password_again.backspace()\ntype_text(d.password_again, 'd')")
+        self.assertEqual(await gui.eval("controller.dialog.password_match.text()"), "✓ The passwords match.")
+        await gui.exec("press(controller.dialog.password_again, 'Return')")
+        await gui.wait("controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+        await gui.wait("window() and window().client.state == 'online'")
+        self.assertTrue(user_exists(server, "erin"))
 
     async def test_switch_rooms_send_a_dm_and_load_history_on_scroll_up(self) -> None:
         server = await start_server(self)

@@ -14,6 +14,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 import chatserver
+from chatserver.config import LISTEN_BACKLOG
 from chatserver.storage import sqlite as store
 from tests.processes import LOOPBACK, spawn, stop_twistd
 from tests.support import PYTHON, python_env
@@ -65,6 +66,30 @@ class CommandTests(unittest.TestCase):
     def test_usage_lines_name_the_installed_commands(self) -> None:
         self.assertIn("usage: chatclient-cli", run("-m", "chatclient.cli", "--help").stdout)
         self.assertIn("usage: chatserver-admin", run("-m", "chatserver.admin", "--help").stdout)
+
+
+class BacklogTests(unittest.TestCase):
+    """An endpoint string without a backlog gets the server's, not
+    Twisted's 50 (what ``ss`` shows as a listener's Send-Q); one that sets
+    its own keeps it."""
+
+    skip = None if shutil.which("ss") else "ss is not installed (.ci/run installs iproute2)"
+
+    def backlog_of(self, port: int) -> int:
+        done = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=30)
+        fields = done.stdout.split()
+        self.assertGreaterEqual(len(fields), 3, done.stdout + done.stderr)
+        return int(fields[2])  # State Recv-Q Send-Q: Send-Q is the backlog
+
+    async def test_the_server_sets_the_backlog_unless_the_endpoint_does(self) -> None:
+        from tests.support import start_server
+
+        server = await start_server(self, endpoint="tcp:0:interface=127.0.0.1")
+        # The kernel caps any backlog at net.core.somaxconn.
+        cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        self.assertEqual(self.backlog_of(server.port), min(LISTEN_BACKLOG, cap))
+        own = await start_server(self, endpoint="tcp:0:interface=127.0.0.1:backlog=77")
+        self.assertEqual(self.backlog_of(own.port), 77)
 
 
 class LicenseTests(unittest.TestCase):

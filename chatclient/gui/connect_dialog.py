@@ -63,6 +63,14 @@ class ConnectDialog(QDialog):
         self.password = QLineEdit()
         self.password.setObjectName("password")
         self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        # Asked twice when registering: a typo there would lock the new
+        # account out.  The label says whether they match as one types.
+        self.password_again = QLineEdit()
+        self.password_again.setObjectName("password-again")
+        self.password_again.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password_match = QLabel()
+        self.password_match.setObjectName("password-match")
+        self.password_match.setTextFormat(Qt.TextFormat.PlainText)
         self.login_mode = QRadioButton("Log in")
         self.register_mode = QRadioButton("Create an account")
         self.login_mode.setChecked(True)
@@ -92,6 +100,9 @@ class ConnectDialog(QDialog):
         mode_row.addWidget(self.register_mode)
         mode_row.addStretch(1)
         form.addRow("", mode_row)
+        form.addRow("Pass&word again:", self.password_again)
+        form.addRow("", self.password_match)
+        self.form = form
         note = QLabel("Passwords are never stored. The server's key is checked against the one you trusted.")
         note.setWordWrap(True)
         note.setEnabled(False)  # the palette's dimmed text: a hint, not a warning
@@ -109,12 +120,32 @@ class ConnectDialog(QDialog):
         layout.addWidget(self.buttons)
 
         self.recent.currentIndexChanged.connect(self._recent_chosen)
+        self.register_mode.toggled.connect(self._mode_changed)
+        self.password.textChanged.connect(self._show_match)
+        self.password_again.textChanged.connect(self._show_match)
+        self._mode_changed(False)
         if self.servers:
             self.recent.setCurrentIndex(1)
             self.password.setFocus()
         else:
             self.user.setFocus()
         self.setMinimumWidth(self.fontMetrics().horizontalAdvance("M") * 34)
+
+    def _mode_changed(self, registering: bool) -> None:
+        self.form.setRowVisible(self.password_again, registering)
+        self.form.setRowVisible(self.password_match, registering)
+        if not registering:
+            self.password_again.clear()
+        self._show_match()
+
+    def _show_match(self) -> None:
+        again = self.password_again.text()
+        if not again:
+            self.password_match.setText("")
+        elif again == self.password.text():
+            self.password_match.setText("✓ The passwords match.")
+        else:
+            self.password_match.setText("✗ The passwords differ.")
 
     def prefill(self, host: str | None = None, port: int | None = None, user: str | None = None) -> None:
         """Values from the command line win over the remembered ones."""
@@ -137,6 +168,7 @@ class ConnectDialog(QDialog):
         self.port.setValue(server.port)
         self.user.setText(server.user)
         self.password.clear()
+        self.password_again.clear()
         self.password.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def show_error(self, text: str) -> None:
@@ -161,6 +193,8 @@ class ConnectDialog(QDialog):
                 if self.register_mode.isChecked()
                 else "Enter your password."
             )
+        if self.register_mode.isChecked() and self.password_again.text() != password:
+            return self.show_error("Type the same new password twice.")
         self.error.hide()
         self.accept()
 
