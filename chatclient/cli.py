@@ -34,7 +34,7 @@ from chatclient import commands
 from chatclient.commands import Command
 from chatclient.e2e.client import EndToEnd, SendBlocked
 from chatclient.e2e.store import StoreError, default_root, store_dir
-from chatclient.endpoints import BadHostList, FailoverEndpoint, parse_hosts
+from chatclient.endpoints import BadHostList, FailoverEndpoint, endpoint_description, parse_hosts
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
@@ -679,18 +679,6 @@ class InputLines(LineReceiver):
             self.finish()
         else:
             self.done.callback(None)
-
-
-def endpoint_description(host: str, port: int, tls: bool = False, ca_dir: str | None = None) -> str:
-    """A Twisted client endpoint string for the options given."""
-    from twisted.internet.endpoints import quoteStringArgument as quote
-
-    if not tls:
-        return f"tcp:host={quote(host)}:port={port}"
-    description = f"tls:host={quote(host)}:port={port}"
-    if ca_dir is not None:
-        description += f":trustRoots={quote(ca_dir)}"
-    return description
 
 
 async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:

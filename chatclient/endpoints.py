@@ -15,13 +15,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import quoteStringArgument as quote
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatclient.hosts import BadHostList, format_hosts, parse_hosts
 
-__all__ = ["BadHostList", "FailoverEndpoint", "format_hosts", "parse_hosts"]
+__all__ = ["BadHostList", "FailoverEndpoint", "endpoint_description", "format_hosts", "parse_hosts"]
 
 
 @implementer(IStreamClientEndpoint)
@@ -65,3 +66,15 @@ class FailoverEndpoint:
 
     def __repr__(self) -> str:
         return f"FailoverEndpoint({[name for name, _ in self.endpoints]})"
+
+
+def endpoint_description(host: str, port: int, tls: bool = False, ca_dir: str | None = None) -> str:
+    """A Twisted client endpoint string: TCP, or TLS checked against the
+    system's CA certificates or those in ``ca_dir`` (PEM files).  Shared by
+    both clients so that they connect alike."""
+    if not tls:
+        return f"tcp:host={quote(host)}:port={port}"
+    description = f"tls:host={quote(host)}:port={port}"
+    if ca_dir is not None:
+        description += f":trustRoots={quote(ca_dir)}"
+    return description

@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from chatclient.cli import endpoint_description
+from chatclient.endpoints import endpoint_description
 from chatclient.session import connect
 from tests.support import PASSWORD, start_server
 
