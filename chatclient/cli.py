@@ -17,14 +17,14 @@ trusted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
-import json
+import os
 import socket
 import sys
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from twisted.internet import defer, endpoints, stdio, task
 from twisted.internet.defer import Deferred
@@ -36,9 +36,10 @@ from chatclient.e2e.client import EndToEnd, SendBlocked
 from chatclient.e2e.store import StoreError, default_root, store_dir
 from chatclient.endpoints import BadHostList, FailoverEndpoint, endpoint_description, parse_hosts
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
+from chatclient.output import Printer, notice, shown
 from chatclient.reconnect import ReconnectingClient
 from chatclient.session import ConnectionClosed, ServerError
-from chatserver.wire.safetext import log_text, terminal_lines, terminal_text
+from chatserver.wire.safetext import log_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,250 +165,6 @@ def open_device(args: argparse.Namespace, server: str, reactor: Any) -> EndToEnd
     return device
 
 
-_TRUST = {"verified": "🔒 ", "own": "🔒 ", "unverified": "🔒 ", "unknown": "🔒? "}
-
-
-def _lock(event: dict[str, Any]) -> str:
-    """How an encrypted message was read, before its line: a padlock, or
-    a warning sign where it could not be (the body then says why)."""
-    e2e = event.get("e2e")
-    if not isinstance(e2e, dict):
-        return ""
-    if not e2e.get("ok"):
-        return "⚠ "
-    return _TRUST.get(str(e2e.get("trust")), "🔒? ")
-
-
-_NOTICES = {
-    "new_device": "{user} has a new device {device} {name}: check it with /verify {user} {device}",
-    "changed_device": "the keys of {user}'s device {device} changed: it is not used",
-    "removed_device": "{user} removed the device {device} {name}",
-    "bad_signature": "the server listed a device {device} of {user} whose signature is false: not used",
-}
-
-
-def format_e2e(event: dict[str, Any]) -> str:
-    kind = event.get("type")
-    user, device = _name(event.get("user")), _name(event.get("device"))
-    if kind == "e2e_notice":
-        text = _NOTICES.get(str(event.get("kind")), "{user}'s device {device}: " + _name(event.get("kind")))
-        line = "! " + text.format(user=user, device=device, name=f"({_name(event.get('name'))})")
-        if event.get("blocking"):
-            line += f"; a verified device changed: nothing is sent to {user} until /trust {user}"
-        return line
-    state = event.get("state")
-    if state == "started":
-        who = "verifying" if event.get("initiator") else "verification asked by"
-        return f"* {who} {user}'s device {device}; wait for the emoji"
-    if state == "sas":
-        emoji = "  ".join(f"{_name(e[0])} {_name(e[1])}" for e in event.get("emoji", []))
-        numbers = " ".join(_name(n) for n in event.get("decimals", []))
-        return (
-            f"* compare with {user} ({device}): {emoji}\n"
-            f"    or the numbers {numbers}; /match if they are the same, /nomatch if not"
-        )
-    if state == "confirmed":
-        return f"* waiting for {user} to compare"
-    if state == "done":
-        return f"* {user}'s device {device} is verified"
-    return f"! verification with {user}'s device {device} failed: {_name(event.get('code'))}"
-
-
-def _time(ts: Any) -> str:
-    if not isinstance(ts, int):
-        return ""
-    return datetime.fromtimestamp(ts / 1000, timezone.utc).astimezone().strftime("%H:%M ")
-
-
-def _until(event: dict[str, Any]) -> str:
-    until = event.get("until")
-    if not isinstance(until, int):
-        return ""
-    return " until " + datetime.fromtimestamp(until / 1000, timezone.utc).astimezone().strftime(
-        "%Y-%m-%d %H:%M"
-    )
-
-
-def _name(value: Any) -> str:
-    """A name, a room, a code from the network, for one line of output:
-    every control and invisible character shown, never obeyed."""
-    return terminal_text(str(value))
-
-
-def _text(head: str, value: Any, tail: str = "") -> str:
-    """``head`` then a peer's free text (a body, a topic, a reason) that
-    may hold line breaks: its first line follows ``head``, each further
-    line is indented to where the text began, so that no line of it can
-    pass for a line of its own (those never start with a space)."""
-    first, *rest = terminal_lines(str(value))
-    indent = " " * max(4, len(head))
-    return "\n".join([head + first] + [indent + line for line in rest]) + tail
-
-
-def _reason(head: str, event: dict[str, Any]) -> str:
-    if not event.get("reason"):
-        return head
-    return _text(head + " (", event["reason"], ")")
-
-
-def format_event(event: dict[str, Any]) -> str:
-    """The text for a person: one line, or more if a peer's text holds
-    line breaks (those lines indented).  Every string in the event came
-    from the network, and may be hostile."""
-    kind = event.get("type")
-    room = _name(event.get("room", ""))
-    at = f"[{room}] "
-    when = _time(event.get("ts"))
-    user = _name(event.get("user"))
-    by = _name(event.get("by"))
-    if kind == "msg":
-        return _text(f"{_lock(event)}{when}{at}{_name(event['from'])}: ", event["body"])
-    if kind == "dm":
-        return _text(
-            f"{_lock(event)}{when}[dm] {_name(event['from'])} -> {_name(event['to'])}: ", event["body"]
-        )
-    if kind in ("e2e_notice", "e2e_verify"):
-        return format_e2e(event)
-    if kind == "e2e_decrypted" and isinstance(event.get("event"), dict):
-        # A message shown before as unreadable, now that its key came.
-        return format_event(event["event"]) + "  (its key came late)"
-    if kind == "joined":
-        return f"{at}* {user} joined"
-    if kind == "left":
-        return f"{at}* {user} left"
-    if kind == "topic":
-        return _text(f"{at}* {by} set the topic: ", event["topic"])
-    if kind == "kicked":
-        return _reason(f"{at}* {user} was kicked by {by}", event)
-    if kind in ("banned", "muted"):
-        return _reason(f"{at}* {user} was {kind} by {by}{_until(event)}", event)
-    if kind in ("unbanned", "unmuted"):
-        return f"{at}* {user} was {kind} by {by}"
-    if kind == "role":
-        by_whom = f" (by {by})" if event.get("by") else ""
-        return f"{at}* {user} is now {_name(event['role'])}{by_whom}"
-    if kind == "invited":
-        if "user" in event:
-            return f"{at}* invited {user}"
-        return f"* {by} invited you to {room}; /join {room}"
-    if kind == "account":
-        return f"* account {user} {'disabled' if event['disabled'] else 'enabled'}"
-    if kind == "who":
-        return f"{at}users: {', '.join(map(_name, event['users']))}"
-    if kind == "rooms":
-        lines = [f"* {len(event['rooms'])} rooms:"]
-        for r in event["rooms"]:
-            mark = "*" if r.get("member") else " "
-            head = f"  {mark} {_name(r['room'])} ({_name(r['kind'])}, {_name(r['members'])} members)"
-            lines.append(_text(head + " - ", r["topic"]) if r.get("topic") else head)
-        return "\n".join(lines)
-    if kind == "welcome":
-        return f"* logged in as {user} ({_name(event['role'])}) on {_name(event.get('server', '?'))}"
-    if kind == "info":
-        return (
-            f"* {_name(event['server'])}, up {_span(event['uptime'])}, "
-            f"{_name(event['users_online'])} users online"
-        )
-    if kind == "stats":
-        return format_stats(event)
-    if kind == "logged_out":
-        return "* logged out"
-    if kind == "error":
-        retry = f" (retry in {_name(event['retry_after'])} s)" if event.get("retry_after") else ""
-        return _text(f"! {_name(event.get('code'))}: ", event.get("message"), retry)
-    return _name(json.dumps(event, ensure_ascii=False))
-
-
-def _span(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return (
-        (f"{days}d" if days else "")
-        + (f"{hours}h" if days or hours else "")
-        + f"{minutes:02d}m{seconds:02d}s"
-    )
-
-
-def format_stats(event: dict[str, Any]) -> str:
-    app = event["app"]
-    rates = app["per_second"]
-    line = (
-        f"* stats: up {_span(app['uptime'])}, {_name(app['connections'])} connections "
-        f"({_name(app['authenticated'])} logged in), {_name(app['users_online'])} users online, "
-        f"{_name(app['rooms'])} rooms; "
-        f"messages {rates['messages_in']:.1f}/s in, {rates['messages_out']:.1f}/s out; "
-        f"{rates['handshakes']:.1f} handshakes/s"
-    )
-    sample = event.get("sample")
-    if sample:
-        tree, system = sample["tree"], sample["system"]
-        line += (
-            f"; server CPU {tree['cpu_percent']:.1f}%, RSS {tree['rss_bytes'] / 1e6:.1f} MB, "
-            f"{_name(tree['threads'])} threads, {_name(tree['fds'])} fds; "
-            f"system CPU {system['cpu_percent']:.1f}%, "
-            f"memory {system['memory_percent']:.0f}%"
-        )
-    monitor = event.get("monitor") or {}
-    line += (
-        f"; monitor {'up' if monitor.get('up') else 'DOWN'} ({_name(monitor.get('restarts', 0))} restarts)"
-    )
-    return line
-
-
-def json_event(event: dict[str, Any]) -> dict[str, Any]:
-    """The event as received, plus ``sender`` and an ISO 8601 ``time`` for
-    stream events, so a script need not know each type's field names."""
-    out = dict(event)
-    if "stream" in event and "id" in event:
-        sender = event.get("from") or event.get("by") or event.get("user")
-        if sender is not None:
-            out.setdefault("sender", sender)
-        if isinstance(event.get("ts"), int):
-            out.setdefault("time", datetime.fromtimestamp(event["ts"] / 1000, timezone.utc).isoformat())
-    return out
-
-
-def json_line(value: Any) -> str:
-    """``value`` as one line of JSON that is safe on a terminal: what
-    ``json.dumps`` leaves as it is but a terminal would obey or hide (DEL,
-    C1 controls, bidi and zero-width characters, U+2028 ...) is written as
-    a ``\\uXXXX`` escape, which a JSON reader decodes to the same text."""
-    line = json.dumps(value, ensure_ascii=False, sort_keys=True)
-    if terminal_text(line) == line:
-        return line
-    out = []
-    for char in line:
-        if terminal_text(char) == char:
-            out.append(char)
-        else:
-            units = char.encode("utf-16-be", "surrogatepass")
-            out.extend(f"\\u{int.from_bytes(units[i : i + 2], 'big'):04x}" for i in range(0, len(units), 2))
-    return "".join(out)
-
-
-class Printer:
-    def __init__(self, out: TextIO, as_json: bool) -> None:
-        self.out = out
-        self.as_json = as_json
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if self.as_json:
-            line = json_line(json_event(event))
-        else:
-            line = format_event(event)
-        self.out.write(line + "\n")
-        self.out.flush()
-
-
-def notice(text: str) -> None:
-    """A line on standard error; whatever came from the network in
-    ``text`` must have been through ``log_text`` already."""
-    sys.stderr.write(f"* {text}\n")
-    sys.stderr.flush()
-
-
 class InputLines(LineReceiver):
     """Standard input, one line at a time, into the client."""
 
@@ -426,6 +183,11 @@ class InputLines(LineReceiver):
         self._verifying: str | None = None
         #: Who takes the next line instead of sending it (a passphrase).
         self._secret: Any = None
+
+    @property
+    def wants_secret(self) -> bool:
+        """The next line is a passphrase: not to be echoed or kept."""
+        return self._secret is not None
 
     def _send(self, command: Command) -> Deferred[Any]:
         assert command.request is not None
@@ -450,9 +212,9 @@ class InputLines(LineReceiver):
             )
             # (Messages are sent again by themselves after a reconnection:
             # this is another request, or a message given up on.)
-            notice(f"{what} not confirmed: the connection dropped first; not sent again")
+            self.printer.notice(f"{what} not confirmed: the connection dropped first; not sent again")
         else:
-            notice(log_text(failure.getErrorMessage()))
+            self.printer.notice(log_text(failure.getErrorMessage()))
 
     def lineReceived(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
@@ -467,13 +229,22 @@ class InputLines(LineReceiver):
     # --- commands.Frontend: how the terminal shows and sends each command ---
 
     def refuse(self, text: str) -> None:
-        notice(text)
+        self.printer.notice(text)
 
     def is_member(self, room: str) -> bool:
         return room in self.client.rooms
 
+    def room_number(self, number: int) -> str | None:
+        rooms = self.numbered_rooms()
+        return rooms[number - 1] if 1 <= number <= len(rooms) else None
+
+    def numbered_rooms(self) -> list[str]:
+        """The rooms the user is in, in the order ``/switch N`` counts
+        them (their names', as the desktop client lists them)."""
+        return sorted(self.client.rooms)
+
     def not_member(self, room: str) -> None:
-        notice(f"you are not in {log_text(room)}; /join it first")
+        self.printer.notice(f"you are not in {log_text(room)}; /join it first")
 
     def switch(self, room: str) -> None:
         self._switch(room)
@@ -483,7 +254,7 @@ class InputLines(LineReceiver):
         self.finish()
 
     def help(self, text: str) -> None:
-        sys.stderr.write(text + "\n")
+        self.printer.help(text)
 
     def say(self, command: Command) -> None:
         self._send(command).addErrback(self._report, command)
@@ -517,7 +288,7 @@ class InputLines(LineReceiver):
     def e2e(self, command: Command) -> None:
         device = self.client.e2e
         if device is None:
-            notice("end-to-end encryption is off (--no-e2e)")
+            self.printer.notice("end-to-end encryption is off (--no-e2e)")
             return
         op, args = command.e2e, command.args
         d: Deferred[Any]
@@ -530,21 +301,21 @@ class InputLines(LineReceiver):
             d = device.verify(args[0].lower(), args[1] if len(args) > 1 else None)
         elif op in ("match", "nomatch"):
             if self._verifying is None:
-                notice("no verification is waiting for an answer")
+                self.printer.notice("no verification is waiting for an answer")
                 return
             device.confirm(self._verifying, op == "match")
             return
         elif op == "safety":
             d = device.safety_number(args[0].lower()).addCallback(
-                lambda number: notice(f"safety number with {log_text(args[0])}: {number}")
+                lambda number: self.printer.notice(f"safety number with {log_text(args[0])}: {number}")
             )
         elif op == "trust":
             device.book.acknowledge(args[0].lower())
-            notice(f"sending to {log_text(args[0])} again")
+            self.printer.notice(f"sending to {log_text(args[0])} again")
             return
         else:
             path = Path(args[0]).expanduser()
-            notice("passphrase for the keys file (the next line, not sent):")
+            self.printer.notice("passphrase for the keys file (the next line, not sent):")
             self._secret = lambda phrase: self._keys_file(device, op, path, phrase)
             return
         self._outstanding.append(d)
@@ -553,24 +324,24 @@ class InputLines(LineReceiver):
 
     def _e2e_failed(self, failure: Any) -> None:
         if failure.check(SendBlocked):
-            notice(log_text(str(failure.value)))
+            self.printer.notice(log_text(str(failure.value)))
         elif failure.check(ServerError):
             self.printer(failure.value.event)
         else:
-            notice(log_text(failure.getErrorMessage()))
+            self.printer.notice(log_text(failure.getErrorMessage()))
 
     def _keys_file(self, device: EndToEnd, op: str | None, path: Path, phrase: str) -> None:
         try:
             if op == "export":
                 device.export_keys_file(path, phrase)
-                notice(f"room keys written to {log_text(str(path))}")
+                self.printer.notice(f"room keys written to {log_text(str(path))}")
             else:
                 count = device.import_keys_file(path, phrase)
-                notice(f"{count} room keys read from {log_text(str(path))}")
+                self.printer.notice(f"{count} room keys read from {log_text(str(path))}")
         except SendBlocked as e:
-            notice(log_text(str(e)))
+            self.printer.notice(log_text(str(e)))
         except OSError as e:
-            notice(f"cannot use {log_text(str(path))}: {log_text(e.strerror or str(e))}")
+            self.printer.notice(f"cannot use {log_text(str(path))}: {log_text(e.strerror or str(e))}")
 
     def _show_devices(self, device: EndToEnd, user: str, found: dict[str, dict[str, Any]]) -> None:
         rows: list[tuple[str, dict[str, Any]]] = []
@@ -591,7 +362,7 @@ class InputLines(LineReceiver):
             ]
             self.printer({"type": "devices", "user": user, "devices": entries})
             return
-        lines = [f"* {_name(user)}: {len(rows)} devices"]
+        lines = [f"* {shown(user)}: {len(rows)} devices"]
         for d, e in rows:
             state = (
                 "this device"
@@ -599,9 +370,8 @@ class InputLines(LineReceiver):
                 else ("verified" if e.get("verified") else "unverified")
             )
             key = " ".join(e["ed25519"][i : i + 4] for i in range(0, 43, 4))
-            lines.append(f"  {_name(d)}  {_name(e.get('name', ''))}  [{state}]  {_name(key)}")
-        self.printer.out.write("\n".join(lines) + "\n")
-        self.printer.out.flush()
+            lines.append(f"  {shown(d)}  {shown(e.get('name', ''))}  [{state}]  {shown(key)}")
+        self.printer.write("\n".join(lines))
 
     def event(self, event: dict[str, Any]) -> None:
         """Leave the current room behind when we are put out of it."""
@@ -619,7 +389,7 @@ class InputLines(LineReceiver):
 
     def _switch(self, room: str) -> None:
         self.room = room
-        notice(f"talking in {log_text(room)}")
+        self.printer.notice(f"talking in {log_text(room)}")
 
     def _joined(self, room: str | None) -> Deferred[Any] | None:
         assert room is not None
@@ -637,7 +407,7 @@ class InputLines(LineReceiver):
             if others:
                 self._switch(others[0])
             else:
-                notice("you are in no room now; /join one")
+                self.printer.notice("you are in no room now; /join one")
 
     def _show_history(self, page: dict[str, Any], before_join: bool = False) -> None:
         events = page["events"]
@@ -645,19 +415,19 @@ class InputLines(LineReceiver):
             # The join itself is already shown, live.
             events = [e for e in events if not (e["type"] == "joined" and e.get("user") == self.client.user)]
         if not self.printer.as_json:
-            notice(
+            self.printer.notice(
                 f"history of {log_text(page['stream'])}: {len(events)} events"
                 f"{' (more before)' if page['more'] else ''}"
             )
         for event in events:
-            self.printer(dict(event, history=True) if self.printer.as_json else event)
+            self.printer(event, history=True)
 
     def _show_topic(self, answer: dict[str, Any], room: str | None) -> None:
         for summary in answer["rooms"]:
             if summary["room"] == room:
-                notice(f"topic of {log_text(room)}: {log_text(summary['topic'] or '(none)')}")
+                self.printer.notice(f"topic of {log_text(room)}: {log_text(summary['topic'] or '(none)')}")
                 return
-        notice(f"you cannot see room {log_text(room)}")
+        self.printer.notice(f"you cannot see room {log_text(room)}")
 
     def connectionLost(self, reason: Any = None) -> None:
         # A last line without a newline is a line too.
@@ -681,7 +451,13 @@ class InputLines(LineReceiver):
             self.done.callback(None)
 
 
-async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
+def at_a_terminal(args: argparse.Namespace) -> bool:
+    """A person at a terminal gets the line editor (chatclient.terminal);
+    a pipe, a file or ``--json`` gets lines as they are."""
+    return not args.json and sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+async def run(reactor: Any, args: argparse.Namespace, password: str, interactive: bool = False) -> int:
     known = KnownHosts(args.known_hosts)
     try:
         hosts = parse_hosts(args.host, args.port)
@@ -700,7 +476,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
 
     def proven(fingerprint: str) -> None:
         if fingerprint in unpinned and known.pin(server, fingerprint) and args.fingerprint is None:
-            notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
+            printer.notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
         unpinned.discard(fingerprint)
 
     nodes = [
@@ -712,7 +488,9 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
     ]
     client = ReconnectingClient(
         reactor,
-        nodes[0][1] if len(nodes) == 1 else FailoverEndpoint(nodes, lambda name: notice(f"now on {name}")),
+        nodes[0][1]
+        if len(nodes) == 1
+        else FailoverEndpoint(nodes, lambda name: printer.notice(f"now on {name}")),
         verify,
         args.user,
         password,
@@ -728,7 +506,15 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
             sys.stderr.write(f"error: {log_text(str(e))}\n")
             return 2
         device.attach(client)
-    printer = Printer(sys.stdout, args.json)
+    printer: Printer
+    if interactive:
+        from chatclient import terminal  # prompt_toolkit: only for a person
+
+        printer = terminal.TerminalPrinter(
+            args.user, terminal.Names(client), terminal.colours_wanted(sys.stdout), lambda: lines.room
+        )
+    else:
+        printer = Printer(sys.stdout, args.json)
     client.add_listener(printer)
     lines = InputLines(client, args.room, printer, args.history)
     client.add_listener(lines.event)
@@ -738,9 +524,9 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
             if client.connections == 1:
                 printer(detail)
             else:
-                notice(f"reconnected to {server}")
+                printer.notice(f"reconnected to {server}")
         elif name == "reconnecting":
-            notice(f"connection to {server} lost ({log_text(detail.message)}); reconnecting")
+            printer.notice(f"connection to {server} lost ({log_text(detail.message)}); reconnecting")
 
     client.add_state_listener(state)
     client.start()
@@ -759,7 +545,13 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
         sys.stderr.write(f"error: cannot connect to {server}: {log_text(str(e))}\n")
         return 1
     # Reading starts on the next reactor turn, after the /join below.
-    stdio.StandardIO(lines, reactor=reactor)
+    screen = None
+    if interactive:
+        assert isinstance(printer, terminal.TerminalPrinter)
+        screen = terminal.Terminal(lines, client, printer)
+        screen.start()
+    else:
+        stdio.StandardIO(lines, reactor=reactor)
     if args.room not in client.rooms:
         # The room asked for on the command line: join it (or just talk in
         # it, if the server put us there already).
@@ -772,6 +564,8 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
 
     client.add_state_listener(on_state)
     _, index = await defer.DeferredList([lines.done, failed], fireOnOneCallback=True, consumeErrors=True)
+    if screen is not None:
+        await Deferred.fromFuture(asyncio.ensure_future(screen.close()))
     if index == 1:
         error = failed.result
         sys.stderr.write(f"error: {log_text(str(error))}\n")
@@ -782,6 +576,7 @@ async def run(reactor: Any, args: argparse.Namespace, password: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    interactive = at_a_terminal(args)
     try:
         password = read_password(args)
     except PasswordMismatch as e:
@@ -789,8 +584,17 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, EOFError) as e:
         sys.exit(f"error: cannot read the password: {e}")
 
+    if interactive:
+        # prompt_toolkit runs on asyncio: so does Twisted, with this
+        # reactor, installed before anything imports the default one.
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+
     def start(reactor: Any) -> Deferred[int]:
-        d = Deferred.fromCoroutine(run(reactor, args, password))
+        d = Deferred.fromCoroutine(run(reactor, args, password, interactive))
 
         def exit_code(code: int) -> int:
             if code:

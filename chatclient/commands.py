@@ -23,7 +23,8 @@ DEFAULT_HISTORY = 20
 HELP = """commands (ROOM defaults to the current room):
   /join ROOM                     join a room and talk in it (shows recent history)
   /part [ROOM]                   leave a room
-  /switch ROOM                   talk in another room you are in
+  /switch ROOM|N                 talk in another room you are in (N: its number, rooms
+                                 numbered from 1 in the order of their names)
   /rooms                         list the rooms you can see
   /create [--private|--readonly] [--encrypted] ROOM [TOPIC]
                                  create a room (you own it); --encrypted: end to end
@@ -43,6 +44,7 @@ HELP = """commands (ROOM defaults to the current room):
   /stats [--watch|--stop]        (server admins) server statistics, once or every interval
   /devices [USER]                a user's devices (yours by default), and how far each is trusted
   /verify USER [DEVICE]          verify a device by comparing emoji; then /match or /nomatch
+  /match, /nomatch               the emoji shown are the same on both devices, or they are not
   /safety USER                   the safety number to compare with USER out of band
   /trust USER                    you have looked at USER's changed device: send to them again
   /export-keys FILE              save this device's room keys, under a passphrase (asked next)
@@ -51,6 +53,45 @@ HELP = """commands (ROOM defaults to the current room):
   /help                          this help
   /quit                          say goodbye and exit
 anything else is sent as a message to the current room"""
+
+#: Every command and what its positional arguments name, for completion
+#: (``ROOM``, ``USER``, ``FILE``; None: free text or a number).  Aliases
+#: (/exit, /leave, /list, /dm) are left out: one name each is enough to
+#: offer.  tests.test_commands checks it against HELP and the parser.
+ARGUMENTS: dict[str, tuple[str | None, ...]] = {
+    "join": ("ROOM",),
+    "part": ("ROOM",),
+    "switch": ("ROOM",),
+    "rooms": (),
+    "create": (),
+    "topic": (),
+    "invite": ("USER", "ROOM"),
+    "msg": ("USER",),
+    "history": (),
+    "who": ("ROOM",),
+    "kick": ("USER",),
+    "ban": ("USER",),
+    "unban": ("USER",),
+    "mute": ("USER",),
+    "unmute": ("USER",),
+    "op": ("USER",),
+    "deop": ("USER",),
+    "disable": ("USER",),
+    "enable": ("USER",),
+    "info": (),
+    "stats": (),
+    "devices": ("USER",),
+    "verify": ("USER",),
+    "match": (),
+    "nomatch": (),
+    "safety": ("USER",),
+    "trust": ("USER",),
+    "export-keys": ("FILE",),
+    "import-keys": ("FILE",),
+    "logout": (),
+    "help": (),
+    "quit": (),
+}
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhdw]?)$")
 #: The server's limit for a ban or mute (validation.duration).
@@ -126,7 +167,7 @@ def parse(line: str, room: str) -> Command:
         target = words[0] if words else room
         return Command("part", {"type": "part", "room": target}, target)
     if name == "switch":
-        need(1, "ROOM")
+        need(1, "ROOM|N")
         return Command("switch", room=words[0])
     if name in ("rooms", "list"):
         return Command("request", {"type": "rooms"})
@@ -245,6 +286,10 @@ class Frontend(Protocol):
     def not_member(self, room: str) -> None:
         """``/switch`` to a room the user is not in."""
 
+    def room_number(self, number: int) -> str | None:
+        """The room numbered ``number`` (from 1) among those the user is
+        in, in the order of their names; None if there are fewer."""
+
     def say(self, command: Command) -> None: ...
 
     def join(self, command: Command) -> None: ...
@@ -286,6 +331,9 @@ def dispatch(command: Command, room: str, frontend: Frontend) -> None:
 
     def switch(command: Command) -> None:
         target = command.room or ""
+        if not frontend.is_member(target) and target.isdigit():
+            # A room may be called "2": its name wins over a number.
+            target = frontend.room_number(int(target)) or target
         if frontend.is_member(target):
             frontend.switch(target)
         else:

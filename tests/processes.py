@@ -140,10 +140,10 @@ async def stop_twistd(server: LineProcess) -> int:
     return await server.ended.addTimeout(TIMEOUT, reactor)
 
 
-def cli(testcase: Any, name: str, port: int, user: str, *extra: str) -> LineProcess:
-    """A terminal client.  Its devices live in the test's directory (one
-    for all its clients, so a user's second client is the same device),
-    under a passphrase (there is no keyring here)."""
+def cli_argv(testcase: Any, port: int, user: str, *extra: str) -> list[str]:
+    """The command line of a terminal client.  Its devices live in the
+    test's directory (one for all its clients, so a user's second client
+    is the same device), under a passphrase (there is no keyring here)."""
     devices = getattr(testcase, "_cli_devices", None)
     if devices is None:
         devices = testcase._cli_devices = Path(testcase.mktemp()).resolve()
@@ -154,23 +154,16 @@ def cli(testcase: Any, name: str, port: int, user: str, *extra: str) -> LineProc
         if "--no-e2e" in extra
         else ["--device-dir", str(devices), "--store-passphrase-file", str(devices / "passphrase")]
     )
-    return spawn(
-        testcase,
-        name,
-        [
-            PYTHON,
-            "-m",
-            "chatclient.cli",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--user",
-            user,
-            *e2e,
-            *extra,
-        ],
-    )
+    return [
+        *(PYTHON, "-m", "chatclient.cli", "--host", "127.0.0.1", "--port", str(port), "--user", user),
+        *e2e,
+        *extra,
+    ]
+
+
+def cli(testcase: Any, name: str, port: int, user: str, *extra: str) -> LineProcess:
+    """A terminal client in a pipe (see ``cli_argv``)."""
+    return spawn(testcase, name, cli_argv(testcase, port, user, *extra))
 
 
 def admin_tool(data_dir: Path, *args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:

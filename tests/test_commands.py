@@ -239,7 +239,7 @@ class CommandTests(unittest.TestCase):
     def test_room_arguments_are_required(self) -> None:
         self.assertCommandError("/join", "usage: /join ROOM")
         self.assertCommandError("/join    ", "usage: /join ROOM")
-        self.assertCommandError("/switch", "usage: /switch ROOM")
+        self.assertCommandError("/switch", "usage: /switch ROOM|N")
 
     def test_create_errors(self) -> None:
         self.assertCommandError("/create", "usage: /create [--private|--readonly] [--encrypted] ROOM [TOPIC]")
@@ -341,6 +341,34 @@ class CommandTests(unittest.TestCase):
         self.assertCommandError("/history ²", "usage: /history")
 
 
+class CompletionTableTests(unittest.TestCase):
+    """``ARGUMENTS``, which the terminal client completes from, names the
+    commands HELP lists and the parser knows, and no others."""
+
+    def test_every_command_in_help_is_offered_and_nothing_else(self) -> None:
+        listed = set(re.findall(r"(?:^  |, )/([a-z-]+)", commands.HELP, re.MULTILINE))
+        self.assertEqual(listed, set(commands.ARGUMENTS))
+
+    def test_every_offered_command_parses(self) -> None:
+        for name in commands.ARGUMENTS:
+            try:
+                parse(f"/{name}", ROOM)
+            except CommandError as e:
+                self.assertNotIn("unknown command", str(e))
+
+    def test_argument_kinds_follow_help(self) -> None:
+        for name, kinds in commands.ARGUMENTS.items():
+            # The usage is the words after the name up to the first one
+            # in lower case (the description) or the next command.
+            usage = re.search(rf"(?:^  |, )/{name}((?: [^ a-z/][^ ]*)*)", commands.HELP, re.MULTILINE)
+            assert usage is not None, name
+            words = re.findall(r"[A-Z]+", usage.group(1))
+            named = [w for w in words if w in ("ROOM", "USER", "FILE")]
+            if name == "create":
+                named = []  # a new room's name: there is nothing to complete
+            self.assertEqual([k for k in kinds if k], named, name)
+
+
 class Transcript:
     """A front end that writes down what the dispatcher asked of it: the
     smallest second implementation of ``commands.Frontend`` (the terminal
@@ -358,6 +386,10 @@ class Transcript:
 
     def not_member(self, room: str) -> None:
         self.calls.append(("not_member", room))
+
+    def room_number(self, number: int) -> str | None:
+        rooms = sorted(self.rooms)
+        return rooms[number - 1] if 1 <= number <= len(rooms) else None
 
     def switch(self, room: str) -> None:
         self.calls.append(("switch", room))
@@ -393,8 +425,8 @@ class Transcript:
 class DispatchTests(unittest.TestCase):
     """``commands.run``: the one dispatcher both front ends use."""
 
-    def run_lines(self, room: str, *lines: str) -> list[tuple[str, Any]]:
-        front = Transcript({"lobby"})
+    def run_lines(self, room: str, *lines: str, rooms: set[str] | None = None) -> list[tuple[str, Any]]:
+        front = Transcript(rooms or {"lobby"})
         for line in lines:
             commands.run(line, room, front)
         return front.calls
@@ -419,6 +451,18 @@ class DispatchTests(unittest.TestCase):
                 ("refuse", "usage: /msg USER TEXT"),
             ],
         )
+
+    def test_switch_by_number_counts_rooms_in_name_order(self) -> None:
+        calls = self.run_lines(
+            ROOM, "/switch 1", "/switch 3", "/switch 4", "/switch 0", rooms={"lobby", "den", "ops"}
+        )
+        self.assertEqual(
+            calls, [("switch", "den"), ("switch", "ops"), ("not_member", "4"), ("not_member", "0")]
+        )
+
+    def test_a_room_named_like_a_number_wins_over_the_number(self) -> None:
+        calls = self.run_lines(ROOM, "/switch 2", "/switch 1", rooms={"2", "lobby"})
+        self.assertEqual(calls, [("switch", "2"), ("switch", "2")])
 
     def test_switch_goes_only_to_a_room_the_user_is_in(self) -> None:
         self.assertEqual(

@@ -91,6 +91,10 @@ class WindowCommands:
         target = self.window.model.conversations.get(room_stream(room))
         return target is not None and target.joined
 
+    def room_number(self, number: int) -> str | None:
+        rooms = self.window.model.rooms()  # as the room list shows them
+        return rooms[number - 1].name if 1 <= number <= len(rooms) else None
+
     def not_member(self, room: str) -> None:
         self._take()
         self.window.notice(f"You are not in #{room}: /join {room}", error=True)
