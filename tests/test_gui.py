@@ -574,7 +574,12 @@ class GuiTests(unittest.TestCase):
         await gui.log_in(server.port, "alice", PASSWORD)
         saved = (gui.home / "servers.json").read_text()
         self.assertEqual(
-            json.loads(saved), {"servers": [{"host": "127.0.0.1", "port": server.port, "user": "alice"}]}
+            json.loads(saved),
+            {
+                "servers": [
+                    {"host": "127.0.0.1", "port": server.port, "user": "alice", "tls": False, "tls_ca": ""}
+                ]
+            },
         )
         self.assertNotIn(PASSWORD, saved)
         token = await gui.eval("window().client.token")
