@@ -34,7 +34,14 @@ from chatclient import commands
 from chatclient.commands import Command
 from chatclient.e2e.client import EndToEnd, SendBlocked
 from chatclient.e2e.store import StoreError, default_root, store_dir
-from chatclient.endpoints import BadHostList, FailoverEndpoint, endpoint_description, parse_hosts
+from chatclient.endpoints import (
+    BadCA,
+    BadHostList,
+    FailoverEndpoint,
+    endpoint_description,
+    parse_hosts,
+    tls_endpoint,
+)
 from chatclient.known_hosts import HostKeyMismatch, KnownHosts, server_id
 from chatclient.output import Printer, notice, shown
 from chatclient.reconnect import ReconnectingClient
@@ -67,8 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls", action="store_true", help="connect with TLS under the channel")
     p.add_argument(
         "--tls-ca",
-        metavar="DIR",
-        help="with --tls: trust the CA certificates (PEM) in DIR instead of the system's",
+        metavar="DIR|FILE",
+        help="with --tls: trust the CA certificates (PEM) in DIR, or in FILE, instead of the system's",
     )
     p.add_argument("--room", default="lobby", help="room to talk in first (default: lobby)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
@@ -479,13 +486,19 @@ async def run(reactor: Any, args: argparse.Namespace, password: str, interactive
             printer.notice(f"new server {server}: pinned key {fingerprint} in {known.path}")
         unpinned.discard(fingerprint)
 
-    nodes = [
-        (
-            f"{host}:{port}",
-            endpoints.clientFromString(reactor, endpoint_description(host, port, args.tls, args.tls_ca)),
-        )
-        for host, port in hosts
-    ]
+    try:
+        nodes = [
+            (
+                f"{host}:{port}",
+                tls_endpoint(reactor, host, port, args.tls_ca)
+                if args.tls
+                else endpoints.clientFromString(reactor, endpoint_description(host, port)),
+            )
+            for host, port in hosts
+        ]
+    except BadCA as e:
+        print(f"error: --tls-ca: {e}", file=sys.stderr)
+        return 2
     client = ReconnectingClient(
         reactor,
         nodes[0][1]

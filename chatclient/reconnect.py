@@ -28,7 +28,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatclient.session import ChatSession, ClientProtocol, ConnectionClosed, Proven, ServerError, Verifier
+from chatclient.session import (
+    TLS_CERTIFICATE,
+    ChatSession,
+    ClientProtocol,
+    ConnectionClosed,
+    Proven,
+    ServerError,
+    Verifier,
+)
 from chatserver.wire import channel
 from chatserver.wire.safetext import log_text
 
@@ -48,7 +56,8 @@ RESEND_ATTEMPTS = 20
 class ReconnectingClient:
     """Listeners get events; state listeners get ``(state, detail)`` with
     state one of ``connecting``, ``online``, ``reconnecting``, ``stopped``,
-    ``failed`` (login refused: no more retries)."""
+    ``failed`` (login refused, or the server's key or TLS certificate:
+    no more retries)."""
 
     #: Seconds a new connection has to get from TCP to online.
     setup_timeout = 60.0
@@ -287,7 +296,13 @@ class ReconnectingClient:
         self.ticket = ticket
 
     def _setup_failed(self, failure: Failure, protocol: ClientProtocol) -> None:
-        if isinstance(failure.value, ServerError) and failure.value.code in self.FATAL:
+        error = failure.value
+        if (isinstance(error, ServerError) and error.code in self.FATAL) or (
+            # A refused certificate is refused again at every attempt: say
+            # so once (an unknown CA, another host's name) rather than retry
+            # in silence, as for a refused server key.
+            isinstance(error, ConnectionClosed) and error.code == TLS_CERTIFICATE
+        ):
             self._give_up(failure)
         else:
             if not failure.check(ConnectionClosed) and self._fatal is None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, endpoints, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -61,6 +63,45 @@ class ConnectionClosed(Exception):
         self.clean = clean
         self.code = code
         self.message = message
+
+
+#: ``ConnectionClosed.code`` of a server certificate that TLS refused (an
+#: unknown CA, another host's name, expired): retrying cannot fix it.
+TLS_CERTIFICATE = "tls_certificate"
+
+
+def tls_problem(reason: Failure | None) -> ConnectionClosed | None:
+    """Why TLS ended the connection, in words for the user (code
+    :data:`TLS_CERTIFICATE`, or ``tls`` for other handshake failures);
+    None if the loss was not TLS's doing."""
+    error = reason.value if reason is not None else None
+    if isinstance(error, VerificationError):
+        names = []
+        for mismatch in error.errors:
+            wanted = getattr(mismatch, "mismatched_id", None)
+            name = getattr(wanted, "hostname", None) or getattr(wanted, "ip", None) or wanted
+            names.append(name.decode("ascii", "replace") if isinstance(name, bytes) else str(name))
+        return ConnectionClosed(
+            False,
+            TLS_CERTIFICATE,
+            f"TLS: the server's certificate is not valid for {', '.join(names) or 'this host'}",
+        )
+    if not isinstance(error, SSL.Error):
+        return None
+    # pyOpenSSL: [(library, function, reason), ...]
+    queue = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    reasons = [str(part[-1]) for part in queue if isinstance(part, tuple) and part]
+    text = "; ".join(r for r in reasons if r) or str(error)
+    if "certificate verify failed" in reasons:
+        return ConnectionClosed(
+            False,
+            TLS_CERTIFICATE,
+            "TLS: the server's certificate is not signed by a certificate authority "
+            "this client trusts (certificate verify failed)",
+        )
+    if "wrong version number" in reasons:
+        text += " (is the server on this port using TLS?)"
+    return ConnectionClosed(False, "tls", f"TLS error: {text}")
 
 
 class ClientProtocol(LineReceiver, TimeoutMixin):
@@ -240,7 +281,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._ended = True
         info = self._close_info
         if info is None:
-            info = ConnectionClosed(False, "lost", "connection lost without a goodbye")
+            info = tls_problem(reason) or ConnectionClosed(False, "lost", "connection lost without a goodbye")
         if not self.secure.called:
             self.secure.errback(Failure(info))
         if self.session is not None:

@@ -17,8 +17,9 @@ from typing import Any
 from twisted.internet import endpoints, reactor, task
 from twisted.trial import unittest
 
+from chatclient.endpoints import endpoint_description
 from chatclient.reconnect import ReconnectingClient
-from chatclient.session import ServerError
+from chatclient.session import ServerError, connect
 from chatserver.storage import queries
 from tests.e2e_support import e2e_client
 from tests.gui_support import GUI_MISSING, start_gui
@@ -36,6 +37,7 @@ from tests.support import (
     until,
 )
 from tests.test_cli import BitFlipProxy, HostileServer
+from tests.test_tls import self_signed, tls_server
 
 
 def user_exists(server: Any, name: str) -> bool:
@@ -574,7 +576,12 @@ class GuiTests(unittest.TestCase):
         await gui.log_in(server.port, "alice", PASSWORD)
         saved = (gui.home / "servers.json").read_text()
         self.assertEqual(
-            json.loads(saved), {"servers": [{"host": "127.0.0.1", "port": server.port, "user": "alice"}]}
+            json.loads(saved),
+            {
+                "servers": [
+                    {"host": "127.0.0.1", "port": server.port, "user": "alice", "tls": False, "tls_ca": ""}
+                ]
+            },
         )
         self.assertNotIn(PASSWORD, saved)
         token = await gui.eval("window().client.token")
@@ -652,6 +659,181 @@ class GuiTests(unittest.TestCase):
         self.assertFalse(await gui.eval("window().stats_action.isEnabled()"))
         await gui.exec("window().toggle_stats()")
         self.assertIsNone(await gui.eval("window().stats_dock"))
+
+
+class GuiTLSTests(unittest.TestCase):
+    """The connect dialog's TLS option, against a real server on TLS
+    (tests/test_tls.py makes its certificate)."""
+
+    if GUI_MISSING:
+        skip = GUI_MISSING
+
+    async def fill(self, gui: Any, host: str, port: int, user: str, register: bool = True) -> None:
+        """The dialog's server and account, as typed (``d`` in the GUI);
+        TLS is left as it is."""
+        await gui.exec(
+            "d = controller.dialog\n"
+            "d.host.clear()\n"
+            f"type_text(d.host, {host!r})\n"
+            f"d.port.setValue({port})\n"
+            "d.user.clear()\n"
+            f"type_text(d.user, {user!r})\n"
+            "d.password.clear()\n"
+            f"type_text(d.password, {PASSWORD!r})\n"
+            f"d.register_mode.setChecked({register!r})\n"
+            + (f"type_text(d.password_again, {PASSWORD!r})\n" if register else "")
+        )
+
+    async def test_log_in_over_tls_with_a_chosen_ca_and_find_it_remembered(self) -> None:
+        server, _, cert_path = await tls_server(self)
+        description = endpoint_description("localhost", server.port, True, str(cert_path.parent))
+        bob = await connect(reactor, description, lambda fingerprint: True)
+        self.addCleanup(bob.close)
+        await bob.register("bob", PASSWORD)
+        bob_events = EventQueue(bob)
+        gui = await start_gui(self)
+        await gui.wait("controller.dialog and controller.dialog.isVisible()")
+        # Off by default, and the CA to trust with it.
+        enabled = "d.tls.isChecked(), d.tls_ca.isEnabled(), d.tls_ca_choose.isEnabled()"
+        self.assertEqual(await gui.eval(f"(d := controller.dialog) and ({enabled})"), [False, False, False])
+        await self.fill(gui, "localhost", server.port, "alice")
+        await gui.exec("click(d.tls)")
+        self.assertEqual(await gui.eval(enabled), [True, True, True])
+        self.assertEqual(
+            await gui.eval("[a.text() for a in d.tls_ca_choose.menu().actions()]"),
+            ["A certificate file (PEM)…", "A directory of certificates…"],
+        )
+        # The chooser: a file dialog, whose choice fills in the field.
+        await gui.exec("d.tls_ca_choose.menu().actions()[0].trigger()")
+        await gui.wait("d.ca_dialog is not None and d.ca_dialog.isVisible()")
+        await gui.exec(
+            f"d.ca_dialog.setDirectory({str(cert_path.parent)!r})\n"
+            "name = d.ca_dialog.findChild(QLineEdit, 'fileNameEdit')\n"
+            f"type_text(name, {cert_path.name!r})"
+        )
+        await gui.wait(f"d.ca_dialog.selectedFiles() == [{str(cert_path)!r}]")
+        await gui.exec("press(name, 'Return')")
+        await gui.wait(f"d.tls_ca.text() == {str(cert_path)!r}")
+        self.assertIsNone(await gui.eval("d.ca_dialog"))
+        await gui.exec("d.resize(d.sizeHint())")
+        shot = Path(self.mktemp()).resolve().with_suffix(".png")
+        self.assertGreater(await gui.eval(f"shot(d, {str(shot)!r})"), 1000)
+        await gui.exec("press(d.password_again, 'Return')")
+        await gui.wait("controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+        await gui.wait("window() and window().client.state == 'online'")
+        transport = "type(window().client.session.protocol.transport).__name__"
+        self.assertIn("TLS", await gui.eval(transport))
+        await gui.wait("window().model.current")
+        await gui.exec("type_text(window().input, 'hello over tls')\npress(window().input, 'Return')")
+        got = await bob_events.next(lambda e: e.get("type") == "msg" and e["from"] == "alice", timeout=30)
+        self.assertEqual(got["body"], "hello over tls")
+        await bob.say("lobby", "and back")
+        await gui.wait("'and back' in window().view.toPlainText()")
+        saved = json.loads((gui.home / "servers.json").read_text())["servers"]
+        remembered = {"host": "localhost", "port": server.port, "user": "alice"}
+        self.assertEqual(saved, [{**remembered, "tls": True, "tls_ca": str(cert_path)}])
+
+        # The next start: the server comes back with its TLS settings, and
+        # connects with them.
+        await gui.exec("window().close()")
+        await gui.process.ended
+        again = await start_gui(self, gui.home)
+        self.assertEqual(
+            await again.eval(
+                "(d := controller.dialog) and (d.recent.currentText(), d.host.text(), d.tls.isChecked(), "
+                "d.tls_ca.text(), d.tls_ca.isEnabled())"
+            ),
+            [f"alice@localhost:{server.port} (TLS)", "localhost", True, str(cert_path), True],
+        )
+        await again.exec(f"type_text(d.password, {PASSWORD!r})\npress(d.password, 'Return')")
+        await again.wait("window() and window().client.state == 'online'")  # the key is pinned: no question
+        self.assertIn("TLS", await again.eval(transport))
+
+    async def test_a_refused_certificate_is_shown_in_the_dialog(self) -> None:
+        server, tls_dir, cert_path = await tls_server(self)
+        other = Path(self.mktemp()).resolve()
+        self_signed(other, "Another CA")
+        gui = await start_gui(self)
+        await gui.wait("controller.dialog and controller.dialog.isVisible()")
+        # A CA that did not sign the server's certificate.
+        await self.fill(gui, "localhost", server.port, "alice")
+        await gui.exec(
+            f"d.tls.setChecked(True)\ntype_text(d.tls_ca, {str(other)!r})\npress(d.password, 'Return')"
+        )
+        shown = (
+            "controller.dialog.isVisible() and controller.window is None and controller.dialog.error.text()"
+        )
+        self.assertEqual(
+            await gui.wait(shown),
+            "Could not connect: TLS: the server's certificate is not signed by a certificate authority "
+            "this client trusts (certificate verify failed). "
+            "Check “Trust certificates from” and the server's name.",
+        )
+        self.assertEqual(
+            await gui.eval("controller.client.state"), "failed"
+        )  # not retrying behind the dialog
+        self.assertIsNone(await gui.eval("controller.trust.dialog"), "the key was asked for before TLS held")
+        # Everything but the password is as it was, for another try.
+        self.assertEqual(
+            await gui.eval(
+                "(d := controller.dialog) and "
+                "(d.host.text(), d.tls.isChecked(), d.tls_ca.text(), d.user.text())"
+            ),
+            ["localhost", True, str(other), "alice"],
+        )
+        # The right CA, but a name the certificate is not for.
+        await self.fill(gui, "127.0.0.1", server.port, "alice")
+        await gui.exec(f"d.tls_ca.setText({str(tls_dir)!r})\npress(d.password, 'Return')")
+        await gui.wait(f"controller.dialog is not d and {shown}")
+        self.assertIn(
+            "Could not connect: TLS: the server's certificate is not valid for 127.0.0.1.",
+            await gui.eval("controller.dialog.error.text()"),
+        )
+        # A CA that is not there, or is no certificate: said before connecting.
+        await self.fill(gui, "localhost", server.port, "alice")
+        missing = str(Path(self.mktemp()).resolve())
+        await gui.exec(f"d.tls_ca.setText({missing!r})\npress(d.password, 'Return')")
+        self.assertEqual(
+            await gui.eval("d is controller.dialog and d.isVisible() and d.error.text()"),
+            f"Trust certificates from: {missing}: no such file or directory.",
+        )
+        not_pem = Path(self.mktemp()).resolve()
+        not_pem.write_text("not a certificate\n")
+        await gui.exec(f"d.tls_ca.setText({str(not_pem)!r})\npress(d.password, 'Return')")
+        self.assertEqual(
+            await gui.wait(f"controller.dialog is not d and {shown}"),
+            f"Trust certificates from: {not_pem}: no PEM certificate in it",
+        )
+        # And with the server's CA: through TLS, to the server's key.
+        await self.fill(gui, "localhost", server.port, "alice")
+        await gui.exec(f"d.tls_ca.setText({str(cert_path)!r})\npress(d.password, 'Return')")
+        await gui.wait("controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()")
+
+    async def test_a_server_list_from_before_tls_loads_with_tls_off(self) -> None:
+        server = await start_server(self)
+        home = Path(self.mktemp()).resolve()
+        home.mkdir()
+        remembered = {"host": "127.0.0.1", "port": server.port, "user": "alice"}
+        (home / "servers.json").write_text(json.dumps({"servers": [remembered]}))
+        gui = await start_gui(self, home)
+        self.assertEqual(
+            await gui.eval(
+                "(d := controller.dialog) and (d.recent.currentText(), d.user.text(), d.tls.isChecked(), "
+                "d.tls_ca.text(), d.tls_ca.isEnabled())"
+            ),
+            [f"alice@127.0.0.1:{server.port}", "alice", False, "", False],
+        )
+        await gui.exec(
+            f"type_text(d.password, {PASSWORD!r})\nd.register_mode.setChecked(True)\n"
+            f"type_text(d.password_again, {PASSWORD!r})\npress(d.password, 'Return')"
+        )
+        await gui.wait("controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+        await gui.wait("window() and window().client.state == 'online'")
+        self.assertNotIn("TLS", await gui.eval("type(window().client.session.protocol.transport).__name__"))
+        saved = json.loads((home / "servers.json").read_text())["servers"]
+        self.assertEqual(saved, [{**remembered, "tls": False, "tls_ca": ""}])
 
 
 class EndToEndGuiTests(unittest.TestCase):

@@ -4,6 +4,7 @@ the main window; back to the dialog if the first connection fails."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -65,6 +66,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="colours: the system's palette (default), or force light or dark",
     )
     return p.parse_args(argv)
+
+
+def prefill_of(server: Any) -> dict[str, Any]:
+    """The connect dialog filled in as for ``server`` (all but the password)."""
+    return {
+        "host": server.host,
+        "port": server.port,
+        "user": server.user,
+        "tls": server.tls,
+        "tls_ca": server.tls_ca,
+    }
 
 
 class App:
@@ -130,9 +142,7 @@ class App:
             return
         dialog = self.passphrase_dialog = StorePassphraseDialog(server.user, method is None)
         dialog.accepted.connect(lambda: self._connect(login, directory, dialog.passphrase()))
-        dialog.rejected.connect(
-            lambda: self.show_connect(prefill={"host": server.host, "port": server.port, "user": server.user})
-        )
+        dialog.rejected.connect(lambda: self.show_connect(prefill=prefill_of(server)))
         dialog.open()
 
     def _open_device(self, directory: Path, user: str, passphrase: str | None) -> Any:
@@ -153,7 +163,7 @@ class App:
         from twisted.internet import endpoints
 
         from chatclient.e2e.store import StoreError
-        from chatclient.endpoints import FailoverEndpoint, parse_hosts
+        from chatclient.endpoints import BadCA, FailoverEndpoint, parse_hosts, tls_endpoint
         from chatclient.gui.bridge import ClientBridge
         from chatclient.gui.mainwindow.window import MainWindow
         from chatclient.gui.trust import Trust
@@ -167,20 +177,35 @@ class App:
                 self.device = self._open_device(directory, server.user, passphrase)
             except (StoreError, OSError) as e:
                 self.device = None
-                prefill = {"host": server.host, "port": server.port, "user": server.user}
-                self.show_connect(f"End-to-end encryption: {e}", prefill=prefill)
+                self.show_connect(f"End-to-end encryption: {e}", prefill=prefill_of(server))
                 return
         log.info(
-            "connecting to {host}:{port} as {user}", host=server.host, port=server.port, user=server.user
+            "connecting to {host}:{port} as {user}{tls}",
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            tls=" with TLS" if server.tls else "",
         )
         # Several nodes of one deployment: fail over between them, under
-        # one pin (they share the key), the first one's.
+        # one pin (they share the key), the first one's.  With TLS, each
+        # node's certificate is checked for its own name, as the terminal
+        # client checks it (chatclient.endpoints.tls_endpoint).
         hosts = parse_hosts(server.host, server.port)
+        ca = os.path.expanduser(server.tls_ca) if server.tls_ca else None
+        try:
+            nodes = [
+                (
+                    f"{host}:{port}",
+                    tls_endpoint(self.reactor, host, port, ca, timeout=15)
+                    if server.tls
+                    else endpoints.HostnameEndpoint(self.reactor, host, port, timeout=15),
+                )
+                for host, port in hosts
+            ]
+        except BadCA as e:
+            self.show_connect(f"Trust certificates from: {e}", prefill=prefill_of(server))
+            return
         self.trust = Trust(self.known_hosts, server_id(*hosts[0]), None)
-        nodes = [
-            (f"{host}:{port}", endpoints.HostnameEndpoint(self.reactor, host, port, timeout=15))
-            for host, port in hosts
-        ]
         endpoint: Any = nodes[0][1] if len(nodes) == 1 else FailoverEndpoint(nodes)
         self.client = ReconnectingClient(
             self.reactor,
@@ -212,8 +237,7 @@ class App:
         window.closed_callback = None
         window.close()
         window.deleteLater()
-        server = login.server
-        self.show_connect(error, prefill={"host": server.host, "port": server.port, "user": server.user})
+        self.show_connect(error, prefill=prefill_of(login.server))
 
     def _state(self, state: str, detail: Any) -> None:
         if state == "reconnecting":
@@ -231,6 +255,7 @@ class App:
             self.remembered.remember(login.server)
         elif state == "failed" and self.client.connections == 0:
             from chatclient.gui.trust import KeyChanged
+            from chatclient.session import TLS_CERTIFICATE
 
             window, self.window = self.window, None
             window.shut_down()
@@ -238,13 +263,12 @@ class App:
                 message = "The server's key has changed: not connected, nothing was sent."
             else:
                 message = f"Could not connect: {getattr(detail, 'message', None) or detail}"
+                if getattr(detail, "code", None) == TLS_CERTIFICATE:
+                    message += ". Check “Trust certificates from” and the server's name."
             window.hide()
             window.deleteLater()
             # Try again with everything but the password as typed.
-            server = login.server
-            self.show_connect(
-                message, prefill={"host": server.host, "port": server.port, "user": server.user}
-            )
+            self.show_connect(message, prefill=prefill_of(login.server))
 
 
 def apply_theme(app: Any, theme: str) -> None:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMenu,
+    QPushButton,
     QRadioButton,
     QSpinBox,
     QVBoxLayout,
@@ -57,6 +62,29 @@ class ConnectDialog(QDialog):
         self.port.setObjectName("port")
         self.port.setRange(1, 65535)
         self.port.setValue(DEFAULT_PORT)
+        # TLS under the channel, for a server that listens with ssl:.
+        self.tls = QCheckBox("Use &TLS")
+        self.tls.setObjectName("tls")
+        self.tls.setToolTip(
+            "For a server that listens with TLS (an ssl: endpoint). The server's key "
+            "is checked either way; TLS also checks its certificate."
+        )
+        self.tls_ca = QLineEdit()
+        self.tls_ca.setObjectName("tls-ca")
+        self.tls_ca.setPlaceholderText("the system's CAs")
+        self.tls_ca.setToolTip(
+            "The CA certificates to trust for this server: a PEM file, or a directory of "
+            "*.pem files; blank for the system's"
+        )
+        self.tls_ca_choose = QPushButton("C&hoose")
+        self.tls_ca_choose.setObjectName("tls-ca-choose")
+        self.tls_ca_choose.setAutoDefault(False)  # Enter in the fields connects
+        choices = QMenu(self.tls_ca_choose)
+        choices.addAction("A certificate file (PEM)…", lambda: self.choose_ca(directory=False))
+        choices.addAction("A directory of certificates…", lambda: self.choose_ca(directory=True))
+        self.tls_ca_choose.setMenu(choices)
+        #: The file dialog :meth:`choose_ca` opened, while it is open.
+        self.ca_dialog: QFileDialog | None = None
         self.user = QLineEdit()
         self.user.setObjectName("user")
         self.user.setPlaceholderText("2 to 32 of a-z 0-9 _ -")
@@ -93,6 +121,16 @@ class ConnectDialog(QDialog):
         host_label = QLabel("&Server:")
         host_label.setBuddy(self.host)
         form.addRow(host_label, host_row)
+        tls_row = QHBoxLayout()
+        tls_row.addWidget(self.tls)
+        tls_row.addStretch(1)
+        form.addRow("", tls_row)
+        ca_row = QHBoxLayout()
+        ca_row.addWidget(self.tls_ca, 1)
+        ca_row.addWidget(self.tls_ca_choose)
+        self.tls_ca_label = QLabel("Trust certificates &from:")
+        self.tls_ca_label.setBuddy(self.tls_ca)
+        form.addRow(self.tls_ca_label, ca_row)
         form.addRow("&Username:", self.user)
         form.addRow("&Password:", self.password)
         mode_row = QHBoxLayout()
@@ -120,6 +158,8 @@ class ConnectDialog(QDialog):
         layout.addWidget(self.buttons)
 
         self.recent.currentIndexChanged.connect(self._recent_chosen)
+        self.tls.toggled.connect(self._tls_changed)
+        self._tls_changed(False)
         self.register_mode.toggled.connect(self._mode_changed)
         self.password.textChanged.connect(self._show_match)
         self.password_again.textChanged.connect(self._show_match)
@@ -130,6 +170,33 @@ class ConnectDialog(QDialog):
         else:
             self.user.setFocus()
         self.setMinimumWidth(self.fontMetrics().horizontalAdvance("M") * 34)
+
+    def _tls_changed(self, on: bool) -> None:
+        """The CA to trust is asked only with TLS (kept as typed without)."""
+        for widget in (self.tls_ca_label, self.tls_ca, self.tls_ca_choose):
+            widget.setEnabled(on)
+
+    def choose_ca(self, directory: bool) -> QFileDialog:
+        """Open a file dialog for the CA certificates (a PEM file, or a
+        directory of them); what is chosen fills in the field."""
+        dialog = QFileDialog(
+            self, "A directory of CA certificates" if directory else "A file of CA certificates"
+        )
+        dialog.setObjectName("tls-ca-dialog")
+        if directory:
+            dialog.setFileMode(QFileDialog.FileMode.Directory)
+            dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        else:
+            dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
+            dialog.setNameFilters(["PEM certificates (*.pem *.crt *.cer)", "All files (*)"])
+        current = os.path.expanduser(self.tls_ca.text().strip())
+        if current:
+            dialog.setDirectory(current if os.path.isdir(current) else os.path.dirname(current))
+        dialog.fileSelected.connect(self.tls_ca.setText)
+        dialog.finished.connect(lambda _: setattr(self, "ca_dialog", None))
+        self.ca_dialog = dialog
+        dialog.open()
+        return dialog
 
     def _mode_changed(self, registering: bool) -> None:
         self.form.setRowVisible(self.password_again, registering)
@@ -147,15 +214,27 @@ class ConnectDialog(QDialog):
         else:
             self.password_match.setText("✗ The passwords differ.")
 
-    def prefill(self, host: str | None = None, port: int | None = None, user: str | None = None) -> None:
-        """Values from the command line win over the remembered ones."""
-        if host is None and port is None and user is None:
+    def prefill(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        user: str | None = None,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+    ) -> None:
+        """Values from the command line (or the connection that just
+        failed) win over the remembered ones."""
+        if host is None and port is None and user is None and tls is None and tls_ca is None:
             return
         self.recent.setCurrentIndex(0)
         if host is not None:
             self.host.setText(host)
         if port is not None:
             self.port.setValue(port)
+        if tls is not None:
+            self.tls.setChecked(tls)
+        if tls_ca is not None:
+            self.tls_ca.setText(tls_ca)
         if user is not None:
             self.user.setText(user)
             self.password.setFocus()
@@ -167,6 +246,8 @@ class ConnectDialog(QDialog):
         self.host.setText(server.host)
         self.port.setValue(server.port)
         self.user.setText(server.user)
+        self.tls.setChecked(server.tls)
+        self.tls_ca.setText(server.tls_ca)
         self.password.clear()
         self.password_again.clear()
         self.password.setFocus(Qt.FocusReason.OtherFocusReason)
@@ -185,6 +266,9 @@ class ConnectDialog(QDialog):
             parse_hosts(host, self.port.value())
         except BadHostList as e:
             return self.show_error(f"Server: {e}.")
+        ca = os.path.expanduser(self.tls_ca.text().strip())
+        if self.tls.isChecked() and ca and not os.path.exists(ca):
+            return self.show_error(f"Trust certificates from: {ca}: no such file or directory.")
         if not user:
             return self.show_error("Enter your username.")
         if len(password) < (8 if self.register_mode.isChecked() else 1):
@@ -199,7 +283,13 @@ class ConnectDialog(QDialog):
         self.accept()
 
     def result_request(self) -> LoginRequest:
-        server = Server(self.host.text().strip(), self.port.value(), self.user.text().strip().lower())
+        server = Server(
+            self.host.text().strip(),
+            self.port.value(),
+            self.user.text().strip().lower(),
+            tls=self.tls.isChecked(),
+            tls_ca=self.tls_ca.text().strip(),
+        )
         return LoginRequest(server, self.password.text(), self.register_mode.isChecked())
 
 
