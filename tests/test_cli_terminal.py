@@ -147,7 +147,8 @@ class RegistrationTests(unittest.TestCase):
             child.expect_exact("the same password again: ")
             child.sendline("a long first password")
             child.expect_exact("* logged in as dora")
-            child.sendeof()
+            child.expect_exact("[1:lobby]")  # the line editor reads now
+            child.sendcontrol("d")
             child.expect(pexpect.EOF)
 
         await threads.deferToThread(typed_twice)
@@ -157,7 +158,8 @@ class RegistrationTests(unittest.TestCase):
             child.expect_exact("password for dora: ")  # a login asks once
             child.sendline("a long first password")
             child.expect_exact("* logged in as dora")
-            child.sendeof()
+            child.expect_exact("[1:lobby]")  # the line editor reads now
+            child.sendcontrol("d")
             child.expect(pexpect.EOF)
 
         await threads.deferToThread(logs_in_once)
