@@ -388,10 +388,9 @@ class InputLines(LineReceiver):
             elif event.get("state") in ("done", "cancelled") and self._verifying == event.get("txn"):
                 self._verifying = None
         if (
-            event.get("type") in ("kicked", "banned")
-            and event.get("user") == self.client.user
-            and event.get("room") == self.room
-        ):
+            event.get("type") == "deleted"
+            or (event.get("type") in ("kicked", "banned") and event.get("user") == self.client.user)
+        ) and event.get("room") == self.room:
             self._parted(self.room)
 
     def _switch(self, room: str) -> None:

@@ -154,6 +154,8 @@ def format_event(event: dict[str, Any], stamped: bool = True, nick: Callable[[st
         return _reason(f"{at}* {user} was {kind} by {by}{_until(event)}", event)
     if kind in ("unbanned", "unmuted"):
         return f"{at}* {user} was {kind} by {by}"
+    if kind == "deleted":
+        return f"{at}* the room was deleted by the server's operator"
     if kind == "role":
         by_whom = f" (by {by})" if event.get("by") else ""
         return f"{at}* {user} is now {shown(event['role'])}{by_whom}"

@@ -202,7 +202,7 @@ class ReconnectingClient:
             return
         if kind == "joined" and event.get("user") == self.user:
             self.rooms.add(room)
-        elif kind in ("left", "kicked", "banned") and event.get("user") == self.user:
+        elif (kind in ("left", "kicked", "banned") and event.get("user") == self.user) or kind == "deleted":
             self.rooms.discard(room)
             # Out of it: no more catch-up of its stream after a reconnect.
             self.last_ids.pop(str(event.get("stream")), None)

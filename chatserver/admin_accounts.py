@@ -312,6 +312,95 @@ class AccountCommands:
         self.emit({"room": room}, "\n".join(lines))
         return OK
 
+    def _room_name(self, text: str) -> str:
+        try:
+            return validation.room(text)
+        except validation.RequestError as e:
+            raise Usage(e.message) from None
+
+    def _through_server(self, request: dict[str, Any], offline: bool) -> dict[str, Any] | None:
+        """Ask a running server to make a room change, so that its members
+        see it; its answer's ``result``, or None if no server runs (and it
+        may be made in the database directly)."""
+        try:
+            answer = control.ask_server(self.settings.data_path, {**request, "actor": self.actor})
+        except RuntimeError as e:
+            raise Refused(f"{e}; nothing was changed") from None
+        if answer is None:
+            if self.settings.uses_postgres and not offline:
+                raise Refused(
+                    "no server of this data directory answers here, but with PostgreSQL one may run on "
+                    "another machine, which would not see the change: run this where a server runs, "
+                    "or give --offline if none runs anywhere"
+                )
+            return None
+        if not answer.get("ok"):
+            raise Refused(str(answer.get("error")))
+        result = answer["result"]
+        result["done_by"] = answer["process"]
+        return dict(result)
+
+    def set_owner(self, room: str, user: str, offline: bool) -> int:
+        room, user = self._room_name(room), _name(user)
+        result = self._through_server({"op": "set_owner", "room": room, "user": user}, offline)
+        if result is None:
+            now = int(time.time() * 1000)
+            done = self.db.run(
+                admin_queries.set_room_owner, room, user, now, self._audit("set_owner", user, "", room)
+            )
+            if isinstance(done, str):
+                raise Refused(
+                    {
+                        "no_such_room": f"there is no room {room!r}",
+                        "no_such_user": f"there is no user {user}",
+                        "not_active": f"{user} is disabled or deleted: it cannot own a room",
+                        "banned": f"{user} is banned from {room!r}: lift the ban first",
+                    }[done]
+                )
+            detail = f"was {done['was'] or '-'}"
+            if done["changed"]:
+                self._changed("set_owner", user, detail, room)
+            result = {"room": room, "owner": user, "was": done["was"], "changed": done["changed"]}
+            result["done_by"] = "database"
+        was = result["was"]
+        self.emit(
+            result,
+            f"{user} owns {room} now" + (f" (was {was or 'nobody'}" + (", now a moderator)" if was else ")"))
+            if result["changed"]
+            else f"{user} owns {room} already",
+        )
+        return OK
+
+    def delete_room(self, room: str, confirmed: bool, offline: bool) -> int:
+        room = self._room_name(room)
+        default = self.settings.default_room
+        if room == default:
+            raise Refused(f"{room!r} is the default room, where every account is put: it stays")
+        if not confirmed:
+            if not sys.stdin.isatty():
+                raise Refused("deleting a room needs --yes (or a terminal to confirm on)")
+            typed = input(
+                f"Delete the room {room}? Its members are put out and its history is deleted. "
+                "Type the room's name: "
+            )
+            if typed.strip() != room:
+                raise Refused("not confirmed; nothing was deleted")
+        result = self._through_server({"op": "delete_room", "room": room}, offline)
+        if result is None:
+            members = self.db.run(admin_queries.delete_room, room, self._audit("delete_room", room, "", room))
+            if members is None:
+                raise Refused(f"there is no room {room!r}")
+            self._changed("delete_room", room, f"{len(members)} members", room)
+            result = {"room": room, "members": members, "done_by": "database"}
+        result["deleted"] = True
+        count = len(result["members"])
+        self.emit(
+            result,
+            f"deleted {room}: its {count} member{'s are' if count != 1 else ' is'} out of it, "
+            "and its history is gone",
+        )
+        return OK
+
 
 def add_parsers(sub: Any, parent: argparse.ArgumentParser) -> None:
     """The ``user`` and ``room`` command groups."""
@@ -356,13 +445,33 @@ def add_parsers(sub: Any, parent: argparse.ArgumentParser) -> None:
     delete.add_argument("--yes", action="store_true", help="do not ask to confirm")
     revoke = usub.add_parser("revoke-tokens", parents=[parent], help="sign an account out everywhere")
     revoke.add_argument("name")
-    rooms = sub.add_parser("room", help="rooms: list, show")
+    rooms = sub.add_parser("room", help="rooms: list, show, set-owner, delete")
     rsub = rooms.add_subparsers(dest="action", required=True)
     rsub.add_parser("list", parents=[parent], help="every room: kind, owner, encryption, members")
     rshow = rsub.add_parser(
         "show", parents=[parent], help="one room: members, sanctions, invites (never messages)"
     )
     rshow.add_argument("name")
+    offline = argparse.ArgumentParser(add_help=False)
+    offline.add_argument(
+        "--offline",
+        action="store_true",
+        help="with PostgreSQL: no server runs anywhere, change the database directly",
+    )
+    owner = rsub.add_parser(
+        "set-owner",
+        parents=[parent, offline],
+        help="give a room a new owner (a member first if need be); the old owner becomes a moderator",
+    )
+    owner.add_argument("name")
+    owner.add_argument("user")
+    rdelete = rsub.add_parser(
+        "delete",
+        parents=[parent, offline],
+        help="delete a room: its members are put out and its history is deleted (not the default room)",
+    )
+    rdelete.add_argument("name")
+    rdelete.add_argument("--yes", action="store_true", help="do not ask to confirm")
 
 
 def run(commands: AccountCommands, args: argparse.Namespace) -> int:
@@ -389,4 +498,8 @@ def run(commands: AccountCommands, args: argparse.Namespace) -> int:
             return commands.rooms()
         if args.action == "show":
             return commands.room(args.name)
+        if args.action == "set-owner":
+            return commands.set_owner(args.name, args.user, args.offline)
+        if args.action == "delete":
+            return commands.delete_room(args.name, args.yes, args.offline)
     raise AssertionError(f"unknown command {args.command} {getattr(args, 'action', '')}")

@@ -156,6 +156,11 @@ def sent_once(request: dict[str, Any]) -> tuple[str | None, bool]:
     return txn_id, resend
 
 
+#: How a room's ``deleted`` event begins, as committed (compact JSON with
+#: ``type`` first): ``deliver`` knows it without decoding every event.
+DELETED_EVENT = b'{"type":"deleted",'
+
+
 class Room:
     __slots__ = (
         "name",
@@ -226,6 +231,8 @@ class ChatService:
         self.max_rooms_per_user = max_rooms_per_user
         self.rooms: dict[str, Room] = {}
         self.last_ids: dict[str, int] = {}
+        #: Rooms deleted whose ``deleted`` event has not been delivered here yet.
+        self._deleted: dict[str, Room] = {}
         #: Server admins (loaded at start, and seen at login): no room
         #: moderator may kick, ban or mute them.
         self.admins: set[str] = set()
@@ -403,8 +410,15 @@ class ChatService:
             self.inboxes.deliver(stream, event_id, encoded)
             return
         if stream.startswith("room:"):
-            room = self.rooms.get(stream[5:])
+            room = self.rooms.get(stream[5:]) or self._deleted.get(stream[5:])
             members = list(room.online) if room is not None else []
+            if room is not None and encoded.startswith(DELETED_EVENT):
+                # The room's last event: its connections leave it once it
+                # is theirs, whichever of it and the news comes first.
+                for member in members:
+                    member.deliver(encoded)
+                self._forget_room(room)
+                return
         else:
             # dm:A:B goes to both users' connections, but not to one that is
             # still being sent the stream's backlog (push_undelivered).
@@ -478,6 +492,127 @@ class ChatService:
             self.room_changed(room)
             self.hub.invalidate(room)
 
+    # --- the admin tool's room commands (through control.py) --------------------
+
+    @defer.inlineCallbacks
+    def admin_set_owner(self, name: str, user: str, actor: str) -> Any:
+        """Make ``user`` the owner of room ``name`` (``chatserver-admin room
+        set-owner``): a member first if they are not one (a ``joined``
+        event), then the owner (a ``role`` event, ``by`` null), and the old
+        owner, if still a member, a moderator (another ``role`` event)."""
+        record = yield self.storage.get_user(user)
+        if record is None:
+            raise ChatError("no_such_user", f"there is no user {user}", "user")
+        if record.disabled:
+            raise ChatError("forbidden", f"{user} is disabled or deleted: it cannot own a room", "user")
+        room = self.rooms.get(name)
+        if room is None:
+            raise ChatError("no_such_room", f"there is no room {name!r}", "room")
+        if self._sanctioned(room, "ban", user):
+            raise ChatError("banned", f"{user} is banned from {name!r}: lift the ban first", "user")
+        old = room.owner
+        result = {"room": name, "owner": user, "was": old, "changed": old != user}
+        if room.members.get(user) == "owner":
+            return result
+        if user not in room.members:
+            if len(self.user_rooms.get(user, ())) >= self.max_rooms_per_user:
+                raise ChatError("too_many_rooms", f"{user} is in {self.max_rooms_per_user} rooms already")
+            yield self._add_member(room, user, "member")
+            if self.rooms.get(name) is not room:
+                raise ChatError("no_such_room", f"room {name!r} was deleted meanwhile", "room")
+        demoted = old if old is not None and room.members.get(old) == "owner" else None
+        before = (room.owner, room.members.get(user), room.members.get(demoted) if demoted else None)
+
+        def put_back() -> None:
+            room.owner = before[0]
+            if user in room.members and before[1] is not None:
+                room.members[user] = before[1]
+            if demoted is not None and demoted in room.members:
+                room.members[demoted] = "owner"
+
+        room.owner = user
+        room.members[user] = "owner"
+        now = self._now()
+        changes: list[Change] = [("set_owner", (name, user)), ("set_member", (name, user, "owner", now))]
+        if demoted is not None:
+            room.members[demoted] = "moderator"
+            changes.append(("set_member", (name, demoted, "moderator", now)))
+        audit = self._audit(actor, "set_owner", name, user, f"was {old or '-'}")
+        changes.append(audit.row())
+        event = {"type": "role", "user": user, "role": "owner", "by": None}
+        yield self._publish_room(room, event, changes, put_back).addCallback(audit.logged)
+        if demoted is not None:
+            # Its state is committed with the owner's event above.
+            yield self._publish_room(room, {"type": "role", "user": demoted, "role": "moderator", "by": None})
+        return result
+
+    def admin_delete_room(self, name: str, actor: str) -> Deferred[dict[str, Any]]:
+        """Delete room ``name`` (``chatserver-admin room delete``): a
+        ``deleted`` event to its members, committed with the deletion of
+        the room, its memberships, invites, sanctions and history; then
+        every process forgets it (``_forget_room``)."""
+        room = self.rooms.get(name)
+        if room is None:
+            raise ChatError("no_such_room", f"there is no room {name!r}", "room")
+        if name == self.default_room:
+            raise ChatError(
+                "forbidden", f"{name!r} is the default room, where every account is put: it stays", "room"
+            )
+        members = list(room.members)
+        audit = self._audit(actor, "delete_room", name, None, f"{len(members)} members")
+        # Out of this process's rooms at once: a request for it now gets
+        # no_such_room, so nothing more is published in it here.  Its
+        # connections still follow its stream, and get the event.
+        self._room_gone(room)
+
+        def put_back() -> None:
+            if name not in self.rooms:
+                self._deleted.pop(name, None)
+                self.rooms[name] = room
+                for user in members:
+                    self.user_rooms.setdefault(user, set()).add(name)
+
+        def deleted(event: dict[str, Any]) -> dict[str, Any]:
+            return {"room": name, "members": sorted(members), "id": event["id"]}
+
+        d = self._publish_room(
+            room, {"type": "deleted", "by": None}, [("delete_room", (name,)), audit.row()], put_back
+        )
+        return d.addCallback(audit.logged).addCallback(deleted)
+
+    def _room_gone(self, room: Room) -> None:
+        """``room`` is being deleted, here or by another process: no request
+        finds it any more, but its connections follow its stream until its
+        ``deleted`` event reaches them (``deliver``)."""
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        for user in room.members:
+            self.user_rooms.get(user, set()).discard(room.name)
+        self._deleted[room.name] = room
+        if not room.online:
+            self._forget_room(room)  # nobody here to wait for
+
+    def _forget_room(self, room: Room) -> None:
+        """``room``'s ``deleted`` event was delivered here: out of memory,
+        its connections out of its stream, and what was being published in
+        it while it went (by a process that had not learnt yet) out of the
+        history once this process's own writes are done."""
+        if self._deleted.get(room.name) is room:
+            del self._deleted[room.name]
+        elif self.rooms.get(room.name) is room:  # the event came before the news
+            del self.rooms[room.name]
+            for user in room.members:
+                self.user_rooms.get(user, set()).discard(room.name)
+        for conn in list(room.online):
+            self._exit(room, conn)
+        self.storage.idle().addCallback(
+            lambda _: self.storage.write([("drop_history", (room.name,))])
+        ).addErrback(
+            lambda f: (
+                None if f.check(StoreClosed) else log.failure("dropping a deleted room's history failed", f)
+            )
+        )
+
     def device_removed(self, user: str, device: str, keep: Any = None) -> None:
         """``user``'s ``device`` is out of the directory: its rooms' digests
         are stale, and its sessions, on every process, end."""
@@ -508,6 +643,8 @@ class ChatService:
             return
         record = records.get(name)
         if record is None:
+            if room is not None:
+                self._room_gone(room)  # deleted by another process
             return
         if room is None:
             room = self.rooms[name] = Room(record)

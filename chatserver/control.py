@@ -16,6 +16,16 @@ connect, which is the authorisation.  One JSON object per line each way:
   the others), and read each ROOM again (a deleted account's
   memberships) here and on every other process.  -> ``{"ok": true}``
 
+* ``{"op": "set_owner", "room": R, "user": U, "actor": A}``: make U the
+  owner of R (``ChatService.admin_set_owner``: the members get ``joined``
+  and ``role`` events) -> ``{"ok": true, "result": {...}}``
+* ``{"op": "delete_room", "room": R, "actor": A}``: delete R (a
+  ``deleted`` event, committed with the deletion) -> ``{"ok": true,
+  "result": {...}}``
+
+The last two are done by the one process asked (the tool asks one), the
+others learn from the hub; a refusal of the chat core (no such room, the
+default room ...) is ``{"ok": false, "error": TEXT, "code": CODE}``.
 Anything else is answered ``{"ok": false, "error": TEXT}``.  A process
 with a shared hub passes what it learns on, so telling one process of a
 cluster is enough; the tool tells every socket it finds.
@@ -36,6 +46,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from chatserver.chat import CLOSINGS
+from chatserver.wire import validation
+from chatserver.wire.errors import Refused
 
 log = Logger(namespace="chatserver.control")
 
@@ -48,6 +60,8 @@ warnings.filterwarnings("ignore", category=BytesWarning, module="twisted.interne
 MAX_LINE = 1 << 20
 #: The longest path a UNIX socket may have (sun_path, less its NUL).
 MAX_PATH = 107
+#: The longest actor name of an audit row the tool asks for.
+MAX_ACTOR = 200
 #: Seconds the admin tool waits for a server's answer.
 TIMEOUT = 10.0
 
@@ -89,6 +103,8 @@ class ControlProtocol(LineOnlyReceiver):
         d.addCallback(self._reply)
 
     def _failed(self, failure: Any) -> dict[str, Any]:
+        if failure.check(Refused):
+            return {"ok": False, "error": failure.value.message, "code": failure.value.code}
         if failure.check(ValueError):  # the request's fault (JSONDecodeError, UnicodeError too)
             return {"ok": False, "error": str(failure.value)}
         log.failure("a control request failed", failure)
@@ -126,6 +142,21 @@ class ControlProtocol(LineOnlyReceiver):
                 count=len(rooms),
             )
             return {"ok": True}
+        if op in ("set_owner", "delete_room"):
+            actor = request.get("actor")
+            if not isinstance(actor, str) or not 0 < len(actor) <= MAX_ACTOR or not actor.isprintable():
+                raise ValueError(f"actor is a printable string of 1 to {MAX_ACTOR} characters")
+            try:
+                room = validation.room(request.get("room"))
+                user = validation.username(request.get("user")) if op == "set_owner" else None
+            except validation.RequestError as e:
+                raise ValueError(e.message) from None
+            if user is not None:
+                result = yield self.chat.admin_set_owner(room, user, actor)
+            else:
+                result = yield self.chat.admin_delete_room(room, actor)
+            log.info("control: {op} {room} by {actor}", op=op, room=room, actor=actor)
+            return {"ok": True, "result": result}
         raise ValueError(f"unknown op {op!r}")
 
 
@@ -150,36 +181,60 @@ def tell_servers(data_dir: Path, request: dict[str, Any], timeout: float = TIMEO
     not in time, raises RuntimeError (its change is in the database, and
     it applies at the user's next login)."""
     told: list[str] = []
-    directory = control_dir(data_dir)
-    try:
-        paths = sorted(p for p in directory.iterdir() if p.suffix == ".sock")
-    except FileNotFoundError:
-        return told
-    except OSError as e:
-        raise RuntimeError(f"cannot read {directory}: {e.strerror}") from None
     line = json.dumps(request).encode("utf-8") + b"\n"
-    for path in paths:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            try:
-                _connect(sock, path)
-            except (ConnectionRefusedError, FileNotFoundError):
-                continue  # no server there now
-            except PermissionError:
-                raise RuntimeError(
-                    f"cannot connect to {path}: permission denied (run as the server's user, or root)"
-                ) from None
-            sock.sendall(line)
-            answer = _read_line(sock, path)
-        except OSError as e:
-            raise RuntimeError(f"the server at {path} did not answer: {e.strerror or e}") from None
-        finally:
-            sock.close()
+    for path in _sockets(data_dir):
+        answer = _ask(path, line, timeout)
+        if answer is None:
+            continue  # no server there now
         if not answer.get("ok"):
             raise RuntimeError(f"the server at {path} refused: {answer.get('error')}")
         told.append(path.stem)
     return told
+
+
+def ask_server(data_dir: Path, request: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any] | None:
+    """Send ``request`` to one running server process of ``data_dir`` (the
+    main process first) and return its answer, with ``process`` its name;
+    None if none runs.  Raises RuntimeError as ``tell_servers`` does, but
+    a refusal (``{"ok": false, ...}``) is returned."""
+    line = json.dumps(request).encode("utf-8") + b"\n"
+    for path in sorted(_sockets(data_dir), key=lambda p: p.name != "main.sock"):
+        answer = _ask(path, line, timeout)
+        if answer is not None:
+            answer["process"] = path.stem
+            return answer
+    return None
+
+
+def _sockets(data_dir: Path) -> list[Path]:
+    directory = control_dir(data_dir)
+    try:
+        return sorted(p for p in directory.iterdir() if p.suffix == ".sock")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise RuntimeError(f"cannot read {directory}: {e.strerror}") from None
+
+
+def _ask(path: Path, line: bytes, timeout: float) -> dict[str, Any] | None:
+    """One request and its answer; None if no server listens at ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            _connect(sock, path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None
+        except PermissionError:
+            raise RuntimeError(
+                f"cannot connect to {path}: permission denied (run as the server's user, or root)"
+            ) from None
+        sock.sendall(line)
+        return _read_line(sock, path)
+    except OSError as e:
+        raise RuntimeError(f"the server at {path} did not answer: {e.strerror or e}") from None
+    finally:
+        sock.close()
 
 
 def _connect(sock: socket.socket, path: Path) -> None:

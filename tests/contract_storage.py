@@ -165,6 +165,35 @@ class StorageContract:
         room = (await storage.load_rooms())["den"]
         self.assertEqual((room.owner, set(room.members)), ("carol", {"alice", "carol"}))
 
+    async def test_a_deleted_room_leaves_only_its_last_id_behind(self) -> None:
+        storage = await self._storage_with_users("alice", "bob")
+        event = {"type": "joined", "user": "alice", "room": "den", "stream": "room:den", "id": 0, "ts": 5}
+        await storage.append(
+            event,
+            [
+                ("create_room", ("den", "private", "alice", "", 5)),
+                ("set_member", ("den", "alice", "owner", 5)),
+                ("add_invite", ("den", "bob", "alice", 6)),
+                ("set_sanction", ("den", "bob", "ban", None, "alice", 7)),
+            ],
+        )
+        await storage.append(_event("room:den", "hello"))
+        # The tombstone commits with the deletion, which takes it too.
+        await storage.append(_event("room:den", "gone"), [("delete_room", ("den",))])
+        self.assertNotIn("den", await storage.load_rooms())
+        self.assertEqual(await storage.history("room:den", None, None, 10), [])
+        self.assertEqual((await storage.load_stream_ids())["room:den"], 3)
+        # A late event in the deleted room's stream goes with drop_history,
+        # which leaves a room of that name made again alone.
+        await storage.append(_event("room:den", "late"))
+        await storage.write([("drop_history", ("den",))])
+        self.assertEqual(await storage.history("room:den", None, None, 10), [])
+        await storage.append(_event("room:den", "again"), [("create_room", ("den", "public", "bob", "", 9))])
+        await storage.write([("drop_history", ("den",))])
+        again = await storage.history("room:den", None, None, 10)
+        self.assertEqual([json.loads(t)["id"] for t in again], [5])
+        self.assertEqual((await storage.load_rooms())["den"].members, {})
+
     async def test_a_dm_streams_delivered_mark_only_grows_and_notes_keep_the_latest(self) -> None:
         storage = await self._storage_with_users("alice", "bob")
         await storage.write([("set_dm_stream", ("alice", "bob", "dm:alice:bob", 5))])

@@ -19,11 +19,15 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import ensureDeferred
 from twisted.trial import unittest
 
+from chatclient.gui.model import ChatModel
+from chatclient.output import format_event
 from chatclient.session import ChatSession, ServerError
 from chatserver import control
+from chatserver.storage.direct import open_direct
 from tests.support import (
     PASSWORD,
     PYTHON,
+    EventQueue,
     RunningServer,
     backend,
     logged_in,
@@ -214,6 +218,127 @@ class AdminToolTests(unittest.TestCase):
         # An owner cannot be deleted until the room has another owner.
         refused = await self.admin_json("user", "delete", "olga", "--yes", status=1)
         self.assertIn("owns den", refused["error"])
+
+    async def test_set_owner_and_delete_go_through_the_running_server_whose_members_see_them(self) -> None:
+        server = await self.start()
+        olga = await logged_in(self, server, "olga")
+        bob = await logged_in(self, server, "bob")
+        await logged_in(self, server, "carol")
+        await olga.request({"type": "create", "room": "den", "kind": "private"})
+        await olga.request({"type": "invite", "room": "den", "user": "bob"})
+        await bob.request({"type": "join", "room": "den"})
+        await olga.say("den", "a message that goes with the room")
+        olga_events, bob_events = EventQueue(olga), EventQueue(bob)
+
+        # carol is no member: she joins, then owns it; olga is a moderator.
+        owned = await self.admin_json("room", "set-owner", "den", "carol")
+        self.assertEqual(
+            (owned["owner"], owned["was"], owned["changed"], owned["done_by"]),
+            ("carol", "olga", True, "main"),
+        )
+        seen = [
+            await bob_events.next(lambda e: e.get("room") == "den" and e["type"] in ("joined", "role"))
+            for _ in range(3)
+        ]
+        self.assertEqual(
+            [(e["type"], e["user"], e.get("role")) for e in seen],
+            [("joined", "carol", None), ("role", "carol", "owner"), ("role", "olga", "moderator")],
+        )
+        shown = await self.admin_json("room", "show", "den")
+        self.assertEqual(shown["room"]["owner"], "carol")
+        self.assertEqual(
+            {m["user"]: m["role"] for m in shown["room"]["members"]},
+            {"olga": "moderator", "bob": "member", "carol": "owner"},
+        )
+        again = await self.admin("room", "set-owner", "den", "carol")
+        self.assertIn("owns den already", again.stdout)
+        for args, words in [
+            (("nowhere", "carol"), "no room"),
+            (("den", "nobody"), "no user"),
+            (("den", "Not A Name!"), None),
+        ]:
+            refused = await self.admin("room", "set-owner", *args, status=2 if words is None else 1)
+            self.assertIn(words or "error:", refused.stderr)
+
+        # Deleting: refused without --yes and a terminal, and for the default room.
+        unconfirmed = await self.admin("room", "delete", "den", status=1)
+        self.assertIn("--yes", unconfirmed.stderr)
+        lobby = await self.admin_json("room", "delete", "lobby", "--yes", status=1)
+        self.assertIn("default room", lobby["error"])
+        deleted = await self.admin_json("room", "delete", "den", "--yes")
+        self.assertEqual((deleted["deleted"], deleted["members"]), (True, ["bob", "carol", "olga"]))
+        for queue in (olga_events, bob_events):
+            gone = await queue.next(lambda e: e["type"] == "deleted")
+            self.assertEqual((gone["room"], gone["by"]), ("den", None))
+        # The clients show it, and drop the room from their lists.
+        self.assertIn("the room was deleted", format_event(gone, False, "bob"))
+        model = ChatModel("bob")
+        model.add_event(
+            {"type": "joined", "room": "den", "stream": "room:den", "id": 2, "ts": 1, "user": "bob"}
+        )
+        self.assertEqual([c.name for c in model.rooms()], ["den"])
+        model.add_event(gone)
+        self.assertEqual(model.rooms(), [])
+        with self.assertRaises(ServerError) as caught:
+            await bob.say("den", "anyone?")
+        self.assertEqual(caught.exception.code, "no_such_room")
+        missing = await self.admin_json("room", "show", "den", status=1)
+        self.assertIn("no room", missing["error"])
+        # Its history is gone; a room made again under the name goes on
+        # from its ids, with nobody of the old one in it.
+        await olga.request({"type": "create", "room": "den", "kind": "public"})
+        history = await olga.request({"type": "history", "stream": "room:den"})
+        self.assertEqual([e["type"] for e in history["events"]], ["joined"])
+        self.assertGreater(history["events"][0]["id"], 4)
+        self.assertEqual(await self.count_events("room:den"), 1)
+        self.assertEqual(
+            [line.split("chatserver-admin:", 1)[1].split()[1] for line in self.audit_lines()],
+            ["set_owner", "delete_room"],
+        )
+        # And everyone carries on in the lobby.
+        self.assertEqual((await bob.say("lobby", "still here"))["type"], "ack")
+
+    async def test_room_commands_change_the_database_directly_with_no_server_running(self) -> None:
+        server = await self.start()
+        olga = await logged_in(self, server, "olga")
+        await logged_in(self, server, "bob")
+        await olga.request({"type": "create", "room": "den", "kind": "public"})
+        await olga.say("den", "history")
+        await server.stop()
+        offline = ("--offline",) if server.settings.uses_postgres else ()
+        if offline:
+            # Servers of other machines would not see it: refused unless told.
+            refused = await self.admin_json("room", "set-owner", "den", "bob", status=1)
+            self.assertIn("--offline", refused["error"])
+        owned = await self.admin_json("room", "set-owner", "den", "bob", *offline)
+        self.assertEqual((owned["was"], owned["done_by"]), ("olga", "database"))
+        shown = await self.admin_json("room", "show", "den")
+        self.assertEqual(
+            {m["user"]: m["role"] for m in shown["room"]["members"]}, {"olga": "moderator", "bob": "owner"}
+        )
+        deleted = await self.admin_json("room", "delete", "den", "--yes", *offline)
+        self.assertEqual(deleted["members"], ["bob", "olga"])
+        self.assertEqual(await self.count_events("room:den"), 0)
+        self.assertEqual(
+            [line.split("chatserver-admin:", 1)[1].split()[1:3] for line in self.audit_lines()],
+            [["set_owner", "room=den"], ["delete_room", "room=den"]],
+        )
+        # The server starts again without the room.
+        restarted = RunningServer(server.settings)
+        await restarted.start()
+        self.addCleanup(restarted.stop)
+        self.assertNotIn("den", restarted.factory.chat.rooms)
+        self.assertIn("lobby", restarted.factory.chat.rooms)
+
+    async def count_events(self, stream: str) -> int:
+        def count() -> int:
+            db = open_direct(self.server.settings)
+            try:
+                return int(db.fetch("SELECT COUNT(*) FROM events WHERE stream = ?", stream)[0][0])
+            finally:
+                db.close()
+
+        return await threads.deferToThread(count)
 
     async def test_the_control_socket_answers_bad_requests_with_an_error_and_carries_on(self) -> None:
         server = await self.start()

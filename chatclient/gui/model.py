@@ -120,7 +120,12 @@ class ChatModel:
         return conversation, at
 
     def _track_membership(self, conversation: Conversation, event: dict[str, Any]) -> None:
-        if event.get("user") != self.me or conversation.kind != "room":
+        if conversation.kind != "room":
+            return
+        if event.get("type") == "deleted":
+            conversation.joined = False  # the room is gone, with everyone in it
+            return
+        if event.get("user") != self.me:
             return
         # Only the newest event says whether we are in the room now.
         if event["id"] != conversation.newest_id:

@@ -100,6 +100,8 @@ def notice_text(event: dict[str, Any]) -> str | None:
         return f"{user} left"
     if kind == "topic":
         return f"{by} set the topic: {peer(event.get('topic', ''))}"
+    if kind == "deleted":
+        return "the room was deleted by the server's operator"
     if kind == "kicked":
         return f"{user} was removed by {by}{because}"
     if kind == "banned":

@@ -259,6 +259,57 @@ def show_room(cursor: Any, name: str) -> dict[str, Any] | None:
     return room
 
 
+def set_room_owner(cursor: Any, room: str, user: str, now: int, audit: Change) -> dict[str, Any] | str:
+    """With no server running: make the live account ``user`` the owner of
+    ``room`` (a member first if need be), the old owner a moderator.
+    ``{"was": OLD, "changed": bool}``, or why not: ``no_such_room``,
+    ``no_such_user``, ``not_active`` (disabled or deleted), ``banned``.
+    ``now`` in milliseconds, as the server writes rooms' times."""
+    cursor.execute("SELECT owner FROM rooms WHERE name = ?", (room,))
+    row = cursor.fetchone()
+    if row is None:
+        return "no_such_room"
+    cursor.execute("SELECT disabled, deleted_at FROM users WHERE name = ?", (user,))
+    account = cursor.fetchone()
+    if account is None:
+        return "no_such_user"
+    if account[0] or account[1] is not None:
+        return "not_active"
+    cursor.execute(
+        "SELECT 1 FROM sanctions WHERE room = ? AND user = ? AND kind = ? AND (until IS NULL OR until > ?)",
+        (room, user, "ban", now),
+    )
+    if cursor.fetchone() is not None:
+        return "banned"
+    old = row[0]
+    if old == user:
+        return {"was": old, "changed": False}
+    queries.set_member(cursor, room, user, "owner", now)
+    if old is not None:
+        cursor.execute(
+            "UPDATE room_members SET role = ? WHERE room = ? AND user = ? AND role = ?",
+            ("moderator", room, old, "owner"),
+        )
+    queries.set_owner(cursor, room, user)
+    name, args = audit
+    apply(cursor, (name, (*args[:5], f"was {old or '-'}")))  # the detail names the old owner
+    return {"was": old, "changed": True}
+
+
+def delete_room(cursor: Any, room: str, audit: Change) -> list[str] | None:
+    """With no server running: delete ``room`` as the server does (the
+    ``delete_room`` change); its members as they were, or None if there
+    is no such room."""
+    cursor.execute("SELECT 1 FROM rooms WHERE name = ?", (room,))
+    if cursor.fetchone() is None:
+        return None
+    cursor.execute("SELECT user FROM room_members WHERE room = ? ORDER BY user", (room,))
+    members = [row[0] for row in cursor.fetchall()]
+    queries.delete_room(cursor, room)
+    apply(cursor, audit)
+    return members
+
+
 def consistency_problems(cursor: Any) -> list[str]:
     """What ``check`` finds wrong in our own bookkeeping, on either
     backend: a stream whose stored events go past its recorded last id

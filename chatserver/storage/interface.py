@@ -47,6 +47,10 @@ CHANGES = {
     "add_audit": "(now ms, actor, action, room or None, target or None, detail)",
     "drop_inbox": "(stream, up to id): a device confirmed its inbox's events up to that id",
     "set_last_login": "(user, now s): the account logged in (password or token)",
+    "delete_room": "(room,): the room, its members, invites, sanctions and history; "
+    "the stream's last id stays, so a room made again under the name goes on from it",
+    "drop_history": "(room,): the history of a room that no longer exists (events that were "
+    "being published in it while it was deleted)",
 }
 
 

@@ -586,6 +586,23 @@ def drop_inbox(cursor: Any, stream: str, upto: int) -> None:
     cursor.execute("DELETE FROM events WHERE stream = ? AND id <= ?", (stream, upto))
 
 
+def delete_room(cursor: Any, room: str) -> None:
+    # Members and invites go with the row (ON DELETE CASCADE); sanctions
+    # and events do not refer to it.  The streams row stays: ids of a room
+    # made again under this name go on from it, so that a client that
+    # remembers the old room's ids reads the new one's events as new.
+    cursor.execute("DELETE FROM sanctions WHERE room = ?", (room,))
+    cursor.execute("DELETE FROM rooms WHERE name = ?", (room,))
+    cursor.execute("DELETE FROM events WHERE stream = ?", (f"room:{room}",))
+
+
+def drop_history(cursor: Any, room: str) -> None:
+    cursor.execute(
+        "DELETE FROM events WHERE stream = ? AND NOT EXISTS (SELECT 1 FROM rooms WHERE name = ?)",
+        (f"room:{room}", room),
+    )
+
+
 #: The queries that apply interface.CHANGES, by name.
 CHANGE_QUERIES: dict[str, Callable[..., None]] = {
     "set_last_login": set_last_login,
@@ -601,4 +618,6 @@ CHANGE_QUERIES: dict[str, Callable[..., None]] = {
     "add_audit": add_audit,
     "set_txn": set_txn,
     "drop_inbox": drop_inbox,
+    "delete_room": delete_room,
+    "drop_history": drop_history,
 }
