@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from chatserver import __version__, accounts, admin_accounts, admin_server
-from chatserver.config import PASSWORD_ENV, POSTGRES_SCHEMES, ConfigError, check_database_url, load_settings
+from chatserver.config import (
+    PASSWORD_ENV,
+    POSTGRES_SCHEMES,
+    ConfigError,
+    check_database_url,
+    find_config,
+    load_settings,
+)
 from chatserver.storage import queries
 from chatserver.storage.direct import DirectDatabase, UnusableDatabase, open_direct
 from chatserver.wire import validation
@@ -40,7 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Every command takes --json (after its name): one JSON object on stdout.
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
-    p.add_argument("--config", help="server configuration file (for data_dir and hash cost)")
+    p.add_argument(
+        "--config",
+        help="the server's configuration file (default: $CHATSERVER_CONFIG, else "
+        "/etc/chatserver/chatserver.ini if it exists, else the built-in defaults)",
+    )
     p.add_argument("--data-dir", help="the server's data directory (default: from the config, var/lib)")
     p.add_argument(
         "--database", help="the server's [store] database: sqlite:PATH or a postgresql:// URL (no password)"
@@ -228,7 +239,7 @@ def migrate_store(args: argparse.Namespace, settings: Any) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = load_settings(args.config, data_dir=args.data_dir, database=args.database)
+        settings = load_settings(find_config(args.config), data_dir=args.data_dir, database=args.database)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -484,6 +484,32 @@ def with_backlog(endpoint: str, backlog: int = LISTEN_BACKLOG) -> str:
     return f"{endpoint}:backlog={backlog}"
 
 
+#: Where the server and the admin tool look for their configuration file
+#: when not given ``--config``: the file that ``$CHATSERVER_CONFIG`` names,
+#: else the first of these that exists (the packaged layout, the one
+#: ``chatserver-admin write-config`` writes), else none (the defaults).
+CONFIG_ENV = "CHATSERVER_CONFIG"
+CONFIG_SEARCH_PATH = (Path("/etc/chatserver/chatserver.ini"),)
+
+
+def find_config(
+    given: str | None,
+    environ: Any = os.environ,
+    search: tuple[Path, ...] = CONFIG_SEARCH_PATH,
+) -> str | None:
+    """The configuration file to read: ``given`` (``--config``), else the
+    search path's; None for the embedded defaults."""
+    if given:
+        return given
+    named = environ.get(CONFIG_ENV)
+    if named:
+        return str(named)  # a missing one is an error (load_settings says so), not a fallback
+    for path in search:
+        if path.is_file():
+            return str(path)
+    return None
+
+
 def load_settings(path: str | Path | None = None, **overrides: str | None) -> Settings:
     """Read ``path`` (if given) over the defaults, then apply ``overrides``
     (field name -> text, as given on the command line; None means unset)."""

@@ -24,7 +24,7 @@ import twisted
 from chatserver import control, twisted_internals
 from chatserver.accounts import Accounts
 from chatserver.chat import ChatService
-from chatserver.config import SCHEMA, ConfigError, Settings, load_settings
+from chatserver.config import SCHEMA, ConfigError, Settings, find_config, load_settings
 from chatserver.hub.local import LocalHub
 from chatserver.identity import IdentityError, load_or_create
 from chatserver.logs import LogFiles
@@ -53,6 +53,8 @@ class Options(usage.Options):
 
     def load(self) -> Settings:
         """The settings: defaults, the file, these options (again at SIGHUP)."""
+        # Found once, so that SIGHUP and the workers read the same file.
+        self["config"] = find_config(self["config"])
         settings = load_settings(
             self["config"],
             endpoint=self["endpoint"],
@@ -80,7 +82,13 @@ class Options(usage.Options):
         )
 
     optParameters = [
-        ["config", "c", None, "Configuration file (INI); see etc/chatserver.ini."],
+        [
+            "config",
+            "c",
+            None,
+            "Configuration file (INI; see etc/chatserver.ini); default: $CHATSERVER_CONFIG, "
+            "else /etc/chatserver/chatserver.ini if it exists, else the built-in defaults.",
+        ],
         ["endpoint", "e", None, "Where to listen (Twisted endpoint string)."],
         ["data-dir", "d", None, "Directory for the database and the server key."],
         ["log-dir", "l", None, "Directory for chatserver.log and connections.log."],

@@ -91,10 +91,13 @@ class LineProcess(protocol.ProcessProtocol):
             pass
 
 
-def spawn(testcase: Any, name: str, argv: list[str], cwd: str | None = None) -> LineProcess:
-    """Start ``argv``; it is killed at cleanup if it is still running."""
+def spawn(
+    testcase: Any, name: str, argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None
+) -> LineProcess:
+    """Start ``argv`` (with ``env`` added to its environment); it is killed
+    at cleanup if it is still running."""
     child = LineProcess(name)
-    reactor.spawnProcess(child, argv[0], argv, env=python_env(), path=cwd)
+    reactor.spawnProcess(child, argv[0], argv, env={**python_env(), **(env or {})}, path=cwd)
 
     def reap() -> Any:
         if child.exit_code is None:

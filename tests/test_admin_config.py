@@ -9,6 +9,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from chatserver.config import CONFIG_ENV, find_config
 from tests.processes import chatserver_argv, spawn, stop_twistd
 from tests.support import PASSWORD, PYTHON, open_session, python_env
 
@@ -35,11 +36,11 @@ class AdminDirectoryTests(unittest.TestCase):
         self.password = self.base / "password"
         self.password.write_text(PASSWORD + "\n")
 
-    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def admin(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """The admin tool, run from an unrelated directory."""
         return subprocess.run(
             [PYTHON, "-m", "chatserver.admin", *args],
-            env=python_env(),
+            env={**python_env(), **(env or {})},
             capture_output=True,
             text=True,
             timeout=60,
@@ -73,6 +74,31 @@ class AdminDirectoryTests(unittest.TestCase):
         # Nothing was made in either working directory.
         self.assertEqual(list(self.elsewhere.iterdir()), [])
         self.assertEqual(list(workdir.iterdir()), [])
+
+    async def test_without_config_both_find_the_file_chatserver_config_names(self) -> None:
+        env = {CONFIG_ENV: str(self.config)}
+        server = spawn(self, "twistd", chatserver_argv(), cwd=str(self.elsewhere), env=env)
+        port = int((await server.wait_for(r"ChatFactory starting on (\d+)")).group(1))
+        self.assertTrue((self.base / "state" / "chatserver.sqlite3").exists())
+        result = self.admin("add-user", "boss", "--password-file", str(self.password), env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        session = await open_session(self, _Port(port))  # type: ignore[arg-type]
+        self.assertEqual((await session.login("boss", PASSWORD))["role"], "user")
+        await session.close()
+        self.assertEqual(await stop_twistd(server), 0)
+        # A file it names that is not there is an error, not the defaults.
+        missing = self.admin("user", "list", env={CONFIG_ENV: str(self.base / "nothing.ini")})
+        self.assertEqual(missing.returncode, 2, missing.stderr)
+        self.assertIn("cannot read", missing.stderr)
+
+    def test_the_search_path_gives_the_first_file_that_exists(self) -> None:
+        first, second = self.base / "first.ini", self.config
+        self.assertEqual(find_config(None, {}, (first, second)), str(second))
+        first.write_text("")
+        self.assertEqual(find_config(None, {}, (first, second)), str(first))
+        self.assertEqual(find_config(None, {CONFIG_ENV: "named.ini"}, (first,)), "named.ini")
+        self.assertEqual(find_config("given.ini", {CONFIG_ENV: "named.ini"}, (first,)), "given.ini")
+        self.assertIsNone(find_config(None, {}, (self.base / "none.ini",)))
 
     def test_no_database_is_created_unless_asked(self) -> None:
         result = self.admin(
