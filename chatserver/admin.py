@@ -3,7 +3,10 @@
     chatserver-admin [--config FILE | --data-dir DIR] [--create] add-user NAME [--admin] [--password-file F]
     chatserver-admin [...] user add|passwd|list|show|set-role|disable|enable|delete|revoke-tokens ... [--json]
     chatserver-admin [...] room list|show ... [--json]
+    chatserver-admin [...] room set-owner ROOM USER | room delete ROOM [--yes] [--offline]
     chatserver-admin [...] fingerprint | check | backup DEST [--json]
+    chatserver-admin [...] make-cert [--dir DIR] [--name HOST]... [--ip IP]... [--days N] [--force]
+    chatserver-admin write-config DIR [--data-dir DIR] [--log-dir DIR] [--force]
     chatserver-admin [...] invite [--count N] [--expires DURATION]
     chatserver-admin [...] invite --list | --revoke CODE | --revoke-id ID
     chatserver-admin [...] migrate-store --to postgresql://HOST/DB [--to-password-file F]
@@ -27,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chatserver import __version__, accounts, admin_accounts, admin_server
+from chatserver import __version__, accounts, admin_accounts, admin_install, admin_server, admin_tls, logs
 from chatserver.config import (
     PASSWORD_ENV,
     POSTGRES_SCHEMES,
@@ -86,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     admin_accounts.add_parsers(sub, json_flag)
     admin_server.add_parsers(sub, json_flag)
+    admin_tls.add_parser(sub, json_flag)
+    admin_install.add_parser(sub, json_flag)
     move = sub.add_parser(
         "migrate-store",
         help="copy the server's SQLite database into an empty PostgreSQL database (the server stopped)",
@@ -243,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command in ("make-cert", "write-config"):
+        return _file_command(args, settings)
     if args.command == "migrate-store":
         return migrate_store(args, settings)
     if args.command == "invite":
@@ -270,6 +277,39 @@ def main(argv: list[str] | None = None) -> int:
             args.command, args.action = "user", "add"
         return _account_command(args, settings)
     return admin_server.run(args, settings)
+
+
+def _file_command(args: argparse.Namespace, settings: Any) -> int:
+    """The commands that write files, not the database."""
+    try:
+        if args.command == "make-cert":
+            directory = args.dir if args.dir is not None else settings.data_path
+            data = admin_tls.make_cert(Path(directory), args.name, args.ip, args.days, args.force)
+            text = admin_tls.describe(data)
+            try:
+                logs.append_audit_line(
+                    settings.log_path,
+                    settings.log_format == "json",
+                    _who(),
+                    "make_cert",
+                    data["certificate"],
+                    f"sha256={data['sha256']}",
+                    "-",
+                )
+            except OSError as e:
+                print(
+                    f"warning: cannot write {settings.log_path / 'audit.log'}: {e.strerror}", file=sys.stderr
+                )
+        else:
+            data = admin_install.write_config(args.dir, args.target_data_dir, args.target_log_dir, args.force)
+            text = admin_install.describe(data)
+    except (admin_tls.CertError, admin_install.InstallError) as e:
+        if args.json:
+            print(json.dumps({"error": str(e)}))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, sort_keys=True) if args.json else text)
+    return 0
 
 
 def _account_command(args: argparse.Namespace, settings: Any) -> int:

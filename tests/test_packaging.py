@@ -8,6 +8,7 @@ import configparser
 import shutil
 import sqlite3
 import subprocess
+import zipfile
 from pathlib import Path
 
 from twisted.logger import globalLogPublisher
@@ -90,6 +91,29 @@ class BacklogTests(unittest.TestCase):
         self.assertEqual(self.backlog_of(server.port), min(LISTEN_BACKLOG, cap))
         own = await start_server(self, endpoint="tcp:0:interface=127.0.0.1:backlog=77")
         self.assertEqual(self.backlog_of(own.port), 77)
+
+
+class WheelTests(unittest.TestCase):
+    def test_the_wheel_ships_the_configuration_unit_and_logrotate_file(self) -> None:
+        out = Path(self.mktemp()).resolve()
+        # setuptools builds in the checkout's build/: removed after, unless a developer's.
+        if not (ROOT / "build").exists():
+            self.addCleanup(shutil.rmtree, ROOT / "build", True)
+        done = subprocess.run(
+            [PYTHON, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(ROOT)],
+            env=dict(python_env(), TMPDIR=str(out.parent)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        (wheel,) = out.glob("chatserver-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+            shipped = archive.read("chatserver/etc/chatserver.ini").decode()
+        for name in ("chatserver.ini", "systemd/chatserver.service", "logrotate.d/chatserver"):
+            self.assertIn(f"chatserver/etc/{name}", names)
+        self.assertEqual(shipped, (ROOT / "etc" / "chatserver.ini").read_text())
 
 
 class LicenseTests(unittest.TestCase):
