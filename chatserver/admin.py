@@ -4,7 +4,7 @@
     chatserver-admin [...] user add|passwd|list|show|set-role|disable|enable|delete|revoke-tokens ... [--json]
     chatserver-admin [...] room list|show ... [--json]
     chatserver-admin [...] room set-owner ROOM USER | room delete ROOM [--yes] [--offline]
-    chatserver-admin [...] fingerprint | check | backup DEST [--json]
+    chatserver-admin [...] fingerprint | status | check | backup DEST [--json]
     chatserver-admin [...] make-cert [--dir DIR] [--name HOST]... [--ip IP]... [--days N] [--force]
     chatserver-admin write-config DIR [--data-dir DIR] [--log-dir DIR] [--force]
     chatserver-admin [...] invite [--count N] [--expires DURATION]

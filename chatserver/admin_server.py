@@ -1,5 +1,5 @@
 """The admin tool's commands on the server as a whole: ``fingerprint``,
-``check`` and ``backup DEST``.
+``status``, ``check`` and ``backup DEST``.
 
 ``backup`` makes a consistent copy while the server runs: with SQLite,
 through SQLite's online backup API (pages copied under a read transaction,
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chatserver import identity
+from chatserver import control, identity
 from chatserver.storage import admin_queries
 from chatserver.storage import sqlite as sqlite_storage
 from chatserver.storage.interface import UnusableDatabase
@@ -38,6 +38,11 @@ def add_parsers(sub: Any, parent: argparse.ArgumentParser) -> None:
         help="print the server key's fingerprint (what users compare on first connection)",
     )
     sub.add_parser("check", parents=[parent], help="check the database: integrity and schema version")
+    sub.add_parser(
+        "status",
+        parents=[parent],
+        help="whether the server of this data directory runs: its processes that answer (exit 1: none)",
+    )
     backup = sub.add_parser(
         "backup",
         parents=[parent],
@@ -58,6 +63,14 @@ def run(args: argparse.Namespace, settings: Any) -> int:
                 f"schema version {data['schema_version']}"
                 f" (this chatserver knows up to {data['newest_schema']})"
                 + "".join(f"\n  {problem}" for problem in data["problems"])
+            )
+        elif args.command == "status":
+            data = status(settings)
+            running = [name for name, up in data["processes"].items() if up]
+            text = (
+                f"running: {', '.join(running)} (data directory {data['data_dir']})"
+                if running
+                else f"no server of {data['data_dir']} answers"
             )
         elif args.command == "backup":
             data = backup(settings, Path(args.dest))
@@ -88,6 +101,20 @@ def fingerprint(settings: Any) -> dict[str, Any]:
     except identity.IdentityError as e:
         raise Failed(str(e)) from None
     return {"fingerprint": key.fingerprint, "key": str(path)}
+
+
+def status(settings: Any) -> dict[str, Any]:
+    """The processes of the server of this data directory that answer on
+    their control socket (what a container's health check asks)."""
+    try:
+        processes = control.ping_all(settings.data_path, timeout=5.0)
+    except RuntimeError as e:
+        raise Failed(str(e)) from None
+    return {
+        "data_dir": str(settings.data_path),
+        "processes": processes,
+        "ok": any(processes.values()),
+    }
 
 
 def check(settings: Any) -> dict[str, Any]:

@@ -206,6 +206,19 @@ def ask_server(data_dir: Path, request: dict[str, Any], timeout: float = TIMEOUT
     return None
 
 
+def ping_all(data_dir: Path, timeout: float = TIMEOUT) -> dict[str, bool]:
+    """Every control socket of ``data_dir`` by process name: whether a
+    server answers on it (False: a stopped server's socket).  Raises
+    RuntimeError for a socket this user may not use, or a server that
+    does not answer in time."""
+    line = json.dumps({"op": "ping"}).encode("utf-8") + b"\n"
+    found = {}
+    for path in _sockets(data_dir):
+        answer = _ask(path, line, timeout)
+        found[path.stem] = bool(answer and answer.get("ok"))
+    return found
+
+
 def _sockets(data_dir: Path) -> list[Path]:
     directory = control_dir(data_dir)
     try:

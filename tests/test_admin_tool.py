@@ -388,6 +388,16 @@ class AdminToolTests(unittest.TestCase):
         self.assertEqual(checked["schema_version"], checked["newest_schema"])
         self.assertEqual(checked["problems"], [])
 
+    async def test_status_says_whether_the_server_runs(self) -> None:
+        server = await self.start()
+        running = await self.admin_json("status")
+        self.assertEqual((running["ok"], running["processes"]), (True, {"main": True}))
+        self.assertIn("running: main", (await self.admin("status")).stdout)
+        await server.stop()
+        stopped = await self.admin_json("status", status=1)
+        self.assertFalse(stopped["ok"])
+        self.assertNotIn(True, stopped["processes"].values())
+
     async def test_backup_while_a_client_sends_holds_everything_acknowledged_before(self) -> None:
         server = await self.start()
         sender = await logged_in(self, server, "sender")
