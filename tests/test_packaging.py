@@ -15,7 +15,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 import chatserver
-from chatserver.config import LISTEN_BACKLOG
+from chatserver.config import LISTEN_BACKLOG, load_settings
 from chatserver.storage import sqlite as store
 from tests.processes import LOOPBACK, spawn, stop_twistd
 from tests.support import PYTHON, python_env
@@ -114,6 +114,41 @@ class WheelTests(unittest.TestCase):
         for name in ("chatserver.ini", "systemd/chatserver.service", "logrotate.d/chatserver"):
             self.assertIn(f"chatserver/etc/{name}", names)
         self.assertEqual(shipped, (ROOT / "etc" / "chatserver.ini").read_text())
+
+
+class ContainerTests(unittest.TestCase):
+    """The container recipe cannot be built here (no registry), so what
+    can be checked without it is: hadolint passes it (make check), and
+    compose.yaml's parts fit together."""
+
+    def test_compose_runs_the_image_on_its_config_with_postgres_and_redis(self) -> None:
+        import yaml
+
+        compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+        services = compose["services"]
+        self.assertEqual(set(services), {"chatserver", "postgres", "redis"})
+        server = services["chatserver"]
+        (config,) = server["configs"]
+        source = ROOT / compose["configs"][config["source"]]["file"]
+        self.assertEqual(server["command"], ["--config", config["target"]])
+        settings = load_settings(source)
+        self.assertEqual((settings.workers, settings.allow_registration), (2, "invite"))
+        self.assertTrue(settings.database.startswith("postgresql://chatserver@postgres:"))
+        self.assertTrue(settings.hub_url.startswith("redis://redis:"))
+        self.assertEqual(settings.database_password_file, "/run/secrets/" + server["secrets"][0])
+        self.assertEqual(
+            services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"], settings.database_password_file
+        )
+        # The database and the hub are on the internal network only.
+        self.assertTrue(compose["networks"]["backend"]["internal"])
+        for name in ("postgres", "redis"):
+            self.assertEqual(services[name]["networks"], ["backend"])
+            self.assertNotIn("ports", services[name])
+        # The secret's file is never committed.
+        self.assertIn("secrets/", (ROOT / ".gitignore").read_text().splitlines())
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        self.assertIn('VOLUME ["/var/lib/chatserver", "/var/log/chatserver"]', dockerfile)
+        self.assertIn("HEALTHCHECK", dockerfile)
 
 
 class LicenseTests(unittest.TestCase):
