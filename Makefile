@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TRIAL_JOBS ?= 2
 TESTS ?= tests
 
-.PHONY: run test fuzz bench check clean screenshots
+.PHONY: run test fuzz bench check clean screenshots man
 
 # The stamp files make the install step re-run when the metadata changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -14,6 +14,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	@# Twisted caches the plugin index; rebuild it now, where we can write.
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	@# Man pages from the commands' --help, where man finds them with the
+	@# virtualenv's bin on PATH.
+	$(PY) tools/manpages.py --out $(VENV)/share/man > /dev/null
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -53,6 +56,10 @@ check: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[fast]'
 	$(PY) bench/bench.py
+
+# The man pages again (make does it at install): man chatserver-admin.
+man: $(VENV)/.installed
+	$(PY) tools/manpages.py --out $(VENV)/share/man
 
 # Pictures of the desktop client (offscreen) for the README.
 screenshots: $(VENV)/.installed-test

@@ -1,10 +1,12 @@
 """What an installation gives people: ``python -m chatserver``, ``--version``
 on every command, the LICENSE the metadata names, and the shipped
-logrotate file (read by logrotate itself)."""
+logrotate file (read by logrotate itself), the wheel, the container recipe
+and the man pages."""
 
 from __future__ import annotations
 
 import configparser
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -201,3 +203,76 @@ class MigrationLogTests(unittest.TestCase):
         self.assertEqual([(e["old"], e["new"]) for e in upgrades], [(3, newest)])
         store.migrate(conn)  # nothing to do: nothing said
         self.assertEqual(len([e for e in seen if "schema upgraded" in e.get("log_format", "")]), 1)
+
+
+class ManPageTests(unittest.TestCase):
+    """The man pages tools/manpages.py makes from the commands' --help (make
+    writes them into the virtualenv): valid roff, every option there."""
+
+    skip = None if shutil.which("groff") and shutil.which("man") else "groff or man is not installed"
+
+    def setUp(self) -> None:
+        self.out = Path(self.mktemp()).resolve()
+        done = run("tools/manpages.py", "--out", str(self.out))
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+    def rendered(self, path: Path) -> str:
+        done = subprocess.run(
+            ["man", "-l", str(path)],
+            env={**python_env(), "MANWIDTH": "100", "MANPAGER": "cat", "MAN_KEEP_FORMATTING": ""},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        # man -l with a pager of cat still overstrikes bold text on some systems.
+        return re.sub(r".\x08", "", done.stdout)
+
+    def test_each_command_has_a_page_groff_reads_without_warnings(self) -> None:
+        pages = sorted(str(p.relative_to(self.out)) for p in self.out.rglob("*.[18]"))
+        self.assertEqual(
+            pages,
+            [
+                "man1/chatclient-cli.1",
+                "man1/chatclient.1",
+                "man8/chatserver-admin.8",
+                "man8/chatserver.8",
+            ],
+        )
+        for name in pages:
+            done = subprocess.run(
+                ["groff", "-ww", "-z", "-man", str(self.out / name)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual((done.returncode, done.stderr), (0, ""), name)
+
+    def test_every_option_of_every_command_is_on_its_page(self) -> None:
+        for page, argvs in (
+            ("man8/chatserver.8", [("-m", "chatserver", "--help")]),
+            (
+                "man8/chatserver-admin.8",
+                [
+                    ("-m", "chatserver.admin", "--help"),
+                    ("-m", "chatserver.admin", "make-cert", "--help"),
+                    ("-m", "chatserver.admin", "room", "set-owner", "--help"),
+                    ("-m", "chatserver.admin", "user", "delete", "--help"),
+                    ("-m", "chatserver.admin", "backup", "--help"),
+                ],
+            ),
+            ("man1/chatclient-cli.1", [("-m", "chatclient.cli", "--help")]),
+            ("man1/chatclient.1", [("-m", "chatclient", "--help")]),
+        ):
+            text = self.rendered(self.out / page)
+            for argv in argvs:
+                done = run(*argv)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", done.stdout))
+                self.assertTrue(options, argv)
+                for option in options:
+                    self.assertIn(option, text, f"{page}: {' '.join(argv)}")
+        admin = self.rendered(self.out / "man8" / "chatserver-admin.8")
+        for words in ("room set-owner", "user revoke-tokens", "make-cert", "write-config", "--offline"):
+            self.assertIn(words, admin)
+        self.assertIn("--tls-ca", self.rendered(self.out / "man1" / "chatclient-cli.1"))
