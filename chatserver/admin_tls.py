@@ -89,6 +89,9 @@ def make_cert(
             raise CertError(f"{name!r} is not a host name")
     if not directory.is_dir():
         raise CertError(f"{directory} is not a directory")
+    # Absolute: the endpoint string is read by a server whose working
+    # directory is not this one (systemd starts it in /).
+    directory = directory.resolve()
     key_path, cert_path = directory / KEY_NAME, directory / CERT_NAME
     if not force:
         for path in (key_path, cert_path):

@@ -92,6 +92,32 @@ class MakeCertTests(unittest.TestCase):
         self.assertIn("localhost", again["names"])
         self.assertEqual(again["ips"], ["127.0.0.1", "::1"])
 
+    def test_a_relative_directory_gives_absolute_paths_in_the_endpoint(self) -> None:
+        # The server reads the endpoint from another working directory
+        # (systemd starts it in /), so the paths in it must not be relative.
+        done = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "chatserver.admin",
+                "--config",
+                str(self.config),
+                "make-cert",
+                "--dir",
+                "tls",
+                "--json",
+            ],
+            env=python_env(),
+            cwd=self.base,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        made = json.loads(done.stdout)
+        self.assertEqual(made["key"], str(self.base / "tls" / "tls.key"))
+        self.assertIn(f"privateKey={self.base}/tls/tls.key:", made["endpoint"].replace("\\:", ":"))
+
     def test_bad_arguments_get_one_line_and_write_nothing(self) -> None:
         for extra, words in (
             (("--ip", "300.1.1.1"), "does not appear to be an IPv4 or IPv6 address"),
