@@ -90,7 +90,7 @@ def make_cert(
     if not directory.is_dir():
         raise CertError(f"{directory} is not a directory")
     # Absolute: the endpoint string is read by a server whose working
-    # directory is not this one (systemd starts it in /).
+    # directory may not be this one (systemd starts it in its data directory).
     directory = directory.resolve()
     key_path, cert_path = directory / KEY_NAME, directory / CERT_NAME
     if not force:

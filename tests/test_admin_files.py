@@ -94,7 +94,7 @@ class MakeCertTests(unittest.TestCase):
 
     def test_a_relative_directory_gives_absolute_paths_in_the_endpoint(self) -> None:
         # The server reads the endpoint from another working directory
-        # (systemd starts it in /), so the paths in it must not be relative.
+        # (systemd starts it in its data directory), so the paths in it must not be relative.
         done = subprocess.run(
             [
                 PYTHON,

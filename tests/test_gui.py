@@ -119,6 +119,43 @@ class GuiTests(unittest.TestCase):
         await gui.wait("window() and window().client.state == 'online'")
         self.assertTrue(user_exists(server, "erin"))
 
+    async def test_registration_with_an_invite_code(self) -> None:
+        """On a server that registers by invitation: without a code the
+        dialog comes back saying why, still registering; with the code the
+        account is made, and the code is not remembered."""
+        from tests.test_invites import make_invites
+
+        server = await start_server(self, allow_registration="invite")
+        (code,) = make_invites(server)
+        gui = await start_gui(self)
+        await gui.wait("controller.dialog and controller.dialog.isVisible()")
+        self.assertFalse(await gui.eval("controller.dialog.invite.isVisible()"))  # logging in
+        await gui.connect(server.port, "erin", PASSWORD, register=True)
+        await gui.wait("controller.trust and controller.trust.dialog and controller.trust.dialog.isVisible()")
+        await gui.exec("click(controller.trust.dialog.button(QMessageBox.StandardButton.Yes))")
+        error = await gui.wait(
+            "controller.dialog and controller.dialog.isVisible() and controller.dialog.error.isVisible()"
+            " and controller.dialog.error.text()"
+        )
+        self.assertIn("by invitation only. Enter the invite code the server's admin gave you.", error)
+        self.assertFalse(user_exists(server, "erin"))
+        self.assertTrue(await gui.eval("controller.dialog.register_mode.isChecked()"))
+        self.assertTrue(await gui.eval("controller.dialog.invite.isVisible()"))
+        shot = Path(self.mktemp()).resolve().with_suffix(".png")
+        self.assertGreater(await gui.eval(f"shot(controller.dialog, {str(shot)!r})"), 1000)
+        await gui.exec(
+            "d = controller.dialog\n"
+            f"type_text(d.password, {PASSWORD!r})\n"
+            f"type_text(d.password_again, {PASSWORD!r})\n"
+            f"type_text(d.invite, {code!r})\n"
+            "press(d.invite, 'Return')\n"
+        )
+        await gui.wait("window() and window().client.state == 'online'")
+        self.assertTrue(user_exists(server, "erin"))
+        remembered = (gui.home / "servers.json").read_text()
+        self.assertIn('"erin"', remembered)
+        self.assertNotIn(code, remembered)
+
     async def test_switch_rooms_send_a_dm_and_load_history_on_scroll_up(self) -> None:
         server = await start_server(self)
         # A client with a device: the GUI's direct messages are end to end.

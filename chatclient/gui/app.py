@@ -214,6 +214,7 @@ class App:
             server.user,
             login.password,
             register=login.register,
+            invite=login.invite,
             connect_attempts=1,
             proven=self.trust.proven,
         )
@@ -263,12 +264,16 @@ class App:
                 message = "The server's key has changed: not connected, nothing was sent."
             else:
                 message = f"Could not connect: {getattr(detail, 'message', None) or detail}"
-                if getattr(detail, "code", None) == TLS_CERTIFICATE:
+                code = getattr(detail, "code", None)
+                if code == TLS_CERTIFICATE:
                     message += ". Check “Trust certificates from” and the server's name."
+                elif code in ("invite_required", "invite_invalid"):
+                    message += ". Enter the invite code the server's admin gave you."
             window.hide()
             window.deleteLater()
-            # Try again with everything but the password as typed.
-            self.show_connect(message, prefill=prefill_of(login.server))
+            # Try again with everything but the password as typed (and,
+            # after a refused registration, still registering).
+            self.show_connect(message, prefill={**prefill_of(login.server), "register": login.register})
 
 
 def apply_theme(app: Any, theme: str) -> None:

@@ -37,6 +37,8 @@ class LoginRequest:
     server: Server
     password: str
     register: bool
+    #: The invite code a server that registers by invitation asks for.
+    invite: str | None = None
 
 
 class ConnectDialog(QDialog):
@@ -99,6 +101,11 @@ class ConnectDialog(QDialog):
         self.password_match = QLabel()
         self.password_match.setObjectName("password-match")
         self.password_match.setTextFormat(Qt.TextFormat.PlainText)
+        # Only a server with [accounts] allow_registration = invite asks for
+        # one; the field is a single-use secret, so it is never remembered.
+        self.invite = QLineEdit()
+        self.invite.setObjectName("invite")
+        self.invite.setPlaceholderText("if the server registers by invitation")
         self.login_mode = QRadioButton("Log in")
         self.register_mode = QRadioButton("Create an account")
         self.login_mode.setChecked(True)
@@ -140,6 +147,7 @@ class ConnectDialog(QDialog):
         form.addRow("", mode_row)
         form.addRow("Pass&word again:", self.password_again)
         form.addRow("", self.password_match)
+        form.addRow("&Invite code:", self.invite)
         self.form = form
         note = QLabel("Passwords are never stored. The server's key is checked against the one you trusted.")
         note.setWordWrap(True)
@@ -201,8 +209,10 @@ class ConnectDialog(QDialog):
     def _mode_changed(self, registering: bool) -> None:
         self.form.setRowVisible(self.password_again, registering)
         self.form.setRowVisible(self.password_match, registering)
+        self.form.setRowVisible(self.invite, registering)
         if not registering:
             self.password_again.clear()
+            self.invite.clear()
         self._show_match()
 
     def _show_match(self) -> None:
@@ -221,9 +231,12 @@ class ConnectDialog(QDialog):
         user: str | None = None,
         tls: bool | None = None,
         tls_ca: str | None = None,
+        register: bool | None = None,
     ) -> None:
         """Values from the command line (or the connection that just
         failed) win over the remembered ones."""
+        if register:
+            self.register_mode.setChecked(True)
         if host is None and port is None and user is None and tls is None and tls_ca is None:
             return
         self.recent.setCurrentIndex(0)
@@ -290,7 +303,9 @@ class ConnectDialog(QDialog):
             tls=self.tls.isChecked(),
             tls_ca=self.tls_ca.text().strip(),
         )
-        return LoginRequest(server, self.password.text(), self.register_mode.isChecked())
+        registering = self.register_mode.isChecked()
+        invite = self.invite.text().strip() if registering else ""
+        return LoginRequest(server, self.password.text(), registering, invite or None)
 
 
 class StorePassphraseDialog(QDialog):
