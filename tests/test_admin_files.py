@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from chatserver.config import load_settings
 from tests.processes import cli
 from tests.support import PASSWORD, PYTHON, python_env, start_server
+from tests.test_packaging import logrotate_debug
 
 
 def admin(*args: str) -> subprocess.CompletedProcess[str]:
@@ -175,12 +176,7 @@ class WriteConfigTests(unittest.TestCase):
         rotate = Path(self.write()["files"]["chatserver.logrotate"])
         self.logs.mkdir()
         (self.logs / "chatserver.log").write_text("a line\n")
-        done = subprocess.run(
-            ["logrotate", "--debug", "--state", str(self.base / "state.txt"), str(rotate)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = logrotate_debug(rotate, self.base / "state.txt")
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn(f"considering log {self.logs / 'chatserver.log'}", done.stderr)
 

@@ -31,6 +31,17 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def logrotate_debug(config: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    """What logrotate would do with ``config`` (it says so on stderr), doing
+    nothing."""
+    return subprocess.run(
+        ["logrotate", "--debug", "--state", str(state), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 class CommandTests(unittest.TestCase):
     def test_every_command_has_version(self) -> None:
         for argv, name in (
@@ -176,12 +187,7 @@ class LogrotateTests(unittest.TestCase):
         self.assertIn("/var/log/chatserver/audit.log", shipped)
         config = logs.parent / "logrotate.conf"
         config.write_text(shipped.replace("/var/log/chatserver", str(logs)))
-        done = subprocess.run(
-            ["logrotate", "--debug", "--state", str(logs.parent / "state"), str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = logrotate_debug(config, logs.parent / "state")
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertNotIn("error", done.stderr.lower(), done.stderr)
         for directory in (logs, logs / "worker-1"):
