@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +11,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from chatserver.config import load_settings
-from tests.support import PYTHON, ROOT
+from tests.support import PYTHON, ROOT, python_env
 
 UNIT = ROOT / "etc" / "systemd" / "chatserver.service"
 
@@ -42,31 +41,33 @@ class UnitTests(unittest.TestCase):
         self.assertEqual(found["ExecReload"], "/bin/kill -HUP $MAINPID")  # reopen logs, reload
 
     def test_directories_come_from_the_config_file(self) -> None:
-        """The unit gives --config only, so that chatserver-admin --config
-        finds the server's database; the config file as README.rst installs
-        it names the directories the unit may write."""
+        """The unit gives --config only, so that chatserver-admin finds the
+        server's database; the config file as README.rst installs it (with
+        write-config) names the directories the unit may write."""
         found = directives(UNIT.read_text())
         argv = found["ExecStart"].split()
         self.assertNotIn("--data-dir", argv)
         self.assertNotIn("--log-dir", argv)
-        config = argv[argv.index("--config") + 1]
-        self.assertEqual(config, "/etc/chatserver/chatserver.ini")
-        installed = Path(self.mktemp())
-        installed.write_text(install_config((ROOT / "etc" / "chatserver.ini").read_text()))
-        settings = load_settings(installed)
-        self.assertEqual([settings.data_dir, settings.log_dir], found["ReadWritePaths"].split())
-        self.assertEqual(found["WorkingDirectory"], settings.data_dir)
-
-
-def install_config(text: str) -> str:
-    """etc/chatserver.ini after the README's install step (its sed line)."""
-    readme = (ROOT / "README.rst").read_text()
-    commands = [line.strip() for line in readme.splitlines() if "/etc/chatserver/chatserver.ini" in line]
-    seds = [c for c in commands if c.startswith("sed ")]
-    assert len(seds) == 1, commands
-    argv = shlex.split(seds[0].split(">")[0])
-    result = subprocess.run(argv[:-1], input=text, capture_output=True, text=True, check=True)
-    return result.stdout
+        self.assertEqual(argv[argv.index("--config") + 1], "/etc/chatserver/chatserver.ini")
+        readme = (ROOT / "README.rst").read_text()
+        self.assertIn(".venv/bin/chatserver-admin write-config /etc/chatserver\n", readme)
+        # The README's step, into a directory of the test's instead.
+        out = Path(self.mktemp()).resolve()
+        done = subprocess.run(
+            [PYTHON, "-m", "chatserver.admin", "write-config", str(out)],
+            env=python_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        settings = load_settings(out / "chatserver.ini")
+        written = directives((out / "chatserver.service").read_text())
+        for unit in (found, written):
+            self.assertEqual([settings.data_dir, settings.log_dir], unit["ReadWritePaths"].split())
+            self.assertEqual(unit["WorkingDirectory"], settings.data_dir)
+        written_argv = written["ExecStart"].split()
+        self.assertEqual(written_argv[written_argv.index("--config") + 1], str(out / "chatserver.ini"))
 
     def test_systemd_analyze_verify_accepts_it(self) -> None:
         tool = shutil.which("systemd-analyze")
